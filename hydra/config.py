@@ -1,0 +1,51 @@
+"""Settings read from the environment (DESIGN §6); command-line flags override them."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+DEFAULT_LISTEN = "127.0.0.1:7070"
+DEFAULT_POOL = 10
+
+
+def db_conninfo(environ: Mapping[str, str] = os.environ) -> str | None:
+    """HYDRA_DB: a libpq conninfo string or URI; None means the embedded server."""
+    return environ.get("HYDRA_DB") or None
+
+
+def pool_size(environ: Mapping[str, str] = os.environ) -> int:
+    """HYDRA_POOL: connections in the coordinator's pool (default 10)."""
+    raw = environ.get("HYDRA_POOL", "")
+    if not raw:
+        return DEFAULT_POOL
+    try:
+        size = int(raw)
+    except ValueError:
+        raise ValueError(f"HYDRA_POOL must be a whole number, got {raw!r}") from None
+    if size < 2:
+        raise ValueError(f"HYDRA_POOL must be at least 2, got {size}")
+    return size
+
+
+def listen_address(environ: Mapping[str, str] = os.environ) -> str:
+    """HYDRA_LISTEN: where the coordinator binds (default 127.0.0.1:7070)."""
+    return environ.get("HYDRA_LISTEN") or DEFAULT_LISTEN
+
+
+def coordinators(environ: Mapping[str, str] = os.environ) -> list[str]:
+    """HYDRA_COORDINATORS: comma-separated targets for agents and clients."""
+    raw = environ.get("HYDRA_COORDINATORS", "")
+    targets = [part.strip() for part in raw.split(",") if part.strip()]
+    return targets or [listen_address(environ)]
+
+
+def home(environ: Mapping[str, str] = os.environ) -> Path:
+    """HYDRA_HOME: where `hydra dev` keeps the embedded database (default ~/.hydra)."""
+    return Path(environ.get("HYDRA_HOME") or "~/.hydra").expanduser()
+
+
+def token(environ: Mapping[str, str] = os.environ) -> str | None:
+    """HYDRA_TOKEN: credential sent by agents and clients."""
+    return environ.get("HYDRA_TOKEN") or None

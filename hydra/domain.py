@@ -1,0 +1,301 @@
+"""Domain types: what Hydra is about, free of wire and storage formats.
+
+The run and attempt states are mirrored in ``proto/hydra/v1/types.proto`` and
+in the PostgreSQL enums of the first migration; keep the three in step.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from types import MappingProxyType
+
+_EMPTY: Mapping[str, str] = MappingProxyType({})
+
+
+class RunState(enum.StrEnum):
+    """State of a run; see DESIGN §3 for the transitions."""
+
+    #: Waiting for an agent. Into: creation, LEASED (not ready, lease lost
+    #: before start), RUNNING (retry allowed), FAILED/CANCELLED (retry request).
+    QUEUED = "QUEUED"
+    #: Leased, no attempt started. Into: QUEUED.
+    LEASED = "LEASED"
+    #: An attempt runs. Into: LEASED.
+    RUNNING = "RUNNING"
+    #: Terminal, at most once per run. Into: RUNNING.
+    SUCCEEDED = "SUCCEEDED"
+    #: Terminal. Into: RUNNING, LEASED.
+    FAILED = "FAILED"
+    #: Terminal. Into: QUEUED, LEASED, RUNNING.
+    CANCELLED = "CANCELLED"
+    #: Terminal, deliberately not run. Into: QUEUED, LEASED.
+    SKIPPED = "SKIPPED"
+
+    @property
+    def terminal(self) -> bool:
+        return self in _TERMINAL_RUN_STATES
+
+    @property
+    def active(self) -> bool:
+        return self in (RunState.LEASED, RunState.RUNNING)
+
+
+_TERMINAL_RUN_STATES = frozenset(
+    {RunState.SUCCEEDED, RunState.FAILED, RunState.CANCELLED, RunState.SKIPPED}
+)
+
+
+class AttemptState(enum.StrEnum):
+    """State of an attempt."""
+
+    #: The process runs. Into: creation.
+    RUNNING = "RUNNING"
+    #: Exit code 0. Into: RUNNING.
+    SUCCEEDED = "SUCCEEDED"
+    #: Non-zero exit, signal, or spawn error. Into: RUNNING.
+    FAILED = "FAILED"
+    #: Killed after the timeout. Into: RUNNING.
+    TIMED_OUT = "TIMED_OUT"
+    #: Lease expired (agent dead or cut off). Into: RUNNING.
+    LOST = "LOST"
+    #: Killed by a cancel. Into: RUNNING.
+    CANCELLED = "CANCELLED"
+
+
+class Overlap(enum.StrEnum):
+    """What happens when a task has max_active_runs active runs."""
+
+    QUEUE = "queue"
+    SKIP = "skip"
+    REPLACE = "replace"
+
+
+class Catchup(enum.StrEnum):
+    """Which missed occurrences get runs."""
+
+    NONE = "none"
+    LATEST = "latest"
+    ALL = "all"
+
+
+class OnTimeout(enum.StrEnum):
+    """What a run becomes when its preconditions time out."""
+
+    FAIL = "fail"
+    SKIP = "skip"
+
+
+# --- triggers -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Cron:
+    """A cron schedule: 5 fields, or 6 with seconds first, in an IANA zone."""
+
+    expression: str
+    timezone: str = "UTC"
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Interval:
+    """Every ``every``, counted from ``anchor`` (default: when first applied)."""
+
+    every: timedelta
+    anchor: datetime | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class At:
+    """One instant."""
+
+    at: datetime
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class After:
+    """Runs once every listed task succeeded for the same occurrence."""
+
+    tasks: tuple[str, ...]
+
+
+Trigger = Cron | Interval | At | After
+
+
+# --- preconditions ------------------------------------------------------------
+
+DEFAULT_CHECK_TIMEOUT = timedelta(seconds=10)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class CommandCheck:
+    """Ready when the command exits 0."""
+
+    argv: tuple[str, ...]
+    timeout: timedelta = DEFAULT_CHECK_TIMEOUT
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class FileCheck:
+    """Ready when the file exists, and is at least ``min_age`` old."""
+
+    path: str
+    min_age: timedelta | None = None
+    timeout: timedelta = DEFAULT_CHECK_TIMEOUT
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class HttpCheck:
+    """Ready when GET answers 2xx."""
+
+    url: str
+    timeout: timedelta = DEFAULT_CHECK_TIMEOUT
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class TcpCheck:
+    """Ready when a TCP connection succeeds."""
+
+    host: str
+    port: int
+    timeout: timedelta = DEFAULT_CHECK_TIMEOUT
+
+
+Precondition = CommandCheck | FileCheck | HttpCheck | TcpCheck
+
+
+# --- policies -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Retry:
+    """How failed attempts are retried: exponential backoff, capped."""
+
+    max_attempts: int = 1
+    backoff: timedelta = timedelta(seconds=30)
+    max_backoff: timedelta = timedelta(minutes=10)
+    multiplier: float = 2.0
+
+    def delay_after(self, attempt_number: int) -> timedelta:
+        """Delay before the attempt that follows attempt ``attempt_number`` (1-based)."""
+        seconds = self.backoff.total_seconds() * self.multiplier ** max(0, attempt_number - 1)
+        return min(timedelta(seconds=seconds), self.max_backoff)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Concurrency:
+    """How many runs of a task may be active at once, and what happens beyond."""
+
+    max_active_runs: int = 1
+    overlap: Overlap = Overlap.QUEUE
+
+
+# --- task ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class TaskSpec:
+    """Everything a user says about a task; applying a changed one makes a new version."""
+
+    name: str
+    command: tuple[str, ...]
+    description: str = ""
+    shell: bool = False
+    env: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
+    params: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
+    workdir: str = ""
+    timeout: timedelta | None = None
+    retry: Retry = field(default_factory=Retry)
+    triggers: tuple[Trigger, ...] = ()
+    preconditions: tuple[Precondition, ...] = ()
+    poke_interval: timedelta = timedelta(seconds=60)
+    precondition_timeout: timedelta | None = None
+    on_timeout: OnTimeout = OnTimeout.FAIL
+    selector: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
+    concurrency: Concurrency = field(default_factory=Concurrency)
+    catchup: Catchup = Catchup.LATEST
+    max_catchup: int = 100
+    starting_deadline: timedelta | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Task:
+    """A registered task at its current version."""
+
+    name: str
+    version: int
+    paused: bool
+    spec: TaskSpec
+    created_at: datetime
+    updated_at: datetime
+    next_fire_at: datetime | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class TaskVersion:
+    """One stored version of a task's spec."""
+
+    version: int
+    spec: TaskSpec
+    created_at: datetime
+
+
+# --- runs ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Attempt:
+    """One try of a run on one agent."""
+
+    number: int
+    state: AttemptState
+    agent: str
+    argv: tuple[str, ...]
+    lease_token: int
+    started_at: datetime
+    finished_at: datetime | None = None
+    exit_code: int | None = None
+    signal: int | None = None
+    message: str = ""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Run:
+    """One execution of a task for one occurrence."""
+
+    id: str
+    task: str
+    task_version: int
+    occurrence: datetime
+    state: RunState
+    cause: str
+    created_at: datetime
+    not_before: datetime
+    params: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    attempts_used: int = 0
+    max_attempts: int = 1
+    reason: str = ""
+    agent: str = ""
+    attempts: tuple[Attempt, ...] = ()
+    outputs_json: str = ""
+    idempotency_key: str = ""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Agent:
+    """An execution host's agent as the cluster knows it."""
+
+    id: str
+    hostname: str
+    labels: Mapping[str, str]
+    capacity: int
+    version: str
+    state: str
+    coordinator: str
+    connected_at: datetime | None
+    last_seen_at: datetime | None
+    active_runs: int = 0

@@ -1,0 +1,57 @@
+"""The one retry policy for gRPC calls: reconnects and idempotent calls only.
+
+Every retry in Hydra goes through :func:`grpc_retrying`; nothing else retries
+by hand.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+import tenacity
+
+#: Codes that mean "the call did not happen or may be repeated safely".
+RETRYABLE_CODES: frozenset[grpc.StatusCode] = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.ABORTED,
+    }
+)
+
+
+def is_retryable(error: BaseException) -> bool:
+    """True for gRPC errors whose code is in RETRYABLE_CODES."""
+    return isinstance(error, grpc.RpcError) and error.code() in RETRYABLE_CODES  # type: ignore[attr-defined]
+
+
+def grpc_retrying(
+    *,
+    max_attempts: int | None = 5,
+    initial: float = 0.1,
+    maximum: float = 5.0,
+) -> tenacity.Retrying:
+    """A Retrying for blocking code: exponential backoff with jitter."""
+    return tenacity.Retrying(**_policy(max_attempts, initial, maximum))
+
+
+def async_grpc_retrying(
+    *,
+    max_attempts: int | None = None,
+    initial: float = 0.1,
+    maximum: float = 5.0,
+) -> tenacity.AsyncRetrying:
+    """An AsyncRetrying for asyncio code (the agent's reconnect loop)."""
+    return tenacity.AsyncRetrying(**_policy(max_attempts, initial, maximum))
+
+
+def _policy(max_attempts: int | None, initial: float, maximum: float) -> dict[str, Any]:
+    stop = tenacity.stop_after_attempt(max_attempts) if max_attempts else tenacity.stop_never
+    return {
+        "retry": tenacity.retry_if_exception(is_retryable),
+        "wait": tenacity.wait_random_exponential(multiplier=initial, max=maximum),
+        "stop": stop,
+        "reraise": True,
+    }
