@@ -28,7 +28,7 @@ from hydra.v1 import run_service_pb2 as hydra_dot_v1_dot_run__service__pb2
 from hydra.v1 import types_pb2 as hydra_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1chydra/v1/agent_service.proto\x12\x08hydra.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1ahydra/v1/run_service.proto\x1a\x14hydra/v1/types.proto\"/\n\x08LeaseRef\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x13\n\x0blease_token\x18\x02 \x01(\x04\"\xaa\x02\n\x0c\x41gentMessage\x12 \n\x05hello\x18\x01 \x01(\x0b\x32\x0f.hydra.v1.HelloH\x00\x12(\n\theartbeat\x18\x02 \x01(\x0b\x32\x13.hydra.v1.HeartbeatH\x00\x12\x33\n\x0f\x61ttempt_started\x18\x03 \x01(\x0b\x32\x18.hydra.v1.AttemptStartedH\x00\x12\'\n\x06output\x18\x04 \x01(\x0b\x32\x15.hydra.v1.OutputChunkH\x00\x12\x35\n\x10\x61ttempt_finished\x18\x05 \x01(\x0b\x32\x19.hydra.v1.AttemptFinishedH\x00\x12\x31\n\x0elease_rejected\x18\x06 \x01(\x0b\x32\x17.hydra.v1.LeaseRejectedH\x00\x42\x06\n\x04\x62ody\"\xe5\x01\n\x05Hello\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x10\n\x08hostname\x18\x02 \x01(\t\x12+\n\x06labels\x18\x03 \x03(\x0b\x32\x1b.hydra.v1.Hello.LabelsEntry\x12\x10\n\x08\x63\x61pacity\x18\x04 \x01(\r\x12\x0f\n\x07version\x18\x05 \x01(\t\x12\'\n\x0bheld_leases\x18\x06 \x03(\x0b\x32\x12.hydra.v1.LeaseRef\x12\x10\n\x08\x64raining\x18\x07 \x01(\x08\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"A\n\tHeartbeat\x12\"\n\x06leases\x18\x01 \x03(\x0b\x32\x12.hydra.v1.LeaseRef\x12\x10\n\x08sequence\x18\x02 \x01(\x04\"~\n\x0e\x41ttemptStarted\x12!\n\x05lease\x18\x01 \x01(\x0b\x32\x12.hydra.v1.LeaseRef\x12\x0c\n\x04\x61rgv\x18\x02 \x03(\t\x12\x0b\n\x03pid\x18\x03 \x01(\r\x12.\n\nstarted_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"f\n\x0bOutputChunk\x12!\n\x05lease\x18\x01 \x01(\x0b\x32\x12.hydra.v1.LeaseRef\x12&\n\x06stream\x18\x02 \x01(\x0e\x32\x16.hydra.v1.OutputStream\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"\xbb\x02\n\x0f\x41ttemptFinished\x12!\n\x05lease\x18\x01 \x01(\x0b\x32\x12.hydra.v1.LeaseRef\x12)\n\x07outcome\x18\x02 \x01(\x0e\x32\x18.hydra.v1.AttemptOutcome\x12\x16\n\texit_code\x18\x03 \x01(\x05H\x00\x88\x01\x01\x12\x13\n\x06signal\x18\x04 \x01(\x05H\x01\x88\x01\x01\x12.\n\nstarted_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07message\x18\x07 \x01(\t\x12\x0c\n\x04\x61rgv\x18\x08 \x03(\t\x12\x14\n\x0coutputs_json\x18\t \x01(\tB\x0c\n\n_exit_codeB\t\n\x07_signal\"B\n\rLeaseRejected\x12!\n\x05lease\x18\x01 \x01(\x0b\x32\x12.hydra.v1.LeaseRef\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x92\x02\n\x12\x43oordinatorMessage\x12$\n\x07welcome\x18\x01 \x01(\x0b\x32\x11.hydra.v1.WelcomeH\x00\x12%\n\x05lease\x18\x02 \x01(\x0b\x32\x14.hydra.v1.LeaseOfferH\x00\x12/\n\rheartbeat_ack\x18\x03 \x01(\x0b\x32\x16.hydra.v1.HeartbeatAckH\x00\x12)\n\x06\x63\x61ncel\x18\x04 \x01(\x0b\x32\x17.hydra.v1.CancelAttemptH\x00\x12 \n\x05\x64rain\x18\x05 \x01(\x0b\x32\x0f.hydra.v1.DrainH\x00\x12)\n\nreport_ack\x18\x06 \x01(\x0b\x32\x13.hydra.v1.ReportAckH\x00\x42\x06\n\x04\x62ody\"\xab\x01\n\x07Welcome\x12\x16\n\x0e\x63oordinator_id\x18\x01 \x01(\t\x12\x35\n\x12heartbeat_interval\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12,\n\tlease_ttl\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12#\n\x07revoked\x18\x04 \x03(\x0b\x32\x12.hydra.v1.LeaseRef\"\xd0\x02\n\nLeaseOffer\x12!\n\x05lease\x18\x01 \x01(\x0b\x32\x12.hydra.v1.LeaseRef\x12\x0c\n\x04task\x18\x02 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\r\x12\x0c\n\x04\x61rgv\x18\x04 \x03(\t\x12*\n\x03\x65nv\x18\x05 \x03(\x0b\x32\x1d.hydra.v1.LeaseOffer.EnvEntry\x12\x0f\n\x07workdir\x18\x06 \x01(\t\x12*\n\x07timeout\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12-\n\nkill_grace\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\x12.\n\noccurrence\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"E\n\x0cHeartbeatAck\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12#\n\x07revoked\x18\x02 \x03(\x0b\x32\x12.hydra.v1.LeaseRef\"B\n\rCancelAttempt\x12!\n\x05lease\x18\x01 \x01(\x0b\x32\x12.hydra.v1.LeaseRef\x12\x0e\n\x06reason\x18\x02 \x01(\t\"4\n\x05\x44rain\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x1b\n\x13reconnect_elsewhere\x18\x02 \x01(\x08\"P\n\tReportAck\x12!\n\x05lease\x18\x01 \x01(\x0b\x32\x12.hydra.v1.LeaseRef\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\"1\n\x11ListAgentsRequest\x12\x1c\n\x14include_disconnected\x18\x01 \x01(\x08\"5\n\x12ListAgentsResponse\x12\x1f\n\x06\x61gents\x18\x01 \x03(\x0b\x32\x0f.hydra.v1.Agent\"%\n\x11\x44rainAgentRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\"4\n\x12\x44rainAgentResponse\x12\x1e\n\x05\x61gent\x18\x01 \x01(\x0b\x32\x0f.hydra.v1.Agent*\xc6\x01\n\x0e\x41ttemptOutcome\x12\x1f\n\x1b\x41TTEMPT_OUTCOME_UNSPECIFIED\x10\x00\x12\x1d\n\x19\x41TTEMPT_OUTCOME_SUCCEEDED\x10\x01\x12\x1a\n\x16\x41TTEMPT_OUTCOME_FAILED\x10\x02\x12\x1d\n\x19\x41TTEMPT_OUTCOME_TIMED_OUT\x10\x03\x12\x1d\n\x19\x41TTEMPT_OUTCOME_CANCELLED\x10\x04\x12\x1a\n\x16\x41TTEMPT_OUTCOME_FENCED\x10\x05\x32\xda\x01\n\x0c\x41gentService\x12\x43\n\x07\x43onnect\x12\x16.hydra.v1.AgentMessage\x1a\x1c.hydra.v1.CoordinatorMessage(\x01\x30\x01\x12\x41\n\x04List\x12\x1b.hydra.v1.ListAgentsRequest\x1a\x1c.hydra.v1.ListAgentsResponse\x12\x42\n\x05\x44rain\x12\x1b.hydra.v1.DrainAgentRequest\x1a\x1c.hydra.v1.DrainAgentResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1chydra/v1/agent_service.proto\x12\x08hydra.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1ahydra/v1/run_service.proto\x1a\x14hydra/v1/types.proto\"/\n\x08LeaseRef\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x13\n\x0blease_token\x18\x02 \x01(\x04\"\xaa\x02\n\x0c\x41gentMessage\x12 \n\x05hello\x18\x01 \x01(\x0b\x32\x0f.hydra.v1.HelloH\x00\x12(\n\theartbeat\x18\x02 \x01(\x0b\x32\x13.hydra.v1.HeartbeatH\x00\x12\x33\n\x0f\x61ttempt_started\x18\x03 \x01(\x0b\x32\x18.hydra.v1.AttemptStartedH\x00\x12\'\n\x06output\x18\x04 \x01(\x0b\x32\x15.hydra.v1.OutputChunkH\x00\x12\x35\n\x10\x61ttempt_finished\x18\x05 \x01(\x0b\x32\x19.hydra.v1.AttemptFinishedH\x00\x12\x31\n\x0elease_rejected\x18\x06 \x01(\x0b\x32\x17.hydra.v1.LeaseRejectedH\x00\x42\x06\n\x04\x62ody\"\xe5\x01\n\x05Hello\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x10\n\x08hostname\x18\x02 \x01(\t\x12+\n\x06labels\x18\x03 \x03(\x0b\x32\x1b.hydra.v1.Hello.LabelsEntry\x12\x10\n\x08\x63\x61pacity\x18\x04 \x01(\r\x12\x0f\n\x07version\x18\x05 \x01(\t\x12\'\n\x0bheld_leases\x18\x06 \x03(\x0b\x32\x12.hydra.v1.LeaseRef\x12\x10\n\x08\x64raining\x18\x07 \x01(\x08\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"S\n\tHeartbeat\x12\"\n\x06leases\x18\x01 \x03(\x0b\x32\x12.hydra.v1.LeaseRef\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12\x10\n\x08\x64raining\x18\x03 \x01(\x08\"~\n\x0e\x41ttemptStarted\x12!\n\x05lease\x18\x01 \x01(\x0b\x32\x12.hydra.v1.LeaseRef\x12\x0c\n\x04\x61rgv\x18\x02 \x03(\t\x12\x0b\n\x03pid\x18\x03 \x01(\r\x12.\n\nstarted_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"f\n\x0bOutputChunk\x12!\n\x05lease\x18\x01 \x01(\x0b\x32\x12.hydra.v1.LeaseRef\x12&\n\x06stream\x18\x02 \x01(\x0e\x32\x16.hydra.v1.OutputStream\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"\xbb\x02\n\x0f\x41ttemptFinished\x12!\n\x05lease\x18\x01 \x01(\x0b\x32\x12.hydra.v1.LeaseRef\x12)\n\x07outcome\x18\x02 \x01(\x0e\x32\x18.hydra.v1.AttemptOutcome\x12\x16\n\texit_code\x18\x03 \x01(\x05H\x00\x88\x01\x01\x12\x13\n\x06signal\x18\x04 \x01(\x05H\x01\x88\x01\x01\x12.\n\nstarted_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07message\x18\x07 \x01(\t\x12\x0c\n\x04\x61rgv\x18\x08 \x03(\t\x12\x14\n\x0coutputs_json\x18\t \x01(\tB\x0c\n\n_exit_codeB\t\n\x07_signal\"B\n\rLeaseRejected\x12!\n\x05lease\x18\x01 \x01(\x0b\x32\x12.hydra.v1.LeaseRef\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x92\x02\n\x12\x43oordinatorMessage\x12$\n\x07welcome\x18\x01 \x01(\x0b\x32\x11.hydra.v1.WelcomeH\x00\x12%\n\x05lease\x18\x02 \x01(\x0b\x32\x14.hydra.v1.LeaseOfferH\x00\x12/\n\rheartbeat_ack\x18\x03 \x01(\x0b\x32\x16.hydra.v1.HeartbeatAckH\x00\x12)\n\x06\x63\x61ncel\x18\x04 \x01(\x0b\x32\x17.hydra.v1.CancelAttemptH\x00\x12 \n\x05\x64rain\x18\x05 \x01(\x0b\x32\x0f.hydra.v1.DrainH\x00\x12)\n\nreport_ack\x18\x06 \x01(\x0b\x32\x13.hydra.v1.ReportAckH\x00\x42\x06\n\x04\x62ody\"\xab\x01\n\x07Welcome\x12\x16\n\x0e\x63oordinator_id\x18\x01 \x01(\t\x12\x35\n\x12heartbeat_interval\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12,\n\tlease_ttl\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12#\n\x07revoked\x18\x04 \x03(\x0b\x32\x12.hydra.v1.LeaseRef\"\xd0\x02\n\nLeaseOffer\x12!\n\x05lease\x18\x01 \x01(\x0b\x32\x12.hydra.v1.LeaseRef\x12\x0c\n\x04task\x18\x02 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\r\x12\x0c\n\x04\x61rgv\x18\x04 \x03(\t\x12*\n\x03\x65nv\x18\x05 \x03(\x0b\x32\x1d.hydra.v1.LeaseOffer.EnvEntry\x12\x0f\n\x07workdir\x18\x06 \x01(\t\x12*\n\x07timeout\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12-\n\nkill_grace\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\x12.\n\noccurrence\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"E\n\x0cHeartbeatAck\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12#\n\x07revoked\x18\x02 \x03(\x0b\x32\x12.hydra.v1.LeaseRef\"B\n\rCancelAttempt\x12!\n\x05lease\x18\x01 \x01(\x0b\x32\x12.hydra.v1.LeaseRef\x12\x0e\n\x06reason\x18\x02 \x01(\t\"4\n\x05\x44rain\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x1b\n\x13reconnect_elsewhere\x18\x02 \x01(\x08\"P\n\tReportAck\x12!\n\x05lease\x18\x01 \x01(\x0b\x32\x12.hydra.v1.LeaseRef\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\"1\n\x11ListAgentsRequest\x12\x1c\n\x14include_disconnected\x18\x01 \x01(\x08\"5\n\x12ListAgentsResponse\x12\x1f\n\x06\x61gents\x18\x01 \x03(\x0b\x32\x0f.hydra.v1.Agent\"%\n\x11\x44rainAgentRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\"4\n\x12\x44rainAgentResponse\x12\x1e\n\x05\x61gent\x18\x01 \x01(\x0b\x32\x0f.hydra.v1.Agent*\xc6\x01\n\x0e\x41ttemptOutcome\x12\x1f\n\x1b\x41TTEMPT_OUTCOME_UNSPECIFIED\x10\x00\x12\x1d\n\x19\x41TTEMPT_OUTCOME_SUCCEEDED\x10\x01\x12\x1a\n\x16\x41TTEMPT_OUTCOME_FAILED\x10\x02\x12\x1d\n\x19\x41TTEMPT_OUTCOME_TIMED_OUT\x10\x03\x12\x1d\n\x19\x41TTEMPT_OUTCOME_CANCELLED\x10\x04\x12\x1a\n\x16\x41TTEMPT_OUTCOME_FENCED\x10\x05\x32\xda\x01\n\x0c\x41gentService\x12\x43\n\x07\x43onnect\x12\x16.hydra.v1.AgentMessage\x1a\x1c.hydra.v1.CoordinatorMessage(\x01\x30\x01\x12\x41\n\x04List\x12\x1b.hydra.v1.ListAgentsRequest\x1a\x1c.hydra.v1.ListAgentsResponse\x12\x42\n\x05\x44rain\x12\x1b.hydra.v1.DrainAgentRequest\x1a\x1c.hydra.v1.DrainAgentResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,8 +39,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_HELLO_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_LEASEOFFER_ENVENTRY']._loaded_options = None
   _globals['_LEASEOFFER_ENVENTRY']._serialized_options = b'8\001'
-  _globals['_ATTEMPTOUTCOME']._serialized_start=2689
-  _globals['_ATTEMPTOUTCOME']._serialized_end=2887
+  _globals['_ATTEMPTOUTCOME']._serialized_start=2707
+  _globals['_ATTEMPTOUTCOME']._serialized_end=2905
   _globals['_LEASEREF']._serialized_start=157
   _globals['_LEASEREF']._serialized_end=204
   _globals['_AGENTMESSAGE']._serialized_start=207
@@ -50,39 +50,39 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_HELLO_LABELSENTRY']._serialized_start=692
   _globals['_HELLO_LABELSENTRY']._serialized_end=737
   _globals['_HEARTBEAT']._serialized_start=739
-  _globals['_HEARTBEAT']._serialized_end=804
-  _globals['_ATTEMPTSTARTED']._serialized_start=806
-  _globals['_ATTEMPTSTARTED']._serialized_end=932
-  _globals['_OUTPUTCHUNK']._serialized_start=934
-  _globals['_OUTPUTCHUNK']._serialized_end=1036
-  _globals['_ATTEMPTFINISHED']._serialized_start=1039
-  _globals['_ATTEMPTFINISHED']._serialized_end=1354
-  _globals['_LEASEREJECTED']._serialized_start=1356
-  _globals['_LEASEREJECTED']._serialized_end=1422
-  _globals['_COORDINATORMESSAGE']._serialized_start=1425
-  _globals['_COORDINATORMESSAGE']._serialized_end=1699
-  _globals['_WELCOME']._serialized_start=1702
-  _globals['_WELCOME']._serialized_end=1873
-  _globals['_LEASEOFFER']._serialized_start=1876
-  _globals['_LEASEOFFER']._serialized_end=2212
-  _globals['_LEASEOFFER_ENVENTRY']._serialized_start=2170
-  _globals['_LEASEOFFER_ENVENTRY']._serialized_end=2212
-  _globals['_HEARTBEATACK']._serialized_start=2214
-  _globals['_HEARTBEATACK']._serialized_end=2283
-  _globals['_CANCELATTEMPT']._serialized_start=2285
-  _globals['_CANCELATTEMPT']._serialized_end=2351
-  _globals['_DRAIN']._serialized_start=2353
-  _globals['_DRAIN']._serialized_end=2405
-  _globals['_REPORTACK']._serialized_start=2407
-  _globals['_REPORTACK']._serialized_end=2487
-  _globals['_LISTAGENTSREQUEST']._serialized_start=2489
-  _globals['_LISTAGENTSREQUEST']._serialized_end=2538
-  _globals['_LISTAGENTSRESPONSE']._serialized_start=2540
-  _globals['_LISTAGENTSRESPONSE']._serialized_end=2593
-  _globals['_DRAINAGENTREQUEST']._serialized_start=2595
-  _globals['_DRAINAGENTREQUEST']._serialized_end=2632
-  _globals['_DRAINAGENTRESPONSE']._serialized_start=2634
-  _globals['_DRAINAGENTRESPONSE']._serialized_end=2686
-  _globals['_AGENTSERVICE']._serialized_start=2890
-  _globals['_AGENTSERVICE']._serialized_end=3108
+  _globals['_HEARTBEAT']._serialized_end=822
+  _globals['_ATTEMPTSTARTED']._serialized_start=824
+  _globals['_ATTEMPTSTARTED']._serialized_end=950
+  _globals['_OUTPUTCHUNK']._serialized_start=952
+  _globals['_OUTPUTCHUNK']._serialized_end=1054
+  _globals['_ATTEMPTFINISHED']._serialized_start=1057
+  _globals['_ATTEMPTFINISHED']._serialized_end=1372
+  _globals['_LEASEREJECTED']._serialized_start=1374
+  _globals['_LEASEREJECTED']._serialized_end=1440
+  _globals['_COORDINATORMESSAGE']._serialized_start=1443
+  _globals['_COORDINATORMESSAGE']._serialized_end=1717
+  _globals['_WELCOME']._serialized_start=1720
+  _globals['_WELCOME']._serialized_end=1891
+  _globals['_LEASEOFFER']._serialized_start=1894
+  _globals['_LEASEOFFER']._serialized_end=2230
+  _globals['_LEASEOFFER_ENVENTRY']._serialized_start=2188
+  _globals['_LEASEOFFER_ENVENTRY']._serialized_end=2230
+  _globals['_HEARTBEATACK']._serialized_start=2232
+  _globals['_HEARTBEATACK']._serialized_end=2301
+  _globals['_CANCELATTEMPT']._serialized_start=2303
+  _globals['_CANCELATTEMPT']._serialized_end=2369
+  _globals['_DRAIN']._serialized_start=2371
+  _globals['_DRAIN']._serialized_end=2423
+  _globals['_REPORTACK']._serialized_start=2425
+  _globals['_REPORTACK']._serialized_end=2505
+  _globals['_LISTAGENTSREQUEST']._serialized_start=2507
+  _globals['_LISTAGENTSREQUEST']._serialized_end=2556
+  _globals['_LISTAGENTSRESPONSE']._serialized_start=2558
+  _globals['_LISTAGENTSRESPONSE']._serialized_end=2611
+  _globals['_DRAINAGENTREQUEST']._serialized_start=2613
+  _globals['_DRAINAGENTREQUEST']._serialized_end=2650
+  _globals['_DRAINAGENTRESPONSE']._serialized_start=2652
+  _globals['_DRAINAGENTRESPONSE']._serialized_end=2704
+  _globals['_AGENTSERVICE']._serialized_start=2908
+  _globals['_AGENTSERVICE']._serialized_end=3126
 # @@protoc_insertion_point(module_scope)

@@ -219,8 +219,11 @@ class Heartbeat(_message.Message):
 
     LEASES_FIELD_NUMBER: _builtins.int
     SEQUENCE_FIELD_NUMBER: _builtins.int
+    DRAINING_FIELD_NUMBER: _builtins.int
     sequence: _builtins.int
     """Sequence number, echoed by the acknowledgement."""
+    draining: _builtins.bool
+    """The agent is draining (it got SIGTERM or a Drain): offer it nothing more."""
     @_builtins.property
     def leases(self) -> _containers.RepeatedCompositeFieldContainer[Global___LeaseRef]:
         """Leases to renew."""
@@ -230,10 +233,11 @@ class Heartbeat(_message.Message):
         *,
         leases: _abc.Iterable[Global___LeaseRef] | None = ...,
         sequence: _builtins.int = ...,
+        draining: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["leases", b"leases", "sequence", b"sequence"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["draining", b"draining", "leases", b"leases", "sequence", b"sequence"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
