@@ -1,0 +1,1 @@
+"""The coordinator: gRPC API, trigger loop, dispatcher, lease reaper and the store."""

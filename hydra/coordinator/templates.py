@@ -1,0 +1,358 @@
+"""Computed arguments: a task's templated fields rendered for one run.
+
+Templates are Jinja2 in a sandbox with strict undefined. They see these
+variables, all computed from the run, never from the wall clock:
+
+===================  =============================================================
+``occurrence``       the run's occurrence, an aware datetime in the task's zone
+                     (the zone of its first cron trigger, else UTC)
+``ds``               its local date, ``2026-03-08``
+``ds_nodash``        ``20260308``
+``ts``               ISO 8601 local time with offset, ``2026-03-08T03:00:00-04:00``
+                     (microseconds only when the occurrence has them: manual runs)
+``ts_nodash``        local time to the second, no offset: ``20260308T030000``
+``params``           the run's params (task defaults, overridden by the run)
+``run.id``           the run's id
+``attempt``          the attempt number, from 1
+``task.name``        the task's name
+``upstream['t']``    ``.outputs``: the JSON outputs of upstream task ``t`` for the
+                     same occurrence (only tasks named in an ``after`` trigger)
+===================  =============================================================
+
+``params.NAME`` reads a param; use ``params['NAME']`` for names that are not
+identifiers or that are also dict methods (``keys``, ``items``, ``get`` ...).
+Each command element is rendered on its own: rendering never splits or joins
+elements.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from types import MappingProxyType
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import jinja2
+from jinja2 import meta, nodes
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from hydra.domain import After, CommandCheck, Cron, FileCheck, HttpCheck, TaskSpec
+from hydra.errors import FieldProblem, HydraError, InvalidArgument
+
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
+#: The top-level names a template may use.
+CONTEXT_NAMES = frozenset(
+    {
+        "occurrence",
+        "ds",
+        "ds_nodash",
+        "ts",
+        "ts_nodash",
+        "params",
+        "run",
+        "attempt",
+        "task",
+        "upstream",
+    }
+)
+# Methods of a dict, which ``params.NAME`` finds before a param NAME.
+_MAPPING_METHODS = frozenset(name for name in dir(dict) if not name.startswith("_"))
+_REFERENCES = (nodes.Extends, nodes.Include, nodes.Import, nodes.FromImport)
+
+
+class RenderError(HydraError):
+    """A template could not be rendered."""
+
+    status_code_name = "INVALID_ARGUMENT"
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(f"{path}: {reason}")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RenderContext:
+    """What a run's templates are rendered against.
+
+    Attributes:
+        task_name: The task's name.
+        occurrence: The run's occurrence, aware (normally UTC).
+        timezone: IANA zone the template sees it in; see :func:`timezone_for`.
+        params: The run's params; :func:`render_command` lays them over the
+            task's defaults, :func:`render_string` uses them as they are.
+        run_id: The run's id.
+        attempt: The attempt number, from 1.
+        upstream: Upstream task name to its outputs for the same occurrence.
+    """
+
+    task_name: str
+    occurrence: datetime
+    timezone: str
+    params: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
+    run_id: str
+    attempt: int
+    upstream: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: _EMPTY)
+
+    def __post_init__(self) -> None:
+        if self.occurrence.tzinfo is None or self.occurrence.utcoffset() is None:
+            raise ValueError(f"occurrence must be aware, not {self.occurrence!r}")
+        _zone(self.timezone)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Rendered:
+    """A command ready to run."""
+
+    argv: tuple[str, ...]
+    env: dict[str, str]
+    workdir: str
+
+
+# --- the environment --------------------------------------------------------------
+
+
+class _Namespace(dict[str, Any]):
+    """A dict that names itself when a template asks it for a missing key."""
+
+    __slots__ = ("_label",)  # underscored: out of the sandbox's reach
+
+    def __init__(self, items: Mapping[str, Any], label: str) -> None:
+        super().__init__(items)
+        self._label = label
+
+
+class _StrictUndefined(jinja2.StrictUndefined):
+    """StrictUndefined whose message names our variables: ``'params' has no attribute 'x'``."""
+
+    __slots__ = ()
+
+    @property
+    def _undefined_message(self) -> str:
+        owner, name = self._undefined_obj, self._undefined_name
+        if self._undefined_hint is None and isinstance(owner, _Namespace):
+            return f"{owner._label!r} has no attribute {name!r}"
+        return super()._undefined_message
+
+
+# Immutable: a template must not change what the next field sees.
+_ENV = ImmutableSandboxedEnvironment(
+    undefined=_StrictUndefined, autoescape=False, keep_trailing_newline=True
+)
+
+
+@functools.lru_cache(maxsize=4096)
+def _compile(source: str) -> jinja2.Template:
+    return _ENV.from_string(source)
+
+
+@functools.lru_cache(maxsize=512)
+def _zone(name: str) -> ZoneInfo:
+    """The IANA zone ``name`` (empty means UTC); ValueError if it is unknown."""
+    try:
+        return ZoneInfo(name or "UTC")
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        raise ValueError(f"unknown time zone {name!r}") from None
+
+
+# --- rendering ------------------------------------------------------------------
+
+
+def timezone_for(spec: TaskSpec) -> str:
+    """The zone templates see occurrences in: the first cron trigger's, else UTC."""
+    for trigger in spec.triggers:
+        if isinstance(trigger, Cron):
+            return trigger.timezone or "UTC"
+    return "UTC"
+
+
+def render_command(spec: TaskSpec, ctx: RenderContext) -> Rendered:
+    """Render a task's command, env and workdir for one attempt.
+
+    Each command element renders on its own; with ``shell`` the single element
+    becomes ``/bin/sh -c <element>``.
+
+    Raises:
+        RenderError: naming the field, e.g. ``command[2]: 'params' has no attribute 'region'``.
+    """
+    variables = _variables(ctx, {**spec.params, **ctx.params})
+    argv = tuple(
+        _render(source, variables, f"command[{index}]") for index, source in enumerate(spec.command)
+    )
+    if spec.shell:
+        if len(argv) != 1:
+            raise RenderError("command", "with shell: true, command must be one element")
+        argv = ("/bin/sh", "-c", argv[0])
+    env = {key: _render(value, variables, f"env.{key}") for key, value in spec.env.items()}
+    workdir = _render(spec.workdir, variables, "workdir")
+    return Rendered(argv=argv, env=env, workdir=workdir)
+
+
+def render_string(source: str, ctx: RenderContext, path: str) -> str:
+    """Render one templated field (e.g. a precondition's path) against ``ctx``.
+
+    Raises:
+        RenderError: naming ``path``.
+    """
+    return _render(source, _variables(ctx, ctx.params), path)
+
+
+def _variables(ctx: RenderContext, params: Mapping[str, str]) -> dict[str, Any]:
+    local = ctx.occurrence.astimezone(_zone(ctx.timezone))
+    upstream = {
+        name: _Namespace(
+            {"outputs": _Namespace(outputs, f"upstream[{name!r}].outputs")}, f"upstream[{name!r}]"
+        )
+        for name, outputs in ctx.upstream.items()
+    }
+    return {
+        "occurrence": local,
+        "ds": f"{local:%Y-%m-%d}",
+        "ds_nodash": f"{local:%Y%m%d}",
+        "ts": local.isoformat(),
+        "ts_nodash": f"{local:%Y%m%dT%H%M%S}",
+        "params": _Namespace(params, "params"),
+        "run": _Namespace({"id": ctx.run_id}, "run"),
+        "attempt": ctx.attempt,
+        "task": _Namespace({"name": ctx.task_name}, "task"),
+        "upstream": _Namespace(upstream, "upstream"),
+    }
+
+
+def _render(source: str, variables: Mapping[str, Any], path: str) -> str:
+    if "{" not in source and "\r" not in source:
+        return source  # no template syntax: Jinja would give it back unchanged
+    try:
+        return _compile(source).render(variables)
+    except jinja2.TemplateSyntaxError as error:
+        raise RenderError(path, _syntax_message(error)) from error
+    except jinja2.TemplateError as error:  # undefined names, sandbox violations
+        raise RenderError(path, error.message or type(error).__name__) from error
+    except Exception as error:  # whatever a method called by the template raised
+        raise RenderError(path, f"{type(error).__name__}: {error}") from error
+
+
+# --- apply-time checks ------------------------------------------------------------
+
+
+def check_templates(spec: TaskSpec) -> None:
+    """Refuse templates that cannot render, before any run needs them.
+
+    Checks every templated field (command elements, env values, workdir,
+    precondition argv, path and url) for syntax errors, unknown variables,
+    params the task does not declare, upstream tasks it does not depend on,
+    private attributes and includes.
+
+    Raises:
+        InvalidArgument: with one problem per finding, each naming its field.
+    """
+    declared = frozenset(spec.params)
+    upstream = frozenset(
+        name for trigger in spec.triggers if isinstance(trigger, After) for name in trigger.tasks
+    )
+    problems = [
+        problem
+        for path, source in _templated_fields(spec)
+        for problem in _check(path, source, declared, upstream)
+    ]
+    if problems:
+        raise InvalidArgument(problems)
+
+
+def _templated_fields(spec: TaskSpec) -> Iterator[tuple[str, str]]:
+    """(field path, source) of every templated field; paths use the YAML names, as hydra.spec."""
+    for index, element in enumerate(spec.command):
+        yield f"command[{index}]", element
+    for key, value in spec.env.items():
+        yield f"env.{key}", value
+    yield "workdir", spec.workdir
+    for index, check in enumerate(spec.preconditions):
+        prefix = f"preconditions[{index}]"
+        if isinstance(check, CommandCheck):
+            for position, element in enumerate(check.argv):
+                yield f"{prefix}.command[{position}]", element
+        elif isinstance(check, FileCheck):
+            yield f"{prefix}.file", check.path
+        elif isinstance(check, HttpCheck):
+            yield f"{prefix}.http", check.url
+
+
+def _check(
+    path: str, source: str, declared: frozenset[str], upstream: frozenset[str]
+) -> list[FieldProblem]:
+    """Problems with one templated field."""
+    try:
+        ast = _ENV.parse(source)
+        _compile(source)  # some errors (unknown filters) only show when compiling
+        unknown = meta.find_undeclared_variables(ast)
+    except jinja2.TemplateSyntaxError as error:
+        return [FieldProblem(path=path, message=_syntax_message(error))]
+    messages = [f"unknown template variable {name!r}" for name in sorted(unknown - _known_names())]
+    if "params" in unknown:  # i.e. the template does not assign it itself
+        messages += _params_problems(ast, declared)
+    if "upstream" in unknown:
+        messages += _upstream_problems(ast, upstream)
+    messages += _unsafe_problems(ast)
+    return [FieldProblem(path=path, message=message) for message in messages]
+
+
+def _params_problems(ast: nodes.Template, declared: frozenset[str]) -> list[str]:
+    """``params.X`` / ``params['X']`` where the task declares no param X."""
+    declares = f"the task declares {', '.join(sorted(declared))}" if declared else "none declared"
+    return [
+        f"unknown param {name!r} ({declares})"
+        for name in _keys_of(ast, "params")
+        if name not in declared and name not in _MAPPING_METHODS
+    ]
+
+
+def _upstream_problems(ast: nodes.Template, upstream: frozenset[str]) -> list[str]:
+    """``upstream['t']`` where t is not named in an ``after`` trigger."""
+    return [
+        f"{name!r} is not an upstream task (not named in an 'after' trigger)"
+        for name in _keys_of(ast, "upstream")
+        if name not in upstream and name not in _MAPPING_METHODS
+    ]
+
+
+def _unsafe_problems(ast: nodes.Template) -> list[str]:
+    messages = [
+        f"access to attribute {node.attr!r} is not allowed"
+        for node in ast.find_all(nodes.Getattr)
+        if node.attr.startswith("_")
+    ]
+    if any(True for _ in ast.find_all(_REFERENCES)):
+        messages.append("include, import and extends are not available")
+    return messages
+
+
+def _keys_of(ast: nodes.Template, variable: str) -> list[str]:
+    """Constant keys read from a top-level variable, in order, without repeats."""
+    keys: dict[str, None] = {}  # a dict keeps the order of first use
+    for node in ast.find_all((nodes.Getattr, nodes.Getitem)):
+        key = _constant_key(node)
+        target = getattr(node, "node", None)
+        if key is not None and isinstance(target, nodes.Name) and target.name == variable:
+            keys[key] = None
+    return list(keys)
+
+
+def _constant_key(node: nodes.Node) -> str | None:
+    """The key of ``x.key`` or ``x['key']``; None when computed at render time."""
+    if isinstance(node, nodes.Getattr):
+        return node.attr
+    if isinstance(node, nodes.Getitem) and isinstance(node.arg, nodes.Const):
+        return node.arg.value if isinstance(node.arg.value, str) else None
+    return None
+
+
+def _known_names() -> frozenset[str]:
+    return CONTEXT_NAMES | frozenset(_ENV.globals)
+
+
+def _syntax_message(error: jinja2.TemplateSyntaxError) -> str:
+    reason = (error.message or "invalid syntax").rstrip(".")
+    return f"template syntax error on line {error.lineno}: {reason}"
