@@ -11,8 +11,27 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from types import MappingProxyType
+from typing import Any
 
 _EMPTY: Mapping[str, str] = MappingProxyType({})
+
+
+def _as_tuple(value: Any) -> Any:
+    """A list as a tuple; anything else (a string included) unchanged."""
+    return tuple(value) if isinstance(value, list | tuple) else value
+
+
+def _as_dict(value: Any) -> Any:
+    """A mapping as a plain dict copy, so later changes to the caller's object don't leak in."""
+    return dict(value) if isinstance(value, Mapping) else value
+
+
+def _normalize(obj: object, *, tuples: tuple[str, ...] = (), dicts: tuple[str, ...] = ()) -> None:
+    """Normalize what SDK users pass to a frozen dataclass; validation is hydra.spec's job."""
+    for name in tuples:
+        object.__setattr__(obj, name, _as_tuple(getattr(obj, name)))
+    for name in dicts:
+        object.__setattr__(obj, name, _as_dict(getattr(obj, name)))
 
 
 class RunState(enum.StrEnum):
@@ -120,6 +139,9 @@ class After:
 
     tasks: tuple[str, ...]
 
+    def __post_init__(self) -> None:
+        _normalize(self, tuples=("tasks",))
+
 
 Trigger = Cron | Interval | At | After
 
@@ -135,6 +157,9 @@ class CommandCheck:
 
     argv: tuple[str, ...]
     timeout: timedelta = DEFAULT_CHECK_TIMEOUT
+
+    def __post_init__(self) -> None:
+        _normalize(self, tuples=("argv",))
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -180,8 +205,12 @@ class Retry:
 
     def delay_after(self, attempt_number: int) -> timedelta:
         """Delay before the attempt that follows attempt ``attempt_number`` (1-based)."""
-        seconds = self.backoff.total_seconds() * self.multiplier ** max(0, attempt_number - 1)
-        return min(timedelta(seconds=seconds), self.max_backoff)
+        cap = self.max_backoff.total_seconds()
+        try:
+            seconds = self.backoff.total_seconds() * self.multiplier ** max(0, attempt_number - 1)
+        except OverflowError:
+            seconds = cap
+        return timedelta(seconds=min(seconds, cap))
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -218,6 +247,13 @@ class TaskSpec:
     catchup: Catchup = Catchup.LATEST
     max_catchup: int = 100
     starting_deadline: timedelta | None = None
+
+    def __post_init__(self) -> None:
+        _normalize(
+            self,
+            tuples=("command", "triggers", "preconditions"),
+            dicts=("env", "params", "selector"),
+        )
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
