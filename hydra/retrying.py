@@ -24,7 +24,7 @@ RETRYABLE_CODES: frozenset[grpc.StatusCode] = frozenset(
 
 def is_retryable(error: BaseException) -> bool:
     """True for gRPC errors whose code is in RETRYABLE_CODES."""
-    return isinstance(error, grpc.RpcError) and error.code() in RETRYABLE_CODES  # type: ignore[attr-defined]
+    return isinstance(error, grpc.RpcError) and error.code() in RETRYABLE_CODES
 
 
 def grpc_retrying(

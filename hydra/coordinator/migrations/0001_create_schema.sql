@@ -76,6 +76,10 @@ CREATE TABLE hydra_runs (
     not_before        timestamptz NOT NULL DEFAULT now(),
     attempts_used     integer NOT NULL DEFAULT 0,
     max_attempts      integer NOT NULL DEFAULT 1,
+    -- The retry policy of the pinned version, so backoff is computed in SQL.
+    backoff_seconds       double precision NOT NULL DEFAULT 30,
+    backoff_multiplier    double precision NOT NULL DEFAULT 2,
+    max_backoff_seconds   double precision NOT NULL DEFAULT 600,
     lease_owner       text,
     lease_token       bigint,
     lease_expires_at  timestamptz,
@@ -108,6 +112,7 @@ CREATE TABLE hydra_attempts (
     exit_code     integer,
     signal        integer,
     message       text NOT NULL DEFAULT '',
+    output_bytes  bigint NOT NULL DEFAULT 0,   -- bytes currently kept in hydra_attempt_output
     started_at    timestamptz NOT NULL,
     finished_at   timestamptz,
     PRIMARY KEY (run_id, number),

@@ -1,0 +1,281 @@
+"""The `hydra` command: coordinator | agent | dev | migrate.
+
+This is the processes' entry point, so unlike the rest of the top level it
+reaches into hydra.coordinator and hydra.agent — lazily, so that `hydra agent`
+runs on a host with only the agent's dependencies installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Sequence
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from hydra import config
+from hydra.errors import HydraError, InvalidArgument
+from hydra.spec import parse_duration
+
+log = logging.getLogger("hydra")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the `hydra` command; returns the exit code."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper()),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.func(args))
+    except (HydraError, ValueError) as error:
+        print(f"hydra: error: {error}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as error:
+        print(
+            f"hydra: error: {error.name} is not installed; pip install 'hydra-scheduler[all]'",
+            file=sys.stderr,
+        )
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hydra", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--log-level",
+        default=os.environ.get("HYDRA_LOG_LEVEL", "info"),
+        choices=["debug", "info", "warning", "error"],
+    )
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+    _coordinator_parser(commands)
+    _agent_parser(commands)
+    _dev_parser(commands)
+    migrate = commands.add_parser("migrate", help="apply pending schema migrations")
+    migrate.add_argument("--db", default=config.db_conninfo(), help="conninfo (HYDRA_DB)")
+    migrate.set_defaults(func=_migrate)
+    return parser
+
+
+def _coordinator_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--listen", default=config.listen_address(), help="host:port to serve on (HYDRA_LISTEN)"
+    )
+    parser.add_argument(
+        "--pool", type=int, default=config.pool_size(), help="database connections (HYDRA_POOL)"
+    )
+    parser.add_argument("--lease-ttl", default="10s", help="lease time to live")
+    parser.add_argument("--heartbeat", default="2s", help="agent heartbeat interval")
+    parser.add_argument("--kill-grace", default="10s", help="SIGTERM to SIGKILL delay")
+    parser.add_argument(
+        "--output-limit",
+        type=int,
+        default=1024 * 1024,
+        help="bytes of output kept per attempt (the tail)",
+    )
+    parser.add_argument("--id", default=None, help="coordinator id (default: host-pid-random)")
+
+
+def _coordinator_parser(commands: Any) -> None:
+    parser = commands.add_parser("coordinator", help="run a coordinator")
+    parser.add_argument(
+        "--db",
+        default=config.db_conninfo(),
+        help="libpq conninfo or URI (HYDRA_DB); default: embedded PostgreSQL",
+    )
+    _coordinator_flags(parser)
+    parser.set_defaults(func=_coordinator)
+
+
+def _agent_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--id",
+        default=os.environ.get("HYDRA_AGENT_ID") or socket.gethostname(),
+        help="agent id, unique in the cluster (HYDRA_AGENT_ID; default: hostname)",
+    )
+    parser.add_argument(
+        "--label",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="label matched against task selectors (repeatable)",
+    )
+    parser.add_argument(
+        "--capacity",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="attempts run at once (default: CPU count)",
+    )
+    parser.add_argument(
+        "--drain-grace", default="5m", help="on SIGTERM, how long running attempts may finish"
+    )
+
+
+def _agent_parser(commands: Any) -> None:
+    parser = commands.add_parser("agent", help="run an agent on this host")
+    parser.add_argument(
+        "--coordinator",
+        action="append",
+        default=None,
+        metavar="ADDR",
+        help="coordinator address (repeatable; HYDRA_COORDINATORS)",
+    )
+    _agent_flags(parser)
+    parser.set_defaults(func=_agent)
+
+
+def _dev_parser(commands: Any) -> None:
+    parser = commands.add_parser(
+        "dev", help="embedded PostgreSQL + coordinator + one local agent, for a laptop"
+    )
+    parser.add_argument("--home", default=str(config.home()), help="data directory (HYDRA_HOME)")
+    _coordinator_flags(parser)
+    parser.add_argument("--agent-capacity", type=int, default=os.cpu_count() or 1)
+    parser.set_defaults(func=_dev)
+
+
+def _duration(text: str, flag: str) -> timedelta:
+    return parse_duration(text, flag)
+
+
+def coordinator_config(args: argparse.Namespace, conninfo: str) -> Any:
+    """CoordinatorConfig from flags."""
+    from hydra.coordinator.records import LeaseTimes
+    from hydra.coordinator.server import CoordinatorConfig
+
+    times = LeaseTimes(
+        ttl=_duration(args.lease_ttl, "--lease-ttl"),
+        heartbeat_interval=_duration(args.heartbeat, "--heartbeat"),
+        kill_grace=_duration(args.kill_grace, "--kill-grace"),
+    )
+    if times.heartbeat_interval * 2 > times.ttl:
+        raise InvalidArgument("must be at most half of --lease-ttl", path="--heartbeat")
+    extra = {"coordinator_id": args.id} if args.id else {}
+    return CoordinatorConfig(
+        conninfo=conninfo,
+        listen=args.listen,
+        pool_size=args.pool,
+        times=times,
+        output_limit=args.output_limit,
+        token=config.token(),
+        **extra,
+    )
+
+
+def _coordinator(args: argparse.Namespace) -> int:
+    from hydra.coordinator.server import run_coordinator
+
+    if args.db:
+        return asyncio.run(run_coordinator(coordinator_config(args, args.db)))
+    from hydra.coordinator.embedded import EmbeddedPostgres
+
+    embedded = EmbeddedPostgres(config.home())
+    conninfo = embedded.start()
+    log.info("no HYDRA_DB: using embedded PostgreSQL under %s", config.home())
+    try:
+        return asyncio.run(run_coordinator(coordinator_config(args, conninfo)))
+    finally:
+        embedded.stop()
+
+
+def _labels(pairs: Sequence[str]) -> dict[str, str]:
+    labels = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise InvalidArgument(f"expected KEY=VALUE, got {pair!r}", path="--label")
+        labels[key] = value
+    return labels
+
+
+def _agent(args: argparse.Namespace) -> int:
+    from hydra.agent import AgentConfig, run_agent
+
+    if args.capacity < 1:
+        raise InvalidArgument("must be at least 1", path="--capacity")
+    agent_config = AgentConfig(
+        targets=_targets(args.coordinator),
+        agent_id=args.id,
+        hostname=socket.gethostname(),
+        labels=_labels(args.label),
+        capacity=args.capacity,
+        drain_grace=_duration(args.drain_grace, "--drain-grace"),
+        token=config.token(),
+    )
+    return asyncio.run(run_agent(agent_config))
+
+
+def _targets(flags: Sequence[str] | None) -> list[str]:
+    if not flags:
+        return config.coordinators()
+    return [part.strip() for flag in flags for part in flag.split(",") if part.strip()]
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    from hydra.coordinator.migrate import migrate
+
+    if not args.db:
+        raise InvalidArgument("set HYDRA_DB or pass --db", path="--db")
+    applied = asyncio.run(migrate(args.db))
+    print("\n".join(f"applied {name}" for name in applied) or "schema is up to date")
+    return 0
+
+
+def _dev(args: argparse.Namespace) -> int:
+    from hydra.coordinator.embedded import EmbeddedPostgres
+    from hydra.coordinator.server import run_coordinator
+
+    home = Path(args.home).expanduser()
+    home.mkdir(parents=True, exist_ok=True)
+    embedded = EmbeddedPostgres(home)
+    conninfo = embedded.start()
+    coordinator = coordinator_config(args, conninfo)
+    agent = _start_dev_agent(args)
+    print(
+        f"hydra dev: coordinator on {args.listen}, data in {home}; Ctrl-C stops everything",
+        flush=True,
+    )
+    try:
+        return asyncio.run(run_coordinator(coordinator))
+    finally:
+        _stop(agent)
+        embedded.stop()
+
+
+def _start_dev_agent(args: argparse.Namespace) -> subprocess.Popen[bytes]:
+    command = [
+        sys.executable,
+        "-m",
+        "hydra",
+        "--log-level",
+        args.log_level,
+        "agent",
+        "--coordinator",
+        args.listen,
+        "--id",
+        f"{socket.gethostname()}-dev",
+        "--capacity",
+        str(args.agent_capacity),
+        "--drain-grace",
+        "10s",
+    ]
+    return subprocess.Popen(command)
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.terminate()
+    try:
+        process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()

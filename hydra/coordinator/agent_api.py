@@ -1,0 +1,43 @@
+"""AgentService: the agents' stream, and listing/draining agents."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+
+from hydra.coordinator.agent_stream import AgentStreams
+from hydra.coordinator.api_errors import unary
+from hydra.coordinator.lease_store import LeaseStore
+from hydra.errors import InvalidArgument
+from hydra.v1 import agent_service_pb2 as pb
+from hydra.v1 import agent_service_pb2_grpc as pb_grpc
+from hydra.wire import agent_to_proto
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+class AgentApi(pb_grpc.AgentServiceServicer):
+    """Agents: the stream they work over, and their management."""
+
+    def __init__(self, store: LeaseStore, streams: AgentStreams) -> None:
+        self._store = store
+        self._streams = streams
+
+    def Connect(
+        self, request_iterator: AsyncIterator[pb.AgentMessage], context: Context
+    ) -> AsyncIterator[pb.CoordinatorMessage]:
+        return self._streams.serve(request_iterator, context)
+
+    @unary
+    async def List(self, request: pb.ListAgentsRequest, context: Context) -> pb.ListAgentsResponse:
+        agents = await self._store.list_agents(include_disconnected=request.include_disconnected)
+        return pb.ListAgentsResponse(agents=[agent_to_proto(a) for a in agents])
+
+    @unary
+    async def Drain(self, request: pb.DrainAgentRequest, context: Context) -> pb.DrainAgentResponse:
+        if not request.agent_id:
+            raise InvalidArgument("required", path="agent_id")
+        agent = await self._store.drain_agent(request.agent_id)
+        return pb.DrainAgentResponse(agent=agent_to_proto(agent))

@@ -1,0 +1,266 @@
+"""The coordinator's side of an agent's stream (AgentService.Connect).
+
+The agent says Hello; we reconcile the leases it still holds, answer Welcome,
+then read its messages (heartbeats, attempt started/finished, output) while a
+writer sends what the dispatcher queued for it. Every report goes through the
+lease store, which checks the fencing token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+import grpc
+
+from hydra.coordinator.lease_store import LeaseStore
+from hydra.coordinator.records import AttemptReport, LeaseTimes
+from hydra.coordinator.sessions import AgentSession, LeaseKey, SessionRegistry
+from hydra.v1 import agent_service_pb2 as pb
+from hydra.wire import from_timestamp, to_duration
+
+log = logging.getLogger("hydra.coordinator.agents")
+
+_OUTCOMES = {
+    pb.ATTEMPT_OUTCOME_SUCCEEDED: "SUCCEEDED",
+    pb.ATTEMPT_OUTCOME_FAILED: "FAILED",
+    pb.ATTEMPT_OUTCOME_TIMED_OUT: "TIMED_OUT",
+    pb.ATTEMPT_OUTCOME_CANCELLED: "CANCELLED",
+    pb.ATTEMPT_OUTCOME_FENCED: "FENCED",
+}
+
+
+class AgentStreams:
+    """Serves agent streams for one coordinator."""
+
+    def __init__(
+        self,
+        *,
+        store: LeaseStore,
+        sessions: SessionRegistry,
+        times: LeaseTimes,
+        coordinator_id: str,
+        output_limit: int,
+    ) -> None:
+        self._store = store
+        self._sessions = sessions
+        self._times = times
+        self._coordinator_id = coordinator_id
+        self._output_limit = output_limit
+
+    async def serve(
+        self,
+        requests: AsyncIterator[pb.AgentMessage],
+        context: grpc.aio.ServicerContext[pb.AgentMessage, pb.CoordinatorMessage],
+    ) -> AsyncIterator[pb.CoordinatorMessage]:
+        """The Connect handler: Hello, Welcome, then messages both ways."""
+        hello = await _read_hello(requests, context)
+        session = AgentSession(
+            agent_id=hello.agent_id,
+            hostname=hello.hostname,
+            labels=dict(hello.labels),
+            capacity=hello.capacity,
+            draining=hello.draining,
+        )
+        revoked = await self._greet(session, hello)
+        yield pb.CoordinatorMessage(
+            welcome=pb.Welcome(
+                coordinator_id=self._coordinator_id,
+                heartbeat_interval=to_duration(self._times.heartbeat_interval),
+                lease_ttl=to_duration(self._times.ttl),
+                revoked=[_ref(key) for key in revoked],
+            )
+        )
+        self._sessions.open(session)
+        reader = asyncio.create_task(
+            self._read(session, requests), name=f"agent-{session.agent_id}"
+        )
+        try:
+            while (message := await session.outbox.get()) is not None:
+                yield message
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await reader
+            await self._goodbye(session)
+
+    async def _greet(self, session: AgentSession, hello: pb.Hello) -> set[LeaseKey]:
+        held = [(lease.run_id, lease.lease_token) for lease in hello.held_leases]
+        await self._store.connect_agent(
+            agent_id=session.agent_id,
+            hostname=session.hostname,
+            labels=session.labels,
+            capacity=session.capacity,
+            version=hello.version,
+            draining=session.draining,
+            coordinator_id=self._coordinator_id,
+        )
+        revoked = await self._store.reconcile_agent(session.agent_id, held, self._times.ttl)
+        session.held = set(held) - revoked
+        log.info(
+            "agent %s connected (%s, %d slots, labels %s, %d lease(s) held, %d revoked)",
+            session.agent_id,
+            session.hostname,
+            session.capacity,
+            dict(session.labels),
+            len(session.held),
+            len(revoked),
+        )
+        return revoked
+
+    async def _goodbye(self, session: AgentSession) -> None:
+        self._sessions.close(session)
+        if self._sessions.get(session.agent_id) is None:
+            with contextlib.suppress(Exception):
+                await self._store.disconnect_agent(session.agent_id, self._coordinator_id)
+        log.info("agent %s disconnected", session.agent_id)
+
+    async def _read(self, session: AgentSession, requests: AsyncIterator[pb.AgentMessage]) -> None:
+        try:
+            async for message in requests:
+                await self._handle(session, message)
+        except (grpc.aio.AioRpcError, asyncio.CancelledError):
+            pass
+        except Exception:
+            log.exception("agent %s: stream failed", session.agent_id)
+        finally:
+            session.close()
+
+    async def _handle(self, session: AgentSession, message: pb.AgentMessage) -> None:
+        kind = message.WhichOneof("body")
+        if kind == "heartbeat":
+            await self._heartbeat(session, message.heartbeat)
+        elif kind == "attempt_started":
+            await self._started(session, message.attempt_started)
+        elif kind == "output":
+            chunk = message.output
+            await self._store.append_output(
+                chunk.lease.run_id,
+                chunk.lease.lease_token,
+                int(chunk.stream),
+                chunk.data,
+                limit=self._output_limit,
+            )
+        elif kind == "attempt_finished":
+            await self._finished(session, message.attempt_finished)
+        elif kind == "lease_rejected":
+            await self._rejected(session, message.lease_rejected)
+        else:
+            log.warning("agent %s sent an unexpected %s", session.agent_id, kind)
+
+    async def _heartbeat(self, session: AgentSession, heartbeat: pb.Heartbeat) -> None:
+        listed = [(lease.run_id, lease.lease_token) for lease in heartbeat.leases]
+        if heartbeat.draining and not session.draining:
+            log.info("agent %s is draining", session.agent_id)
+        session.draining = session.draining or heartbeat.draining
+        renewed = await self._store.renew_leases(
+            session.agent_id,
+            listed,
+            self._times.ttl,
+            draining=session.draining,
+            coordinator_id=self._coordinator_id,
+        )
+        revoked = [key for key in listed if key not in renewed]
+        session.held.difference_update(revoked)
+        if revoked:
+            self._sessions.slots_changed.set()
+        session.send(
+            pb.CoordinatorMessage(
+                heartbeat_ack=pb.HeartbeatAck(
+                    sequence=heartbeat.sequence,
+                    revoked=[_ref(key) for key in revoked],
+                )
+            )
+        )
+
+    async def _started(self, session: AgentSession, started: pb.AttemptStarted) -> None:
+        key = (started.lease.run_id, started.lease.lease_token)
+        current = await self._store.start_attempt(
+            key[0],
+            key[1],
+            session.agent_id,
+            list(started.argv),
+            from_timestamp(started.started_at),
+        )
+        if not current:
+            log.warning(
+                "agent %s started run %s under stale lease %d; cancelling it",
+                session.agent_id,
+                key[0],
+                key[1],
+            )
+            session.held.discard(key)
+            session.send(
+                pb.CoordinatorMessage(
+                    cancel=pb.CancelAttempt(
+                        lease=started.lease, reason="the lease is no longer current"
+                    )
+                )
+            )
+
+    async def _finished(self, session: AgentSession, finished: pb.AttemptFinished) -> None:
+        report = _report(session.agent_id, finished)
+        verdict = await self._store.finish_attempt(report)
+        if not verdict.accepted:
+            log.warning(
+                "refused report of agent %s on run %s (lease %d): %s",
+                session.agent_id,
+                report.run_id,
+                report.lease_token,
+                verdict.reason,
+            )
+        session.held.discard((report.run_id, report.lease_token))
+        self._sessions.slots_changed.set()
+        session.send(
+            pb.CoordinatorMessage(
+                report_ack=pb.ReportAck(
+                    lease=finished.lease, accepted=verdict.accepted, reason=verdict.reason
+                )
+            )
+        )
+
+    async def _rejected(self, session: AgentSession, rejected: pb.LeaseRejected) -> None:
+        key = (rejected.lease.run_id, rejected.lease.lease_token)
+        log.info("agent %s rejected run %s: %s", session.agent_id, key[0], rejected.reason)
+        session.held.discard(key)
+        await self._store.release_lease(key[0], key[1], reason=f"agent rejected: {rejected.reason}")
+
+
+async def _read_hello(
+    requests: AsyncIterator[pb.AgentMessage],
+    context: grpc.aio.ServicerContext[pb.AgentMessage, pb.CoordinatorMessage],
+) -> pb.Hello:
+    first = await anext(aiter(requests), None)
+    if first is None or first.WhichOneof("body") != "hello":
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message must be hello")
+    assert first is not None
+    hello = first.hello
+    if not hello.agent_id:
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "hello.agent_id: required")
+    if hello.capacity < 1:
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "hello.capacity: at least 1")
+    return hello
+
+
+def _report(agent_id: str, finished: pb.AttemptFinished) -> AttemptReport:
+    finished_at = from_timestamp(finished.finished_at)
+    started_at = from_timestamp(finished.started_at) if finished.HasField("started_at") else None
+    return AttemptReport(
+        run_id=finished.lease.run_id,
+        lease_token=finished.lease.lease_token,
+        agent_id=agent_id,
+        outcome=_OUTCOMES.get(finished.outcome, "FAILED"),
+        argv=tuple(finished.argv),
+        started_at=started_at or finished_at,
+        finished_at=finished_at,
+        exit_code=finished.exit_code if finished.HasField("exit_code") else None,
+        signal=finished.signal if finished.HasField("signal") else None,
+        message=finished.message,
+        outputs_json=finished.outputs_json,
+    )
+
+
+def _ref(key: LeaseKey) -> pb.LeaseRef:
+    return pb.LeaseRef(run_id=key[0], lease_token=key[1])

@@ -1,0 +1,123 @@
+"""The dispatcher: leases due, queued runs to this coordinator's agents.
+
+It claims runs in batches up to each agent's free slots with `FOR UPDATE SKIP
+LOCKED`, so coordinators never hand out the same run twice. It wakes on
+`hydra_dispatch` notifications, on freed slots, and at the next `not_before`.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from hydra.coordinator.lease_store import LeaseStore
+from hydra.coordinator.loop import seconds_until, utcnow, wait_event
+from hydra.coordinator.records import AttemptReport, ClaimedRun, LeaseTimes
+from hydra.coordinator.sessions import AgentSession, SessionRegistry
+from hydra.coordinator.templates import (
+    RenderContext,
+    Rendered,
+    RenderError,
+    render_command,
+    timezone_for,
+)
+from hydra.v1 import agent_service_pb2 as pb
+from hydra.wire import to_duration, to_timestamp
+
+log = logging.getLogger("hydra.coordinator.dispatcher")
+
+#: Upper bound of the dispatcher's sleep when nothing wakes it.
+FALLBACK_POLL_SECONDS = 5.0
+
+
+class Dispatcher:
+    """Hands queued runs to connected agents."""
+
+    def __init__(self, store: LeaseStore, sessions: SessionRegistry, times: LeaseTimes) -> None:
+        self._store = store
+        self._sessions = sessions
+        self._times = times
+
+    def wake(self) -> None:
+        """Ask for a dispatch round soon (from notifications and freed slots)."""
+        self._sessions.slots_changed.set()
+
+    async def step(self) -> None:
+        """One round: fill free slots; sleep until there may be more work."""
+        more = await self.dispatch_once()
+        if more:
+            return
+        next_due = await self._store.next_queued_due()
+        await wait_event(
+            self._sessions.slots_changed, seconds_until(next_due, cap=FALLBACK_POLL_SECONDS)
+        )
+
+    async def dispatch_once(self) -> bool:
+        """Offer work to every agent with free slots. True if some agent got a full batch."""
+        full_batch = False
+        for session in self._sessions.with_free_slots():
+            free = session.free_slots
+            claimed = await self._store.claim_runs(
+                session.agent_id, session.labels, free, self._times.ttl
+            )
+            for run in claimed:
+                await self._offer(session, run)
+            full_batch = full_batch or (len(claimed) == free and free > 0)
+        return full_batch
+
+    async def _offer(self, session: AgentSession, run: ClaimedRun) -> None:
+        context = RenderContext(
+            task_name=run.task_name,
+            occurrence=run.occurrence,
+            timezone=timezone_for(run.task_spec),
+            params=run.params,
+            run_id=run.run_id,
+            attempt=run.attempt,
+            upstream={},
+        )
+        try:
+            rendered = render_command(run.task_spec, context)
+        except RenderError as error:
+            await self._fail_unrendered(session, run, str(error))
+            return
+        session.held.add((run.run_id, run.lease_token))
+        log.info(
+            "lease %s: run %s (%s attempt %d) -> agent %s",
+            run.lease_token,
+            run.run_id,
+            run.task_name,
+            run.attempt,
+            session.agent_id,
+        )
+        session.send(pb.CoordinatorMessage(lease=_offer_message(run, rendered, self._times)))
+
+    async def _fail_unrendered(self, session: AgentSession, run: ClaimedRun, message: str) -> None:
+        now = utcnow()
+        log.warning("run %s: cannot render its command: %s", run.run_id, message)
+        await self._store.finish_attempt(
+            AttemptReport(
+                run_id=run.run_id,
+                lease_token=run.lease_token,
+                agent_id=session.agent_id,
+                outcome="FAILED",
+                argv=(),
+                started_at=now,
+                finished_at=now,
+                message=f"cannot render the command: {message}",
+            )
+        )
+
+
+def _offer_message(run: ClaimedRun, rendered: Rendered, times: LeaseTimes) -> pb.LeaseOffer:
+    offer = pb.LeaseOffer(
+        lease=pb.LeaseRef(run_id=run.run_id, lease_token=run.lease_token),
+        task=run.task_name,
+        attempt=run.attempt,
+        argv=list(rendered.argv),
+        env=dict(rendered.env),
+        workdir=rendered.workdir,
+        kill_grace=to_duration(times.kill_grace),
+        occurrence=to_timestamp(run.occurrence),
+    )
+    if run.task_spec.timeout is not None:
+        offer.timeout.CopyFrom(to_duration(run.task_spec.timeout))
+    return offer

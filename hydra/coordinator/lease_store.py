@@ -1,0 +1,386 @@
+"""Lease statements: claim, renew, start, finish, expire. Every state change is
+guarded by the run's current fencing token (compare-and-set), so a report that
+carries an old token changes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from hydra.coordinator.records import AttemptReport, ClaimedRun, ReportVerdict
+from hydra.coordinator.store import Cursor, Store, _uuid
+from hydra.domain import AttemptState, RunState
+from hydra.spec import task_from_dict
+
+log = logging.getLogger("hydra.coordinator.leases")
+
+#: Agent outcome -> attempt state.
+_ATTEMPT_STATE = {
+    "SUCCEEDED": AttemptState.SUCCEEDED,
+    "FAILED": AttemptState.FAILED,
+    "TIMED_OUT": AttemptState.TIMED_OUT,
+    "CANCELLED": AttemptState.CANCELLED,
+    "FENCED": AttemptState.LOST,
+}
+
+LeaseKey = tuple[str, int]
+
+
+class LeaseStore(Store):
+    """The store, plus everything that touches leases."""
+
+    async def claim_runs(
+        self, agent_id: str, labels: Mapping[str, str], limit: int, ttl: timedelta
+    ) -> list[ClaimedRun]:
+        """Lease up to `limit` due runs whose selector these labels satisfy."""
+        if limit <= 0:
+            return []
+        async with self.transaction() as cur:
+            rows = await self.all(
+                cur,
+                "claim_runs",
+                agent_id=agent_id,
+                labels=Jsonb(dict(labels)),
+                limit=limit,
+                ttl=ttl,
+            )
+            for row in rows:
+                await self.run_query(cur, "notify_run_changed", run_id=str(row["id"]))
+        return [
+            ClaimedRun(
+                run_id=str(r["id"]),
+                lease_token=r["lease_token"],
+                task_name=r["task_name"],
+                task_spec=task_from_dict(r["task_spec"]),
+                occurrence=r["occurrence"],
+                params=r["params"],
+                attempt=r["attempts_used"] + 1,
+            )
+            for r in rows
+        ]
+
+    async def release_lease(
+        self, run_id: str, lease_token: int, *, reason: str, delay: timedelta = timedelta(0)
+    ) -> bool:
+        """Give a lease back before any attempt started; the run is queued again."""
+        async with self.transaction() as cur:
+            row = await self.one(
+                cur,
+                "release_lease",
+                run_id=_uuid(run_id),
+                lease_token=lease_token,
+                reason=reason,
+                delay=delay,
+            )
+            if row is not None:
+                await self.run_query(cur, "notify_run_changed", run_id=run_id)
+                await self.run_query(cur, "notify_dispatch")
+        return row is not None
+
+    async def renew_leases(
+        self,
+        agent_id: str,
+        leases: Sequence[LeaseKey],
+        ttl: timedelta,
+        *,
+        draining: bool,
+        coordinator_id: str,
+    ) -> set[LeaseKey]:
+        """Extend the agent's current leases among those listed; returns the renewed ones."""
+        async with self.transaction() as cur:
+            await self.run_query(
+                cur, "touch_agent", id=agent_id, draining=draining, coordinator_id=coordinator_id
+            )
+            if not leases:
+                return set()
+            rows = await self.all(
+                cur,
+                "renew_leases",
+                agent_id=agent_id,
+                ttl=ttl,
+                run_ids=[run_id for run_id, _ in leases],
+                lease_tokens=[token for _, token in leases],
+            )
+        return {(str(r["id"]), r["lease_token"]) for r in rows}
+
+    async def reconcile_agent(
+        self, agent_id: str, held: Sequence[LeaseKey], ttl: timedelta
+    ) -> set[LeaseKey]:
+        """On (re)connect: renew the held leases that are current, expire the ones the
+        agent no longer holds (its process restarted). Returns the held leases that
+        are not current: the agent must kill those attempts."""
+        async with self.transaction() as cur:
+            owned = {
+                (str(r["id"]), r["lease_token"])
+                for r in await self.all(cur, "leases_of_agent", agent_id=agent_id)
+            }
+            forgotten = owned - set(held)
+            if forgotten:
+                log.warning(
+                    "agent %s no longer holds %d lease(s); expiring them", agent_id, len(forgotten)
+                )
+                await self.run_query(
+                    cur,
+                    "expire_leases",
+                    run_ids=[r for r, _ in forgotten],
+                    lease_tokens=[t for _, t in forgotten],
+                )
+        current = await self.renew_leases(
+            agent_id, [h for h in held if h in owned], ttl, draining=False, coordinator_id=""
+        )
+        return set(held) - current
+
+    async def start_attempt(
+        self,
+        run_id: str,
+        lease_token: int,
+        agent_id: str,
+        argv: Sequence[str],
+        started_at: datetime,
+    ) -> bool:
+        """LEASED -> RUNNING with a new attempt; False when the token is not current."""
+        async with self.transaction() as cur:
+            number = await self._start(cur, run_id, lease_token, agent_id, argv, started_at)
+            if number is not None:
+                await self.run_query(cur, "notify_run_changed", run_id=run_id)
+        return number is not None
+
+    async def _start(
+        self,
+        cur: Cursor,
+        run_id: str,
+        lease_token: int,
+        agent_id: str,
+        argv: Sequence[str],
+        started_at: datetime,
+    ) -> int | None:
+        row = await self.one(
+            cur,
+            "start_attempt",
+            run_id=_uuid(run_id),
+            lease_token=lease_token,
+            started_at=started_at,
+        )
+        if row is None:
+            return None
+        number = int(row["attempts_used"])
+        await self.run_query(
+            cur,
+            "insert_attempt",
+            run_id=run_id,
+            number=number,
+            agent_id=agent_id,
+            lease_token=lease_token,
+            argv=list(argv),
+            started_at=started_at,
+        )
+        return number
+
+    async def finish_attempt(self, report: AttemptReport) -> ReportVerdict:
+        """Record how an attempt ended, if its lease is current; else refuse it."""
+        try:
+            async with self.transaction() as cur:
+                verdict = await self._finish(cur, report)
+                if verdict.accepted:
+                    await self.run_query(cur, "notify_run_changed", run_id=report.run_id)
+                    await self.run_query(cur, "notify_dispatch")
+                return verdict
+        except psycopg.errors.UniqueViolation:
+            # The one-success index: never two SUCCEEDED attempts for a run.
+            return ReportVerdict(accepted=False, reason="run already has a successful attempt")
+
+    async def _finish(self, cur: Cursor, report: AttemptReport) -> ReportVerdict:
+        row = await self.one(cur, "lock_run", id=_uuid(report.run_id))
+        if row is None:
+            return ReportVerdict(accepted=False, reason="unknown run")
+        state = RunState(row["state"])
+        if row["lease_token"] == report.lease_token and not state.active:
+            return ReportVerdict(accepted=False, reason=f"run is already {state.value}")
+        if row["lease_token"] != report.lease_token or not state.active:
+            return ReportVerdict(
+                accepted=False,
+                reason=f"stale lease {report.lease_token}: run is {state.value} "
+                f"under lease {row['lease_token']}",
+            )
+        if state is RunState.LEASED:  # AttemptStarted never arrived (spawn failed, or lost)
+            await self._start(
+                cur,
+                report.run_id,
+                report.lease_token,
+                report.agent_id,
+                report.argv,
+                report.started_at,
+            )
+        number = await self._close_attempt(cur, report)
+        if report.outcome == "SUCCEEDED":
+            await self.run_query(
+                cur,
+                "succeed_run",
+                run_id=row["id"],
+                lease_token=report.lease_token,
+                outputs=_outputs(report.outputs_json),
+            )
+        else:
+            await self.run_query(
+                cur,
+                "fail_or_requeue_run",
+                run_id=row["id"],
+                lease_token=report.lease_token,
+                reason=failure_reason(number, report),
+                backoff_factor=_backoff_factor(report),
+            )
+        return ReportVerdict(accepted=True)
+
+    async def _close_attempt(self, cur: Cursor, report: AttemptReport) -> int:
+        row = await self.one(
+            cur,
+            "finish_attempt",
+            run_id=_uuid(report.run_id),
+            lease_token=report.lease_token,
+            state=_ATTEMPT_STATE[report.outcome].value,
+            exit_code=report.exit_code,
+            signal=report.signal,
+            finished_at=report.finished_at,
+            message=report.message,
+            argv=list(report.argv),
+        )
+        assert row is not None, "a current RUNNING lease always has a RUNNING attempt"
+        return int(row["number"])
+
+    async def append_output(
+        self, run_id: str, lease_token: int, stream: int, data: bytes, *, limit: int
+    ) -> None:
+        """Store output of the attempt under this lease, keeping at most `limit` bytes."""
+        async with self.transaction() as cur:
+            row = await self.one(
+                cur,
+                "append_output",
+                run_id=_uuid(run_id),
+                lease_token=lease_token,
+                stream=stream,
+                data=data,
+            )
+            if row is None:
+                return
+            if row["output_bytes"] > limit:
+                await self.run_query(
+                    cur, "prune_output", run_id=run_id, attempt=row["number"], limit=limit
+                )
+            await self.run_query(cur, "notify_output", run_id=run_id)
+
+    async def reap_expired(self, limit: int = 100) -> int:
+        """Expired leases: a started attempt is LOST and the run retried or FAILED;
+        a lease with no attempt just goes back to the queue."""
+        async with self.transaction() as cur:
+            rows = await self.all(cur, "claim_expired_leases", limit=limit)
+            for row in rows:
+                await self._reap(cur, row)
+            if rows:
+                await self.run_query(cur, "notify_dispatch")
+        return len(rows)
+
+    async def _reap(self, cur: Cursor, row: dict[str, Any]) -> None:
+        run_id, token, agent = str(row["id"]), row["lease_token"], row["lease_owner"]
+        if row["state"] == RunState.LEASED.value:
+            await self.run_query(
+                cur,
+                "release_lease",
+                run_id=run_id,
+                lease_token=token,
+                delay=timedelta(0),
+                reason=f"lease on agent {agent} expired before the attempt started",
+            )
+        else:
+            number = row["attempts_used"]
+            message = f"lease expired: agent {agent} stopped heartbeating"
+            await self.run_query(
+                cur, "lose_attempt", run_id=run_id, lease_token=token, message=message
+            )
+            await self.run_query(
+                cur,
+                "fail_or_requeue_run",
+                run_id=run_id,
+                lease_token=token,
+                reason=f"attempt {number} lost: {message}",
+                backoff_factor=0.0,
+            )
+        log.warning("lease %s of run %s on agent %s expired", token, run_id, agent)
+        await self.run_query(cur, "notify_run_changed", run_id=run_id)
+
+    async def next_queued_due(self) -> datetime | None:
+        """When the earliest queued run becomes due."""
+        async with self.transaction() as cur:
+            row = await self.one(cur, "next_queued_due")
+        return row["not_before"] if row else None
+
+    async def next_lease_expiry(self) -> datetime | None:
+        """The earliest lease expiry."""
+        async with self.transaction() as cur:
+            row = await self.one(cur, "next_lease_expiry")
+        return row["lease_expires_at"] if row else None
+
+    async def connect_agent(
+        self,
+        *,
+        agent_id: str,
+        hostname: str,
+        labels: Mapping[str, str],
+        capacity: int,
+        version: str,
+        draining: bool,
+        coordinator_id: str,
+    ) -> None:
+        """Record an agent as connected to this coordinator."""
+        async with self.transaction() as cur:
+            await self.run_query(
+                cur,
+                "upsert_agent",
+                id=agent_id,
+                hostname=hostname,
+                labels=Jsonb(dict(labels)),
+                capacity=capacity,
+                version=version,
+                state="draining" if draining else "connected",
+                coordinator_id=coordinator_id,
+            )
+
+    async def disconnect_agent(self, agent_id: str, coordinator_id: str) -> None:
+        """The agent's stream to this coordinator ended."""
+        async with self.transaction() as cur:
+            await self.run_query(
+                cur, "disconnect_agent", id=agent_id, coordinator_id=coordinator_id
+            )
+
+
+def failure_reason(number: int, report: AttemptReport) -> str:
+    """Why a run failed or is being retried, for people."""
+    if report.outcome == "TIMED_OUT":
+        what = "timed out"
+    elif report.outcome == "FENCED":
+        what = "was killed by its agent, which could not renew the lease"
+    elif report.outcome == "CANCELLED":
+        what = "was cancelled by its agent"
+    elif report.signal is not None:
+        what = f"was killed by signal {report.signal}"
+    elif report.exit_code is not None:
+        what = f"failed with exit code {report.exit_code}"
+    else:
+        what = "failed"
+    detail = f": {report.message}" if report.message else ""
+    return f"attempt {number} {what}{detail}"
+
+
+def _backoff_factor(report: AttemptReport) -> float:
+    # A lost or fenced attempt is not the command's fault: retry at once elsewhere.
+    return 0.0 if report.outcome == "FENCED" else 1.0
+
+
+def _outputs(outputs_json: str) -> Jsonb | None:
+    return Jsonb(json.loads(outputs_json)) if outputs_json else None

@@ -1,0 +1,447 @@
+-- Every SQL statement Hydra runs. Each block starts with `-- name: <name>` and
+-- a one-line description; hydra.coordinator.store loads them once by name.
+-- Parameters use psycopg's %(name)s style.
+
+-- ---------------------------------------------------------------- tasks --
+
+-- name: lock_task_by_name
+-- The live task with this name, locked for the rest of the transaction.
+SELECT t.id, t.name, t.version, t.paused, t.created_at, t.updated_at, v.spec
+FROM hydra_tasks t
+JOIN hydra_task_versions v ON v.task_id = t.id AND v.version = t.version
+WHERE t.name = %(name)s AND t.deleted_at IS NULL
+FOR UPDATE OF t;
+
+-- name: insert_task
+-- Create a task row at version 1; nothing when the name was taken concurrently.
+INSERT INTO hydra_tasks (name, version)
+VALUES (%(name)s, 1)
+ON CONFLICT (name) WHERE deleted_at IS NULL DO NOTHING
+RETURNING id;
+
+-- name: insert_task_version
+-- Store one version of a task's spec.
+INSERT INTO hydra_task_versions (task_id, version, spec)
+VALUES (%(task_id)s, %(version)s, %(spec)s);
+
+-- name: set_task_version
+-- Point a task at a new current version.
+UPDATE hydra_tasks SET version = %(version)s, updated_at = now()
+WHERE id = %(task_id)s;
+
+-- name: upsert_trigger
+-- Store a trigger at a position; an unchanged trigger keeps its schedule.
+INSERT INTO hydra_triggers (task_id, position, kind, spec, next_fire_at, active)
+VALUES (%(task_id)s, %(position)s, %(kind)s, %(spec)s, %(next_fire_at)s, NOT %(paused)s)
+ON CONFLICT (task_id, position) DO UPDATE
+SET kind = EXCLUDED.kind,
+    spec = EXCLUDED.spec,
+    next_fire_at = CASE
+        WHEN hydra_triggers.kind = EXCLUDED.kind AND hydra_triggers.spec = EXCLUDED.spec
+        THEN hydra_triggers.next_fire_at
+        ELSE EXCLUDED.next_fire_at END,
+    last_fired_at = CASE
+        WHEN hydra_triggers.kind = EXCLUDED.kind AND hydra_triggers.spec = EXCLUDED.spec
+        THEN hydra_triggers.last_fired_at END;
+
+-- name: delete_triggers_from
+-- Drop the triggers a new version no longer has.
+DELETE FROM hydra_triggers WHERE task_id = %(task_id)s AND position >= %(count)s;
+
+-- name: get_task
+-- One live task with its current spec and next fire time.
+SELECT t.id, t.name, t.version, t.paused, t.created_at, t.updated_at, v.spec,
+       (SELECT min(g.next_fire_at) FROM hydra_triggers g
+        WHERE g.task_id = t.id AND g.active) AS next_fire_at
+FROM hydra_tasks t
+JOIN hydra_task_versions v ON v.task_id = t.id AND v.version = t.version
+WHERE t.name = %(name)s AND t.deleted_at IS NULL;
+
+-- name: list_tasks
+-- A page of live tasks ordered by name, after a name, with a prefix.
+SELECT t.id, t.name, t.version, t.paused, t.created_at, t.updated_at, v.spec,
+       (SELECT min(g.next_fire_at) FROM hydra_triggers g
+        WHERE g.task_id = t.id AND g.active) AS next_fire_at
+FROM hydra_tasks t
+JOIN hydra_task_versions v ON v.task_id = t.id AND v.version = t.version
+WHERE t.deleted_at IS NULL AND t.name > %(after)s AND t.name LIKE %(prefix)s
+ORDER BY t.name
+LIMIT %(limit)s;
+
+-- name: list_task_versions
+-- Every version of a task, newest first.
+SELECT version, spec, created_at FROM hydra_task_versions
+WHERE task_id = %(task_id)s ORDER BY version DESC;
+
+-- name: set_task_paused
+-- Pause or resume a live task and its triggers; returns the task id.
+WITH task AS (
+    UPDATE hydra_tasks SET paused = %(paused)s, updated_at = now()
+    WHERE name = %(name)s AND deleted_at IS NULL
+    RETURNING id
+), triggers AS (
+    UPDATE hydra_triggers SET active = NOT %(paused)s
+    WHERE task_id = (SELECT id FROM task)
+)
+SELECT id FROM task;
+
+-- name: delete_task
+-- Mark a task deleted and stop its triggers; its runs stay on record.
+WITH task AS (
+    UPDATE hydra_tasks SET deleted_at = now()
+    WHERE id = %(task_id)s
+    RETURNING id
+)
+UPDATE hydra_triggers SET active = false, next_fire_at = NULL
+WHERE task_id = (SELECT id FROM task);
+
+-- name: cancel_queued_runs_of_task
+-- Cancel every queued run of a task (used when it is deleted).
+UPDATE hydra_runs SET state = 'CANCELLED', reason = %(reason)s, finished_at = now(),
+                      updated_at = now()
+WHERE task_id = %(task_id)s AND state = 'QUEUED'
+RETURNING id;
+
+-- name: dependents_of
+-- Live tasks whose current spec has an `after` trigger naming this task.
+SELECT t.name FROM hydra_tasks t
+JOIN hydra_triggers g ON g.task_id = t.id
+WHERE t.deleted_at IS NULL AND g.kind = 'after' AND g.spec -> 'after' ? %(name)s
+ORDER BY t.name;
+
+-- ------------------------------------------------------------- triggers --
+
+-- name: claim_due_triggers
+-- Due time triggers of live, unpaused tasks, locked; others skip them.
+SELECT g.id, g.task_id, g.position, g.kind, g.spec, g.next_fire_at, g.last_fired_at,
+       t.name, t.version, v.spec AS task_spec
+FROM hydra_triggers g
+JOIN hydra_tasks t ON t.id = g.task_id
+JOIN hydra_task_versions v ON v.task_id = t.id AND v.version = t.version
+WHERE g.active AND g.next_fire_at <= %(now)s
+ORDER BY g.next_fire_at
+LIMIT %(limit)s
+FOR UPDATE OF g SKIP LOCKED;
+
+-- name: advance_triggers
+-- Move claimed triggers to their next occurrence in one statement.
+UPDATE hydra_triggers g
+SET next_fire_at = u.next_fire_at, last_fired_at = u.last_fired_at
+FROM unnest(%(ids)s::bigint[], %(next_fire_ats)s::timestamptz[],
+            %(last_fired_ats)s::timestamptz[]) AS u(id, next_fire_at, last_fired_at)
+WHERE g.id = u.id;
+
+-- name: next_trigger_fire
+-- The earliest next fire time over all active triggers (for the loop's sleep).
+SELECT min(next_fire_at) AS next_fire_at FROM hydra_triggers
+WHERE active AND next_fire_at IS NOT NULL;
+
+-- ----------------------------------------------------------------- runs --
+
+-- name: insert_runs
+-- Create runs for (task, occurrence) pairs; existing pairs are left alone.
+INSERT INTO hydra_runs (task_id, task_version, occurrence, cause, params, selector,
+                        not_before, max_attempts, backoff_seconds, backoff_multiplier,
+                        max_backoff_seconds, idempotency_key)
+SELECT u.task_id, u.task_version, u.occurrence, u.cause, u.params, u.selector,
+       greatest(u.occurrence, now()), u.max_attempts, u.backoff_seconds,
+       u.backoff_multiplier, u.max_backoff_seconds, u.idempotency_key
+FROM unnest(%(task_ids)s::bigint[], %(task_versions)s::int[], %(occurrences)s::timestamptz[],
+            %(causes)s::text[], %(params)s::jsonb[], %(selectors)s::jsonb[],
+            %(max_attempts)s::int[], %(backoff_seconds)s::float8[],
+            %(backoff_multipliers)s::float8[], %(max_backoff_seconds)s::float8[],
+            %(idempotency_keys)s::text[])
+     AS u(task_id, task_version, occurrence, cause, params, selector, max_attempts,
+          backoff_seconds, backoff_multiplier, max_backoff_seconds, idempotency_key)
+ON CONFLICT DO NOTHING
+RETURNING id, task_id, state;
+
+-- name: notify_dispatch
+-- Wake every coordinator's dispatcher (delivered at commit).
+SELECT pg_notify('hydra_dispatch', '');
+
+-- name: find_run_by_key
+-- The run a task got for an idempotency key.
+SELECT id FROM hydra_runs WHERE task_id = %(task_id)s AND idempotency_key = %(key)s;
+
+-- name: find_run_by_occurrence
+-- The run a task got for an occurrence.
+SELECT id FROM hydra_runs WHERE task_id = %(task_id)s AND occurrence = %(occurrence)s;
+
+-- name: get_run
+-- One run with its task's name.
+SELECT r.*, t.name AS task_name FROM hydra_runs r
+JOIN hydra_tasks t ON t.id = r.task_id
+WHERE r.id = %(id)s;
+
+-- name: get_attempts
+-- Every attempt of a run, oldest first.
+SELECT * FROM hydra_attempts WHERE run_id = %(run_id)s ORDER BY number;
+
+-- name: list_runs
+-- A page of runs, newest occurrence first, keyset-paged by (occurrence, id).
+SELECT r.*, t.name AS task_name FROM hydra_runs r
+JOIN hydra_tasks t ON t.id = r.task_id
+WHERE (%(task)s = '' OR (t.name = %(task)s AND t.deleted_at IS NULL))
+  AND (cardinality(%(states)s::hydra_run_state[]) = 0 OR r.state = ANY(%(states)s))
+  AND (%(after_occurrence)s::timestamptz IS NULL
+       OR (r.occurrence, r.id) < (%(after_occurrence)s, %(after_id)s::uuid))
+ORDER BY r.occurrence DESC, r.id DESC
+LIMIT %(limit)s;
+
+-- name: lock_run
+-- One run, locked for the rest of the transaction.
+SELECT r.*, t.name AS task_name FROM hydra_runs r
+JOIN hydra_tasks t ON t.id = r.task_id
+WHERE r.id = %(id)s
+FOR UPDATE OF r;
+
+-- name: requeue_run_for_retry
+-- A finished run gets one more attempt (explicit retry request).
+UPDATE hydra_runs
+SET state = 'QUEUED', reason = '', not_before = now(), finished_at = NULL,
+    max_attempts = greatest(max_attempts, attempts_used + 1),
+    cancel_requested = false, lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
+WHERE id = %(id)s;
+
+-- name: cancel_run
+-- End a run CANCELLED and drop its lease; the agent is told by revocation.
+UPDATE hydra_runs
+SET state = 'CANCELLED', reason = %(reason)s, finished_at = now(), cancel_requested = true,
+    lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
+WHERE id = %(id)s;
+
+-- name: cancel_running_attempt
+-- The running attempt of a cancelled run ends CANCELLED.
+UPDATE hydra_attempts
+SET state = 'CANCELLED', finished_at = now(), message = %(reason)s
+WHERE run_id = %(run_id)s AND state = 'RUNNING';
+
+-- name: notify_run_changed
+-- Tell watchers a run changed: payload "<run id>".
+SELECT pg_notify('hydra_run_changed', %(run_id)s::text);
+
+-- --------------------------------------------------------------- leases --
+
+-- name: claim_runs
+-- Lease due, queued runs whose selector the agent's labels satisfy.
+WITH candidates AS (
+    SELECT r.id FROM hydra_runs r
+    WHERE r.state = 'QUEUED' AND r.not_before <= now()
+      AND r.selector <@ %(labels)s::jsonb
+    ORDER BY r.not_before, r.occurrence
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE hydra_runs r
+SET state = 'LEASED', lease_owner = %(agent_id)s,
+    lease_token = nextval('hydra_lease_token_seq'),
+    lease_expires_at = now() + %(ttl)s, updated_at = now()
+FROM candidates c, hydra_tasks t, hydra_task_versions v
+WHERE r.id = c.id AND t.id = r.task_id AND v.task_id = r.task_id AND v.version = r.task_version
+RETURNING r.id, r.lease_token, r.occurrence, r.params, r.attempts_used, r.max_attempts,
+          t.name AS task_name, v.spec AS task_spec;
+
+-- name: next_queued_due
+-- When the earliest queued run becomes due (for the dispatcher's sleep).
+SELECT min(not_before) AS not_before FROM hydra_runs WHERE state = 'QUEUED';
+
+-- name: release_lease
+-- A lease given back before any attempt started: the run is queued again.
+UPDATE hydra_runs
+SET state = 'QUEUED', lease_owner = NULL, lease_expires_at = NULL,
+    not_before = now() + %(delay)s, reason = %(reason)s, updated_at = now()
+WHERE id = %(run_id)s AND lease_token = %(lease_token)s AND state = 'LEASED'
+RETURNING id;
+
+-- name: renew_leases
+-- Extend the current leases among those listed; others are not returned.
+UPDATE hydra_runs r SET lease_expires_at = now() + %(ttl)s
+FROM unnest(%(run_ids)s::uuid[], %(lease_tokens)s::bigint[]) AS u(run_id, lease_token)
+WHERE r.id = u.run_id AND r.lease_token = u.lease_token
+  AND r.lease_owner = %(agent_id)s AND r.state IN ('LEASED', 'RUNNING')
+RETURNING r.id, r.lease_token;
+
+-- name: leases_of_agent
+-- Every current lease an agent holds.
+SELECT id, lease_token FROM hydra_runs
+WHERE lease_owner = %(agent_id)s AND state IN ('LEASED', 'RUNNING');
+
+-- name: expire_leases
+-- Make leases expire now (the agent said it no longer holds them).
+UPDATE hydra_runs r SET lease_expires_at = now()
+FROM unnest(%(run_ids)s::uuid[], %(lease_tokens)s::bigint[]) AS u(run_id, lease_token)
+WHERE r.id = u.run_id AND r.lease_token = u.lease_token AND r.state IN ('LEASED', 'RUNNING');
+
+-- name: start_attempt
+-- LEASED -> RUNNING under the current token; returns the new attempt number.
+UPDATE hydra_runs
+SET state = 'RUNNING', attempts_used = attempts_used + 1,
+    started_at = coalesce(started_at, %(started_at)s), updated_at = now()
+WHERE id = %(run_id)s AND lease_token = %(lease_token)s AND state = 'LEASED'
+RETURNING attempts_used;
+
+-- name: insert_attempt
+-- Record a started attempt.
+INSERT INTO hydra_attempts (run_id, number, agent_id, lease_token, argv, started_at)
+VALUES (%(run_id)s, %(number)s, %(agent_id)s, %(lease_token)s, %(argv)s, %(started_at)s);
+
+-- name: finish_attempt
+-- End the running attempt of a lease with the agent's outcome.
+UPDATE hydra_attempts
+SET state = %(state)s, exit_code = %(exit_code)s, signal = %(signal)s,
+    finished_at = %(finished_at)s, message = %(message)s,
+    argv = CASE WHEN cardinality(argv) = 0 THEN %(argv)s ELSE argv END
+WHERE run_id = %(run_id)s AND lease_token = %(lease_token)s AND state = 'RUNNING'
+RETURNING number;
+
+-- name: succeed_run
+-- RUNNING -> SUCCEEDED under the current token.
+UPDATE hydra_runs
+SET state = 'SUCCEEDED', reason = '', outputs = %(outputs)s, finished_at = now(),
+    lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
+WHERE id = %(run_id)s AND lease_token = %(lease_token)s AND state = 'RUNNING';
+
+-- name: fail_or_requeue_run
+-- After a failed attempt: QUEUED after backoff if attempts remain, else FAILED.
+UPDATE hydra_runs
+SET state = CASE WHEN attempts_used < max_attempts THEN 'QUEUED' ELSE 'FAILED' END
+                ::hydra_run_state,
+    not_before = CASE WHEN attempts_used < max_attempts
+        THEN now() + make_interval(secs => least(
+            backoff_seconds * power(backoff_multiplier, greatest(attempts_used - 1, 0)),
+            max_backoff_seconds) * %(backoff_factor)s)
+        ELSE not_before END,
+    finished_at = CASE WHEN attempts_used < max_attempts THEN NULL ELSE now() END,
+    reason = %(reason)s,
+    lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
+WHERE id = %(run_id)s AND lease_token = %(lease_token)s AND state IN ('LEASED', 'RUNNING')
+RETURNING state;
+
+-- name: claim_expired_leases
+-- Runs whose lease expired, locked; the reaper decides their fate.
+SELECT r.id, r.state, r.lease_token, r.lease_owner, r.attempts_used, r.max_attempts,
+       r.cancel_requested
+FROM hydra_runs r
+WHERE r.state IN ('LEASED', 'RUNNING') AND r.lease_expires_at < now()
+ORDER BY r.lease_expires_at
+LIMIT %(limit)s
+FOR UPDATE SKIP LOCKED;
+
+-- name: lose_attempt
+-- The running attempt of an expired lease is LOST.
+UPDATE hydra_attempts
+SET state = 'LOST', finished_at = now(), message = %(message)s
+WHERE run_id = %(run_id)s AND lease_token = %(lease_token)s AND state = 'RUNNING';
+
+-- name: next_lease_expiry
+-- The earliest lease expiry (for the reaper's sleep).
+SELECT min(lease_expires_at) AS lease_expires_at FROM hydra_runs
+WHERE state IN ('LEASED', 'RUNNING');
+
+-- --------------------------------------------------------------- output --
+
+-- name: append_output
+-- Store a chunk of a running attempt's output under the current token.
+WITH attempt AS (
+    UPDATE hydra_attempts SET output_bytes = output_bytes + length(%(data)s::bytea)
+    WHERE run_id = %(run_id)s AND lease_token = %(lease_token)s
+    RETURNING run_id, number, output_bytes
+), chunk AS (
+    INSERT INTO hydra_attempt_output (run_id, attempt, stream, data)
+    SELECT run_id, number, %(stream)s, %(data)s FROM attempt
+)
+SELECT number, output_bytes FROM attempt;
+
+-- name: prune_output
+-- Drop the oldest chunks of an attempt until at most `limit` bytes remain.
+WITH ranked AS (
+    SELECT seq, sum(length(data)) OVER (ORDER BY seq DESC) AS tail
+    FROM hydra_attempt_output WHERE run_id = %(run_id)s AND attempt = %(attempt)s
+), dropped AS (
+    DELETE FROM hydra_attempt_output o USING ranked
+    WHERE o.seq = ranked.seq AND ranked.tail > %(limit)s
+    RETURNING length(o.data) AS n
+)
+UPDATE hydra_attempts
+SET output_bytes = output_bytes - (SELECT coalesce(sum(n), 0) FROM dropped)
+WHERE run_id = %(run_id)s AND number = %(attempt)s;
+
+-- name: notify_output
+-- Tell log followers a run has new output: payload "<run id>".
+SELECT pg_notify('hydra_output', %(run_id)s::text);
+
+-- name: read_output
+-- Output chunks of a run after a sequence number, oldest first.
+SELECT seq, attempt, stream, data FROM hydra_attempt_output
+WHERE run_id = %(run_id)s AND seq > %(after_seq)s
+  AND (%(attempt)s = 0 OR attempt = %(attempt)s)
+ORDER BY seq
+LIMIT 1000;
+
+-- --------------------------------------------------------------- agents --
+
+-- name: upsert_agent
+-- Record an agent as connected to this coordinator.
+INSERT INTO hydra_agents (id, hostname, labels, capacity, version, state, coordinator_id,
+                          connected_at, last_seen_at)
+VALUES (%(id)s, %(hostname)s, %(labels)s, %(capacity)s, %(version)s, %(state)s,
+        %(coordinator_id)s, now(), now())
+ON CONFLICT (id) DO UPDATE
+SET hostname = EXCLUDED.hostname, labels = EXCLUDED.labels, capacity = EXCLUDED.capacity,
+    version = EXCLUDED.version, state = EXCLUDED.state,
+    coordinator_id = EXCLUDED.coordinator_id, connected_at = now(), last_seen_at = now();
+
+-- name: touch_agent
+-- The agent was heard from; it may now be draining.
+UPDATE hydra_agents SET last_seen_at = now(),
+    state = CASE WHEN %(draining)s THEN 'draining' ELSE state END
+WHERE id = %(id)s AND coordinator_id = %(coordinator_id)s;
+
+-- name: disconnect_agent
+-- The agent's stream to this coordinator ended.
+UPDATE hydra_agents SET state = 'disconnected', last_seen_at = now()
+WHERE id = %(id)s AND coordinator_id = %(coordinator_id)s;
+
+-- name: set_agent_draining
+-- Mark an agent draining; returns it.
+UPDATE hydra_agents SET state = 'draining' WHERE id = %(id)s AND state <> 'disconnected'
+RETURNING id, coordinator_id;
+
+-- name: list_agents
+-- Known agents with the number of leases each holds.
+SELECT a.*, (SELECT count(*) FROM hydra_runs r
+             WHERE r.lease_owner = a.id AND r.state IN ('LEASED', 'RUNNING')) AS active_runs
+FROM hydra_agents a
+WHERE %(include_disconnected)s OR a.state <> 'disconnected'
+ORDER BY a.id;
+
+-- name: get_agent
+-- One agent with the number of leases it holds.
+SELECT a.*, (SELECT count(*) FROM hydra_runs r
+             WHERE r.lease_owner = a.id AND r.state IN ('LEASED', 'RUNNING')) AS active_runs
+FROM hydra_agents a WHERE a.id = %(id)s;
+
+-- name: notify_agent_command
+-- Tell the coordinator holding an agent's stream to act: payload "<verb>:<agent id>".
+SELECT pg_notify('hydra_agent_command', %(payload)s::text);
+
+-- --------------------------------------------------------- coordinators --
+
+-- name: register_coordinator
+-- Record this coordinator as alive.
+INSERT INTO hydra_coordinators (id, address, version)
+VALUES (%(id)s, %(address)s, %(version)s)
+ON CONFLICT (id) DO UPDATE SET last_heartbeat_at = now(), address = EXCLUDED.address;
+
+-- name: unregister_coordinator
+-- This coordinator stops.
+DELETE FROM hydra_coordinators WHERE id = %(id)s;
+
+-- name: disconnect_agents_of_coordinator
+-- Agents of a stopping coordinator are disconnected from it.
+UPDATE hydra_agents SET state = 'disconnected' WHERE coordinator_id = %(id)s;
+
+-- name: notify_triggers
+-- Wake every coordinator's trigger loop: a trigger changed (delivered at commit).
+SELECT pg_notify('hydra_triggers', '');

@@ -1,0 +1,35 @@
+"""The lease reaper: finds leases that expired and moves their runs on.
+
+An expired lease means the agent died or was cut off. A started attempt
+becomes LOST and the run is retried at once (elsewhere) if attempts remain,
+else FAILED; a lease with no attempt yet simply goes back to the queue. The
+reaper sleeps until the earliest expiry, so a dead agent is noticed within the
+lease TTL, not minutes later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from hydra.coordinator.lease_store import LeaseStore
+from hydra.coordinator.loop import seconds_until, wait_event
+
+#: Upper bound of the reaper's sleep.
+FALLBACK_POLL_SECONDS = 2.0
+#: Expired leases handled per transaction.
+BATCH = 100
+
+
+class Reaper:
+    """Expires leases whose agents stopped heartbeating."""
+
+    def __init__(self, store: LeaseStore) -> None:
+        self._store = store
+        self.wake = asyncio.Event()
+
+    async def step(self) -> None:
+        """Reap what expired, then sleep until the next expiry."""
+        while await self._store.reap_expired(BATCH) == BATCH:
+            pass
+        next_expiry = await self._store.next_lease_expiry()
+        await wait_event(self.wake, seconds_until(next_expiry, cap=FALLBACK_POLL_SECONDS) + 0.01)

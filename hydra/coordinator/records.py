@@ -1,0 +1,123 @@
+"""Plain records passed between the store and the coordinator's loops."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from hydra.domain import TaskSpec
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class TriggerRow:
+    """A trigger as stored for a task version."""
+
+    position: int
+    kind: str
+    spec: Mapping[str, Any]
+    next_fire_at: datetime | None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ApplyOutcome:
+    """What applying a spec did."""
+
+    task_id: int
+    version: int
+    changed: bool
+    previous_version: int
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class DueTrigger:
+    """A time trigger whose next fire time has come, locked by this coordinator."""
+
+    trigger_id: int
+    task_id: int
+    task_name: str
+    task_version: int
+    task_spec: TaskSpec
+    position: int
+    next_fire_at: datetime
+    last_fired_at: datetime | None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class FirePlan:
+    """What to do with a due trigger: runs to create and where it goes next."""
+
+    occurrences: tuple[datetime, ...]
+    next_fire_at: datetime | None
+    last_fired_at: datetime
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class NewRun:
+    """A run to create for (task, occurrence)."""
+
+    task_id: int
+    task_version: int
+    spec: TaskSpec
+    occurrence: datetime
+    cause: str
+    params: Mapping[str, str] = field(default_factory=dict)
+    idempotency_key: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ClaimedRun:
+    """A run just leased to an agent, with what is needed to render its command."""
+
+    run_id: str
+    lease_token: int
+    task_name: str
+    task_spec: TaskSpec
+    occurrence: datetime
+    params: Mapping[str, str]
+    attempt: int
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class AttemptReport:
+    """An agent's report that an attempt ended."""
+
+    run_id: str
+    lease_token: int
+    agent_id: str
+    outcome: str  # SUCCEEDED | FAILED | TIMED_OUT | CANCELLED | FENCED
+    argv: tuple[str, ...]
+    started_at: datetime
+    finished_at: datetime
+    exit_code: int | None = None
+    signal: int | None = None
+    message: str = ""
+    outputs_json: str = ""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ReportVerdict:
+    """Whether a report was accepted, and why not."""
+
+    accepted: bool
+    reason: str = ""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class OutputRecord:
+    """One stored chunk of output."""
+
+    seq: int
+    attempt: int
+    stream: int
+    data: bytes
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class LeaseTimes:
+    """Lease timing shared by the dispatcher, the stream handler and the reaper."""
+
+    ttl: timedelta = timedelta(seconds=10)
+    heartbeat_interval: timedelta = timedelta(seconds=2)
+    kill_grace: timedelta = timedelta(seconds=10)

@@ -1,0 +1,168 @@
+"""RunService: wire <-> domain, then plain calls."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Any
+
+import grpc
+
+from hydra.coordinator import runs
+from hydra.coordinator.api_errors import streaming, unary
+from hydra.coordinator.lease_store import LeaseStore
+from hydra.coordinator.loop import utcnow
+from hydra.coordinator.notifications import Listener
+from hydra.coordinator.task_api import decode_token, encode_token, page_size
+from hydra.errors import InvalidArgument, NotFound
+from hydra.v1 import run_service_pb2 as pb
+from hydra.v1 import run_service_pb2_grpc as pb_grpc
+from hydra.wire import from_timestamp, run_state_from_proto, run_to_proto, to_timestamp
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+DEFAULT_PAGE = 50
+_STREAMS = {1: pb.OUTPUT_STREAM_STDOUT, 2: pb.OUTPUT_STREAM_STDERR}
+#: How often a log follower re-checks without a notification.
+FOLLOW_POLL_SECONDS = 1.0
+
+
+class RunApi(pb_grpc.RunServiceServicer):
+    """Runs: create, inspect, steer, watch."""
+
+    def __init__(self, store: LeaseStore, listener: Listener) -> None:
+        self._store = store
+        self._listener = listener
+
+    @unary
+    async def Trigger(
+        self, request: pb.TriggerRunRequest, context: Context
+    ) -> pb.TriggerRunResponse:
+        occurrence = from_timestamp(request.occurrence) if request.HasField("occurrence") else None
+        run, created = await runs.trigger(
+            self._store,
+            _required(request.task, "task"),
+            params=dict(request.params),
+            idempotency_key=request.idempotency_key,
+            occurrence=occurrence,
+            now=utcnow(),
+        )
+        return pb.TriggerRunResponse(run=run_to_proto(run), created=created)
+
+    @unary
+    async def Get(self, request: pb.GetRunRequest, context: Context) -> pb.GetRunResponse:
+        run = await self._store.get_run(_required(request.id, "id"))
+        return pb.GetRunResponse(run=run_to_proto(run))
+
+    @unary
+    async def List(self, request: pb.ListRunsRequest, context: Context) -> pb.ListRunsResponse:
+        limit = page_size(request.page_size, DEFAULT_PAGE)
+        states = [run_state_from_proto(s, "states") for s in request.states if s]
+        found = await self._store.list_runs(
+            task=request.task, states=states, after=_cursor(request.page_token), limit=limit + 1
+        )
+        token = ""
+        if len(found) > limit:
+            last = found[limit - 1]
+            token = encode_token(f"{last.occurrence.isoformat()}|{last.id}")
+        return pb.ListRunsResponse(
+            runs=[run_to_proto(r) for r in found[:limit]], next_page_token=token
+        )
+
+    @unary
+    async def Retry(self, request: pb.RetryRunRequest, context: Context) -> pb.RetryRunResponse:
+        run = await self._store.retry_run(_required(request.id, "id"))
+        return pb.RetryRunResponse(run=run_to_proto(run))
+
+    @unary
+    async def Cancel(self, request: pb.CancelRunRequest, context: Context) -> pb.CancelRunResponse:
+        reason = request.reason or "cancelled by request"
+        run = await self._store.cancel_run(_required(request.id, "id"), reason)
+        return pb.CancelRunResponse(run=run_to_proto(run))
+
+    @unary
+    async def Backfill(self, request: pb.BackfillRequest, context: Context) -> pb.BackfillResponse:
+        for field in ("from", "to"):
+            if not request.HasField(field):
+                raise InvalidArgument("required", path=field)
+        result = await runs.backfill(
+            self._store,
+            _required(request.task, "task"),
+            start=from_timestamp(getattr(request, "from")),
+            end=from_timestamp(request.to),
+            dry_run=request.dry_run,
+        )
+        return pb.BackfillResponse(
+            occurrences=[to_timestamp(o) for o in result.occurrences],
+            created=[run_to_proto(r) for r in result.created],
+            existing=result.existing,
+        )
+
+    @streaming
+    async def Watch(
+        self, request: pb.WatchRunsRequest, context: Context
+    ) -> AsyncIterator[pb.RunEvent]:
+        async with self._listener.queue("hydra_run_changed") as changed:
+            if request.run_id:  # the current state first, so a waiter never misses the end
+                yield pb.RunEvent(run=run_to_proto(await self._store.get_run(request.run_id)))
+            while True:
+                run_id = await changed.get()
+                if request.run_id and run_id != request.run_id:
+                    continue
+                with contextlib.suppress(NotFound):
+                    run = await self._store.get_run(run_id)
+                    if not request.task or run.task == request.task:
+                        yield pb.RunEvent(run=run_to_proto(run))
+
+    @streaming
+    async def TailLogs(
+        self, request: pb.TailLogsRequest, context: Context
+    ) -> AsyncIterator[pb.LogChunk]:
+        run_id = _required(request.run_id, "run_id")
+        await self._store.get_run(run_id)  # NOT_FOUND before anything else
+        after = 0
+        async with self._listener.queue("hydra_output") as output:
+            while True:
+                chunks = await self._store.read_output(
+                    run_id, after_seq=after, attempt=request.attempt
+                )
+                for chunk in chunks:
+                    after = chunk.seq
+                    yield pb.LogChunk(
+                        attempt=chunk.attempt, stream=_STREAMS[chunk.stream], data=chunk.data
+                    )
+                if chunks or not request.follow:
+                    if not chunks:
+                        return
+                    continue
+                if (await self._store.get_run(run_id)).state.terminal:
+                    if not await self._store.read_output(
+                        run_id, after_seq=after, attempt=request.attempt
+                    ):
+                        return
+                    continue
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(_next_for(output, run_id), FOLLOW_POLL_SECONDS)
+
+
+async def _next_for(queue: asyncio.Queue[str], run_id: str) -> None:
+    while await queue.get() != run_id:
+        pass
+
+
+def _required(value: str, path: str) -> str:
+    if not value:
+        raise InvalidArgument("required", path=path)
+    return value
+
+
+def _cursor(token: str) -> tuple[datetime, str] | None:
+    if not token:
+        return None
+    occurrence, _, run_id = decode_token(token).partition("|")
+    try:
+        return datetime.fromisoformat(occurrence), run_id
+    except ValueError:
+        raise InvalidArgument("malformed page token", path="page_token") from None

@@ -1,0 +1,240 @@
+"""The coordinator process: gRPC server plus trigger loop, dispatcher and reaper,
+all sharing work with other coordinators only through PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+import hydra
+from hydra.coordinator.agent_api import AgentApi
+from hydra.coordinator.agent_stream import AgentStreams
+from hydra.coordinator.dispatcher import Dispatcher
+from hydra.coordinator.lease_store import LeaseStore
+from hydra.coordinator.loop import forever
+from hydra.coordinator.migrate import migrate
+from hydra.coordinator.notifications import Listener
+from hydra.coordinator.reaper import Reaper
+from hydra.coordinator.records import LeaseTimes
+from hydra.coordinator.run_api import RunApi
+from hydra.coordinator.sessions import SessionRegistry
+from hydra.coordinator.store import open_pool
+from hydra.coordinator.task_api import TaskApi
+from hydra.coordinator.trigger_loop import TriggerLoop
+from hydra.v1 import agent_service_pb2 as agent_pb
+from hydra.v1 import (
+    agent_service_pb2_grpc,
+    run_service_pb2,
+    run_service_pb2_grpc,
+    task_service_pb2,
+    task_service_pb2_grpc,
+)
+
+log = logging.getLogger("hydra.coordinator")
+
+#: Requests may carry large specs; validation, not the transport, refuses oversized ones.
+MAX_MESSAGE_BYTES = 32 * 1024 * 1024
+#: How often a coordinator records that it is alive.
+PRESENCE_SECONDS = 5.0
+
+
+def _default_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class CoordinatorConfig:
+    """How to run one coordinator."""
+
+    conninfo: str
+    listen: str = "127.0.0.1:7070"
+    pool_size: int = 10
+    times: LeaseTimes = field(default_factory=LeaseTimes)
+    output_limit: int = 1024 * 1024
+    coordinator_id: str = field(default_factory=_default_id)
+    token: str | None = None
+
+
+class Coordinator:
+    """One coordinator: start it, serve, stop it."""
+
+    def __init__(self, config: CoordinatorConfig) -> None:
+        self.config = config
+        self.port = 0
+        self._pool = open_pool(config.conninfo, config.pool_size)
+        self.store = LeaseStore(self._pool)
+        self._listener = Listener(config.conninfo)
+        self._sessions = SessionRegistry()
+        self._server: grpc.aio.Server | None = None
+        self._health = health.aio.HealthServicer()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def address(self) -> str:
+        """host:port the coordinator serves on."""
+        host = self.config.listen.rsplit(":", 1)[0]
+        return f"{host}:{self.port}"
+
+    async def start(self) -> None:
+        """Migrate, connect, start the loops and the gRPC server."""
+        applied = await migrate(self.config.conninfo)
+        if applied:
+            log.info("applied migrations: %s", ", ".join(applied))
+        await self._pool.open(wait=True, timeout=30)
+        self._listener.start()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._listener.connected.wait(), timeout=10)
+        self._server = self._build_server()
+        self.port = self._server.add_insecure_port(self.config.listen)
+        if self.port == 0:
+            raise OSError(f"cannot listen on {self.config.listen}")
+        await self._server.start()
+        self._start_loops()
+        await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
+        log.info("coordinator %s serving on %s", self.config.coordinator_id, self.address)
+
+    def _build_server(self) -> grpc.aio.Server:
+        options = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES), ("grpc.so_reuseport", 0)]
+        interceptors = [TokenInterceptor(self.config.token)] if self.config.token else []
+        server = grpc.aio.server(options=options, interceptors=interceptors)
+        streams = AgentStreams(
+            store=self.store,
+            sessions=self._sessions,
+            times=self.config.times,
+            coordinator_id=self.config.coordinator_id,
+            output_limit=self.config.output_limit,
+        )
+        task_service_pb2_grpc.add_TaskServiceServicer_to_server(TaskApi(self.store), server)
+        run_service_pb2_grpc.add_RunServiceServicer_to_server(
+            RunApi(self.store, self._listener), server
+        )
+        agent_service_pb2_grpc.add_AgentServiceServicer_to_server(
+            AgentApi(self.store, streams), server
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        reflection.enable_server_reflection(
+            [
+                task_service_pb2.DESCRIPTOR.services_by_name["TaskService"].full_name,
+                run_service_pb2.DESCRIPTOR.services_by_name["RunService"].full_name,
+                agent_pb.DESCRIPTOR.services_by_name["AgentService"].full_name,
+                health.SERVICE_NAME,
+                reflection.SERVICE_NAME,
+            ],
+            server,
+        )
+        return server
+
+    def _start_loops(self) -> None:
+        dispatcher = Dispatcher(self.store, self._sessions, self.config.times)
+        triggers = TriggerLoop(self.store)
+        reaper = Reaper(self.store)
+        self._listener.subscribe("hydra_dispatch", lambda _: dispatcher.wake())
+        self._listener.subscribe("hydra_triggers", lambda _: triggers.wake.set())
+        self._listener.subscribe("hydra_agent_command", self._agent_command)
+        self._spawn("dispatcher", dispatcher.step)
+        self._spawn("trigger loop", triggers.step)
+        self._spawn("reaper", reaper.step)
+        self._spawn("presence", self._presence)
+
+    def _spawn(self, name: str, step: Callable[[], Awaitable[None]]) -> None:
+        self._tasks.append(asyncio.create_task(forever(name, step), name=f"hydra-{name}"))
+
+    async def _presence(self) -> None:
+        await self.store.register_coordinator(
+            self.config.coordinator_id, self.address, hydra.__version__
+        )
+        await asyncio.sleep(PRESENCE_SECONDS)
+
+    def _agent_command(self, payload: str) -> None:
+        verb, _, rest = payload.partition(":")
+        agent_id, _, lease = rest.partition(":")
+        session = self._sessions.get(agent_id)
+        if session is None:
+            return
+        if verb == "drain":
+            session.draining = True
+            session.send(
+                agent_pb.CoordinatorMessage(drain=agent_pb.Drain(reason="drain requested"))
+            )
+        elif verb == "cancel":
+            run_id, _, token = lease.partition(":")
+            session.held.discard((run_id, int(token)))
+            session.send(
+                agent_pb.CoordinatorMessage(
+                    cancel=agent_pb.CancelAttempt(
+                        lease=agent_pb.LeaseRef(run_id=run_id, lease_token=int(token)),
+                        reason="cancelled by request",
+                    )
+                )
+            )
+            self._sessions.slots_changed.set()
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Stop serving: agents are told to move elsewhere, in-flight RPCs finish."""
+        await self._health.enter_graceful_shutdown()
+        for session in self._sessions:
+            session.send(
+                agent_pb.CoordinatorMessage(
+                    drain=agent_pb.Drain(
+                        reason="coordinator shutting down", reconnect_elsewhere=True
+                    )
+                )
+            )
+            session.close()
+        if self._server is not None:
+            await self._server.stop(grace)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._listener.stop()
+        with contextlib.suppress(Exception):
+            await self.store.unregister_coordinator(self.config.coordinator_id)
+        await self._pool.close()
+
+
+class TokenInterceptor(grpc.aio.ServerInterceptor):
+    """Refuses calls without `authorization: Bearer <HYDRA_TOKEN>` (health checks excepted)."""
+
+    def __init__(self, token: str) -> None:
+        self._expected = f"Bearer {token}"
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Any:
+        method = handler_call_details.method
+        metadata = dict(handler_call_details.invocation_metadata or ())
+        if method.startswith("/grpc.") or metadata.get("authorization") == self._expected:
+            return await continuation(handler_call_details)
+        return grpc.unary_unary_rpc_method_handler(_deny)
+
+
+async def _deny(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+    await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong HYDRA_TOKEN")
+
+
+async def run_coordinator(config: CoordinatorConfig) -> int:
+    """Run until SIGTERM or SIGINT, then stop gracefully."""
+    coordinator = Coordinator(config)
+    await coordinator.start()
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopping.set)
+    await stopping.wait()
+    log.info("stopping coordinator %s", config.coordinator_id)
+    await coordinator.stop()
+    return 0

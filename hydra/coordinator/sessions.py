@@ -1,0 +1,75 @@
+"""The agents connected to this coordinator, and what each holds."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+
+from hydra.v1 import agent_service_pb2 as pb
+
+LeaseKey = tuple[str, int]
+
+
+@dataclass(eq=False, kw_only=True)
+class AgentSession:
+    """One agent's open stream: its labels, slots, leases, and outgoing messages."""
+
+    agent_id: str
+    hostname: str
+    labels: Mapping[str, str]
+    capacity: int
+    draining: bool = False
+    held: set[LeaseKey] = field(default_factory=set)
+    outbox: asyncio.Queue[pb.CoordinatorMessage | None] = field(default_factory=asyncio.Queue)
+    serial: int = field(default_factory=itertools.count().__next__)
+
+    @property
+    def free_slots(self) -> int:
+        """Slots the dispatcher may fill now."""
+        return 0 if self.draining else max(0, self.capacity - len(self.held))
+
+    def send(self, message: pb.CoordinatorMessage) -> None:
+        """Queue a message for the agent."""
+        self.outbox.put_nowait(message)
+
+    def close(self) -> None:
+        """End the outgoing stream."""
+        self.outbox.put_nowait(None)
+
+
+class SessionRegistry:
+    """Sessions by agent id; wakes the dispatcher when slots may have freed up."""
+
+    def __init__(self) -> None:
+        self._sessions: dict[str, AgentSession] = {}
+        self.slots_changed = asyncio.Event()
+
+    def open(self, session: AgentSession) -> None:
+        """Register a session, closing an older stream of the same agent."""
+        old = self._sessions.get(session.agent_id)
+        if old is not None:
+            old.close()
+        self._sessions[session.agent_id] = session
+        self.slots_changed.set()
+
+    def close(self, session: AgentSession) -> None:
+        """Forget a session if it is still the agent's current one."""
+        if self._sessions.get(session.agent_id) is session:
+            del self._sessions[session.agent_id]
+
+    def get(self, agent_id: str) -> AgentSession | None:
+        """The agent's current session on this coordinator."""
+        return self._sessions.get(agent_id)
+
+    def with_free_slots(self) -> Iterator[AgentSession]:
+        """Sessions that can take work, most free slots first."""
+        ready = [s for s in self._sessions.values() if s.free_slots > 0]
+        return iter(sorted(ready, key=lambda s: -s.free_slots))
+
+    def __iter__(self) -> Iterator[AgentSession]:
+        return iter(list(self._sessions.values()))
+
+    def __len__(self) -> int:
+        return len(self._sessions)

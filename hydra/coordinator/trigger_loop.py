@@ -1,0 +1,118 @@
+"""The trigger loop: turns due time triggers into runs.
+
+It sleeps until the earliest `next_fire_at` (or a `hydra_triggers`
+notification), then locks the due triggers with `SKIP LOCKED`, creates their
+runs (`ON CONFLICT DO NOTHING` on task + occurrence, so any number of
+coordinators firing at once make one run) and advances them, in one
+transaction. Which missed occurrences get runs follows the task's catch-up
+policy; see :func:`plan_fire`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from dataclasses import replace
+from datetime import datetime, timedelta
+
+from hydra.coordinator import schedule
+from hydra.coordinator.lease_store import LeaseStore
+from hydra.coordinator.loop import seconds_until, utcnow, wait_event
+from hydra.coordinator.records import DueTrigger, FirePlan
+from hydra.domain import At, Catchup, Cron, Interval, TaskSpec
+
+log = logging.getLogger("hydra.coordinator.triggers")
+
+#: How late an occurrence may be found and still count as on time, not missed.
+MISFIRE_GRACE = timedelta(seconds=30)
+#: Triggers handled per transaction.
+BATCH = 500
+#: Upper bound of the loop's sleep when nothing wakes it.
+FALLBACK_POLL_SECONDS = 5.0
+
+TimeTrigger = Cron | Interval | At
+
+
+class TriggerLoop:
+    """Creates runs for due triggers."""
+
+    def __init__(self, store: LeaseStore) -> None:
+        self._store = store
+        self.wake = asyncio.Event()
+
+    async def step(self) -> None:
+        """Fire everything due, then sleep until the next fire time."""
+        while await self._store.fire_due_triggers(utcnow(), BATCH, plan_fire) == BATCH:
+            pass
+        next_fire = await self._store.next_trigger_fire()
+        await wait_event(self.wake, seconds_until(next_fire, cap=FALLBACK_POLL_SECONDS))
+
+
+def time_trigger(spec: TaskSpec, position: int, anchor: datetime) -> TimeTrigger:
+    """The time trigger at `position`, with an interval anchored when it has none."""
+    trigger = spec.triggers[position]
+    assert isinstance(trigger, Cron | Interval | At), "only time triggers are stored as due"
+    if isinstance(trigger, Interval) and trigger.anchor is None:
+        return replace(trigger, anchor=anchor)
+    return trigger
+
+
+def first_fire(trigger: TimeTrigger, now: datetime) -> datetime | None:
+    """When a newly applied trigger fires first: its next occurrence after now
+    (an interval without an anchor: one period from now)."""
+    if isinstance(trigger, Interval) and trigger.anchor is None:
+        return now.replace(microsecond=0) + trigger.every
+    return schedule.next_fire(trigger, now)
+
+
+def plan_fire(due: DueTrigger) -> FirePlan:
+    """Which occurrences of a due trigger get runs now, and its next fire time."""
+    now = utcnow()
+    trigger = time_trigger(due.task_spec, due.position, due.next_fire_at)
+    occurrences = _due_occurrences(trigger, due.next_fire_at, now, _keep(due.task_spec))
+    chosen = _apply_policies(due, list(occurrences), now)
+    last = occurrences[-1] if occurrences else due.next_fire_at
+    return FirePlan(
+        occurrences=tuple(chosen),
+        next_fire_at=schedule.next_fire(trigger, max(now, last)),
+        last_fired_at=last,
+    )
+
+
+def _keep(spec: TaskSpec) -> int:
+    return spec.max_catchup if spec.catchup is Catchup.ALL else 1
+
+
+def _due_occurrences(
+    trigger: TimeTrigger, first: datetime, now: datetime, keep: int
+) -> list[datetime]:
+    """The newest `keep` occurrences in [first, now]; the scan widens from `now`
+    backwards so a long pause of a per-second task stays cheap."""
+    lookback = timedelta(minutes=1)
+    while True:
+        start = max(first, now - lookback)
+        window: deque[datetime] = deque(schedule.occurrences(trigger, start, now), maxlen=keep)
+        if len(window) >= keep or start == first:
+            return list(window)
+        lookback *= 60
+
+
+def _apply_policies(due: DueTrigger, occurrences: list[datetime], now: datetime) -> list[datetime]:
+    spec = due.task_spec
+    kept = occurrences
+    if spec.starting_deadline is not None:
+        kept = [o for o in kept if now - o <= spec.starting_deadline]
+    if spec.catchup is Catchup.NONE:
+        kept = [o for o in kept if now - o <= MISFIRE_GRACE]
+    dropped = len(occurrences) - len(kept)
+    missed_before = due.next_fire_at < (occurrences[0] if occurrences else due.next_fire_at)
+    if dropped or missed_before:
+        log.warning(
+            "task %s: occurrences since %s were missed; catchup=%s created %d run(s)",
+            due.task_name,
+            due.next_fire_at.isoformat(),
+            spec.catchup.value,
+            len(kept),
+        )
+    return kept

@@ -1,0 +1,207 @@
+"""The store against real PostgreSQL: every lease transition is a compare-and-set
+on the fencing token, and the hot-path statements behave under contention."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from hydra.coordinator.lease_store import LeaseStore
+from hydra.coordinator.records import AttemptReport, NewRun
+from hydra.coordinator.store import open_pool
+from hydra.coordinator.tasks import apply_spec
+from hydra.coordinator.trigger_loop import plan_fire
+from hydra.domain import Cron, Retry, RunState, TaskSpec
+from hydra.errors import FailedPrecondition, NotFound
+
+TTL = timedelta(seconds=30)
+NOW = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
+
+
+@pytest.fixture
+async def store(db_conninfo: str) -> AsyncIterator[LeaseStore]:
+    pool = open_pool(db_conninfo, 4)
+    await pool.open(wait=True)
+    yield LeaseStore(pool)
+    await pool.close()
+
+
+async def _task(store: LeaseStore, **fields: object) -> int:
+    spec = TaskSpec(**{"name": "t", "command": ("true",), **fields})  # type: ignore[arg-type]
+    await apply_spec(store, spec, dry_run=False, now=NOW)
+    task_id, _ = await store.task_ref(spec.name)
+    return task_id
+
+
+async def _queued_run(store: LeaseStore, **fields: object) -> str:
+    task_id = await _task(store, **fields)
+    _, task = await store.task_ref("t")
+    run, created = await store.create_manual_run(
+        NewRun(
+            task_id=task_id,
+            task_version=task.version,
+            spec=task.spec,
+            occurrence=NOW - timedelta(minutes=1),
+            cause="manual",
+        )
+    )
+    assert created
+    return run.id
+
+
+def _report(run_id: str, token: int, outcome: str, **fields: object) -> AttemptReport:
+    return AttemptReport(
+        run_id=run_id,
+        lease_token=token,
+        agent_id="a1",
+        outcome=outcome,
+        argv=("true",),
+        started_at=NOW,
+        finished_at=NOW,
+        **fields,
+    )  # type: ignore[arg-type]
+
+
+async def test_apply_is_idempotent_and_versions_changes(store: LeaseStore) -> None:
+    spec = TaskSpec(name="t", command=("true",))
+    first = await apply_spec(store, spec, dry_run=False, now=NOW)
+    again = await apply_spec(store, spec, dry_run=False, now=NOW)
+    changed = await apply_spec(
+        store, TaskSpec(name="t", command=("false",)), dry_run=False, now=NOW
+    )
+    assert (first.changed, first.task.version) == (True, 1)
+    assert (again.changed, again.task.version) == (False, 1)
+    assert (changed.changed, changed.previous_version, changed.task.version) == (True, 1, 2)
+    _, versions = await store.get_task_versions("t")
+    assert [v.version for v in versions] == [2, 1]
+
+
+async def test_concurrent_applies_of_a_new_task_make_one_task(store: LeaseStore) -> None:
+    spec = TaskSpec(name="t", command=("true",))
+    results = await asyncio.gather(
+        *(apply_spec(store, spec, dry_run=False, now=NOW) for _ in range(4))
+    )
+    assert sum(r.changed for r in results) == 1
+    assert len(await store.list_tasks(after="", prefix="", limit=10)) == 1
+
+
+async def test_claims_never_hand_one_run_to_two_agents(store: LeaseStore) -> None:
+    task_id = await _task(store)
+    _, task = await store.task_ref("t")
+    await store.create_runs(
+        [
+            NewRun(
+                task_id=task_id,
+                task_version=1,
+                spec=task.spec,
+                occurrence=NOW - timedelta(seconds=i),
+                cause="backfill",
+            )
+            for i in range(20)
+        ]
+    )
+    claims = await asyncio.gather(*(store.claim_runs(f"a{i}", {}, 5, TTL) for i in range(4)))
+    claimed = [c.run_id for batch in claims for c in batch]
+    assert len(claimed) == len(set(claimed)) == 20
+    tokens = [c.lease_token for batch in claims for c in batch]
+    assert len(set(tokens)) == 20
+
+
+async def test_selector_must_be_satisfied_by_the_agent_labels(store: LeaseStore) -> None:
+    await _queued_run(store, selector={"pool": "gpu"})
+    assert await store.claim_runs("a1", {"pool": "cpu"}, 5, TTL) == []
+    assert len(await store.claim_runs("a2", {"pool": "gpu", "zone": "x"}, 5, TTL)) == 1
+
+
+async def test_a_report_with_a_stale_token_changes_nothing(store: LeaseStore) -> None:
+    run_id = await _queued_run(store, retry=Retry(max_attempts=2, backoff=timedelta(0)))
+    [first] = await store.claim_runs("a1", {}, 1, TTL)
+    assert await store.start_attempt(run_id, first.lease_token, "a1", ["true"], NOW)
+    assert (
+        await store.finish_attempt(_report(run_id, first.lease_token, "FAILED", exit_code=1))
+    ).accepted
+    [second] = await store.claim_runs("a2", {}, 1, TTL)
+    before = await store.get_run(run_id)
+    late = await store.finish_attempt(_report(run_id, first.lease_token, "SUCCEEDED"))
+    assert not late.accepted and "stale lease" in late.reason
+    assert await store.get_run(run_id) == before
+    assert not await store.start_attempt(run_id, first.lease_token, "a1", ["true"], NOW)
+    assert second.lease_token > first.lease_token
+
+
+async def test_a_run_succeeds_once(store: LeaseStore) -> None:
+    run_id = await _queued_run(store)
+    [lease] = await store.claim_runs("a1", {}, 1, TTL)
+    await store.start_attempt(run_id, lease.lease_token, "a1", ["true"], NOW)
+    assert (await store.finish_attempt(_report(run_id, lease.lease_token, "SUCCEEDED"))).accepted
+    again = await store.finish_attempt(_report(run_id, lease.lease_token, "SUCCEEDED"))
+    assert not again.accepted
+    run = await store.get_run(run_id)
+    assert run.state is RunState.SUCCEEDED and len(run.attempts) == 1
+    with pytest.raises(FailedPrecondition):
+        await store.retry_run(run_id)
+
+
+async def test_expired_lease_loses_the_attempt_and_requeues(store: LeaseStore) -> None:
+    run_id = await _queued_run(store, retry=Retry(max_attempts=2))
+    [lease] = await store.claim_runs("a1", {}, 1, timedelta(milliseconds=1))
+    await store.start_attempt(run_id, lease.lease_token, "a1", ["true"], NOW)
+    await asyncio.sleep(0.01)  # let a 1 ms lease expire
+    assert await store.reap_expired() == 1
+    run = await store.get_run(run_id)
+    assert run.state is RunState.QUEUED and run.attempts[0].state.value == "LOST"
+    assert "lost" in run.reason
+
+
+async def test_renewal_only_extends_current_leases(store: LeaseStore) -> None:
+    run_id = await _queued_run(store)
+    [lease] = await store.claim_runs("a1", {}, 1, TTL)
+    renewed = await store.renew_leases(
+        "a1",
+        [(run_id, lease.lease_token), (run_id, lease.lease_token + 99)],
+        TTL,
+        draining=False,
+        coordinator_id="c",
+    )
+    assert renewed == {(run_id, lease.lease_token)}
+    assert (
+        await store.renew_leases(
+            "a2", [(run_id, lease.lease_token)], TTL, draining=False, coordinator_id="c"
+        )
+        == set()
+    )
+
+
+async def test_output_keeps_a_bounded_tail(store: LeaseStore) -> None:
+    run_id = await _queued_run(store)
+    [lease] = await store.claim_runs("a1", {}, 1, TTL)
+    await store.start_attempt(run_id, lease.lease_token, "a1", ["true"], NOW)
+    for i in range(10):
+        await store.append_output(run_id, lease.lease_token, 1, f"{i}".encode() * 10, limit=35)
+    kept = b"".join(c.data for c in await store.read_output(run_id, after_seq=0, attempt=0))
+    assert kept == b"7" * 10 + b"8" * 10 + b"9" * 10
+
+
+async def test_due_triggers_fire_once_however_many_loops_race(store: LeaseStore) -> None:
+    await apply_spec(
+        store,
+        TaskSpec(name="t", command=("true",), triggers=(Cron(expression="* * * * * *"),)),
+        dry_run=False,
+        now=datetime.now(UTC) - timedelta(seconds=3),
+    )
+    fired = await asyncio.gather(
+        *(store.fire_due_triggers(datetime.now(UTC), 10, plan_fire) for _ in range(4))
+    )
+    assert sum(fired) == 1
+    runs = await store.list_runs(task="t", states=[], after=None, limit=10)
+    assert len(runs) == 1  # catchup latest: one run for the newest missed second
+
+
+async def test_unknown_ids_are_not_found(store: LeaseStore) -> None:
+    with pytest.raises(NotFound):
+        await store.get_run("not-a-uuid")
+    with pytest.raises(NotFound):
+        await store.get_task("nope")
