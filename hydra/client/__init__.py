@@ -1,0 +1,91 @@
+"""The Hydra Python SDK: typed task specs and a client of the coordinators.
+
+Example::
+
+    from datetime import timedelta
+    from hydra.client import Client, Cron, Retry, Task
+
+    export = Task(
+        name="billing.export",
+        command=("python", "export.py", "--day", "{{ ds }}"),
+        triggers=(Cron(expression="30 2 * * *", timezone="Australia/Sydney"),),
+        retry=Retry(max_attempts=3, backoff=timedelta(seconds=30)),
+    )
+    with Client() as client:
+        client.apply(export)
+        run, _ = client.trigger("billing.export", idempotency_key="2025-01-31")
+        print(client.wait(run.id).state)
+"""
+
+from __future__ import annotations
+
+from hydra.client._client import Client
+from hydra.client._types import ApplyResult, BackfillResult, LogChunk, TaskDetails
+from hydra.domain import (
+    After,
+    Agent,
+    At,
+    Attempt,
+    AttemptState,
+    Catchup,
+    CommandCheck,
+    Concurrency,
+    Cron,
+    FileCheck,
+    HttpCheck,
+    Interval,
+    OnTimeout,
+    Overlap,
+    Retry,
+    Run,
+    RunState,
+    TaskVersion,
+    TcpCheck,
+)
+from hydra.domain import Task as RegisteredTask
+from hydra.domain import TaskSpec as Task
+from hydra.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    FieldProblem,
+    HydraError,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+)
+
+__all__ = [
+    "After",
+    "Agent",
+    "AlreadyExists",
+    "ApplyResult",
+    "At",
+    "Attempt",
+    "AttemptState",
+    "BackfillResult",
+    "Catchup",
+    "Client",
+    "CommandCheck",
+    "Concurrency",
+    "Cron",
+    "FailedPrecondition",
+    "FieldProblem",
+    "FileCheck",
+    "HttpCheck",
+    "HydraError",
+    "Interval",
+    "InvalidArgument",
+    "LogChunk",
+    "NotFound",
+    "OnTimeout",
+    "Overlap",
+    "RegisteredTask",
+    "Retry",
+    "Run",
+    "RunState",
+    "Task",
+    "TaskDetails",
+    "TaskVersion",
+    "TcpCheck",
+    "Unavailable",
+]
