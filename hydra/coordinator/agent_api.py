@@ -8,9 +8,9 @@ from typing import Any
 import grpc
 
 from hydra.coordinator.agent_stream import AgentStreams
-from hydra.coordinator.api_errors import unary
+from hydra.coordinator.api_errors import status_of, unary
 from hydra.coordinator.lease_store import LeaseStore
-from hydra.errors import InvalidArgument
+from hydra.errors import HydraError, InvalidArgument
 from hydra.v1 import agent_service_pb2 as pb
 from hydra.v1 import agent_service_pb2_grpc as pb_grpc
 from hydra.wire import agent_to_proto
@@ -25,10 +25,14 @@ class AgentApi(pb_grpc.AgentServiceServicer):
         self._store = store
         self._streams = streams
 
-    def Connect(
+    async def Connect(
         self, request_iterator: AsyncIterator[pb.AgentMessage], context: Context
     ) -> AsyncIterator[pb.CoordinatorMessage]:
-        return self._streams.serve(request_iterator, context)
+        try:
+            async for message in self._streams.serve(request_iterator, context):
+                yield message
+        except HydraError as error:  # e.g. the database is down: UNAVAILABLE, try again
+            await context.abort(status_of(error), error.message)
 
     @unary
     async def List(self, request: pb.ListAgentsRequest, context: Context) -> pb.ListAgentsResponse:

@@ -1,0 +1,99 @@
+"""The agent's own words for an attempt: what to run, how it ended.
+
+These are plain values; ``hydra.agent.wire`` translates them to and from the
+``hydra.v1`` messages, so no protobuf object travels past the stream handler.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from types import MappingProxyType
+
+_EMPTY: Mapping[str, str] = MappingProxyType({})
+
+
+class Outcome(enum.StrEnum):
+    """How an attempt ended, as the agent saw it (mirrors ``AttemptOutcome``)."""
+
+    #: Exit code 0.
+    SUCCEEDED = "SUCCEEDED"
+    #: Non-zero exit, killed by a signal, bad ``$HYDRA_OUTPUT``, or could not start.
+    FAILED = "FAILED"
+    #: Killed after the task's timeout.
+    TIMED_OUT = "TIMED_OUT"
+    #: Killed because the coordinator (or the agent's shutdown) cancelled it.
+    CANCELLED = "CANCELLED"
+    #: Killed by the agent itself after it could not renew the lease.
+    FENCED = "FENCED"
+
+
+class OutputStream(enum.StrEnum):
+    """Which pipe output came from."""
+
+    STDOUT = "STDOUT"
+    STDERR = "STDERR"
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class LeaseKey:
+    """A lease as the agent holds it: a run and its fencing token."""
+
+    run_id: str
+    lease_token: int
+
+    def __str__(self) -> str:
+        return f"run={self.run_id} token={self.lease_token}"
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class AttemptSpec:
+    """Everything needed to run one attempt, as rendered by the coordinator."""
+
+    run_id: str
+    task: str
+    attempt: int
+    argv: tuple[str, ...]
+    env: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
+    #: Empty: the agent's working directory.
+    workdir: str = ""
+    #: None: no time limit.
+    timeout: timedelta | None = None
+    kill_grace: timedelta = timedelta(seconds=10)
+    occurrence: datetime | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Started:
+    """A process that was spawned."""
+
+    pid: int
+    started_at: datetime
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class AttemptResult:
+    """How an attempt ended; becomes the ``AttemptFinished`` report."""
+
+    outcome: Outcome
+    argv: tuple[str, ...]
+    finished_at: datetime
+    #: None when the process never started.
+    started_at: datetime | None = None
+    exit_code: int | None = None
+    signal: int | None = None
+    message: str = ""
+    outputs_json: str = ""
+
+
+def format_duration(duration: timedelta) -> str:
+    """``90s`` → ``1m30s``; ``1.5s`` → ``1.5s``: short, for messages to people."""
+    total = duration.total_seconds()
+    if total < 60 or total != int(total):
+        return f"{total:g}s"
+    hours, rest = divmod(int(total), 3600)
+    minutes, seconds = divmod(rest, 60)
+    parts = [(hours, "h"), (minutes, "m"), (seconds, "s")]
+    return "".join(f"{value}{unit}" for value, unit in parts if value)

@@ -1,0 +1,259 @@
+"""The agent daemon: stays connected, fences itself, drains, exits.
+
+The daemon keeps one :class:`~hydra.agent.session.Session` at a time and
+reconnects through :func:`hydra.retrying.async_grpc_retrying`, moving to the
+next target after every failure. Attempts keep running while it is
+disconnected; their reports wait in the lease book until a coordinator
+acknowledges them. A lease that cannot be renewed for the lease TTL has its
+attempt killed and reported ``FENCED``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import timedelta
+from types import MappingProxyType
+from typing import Any
+
+import grpc
+
+from hydra import config as hydra_config
+from hydra.agent.attempt import AttemptResult, LeaseKey, Outcome, OutputStream, format_duration
+from hydra.agent.leases import LeaseBook
+from hydra.agent.session import AgentState, Session, SessionEnd
+from hydra.retrying import async_grpc_retrying, is_retryable
+
+log = logging.getLogger("hydra.agent")
+
+#: After the drain grace, how long killed attempts' reports may wait for acknowledgement.
+REPORT_FLUSH_SECONDS = 5.0
+#: How long a closing stream may take to deliver what is queued.
+CLOSE_SECONDS = 2.0
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class AgentConfig:
+    """How an agent runs. ``hydra agent`` builds it from flags and the environment."""
+
+    #: Coordinator addresses (``host:port``), tried in turn.
+    targets: Sequence[str]
+    agent_id: str = field(default_factory=socket.gethostname)
+    hostname: str = field(default_factory=socket.gethostname)
+    #: Matched against task selectors.
+    labels: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    #: Attempts run at once.
+    capacity: int = field(default_factory=lambda: os.cpu_count() or 1)
+    #: On SIGTERM or Drain: how long running attempts may take before they are killed.
+    drain_grace: timedelta = timedelta(minutes=5)
+    #: Longest wait between two connection attempts.
+    reconnect_max_backoff: timedelta = timedelta(seconds=5)
+    #: SIGTERM → SIGKILL delay when an offer does not set one.
+    default_kill_grace: timedelta = timedelta(seconds=10)
+    #: Sent as ``authorization: Bearer <token>`` when set.
+    token: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "targets", tuple(self.targets))
+        if not self.targets:
+            raise ValueError("an agent needs at least one coordinator target")
+        if self.capacity < 1:
+            raise ValueError(f"capacity must be at least 1, got {self.capacity}")
+        if not self.agent_id:
+            raise ValueError("agent_id must not be empty")
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str] = os.environ, **overrides: Any) -> AgentConfig:
+        """Targets from ``HYDRA_COORDINATORS``, token from ``HYDRA_TOKEN``, then ``overrides``."""
+        base = cls(targets=hydra_config.coordinators(environ), token=hydra_config.token(environ))
+        return replace(base, **overrides)
+
+
+class AgentDaemon:
+    """One agent: :meth:`run` until drained or stopped."""
+
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        self._book = LeaseBook(self)
+        self._state = AgentState(config=config, book=self._book, request_drain=self.request_drain)
+        self._session: Session | None = None
+        self._target_index = 0
+        self._drain_requested = asyncio.Event()
+        self._stop_requested = asyncio.Event()
+        self._closing = False
+
+    @property
+    def draining(self) -> bool:
+        """Takes no new leases and exits once its attempts are done."""
+        return self._state.draining
+
+    def request_drain(self, reason: str = "asked to drain") -> None:
+        """Takes no new leases; exits when attempts are done (or killed after the grace)."""
+        if self._state.draining:
+            return
+        log.info("draining (%s): taking no new leases", reason)
+        self._state.draining = True
+        self._drain_requested.set()
+        if self._session is not None:
+            self._session.heartbeat_now()
+
+    def request_stop(self) -> None:
+        """Kills every attempt at once and exits."""
+        log.warning("stopping now: killing every attempt")
+        self._stop_requested.set()
+
+    async def run(self) -> int:
+        """Serves until drained (0), stopped (0) or refused by a coordinator (1)."""
+        log.info(
+            "agent %s starting: capacity %d, coordinators %s",
+            self.config.agent_id,
+            self.config.capacity,
+            ", ".join(self.config.targets),
+        )
+        connection = asyncio.create_task(self._stay_connected())
+        fencing = asyncio.create_task(self._fence_expired_leases())
+        drained = asyncio.create_task(self._drain_when_asked())
+        stopped = asyncio.create_task(self._stop_requested.wait())
+        immediately = True  # also when run() itself is cancelled
+        try:
+            await asyncio.wait({connection, drained, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            immediately = self._stop_requested.is_set()
+        finally:
+            for helper in (fencing, drained, stopped):
+                helper.cancel()
+            await asyncio.gather(fencing, drained, stopped, return_exceptions=True)
+            await self._shut_down(connection, immediately=immediately)
+        return self._exit_code(connection)
+
+    # --- LeaseListener: relay attempt events to the current stream ---------------
+
+    def attempt_output(self, lease: LeaseKey, stream: OutputStream, data: bytes) -> None:
+        """Forwards output while a welcomed stream exists; dropped otherwise."""
+        if self._session is not None and self._session.ready:
+            self._session.send_output(lease, stream, data)
+
+    def attempt_finished(self, lease: LeaseKey, result: AttemptResult) -> None:
+        """Sends the report now if connected; otherwise it goes after the next Welcome."""
+        if self._session is not None and self._session.ready:
+            self._session.send_report(lease, result)
+
+    # --- connection -----------------------------------------------------------
+
+    async def _stay_connected(self) -> None:
+        while not self._closing:
+            end: SessionEnd | None = SessionEnd.CLOSED
+            max_backoff = self.config.reconnect_max_backoff.total_seconds()
+            async for attempt in async_grpc_retrying(maximum=max_backoff):
+                with attempt:
+                    end = await self._connect_once()
+            if end is SessionEnd.CLOSED:
+                return
+            # A session that worked ended: start again at once, with a fresh backoff.
+
+    async def _connect_once(self) -> SessionEnd | None:
+        """One session; None when a working session broke (reconnect at once)."""
+        if self._closing:
+            return SessionEnd.CLOSED
+        targets = self.config.targets
+        session = Session(targets[self._target_index % len(targets)], self._state)
+        self._session = session
+        try:
+            end = await session.run()
+        except grpc.RpcError as error:
+            self._target_index += 1
+            log.warning("stream to %s: %s", session.target, _describe(error))
+            if session.healthy and is_retryable(error):
+                return None
+            raise
+        finally:
+            self._session = None
+        if end is SessionEnd.RELOCATE:
+            self._target_index += 1
+        return end
+
+    async def _shut_down(self, connection: asyncio.Task[None], *, immediately: bool) -> None:
+        """Kills what still runs, lets the last reports out, closes the stream."""
+        if self._book.processes():
+            self._book.kill_all(Outcome.CANCELLED, "agent stopped", immediately=immediately)
+        await self._book.close()
+        self._closing = True
+        if self._session is not None and not connection.done():
+            self._session.close()
+            await asyncio.wait({connection}, timeout=CLOSE_SECONDS)
+        connection.cancel()
+        await asyncio.gather(connection, return_exceptions=True)
+        log.info("agent %s stopped", self.config.agent_id)
+
+    def _exit_code(self, connection: asyncio.Task[None]) -> int:
+        if connection.cancelled() or (error := connection.exception()) is None:
+            return 0
+        if isinstance(error, grpc.RpcError):
+            log.error("giving up: %s", _describe(error))
+        else:
+            log.error("giving up after an internal error", exc_info=error)
+        return 1
+
+    # --- fencing and draining -------------------------------------------------
+
+    async def _fence_expired_leases(self) -> None:
+        """Kills attempts whose lease could not be renewed for the TTL."""
+        while True:
+            ttl = self._state.lease_ttl
+            if ttl is not None:
+                for lease in self._book.expired(ttl):
+                    message = (
+                        f"lease could not be renewed for {format_duration(timedelta(seconds=ttl))}"
+                        "; killed to avoid a duplicate"
+                    )
+                    self._book.kill(lease, Outcome.FENCED, message)
+            await asyncio.sleep(min(max((ttl or 1.0) / 20, 0.02), 1.0))
+
+    async def _drain_when_asked(self) -> None:
+        """Once draining: waits for attempts (killing them after the grace), then reports."""
+        await self._drain_requested.wait()
+        loop = asyncio.get_running_loop()
+        grace = self.config.drain_grace.total_seconds()
+        deadline = loop.time() + grace
+        book = self._book
+        if not await book.wait_until(lambda: book.processes() == 0, grace):
+            log.warning("drain grace %s is over", format_duration(self.config.drain_grace))
+            book.kill_all(Outcome.CANCELLED, "agent drained: the drain grace is over")
+            await book.wait_until(lambda: book.processes() == 0, None)
+        flush = max(deadline - loop.time(), REPORT_FLUSH_SECONDS)
+        if not await book.wait_until(lambda: book.idle, flush):
+            log.warning("exiting with %d unacknowledged reports", len(book.pending()))
+        log.info("drained")
+
+
+async def run_agent(config: AgentConfig) -> int:
+    """Runs an agent until it is drained; what ``hydra agent`` calls.
+
+    SIGTERM and SIGINT start a drain (the coordinator hears of it at once via a
+    heartbeat with ``draining``); a second SIGINT kills every attempt and exits.
+    """
+    daemon = AgentDaemon(config)
+    loop = asyncio.get_running_loop()
+
+    def on_signal(signum: signal.Signals) -> None:
+        if signum is signal.SIGINT and daemon.draining:
+            daemon.request_stop()
+        else:
+            daemon.request_drain(f"got {signum.name}")
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+    try:
+        return await daemon.run()
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+
+
+def _describe(error: grpc.RpcError) -> str:
+    code = error.code()
+    return f"{getattr(code, 'name', code)}: {error.details()}"

@@ -1,0 +1,364 @@
+"""Runs one attempt's process and says how it ended.
+
+The process is the leader of a new session, so the attempt owns a process
+group: timeouts, cancels, fencing and revocations signal the whole group
+(SIGTERM, ``kill_grace``, SIGKILL), and nothing in the group outlives the
+attempt. A process that leaves the group on purpose (``setsid``) escapes this;
+only cgroups could follow it.
+
+When the leader exits on its own, stray members of its group may still hold
+the output pipes. They get ``PIPE_DRAIN_SECONDS`` to finish writing, then
+whatever is left of the group is killed with SIGKILL and reading stops, so a
+forgotten ``daemon &`` can neither hang the attempt nor leak a process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from hydra.agent.attempt import (
+    AttemptResult,
+    AttemptSpec,
+    Outcome,
+    OutputStream,
+    Started,
+    format_duration,
+)
+from hydra.agent.output import OutputBatcher, OutputsError, OutputSink, outputs_path, read_outputs
+
+log = logging.getLogger("hydra.agent")
+
+#: How long stray group members may keep the pipes open after the leader exits.
+PIPE_DRAIN_SECONDS = 1.0
+#: How often a dying group is checked during the kill grace.
+_POLL_SECONDS = 0.05
+#: Linux: zombies can be told apart from the living.
+_HAVE_PROC = os.path.isdir("/proc")
+#: Agent settings that its processes must not see.
+_AGENT_ONLY_VARIABLES = frozenset({"HYDRA_TOKEN"})
+
+
+@dataclass(frozen=True, slots=True)
+class _KillRequest:
+    outcome: Outcome
+    message: str
+
+
+class Execution:
+    """One attempt's process: spawn, stream output, enforce the timeout, report.
+
+    Usage::
+
+        execution = Execution(spec, on_output=sink)
+        started = await execution.start()  # None: it could not start
+        result = await execution.wait()  # always an AttemptResult
+    """
+
+    def __init__(self, spec: AttemptSpec, on_output: OutputSink) -> None:
+        self._spec = spec
+        self._batcher = OutputBatcher(on_output)
+        self._started: Started | None = None
+        self._failed_start: AttemptResult | None = None
+        self._supervisor: asyncio.Task[AttemptResult] | None = None
+        self._kill: _KillRequest | None = None
+        self._kill_requested = asyncio.Event()
+        self._kill_now = asyncio.Event()
+
+    @property
+    def spec(self) -> AttemptSpec:
+        """What this execution runs."""
+        return self._spec
+
+    @property
+    def started(self) -> Started | None:
+        """The spawned process, if it was spawned."""
+        return self._started
+
+    @property
+    def killing(self) -> bool:
+        """A kill was asked for."""
+        return self._kill is not None
+
+    async def start(self) -> Started | None:
+        """Spawns the process; None if it could not start (``wait`` then says why)."""
+        if self._started is not None or self._failed_start is not None:
+            raise RuntimeError("an Execution starts once")
+        if not self._spec.argv:
+            self._fail_to_start("empty command")
+            return None
+        tempdir = ""
+        try:
+            tempdir = await asyncio.to_thread(tempfile.mkdtemp, prefix="hydra-attempt-")
+            transport, protocol = await self._spawn(tempdir)
+        except (OSError, ValueError, subprocess.SubprocessError) as error:
+            if tempdir:
+                await asyncio.to_thread(shutil.rmtree, tempdir, ignore_errors=True)
+            self._fail_to_start(str(error))
+            return None
+        except asyncio.CancelledError:  # asyncio has killed the process, if any
+            if tempdir:
+                shutil.rmtree(tempdir, ignore_errors=True)
+            raise
+        self._started = Started(pid=transport.get_pid(), started_at=_now())
+        self._supervisor = asyncio.create_task(self._supervise(transport, protocol, tempdir))
+        # Output is held until the loop's next turn, so that the caller can
+        # announce the start (synchronously after this returns) before any of it.
+        asyncio.get_running_loop().call_soon(self._batcher.release)
+        return self._started
+
+    async def wait(self) -> AttemptResult:
+        """Waits for the end; cancelling the wait does not stop the process."""
+        if self._failed_start is not None:
+            return self._failed_start
+        if self._supervisor is None:
+            raise RuntimeError("the Execution was not started")
+        return await asyncio.shield(self._supervisor)
+
+    def kill(self, outcome: Outcome, message: str, *, immediately: bool = False) -> None:
+        """Kills the group: SIGTERM, ``kill_grace``, SIGKILL (or SIGKILL at once).
+
+        The first reason given is the one reported; a later ``immediately``
+        still cuts the grace short. Does nothing once the process has exited.
+        """
+        if self._kill is None:
+            self._kill = _KillRequest(outcome, message)
+            self._kill_requested.set()
+        if immediately:
+            self._kill_now.set()
+
+    async def _spawn(self, tempdir: str) -> tuple[asyncio.SubprocessTransport, _PipeProtocol]:
+        # loop.subprocess_exec rather than create_subprocess_exec: owning the
+        # transport lets us close pipes that an escaped process keeps open,
+        # and data arrives by callback, so there are no reader tasks to stop.
+        output_file = outputs_path(tempdir)
+        await asyncio.to_thread(_create_empty, output_file)
+        protocol = _PipeProtocol(self._batcher)
+        transport, _ = await asyncio.get_running_loop().subprocess_exec(
+            lambda: protocol,
+            *self._spec.argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=self._spec.workdir or None,
+            env=attempt_environment(self._spec, output_file),
+            start_new_session=True,
+        )
+        return transport, protocol
+
+    def _fail_to_start(self, reason: str) -> None:
+        now = _now()
+        self._failed_start = AttemptResult(
+            outcome=Outcome.FAILED,
+            argv=self._spec.argv,
+            started_at=now,
+            finished_at=now,
+            message=f"cannot start: {reason}",
+        )
+
+    async def _supervise(
+        self, transport: asyncio.SubprocessTransport, protocol: _PipeProtocol, tempdir: str
+    ) -> AttemptResult:
+        pgid = transport.get_pid()
+        try:
+            kill = await self._wait_for_leader(protocol, pgid)
+            leftovers = await self._finish_group(protocol, pgid)
+            return await self._result(transport, kill, leftovers, outputs_path(tempdir))
+        finally:
+            if not protocol.exited.done():  # cancelled: leave nothing behind
+                _signal_group(pgid, signal.SIGKILL)
+            self._batcher.flush()
+            transport.close()
+            await asyncio.to_thread(shutil.rmtree, tempdir, ignore_errors=True)
+
+    async def _wait_for_leader(self, protocol: _PipeProtocol, pgid: int) -> _KillRequest | None:
+        """Waits for the leader's exit, a kill or the timeout; None for a natural exit."""
+        timeout = self._spec.timeout
+        kill_requested = asyncio.ensure_future(self._kill_requested.wait())
+        waiters: set[asyncio.Future[Any]] = {protocol.exited, kill_requested}
+        try:
+            await asyncio.wait(
+                waiters,
+                timeout=timeout.total_seconds() if timeout else None,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        finally:
+            kill_requested.cancel()
+        if protocol.exited.done():
+            return None
+        if self._kill is None and timeout is not None:
+            self._kill = _KillRequest(
+                Outcome.TIMED_OUT, f"timed out after {format_duration(timeout)}"
+            )
+        await self._terminate(protocol, pgid)
+        return self._kill
+
+    async def _terminate(self, protocol: _PipeProtocol, pgid: int) -> None:
+        """SIGTERM to the group, up to ``kill_grace`` for it to go, then SIGKILL."""
+        loop = asyncio.get_running_loop()
+        if not self._kill_now.is_set():
+            _signal_group(pgid, signal.SIGTERM)
+            deadline = loop.time() + self._spec.kill_grace.total_seconds()
+            kill_now = asyncio.ensure_future(self._kill_now.wait())
+            try:
+                while not kill_now.done() and (remaining := deadline - loop.time()) > 0:
+                    if protocol.exited.done() and not await _group_alive(pgid):
+                        return
+                    await asyncio.wait({kill_now}, timeout=min(_POLL_SECONDS, remaining))
+            finally:
+                kill_now.cancel()
+        _signal_group(pgid, signal.SIGKILL)
+        await protocol.exited
+
+    async def _finish_group(self, protocol: _PipeProtocol, pgid: int) -> bool:
+        """Lets the pipes drain, then SIGKILLs what is left; True if anything was."""
+        await asyncio.wait({protocol.pipes_closed}, timeout=PIPE_DRAIN_SECONDS)
+        leftovers = await _group_alive(pgid)
+        if leftovers:
+            _signal_group(pgid, signal.SIGKILL)
+            await asyncio.wait({protocol.pipes_closed}, timeout=_POLL_SECONDS * 4)
+        return leftovers
+
+    async def _result(
+        self,
+        transport: asyncio.SubprocessTransport,
+        kill: _KillRequest | None,
+        leftovers: bool,
+        output_file: str,
+    ) -> AttemptResult:
+        returncode = transport.get_returncode()
+        assert returncode is not None  # the leader has exited
+        outcome, message = (kill.outcome, kill.message) if kill else _natural_end(returncode)
+        if leftovers and kill is None:
+            message = _join(message, "killed processes left running in its process group")
+        outputs_json = ""
+        try:
+            outputs_json = await asyncio.to_thread(read_outputs, output_file)
+        except OutputsError as error:
+            outcome = Outcome.FAILED if outcome is Outcome.SUCCEEDED else outcome
+            message = _join(message, str(error))
+        assert self._started is not None
+        return AttemptResult(
+            outcome=outcome,
+            argv=self._spec.argv,
+            started_at=self._started.started_at,
+            finished_at=_now(),
+            exit_code=returncode if returncode >= 0 else None,
+            signal=-returncode if returncode < 0 else None,
+            message=message,
+            outputs_json=outputs_json,
+        )
+
+
+class _PipeProtocol(asyncio.SubprocessProtocol):
+    """Feeds pipe data to the batcher and turns the transport's events into futures."""
+
+    def __init__(self, batcher: OutputBatcher) -> None:
+        loop = asyncio.get_running_loop()
+        self._batcher = batcher
+        self._open_pipes = {1, 2}
+        self.exited: asyncio.Future[None] = loop.create_future()
+        self.pipes_closed: asyncio.Future[None] = loop.create_future()
+
+    def pipe_data_received(self, fd: int, data: bytes) -> None:
+        stream = OutputStream.STDOUT if fd == 1 else OutputStream.STDERR
+        self._batcher.add(stream, data)
+
+    def pipe_connection_lost(self, fd: int, exc: Exception | None) -> None:
+        self._open_pipes.discard(fd)
+        if not self._open_pipes and not self.pipes_closed.done():
+            self.pipes_closed.set_result(None)
+
+    def process_exited(self) -> None:
+        if not self.exited.done():
+            self.exited.set_result(None)
+
+
+def attempt_environment(
+    spec: AttemptSpec, output_file: str, base: Mapping[str, str] = os.environ
+) -> dict[str, str]:
+    """The agent's environment, then the task's, then the ``HYDRA_*`` variables."""
+    env = {name: value for name, value in base.items() if name not in _AGENT_ONLY_VARIABLES}
+    env.update(spec.env)
+    env["HYDRA_RUN_ID"] = spec.run_id
+    env["HYDRA_TASK"] = spec.task
+    env["HYDRA_ATTEMPT"] = str(spec.attempt)
+    env["HYDRA_OUTPUT"] = output_file
+    if spec.occurrence is not None:
+        env["HYDRA_OCCURRENCE"] = spec.occurrence.astimezone(UTC).isoformat()
+    return env
+
+
+def _natural_end(returncode: int) -> tuple[Outcome, str]:
+    if returncode == 0:
+        return Outcome.SUCCEEDED, ""
+    if returncode > 0:
+        return Outcome.FAILED, f"exited with code {returncode}"
+    return Outcome.FAILED, f"killed by signal {-returncode} ({_signal_name(-returncode)})"
+
+
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return "unknown"
+
+
+def _join(first: str, second: str) -> str:
+    return f"{first}; {second}" if first else second
+
+
+def _signal_group(pgid: int, signum: signal.Signals) -> None:
+    try:
+        os.killpg(pgid, signum)
+    except ProcessLookupError:
+        pass
+    except OSError as error:
+        log.warning("cannot send %s to process group %d: %s", signum.name, pgid, error)
+
+
+async def _group_alive(pgid: int) -> bool:
+    """True while a process of the group lives (zombies do not count)."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    if not _HAVE_PROC:
+        return True
+    # killpg also reaches zombies, which stay forever under an init that does
+    # not reap orphans (many containers); /proc tells the living apart.
+    return await asyncio.to_thread(_live_member_in_proc, pgid)
+
+
+def _live_member_in_proc(pgid: int) -> bool:
+    with os.scandir("/proc") as entries:
+        pids = [entry.name for entry in entries if entry.name.isdigit()]
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as file:
+                fields = file.read().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if len(fields) > 2 and fields[2] == str(pgid) and fields[0] not in ("Z", "X"):
+            return True
+    return False
+
+
+def _create_empty(path: str) -> None:
+    with open(path, "wb"):
+        pass
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)

@@ -1,0 +1,160 @@
+"""Translation between ``hydra.v1`` agent messages and the agent's own values.
+
+The only agent module that builds or reads protobuf messages besides the
+stream handler in ``hydra.agent.session``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from hydra.agent.attempt import AttemptResult, AttemptSpec, LeaseKey, Outcome, OutputStream, Started
+from hydra.v1 import agent_service_pb2 as pb
+from hydra.v1 import run_service_pb2
+
+_OUTCOMES = {
+    Outcome.SUCCEEDED: pb.ATTEMPT_OUTCOME_SUCCEEDED,
+    Outcome.FAILED: pb.ATTEMPT_OUTCOME_FAILED,
+    Outcome.TIMED_OUT: pb.ATTEMPT_OUTCOME_TIMED_OUT,
+    Outcome.CANCELLED: pb.ATTEMPT_OUTCOME_CANCELLED,
+    Outcome.FENCED: pb.ATTEMPT_OUTCOME_FENCED,
+}
+_STREAMS = {
+    OutputStream.STDOUT: run_service_pb2.OUTPUT_STREAM_STDOUT,
+    OutputStream.STDERR: run_service_pb2.OUTPUT_STREAM_STDERR,
+}
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Terms:
+    """What a coordinator's Welcome sets for the stream."""
+
+    coordinator_id: str
+    heartbeat_interval: timedelta
+    lease_ttl: timedelta
+    revoked: tuple[LeaseKey, ...]
+
+
+def lease_key(ref: pb.LeaseRef) -> LeaseKey:
+    """A wire LeaseRef as the agent keys it."""
+    return LeaseKey(ref.run_id, ref.lease_token)
+
+
+def lease_ref(lease: LeaseKey) -> pb.LeaseRef:
+    """The wire form of a lease."""
+    return pb.LeaseRef(run_id=lease.run_id, lease_token=lease.lease_token)
+
+
+def terms(welcome: pb.Welcome) -> Terms:
+    """The settings a Welcome carries."""
+    return Terms(
+        coordinator_id=welcome.coordinator_id,
+        heartbeat_interval=welcome.heartbeat_interval.ToTimedelta(),
+        lease_ttl=welcome.lease_ttl.ToTimedelta(),
+        revoked=tuple(lease_key(ref) for ref in welcome.revoked),
+    )
+
+
+def attempt_spec(offer: pb.LeaseOffer, *, default_kill_grace: timedelta) -> AttemptSpec:
+    """What a LeaseOffer asks to run. A missing or non-positive timeout means none."""
+    timeout = offer.timeout.ToTimedelta() if offer.HasField("timeout") else None
+    return AttemptSpec(
+        run_id=offer.lease.run_id,
+        task=offer.task,
+        attempt=offer.attempt,
+        argv=tuple(offer.argv),
+        env=dict(offer.env),
+        workdir=offer.workdir,
+        timeout=timeout if timeout and timeout > timedelta(0) else None,
+        kill_grace=(
+            offer.kill_grace.ToTimedelta() if offer.HasField("kill_grace") else default_kill_grace
+        ),
+        occurrence=(
+            offer.occurrence.ToDatetime(tzinfo=UTC) if offer.HasField("occurrence") else None
+        ),
+    )
+
+
+def hello(
+    *,
+    agent_id: str,
+    hostname: str,
+    labels: Mapping[str, str],
+    capacity: int,
+    version: str,
+    held_leases: Iterable[LeaseKey],
+    draining: bool,
+) -> pb.AgentMessage:
+    """The first message of a stream."""
+    return pb.AgentMessage(
+        hello=pb.Hello(
+            agent_id=agent_id,
+            hostname=hostname,
+            labels=dict(labels),
+            capacity=capacity,
+            version=version,
+            held_leases=[lease_ref(lease) for lease in held_leases],
+            draining=draining,
+        )
+    )
+
+
+def heartbeat(leases: Iterable[LeaseKey], *, sequence: int, draining: bool) -> pb.AgentMessage:
+    """A heartbeat renewing ``leases``."""
+    refs = [lease_ref(lease) for lease in leases]
+    return pb.AgentMessage(
+        heartbeat=pb.Heartbeat(leases=refs, sequence=sequence, draining=draining)
+    )
+
+
+def attempt_started(lease: LeaseKey, argv: Iterable[str], started: Started) -> pb.AgentMessage:
+    """The announcement of a spawned process."""
+    return pb.AgentMessage(
+        attempt_started=pb.AttemptStarted(
+            lease=lease_ref(lease),
+            argv=list(argv),
+            pid=started.pid,
+            started_at=_timestamp(started.started_at),
+        )
+    )
+
+
+def output_chunk(lease: LeaseKey, stream: OutputStream, data: bytes) -> pb.AgentMessage:
+    """One batch of output."""
+    return pb.AgentMessage(
+        output=pb.OutputChunk(lease=lease_ref(lease), stream=_STREAMS[stream], data=data)
+    )
+
+
+def attempt_finished(lease: LeaseKey, result: AttemptResult) -> pb.AgentMessage:
+    """The report of an attempt's end."""
+    report = pb.AttemptFinished(
+        lease=lease_ref(lease),
+        outcome=_OUTCOMES[result.outcome],
+        finished_at=_timestamp(result.finished_at),
+        message=result.message,
+        argv=list(result.argv),
+        outputs_json=result.outputs_json,
+    )
+    if result.started_at is not None:
+        report.started_at.CopyFrom(_timestamp(result.started_at))
+    if result.exit_code is not None:
+        report.exit_code = result.exit_code
+    if result.signal is not None:
+        report.signal = result.signal
+    return pb.AgentMessage(attempt_finished=report)
+
+
+def lease_rejected(lease: LeaseKey, reason: str) -> pb.AgentMessage:
+    """The refusal of an offer."""
+    return pb.AgentMessage(lease_rejected=pb.LeaseRejected(lease=lease_ref(lease), reason=reason))
+
+
+def _timestamp(value: datetime) -> Timestamp:
+    message = Timestamp()
+    message.FromDatetime(value)
+    return message

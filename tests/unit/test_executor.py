@@ -1,0 +1,460 @@
+"""The executor runs real processes: exit codes, output, environment, kills, outputs."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from hydra.agent.attempt import AttemptResult, AttemptSpec, Outcome, OutputStream, format_duration
+from hydra.agent.executor import PIPE_DRAIN_SECONDS, Execution, attempt_environment
+from hydra.agent.output import OutputBatcher, OutputsError, read_outputs
+
+# --- process helpers (the integration tests keep a copy) ------------------------
+
+
+def alive(pid: int) -> bool:
+    """True while ``pid`` runs; a zombie (nobody reaped it yet) counts as dead."""
+    try:
+        with open(f"/proc/{pid}/stat") as file:
+            return file.read().rpartition(")")[2].split()[0] not in ("Z", "X")
+    except FileNotFoundError:
+        return False
+
+
+def processes_with_run_id(prefix: str) -> list[int]:
+    """Living processes whose environment has a HYDRA_RUN_ID starting with ``prefix``."""
+    marker = f"HYDRA_RUN_ID={prefix}".encode()
+    with os.scandir("/proc") as entries:
+        pids = [int(entry.name) for entry in entries if entry.name.isdigit()]
+    found = []
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as file:
+                environ = file.read().split(b"\0")
+        except OSError:
+            continue
+        if any(item.startswith(marker) for item in environ) and alive(pid):
+            found.append(pid)
+    return found
+
+
+async def eventually(condition: Callable[[], bool], within: float = 5.0) -> None:
+    """Polls ``condition`` until it holds; fails after ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {within}s")
+        await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+async def run_id() -> AsyncIterator[str]:
+    """A run id unique to the test; no process carrying it may outlive the test."""
+    prefix = f"test-{uuid.uuid4().hex}"
+    yield prefix
+    strays = processes_with_run_id(prefix)
+    for pid in strays:
+        os.kill(pid, signal.SIGKILL)
+    assert not strays, f"processes left running: {strays}"
+
+
+class Recorder:
+    """Collects output batches as the executor hands them over."""
+
+    def __init__(self) -> None:
+        self.batches: list[tuple[OutputStream, bytes, float]] = []
+
+    def __call__(self, stream: OutputStream, data: bytes) -> None:
+        self.batches.append((stream, data, time.monotonic()))
+
+    def text(self, stream: OutputStream) -> str:
+        return b"".join(data for s, data, _ in self.batches if s is stream).decode()
+
+
+def spec(run_id: str, *argv: str, **fields: object) -> AttemptSpec:
+    defaults: dict[str, object] = {
+        "task": "demo.task",
+        "attempt": 1,
+        "kill_grace": timedelta(seconds=0.5),
+    }
+    return AttemptSpec(run_id=run_id, argv=argv, **(defaults | fields))  # type: ignore[arg-type]
+
+
+def sh(script: str) -> tuple[str, ...]:
+    return ("sh", "-c", script)
+
+
+async def run(attempt: AttemptSpec, recorder: Recorder | None = None) -> AttemptResult:
+    execution = Execution(attempt, recorder or Recorder())
+    await execution.start()
+    return await execution.wait()
+
+
+# --- exit codes ---------------------------------------------------------------
+
+
+async def test_exit_zero_succeeds(run_id: str) -> None:
+    result = await run(spec(run_id, "true"))
+
+    assert result.outcome is Outcome.SUCCEEDED
+    assert (result.exit_code, result.signal, result.message) == (0, None, "")
+    assert result.argv == ("true",)
+    assert result.started_at is not None
+    assert result.started_at <= result.finished_at
+
+
+async def test_exit_one_fails(run_id: str) -> None:
+    result = await run(spec(run_id, *sh("exit 3")))
+
+    assert result.outcome is Outcome.FAILED
+    assert (result.exit_code, result.signal) == (3, None)
+    assert result.message == "exited with code 3"
+
+
+async def test_death_by_signal_fails_with_the_signal(run_id: str) -> None:
+    result = await run(spec(run_id, *sh("kill -KILL $$")))
+
+    assert result.outcome is Outcome.FAILED
+    assert (result.exit_code, result.signal) == (None, signal.SIGKILL)
+    assert result.message == "killed by signal 9 (SIGKILL)"
+
+
+# --- output -------------------------------------------------------------------
+
+
+async def test_output_is_captured_per_stream(run_id: str) -> None:
+    recorder = Recorder()
+
+    await run(spec(run_id, *sh("echo out; echo err >&2; echo more")), recorder)
+
+    assert recorder.text(OutputStream.STDOUT) == "out\nmore\n"
+    assert recorder.text(OutputStream.STDERR) == "err\n"
+
+
+async def test_output_under_load_is_batched(run_id: str) -> None:
+    recorder = Recorder()
+    script = "import sys\nfor i in range(50_000):\n    print(i)\n    sys.stdout.flush()"
+
+    await run(spec(run_id, sys.executable, "-c", script), recorder)
+
+    expected = "".join(f"{i}\n" for i in range(50_000))
+    assert recorder.text(OutputStream.STDOUT) == expected
+    assert all(len(data) <= 32 * 1024 for _, data, _ in recorder.batches)
+    # 50,000 lines, one write each: a few dozen batches, not one per line.
+    assert len(recorder.batches) < 200
+
+
+async def test_quiet_output_arrives_within_the_batch_delay(run_id: str) -> None:
+    recorder = Recorder()
+    execution = Execution(spec(run_id, *sh("echo hello; exec sleep 1000")), recorder)
+    await execution.start()
+
+    await eventually(lambda: bool(recorder.batches), within=2.0)
+    execution.kill(Outcome.CANCELLED, "done")
+    await execution.wait()
+
+    assert recorder.batches[0][:2] == (OutputStream.STDOUT, b"hello\n")
+
+
+# --- environment and working directory ----------------------------------------
+
+
+async def test_environment_and_workdir(
+    run_id: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HYDRA_TOKEN", "agent-secret")
+    monkeypatch.setenv("FROM_AGENT", "inherited")
+    recorder = Recorder()
+    occurrence = datetime(2024, 5, 1, 12, 30, tzinfo=timezone(timedelta(hours=10)))
+    script = (
+        'pwd; echo "$HYDRA_RUN_ID|$HYDRA_TASK|$HYDRA_ATTEMPT|$HYDRA_OCCURRENCE"; '
+        'echo "$FROM_AGENT|$FROM_TASK|${HYDRA_TOKEN-unset}"; '
+        'test -f "$HYDRA_OUTPUT" && echo "$HYDRA_OUTPUT"'
+    )
+    attempt = spec(
+        run_id,
+        *sh(script),
+        attempt=2,
+        workdir=str(tmp_path),
+        env={"FROM_TASK": "rendered", "HYDRA_RUN_ID": "spoofed"},
+        occurrence=occurrence,
+    )
+
+    result = await run(attempt, recorder)
+
+    assert result.outcome is Outcome.SUCCEEDED
+    cwd, hydra_vars, other_vars, output_file = recorder.text(OutputStream.STDOUT).splitlines()
+    assert cwd == str(tmp_path)
+    assert hydra_vars == f"{run_id}|demo.task|2|2024-05-01T02:30:00+00:00"
+    assert other_vars == "inherited|rendered|unset"
+    assert not Path(output_file).parent.exists()  # the temp dir is gone
+
+
+def test_hydra_occurrence_is_utc_iso8601() -> None:
+    occurrence = datetime(2024, 1, 1, 9, tzinfo=timezone(timedelta(hours=-5)))
+    attempt = spec("r", "true", occurrence=occurrence)
+
+    env = attempt_environment(attempt, "/tmp/out.json", base={})
+
+    assert env["HYDRA_OCCURRENCE"] == "2024-01-01T14:00:00+00:00"
+    assert datetime.fromisoformat(env["HYDRA_OCCURRENCE"]) == occurrence
+
+
+# --- timeouts and kills ---------------------------------------------------------
+
+# The child ignores SIGTERM (a subshell that traps it, then becomes sleep); the
+# leader prints the child's pid and waits for it.
+STUBBORN_CHILD = '(trap "" TERM; exec sleep 1000) & echo $!; wait'
+
+
+async def test_timeout_kills_the_whole_group_including_a_child_ignoring_sigterm(
+    run_id: str,
+) -> None:
+    recorder = Recorder()
+    attempt = spec(run_id, *sh(STUBBORN_CHILD), timeout=timedelta(seconds=0.3))
+
+    began = time.monotonic()
+    result = await run(attempt, recorder)
+
+    child = int(recorder.text(OutputStream.STDOUT))
+    assert result.outcome is Outcome.TIMED_OUT
+    assert result.message == "timed out after 0.3s"
+    assert result.exit_code is None and result.signal is not None
+    assert time.monotonic() - began >= 0.3 + 0.5  # timeout, then the whole grace
+    assert not alive(child)
+
+
+async def test_timeout_kills_a_leader_ignoring_sigterm(run_id: str) -> None:
+    attempt = spec(run_id, *sh('trap "" TERM; sleep 1000'), timeout=timedelta(seconds=0.2))
+
+    result = await run(attempt)
+
+    assert result.outcome is Outcome.TIMED_OUT
+    assert result.signal == signal.SIGKILL
+
+
+async def test_no_timeout_when_the_process_ends_first(run_id: str) -> None:
+    result = await run(spec(run_id, "true", timeout=timedelta(seconds=30)))
+
+    assert result.outcome is Outcome.SUCCEEDED
+
+
+async def test_cancel_terminates_the_group(run_id: str) -> None:
+    recorder = Recorder()
+    execution = Execution(spec(run_id, *sh("sleep 1000 & echo $!; wait")), recorder)
+    started = await execution.start()
+    assert started is not None
+    await eventually(lambda: bool(recorder.batches))
+
+    execution.kill(Outcome.CANCELLED, "cancelled: by a test")
+    result = await execution.wait()
+
+    assert result.outcome is Outcome.CANCELLED
+    assert result.message == "cancelled: by a test"
+    assert result.signal == signal.SIGTERM
+    assert not alive(started.pid)
+    assert not alive(int(recorder.text(OutputStream.STDOUT)))
+
+
+async def test_a_graceful_exit_after_a_kill_keeps_the_kill_outcome(run_id: str) -> None:
+    recorder = Recorder()
+    script = 'trap "echo bye; exit 0" TERM; echo ready; sleep 1000 & wait'
+    execution = Execution(spec(run_id, *sh(script)), recorder)
+    await execution.start()
+    await eventually(lambda: "ready" in recorder.text(OutputStream.STDOUT))
+
+    execution.kill(Outcome.FENCED, "lease could not be renewed")
+    result = await execution.wait()
+
+    assert (result.outcome, result.exit_code) == (Outcome.FENCED, 0)
+    assert recorder.text(OutputStream.STDOUT) == "ready\nbye\n"
+
+
+async def test_an_immediate_kill_skips_the_grace(run_id: str) -> None:
+    recorder = Recorder()
+    attempt = spec(run_id, *sh(STUBBORN_CHILD), kill_grace=timedelta(seconds=30))
+    execution = Execution(attempt, recorder)
+    started = await execution.start()
+    assert started is not None
+    await eventually(lambda: bool(recorder.batches))
+    child = int(recorder.text(OutputStream.STDOUT))
+
+    began = time.monotonic()
+    execution.kill(Outcome.CANCELLED, "agent stopped")
+    await eventually(lambda: not alive(started.pid))  # SIGTERM went out; the grace runs
+    assert alive(child)
+    execution.kill(Outcome.CANCELLED, "stop now", immediately=True)
+    result = await execution.wait()
+
+    assert time.monotonic() - began < 5  # not the 30 s grace
+    assert (result.outcome, result.message) == (Outcome.CANCELLED, "agent stopped")
+    assert not alive(child)
+
+
+async def test_leftover_group_members_are_killed_after_the_leader_exits(run_id: str) -> None:
+    recorder = Recorder()
+    # One stray holds the output pipe, one does not; neither may survive.
+    script = "sleep 1000 & echo $!; sleep 1000 >/dev/null 2>&1 & echo $!"
+
+    began = time.monotonic()
+    result = await run(spec(run_id, *sh(script)), recorder)
+
+    assert time.monotonic() - began < PIPE_DRAIN_SECONDS + 2
+    assert result.outcome is Outcome.SUCCEEDED
+    assert result.message == "killed processes left running in its process group"
+    for pid in recorder.text(OutputStream.STDOUT).split():
+        assert not alive(int(pid))
+
+
+# --- spawn failures -------------------------------------------------------------
+
+
+async def test_a_missing_program_cannot_start(run_id: str) -> None:
+    execution = Execution(spec(run_id, "/nonexistent/program", "--flag"), Recorder())
+
+    assert await execution.start() is None
+    result = await execution.wait()
+
+    assert result.outcome is Outcome.FAILED
+    assert result.message.startswith("cannot start: ")
+    assert "/nonexistent/program" in result.message
+    assert result.started_at == result.finished_at
+    assert (result.exit_code, result.signal) == (None, None)
+    assert result.argv == ("/nonexistent/program", "--flag")
+
+
+async def test_a_missing_workdir_cannot_start(run_id: str, tmp_path: Path) -> None:
+    workdir = tmp_path / "missing"
+
+    result = await run(spec(run_id, "true", workdir=str(workdir)))
+
+    assert result.outcome is Outcome.FAILED
+    assert result.message.startswith("cannot start: ")
+    assert str(workdir) in result.message
+
+
+async def test_a_program_without_permission_cannot_start(run_id: str, tmp_path: Path) -> None:
+    program = tmp_path / "script.sh"
+    program.write_text("#!/bin/sh\n")
+    program.chmod(0o644)
+
+    result = await run(spec(run_id, str(program)))
+
+    assert result.outcome is Outcome.FAILED
+    assert "Permission denied" in result.message
+
+
+async def test_an_empty_command_cannot_start(run_id: str) -> None:
+    result = await run(spec(run_id))
+
+    assert (result.outcome, result.message) == (Outcome.FAILED, "cannot start: empty command")
+
+
+# --- $HYDRA_OUTPUT ------------------------------------------------------------------
+
+
+async def test_outputs_json_is_reported(run_id: str) -> None:
+    result = await run(spec(run_id, *sh("""echo '{"rows": 42}' > "$HYDRA_OUTPUT" """)))
+
+    assert result.outcome is Outcome.SUCCEEDED
+    assert result.outputs_json == '{"rows": 42}'
+
+
+async def test_no_outputs_when_nothing_is_written(run_id: str) -> None:
+    result = await run(spec(run_id, "true"))
+
+    assert result.outputs_json == ""
+
+
+@pytest.mark.parametrize(
+    "content",
+    ["{not json", "[1, 2]", '"text"', '{"x": NaN}'],
+    ids=["invalid", "list", "string", "nan"],
+)
+async def test_outputs_that_are_not_an_object_fail_the_attempt(run_id: str, content: str) -> None:
+    script = f"""printf '%s' '{content}' > "$HYDRA_OUTPUT" """
+
+    result = await run(spec(run_id, *sh(script)))
+
+    assert result.outcome is Outcome.FAILED
+    assert result.exit_code == 0
+    assert result.message.startswith("$HYDRA_OUTPUT: not a JSON object")
+    assert result.outputs_json == ""
+
+
+async def test_outputs_over_64_kib_fail_the_attempt(run_id: str) -> None:
+    script = (
+        "import json, os\n"
+        "with open(os.environ['HYDRA_OUTPUT'], 'w') as f:\n"
+        "    json.dump({'x': 'a' * 70_000}, f)"
+    )
+
+    result = await run(spec(run_id, sys.executable, "-c", script))
+
+    assert result.outcome is Outcome.FAILED
+    assert result.message == "$HYDRA_OUTPUT: over 65536 bytes"
+
+
+async def test_bad_outputs_of_a_failed_attempt_keep_the_exit_message(run_id: str) -> None:
+    result = await run(spec(run_id, *sh("""echo '[]' > "$HYDRA_OUTPUT"; exit 2""")))
+
+    assert result.outcome is Outcome.FAILED
+    assert result.message == "exited with code 2; $HYDRA_OUTPUT: not a JSON object (got list)"
+
+
+def test_read_outputs_of_a_missing_file_is_empty(tmp_path: Path) -> None:
+    assert read_outputs(str(tmp_path / "none.json")) == ""
+
+
+def test_read_outputs_refuses_invalid_utf8(tmp_path: Path) -> None:
+    path = tmp_path / "out.json"
+    path.write_bytes(b'{"a": "\xff"}')
+
+    with pytest.raises(OutputsError, match="not a JSON object"):
+        read_outputs(str(path))
+
+
+# --- the batcher alone ------------------------------------------------------------
+
+
+async def test_batcher_holds_output_until_released() -> None:
+    recorder = Recorder()
+    batcher = OutputBatcher(recorder, max_bytes=4, max_delay=0.05)
+
+    batcher.add(OutputStream.STDOUT, b"123456789")
+    assert recorder.batches == []
+    batcher.release()
+
+    assert [data for _, data, _ in recorder.batches] == [b"1234", b"5678"]
+    await eventually(lambda: len(recorder.batches) == 3, within=2.0)
+    assert recorder.batches[2][1] == b"9"
+
+
+async def test_batcher_flushes_after_the_delay_not_per_write() -> None:
+    recorder = Recorder()
+    batcher = OutputBatcher(recorder, max_bytes=1024, max_delay=0.05)
+    batcher.release()
+
+    for line in (b"a\n", b"b\n", b"c\n"):
+        batcher.add(OutputStream.STDERR, line)
+    assert recorder.batches == []
+
+    await eventually(lambda: bool(recorder.batches), within=2.0)
+    assert [data for _, data, _ in recorder.batches] == [b"a\nb\nc\n"]
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [(0.3, "0.3s"), (2, "2s"), (90, "1m30s"), (3600, "1h"), (5400.5, "5400.5s")],
+)
+def test_durations_read_well_in_messages(seconds: float, text: str) -> None:
+    assert format_duration(timedelta(seconds=seconds)) == text
