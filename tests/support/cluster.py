@@ -1,0 +1,218 @@
+"""Real Hydra parts for integration tests: coordinators in background threads
+(each with its own event loop and gRPC server on 127.0.0.1), agents as real
+`hydra agent` processes, and direct SQL to check invariants."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+
+from hydra.coordinator.records import LeaseTimes
+from hydra.coordinator.server import Coordinator, CoordinatorConfig
+
+from support.wait import wait_for
+
+#: Short lease timing so that failure tests finish in seconds.
+FAST_TIMES = LeaseTimes(
+    ttl=timedelta(seconds=2),
+    heartbeat_interval=timedelta(milliseconds=400),
+    kill_grace=timedelta(seconds=1),
+)
+
+
+class CoordinatorThread:
+    """A coordinator running in its own thread and event loop."""
+
+    def __init__(self, conninfo: str, *, times: LeaseTimes = FAST_TIMES, name: str = "c") -> None:
+        self.config = CoordinatorConfig(
+            conninfo=conninfo, listen="127.0.0.1:0", pool_size=4, times=times, coordinator_id=name
+        )
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True, name=name)
+        self.coordinator = Coordinator(self.config)
+
+    def start(self) -> CoordinatorThread:
+        self._thread.start()
+        self._call(self.coordinator.start(), timeout=60)
+        return self
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.coordinator.port}"
+
+    def stop(self) -> None:
+        if not self._thread.is_alive():
+            return
+        with contextlib.suppress(Exception):
+            self._call(self.coordinator.stop(grace=1.0), timeout=30)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+        self._loop.close()
+
+    def _call(self, coroutine: Any, timeout: float) -> Any:
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout)
+
+
+@dataclass
+class AgentProcess:
+    """A real `hydra agent` process."""
+
+    agent_id: str
+    targets: Sequence[str]
+    capacity: int = 4
+    labels: dict[str, str] = field(default_factory=dict)
+    log_path: Path | None = None
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> AgentProcess:
+        command = [
+            sys.executable,
+            "-m",
+            "hydra",
+            "--log-level",
+            "debug",
+            "agent",
+            "--coordinator",
+            ",".join(self.targets),
+            "--id",
+            self.agent_id,
+            "--capacity",
+            str(self.capacity),
+            "--drain-grace",
+            "5s",
+        ]
+        command += [arg for k, v in self.labels.items() for arg in ("--label", f"{k}={v}")]
+        out = open(self.log_path, "wb") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
+        self.process = subprocess.Popen(
+            command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def signal(self, signum: int) -> None:
+        assert self.process is not None
+        self.process.send_signal(signum)
+
+    def kill(self) -> None:
+        """SIGKILL the agent and the process groups of its attempts' children stay up."""
+        if self.process and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.process.pid, signal.SIGCONT)
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path else ""
+
+
+class Database:
+    """Direct SQL on a test database, for checking what Hydra recorded."""
+
+    def __init__(self, conninfo: str) -> None:
+        self.conninfo = conninfo
+
+    def rows(self, sql: str, *params: Any) -> list[dict[str, Any]]:
+        with psycopg.connect(self.conninfo, autocommit=True, row_factory=dict_row) as conn:
+            conn.execute("SET TIME ZONE 'UTC'")
+            return conn.execute(sql, params).fetchall()
+
+    def value(self, sql: str, *params: Any) -> Any:
+        rows = self.rows(sql, *params)
+        return next(iter(rows[0].values())) if rows else None
+
+    def runs(self, task: str) -> list[dict[str, Any]]:
+        return self.rows(
+            "SELECT r.* FROM hydra_runs r JOIN hydra_tasks t ON t.id = r.task_id "
+            "WHERE t.name = %s ORDER BY r.occurrence",
+            task,
+        )
+
+    def attempts(self, run_id: Any) -> list[dict[str, Any]]:
+        return self.rows("SELECT * FROM hydra_attempts WHERE run_id = %s ORDER BY number", run_id)
+
+    def counts(self) -> dict[str, int]:
+        """Row counts of every Hydra table (to show a bad request changed nothing)."""
+        tables = [
+            "hydra_tasks",
+            "hydra_task_versions",
+            "hydra_triggers",
+            "hydra_runs",
+            "hydra_attempts",
+            "hydra_attempt_output",
+        ]
+        return {t: int(self.value(f"SELECT count(*) FROM {t}")) for t in tables}
+
+    def wait_run_state(self, run_id: Any, states: set[str], timeout: float = 20) -> dict[str, Any]:
+        def reached() -> dict[str, Any] | None:
+            rows = self.rows("SELECT * FROM hydra_runs WHERE id = %s", run_id)
+            return rows[0] if rows and rows[0]["state"] in states else None
+
+        return wait_for(reached, timeout=timeout, message=f"run {run_id} never reached {states}")
+
+
+@contextlib.contextmanager
+def cluster(
+    conninfo: str,
+    tmp_path: Path,
+    *,
+    coordinators: int = 1,
+    agents: int = 1,
+    capacity: int = 4,
+) -> Iterator[tuple[list[CoordinatorThread], list[AgentProcess]]]:
+    """Coordinators and agents on one database; everything stops at the end."""
+    started: list[CoordinatorThread] = []
+    workers: list[AgentProcess] = []
+    try:
+        for index in range(coordinators):
+            started.append(CoordinatorThread(conninfo, name=f"coordinator-{index}").start())
+        targets = [c.address for c in started]
+        for index in range(agents):
+            workers.append(
+                AgentProcess(
+                    agent_id=f"agent-{index}",
+                    targets=targets,
+                    capacity=capacity,
+                    log_path=tmp_path / f"agent-{index}.log",
+                ).start()
+            )
+        db = Database(conninfo)
+        wait_for(
+            lambda: (
+                db.value("SELECT count(*) FROM hydra_agents WHERE state = 'connected'") == agents
+            ),
+            timeout=20,
+            message="agents did not connect",
+        )
+        yield started, workers
+    finally:
+        for worker in workers:
+            worker.stop()
+        for coordinator in started:
+            coordinator.stop()
