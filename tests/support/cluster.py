@@ -95,10 +95,16 @@ class AgentProcess:
             "5s",
         ]
         command += [arg for k, v in self.labels.items() for arg in ("--label", f"{k}={v}")]
-        out = open(self.log_path, "wb") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
-        self.process = subprocess.Popen(
-            command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
+        if self.log_path is None:
+            self.process = subprocess.Popen(
+                command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+            return self
+        with open(self.log_path, "ab") as out:  # the child keeps its own copy
+            self.process = subprocess.Popen(
+                command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
         return self
 
     @property
