@@ -298,6 +298,16 @@ class Attempt:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class PreconditionVerdict:
+    """How one precondition was found when an agent last evaluated it."""
+
+    index: int
+    ready: bool
+    message: str = ""
+    checked_at: datetime | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class Run:
     """One execution of a task for one occurrence."""
 
@@ -319,6 +329,9 @@ class Run:
     attempts: tuple[Attempt, ...] = ()
     outputs_json: str = ""
     idempotency_key: str = ""
+    precondition_checks: int = 0
+    precondition_verdicts: tuple[PreconditionVerdict, ...] = ()
+    first_checked_at: datetime | None = None
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

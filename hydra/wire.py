@@ -32,6 +32,7 @@ from hydra.domain import (
     OnTimeout,
     Overlap,
     Precondition,
+    PreconditionVerdict,
     Retry,
     Run,
     RunState,
@@ -200,7 +201,7 @@ def task_spec_to_proto(spec: TaskSpec) -> pb.TaskSpec:
         timeout=to_duration(spec.timeout),
         retry=_retry_to_proto(spec.retry),
         triggers=[_trigger_to_proto(trigger) for trigger in spec.triggers],
-        preconditions=[_precondition_to_proto(check) for check in spec.preconditions],
+        preconditions=[precondition_to_proto(check) for check in spec.preconditions],
         poke_interval=to_duration(spec.poke_interval),
         precondition_timeout=to_duration(spec.precondition_timeout),
         on_timeout=_ON_TIMEOUTS[OnTimeout(spec.on_timeout)],
@@ -239,7 +240,8 @@ def _trigger_to_proto(trigger: Trigger) -> pb.Trigger:
     raise TypeError(f"not a trigger: {trigger!r}")
 
 
-def _precondition_to_proto(check: Precondition) -> pb.Precondition:
+def precondition_to_proto(check: Precondition) -> pb.Precondition:
+    """The proto of a precondition (used for specs and, rendered, for lease offers)."""
     timeout = to_duration(check.timeout)
     match check:
         case CommandCheck():
@@ -523,6 +525,29 @@ def run_to_proto(run: Run) -> pb.Run:
         attempts=[attempt_to_proto(attempt) for attempt in run.attempts],
         outputs_json=run.outputs_json,
         idempotency_key=run.idempotency_key,
+        precondition_checks=run.precondition_checks,
+        precondition_verdicts=[verdict_to_proto(v) for v in run.precondition_verdicts],
+        first_checked_at=to_timestamp(run.first_checked_at),
+    )
+
+
+def verdict_to_proto(verdict: PreconditionVerdict) -> pb.PreconditionVerdict:
+    """The proto of a precondition verdict."""
+    return pb.PreconditionVerdict(
+        index=verdict.index,
+        ready=verdict.ready,
+        message=verdict.message,
+        checked_at=to_timestamp(verdict.checked_at),
+    )
+
+
+def verdict_from_proto(message: pb.PreconditionVerdict) -> PreconditionVerdict:
+    """The precondition verdict a proto describes."""
+    return PreconditionVerdict(
+        index=message.index,
+        ready=message.ready,
+        message=message.message,
+        checked_at=optional_timestamp(message, "checked_at"),
     )
 
 
@@ -551,6 +576,9 @@ def run_from_proto(message: pb.Run) -> Run:
         attempts=tuple(attempt_from_proto(attempt) for attempt in message.attempts),
         outputs_json=message.outputs_json,
         idempotency_key=message.idempotency_key,
+        precondition_checks=message.precondition_checks,
+        precondition_verdicts=tuple(verdict_from_proto(v) for v in message.precondition_verdicts),
+        first_checked_at=optional_timestamp(message, "first_checked_at"),
     )
 
 

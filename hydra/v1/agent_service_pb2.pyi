@@ -95,6 +95,7 @@ class AgentMessage(_message.Message):
     OUTPUT_FIELD_NUMBER: _builtins.int
     ATTEMPT_FINISHED_FIELD_NUMBER: _builtins.int
     LEASE_REJECTED_FIELD_NUMBER: _builtins.int
+    PRECONDITIONS_CHECKED_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def hello(self) -> Global___Hello:
         """First message on a stream."""
@@ -119,6 +120,10 @@ class AgentMessage(_message.Message):
     def lease_rejected(self) -> Global___LeaseRejected:
         """The agent will not run a leased run (no capacity, bad workdir, ...)."""
 
+    @_builtins.property
+    def preconditions_checked(self) -> Global___PreconditionsChecked:
+        """The preconditions of a leased run were evaluated."""
+
     def __init__(
         self,
         *,
@@ -128,12 +133,13 @@ class AgentMessage(_message.Message):
         output: Global___OutputChunk | None = ...,
         attempt_finished: Global___AttemptFinished | None = ...,
         lease_rejected: Global___LeaseRejected | None = ...,
+        preconditions_checked: Global___PreconditionsChecked | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["attempt_finished", b"attempt_finished", "attempt_started", b"attempt_started", "body", b"body", "heartbeat", b"heartbeat", "hello", b"hello", "lease_rejected", b"lease_rejected", "output", b"output"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["attempt_finished", b"attempt_finished", "attempt_started", b"attempt_started", "body", b"body", "heartbeat", b"heartbeat", "hello", b"hello", "lease_rejected", b"lease_rejected", "output", b"output", "preconditions_checked", b"preconditions_checked"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt_finished", b"attempt_finished", "attempt_started", b"attempt_started", "body", b"body", "heartbeat", b"heartbeat", "hello", b"hello", "lease_rejected", b"lease_rejected", "output", b"output"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt_finished", b"attempt_finished", "attempt_started", b"attempt_started", "body", b"body", "heartbeat", b"heartbeat", "hello", b"hello", "lease_rejected", b"lease_rejected", "output", b"output", "preconditions_checked", b"preconditions_checked"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["hello", "heartbeat", "attempt_started", "output", "attempt_finished", "lease_rejected"]  # noqa: Y015
+    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["hello", "heartbeat", "attempt_started", "output", "attempt_finished", "lease_rejected", "preconditions_checked"]  # noqa: Y015
     _WhichOneofArgType_body: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_body) -> _WhichOneofReturnType_body | None: ...
 
@@ -346,7 +352,9 @@ class AttemptFinished(_message.Message):
 
     @_builtins.property
     def started_at(self) -> _timestamp_pb2.Timestamp:
-        """Agent clock at start. Unset if the process never started."""
+        """Agent clock at start; when the process could not start, the time of the
+        failed spawn.
+        """
 
     @_builtins.property
     def finished_at(self) -> _timestamp_pb2.Timestamp:
@@ -545,6 +553,7 @@ class LeaseOffer(_message.Message):
     TIMEOUT_FIELD_NUMBER: _builtins.int
     KILL_GRACE_FIELD_NUMBER: _builtins.int
     OCCURRENCE_FIELD_NUMBER: _builtins.int
+    PRECONDITIONS_FIELD_NUMBER: _builtins.int
     task: _builtins.str
     """Task name."""
     attempt: _builtins.int
@@ -575,6 +584,13 @@ class LeaseOffer(_message.Message):
     def occurrence(self) -> _timestamp_pb2.Timestamp:
         """The occurrence, for the process environment."""
 
+    @_builtins.property
+    def preconditions(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.Precondition]:
+        """Rendered preconditions to evaluate before starting. When any is not
+        ready, the agent reports PreconditionsChecked and starts nothing; when all
+        hold, it reports PreconditionsChecked and starts the attempt at once.
+        """
+
     def __init__(
         self,
         *,
@@ -587,14 +603,49 @@ class LeaseOffer(_message.Message):
         timeout: _duration_pb2.Duration | None = ...,
         kill_grace: _duration_pb2.Duration | None = ...,
         occurrence: _timestamp_pb2.Timestamp | None = ...,
+        preconditions: _abc.Iterable[_types_pb2.Precondition] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["kill_grace", b"kill_grace", "lease", b"lease", "occurrence", b"occurrence", "timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["argv", b"argv", "attempt", b"attempt", "env", b"env", "kill_grace", b"kill_grace", "lease", b"lease", "occurrence", b"occurrence", "task", b"task", "timeout", b"timeout", "workdir", b"workdir"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["argv", b"argv", "attempt", b"attempt", "env", b"env", "kill_grace", b"kill_grace", "lease", b"lease", "occurrence", b"occurrence", "preconditions", b"preconditions", "task", b"task", "timeout", b"timeout", "workdir", b"workdir"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___LeaseOffer: _TypeAlias = LeaseOffer  # noqa: Y015
+
+@_typing.final
+class PreconditionsChecked(_message.Message):
+    """The result of evaluating a leased run's preconditions."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LEASE_FIELD_NUMBER: _builtins.int
+    READY_FIELD_NUMBER: _builtins.int
+    VERDICTS_FIELD_NUMBER: _builtins.int
+    ready: _builtins.bool
+    """True when every precondition held (an attempt starts next)."""
+    @_builtins.property
+    def lease(self) -> Global___LeaseRef:
+        """The lease."""
+
+    @_builtins.property
+    def verdicts(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.PreconditionVerdict]:
+        """One verdict per precondition, in spec order."""
+
+    def __init__(
+        self,
+        *,
+        lease: Global___LeaseRef | None = ...,
+        ready: _builtins.bool = ...,
+        verdicts: _abc.Iterable[_types_pb2.PreconditionVerdict] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["lease", b"lease"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lease", b"lease", "ready", b"ready", "verdicts", b"verdicts"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PreconditionsChecked: _TypeAlias = PreconditionsChecked  # noqa: Y015
 
 @_typing.final
 class HeartbeatAck(_message.Message):

@@ -966,6 +966,9 @@ class Run(_message.Message):
     ATTEMPTS_FIELD_NUMBER: _builtins.int
     OUTPUTS_JSON_FIELD_NUMBER: _builtins.int
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    PRECONDITION_CHECKS_FIELD_NUMBER: _builtins.int
+    PRECONDITION_VERDICTS_FIELD_NUMBER: _builtins.int
+    FIRST_CHECKED_AT_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Run id (UUID)."""
     task: _builtins.str
@@ -990,6 +993,8 @@ class Run(_message.Message):
     """Outputs published by the successful attempt, as a JSON object text."""
     idempotency_key: _builtins.str
     """Idempotency key the run was triggered with, if any."""
+    precondition_checks: _builtins.int
+    """Times the agents evaluated this run's preconditions."""
     @_builtins.property
     def occurrence(self) -> _timestamp_pb2.Timestamp:
         """The logical time the run stands for."""
@@ -1018,6 +1023,16 @@ class Run(_message.Message):
     def attempts(self) -> _containers.RepeatedCompositeFieldContainer[Global___Attempt]:
         """Every attempt, oldest first (filled by Get; List leaves it empty)."""
 
+    @_builtins.property
+    def precondition_verdicts(self) -> _containers.RepeatedCompositeFieldContainer[Global___PreconditionVerdict]:
+        """The latest verdict of each precondition, in spec order."""
+
+    @_builtins.property
+    def first_checked_at(self) -> _timestamp_pb2.Timestamp:
+        """When the preconditions were first checked; precondition_timeout counts
+        from here. Unset before the first check.
+        """
+
     def __init__(
         self,
         *,
@@ -1039,14 +1054,53 @@ class Run(_message.Message):
         attempts: _abc.Iterable[Global___Attempt] | None = ...,
         outputs_json: _builtins.str = ...,
         idempotency_key: _builtins.str = ...,
+        precondition_checks: _builtins.int = ...,
+        precondition_verdicts: _abc.Iterable[Global___PreconditionVerdict] | None = ...,
+        first_checked_at: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "finished_at", b"finished_at", "not_before", b"not_before", "occurrence", b"occurrence", "started_at", b"started_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "finished_at", b"finished_at", "first_checked_at", b"first_checked_at", "not_before", b"not_before", "occurrence", b"occurrence", "started_at", b"started_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "attempts", b"attempts", "attempts_used", b"attempts_used", "cause", b"cause", "created_at", b"created_at", "finished_at", b"finished_at", "id", b"id", "idempotency_key", b"idempotency_key", "max_attempts", b"max_attempts", "not_before", b"not_before", "occurrence", b"occurrence", "outputs_json", b"outputs_json", "params", b"params", "reason", b"reason", "started_at", b"started_at", "state", b"state", "task", b"task", "task_version", b"task_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "attempts", b"attempts", "attempts_used", b"attempts_used", "cause", b"cause", "created_at", b"created_at", "finished_at", b"finished_at", "first_checked_at", b"first_checked_at", "id", b"id", "idempotency_key", b"idempotency_key", "max_attempts", b"max_attempts", "not_before", b"not_before", "occurrence", b"occurrence", "outputs_json", b"outputs_json", "params", b"params", "precondition_checks", b"precondition_checks", "precondition_verdicts", b"precondition_verdicts", "reason", b"reason", "started_at", b"started_at", "state", b"state", "task", b"task", "task_version", b"task_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Run: _TypeAlias = Run  # noqa: Y015
+
+@_typing.final
+class PreconditionVerdict(_message.Message):
+    """The outcome of evaluating one precondition on an agent."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    READY_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    CHECKED_AT_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    """Position of the precondition in the task spec."""
+    ready: _builtins.bool
+    """True when the check held."""
+    message: _builtins.str
+    """What the check saw, for people ("exit code 1", "connection refused", ...)."""
+    @_builtins.property
+    def checked_at(self) -> _timestamp_pb2.Timestamp:
+        """When it was evaluated (agent clock)."""
+
+    def __init__(
+        self,
+        *,
+        index: _builtins.int = ...,
+        ready: _builtins.bool = ...,
+        message: _builtins.str = ...,
+        checked_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["checked_at", b"checked_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checked_at", b"checked_at", "index", b"index", "message", b"message", "ready", b"ready"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PreconditionVerdict: _TypeAlias = PreconditionVerdict  # noqa: Y015
 
 @_typing.final
 class Agent(_message.Message):

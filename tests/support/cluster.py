@@ -97,7 +97,9 @@ class AgentProcess:
         command += [arg for k, v in self.labels.items() for arg in ("--label", f"{k}={v}")]
         if self.log_path is None:
             self.process = subprocess.Popen(
-                command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                command,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
             return self
