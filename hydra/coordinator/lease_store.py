@@ -15,7 +15,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from hydra.coordinator.records import AttemptReport, ClaimedRun, ReportVerdict
-from hydra.coordinator.store import Cursor, Store, _uuid
+from hydra.coordinator.store import Cursor, Row, Store, run_uuid
 from hydra.domain import AttemptState, RunState
 from hydra.spec import task_from_dict
 
@@ -53,6 +53,8 @@ class LeaseStore(Store):
             )
             for row in rows:
                 await self.run_query(cur, "notify_run_changed", run_id=str(row["id"]))
+            if rows:  # other dispatchers may have lost runs to us under contention: retry
+                await self.run_query(cur, "notify_dispatch")
         return [
             ClaimedRun(
                 run_id=str(r["id"]),
@@ -74,7 +76,7 @@ class LeaseStore(Store):
             row = await self.one(
                 cur,
                 "release_lease",
-                run_id=_uuid(run_id),
+                run_id=run_uuid(run_id),
                 lease_token=lease_token,
                 reason=reason,
                 delay=delay,
@@ -164,7 +166,7 @@ class LeaseStore(Store):
         row = await self.one(
             cur,
             "start_attempt",
-            run_id=_uuid(run_id),
+            run_id=run_uuid(run_id),
             lease_token=lease_token,
             started_at=started_at,
         )
@@ -197,7 +199,7 @@ class LeaseStore(Store):
             return ReportVerdict(accepted=False, reason="run already has a successful attempt")
 
     async def _finish(self, cur: Cursor, report: AttemptReport) -> ReportVerdict:
-        row = await self.one(cur, "lock_run", id=_uuid(report.run_id))
+        row = await self.one(cur, "lock_run", id=run_uuid(report.run_id))
         if row is None:
             return ReportVerdict(accepted=False, reason="unknown run")
         state = RunState(row["state"])
@@ -227,22 +229,36 @@ class LeaseStore(Store):
                 lease_token=report.lease_token,
                 outputs=_outputs(report.outputs_json),
             )
+            await self.after_terminal(cur, row["task_name"], row["occurrence"])
         else:
-            await self.run_query(
+            await self._fail_or_requeue(
                 cur,
-                "fail_or_requeue_run",
-                run_id=row["id"],
-                lease_token=report.lease_token,
+                row,
+                report.lease_token,
                 reason=failure_reason(number, report),
                 backoff_factor=_backoff_factor(report),
             )
         return ReportVerdict(accepted=True)
 
+    async def _fail_or_requeue(
+        self, cur: Cursor, row: Row, lease_token: int, *, reason: str, backoff_factor: float
+    ) -> None:
+        outcome = await self.one(
+            cur,
+            "fail_or_requeue_run",
+            run_id=row["id"],
+            lease_token=lease_token,
+            reason=reason,
+            backoff_factor=backoff_factor,
+        )
+        if outcome is not None and outcome["state"] == RunState.FAILED.value:
+            await self.after_terminal(cur, row["task_name"], row["occurrence"])
+
     async def _close_attempt(self, cur: Cursor, report: AttemptReport) -> int:
         row = await self.one(
             cur,
             "finish_attempt",
-            run_id=_uuid(report.run_id),
+            run_id=run_uuid(report.run_id),
             lease_token=report.lease_token,
             state=_ATTEMPT_STATE[report.outcome].value,
             exit_code=report.exit_code,
@@ -262,7 +278,7 @@ class LeaseStore(Store):
             row = await self.one(
                 cur,
                 "append_output",
-                run_id=_uuid(run_id),
+                run_id=run_uuid(run_id),
                 lease_token=lease_token,
                 stream=stream,
                 data=data,
@@ -303,13 +319,8 @@ class LeaseStore(Store):
             await self.run_query(
                 cur, "lose_attempt", run_id=run_id, lease_token=token, message=message
             )
-            await self.run_query(
-                cur,
-                "fail_or_requeue_run",
-                run_id=run_id,
-                lease_token=token,
-                reason=f"attempt {number} lost: {message}",
-                backoff_factor=0.0,
+            await self._fail_or_requeue(
+                cur, row, token, reason=f"attempt {number} lost: {message}", backoff_factor=0.0
             )
         log.warning("lease %s of run %s on agent %s expired", token, run_id, agent)
         await self.run_query(cur, "notify_run_changed", run_id=run_id)

@@ -154,7 +154,7 @@ FROM unnest(%(task_ids)s::bigint[], %(task_versions)s::int[], %(occurrences)s::t
      AS u(task_id, task_version, occurrence, cause, params, selector, max_attempts,
           backoff_seconds, backoff_multiplier, max_backoff_seconds, idempotency_key)
 ON CONFLICT DO NOTHING
-RETURNING id, task_id, state;
+RETURNING id, task_id, occurrence, state;
 
 -- name: notify_dispatch
 -- Wake every coordinator's dispatcher (delivered at commit).
@@ -224,27 +224,70 @@ SELECT pg_notify('hydra_run_changed', %(run_id)s::text);
 -- --------------------------------------------------------------- leases --
 
 -- name: claim_runs
--- Lease due, queued runs whose selector the agent's labels satisfy.
-WITH candidates AS (
+-- Lease due runs this agent may take, honouring each task's max_active_runs:
+-- per task, runs already in flight (leased, running, or queued for a retry or
+-- a re-check) come first, then due queued runs in occurrence order; only the
+-- first max_active_runs of them may be active. Row locks arbitrate between
+-- coordinators, so no run is leased twice and no task exceeds its limit.
+WITH due_tasks AS (
+    SELECT DISTINCT d.task_id FROM (
+        SELECT task_id FROM hydra_runs
+        WHERE state = 'QUEUED' AND not_before <= now() AND selector <@ %(labels)s::jsonb
+        ORDER BY not_before
+        LIMIT 1000
+    ) d
+), ranked AS (
+    SELECT r.id, r.state, r.not_before, r.selector, r.occurrence,
+           row_number() OVER (
+               PARTITION BY r.task_id
+               ORDER BY (r.state <> 'QUEUED' OR r.attempts_used > 0
+                         OR r.precondition_checks > 0) DESC,
+                        r.occurrence
+           ) AS position,
+           coalesce((v.spec -> 'concurrency' ->> 'max_active_runs')::int, 1) AS max_active
+    FROM hydra_runs r
+    JOIN due_tasks d ON d.task_id = r.task_id
+    JOIN hydra_tasks t ON t.id = r.task_id
+    JOIN hydra_task_versions v ON v.task_id = t.id AND v.version = t.version
+    WHERE r.state IN ('LEASED', 'RUNNING')
+       OR (r.state = 'QUEUED' AND (r.attempts_used > 0 OR r.precondition_checks > 0
+                                   OR r.not_before <= now()))
+), allowed AS (
+    -- More than asked for: runs another coordinator holds are skipped below.
+    SELECT id, not_before, occurrence FROM ranked
+    WHERE position <= max_active AND state = 'QUEUED' AND not_before <= now()
+      AND selector <@ %(labels)s::jsonb
+    ORDER BY not_before, occurrence
+    LIMIT %(limit)s * 4
+), locked AS (
     SELECT r.id FROM hydra_runs r
-    WHERE r.state = 'QUEUED' AND r.not_before <= now()
-      AND r.selector <@ %(labels)s::jsonb
-    ORDER BY r.not_before, r.occurrence
+    JOIN allowed a ON a.id = r.id
+    WHERE r.state = 'QUEUED'
+    ORDER BY a.not_before, a.occurrence
     LIMIT %(limit)s
-    FOR UPDATE SKIP LOCKED
+    FOR UPDATE OF r SKIP LOCKED
 )
 UPDATE hydra_runs r
 SET state = 'LEASED', lease_owner = %(agent_id)s,
     lease_token = nextval('hydra_lease_token_seq'),
     lease_expires_at = now() + %(ttl)s, updated_at = now()
-FROM candidates c, hydra_tasks t, hydra_task_versions v
+FROM locked c, hydra_tasks t, hydra_task_versions v
 WHERE r.id = c.id AND t.id = r.task_id AND v.task_id = r.task_id AND v.version = r.task_version
 RETURNING r.id, r.lease_token, r.occurrence, r.params, r.attempts_used, r.max_attempts,
           t.name AS task_name, v.spec AS task_spec;
 
+-- name: upstream_outputs
+-- Outputs of the successful runs of some tasks for one occurrence.
+SELECT t.name, r.outputs FROM hydra_runs r
+JOIN hydra_tasks t ON t.id = r.task_id
+WHERE t.name = ANY(%(names)s) AND t.deleted_at IS NULL
+  AND r.occurrence = %(occurrence)s AND r.state = 'SUCCEEDED';
+
 -- name: next_queued_due
--- When the earliest queued run becomes due (for the dispatcher's sleep).
-SELECT min(not_before) AS not_before FROM hydra_runs WHERE state = 'QUEUED';
+-- When the next queued run becomes due (for the dispatcher's sleep); runs already
+-- due but held back by max_active_runs wait for a notification instead.
+SELECT min(not_before) AS not_before FROM hydra_runs
+WHERE state = 'QUEUED' AND not_before > now();
 
 -- name: release_lease
 -- A lease given back before any attempt started: the run is queued again.
@@ -321,12 +364,13 @@ RETURNING state;
 -- name: claim_expired_leases
 -- Runs whose lease expired, locked; the reaper decides their fate.
 SELECT r.id, r.state, r.lease_token, r.lease_owner, r.attempts_used, r.max_attempts,
-       r.cancel_requested
+       r.cancel_requested, r.occurrence, t.name AS task_name
 FROM hydra_runs r
+JOIN hydra_tasks t ON t.id = r.task_id
 WHERE r.state IN ('LEASED', 'RUNNING') AND r.lease_expires_at < now()
 ORDER BY r.lease_expires_at
 LIMIT %(limit)s
-FOR UPDATE SKIP LOCKED;
+FOR UPDATE OF r SKIP LOCKED;
 
 -- name: lose_attempt
 -- The running attempt of an expired lease is LOST.
@@ -445,3 +489,81 @@ UPDATE hydra_agents SET state = 'disconnected' WHERE coordinator_id = %(id)s;
 -- name: notify_triggers
 -- Wake every coordinator's trigger loop: a trigger changed (delivered at commit).
 SELECT pg_notify('hydra_triggers', '');
+
+-- ------------------------------------------------------------ scheduling --
+
+-- name: active_runs_of_task
+-- Runs of a task that are queued or active, except one, oldest first (overlap policy).
+SELECT id, state, lease_owner, lease_token, occurrence FROM hydra_runs
+WHERE task_id = %(task_id)s AND id <> %(except_id)s
+  AND state IN ('QUEUED', 'LEASED', 'RUNNING')
+ORDER BY occurrence
+FOR UPDATE;
+
+-- name: skip_run
+-- End a run that never ran as SKIPPED, with the reason.
+UPDATE hydra_runs
+SET state = 'SKIPPED', reason = %(reason)s, finished_at = now(), lease_owner = NULL,
+    lease_expires_at = NULL, updated_at = now()
+WHERE id = %(id)s AND state IN ('QUEUED', 'LEASED');
+
+-- name: lock_dependents
+-- Live tasks with an `after` trigger naming a task, locked in id order (fan-in is serialised per downstream task).
+SELECT t.id, t.name, t.version, t.paused, v.spec
+FROM hydra_tasks t
+JOIN hydra_task_versions v ON v.task_id = t.id AND v.version = t.version
+WHERE t.deleted_at IS NULL AND EXISTS (
+    SELECT 1 FROM hydra_triggers g
+    WHERE g.task_id = t.id AND g.kind = 'after' AND g.spec -> 'after' ? %(name)s)
+ORDER BY t.id
+FOR NO KEY UPDATE OF t;
+
+-- name: run_states_for_occurrence
+-- The run state of each named live task for one occurrence (absent when it has none).
+SELECT t.name, r.state FROM hydra_tasks t
+JOIN hydra_runs r ON r.task_id = t.id AND r.occurrence = %(occurrence)s
+WHERE t.name = ANY(%(names)s) AND t.deleted_at IS NULL;
+
+-- name: run_of_task_at
+-- The run of a task for an occurrence, locked.
+SELECT id, state, cause FROM hydra_runs
+WHERE task_id = %(task_id)s AND occurrence = %(occurrence)s
+FOR UPDATE;
+
+-- name: reopen_skipped_run
+-- A run skipped because an upstream failed is queued again (the upstream succeeded on retry).
+UPDATE hydra_runs
+SET state = 'QUEUED', reason = '', finished_at = NULL, not_before = now(), updated_at = now()
+WHERE id = %(id)s AND state = 'SKIPPED';
+
+-- name: after_edges
+-- Every dependency edge (downstream name, upstream name) among live tasks.
+SELECT t.name AS downstream, jsonb_array_elements_text(g.spec -> 'after') AS upstream
+FROM hydra_triggers g JOIN hydra_tasks t ON t.id = g.task_id
+WHERE g.kind = 'after' AND t.deleted_at IS NULL;
+
+-- name: lock_dependency_graph
+-- Serialise applies that change dependencies, so two cannot form a cycle together.
+SELECT pg_advisory_xact_lock(7306916250214745467);
+
+-- name: record_precondition_checks
+-- Record an agent's verdicts on a run's preconditions under the current lease.
+UPDATE hydra_runs
+SET precondition_checks = precondition_checks + 1, precondition_verdicts = %(verdicts)s,
+    first_checked_at = coalesce(first_checked_at, %(checked_at)s), updated_at = now()
+WHERE id = %(run_id)s AND lease_token = %(lease_token)s AND state = 'LEASED'
+RETURNING first_checked_at;
+
+-- name: run_spec
+-- The spec of the version a run is pinned to.
+SELECT v.spec, t.name AS task_name, r.occurrence FROM hydra_runs r
+JOIN hydra_tasks t ON t.id = r.task_id
+JOIN hydra_task_versions v ON v.task_id = r.task_id AND v.version = r.task_version
+WHERE r.id = %(run_id)s;
+
+-- name: end_run_unstarted
+-- A leased run whose preconditions timed out ends FAILED or SKIPPED.
+UPDATE hydra_runs
+SET state = %(state)s, reason = %(reason)s, finished_at = now(), lease_owner = NULL,
+    lease_expires_at = NULL, updated_at = now()
+WHERE id = %(run_id)s AND lease_token = %(lease_token)s AND state = 'LEASED';

@@ -7,18 +7,14 @@ never see SQL or cursors. Lease-related statements live in
 
 from __future__ import annotations
 
-import contextlib
 import json
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-import psycopg
-from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
-from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from hydra.coordinator.queries import query
+from hydra.coordinator.dependencies import SCHEDULED_CAUSES, DependencyStore
 from hydra.coordinator.records import (
     ApplyOutcome,
     DueTrigger,
@@ -37,66 +33,14 @@ from hydra.domain import (
     TaskSpec,
     TaskVersion,
 )
+from hydra.coordinator.store_base import Cursor, Row, open_pool, run_uuid
 from hydra.errors import FailedPrecondition, NotFound, Unavailable
 from hydra.spec import task_from_dict, task_to_dict
 
-Row = dict[str, Any]
-Cursor = psycopg.AsyncCursor[Row]
+__all__ = ["Cursor", "Row", "Store", "open_pool", "run_uuid"]
 
 
-async def _configure(conn: psycopg.AsyncConnection[Any]) -> None:
-    await conn.execute("SET TIME ZONE 'UTC'")
-
-
-def open_pool(conninfo: str, size: int) -> AsyncConnectionPool:
-    """A pool of autocommit connections in UTC; transactions are explicit."""
-    return AsyncConnectionPool(
-        conninfo,
-        min_size=min(2, size),
-        max_size=size,
-        kwargs={"autocommit": True},
-        configure=_configure,
-        check=AsyncConnectionPool.check_connection,
-        open=False,
-        timeout=10.0,
-        name="hydra",
-    )
-
-
-class BaseStore:
-    """Connection handling shared by the store's parts."""
-
-    def __init__(self, pool: AsyncConnectionPool) -> None:
-        self.pool = pool
-
-    @contextlib.asynccontextmanager
-    async def transaction(self) -> AsyncIterator[Cursor]:
-        """One transaction; database outages surface as Unavailable."""
-        try:
-            async with self.pool.connection() as conn, conn.transaction():
-                yield conn.cursor(row_factory=dict_row)
-        except (psycopg.OperationalError, PoolTimeout) as error:
-            raise Unavailable(f"database unavailable: {error}") from error
-
-    @staticmethod
-    async def one(cur: Cursor, query_name: str, /, **params: Any) -> Row | None:
-        """Run a named query; its first row."""
-        await cur.execute(query(query_name), params)
-        return await cur.fetchone()
-
-    @staticmethod
-    async def all(cur: Cursor, query_name: str, /, **params: Any) -> list[Row]:
-        """Run a named query; every row."""
-        await cur.execute(query(query_name), params)
-        return await cur.fetchall()
-
-    @staticmethod
-    async def run_query(cur: Cursor, query_name: str, /, **params: Any) -> None:
-        """Run a named query for its effect."""
-        await cur.execute(query(query_name), params)
-
-
-class Store(BaseStore):
+class Store(DependencyStore):
     """Tasks, triggers and runs."""
 
     # ------------------------------------------------------------- tasks --
@@ -107,6 +51,8 @@ class Store(BaseStore):
         """Create the task or a new version; an identical spec changes nothing."""
         spec_json = task_to_dict(spec)
         async with self.transaction() as cur:
+            if any(trigger.kind == "after" for trigger in triggers):
+                await self.check_no_cycle(cur, spec)
             row = await self._lock_or_create_task(cur, spec.name, dry_run=dry_run)
             if row is not None and row["spec"] == spec_json:
                 return ApplyOutcome(
@@ -281,11 +227,34 @@ class Store(BaseStore):
         if not new_runs:
             return []
         rows = await self.all(cur, "insert_runs", **_run_columns(new_runs))
+        by_key = {(r.task_id, r.occurrence): r for r in new_runs}
         for row in rows:
-            await self.run_query(cur, "notify_run_changed", run_id=str(row["id"]))
+            run_id, new_run = str(row["id"]), by_key[(row["task_id"], row["occurrence"])]
+            await self.run_query(cur, "notify_run_changed", run_id=run_id)
+            if new_run.cause in SCHEDULED_CAUSES:
+                await self.apply_overlap(cur, run_id, new_run.task_id, new_run.spec)
         if rows:
             await self.run_query(cur, "notify_dispatch")
         return [str(row["id"]) for row in rows]
+
+    async def insert_dependent_run(
+        self, cur: Cursor, task: Row, spec: TaskSpec, occurrence: datetime
+    ) -> str:
+        """Create the run of a dependent task for an occurrence; returns its id."""
+        new_run = NewRun(
+            task_id=task["id"],
+            task_version=task["version"],
+            spec=spec,
+            occurrence=occurrence,
+            cause="after",
+            params=spec.params,
+        )
+        created = await self._insert_runs(cur, [new_run])
+        if created:
+            return created[0]
+        existing = await self.one(cur, "run_of_task_at", task_id=task["id"], occurrence=occurrence)
+        assert existing is not None
+        return str(existing["id"])
 
     async def create_manual_run(self, new_run: NewRun) -> tuple[Run, bool]:
         """Create a manual run, or return the one its key or occurrence already has."""
@@ -312,7 +281,7 @@ class Store(BaseStore):
     async def get_run(self, run_id: str) -> Run:
         """One run with every attempt."""
         async with self.transaction() as cur:
-            row = await self.one(cur, "get_run", id=_uuid(run_id))
+            row = await self.one(cur, "get_run", id=run_uuid(run_id))
             if row is None:
                 raise NotFound(f"run {run_id!r} not found")
             attempts = await self.all(cur, "get_attempts", run_id=row["id"])
@@ -364,16 +333,24 @@ class Store(BaseStore):
             state = RunState(row["state"])
             if state.terminal:
                 raise FailedPrecondition(f"run {run_id} is already {state.value}")
-            await self.run_query(cur, "cancel_run", id=row["id"], reason=reason)
-            await self.run_query(cur, "cancel_running_attempt", run_id=row["id"], reason=reason)
-            await self.run_query(cur, "notify_run_changed", run_id=run_id)
-            if state.active:  # the agent's coordinator tells it to kill the attempt now
-                payload = f"cancel:{row['lease_owner']}:{row['id']}:{row['lease_token']}"
-                await self.run_query(cur, "notify_agent_command", payload=payload)
+            await self.cancel_in_transaction(cur, row, reason)
         return await self.get_run(run_id)
 
+    async def cancel_in_transaction(self, cur: Cursor, run: Row, reason: str) -> None:
+        """Cancel a queued or active run; its agent is told to kill the attempt."""
+        run_id = str(run["id"])
+        await self.run_query(cur, "cancel_run", id=run_id, reason=reason)
+        await self.run_query(cur, "cancel_running_attempt", run_id=run_id, reason=reason)
+        await self.run_query(cur, "notify_run_changed", run_id=run_id)
+        if RunState(run["state"]).active:  # the agent's coordinator tells it to kill it now
+            payload = f"cancel:{run['lease_owner']}:{run_id}:{run['lease_token']}"
+            await self.run_query(cur, "notify_agent_command", payload=payload)
+        task = await self.one(cur, "run_spec", run_id=run_id)
+        assert task is not None
+        await self.after_terminal(cur, task["task_name"], task["occurrence"])
+
     async def _lock_run(self, cur: Cursor, run_id: str) -> Row:
-        row = await self.one(cur, "lock_run", id=_uuid(run_id))
+        row = await self.one(cur, "lock_run", id=run_uuid(run_id))
         if row is None:
             raise NotFound(f"run {run_id!r} not found")
         return row
@@ -382,7 +359,7 @@ class Store(BaseStore):
         """Stored output chunks of a run after a sequence number."""
         async with self.transaction() as cur:
             rows = await self.all(
-                cur, "read_output", run_id=_uuid(run_id), after_seq=after_seq, attempt=attempt
+                cur, "read_output", run_id=run_uuid(run_id), after_seq=after_seq, attempt=attempt
             )
         return [
             OutputRecord(
@@ -424,16 +401,6 @@ class Store(BaseStore):
 
 
 # ------------------------------------------------------------ row mapping --
-
-
-def _uuid(run_id: str) -> str:
-    """Validate a run id's shape so a typo is NOT_FOUND, not a database error."""
-    import uuid
-
-    try:
-        return str(uuid.UUID(run_id))
-    except ValueError:
-        raise NotFound(f"run {run_id!r} not found (run ids are UUIDs)") from None
 
 
 def _due_trigger(row: Row) -> DueTrigger:

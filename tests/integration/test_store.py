@@ -14,7 +14,7 @@ from hydra.coordinator.records import AttemptReport, NewRun
 from hydra.coordinator.store import open_pool
 from hydra.coordinator.tasks import apply_spec
 from hydra.coordinator.trigger_loop import plan_fire
-from hydra.domain import Cron, Retry, RunState, TaskSpec
+from hydra.domain import Concurrency, Cron, Retry, RunState, TaskSpec
 from hydra.errors import FailedPrecondition, NotFound
 
 TTL = timedelta(seconds=30)
@@ -89,7 +89,7 @@ async def test_concurrent_applies_of_a_new_task_make_one_task(store: LeaseStore)
 
 
 async def test_claims_never_hand_one_run_to_two_agents(store: LeaseStore) -> None:
-    task_id = await _task(store)
+    task_id = await _task(store, concurrency=Concurrency(max_active_runs=100))
     _, task = await store.task_ref("t")
     await store.create_runs(
         [

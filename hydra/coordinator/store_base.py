@@ -1,0 +1,78 @@
+"""Connections and transactions shared by every part of the store."""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from hydra.coordinator.queries import query
+from hydra.errors import NotFound, Unavailable
+
+Row = dict[str, Any]
+Cursor = psycopg.AsyncCursor[Row]
+
+
+async def _configure(conn: psycopg.AsyncConnection[Any]) -> None:
+    await conn.execute("SET TIME ZONE 'UTC'")
+
+
+def open_pool(conninfo: str, size: int) -> AsyncConnectionPool:
+    """A pool of autocommit connections in UTC; transactions are explicit."""
+    return AsyncConnectionPool(
+        conninfo,
+        min_size=min(2, size),
+        max_size=size,
+        kwargs={"autocommit": True},
+        configure=_configure,
+        check=AsyncConnectionPool.check_connection,
+        open=False,
+        timeout=10.0,
+        name="hydra",
+    )
+
+
+class BaseStore:
+    """Connection handling shared by the store's parts."""
+
+    def __init__(self, pool: AsyncConnectionPool) -> None:
+        self.pool = pool
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Cursor]:
+        """One transaction; database outages surface as Unavailable."""
+        try:
+            async with self.pool.connection() as conn, conn.transaction():
+                yield conn.cursor(row_factory=dict_row)
+        except (psycopg.OperationalError, PoolTimeout) as error:
+            raise Unavailable(f"database unavailable: {error}") from error
+
+    @staticmethod
+    async def one(cur: Cursor, query_name: str, /, **params: Any) -> Row | None:
+        """Run a named query; its first row."""
+        await cur.execute(query(query_name), params)
+        return await cur.fetchone()
+
+    @staticmethod
+    async def all(cur: Cursor, query_name: str, /, **params: Any) -> list[Row]:
+        """Run a named query; every row."""
+        await cur.execute(query(query_name), params)
+        return await cur.fetchall()
+
+    @staticmethod
+    async def run_query(cur: Cursor, query_name: str, /, **params: Any) -> None:
+        """Run a named query for its effect."""
+        await cur.execute(query(query_name), params)
+
+
+def run_uuid(run_id: str) -> str:
+    """Validate a run id's shape so a typo is NOT_FOUND, not a database error."""
+    try:
+        return str(uuid.UUID(run_id))
+    except ValueError:
+        raise NotFound(f"run {run_id!r} not found (run ids are UUIDs)") from None
