@@ -16,10 +16,11 @@ from collections.abc import AsyncIterator
 import grpc
 
 from hydra.coordinator.lease_store import LeaseStore
+from hydra.coordinator.loop import utcnow
 from hydra.coordinator.records import AttemptReport, LeaseTimes
 from hydra.coordinator.sessions import AgentSession, LeaseKey, SessionRegistry
 from hydra.v1 import agent_service_pb2 as pb
-from hydra.wire import from_timestamp, to_duration
+from hydra.wire import from_timestamp, to_duration, verdict_from_proto
 
 log = logging.getLogger("hydra.coordinator.agents")
 
@@ -147,6 +148,8 @@ class AgentStreams:
             await self._finished(session, message.attempt_finished)
         elif kind == "lease_rejected":
             await self._rejected(session, message.lease_rejected)
+        elif kind == "preconditions_checked":
+            await self._checked(session, message.preconditions_checked)
         else:
             log.warning("agent %s sent an unexpected %s", session.agent_id, kind)
 
@@ -219,6 +222,19 @@ class AgentStreams:
                     lease=finished.lease, accepted=verdict.accepted, reason=verdict.reason
                 )
             )
+        )
+
+    async def _checked(self, session: AgentSession, checked: pb.PreconditionsChecked) -> None:
+        key = (checked.lease.run_id, checked.lease.lease_token)
+        if not checked.ready:
+            session.held.discard(key)  # the agent gave the lease up
+            self._sessions.slots_changed.set()
+        await self._store.record_preconditions(
+            key[0],
+            key[1],
+            ready=checked.ready,
+            verdicts=[verdict_from_proto(v) for v in checked.verdicts],
+            now=utcnow(),
         )
 
     async def _rejected(self, session: AgentSession, rejected: pb.LeaseRejected) -> None:

@@ -8,6 +8,7 @@ LOCKED`, so coordinators never hand out the same run twice. It wakes on
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 from hydra.coordinator.lease_store import LeaseStore
 from hydra.coordinator.loop import seconds_until, utcnow, wait_event
@@ -18,10 +19,12 @@ from hydra.coordinator.templates import (
     Rendered,
     RenderError,
     render_command,
+    render_string,
     timezone_for,
 )
+from hydra.domain import CommandCheck, FileCheck, HttpCheck, Precondition, TaskSpec
 from hydra.v1 import agent_service_pb2 as pb
-from hydra.wire import to_duration, to_timestamp
+from hydra.wire import precondition_to_proto, to_duration, to_timestamp
 
 log = logging.getLogger("hydra.coordinator.dispatcher")
 
@@ -72,10 +75,11 @@ class Dispatcher:
             params=run.params,
             run_id=run.run_id,
             attempt=run.attempt,
-            upstream={},
+            upstream=run.upstream,
         )
         try:
             rendered = render_command(run.task_spec, context)
+            checks = render_preconditions(run.task_spec, context)
         except RenderError as error:
             await self._fail_unrendered(session, run, str(error))
             return
@@ -88,7 +92,9 @@ class Dispatcher:
             run.attempt,
             session.agent_id,
         )
-        session.send(pb.CoordinatorMessage(lease=_offer_message(run, rendered, self._times)))
+        offer = _offer_message(run, rendered, self._times)
+        offer.preconditions.extend(precondition_to_proto(check) for check in checks)
+        session.send(pb.CoordinatorMessage(lease=offer))
 
     async def _fail_unrendered(self, session: AgentSession, run: ClaimedRun, message: str) -> None:
         now = utcnow()
@@ -121,3 +127,27 @@ def _offer_message(run: ClaimedRun, rendered: Rendered, times: LeaseTimes) -> pb
     if run.task_spec.timeout is not None:
         offer.timeout.CopyFrom(to_duration(run.task_spec.timeout))
     return offer
+
+
+def render_preconditions(spec: TaskSpec, context: RenderContext) -> list[Precondition]:
+    """The spec's preconditions with their templated fields rendered for one run."""
+    return [
+        _render_check(check, context, f"preconditions[{i}]")
+        for i, check in enumerate(spec.preconditions)
+    ]
+
+
+def _render_check(check: Precondition, context: RenderContext, path: str) -> Precondition:
+    match check:
+        case CommandCheck():
+            argv = tuple(
+                render_string(arg, context, f"{path}.command[{i}]")
+                for i, arg in enumerate(check.argv)
+            )
+            return replace(check, argv=argv)
+        case FileCheck():
+            return replace(check, path=render_string(check.path, context, f"{path}.file"))
+        case HttpCheck():
+            return replace(check, url=render_string(check.url, context, f"{path}.http"))
+        case _:
+            return check

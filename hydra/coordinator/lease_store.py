@@ -16,8 +16,8 @@ from psycopg.types.json import Jsonb
 
 from hydra.coordinator.records import AttemptReport, ClaimedRun, ReportVerdict
 from hydra.coordinator.store import Cursor, Row, Store, run_uuid
-from hydra.domain import AttemptState, RunState
-from hydra.spec import task_from_dict
+from hydra.domain import After, AttemptState, OnTimeout, PreconditionVerdict, RunState, TaskSpec
+from hydra.spec import format_duration, task_from_dict
 
 log = logging.getLogger("hydra.coordinator.leases")
 
@@ -55,18 +55,99 @@ class LeaseStore(Store):
                 await self.run_query(cur, "notify_run_changed", run_id=str(row["id"]))
             if rows:  # other dispatchers may have lost runs to us under contention: retry
                 await self.run_query(cur, "notify_dispatch")
-        return [
-            ClaimedRun(
-                run_id=str(r["id"]),
-                lease_token=r["lease_token"],
-                task_name=r["task_name"],
-                task_spec=task_from_dict(r["task_spec"]),
-                occurrence=r["occurrence"],
-                params=r["params"],
-                attempt=r["attempts_used"] + 1,
+        claimed = []
+        for row in rows:
+            spec = task_from_dict(row["task_spec"])
+            claimed.append(
+                ClaimedRun(
+                    run_id=str(row["id"]),
+                    lease_token=row["lease_token"],
+                    task_name=row["task_name"],
+                    task_spec=spec,
+                    occurrence=row["occurrence"],
+                    params=row["params"],
+                    attempt=row["attempts_used"] + 1,
+                    upstream=await self._upstream_outputs(spec, row["occurrence"]),
+                )
             )
-            for r in rows
-        ]
+        return claimed
+
+    async def _upstream_outputs(
+        self, spec: TaskSpec, occurrence: datetime
+    ) -> dict[str, dict[str, Any]]:
+        names = sorted(
+            {t for trigger in spec.triggers if isinstance(trigger, After) for t in trigger.tasks}
+        )
+        if not names:
+            return {}
+        async with self.transaction() as cur:
+            rows = await self.all(cur, "upstream_outputs", names=names, occurrence=occurrence)
+        outputs: dict[str, dict[str, Any]] = {name: {} for name in names}
+        outputs.update({r["name"]: r["outputs"] or {} for r in rows})
+        return outputs
+
+    async def record_preconditions(
+        self,
+        run_id: str,
+        lease_token: int,
+        *,
+        ready: bool,
+        verdicts: Sequence[PreconditionVerdict],
+        now: datetime,
+    ) -> None:
+        """Record an agent's verdicts; when not ready, queue the run again after the
+        poke interval, or end it once precondition_timeout has passed."""
+        async with self.transaction() as cur:
+            row = await self.one(
+                cur,
+                "record_precondition_checks",
+                run_id=run_uuid(run_id),
+                lease_token=lease_token,
+                verdicts=Jsonb([_verdict_json(v) for v in verdicts]),
+                checked_at=now,
+            )
+            if row is None:
+                return  # stale lease: the run moved on
+            if not ready:
+                await self._not_ready(
+                    cur, run_id, lease_token, verdicts, now - row["first_checked_at"]
+                )
+            await self.run_query(cur, "notify_run_changed", run_id=run_id)
+
+    async def _not_ready(
+        self,
+        cur: Cursor,
+        run_id: str,
+        lease_token: int,
+        verdicts: Sequence[PreconditionVerdict],
+        waited: timedelta,
+    ) -> None:
+        task = await self.one(cur, "run_spec", run_id=run_id)
+        assert task is not None
+        spec = task_from_dict(task["spec"])
+        waiting = "; ".join(f"precondition {v.index}: {v.message}" for v in verdicts if not v.ready)
+        timeout = spec.precondition_timeout
+        if timeout is None or waited < timeout:
+            await self.run_query(
+                cur,
+                "release_lease",
+                run_id=run_id,
+                lease_token=lease_token,
+                delay=spec.poke_interval,
+                reason=f"waiting for preconditions: {waiting}",
+            )
+            await self.run_query(cur, "notify_dispatch")
+            return
+        state = RunState.SKIPPED if spec.on_timeout is OnTimeout.SKIP else RunState.FAILED
+        await self.run_query(
+            cur,
+            "end_run_unstarted",
+            run_id=run_id,
+            lease_token=lease_token,
+            state=state.value,
+            reason=f"preconditions not ready after {format_duration(timeout)}: {waiting}",
+        )
+        await self.after_terminal(cur, task["task_name"], task["occurrence"])
 
     async def release_lease(
         self, run_id: str, lease_token: int, *, reason: str, delay: timedelta = timedelta(0)
@@ -391,6 +472,16 @@ def failure_reason(number: int, report: AttemptReport) -> str:
 def _backoff_factor(report: AttemptReport) -> float:
     # A lost or fenced attempt is not the command's fault: retry at once elsewhere.
     return 0.0 if report.outcome == "FENCED" else 1.0
+
+
+def _verdict_json(verdict: PreconditionVerdict) -> dict[str, Any]:
+    checked_at = verdict.checked_at.isoformat() if verdict.checked_at else None
+    return {
+        "index": verdict.index,
+        "ready": verdict.ready,
+        "message": verdict.message,
+        "checked_at": checked_at,
+    }
 
 
 def _outputs(outputs_json: str) -> Jsonb | None:

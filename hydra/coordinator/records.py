@@ -77,6 +77,7 @@ class ClaimedRun:
     occurrence: datetime
     params: Mapping[str, str]
     attempt: int
+    upstream: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -23,17 +23,18 @@ from hydra.coordinator.records import (
     OutputRecord,
     TriggerRow,
 )
+from hydra.coordinator.store_base import Cursor, Row, open_pool, run_uuid
 from hydra.domain import (
     Agent,
     Attempt,
     AttemptState,
+    PreconditionVerdict,
     Run,
     RunState,
     Task,
     TaskSpec,
     TaskVersion,
 )
-from hydra.coordinator.store_base import Cursor, Row, open_pool, run_uuid
 from hydra.errors import FailedPrecondition, NotFound, Unavailable
 from hydra.spec import task_from_dict, task_to_dict
 
@@ -468,6 +469,19 @@ def run_from_row(row: Mapping[str, Any], attempts: Sequence[Mapping[str, Any]]) 
         attempts=tuple(attempt_from_row(a) for a in attempts),
         outputs_json=json.dumps(outputs, sort_keys=True) if outputs is not None else "",
         idempotency_key=row["idempotency_key"] or "",
+        precondition_checks=row["precondition_checks"],
+        precondition_verdicts=tuple(_verdict(v) for v in row["precondition_verdicts"]),
+        first_checked_at=row["first_checked_at"],
+    )
+
+
+def _verdict(data: Mapping[str, Any]) -> PreconditionVerdict:
+    checked_at = data.get("checked_at")
+    return PreconditionVerdict(
+        index=data["index"],
+        ready=data["ready"],
+        message=data.get("message", ""),
+        checked_at=datetime.fromisoformat(checked_at) if checked_at else None,
     )
 
 
