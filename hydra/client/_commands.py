@@ -10,7 +10,7 @@ from pathlib import Path
 from hydra.client import _render as render
 from hydra.client._client import Client
 from hydra.domain import RunState, TaskSpec
-from hydra.errors import FieldProblem, InvalidArgument
+from hydra.errors import FieldProblem, InvalidArgument, NotFound
 from hydra.spec import load_task_documents
 
 Handler = Callable[[argparse.Namespace, Client], int]
@@ -64,6 +64,8 @@ def _in_file(source: str, problem: FieldProblem) -> FieldProblem:
 def apply(args: argparse.Namespace, client: Client) -> int:
     """``apply -f FILE``: validate every task, then create or update them in order."""
     specs = load_specs(args.filename)
+    if args.diff:
+        return _diff(specs, client)
     if args.output == "json":
         results = client.apply(specs, dry_run=args.dry_run)
         print(render.dumps([render.apply_json(result) for result in results]), flush=True)
@@ -209,3 +211,22 @@ def agents_drain(args: argparse.Namespace, client: Client) -> int:
     agent = client.drain_agent(args.agent_id)
     _emit(args, lambda: f"agent {agent.id} {agent.state}", lambda: render.agent_json(agent))
     return 0
+
+
+def _diff(specs: list[TaskSpec], client: Client) -> int:
+    """``apply --diff``: what applying would change; exit 1 when anything would."""
+    changed = False
+    for spec in specs:
+        try:
+            stored = client.get_task(spec.name).task
+        except NotFound:
+            stored = None
+        text = render.spec_diff(
+            spec.name, stored.spec if stored else None, stored.version if stored else 0, spec
+        )
+        if text:
+            changed = True
+            print(text, end="" if text.endswith("\n") else "\n")
+        else:
+            print(f"unchanged {spec.name} v{stored.version if stored else 0}")
+    return 1 if changed else 0

@@ -7,6 +7,7 @@ Tables show local time to the second and durations like ``1.2s`` or ``3m04s``.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import shlex
 from collections.abc import Iterable, Mapping, Sequence
@@ -133,6 +134,16 @@ def run_json(run: Run) -> JSONObject:
         "agent": run.agent,
         "outputs": _outputs(run),
         "attempts": [attempt_json(attempt) for attempt in run.attempts],
+        "precondition_checks": run.precondition_checks,
+        "precondition_verdicts": [
+            {
+                "index": v.index,
+                "ready": v.ready,
+                "message": v.message,
+                "checked_at": iso(v.checked_at),
+            }
+            for v in run.precondition_verdicts
+        ],
     }
 
 
@@ -284,7 +295,21 @@ def run_detail(run: Run) -> str:
         ("attempts", f"{run.attempts_used}/{run.max_attempts}"),
         ("agent", run.agent or _NONE),
     ]
+    if run.precondition_checks:
+        pairs.append(
+            (
+                "checks",
+                f"{run.precondition_checks} precondition check(s), first at "
+                f"{local(run.first_checked_at)}",
+            )
+        )
     parts = [_fields(pairs)]
+    if run.precondition_verdicts:
+        rows = [
+            [str(v.index), "ready" if v.ready else "not ready", local(v.checked_at), v.message]
+            for v in run.precondition_verdicts
+        ]
+        parts.append(table(["PRECONDITION", "VERDICT", "CHECKED", "MESSAGE"], rows))
     if run.attempts:
         parts.append(attempts_table(run.attempts))
     outputs = _outputs(run)
@@ -353,10 +378,22 @@ def task_detail(details: TaskDetails) -> str:
     if details.versions:
         rows = [[str(v.version), local(v.created_at)] for v in details.versions]
         header += ["#", *(f"# {line}" for line in table(["VERSION", "APPLIED"], rows).splitlines())]
-    shape = task_to_dict(task.spec)
+    return "\n".join(header) + "\n" + spec_yaml(task.spec).rstrip("\n")
+
+
+def spec_yaml(spec: TaskSpec) -> str:
+    """A spec as YAML in the field order of the docs, as ``apply -f`` takes it."""
+    shape = task_to_dict(spec)
     shape = {name: shape[name] for name in _SPEC_ORDER if name in shape} | shape
-    spec = yaml.safe_dump(shape, sort_keys=False, allow_unicode=True)
-    return "\n".join(header) + "\n" + spec.rstrip("\n")
+    return yaml.safe_dump(shape, sort_keys=False, allow_unicode=True)
+
+
+def spec_diff(name: str, current: TaskSpec | None, version: int, wanted: TaskSpec) -> str:
+    """A unified diff from the stored spec (None: the task is new) to the wanted one."""
+    before = spec_yaml(current).splitlines(keepends=True) if current else []
+    after = spec_yaml(wanted).splitlines(keepends=True)
+    label = f"{name} v{version}" if current else f"{name} (new)"
+    return "".join(difflib.unified_diff(before, after, f"{label} (stored)", f"{name} (file)"))
 
 
 def apply_line(result: ApplyResult, *, dry_run: bool = False) -> str:

@@ -181,6 +181,12 @@ def _add_apply(build: _Builder, top: _Subcommands) -> None:
         help="YAML file with one or more tasks; - for stdin; repeatable",
     )
     p.add_argument("--dry-run", action="store_true", help="show what would change, store nothing")
+    p.add_argument(
+        "--diff",
+        action="store_true",
+        help="print a diff of each stored spec against the file, store nothing "
+        "(exit 1 when something would change)",
+    )
 
 
 def _add_tasks(build: _Builder, tasks: _Subcommands) -> None:

@@ -309,6 +309,8 @@ def test_run_json_shape() -> None:
                 "message": "timed out after 2m",
             },
         ],
+        "precondition_checks": 0,
+        "precondition_verdicts": [],
     }
 
 
