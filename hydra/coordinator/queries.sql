@@ -567,3 +567,14 @@ UPDATE hydra_runs
 SET state = %(state)s, reason = %(reason)s, finished_at = now(), lease_owner = NULL,
     lease_expires_at = NULL, updated_at = now()
 WHERE id = %(run_id)s AND lease_token = %(lease_token)s AND state = 'LEASED';
+
+-- name: time_triggers_of_task
+-- A live task's time triggers, locked (to reschedule them on resume).
+SELECT g.id, g.position, g.next_fire_at FROM hydra_triggers g
+JOIN hydra_tasks t ON t.id = g.task_id
+WHERE t.name = %(name)s AND t.deleted_at IS NULL AND g.kind <> 'after'
+FOR UPDATE OF g;
+
+-- name: set_trigger_next_fire
+-- Move one trigger's next occurrence.
+UPDATE hydra_triggers SET next_fire_at = %(next_fire_at)s WHERE id = %(id)s;

@@ -135,11 +135,26 @@ class Store(DependencyStore):
             rows = await self.all(cur, "list_tasks", after=after, prefix=like, limit=limit)
         return [task_from_row(row) for row in rows]
 
-    async def set_paused(self, name: str, paused: bool) -> Task:
-        """Pause or resume a task's triggers."""
+    async def set_paused(
+        self,
+        name: str,
+        paused: bool,
+        *,
+        reschedule: Callable[[int, datetime | None], datetime | None] | None = None,
+    ) -> Task:
+        """Pause or resume a task's triggers; `reschedule(position, next_fire_at)` may
+        move each time trigger's next occurrence in the same transaction."""
         async with self.transaction() as cur:
             if await self.one(cur, "set_task_paused", name=name, paused=paused) is None:
                 raise NotFound(f"task {name!r} not found")
+            if reschedule is not None:
+                for row in await self.all(cur, "time_triggers_of_task", name=name):
+                    await self.run_query(
+                        cur,
+                        "set_trigger_next_fire",
+                        id=row["id"],
+                        next_fire_at=reschedule(row["position"], row["next_fire_at"]),
+                    )
             await self.run_query(cur, "notify_triggers")
         return await self.get_task(name)
 

@@ -11,7 +11,7 @@ import grpc
 from hydra.coordinator.api_errors import unary
 from hydra.coordinator.lease_store import LeaseStore
 from hydra.coordinator.loop import utcnow
-from hydra.coordinator.tasks import apply_spec
+from hydra.coordinator.tasks import apply_spec, resume
 from hydra.errors import InvalidArgument
 from hydra.v1 import task_service_pb2 as pb
 from hydra.v1 import task_service_pb2_grpc as pb_grpc
@@ -79,7 +79,7 @@ class TaskApi(pb_grpc.TaskServiceServicer):
     async def Resume(
         self, request: pb.ResumeTaskRequest, context: Context
     ) -> pb.ResumeTaskResponse:
-        task = await self._store.set_paused(_name(request.name), False)
+        task = await resume(self._store, _name(request.name), utcnow())
         return pb.ResumeTaskResponse(task=task_to_proto(task))
 
 

@@ -10,8 +10,8 @@ from hydra.coordinator import schedule
 from hydra.coordinator.lease_store import LeaseStore
 from hydra.coordinator.records import TriggerRow
 from hydra.coordinator.templates import check_templates
-from hydra.coordinator.trigger_loop import first_fire
-from hydra.domain import After, Task, TaskSpec
+from hydra.coordinator.trigger_loop import first_fire, time_trigger
+from hydra.domain import After, Catchup, Task, TaskSpec
 from hydra.errors import FieldProblem, InvalidArgument
 from hydra.spec import task_to_dict
 
@@ -80,3 +80,20 @@ async def apply_spec(store: LeaseStore, spec: TaskSpec, *, dry_run: bool, now: d
     else:
         task = await store.get_task(spec.name)
     return Applied(task=task, changed=outcome.changed, previous_version=outcome.previous_version)
+
+
+async def resume(store: LeaseStore, name: str, now: datetime) -> Task:
+    """Resume a task. With catchup none, the paused stretch is skipped: each time
+    trigger moves to its first occurrence after now; otherwise the trigger loop
+    finds the missed occurrences and applies the catch-up policy."""
+    _, task = await store.task_ref(name)
+    if task.spec.catchup is not Catchup.NONE:
+        return await store.set_paused(name, False)
+
+    def skip_paused_stretch(position: int, next_fire_at: datetime | None) -> datetime | None:
+        trigger = time_trigger(task.spec, position, anchor=next_fire_at or now)
+        if next_fire_at is None or next_fire_at > now:
+            return next_fire_at
+        return schedule.next_fire(trigger, now)
+
+    return await store.set_paused(name, False, reschedule=skip_paused_stretch)

@@ -24,8 +24,9 @@ from hydra.domain import At, Catchup, Cron, Interval, TaskSpec
 
 log = logging.getLogger("hydra.coordinator.triggers")
 
-#: How late an occurrence may be found and still count as on time, not missed.
-MISFIRE_GRACE = timedelta(seconds=30)
+#: How late an occurrence may be found and still count as on time, not missed
+#: (for catchup none): loop latency is milliseconds; an outage is longer.
+MISFIRE_GRACE = timedelta(seconds=5)
 #: Triggers handled per transaction.
 BATCH = 500
 #: Upper bound of the loop's sleep when nothing wakes it.
