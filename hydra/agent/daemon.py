@@ -6,6 +6,13 @@ next target after every failure. Attempts keep running while it is
 disconnected; their reports wait in the lease book until a coordinator
 acknowledges them. A lease that cannot be renewed for the lease TTL has its
 attempt killed and reported ``FENCED``.
+
+Preconditions are checked in the background under the lease, on a slot of
+their own; checks also keep going across a reconnection, but verdicts reached
+while disconnected are not sent (an attempt that is ready still starts; a lease
+that is not ready is forgotten and expires on the coordinator). When the agent
+drains or stops, checks in progress are stopped and their leases given back
+with ``LeaseRejected``, so the coordinator re-queues those runs at once.
 """
 
 from __future__ import annotations
@@ -24,9 +31,18 @@ from typing import Any
 import grpc
 
 from hydra import config as hydra_config
-from hydra.agent.attempt import AttemptResult, LeaseKey, Outcome, OutputStream, format_duration
+from hydra.agent.attempt import (
+    AttemptResult,
+    LeaseKey,
+    Outcome,
+    OutputStream,
+    Started,
+    format_duration,
+)
 from hydra.agent.leases import LeaseBook
+from hydra.agent.preconditions import MAX_CONCURRENT_CHECKS
 from hydra.agent.session import AgentState, Session, SessionEnd
+from hydra.domain import PreconditionVerdict
 from hydra.retrying import async_grpc_retrying, is_retryable
 
 log = logging.getLogger("hydra.agent")
@@ -57,6 +73,8 @@ class AgentConfig:
     default_kill_grace: timedelta = timedelta(seconds=10)
     #: Sent as ``authorization: Bearer <token>`` when set.
     token: str | None = None
+    #: Precondition checks evaluated at once, across all leases.
+    max_concurrent_checks: int = MAX_CONCURRENT_CHECKS
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "targets", tuple(self.targets))
@@ -66,6 +84,10 @@ class AgentConfig:
             raise ValueError(f"capacity must be at least 1, got {self.capacity}")
         if not self.agent_id:
             raise ValueError("agent_id must not be empty")
+        if self.max_concurrent_checks < 1:
+            raise ValueError(
+                f"max_concurrent_checks must be at least 1, got {self.max_concurrent_checks}"
+            )
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] = os.environ, **overrides: Any) -> AgentConfig:
@@ -79,7 +101,7 @@ class AgentDaemon:
 
     def __init__(self, config: AgentConfig) -> None:
         self.config = config
-        self._book = LeaseBook(self)
+        self._book = LeaseBook(self, max_concurrent_checks=config.max_concurrent_checks)
         self._state = AgentState(config=config, book=self._book, request_drain=self.request_drain)
         self._session: Session | None = None
         self._target_index = 0
@@ -99,6 +121,7 @@ class AgentDaemon:
         log.info("draining (%s): taking no new leases", reason)
         self._state.draining = True
         self._drain_requested.set()
+        self._give_back_checking_leases("the agent is draining")
         if self._session is not None:
             self._session.heartbeat_now()
 
@@ -132,15 +155,37 @@ class AgentDaemon:
 
     # --- LeaseListener: relay attempt events to the current stream ---------------
 
+    def attempt_started(self, lease: LeaseKey, argv: Sequence[str], started: Started) -> None:
+        """Announces the start while connected; otherwise the report will tell."""
+        if (session := self._ready_session()) is not None:
+            session.send_started(lease, argv, started)
+
     def attempt_output(self, lease: LeaseKey, stream: OutputStream, data: bytes) -> None:
         """Forwards output while a welcomed stream exists; dropped otherwise."""
-        if self._session is not None and self._session.ready:
-            self._session.send_output(lease, stream, data)
+        if (session := self._ready_session()) is not None:
+            session.send_output(lease, stream, data)
 
     def attempt_finished(self, lease: LeaseKey, result: AttemptResult) -> None:
         """Sends the report now if connected; otherwise it goes after the next Welcome."""
-        if self._session is not None and self._session.ready:
-            self._session.send_report(lease, result)
+        if (session := self._ready_session()) is not None:
+            session.send_report(lease, result)
+
+    def preconditions_checked(self, lease: LeaseKey, verdicts: list[PreconditionVerdict]) -> None:
+        """Sends the verdicts while connected; dropped otherwise (see the module doc)."""
+        if (session := self._ready_session()) is not None:
+            session.send_verdicts(lease, verdicts)
+        else:
+            log.info("lease %s: precondition verdicts not sent: not connected", lease)
+
+    def _ready_session(self) -> Session | None:
+        session = self._session
+        return session if session is not None and session.ready else None
+
+    def _give_back_checking_leases(self, reason: str) -> None:
+        """Stops all precondition checks; their leases go back to the coordinator."""
+        for lease in self._book.stop_all_checks(reason):
+            if (session := self._ready_session()) is not None:
+                session.send_rejection(lease, reason)
 
     # --- connection -----------------------------------------------------------
 
@@ -178,6 +223,7 @@ class AgentDaemon:
 
     async def _shut_down(self, connection: asyncio.Task[None], *, immediately: bool) -> None:
         """Kills what still runs, lets the last reports out, closes the stream."""
+        self._give_back_checking_leases("the agent is stopping")
         if self._book.processes():
             self._book.kill_all(Outcome.CANCELLED, "agent stopped", immediately=immediately)
         await self._book.close()

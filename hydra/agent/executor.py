@@ -44,8 +44,8 @@ PIPE_DRAIN_SECONDS = 1.0
 _POLL_SECONDS = 0.05
 #: Linux: zombies can be told apart from the living.
 _HAVE_PROC = os.path.isdir("/proc")
-#: Agent settings that its processes must not see.
-_AGENT_ONLY_VARIABLES = frozenset({"HYDRA_TOKEN"})
+#: Agent settings that the processes it runs (attempts and checks) must not see.
+AGENT_ONLY_VARIABLES = frozenset({"HYDRA_TOKEN"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -287,7 +287,7 @@ def attempt_environment(
     spec: AttemptSpec, output_file: str, base: Mapping[str, str] = os.environ
 ) -> dict[str, str]:
     """The agent's environment, then the task's, then the ``HYDRA_*`` variables."""
-    env = {name: value for name, value in base.items() if name not in _AGENT_ONLY_VARIABLES}
+    env = {name: value for name, value in base.items() if name not in AGENT_ONLY_VARIABLES}
     env.update(spec.env)
     env["HYDRA_RUN_ID"] = spec.run_id
     env["HYDRA_TASK"] = spec.task

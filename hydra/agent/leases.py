@@ -1,9 +1,11 @@
 """The leases an agent holds, across streams and reconnections.
 
 A lease is held from the offer until the coordinator acknowledges the
-attempt's report: while its process runs, then as a pending report. A revoked
-lease is dropped at once; its process is still killed and waited for, but its
-end is reported to nobody.
+attempt's report: while its preconditions are checked (if it has any), while
+its process runs, then as a pending report. A revoked lease is dropped at
+once; its process is still killed and waited for, but its end is reported to
+nobody. A lease whose preconditions do not all hold is dropped once the
+verdicts are out: the coordinator re-queues its run without using an attempt.
 """
 
 from __future__ import annotations
@@ -11,13 +13,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
 
 from hydra.agent.attempt import AttemptResult, AttemptSpec, LeaseKey, Outcome, OutputStream, Started
 from hydra.agent.executor import Execution
+from hydra.agent.preconditions import MAX_CONCURRENT_CHECKS, Check, evaluate_all
+from hydra.domain import PreconditionVerdict
 
 log = logging.getLogger("hydra.agent")
 
@@ -28,8 +32,14 @@ class LeaseListener(Protocol):
     def attempt_output(self, lease: LeaseKey, stream: OutputStream, data: bytes) -> None:
         """A batch of output of a held attempt."""
 
+    def attempt_started(self, lease: LeaseKey, argv: Sequence[str], started: Started) -> None:
+        """A held attempt's process was spawned."""
+
     def attempt_finished(self, lease: LeaseKey, result: AttemptResult) -> None:
         """A held attempt ended; its report is now pending."""
+
+    def preconditions_checked(self, lease: LeaseKey, verdicts: list[PreconditionVerdict]) -> None:
+        """A held lease's preconditions were evaluated; if all hold, its attempt starts next."""
 
 
 @dataclass(eq=False)
@@ -41,29 +51,50 @@ class _Running:
     reported: bool = True
 
 
+@dataclass(eq=False)
+class _Checking:
+    spec: AttemptSpec
+    #: time.monotonic() from which the lease is known to be valid for a TTL.
+    renewed_at: float
+    task: asyncio.Task[None] | None = None
+
+
 class LeaseBook:
     """Running attempts and pending reports, keyed by lease."""
 
     def __init__(
-        self, listener: LeaseListener, *, clock: Callable[[], float] = time.monotonic
+        self,
+        listener: LeaseListener,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        max_concurrent_checks: int = MAX_CONCURRENT_CHECKS,
     ) -> None:
         self._listener = listener
         self._clock = clock
+        self._checking: dict[LeaseKey, _Checking] = {}
         self._running: dict[LeaseKey, _Running] = {}
         self._pending: dict[LeaseKey, AttemptResult] = {}
         self._supervisors: set[asyncio.Task[None]] = set()
+        self._check_tasks: set[asyncio.Task[None]] = set()
+        #: Turns for precondition checks, shared by every lease of the agent.
+        self._check_turns = asyncio.Semaphore(max_concurrent_checks)
         self._changed = asyncio.Event()
 
     # --- what is held ---------------------------------------------------------
 
     def held(self) -> list[LeaseKey]:
-        """Every lease held: attempts running, then reports not yet acknowledged."""
+        """Every lease held: attempts running, checks, then reports not yet acknowledged."""
         running = [lease for lease, entry in self._running.items() if entry.reported]
-        return running + list(self._pending)
+        return running + list(self._checking) + list(self._pending)
 
     def active(self) -> int:
-        """Attempts running under a held lease: the slots in use."""
-        return sum(1 for entry in self._running.values() if entry.reported)
+        """Leases being checked or running an attempt: the slots in use."""
+        running = sum(1 for entry in self._running.values() if entry.reported)
+        return running + len(self._checking)
+
+    def checking(self, lease: LeaseKey) -> bool:
+        """The lease's preconditions are being evaluated."""
+        return lease in self._checking
 
     def execution(self, lease: LeaseKey) -> Execution | None:
         """The running attempt of a held lease."""
@@ -84,8 +115,8 @@ class LeaseBook:
 
     @property
     def idle(self) -> bool:
-        """Nothing runs and nothing waits for an acknowledgement."""
-        return not self._running and not self._pending
+        """Nothing is checked or runs, and nothing waits for an acknowledgement."""
+        return not self._checking and not self._running and not self._pending
 
     # --- changes --------------------------------------------------------------
 
@@ -93,12 +124,32 @@ class LeaseBook:
         """Spawns the attempt of a lease; None if it could not start.
 
         Either way the lease is held until its report is acknowledged. The
-        report of a failed spawn reaches the listener after this returns.
+        listener hears of the start before this returns; the report of a
+        failed spawn reaches it after.
         """
+        return await self._start(lease, spec, renewed_at=self._clock())
+
+    def check(self, lease: LeaseKey, spec: AttemptSpec, checks: Sequence[Check]) -> None:
+        """Holds the lease, using a slot, while its preconditions are evaluated in the background.
+
+        The listener then hears the verdicts. If every check holds, the attempt
+        starts at once; if not, the lease is forgotten. A lease revoked,
+        killed or abandoned meanwhile has its checks stopped and nothing told.
+        """
+        entry = _Checking(spec, renewed_at=self._clock())
+        entry.task = asyncio.create_task(self._check(lease, entry, checks))
+        self._checking[lease] = entry
+        self._check_tasks.add(entry.task)
+        entry.task.add_done_callback(self._check_tasks.discard)
+        self._notify()
+
+    async def _start(
+        self, lease: LeaseKey, spec: AttemptSpec, *, renewed_at: float
+    ) -> Started | None:
         execution = Execution(
             spec, on_output=lambda stream, data: self._output(lease, stream, data)
         )
-        entry = _Running(execution, renewed_at=self._clock())
+        entry = _Running(execution, renewed_at=renewed_at)
         self._running[lease] = entry  # held, and using a slot, while it spawns
         try:
             started = await execution.start()
@@ -111,11 +162,17 @@ class LeaseBook:
         supervisor.add_done_callback(self._supervisors.discard)
         if started:
             log.info("lease %s: started pid %d: %s", lease, started.pid, " ".join(spec.argv))
+            self._listener.attempt_started(lease, spec.argv, started)
         self._notify()
         return started
 
     def kill(self, lease: LeaseKey, outcome: Outcome, message: str) -> bool:
-        """Kills the attempt of a held lease; False if none runs."""
+        """Kills the attempt of a held lease, or stops its checks (telling nobody).
+
+        False if the lease has neither.
+        """
+        if self._stop_checking(lease, f"{outcome}: {message}"):
+            return True
         execution = self.execution(lease)
         if execution is None:
             return False
@@ -131,8 +188,17 @@ class LeaseBook:
                 log.info("lease %s: killing (%s: %s)", lease, outcome, message)
             entry.execution.kill(outcome, message, immediately=immediately)
 
+    def stop_all_checks(self, reason: str) -> list[LeaseKey]:
+        """Stops every lease's checks and forgets those leases; returns them."""
+        leases = list(self._checking)
+        for lease in leases:
+            self._stop_checking(lease, reason)
+        return leases
+
     def revoke(self, lease: LeaseKey) -> None:
         """Forgets a lease that is no longer current, killing its process unreported."""
+        if self._stop_checking(lease, "revoked by the coordinator"):
+            return
         entry = self._running.get(lease)
         if entry is not None and entry.reported:
             entry.reported = False
@@ -151,14 +217,17 @@ class LeaseBook:
     def renew(self, leases: Iterable[LeaseKey], at: float) -> None:
         """Records that ``leases`` are valid for a TTL from ``at`` (monotonic)."""
         for lease in leases:
-            entry = self._running.get(lease)
+            entry = self._running.get(lease) or self._checking.get(lease)
             if entry is not None:
                 entry.renewed_at = max(entry.renewed_at, at)
 
     def expired(self, ttl: float) -> list[LeaseKey]:
-        """Running attempts, not yet being killed, whose lease was not renewed for ``ttl`` s."""
+        """Checks, and attempts not yet being killed, whose lease was not renewed for ``ttl`` s."""
         now = self._clock()
-        return [
+        checking = [
+            lease for lease, entry in self._checking.items() if now - entry.renewed_at >= ttl
+        ]
+        return checking + [
             lease
             for lease, entry in self._running.items()
             if entry.reported and not entry.execution.killing and now - entry.renewed_at >= ttl
@@ -179,11 +248,43 @@ class LeaseBook:
         return True
 
     async def close(self) -> None:
-        """Waits until every process is gone (kill them first)."""
+        """Stops every check, then waits until every process is gone (kill them first)."""
+        for task in self._check_tasks:
+            if not task.cancelling():  # a second cancel would cut its cleanup short
+                task.cancel()
+        await asyncio.gather(*self._check_tasks, return_exceptions=True)
         if self._supervisors:
             await asyncio.wait(set(self._supervisors))
 
     # --- internals ------------------------------------------------------------
+
+    async def _check(self, lease: LeaseKey, entry: _Checking, checks: Sequence[Check]) -> None:
+        """Evaluates the checks; then tells the listener and starts the attempt, or forgets."""
+        try:
+            verdicts = await evaluate_all(checks, self._check_turns)
+        except Exception:  # a bug must not hold the slot forever
+            log.exception("lease %s: evaluating preconditions failed; lease forgotten", lease)
+            return
+        finally:
+            if self._checking.get(lease) is entry:
+                del self._checking[lease]
+                self._notify()
+        ready = all(verdict.ready for verdict in verdicts)
+        log.info("lease %s: preconditions %s", lease, _summary(verdicts))
+        self._listener.preconditions_checked(lease, verdicts)
+        if ready:
+            await self._start(lease, entry.spec, renewed_at=entry.renewed_at)
+
+    def _stop_checking(self, lease: LeaseKey, reason: str) -> bool:
+        """Cancels a lease's checks and forgets the lease; False if it was not being checked."""
+        entry = self._checking.pop(lease, None)
+        if entry is None:
+            return False
+        if entry.task is not None:
+            entry.task.cancel()
+        log.info("lease %s: preconditions no longer checked (%s)", lease, reason)
+        self._notify()
+        return True
 
     async def _supervise(self, lease: LeaseKey, entry: _Running) -> None:
         try:
@@ -214,3 +315,11 @@ class LeaseBook:
     def _notify(self) -> None:
         self._changed.set()
         self._changed = asyncio.Event()
+
+
+def _summary(verdicts: Sequence[PreconditionVerdict]) -> str:
+    """``ready (2 checked)`` or ``not ready: #0 no such file: /x; #2 HTTP 503``."""
+    failed = [f"#{verdict.index} {verdict.message}" for verdict in verdicts if not verdict.ready]
+    if not failed:
+        return f"ready ({len(verdicts)} checked)"
+    return "not ready: " + "; ".join(failed)

@@ -14,7 +14,7 @@ import contextlib
 import enum
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -23,8 +23,9 @@ import grpc.aio
 
 from hydra import __version__
 from hydra.agent import wire
-from hydra.agent.attempt import AttemptResult, LeaseKey, Outcome, OutputStream
+from hydra.agent.attempt import AttemptResult, LeaseKey, Outcome, OutputStream, Started
 from hydra.agent.leases import LeaseBook
+from hydra.domain import PreconditionVerdict
 from hydra.v1 import agent_service_pb2 as pb
 from hydra.v1.agent_service_pb2_grpc import AgentServiceStub
 
@@ -176,6 +177,19 @@ class Session:
         """Sends an attempt's end."""
         self._outbox.put(wire.attempt_finished(lease, result))
 
+    def send_started(self, lease: LeaseKey, argv: Sequence[str], started: Started) -> None:
+        """Announces an attempt's process."""
+        self._outbox.put(wire.attempt_started(lease, argv, started))
+
+    def send_verdicts(self, lease: LeaseKey, verdicts: Sequence[PreconditionVerdict]) -> None:
+        """Sends the verdicts on a lease's preconditions."""
+        self._outbox.put(wire.preconditions_checked(lease, verdicts))
+
+    def send_rejection(self, lease: LeaseKey, reason: str) -> None:
+        """Gives a lease back before anything started under it."""
+        log.info("lease %s: rejected: %s", lease, reason)
+        self._outbox.put(wire.lease_rejected(lease, reason))
+
     # --- opening --------------------------------------------------------------
 
     def _hello(self) -> pb.AgentMessage:
@@ -247,18 +261,26 @@ class Session:
 
     async def _on_offer(self, offer: pb.LeaseOffer) -> None:
         lease = wire.lease_key(offer.lease)
-        if self._book.execution(lease) or self._book.report(lease):
+        book = self._book
+        if book.checking(lease) or book.execution(lease) or book.report(lease):
             self._answer_again(lease)
         elif self._state.draining:
-            self._reject(lease, "the agent is draining")
-        elif self._book.active() >= self._config.capacity:
-            self._reject(lease, f"no free slot (capacity {self._config.capacity})")
+            self.send_rejection(lease, "the agent is draining")
+        elif book.active() >= self._config.capacity:
+            self.send_rejection(lease, f"no free slot (capacity {self._config.capacity})")
         else:
-            spec = wire.attempt_spec(offer, default_kill_grace=self._config.default_kill_grace)
-            log.info("lease %s: offered %s attempt %d", lease, spec.task, spec.attempt)
-            started = await self._book.start(lease, spec)
-            if started is not None:
-                self._outbox.put(wire.attempt_started(lease, spec.argv, started))
+            await self._accept(lease, offer)
+
+    async def _accept(self, lease: LeaseKey, offer: pb.LeaseOffer) -> None:
+        """Starts the attempt, or first checks its preconditions in the background."""
+        spec = wire.attempt_spec(offer, default_kill_grace=self._config.default_kill_grace)
+        checks = wire.preconditions(offer)
+        checking = f"; checking {len(checks)} precondition(s)" if checks else ""
+        log.info("lease %s: offered %s attempt %d%s", lease, spec.task, spec.attempt, checking)
+        if checks:
+            self._book.check(lease, spec, checks)
+        else:
+            await self._book.start(lease, spec)  # the book announces the start
 
     def _answer_again(self, lease: LeaseKey) -> None:
         """A lease offered twice: say again what became of it, start nothing."""
@@ -266,13 +288,10 @@ class Session:
         execution = self._book.execution(lease)
         report = self._book.report(lease)
         if execution is not None and execution.started is not None:
-            self._outbox.put(wire.attempt_started(lease, execution.spec.argv, execution.started))
+            self.send_started(lease, execution.spec.argv, execution.started)
         elif report is not None:
             self.send_report(lease, report)
-
-    def _reject(self, lease: LeaseKey, reason: str) -> None:
-        log.info("lease %s: rejected: %s", lease, reason)
-        self._outbox.put(wire.lease_rejected(lease, reason))
+        # Still checking preconditions: the verdicts will come.
 
     def _on_heartbeat_ack(self, ack: pb.HeartbeatAck) -> None:
         sent = self._sent_heartbeats.pop(ack.sequence, None)

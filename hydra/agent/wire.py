@@ -10,11 +10,21 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from hydra.agent.attempt import AttemptResult, AttemptSpec, LeaseKey, Outcome, OutputStream, Started
+from hydra.agent.preconditions import Check, UnsupportedCheck
+from hydra.domain import (
+    DEFAULT_CHECK_TIMEOUT,
+    CommandCheck,
+    FileCheck,
+    HttpCheck,
+    PreconditionVerdict,
+    TcpCheck,
+)
 from hydra.v1 import agent_service_pb2 as pb
-from hydra.v1 import run_service_pb2
+from hydra.v1 import run_service_pb2, types_pb2
 
 _OUTCOMES = {
     Outcome.SUCCEEDED: pb.ATTEMPT_OUTCOME_SUCCEEDED,
@@ -77,6 +87,28 @@ def attempt_spec(offer: pb.LeaseOffer, *, default_kill_grace: timedelta) -> Atte
             offer.occurrence.ToDatetime(tzinfo=UTC) if offer.HasField("occurrence") else None
         ),
     )
+
+
+def preconditions(offer: pb.LeaseOffer) -> tuple[Check, ...]:
+    """The rendered preconditions of a LeaseOffer, in spec order."""
+    return tuple(precondition(message) for message in offer.preconditions)
+
+
+def precondition(message: types_pb2.Precondition) -> Check:
+    """One rendered precondition. An unset or non-positive timeout means the default."""
+    timeout = _positive(message.timeout) if message.HasField("timeout") else None
+    timeout = timeout or DEFAULT_CHECK_TIMEOUT
+    kind = message.WhichOneof("kind")
+    if kind == "command":
+        return CommandCheck(argv=tuple(message.command.argv), timeout=timeout)
+    if kind == "file":
+        min_age = _positive(message.file.min_age) if message.file.HasField("min_age") else None
+        return FileCheck(path=message.file.path, min_age=min_age, timeout=timeout)
+    if kind == "http":
+        return HttpCheck(url=message.http.url, timeout=timeout)
+    if kind == "tcp":
+        return TcpCheck(host=message.tcp.host, port=message.tcp.port, timeout=timeout)
+    return UnsupportedCheck(reason="a precondition kind this agent does not know", timeout=timeout)
 
 
 def hello(
@@ -152,6 +184,34 @@ def attempt_finished(lease: LeaseKey, result: AttemptResult) -> pb.AgentMessage:
 def lease_rejected(lease: LeaseKey, reason: str) -> pb.AgentMessage:
     """The refusal of an offer."""
     return pb.AgentMessage(lease_rejected=pb.LeaseRejected(lease=lease_ref(lease), reason=reason))
+
+
+def preconditions_checked(
+    lease: LeaseKey, verdicts: Iterable[PreconditionVerdict]
+) -> pb.AgentMessage:
+    """The verdicts on a lease's preconditions; ready when every one holds."""
+    messages = [_verdict(verdict) for verdict in verdicts]
+    return pb.AgentMessage(
+        preconditions_checked=pb.PreconditionsChecked(
+            lease=lease_ref(lease),
+            ready=all(message.ready for message in messages),
+            verdicts=messages,
+        )
+    )
+
+
+def _verdict(verdict: PreconditionVerdict) -> types_pb2.PreconditionVerdict:
+    message = types_pb2.PreconditionVerdict(
+        index=verdict.index, ready=verdict.ready, message=verdict.message
+    )
+    if verdict.checked_at is not None:
+        message.checked_at.CopyFrom(_timestamp(verdict.checked_at))
+    return message
+
+
+def _positive(duration: Duration) -> timedelta | None:
+    value = duration.ToTimedelta()
+    return value if value > timedelta(0) else None
 
 
 def _timestamp(value: datetime) -> Timestamp:

@@ -29,7 +29,7 @@ import hydra.agent
 from hydra import __version__
 from hydra.agent import AgentConfig, AgentDaemon
 from hydra.v1 import agent_service_pb2 as pb
-from hydra.v1 import agent_service_pb2_grpc, run_service_pb2
+from hydra.v1 import agent_service_pb2_grpc, run_service_pb2, types_pb2
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -44,7 +44,7 @@ def alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as file:
             return file.read().rpartition(")")[2].split()[0] not in ("Z", "X")
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # gone before or while reading
         return False
 
 
@@ -177,6 +177,23 @@ class ScriptedCoordinator(agent_service_pb2_grpc.AgentServiceServicer):
     def started(self, run_id: str) -> list[pb.AttemptStarted]:
         return [s for s in self.of_kind("attempt_started") if s.lease.run_id == run_id]
 
+    def checked(self, run_id: str) -> list[pb.PreconditionsChecked]:
+        return [c for c in self.of_kind("preconditions_checked") if c.lease.run_id == run_id]
+
+    def rejected(self, run_id: str) -> list[pb.LeaseRejected]:
+        return [r for r in self.of_kind("lease_rejected") if r.lease.run_id == run_id]
+
+    def bodies(self, run_id: str) -> list[str]:
+        """Kinds of the messages about one run, in order (heartbeats left out)."""
+        kinds: list[str] = []
+        for message in self.received:
+            kind = message.WhichOneof("body")
+            if kind is None or kind in ("hello", "heartbeat"):
+                continue
+            if getattr(message, kind).lease.run_id == run_id:
+                kinds.append(kind)
+        return kinds
+
     def output(self, run_id: str, stream: int) -> bytes:
         chunks = self.of_kind("output")
         return b"".join(c.data for c in chunks if c.lease.run_id == run_id and c.stream == stream)
@@ -197,6 +214,25 @@ def offer(run_id: str, *argv: str, token: int = 1, **fields: Any) -> dict[str, A
     )
     lease_offer.occurrence.FromDatetime(datetime(2024, 5, 1, 2, 30, tzinfo=UTC))
     return {"lease": lease_offer}
+
+
+def file_exists(path: Path) -> types_pb2.Precondition:
+    return types_pb2.Precondition(file=types_pb2.FileCheck(path=str(path)))
+
+
+def command_succeeds(*argv: str) -> types_pb2.Precondition:
+    return types_pb2.Precondition(command=types_pb2.CommandCheck(argv=argv))
+
+
+def waits_for(go: Path, pid_file: Path) -> types_pb2.Precondition:
+    """A command check that records its pid, then holds until ``go`` exists."""
+    script = f"echo $$ > {pid_file}; while [ ! -e {go} ]; do sleep 0.02; done"
+    return command_succeeds("sh", "-c", script)
+
+
+def pid_in(path: Path) -> int | None:
+    text = path.read_text().strip() if path.exists() else ""
+    return int(text) if text else None
 
 
 def free_port() -> int:
@@ -667,3 +703,208 @@ async def test_a_second_sigint_kills_everything_and_exits(servers: Any, run_id: 
     assert not alive(pid)
     [finished] = a.coordinator.finished(run_id)
     assert (finished.outcome, finished.message) == (pb.ATTEMPT_OUTCOME_CANCELLED, "agent stopped")
+
+
+# --- preconditions -------------------------------------------------------------------
+
+
+async def test_preconditions_not_ready_start_nothing_and_free_the_slot(
+    servers: Any, agents: Any, run_id: str, tmp_path: Path
+) -> None:
+    a = await servers()
+    agents(a.target, capacity=1)
+    await eventually(lambda: a.coordinator.of_kind("heartbeat"))
+    ready_file = tmp_path / "x" / "_READY"
+    check = file_exists(ready_file)
+
+    a.coordinator.send(**offer(run_id, "true", preconditions=[check]))
+    await eventually(lambda: a.coordinator.checked(run_id))
+
+    [checked] = a.coordinator.checked(run_id)
+    assert (checked.lease, checked.ready) == (ref(run_id), False)
+    [verdict] = checked.verdicts
+    assert (verdict.index, verdict.ready) == (0, False)
+    assert verdict.message == f"no such file: {ready_file}"
+    assert verdict.HasField("checked_at")
+    a.coordinator.send(**offer(f"{run_id}-next", "true"))  # the slot is free again
+    await eventually(lambda: a.coordinator.finished(f"{run_id}-next"))
+    assert a.coordinator.started(run_id) == []
+    assert a.coordinator.of_kind("lease_rejected") == []
+    await eventually(lambda: ref(run_id) not in a.coordinator.of_kind("heartbeat")[-1].leases)
+
+
+async def test_preconditions_ready_start_the_attempt_at_once(
+    servers: Any, agents: Any, run_id: str, tmp_path: Path
+) -> None:
+    a = await servers()
+    agents(a.target, capacity=1)
+    await eventually(lambda: a.coordinator.of_kind("heartbeat"))
+    ready_file = tmp_path / "_READY"
+    checks = [file_exists(ready_file), command_succeeds("true")]
+    a.coordinator.send(**offer(run_id, "true", token=1, preconditions=checks))
+    await eventually(lambda: a.coordinator.checked(run_id))
+
+    ready_file.touch()
+    a.coordinator.send(**offer(run_id, "echo", "ran", token=2, preconditions=checks))
+    await eventually(lambda: a.coordinator.finished(run_id))
+
+    first, second = a.coordinator.checked(run_id)
+    assert (first.lease, first.ready) == (ref(run_id, 1), False)
+    assert [v.ready for v in first.verdicts] == [False, True]
+    assert (second.lease, second.ready) == (ref(run_id, 2), True)
+    assert [(v.index, v.ready) for v in second.verdicts] == [(0, True), (1, True)]
+    assert [v.message for v in second.verdicts] == ["modified 0s ago", "exit code 0"]
+    [started] = a.coordinator.started(run_id)
+    assert started.lease == ref(run_id, 2)
+    assert a.coordinator.finished(run_id)[0].outcome == pb.ATTEMPT_OUTCOME_SUCCEEDED
+    assert a.coordinator.bodies(run_id) == [
+        "preconditions_checked",
+        "preconditions_checked",
+        "attempt_started",
+        "output",
+        "attempt_finished",
+    ]
+
+
+async def test_heartbeats_and_other_leases_go_on_while_a_slow_check_runs(
+    servers: Any, agents: Any, run_id: str, tmp_path: Path
+) -> None:
+    a = await servers()
+    agents(a.target, capacity=2)
+    await eventually(lambda: a.coordinator.of_kind("heartbeat"))
+    go, pid_file = tmp_path / "go", tmp_path / "check.pid"
+    a.coordinator.send(**offer(run_id, "true", preconditions=[waits_for(go, pid_file)]))
+    await eventually(lambda: pid_in(pid_file))
+
+    seen = len(a.coordinator.of_kind("heartbeat"))
+    await eventually(lambda: len(a.coordinator.heartbeats_since(seen)) >= 3)
+    assert all(ref(run_id) in h.leases for h in a.coordinator.heartbeats_since(seen))
+    a.coordinator.send(**offer(f"{run_id}-other", "sleep", "1000"))
+    await eventually(lambda: a.coordinator.started(f"{run_id}-other"))
+    a.coordinator.send(**offer(f"{run_id}-third", "true"))  # the checking lease has a slot
+    await eventually(lambda: a.coordinator.rejected(f"{run_id}-third"))
+    assert a.coordinator.checked(run_id) == []
+
+    go.touch()
+    await eventually(lambda: a.coordinator.finished(run_id))
+    assert a.coordinator.checked(run_id)[0].ready
+    assert a.coordinator.rejected(f"{run_id}-third")[0].reason == "no free slot (capacity 2)"
+
+
+async def test_an_offer_repeated_while_checking_checks_once(
+    servers: Any, agents: Any, run_id: str, tmp_path: Path
+) -> None:
+    a = await servers()
+    agents(a.target)
+    await eventually(lambda: a.coordinator.of_kind("heartbeat"))
+    go, pid_file = tmp_path / "go", tmp_path / "check.pid"
+    a.coordinator.send(**offer(run_id, "true", preconditions=[waits_for(go, pid_file)]))
+    await eventually(lambda: pid_in(pid_file))
+
+    a.coordinator.send(**offer(run_id, "true", preconditions=[waits_for(go, pid_file)]))
+    go.touch()
+    await eventually(lambda: a.coordinator.finished(run_id))
+
+    assert len(a.coordinator.checked(run_id)) == 1
+    assert len(a.coordinator.started(run_id)) == 1
+    assert a.coordinator.of_kind("lease_rejected") == []
+
+
+@pytest.mark.parametrize("how", ["revoked", "cancelled"])
+async def test_a_lease_revoked_or_cancelled_while_checking_stops_its_checks(
+    servers: Any, agents: Any, run_id: str, tmp_path: Path, how: str
+) -> None:
+    a = await servers()
+    agents(a.target)
+    await eventually(lambda: a.coordinator.of_kind("heartbeat"))
+    go, pid_file = tmp_path / "go", tmp_path / "check.pid"
+    a.coordinator.send(**offer(run_id, "true", preconditions=[waits_for(go, pid_file)]))
+    await eventually(lambda: pid_in(pid_file))
+    pid = pid_in(pid_file)
+    assert pid is not None
+
+    if how == "revoked":
+        a.coordinator.revoke_on_heartbeat = [ref(run_id)]
+    else:
+        a.coordinator.send(cancel=pb.CancelAttempt(lease=ref(run_id), reason="by alice"))
+    await eventually(lambda: not alive(pid))
+    # A heartbeat may have been on its way while the lease went.
+    await eventually(lambda: ref(run_id) not in a.coordinator.of_kind("heartbeat")[-1].leases)
+    seen = len(a.coordinator.of_kind("heartbeat"))
+    await eventually(lambda: len(a.coordinator.heartbeats_since(seen)) >= 2)
+    go.touch()  # too late: nothing may start
+
+    assert all(ref(run_id) not in h.leases for h in a.coordinator.heartbeats_since(seen))
+    a.coordinator.send(**offer(f"{run_id}-after", "true"))
+    await eventually(lambda: a.coordinator.finished(f"{run_id}-after"))
+    assert a.coordinator.bodies(run_id) == []
+
+
+async def test_draining_gives_back_leases_being_checked(
+    servers: Any, agents: Any, run_id: str, tmp_path: Path
+) -> None:
+    a = await servers()
+    agent = agents(a.target)
+    await eventually(lambda: a.coordinator.of_kind("heartbeat"))
+    go, pid_file = tmp_path / "go", tmp_path / "check.pid"
+    a.coordinator.send(**offer(run_id, "true", preconditions=[waits_for(go, pid_file)]))
+    await eventually(lambda: pid_in(pid_file))
+    pid = pid_in(pid_file)
+    assert pid is not None
+
+    a.coordinator.send(drain=pb.Drain(reason="maintenance"))
+    exit_code = await asyncio.wait_for(agent.task, 10)
+
+    assert exit_code == 0
+    assert not alive(pid)
+    assert a.coordinator.bodies(run_id) == ["lease_rejected"]
+    assert a.coordinator.rejected(run_id)[0].reason == "the agent is draining"
+
+
+async def test_a_lease_that_cannot_be_renewed_stops_its_checks(
+    servers: Any, agents: Any, run_id: str, tmp_path: Path
+) -> None:
+    a = await servers()
+    agents(a.target)
+    await eventually(lambda: a.coordinator.of_kind("heartbeat"))
+    go, pid_file = tmp_path / "go", tmp_path / "check.pid"
+    a.coordinator.send(**offer(run_id, "true", preconditions=[waits_for(go, pid_file)]))
+    await eventually(lambda: pid_in(pid_file))
+    pid = pid_in(pid_file)
+    assert pid is not None
+
+    a.coordinator.ack_heartbeats = False
+    await eventually(lambda: not alive(pid), within=LEASE_TTL + 2)
+    go.touch()  # too late: nothing may start
+    a.coordinator.ack_heartbeats = True
+    await eventually(lambda: ref(run_id) not in a.coordinator.of_kind("heartbeat")[-1].leases)
+
+    assert a.coordinator.bodies(run_id) == []
+
+
+async def test_checks_go_on_across_a_reconnection(
+    servers: Any, agents: Any, run_id: str, tmp_path: Path
+) -> None:
+    a = await servers("coordinator-a")
+    a.coordinator.lease_ttl = 30  # no fencing in this test
+    b_port = free_port()
+    agents(a.target, f"127.0.0.1:{b_port}")
+    await eventually(lambda: a.coordinator.of_kind("heartbeat"))
+    go, pid_file = tmp_path / "go", tmp_path / "check.pid"
+    a.coordinator.send(**offer(run_id, "true", preconditions=[waits_for(go, pid_file)]))
+    await eventually(lambda: pid_in(pid_file))
+
+    await a.server.stop(None)
+    b = await servers("coordinator-b", port=b_port)
+    await eventually(lambda: b.coordinator.of_kind("heartbeat"))
+    go.touch()
+    await eventually(lambda: b.coordinator.finished(run_id))
+
+    [hello] = b.coordinator.of_kind("hello")
+    assert list(hello.held_leases) == [ref(run_id)]
+    assert b.coordinator.bodies(run_id) == [
+        "preconditions_checked",
+        "attempt_started",
+        "attempt_finished",
+    ]
+    assert a.coordinator.bodies(run_id) == []
