@@ -120,7 +120,10 @@ def run(args: argparse.Namespace, client: Client) -> int:
     if args.timeout is not None and not args.wait:
         raise InvalidArgument("only applies with --wait", "--timeout")
     triggered, created = client.trigger(
-        args.task, params=dict(args.param), idempotency_key=args.idempotency_key
+        args.task,
+        params=dict(args.param),
+        idempotency_key=args.idempotency_key,
+        occurrence=args.occurrence,
     )
     if not created:
         print(f"hydractl: run {triggered.id} already existed", file=sys.stderr)

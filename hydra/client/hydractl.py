@@ -214,6 +214,10 @@ def _add_run(build: _Builder, top: _Subcommands) -> None:
     )  # fmt: skip
     p.add_argument("--idempotency-key", metavar="KEY", help="repeating the key returns the run")
     p.add_argument(
+        "--occurrence", type=_instant, metavar="TIME",
+        help="the occurrence the run stands for (ISO 8601; default: now), e.g. to redo a day",
+    )  # fmt: skip
+    p.add_argument(
         "--wait", action="store_true", help="wait for the end; exit 1 unless it succeeded"
     )
     p.add_argument("--timeout", type=_seconds, metavar="S", help="with --wait, give up after S")

@@ -473,7 +473,14 @@ def test_run_wait_exit_code_tells_the_outcome(
     fake.run = replace(RUN, state=state)
     assert hydractl.main(["run", "t", "--param", "a=1", "--wait"]) == code
     assert capsys.readouterr().out == f"{RUN_ID}\n"
-    assert fake.calls[0] == ("trigger", ("t",), {"params": {"a": "1"}, "idempotency_key": None})
+    assert fake.calls[0] == (
+        "trigger", ("t",), {"params": {"a": "1"}, "idempotency_key": None, "occurrence": None}
+    )
+
+
+def test_run_for_a_given_occurrence(fake: FakeClient) -> None:
+    assert hydractl.main(["run", "t", "--occurrence", "2026-11-27T02:00:00Z"]) == 0
+    assert fake.calls[0][2]["occurrence"] == datetime(2026, 11, 27, 2, tzinfo=UTC)
 
 
 # --- apply --------------------------------------------------------------------
