@@ -14,8 +14,8 @@ from hydra.client import (
     After,
     AttemptState,
     Catchup,
-    CommandCheck,
     Client,
+    CommandCheck,
     Concurrency,
     Cron,
     FileCheck,
@@ -24,6 +24,7 @@ from hydra.client import (
     Task,
 )
 from hydra.client import OnTimeout as OnTimeoutPolicy
+
 from support.cluster import Database, cluster
 from support.wait import wait_for
 
