@@ -36,8 +36,13 @@ async def _apply(store: LeaseStore, name: str, **fields: object) -> None:
 async def _run(store: LeaseStore, task: str, occurrence: datetime, cause: str = "manual") -> str:
     task_id, registered = await store.task_ref(task)
     run, _ = await store.create_manual_run(
-        NewRun(task_id=task_id, task_version=registered.version, spec=registered.spec,
-               occurrence=occurrence, cause=cause)
+        NewRun(
+            task_id=task_id,
+            task_version=registered.version,
+            spec=registered.spec,
+            occurrence=occurrence,
+            cause=cause,
+        )
     )
     return run.id
 
@@ -50,9 +55,16 @@ async def _lease(store: LeaseStore, agent: str) -> list[tuple[str, int]]:
 
 
 async def _finish(store: LeaseStore, lease: tuple[str, int], outcome: str) -> None:
-    report = AttemptReport(run_id=lease[0], lease_token=lease[1], agent_id="a", outcome=outcome,
-                           argv=("true",), started_at=BASE, finished_at=BASE,
-                           exit_code=0 if outcome == "SUCCEEDED" else 1)
+    report = AttemptReport(
+        run_id=lease[0],
+        lease_token=lease[1],
+        agent_id="a",
+        outcome=outcome,
+        argv=("true",),
+        started_at=BASE,
+        finished_at=BASE,
+        exit_code=0 if outcome == "SUCCEEDED" else 1,
+    )
     assert (await store.finish_attempt(report)).accepted
 
 
@@ -71,13 +83,19 @@ async def test_fan_in_racing_upstreams_create_exactly_one_downstream_run(
     for occurrence in occurrences:
         await _run(store, "a", occurrence)
         await _run(store, "b", occurrence)
-    leases = {run_id: lease for run_id, lease in
-              ((lease[0], lease) for lease in await _lease(store, "agent"))}
-    runs = {(r.task, r.occurrence): r.id
-            for r in await store.list_runs(task="", states=[], after=None, limit=1000)}
+    leases = {
+        run_id: lease
+        for run_id, lease in ((lease[0], lease) for lease in await _lease(store, "agent"))
+    }
+    runs = {
+        (r.task, r.occurrence): r.id
+        for r in await store.list_runs(task="", states=[], after=None, limit=1000)
+    }
     for occurrence in occurrences:  # both upstreams succeed at the same instant
-        await asyncio.gather(_finish(store, leases[runs[("a", occurrence)]], "SUCCEEDED"),
-                             _finish(store, leases[runs[("b", occurrence)]], "SUCCEEDED"))
+        await asyncio.gather(
+            _finish(store, leases[runs[("a", occurrence)]], "SUCCEEDED"),
+            _finish(store, leases[runs[("b", occurrence)]], "SUCCEEDED"),
+        )
     downstream = await _runs(store, "c")
     assert [o for o, _, _ in downstream] == occurrences
     assert {s for _, s, _ in downstream} == {RunState.QUEUED}
@@ -121,8 +139,12 @@ async def test_deleting_a_task_others_depend_on_needs_force(store: LeaseStore) -
 async def test_overlap_policy_when_the_active_limit_is_reached(
     store: LeaseStore, overlap: Overlap
 ) -> None:
-    await _apply(store, "t", concurrency=Concurrency(max_active_runs=1, overlap=overlap),
-                 triggers=(Cron(expression="0 * * * *"),))
+    await _apply(
+        store,
+        "t",
+        concurrency=Concurrency(max_active_runs=1, overlap=overlap),
+        triggers=(Cron(expression="0 * * * *"),),
+    )
     first = await _run(store, "t", BASE, cause="cron")
     [lease] = await _lease(store, "agent")
     assert lease[0] == first

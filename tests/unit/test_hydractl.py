@@ -474,7 +474,9 @@ def test_run_wait_exit_code_tells_the_outcome(
     assert hydractl.main(["run", "t", "--param", "a=1", "--wait"]) == code
     assert capsys.readouterr().out == f"{RUN_ID}\n"
     assert fake.calls[0] == (
-        "trigger", ("t",), {"params": {"a": "1"}, "idempotency_key": None, "occurrence": None}
+        "trigger",
+        ("t",),
+        {"params": {"a": "1"}, "idempotency_key": None, "occurrence": None},
     )
 
 
