@@ -348,3 +348,15 @@ class Agent:
     connected_at: datetime | None
     last_seen_at: datetime | None
     active_runs: int = 0
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Coordinator:
+    """A coordinator that recorded itself alive."""
+
+    id: str
+    address: str
+    version: str
+    started_at: datetime
+    last_heartbeat_at: datetime
+    agents_connected: int = 0

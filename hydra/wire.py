@@ -25,6 +25,7 @@ from hydra.domain import (
     Catchup,
     CommandCheck,
     Concurrency,
+    Coordinator,
     Cron,
     FileCheck,
     HttpCheck,
@@ -611,4 +612,28 @@ def agent_from_proto(message: pb.Agent) -> Agent:
         connected_at=optional_timestamp(message, "connected_at"),
         last_seen_at=optional_timestamp(message, "last_seen_at"),
         active_runs=message.active_runs,
+    )
+
+
+def coordinator_to_proto(coordinator: Coordinator) -> pb.Coordinator:
+    """The proto of a coordinator."""
+    return pb.Coordinator(
+        id=coordinator.id,
+        address=coordinator.address,
+        version=coordinator.version,
+        started_at=to_timestamp(coordinator.started_at),
+        last_heartbeat_at=to_timestamp(coordinator.last_heartbeat_at),
+        agents_connected=coordinator.agents_connected,
+    )
+
+
+def coordinator_from_proto(message: pb.Coordinator) -> Coordinator:
+    """The coordinator a proto describes."""
+    return Coordinator(
+        id=message.id,
+        address=message.address,
+        version=message.version,
+        started_at=from_timestamp(message.started_at),
+        last_heartbeat_at=from_timestamp(message.last_heartbeat_at),
+        agents_connected=message.agents_connected,
     )

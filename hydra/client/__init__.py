@@ -20,7 +20,7 @@ Example::
 from __future__ import annotations
 
 from hydra.client._client import Client
-from hydra.client._types import ApplyResult, BackfillResult, LogChunk, TaskDetails
+from hydra.client._types import ApplyResult, BackfillResult, ClusterStatus, LogChunk, TaskDetails
 from hydra.domain import (
     After,
     Agent,
@@ -30,12 +30,14 @@ from hydra.domain import (
     Catchup,
     CommandCheck,
     Concurrency,
+    Coordinator,
     Cron,
     FileCheck,
     HttpCheck,
     Interval,
     OnTimeout,
     Overlap,
+    PreconditionVerdict,
     Retry,
     Run,
     RunState,
@@ -65,8 +67,10 @@ __all__ = [
     "BackfillResult",
     "Catchup",
     "Client",
+    "ClusterStatus",
     "CommandCheck",
     "Concurrency",
+    "Coordinator",
     "Cron",
     "FailedPrecondition",
     "FieldProblem",
@@ -79,6 +83,7 @@ __all__ = [
     "NotFound",
     "OnTimeout",
     "Overlap",
+    "PreconditionVerdict",
     "RegisteredTask",
     "Retry",
     "Run",

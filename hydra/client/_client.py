@@ -11,11 +11,19 @@ from typing import Self
 
 from hydra import config, wire
 from hydra.client._transport import Transport
-from hydra.client._types import ApplyResult, BackfillResult, LogChunk, StreamName, TaskDetails
+from hydra.client._types import (
+    ApplyResult,
+    BackfillResult,
+    ClusterStatus,
+    LogChunk,
+    StreamName,
+    TaskDetails,
+)
 from hydra.domain import Agent, Run, RunState, Task, TaskSpec
 from hydra.errors import FieldProblem, HydraError, InvalidArgument
 from hydra.spec import validate_task
 from hydra.v1 import agent_service_pb2 as agent_pb
+from hydra.v1 import cluster_service_pb2 as cluster_pb
 from hydra.v1 import run_service_pb2 as run_pb
 from hydra.v1 import task_service_pb2 as task_pb
 
@@ -344,6 +352,18 @@ class Client:
             for chunk in chunks:
                 stream = _STREAM_NAMES.get(chunk.stream, "stdout")
                 yield LogChunk(attempt=chunk.attempt, stream=stream, data=chunk.data)
+
+    # --- cluster --------------------------------------------------------------
+
+    def cluster_status(self) -> ClusterStatus:
+        """Live coordinators (address, version, last heartbeat, agents) and agents."""
+        request = cluster_pb.ClusterStatusRequest()
+        response = self._transport.unary(lambda s: s.cluster.Status, request, idempotent=True)
+        return ClusterStatus(
+            coordinators=tuple(wire.coordinator_from_proto(c) for c in response.coordinators),
+            agents=tuple(wire.agent_from_proto(a) for a in response.agents),
+            answered_by=response.answered_by,
+        )
 
     # --- agents ---------------------------------------------------------------
 

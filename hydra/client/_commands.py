@@ -233,3 +233,10 @@ def _diff(specs: list[TaskSpec], client: Client) -> int:
         else:
             print(f"unchanged {spec.name} v{stored.version if stored else 0}")
     return 1 if changed else 0
+
+
+def cluster_status(args: argparse.Namespace, client: Client) -> int:
+    """``cluster status``."""
+    status = client.cluster_status()
+    _emit(args, lambda: render.cluster_text(status), lambda: render.cluster_json(status))
+    return 0

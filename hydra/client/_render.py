@@ -16,12 +16,13 @@ from typing import Any
 
 import yaml
 
-from hydra.client._types import ApplyResult, BackfillResult, TaskDetails
+from hydra.client._types import ApplyResult, BackfillResult, ClusterStatus, TaskDetails
 from hydra.domain import (
     After,
     Agent,
     At,
     Attempt,
+    Coordinator,
     Cron,
     Interval,
     Run,
@@ -432,3 +433,41 @@ def agents_table(agents: Iterable[Agent]) -> str:
         for agent in agents
     ]
     return table(["ID", "HOSTNAME", "STATE", "RUNS", "LABELS", "LAST SEEN"], rows)
+
+
+def coordinator_json(coordinator: Coordinator) -> JSONObject:
+    """A coordinator as JSON."""
+    return {
+        "id": coordinator.id,
+        "address": coordinator.address,
+        "version": coordinator.version,
+        "started_at": iso(coordinator.started_at),
+        "last_heartbeat_at": iso(coordinator.last_heartbeat_at),
+        "agents_connected": coordinator.agents_connected,
+    }
+
+
+def cluster_json(status: ClusterStatus) -> JSONObject:
+    """The cluster's status as JSON."""
+    return {
+        "coordinators": [coordinator_json(c) for c in status.coordinators],
+        "agents": [agent_json(a) for a in status.agents],
+        "answered_by": status.answered_by,
+    }
+
+
+def cluster_text(status: ClusterStatus, now: datetime | None = None) -> str:
+    """Two tables: coordinators, then agents."""
+    now = now or datetime.now(UTC)
+    rows = [
+        [
+            c.id + (" *" if c.id == status.answered_by else ""),
+            c.address,
+            c.version,
+            f"{human_duration(now - c.last_heartbeat_at)} ago",
+            str(c.agents_connected),
+        ]
+        for c in status.coordinators
+    ]
+    coordinators = table(["COORDINATOR", "ADDRESS", "VERSION", "HEARTBEAT", "AGENTS"], rows)
+    return f"{coordinators}\n\n{agents_table(status.agents)}"

@@ -18,6 +18,7 @@ import grpc
 from hydra.errors import ERRORS_BY_STATUS, HydraError, Unavailable
 from hydra.retrying import grpc_retrying
 from hydra.v1.agent_service_pb2_grpc import AgentServiceStub
+from hydra.v1.cluster_service_pb2_grpc import ClusterServiceStub
 from hydra.v1.run_service_pb2_grpc import RunServiceStub
 from hydra.v1.task_service_pb2_grpc import TaskServiceStub
 
@@ -44,11 +45,12 @@ class _StreamingCall(Protocol[_Message_co]):
 
 @dataclass(frozen=True, slots=True)
 class Stubs:
-    """The three service stubs on one channel."""
+    """The service stubs on one channel."""
 
     tasks: TaskServiceStub
     runs: RunServiceStub
     agents: AgentServiceStub
+    cluster: ClusterServiceStub
 
 
 class _Connection:
@@ -66,6 +68,7 @@ class _Connection:
             tasks=TaskServiceStub(self.channel),
             runs=RunServiceStub(self.channel),
             agents=AgentServiceStub(self.channel),
+            cluster=ClusterServiceStub(self.channel),
         )
         self._changed = threading.Condition()
         self._state: grpc.ChannelConnectivity | None = None

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal, NamedTuple
 
-from hydra.domain import Run, Task, TaskVersion
+from hydra.domain import Agent, Coordinator, Run, Task, TaskVersion
 
 #: Which output stream of the process a log chunk came from.
 StreamName = Literal["stdout", "stderr"]
@@ -62,3 +62,12 @@ class BackfillResult:
     created: list[Run]
     #: Occurrences that already had a run and were left alone.
     existing: int
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ClusterStatus:
+    """Live coordinators and connected agents, as one coordinator sees them."""
+
+    coordinators: tuple[Coordinator, ...]
+    agents: tuple[Agent, ...]
+    answered_by: str

@@ -167,6 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_runs(build, build.group(top, "runs", "list and inspect runs"))
     _add_run_actions(build, top)
     _add_agents(build, build.group(top, "agents", "list and drain agents"))
+    cluster = build.group(top, "cluster", "the cluster as a whole")
+    build.command(cluster, "status", commands.cluster_status, "coordinators and agents")
     return parser
 
 

@@ -372,11 +372,16 @@ class LeaseStore(Store):
                 )
             await self.run_query(cur, "notify_output", run_id=run_id)
 
-    async def reap_expired(self, limit: int = 100) -> int:
+    async def reap_expired(
+        self, limit: int = 100, *, restart_grace: timedelta = timedelta(0)
+    ) -> int:
         """Expired leases: a started attempt is LOST and the run retried or FAILED;
-        a lease with no attempt just goes back to the queue."""
+        a lease with no attempt just goes back to the queue. Nothing is reaped within
+        `restart_grace` of a database restart."""
         async with self.transaction() as cur:
-            rows = await self.all(cur, "claim_expired_leases", limit=limit)
+            rows = await self.all(
+                cur, "claim_expired_leases", limit=limit, restart_grace=restart_grace
+            )
             for row in rows:
                 await self._reap(cur, row)
             if rows:

@@ -368,6 +368,9 @@ SELECT r.id, r.state, r.lease_token, r.lease_owner, r.attempts_used, r.max_attem
 FROM hydra_runs r
 JOIN hydra_tasks t ON t.id = r.task_id
 WHERE r.state IN ('LEASED', 'RUNNING') AND r.lease_expires_at < now()
+  -- After a database restart, agents need a lease TTL to renew through their
+  -- coordinators before anything counts as expired.
+  AND pg_postmaster_start_time() < now() - %(restart_grace)s
 ORDER BY r.lease_expires_at
 LIMIT %(limit)s
 FOR UPDATE OF r SKIP LOCKED;
@@ -389,7 +392,7 @@ WHERE state IN ('LEASED', 'RUNNING');
 -- Store a chunk of a running attempt's output under the current token.
 WITH attempt AS (
     UPDATE hydra_attempts SET output_bytes = output_bytes + length(%(data)s::bytea)
-    WHERE run_id = %(run_id)s AND lease_token = %(lease_token)s
+    WHERE run_id = %(run_id)s AND lease_token = %(lease_token)s AND state = 'RUNNING'
     RETURNING run_id, number, output_bytes
 ), chunk AS (
     INSERT INTO hydra_attempt_output (run_id, attempt, stream, data)
@@ -439,7 +442,8 @@ SET hostname = EXCLUDED.hostname, labels = EXCLUDED.labels, capacity = EXCLUDED.
 -- name: touch_agent
 -- The agent was heard from; it may now be draining.
 UPDATE hydra_agents SET last_seen_at = now(),
-    state = CASE WHEN %(draining)s THEN 'draining' ELSE state END
+    state = CASE WHEN %(draining)s THEN 'draining'
+                 WHEN state = 'disconnected' THEN 'connected' ELSE state END
 WHERE id = %(id)s AND coordinator_id = %(coordinator_id)s;
 
 -- name: disconnect_agent
@@ -578,3 +582,23 @@ FOR UPDATE OF g;
 -- name: set_trigger_next_fire
 -- Move one trigger's next occurrence.
 UPDATE hydra_triggers SET next_fire_at = %(next_fire_at)s WHERE id = %(id)s;
+
+-- name: list_coordinators
+-- Coordinators seen alive within a window, with the agents each holds.
+SELECT c.*, (SELECT count(*) FROM hydra_agents a
+             WHERE a.coordinator_id = c.id AND a.state <> 'disconnected') AS agents_connected
+FROM hydra_coordinators c
+WHERE c.last_heartbeat_at > now() - %(window)s
+ORDER BY c.id;
+
+-- name: forget_dead_coordinators
+-- Coordinators silent for longer than a window are forgotten, and their agents
+-- recorded as disconnected (nothing needs manual repair after a crash).
+WITH dead AS (
+    DELETE FROM hydra_coordinators WHERE last_heartbeat_at < now() - %(window)s
+    RETURNING id
+)
+UPDATE hydra_agents SET state = 'disconnected'
+WHERE state <> 'disconnected'
+  AND (coordinator_id IN (SELECT id FROM dead)
+       OR coordinator_id NOT IN (SELECT id FROM hydra_coordinators));

@@ -10,6 +10,8 @@ lease TTL, not minutes later.
 from __future__ import annotations
 
 import asyncio
+import time
+from datetime import timedelta
 
 from hydra.coordinator.lease_store import LeaseStore
 from hydra.coordinator.loop import seconds_until, wait_event
@@ -23,13 +25,22 @@ BATCH = 100
 class Reaper:
     """Expires leases whose agents stopped heartbeating."""
 
-    def __init__(self, store: LeaseStore) -> None:
+    def __init__(self, store: LeaseStore, ttl: timedelta) -> None:
         self._store = store
+        self._ttl = ttl
         self.wake = asyncio.Event()
 
     async def step(self) -> None:
-        """Reap what expired, then sleep until the next expiry."""
-        while await self._store.reap_expired(BATCH) == BATCH:
-            pass
+        """Reap what expired, then sleep until the next expiry.
+
+        After this coordinator lost the database, or after the database restarted,
+        agents get one lease TTL to renew through their coordinators first: their
+        leases ran out while nobody could renew them, not because they died."""
+        outage_ago = time.monotonic() - self._store.last_outage
+        if outage_ago >= self._ttl.total_seconds():
+            while await self._store.reap_expired(BATCH, restart_grace=self._ttl) == BATCH:
+                pass
         next_expiry = await self._store.next_lease_expiry()
-        await wait_event(self.wake, seconds_until(next_expiry, cap=FALLBACK_POLL_SECONDS) + 0.01)
+        await wait_event(
+            self.wake, max(0.05, seconds_until(next_expiry, cap=FALLBACK_POLL_SECONDS))
+        )

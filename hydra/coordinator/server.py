@@ -12,6 +12,7 @@ import socket
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import grpc
@@ -21,6 +22,7 @@ from grpc_reflection.v1alpha import reflection
 import hydra
 from hydra.coordinator.agent_api import AgentApi
 from hydra.coordinator.agent_stream import AgentStreams
+from hydra.coordinator.cluster_api import ClusterApi
 from hydra.coordinator.dispatcher import Dispatcher
 from hydra.coordinator.lease_store import LeaseStore
 from hydra.coordinator.loop import forever
@@ -36,6 +38,8 @@ from hydra.coordinator.trigger_loop import TriggerLoop
 from hydra.v1 import agent_service_pb2 as agent_pb
 from hydra.v1 import (
     agent_service_pb2_grpc,
+    cluster_service_pb2,
+    cluster_service_pb2_grpc,
     run_service_pb2,
     run_service_pb2_grpc,
     task_service_pb2,
@@ -47,7 +51,9 @@ log = logging.getLogger("hydra.coordinator")
 #: Requests may carry large specs; validation, not the transport, refuses oversized ones.
 MAX_MESSAGE_BYTES = 32 * 1024 * 1024
 #: How often a coordinator records that it is alive.
-PRESENCE_SECONDS = 5.0
+PRESENCE_SECONDS = 2.0
+#: A coordinator silent for this long is listed as gone and its agents as disconnected.
+ALIVE_WINDOW = timedelta(seconds=10)
 
 
 def _default_id() -> str:
@@ -100,6 +106,10 @@ class Coordinator:
         self.port = self._server.add_insecure_port(self.config.listen)
         if self.port == 0:
             raise OSError(f"cannot listen on {self.config.listen}")
+        # Present before any agent connects, so no peer takes its agents for orphans.
+        await self.store.register_coordinator(
+            self.config.coordinator_id, self.address, hydra.__version__
+        )
         await self._server.start()
         self._start_loops()
         await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
@@ -123,12 +133,16 @@ class Coordinator:
         agent_service_pb2_grpc.add_AgentServiceServicer_to_server(
             AgentApi(self.store, streams), server
         )
+        cluster_service_pb2_grpc.add_ClusterServiceServicer_to_server(
+            ClusterApi(self.store, self.config.coordinator_id, ALIVE_WINDOW), server
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
             [
                 task_service_pb2.DESCRIPTOR.services_by_name["TaskService"].full_name,
                 run_service_pb2.DESCRIPTOR.services_by_name["RunService"].full_name,
                 agent_pb.DESCRIPTOR.services_by_name["AgentService"].full_name,
+                cluster_service_pb2.DESCRIPTOR.services_by_name["ClusterService"].full_name,
                 health.SERVICE_NAME,
                 reflection.SERVICE_NAME,
             ],
@@ -139,7 +153,7 @@ class Coordinator:
     def _start_loops(self) -> None:
         dispatcher = Dispatcher(self.store, self._sessions, self.config.times)
         triggers = TriggerLoop(self.store)
-        reaper = Reaper(self.store)
+        reaper = Reaper(self.store, self.config.times.ttl)
         self._listener.subscribe("hydra_dispatch", lambda _: dispatcher.wake())
         self._listener.subscribe("hydra_triggers", lambda _: triggers.wake.set())
         self._listener.subscribe("hydra_agent_command", self._agent_command)
@@ -155,6 +169,7 @@ class Coordinator:
         await self.store.register_coordinator(
             self.config.coordinator_id, self.address, hydra.__version__
         )
+        await self.store.forget_dead_coordinators(ALIVE_WINDOW)
         await asyncio.sleep(PRESENCE_SECONDS)
 
     def _agent_command(self, payload: str) -> None:

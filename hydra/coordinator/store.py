@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from psycopg.types.json import Jsonb
@@ -28,6 +28,7 @@ from hydra.domain import (
     Agent,
     Attempt,
     AttemptState,
+    Coordinator,
     PreconditionVerdict,
     Run,
     RunState,
@@ -408,6 +409,27 @@ class Store(DependencyStore):
             await self.run_query(
                 cur, "register_coordinator", id=coordinator_id, address=address, version=version
             )
+
+    async def list_coordinators(self, window: timedelta) -> list[Coordinator]:
+        """Coordinators that recorded themselves alive within the window."""
+        async with self.transaction() as cur:
+            rows = await self.all(cur, "list_coordinators", window=window)
+        return [
+            Coordinator(
+                id=r["id"],
+                address=r["address"],
+                version=r["version"],
+                started_at=r["started_at"],
+                last_heartbeat_at=r["last_heartbeat_at"],
+                agents_connected=r["agents_connected"],
+            )
+            for r in rows
+        ]
+
+    async def forget_dead_coordinators(self, window: timedelta) -> None:
+        """Forget coordinators silent for longer than the window; disconnect their agents."""
+        async with self.transaction() as cur:
+            await self.run_query(cur, "forget_dead_coordinators", window=window)
 
     async def unregister_coordinator(self, coordinator_id: str) -> None:
         """This coordinator stops; its agents are disconnected from it."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -32,7 +33,7 @@ def open_pool(conninfo: str, size: int) -> AsyncConnectionPool:
         configure=_configure,
         check=AsyncConnectionPool.check_connection,
         open=False,
-        timeout=10.0,
+        timeout=2.0,  # a request waits this long for a connection, then UNAVAILABLE
         name="hydra",
     )
 
@@ -42,6 +43,8 @@ class BaseStore:
 
     def __init__(self, pool: AsyncConnectionPool) -> None:
         self.pool = pool
+        #: time.monotonic() of the last failed transaction (the reaper waits a TTL after it).
+        self.last_outage = float("-inf")
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[Cursor]:
@@ -50,6 +53,7 @@ class BaseStore:
             async with self.pool.connection() as conn, conn.transaction():
                 yield conn.cursor(row_factory=dict_row)
         except (psycopg.OperationalError, PoolTimeout) as error:
+            self.last_outage = time.monotonic()
             raise Unavailable(f"database unavailable: {error}") from error
 
     @staticmethod
