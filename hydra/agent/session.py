@@ -109,10 +109,15 @@ class Outbox:
     async def messages(self, first: pb.AgentMessage) -> AsyncIterator[pb.AgentMessage]:
         """The request iterator: ``first``, then what is queued, until closed."""
         yield first
-        while (message := await self._queue.get()) is not None:
-            if message.WhichOneof("body") == "output":
-                self._output_bytes -= len(message.output.data)
-            yield message
+        try:
+            while (message := await self._queue.get()) is not None:
+                if message.WhichOneof("body") == "output":
+                    self._output_bytes -= len(message.output.data)
+                yield message
+        except asyncio.CancelledError:
+            # The stream is closing. Ending quietly spares the log the traceback
+            # grpc prints for a request iterator that raises.
+            return
 
 
 class Session:
