@@ -54,8 +54,10 @@ def local(value: datetime | None) -> str:
 
 
 def human_duration(value: timedelta) -> str:
-    """``0.4s``, ``1.2s``, ``3m04s``, ``2h05m``, ``3d04h``."""
+    """``7ms``, ``1.2s``, ``3m04s``, ``2h05m``, ``3d04h``."""
     seconds = value.total_seconds()
+    if seconds < 0.1:
+        return f"{max(round(seconds * 1000), 0)}ms"
     if round(seconds, 1) < 60:
         return f"{max(seconds, 0.0):.1f}s"
     whole = round(seconds)

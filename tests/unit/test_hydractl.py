@@ -377,6 +377,7 @@ def test_runs_table_prints_full_ids_aligned(sydney: None) -> None:
 @pytest.mark.parametrize(
     ("seconds", "text"),
     [
+        (0.0071, "7ms"),
         (0.4, "0.4s"),
         (1.24, "1.2s"),
         (59.9, "59.9s"),
