@@ -36,9 +36,21 @@ FAST_TIMES = LeaseTimes(
 class CoordinatorThread:
     """A coordinator running in its own thread and event loop."""
 
-    def __init__(self, conninfo: str, *, times: LeaseTimes = FAST_TIMES, name: str = "c") -> None:
+    def __init__(
+        self,
+        conninfo: str,
+        *,
+        times: LeaseTimes = FAST_TIMES,
+        name: str = "c",
+        token: str | None = None,
+    ) -> None:
         self.config = CoordinatorConfig(
-            conninfo=conninfo, listen="127.0.0.1:0", pool_size=4, times=times, coordinator_id=name
+            conninfo=conninfo,
+            listen="127.0.0.1:0",
+            pool_size=4,
+            times=times,
+            coordinator_id=name,
+            token=token,
         )
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True, name=name)
