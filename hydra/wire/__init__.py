@@ -1,0 +1,71 @@
+"""Translation between ``hydra.v1`` messages and domain types, in one place.
+
+gRPC handlers and the client call these functions at the edge; no protobuf
+object travels further in. Unset proto fields become the domain's defaults
+(or ``None`` where the domain has "unset"), and every spec that comes off the
+wire is validated with ``hydra.spec``.
+"""
+
+from __future__ import annotations
+
+from hydra.wire._records import (
+    agent_from_proto,
+    agent_to_proto,
+    attempt_from_proto,
+    attempt_to_proto,
+    coordinator_from_proto,
+    coordinator_to_proto,
+    run_from_proto,
+    run_to_proto,
+    task_from_proto,
+    task_to_proto,
+    task_version_from_proto,
+    task_version_to_proto,
+    verdict_from_proto,
+    verdict_to_proto,
+)
+from hydra.wire._specs import precondition_to_proto, task_spec_from_proto, task_spec_to_proto
+from hydra.wire._states import (
+    attempt_state_from_proto,
+    attempt_state_to_proto,
+    run_state_from_proto,
+    run_state_to_proto,
+)
+from hydra.wire._times import (
+    from_duration,
+    from_timestamp,
+    optional_duration,
+    optional_timestamp,
+    to_duration,
+    to_timestamp,
+)
+
+__all__ = [
+    "agent_from_proto",
+    "agent_to_proto",
+    "attempt_from_proto",
+    "attempt_state_from_proto",
+    "attempt_state_to_proto",
+    "attempt_to_proto",
+    "coordinator_from_proto",
+    "coordinator_to_proto",
+    "from_duration",
+    "from_timestamp",
+    "optional_duration",
+    "optional_timestamp",
+    "precondition_to_proto",
+    "run_from_proto",
+    "run_state_from_proto",
+    "run_state_to_proto",
+    "run_to_proto",
+    "task_from_proto",
+    "task_spec_from_proto",
+    "task_spec_to_proto",
+    "task_to_proto",
+    "task_version_from_proto",
+    "task_version_to_proto",
+    "to_duration",
+    "to_timestamp",
+    "verdict_from_proto",
+    "verdict_to_proto",
+]

@@ -1,0 +1,68 @@
+"""Enums: domain members ↔ proto enum values, run and attempt states among them."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TypeVar
+
+from hydra.domain import AttemptState, Catchup, OnTimeout, Overlap, RunState
+from hydra.errors import InvalidArgument
+from hydra.v1 import types_pb2 as pb
+
+_D = TypeVar("_D")
+
+# --- enums ------------------------------------------------------------------------------
+
+_RUN_STATES = {state: pb.RunState.Value(f"RUN_STATE_{state.name}") for state in RunState}
+_ATTEMPT_STATES = {
+    state: pb.AttemptState.Value(f"ATTEMPT_STATE_{state.name}") for state in AttemptState
+}
+_OVERLAPS = {overlap: pb.Overlap.Value(f"OVERLAP_{overlap.name}") for overlap in Overlap}
+_CATCHUPS = {catchup: pb.Catchup.Value(f"CATCHUP_{catchup.name}") for catchup in Catchup}
+_ON_TIMEOUTS = {choice: pb.OnTimeout.Value(f"ON_TIMEOUT_{choice.name}") for choice in OnTimeout}
+
+
+def _inverse(mapping: Mapping[_D, int]) -> dict[int, _D]:
+    return {number: member for member, number in mapping.items()}
+
+
+_RUN_STATES_BACK = _inverse(_RUN_STATES)
+_ATTEMPT_STATES_BACK = _inverse(_ATTEMPT_STATES)
+_OVERLAPS_BACK = _inverse(_OVERLAPS)
+_CATCHUPS_BACK = _inverse(_CATCHUPS)
+_ON_TIMEOUTS_BACK = _inverse(_ON_TIMEOUTS)
+
+
+def run_state_to_proto(state: RunState) -> pb.RunState.ValueType:
+    """The proto enum value of a run state."""
+    return _RUN_STATES[RunState(state)]
+
+
+def run_state_from_proto(value: int, path: str = "state") -> RunState:
+    """The run state of a proto enum value.
+
+    Raises:
+        InvalidArgument: ``value`` is ``RUN_STATE_UNSPECIFIED`` or unknown.
+    """
+    return _member(_RUN_STATES_BACK, value, path)
+
+
+def attempt_state_to_proto(state: AttemptState) -> pb.AttemptState.ValueType:
+    """The proto enum value of an attempt state."""
+    return _ATTEMPT_STATES[AttemptState(state)]
+
+
+def attempt_state_from_proto(value: int, path: str = "state") -> AttemptState:
+    """The attempt state of a proto enum value.
+
+    Raises:
+        InvalidArgument: ``value`` is ``ATTEMPT_STATE_UNSPECIFIED`` or unknown.
+    """
+    return _member(_ATTEMPT_STATES_BACK, value, path)
+
+
+def _member(members: Mapping[int, _D], value: int, path: str) -> _D:
+    try:
+        return members[value]
+    except KeyError:
+        raise InvalidArgument(f"unknown or unspecified value {value}", path) from None
