@@ -248,6 +248,11 @@ class TaskSpec:
     max_catchup: int = 100
     starting_deadline: timedelta | None = None
 
+    @property
+    def timezone(self) -> str:
+        """The zone this task's occurrences are shown in: its first cron trigger's, else UTC."""
+        return next((t.timezone or "UTC" for t in self.triggers if isinstance(t, Cron)), "UTC")
+
     def __post_init__(self) -> None:
         _normalize(
             self,

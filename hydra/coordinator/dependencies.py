@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
+from typing import NamedTuple
 
 from hydra.coordinator.store_base import BaseStore, Cursor, Row
 from hydra.domain import After, Overlap, RunState, TaskSpec
@@ -24,17 +25,27 @@ SCHEDULED_CAUSES = frozenset({"cron", "interval", "at", "after"})
 _BROKEN = frozenset({RunState.FAILED.value, RunState.CANCELLED.value, RunState.SKIPPED.value})
 
 
+class Occurrence(NamedTuple):
+    """An occurrence and the zone templates show it in."""
+
+    instant: datetime
+    timezone: str
+
+
 class DependencyStore(BaseStore):
     """Dependency and overlap rules, applied within the caller's transaction."""
 
-    async def after_terminal(self, cur: Cursor, task_name: str, occurrence: datetime) -> None:
-        """A run of `task_name` ended: create, skip or re-open its dependents' runs."""
+    async def after_terminal(
+        self, cur: Cursor, task_name: str, occurrence: datetime, timezone: str
+    ) -> None:
+        """A run of `task_name` ended: create, skip or re-open its dependents' runs.
+        Dependents show the occurrence in the upstream run's zone: a pipeline sees one day."""
         for row in await self.all(cur, "lock_dependents", name=task_name):
             if row["paused"]:
                 continue
             spec = task_from_dict(row["spec"])
             for upstreams in _after_groups(spec, task_name):
-                await self._resolve(cur, row, spec, upstreams, occurrence)
+                await self._resolve(cur, row, spec, upstreams, Occurrence(occurrence, timezone))
 
     async def _resolve(
         self,
@@ -42,16 +53,18 @@ class DependencyStore(BaseStore):
         task: Row,
         spec: TaskSpec,
         upstreams: Sequence[str],
-        occurrence: datetime,
+        occurrence: Occurrence,
     ) -> None:
         rows = await self.all(
-            cur, "run_states_for_occurrence", names=list(upstreams), occurrence=occurrence
+            cur, "run_states_for_occurrence", names=list(upstreams), occurrence=occurrence.instant
         )
         states = {r["name"]: r["state"] for r in rows}
         broken = next((n for n in upstreams if states.get(n) in _BROKEN), None)
         if broken is None and any(states.get(n) != "SUCCEEDED" for n in upstreams):
             return  # still waiting for an upstream
-        existing = await self.one(cur, "run_of_task_at", task_id=task["id"], occurrence=occurrence)
+        existing = await self.one(
+            cur, "run_of_task_at", task_id=task["id"], occurrence=occurrence.instant
+        )
         if broken is not None:
             reason = f"upstream {broken} {states[broken].lower()}"
             await self._skip_dependent(cur, task, spec, existing, occurrence, reason)
@@ -59,7 +72,12 @@ class DependencyStore(BaseStore):
             await self._start_dependent(cur, task, spec, existing, occurrence)
 
     async def _start_dependent(
-        self, cur: Cursor, task: Row, spec: TaskSpec, existing: Row | None, occurrence: datetime
+        self,
+        cur: Cursor,
+        task: Row,
+        spec: TaskSpec,
+        existing: Row | None,
+        occurrence: Occurrence,
     ) -> None:
         if existing is None:
             await self.insert_dependent_run(cur, task, spec, occurrence)
@@ -67,7 +85,7 @@ class DependencyStore(BaseStore):
             log.info(
                 "task %s: upstreams succeeded for %s; re-opening its run",
                 task["name"],
-                occurrence.isoformat(),
+                occurrence.instant.isoformat(),
             )
             await self.run_query(cur, "reopen_skipped_run", id=existing["id"])
             await self.run_query(cur, "notify_run_changed", run_id=str(existing["id"]))
@@ -79,7 +97,7 @@ class DependencyStore(BaseStore):
         task: Row,
         spec: TaskSpec,
         existing: Row | None,
-        occurrence: datetime,
+        occurrence: Occurrence,
         reason: str,
     ) -> None:
         if existing is None:
@@ -89,10 +107,10 @@ class DependencyStore(BaseStore):
         else:
             return
         await self.skip(cur, run_id, reason)
-        await self.after_terminal(cur, task["name"], occurrence)
+        await self.after_terminal(cur, task["name"], occurrence.instant, occurrence.timezone)
 
     async def insert_dependent_run(
-        self, cur: Cursor, task: Row, spec: TaskSpec, occurrence: datetime
+        self, cur: Cursor, task: Row, spec: TaskSpec, occurrence: Occurrence
     ) -> str:
         """Create the run of a dependent task for an occurrence; returns its id."""
         raise NotImplementedError  # provided by Store, which knows how runs are inserted

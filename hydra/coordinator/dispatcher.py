@@ -20,7 +20,6 @@ from hydra.coordinator.templates import (
     RenderError,
     render_command,
     render_string,
-    timezone_for,
 )
 from hydra.domain import CommandCheck, FileCheck, HttpCheck, Precondition, TaskSpec
 from hydra.v1 import agent_service_pb2 as pb
@@ -71,7 +70,7 @@ class Dispatcher:
         context = RenderContext(
             task_name=run.task_name,
             occurrence=run.occurrence,
-            timezone=timezone_for(run.task_spec),
+            timezone=run.timezone,
             params=run.params,
             run_id=run.run_id,
             attempt=run.attempt,

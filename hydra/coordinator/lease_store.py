@@ -67,6 +67,7 @@ class LeaseStore(Store):
                     occurrence=row["occurrence"],
                     params=row["params"],
                     attempt=row["attempts_used"] + 1,
+                    timezone=row["timezone"],
                     upstream=await self._upstream_outputs(spec, row["occurrence"]),
                 )
             )
@@ -147,7 +148,7 @@ class LeaseStore(Store):
             state=state.value,
             reason=f"preconditions not ready after {format_duration(timeout)}: {waiting}",
         )
-        await self.after_terminal(cur, task["task_name"], task["occurrence"])
+        await self.after_terminal(cur, task["task_name"], task["occurrence"], task["timezone"])
 
     async def release_lease(
         self, run_id: str, lease_token: int, *, reason: str, delay: timedelta = timedelta(0)
@@ -310,7 +311,7 @@ class LeaseStore(Store):
                 lease_token=report.lease_token,
                 outputs=_outputs(report.outputs_json),
             )
-            await self.after_terminal(cur, row["task_name"], row["occurrence"])
+            await self.after_terminal(cur, row["task_name"], row["occurrence"], row["timezone"])
         else:
             await self._fail_or_requeue(
                 cur,
@@ -333,7 +334,7 @@ class LeaseStore(Store):
             backoff_factor=backoff_factor,
         )
         if outcome is not None and outcome["state"] == RunState.FAILED.value:
-            await self.after_terminal(cur, row["task_name"], row["occurrence"])
+            await self.after_terminal(cur, row["task_name"], row["occurrence"], row["timezone"])
 
     async def _close_attempt(self, cur: Cursor, report: AttemptReport) -> int:
         row = await self.one(

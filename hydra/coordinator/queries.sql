@@ -142,17 +142,17 @@ WHERE active AND next_fire_at IS NOT NULL;
 -- Create runs for (task, occurrence) pairs; existing pairs are left alone.
 INSERT INTO hydra_runs (task_id, task_version, occurrence, cause, params, selector,
                         not_before, max_attempts, backoff_seconds, backoff_multiplier,
-                        max_backoff_seconds, idempotency_key)
+                        max_backoff_seconds, idempotency_key, timezone)
 SELECT u.task_id, u.task_version, u.occurrence, u.cause, u.params, u.selector,
        greatest(u.occurrence, now()), u.max_attempts, u.backoff_seconds,
-       u.backoff_multiplier, u.max_backoff_seconds, u.idempotency_key
+       u.backoff_multiplier, u.max_backoff_seconds, u.idempotency_key, u.timezone
 FROM unnest(%(task_ids)s::bigint[], %(task_versions)s::int[], %(occurrences)s::timestamptz[],
             %(causes)s::text[], %(params)s::jsonb[], %(selectors)s::jsonb[],
             %(max_attempts)s::int[], %(backoff_seconds)s::float8[],
             %(backoff_multipliers)s::float8[], %(max_backoff_seconds)s::float8[],
-            %(idempotency_keys)s::text[])
+            %(idempotency_keys)s::text[], %(timezones)s::text[])
      AS u(task_id, task_version, occurrence, cause, params, selector, max_attempts,
-          backoff_seconds, backoff_multiplier, max_backoff_seconds, idempotency_key)
+          backoff_seconds, backoff_multiplier, max_backoff_seconds, idempotency_key, timezone)
 ON CONFLICT DO NOTHING
 RETURNING id, task_id, occurrence, state;
 
@@ -274,7 +274,7 @@ SET state = 'LEASED', lease_owner = %(agent_id)s,
 FROM locked c, hydra_tasks t, hydra_task_versions v
 WHERE r.id = c.id AND t.id = r.task_id AND v.task_id = r.task_id AND v.version = r.task_version
 RETURNING r.id, r.lease_token, r.occurrence, r.params, r.attempts_used, r.max_attempts,
-          t.name AS task_name, v.spec AS task_spec;
+          r.timezone, t.name AS task_name, v.spec AS task_spec;
 
 -- name: upstream_outputs
 -- Outputs of the successful runs of some tasks for one occurrence.
@@ -364,7 +364,7 @@ RETURNING state;
 -- name: claim_expired_leases
 -- Runs whose lease expired, locked; the reaper decides their fate.
 SELECT r.id, r.state, r.lease_token, r.lease_owner, r.attempts_used, r.max_attempts,
-       r.cancel_requested, r.occurrence, t.name AS task_name
+       r.cancel_requested, r.occurrence, r.timezone, t.name AS task_name
 FROM hydra_runs r
 JOIN hydra_tasks t ON t.id = r.task_id
 WHERE r.state IN ('LEASED', 'RUNNING') AND r.lease_expires_at < now()
@@ -560,7 +560,7 @@ RETURNING first_checked_at;
 
 -- name: run_spec
 -- The spec of the version a run is pinned to.
-SELECT v.spec, t.name AS task_name, r.occurrence FROM hydra_runs r
+SELECT v.spec, t.name AS task_name, r.occurrence, r.timezone FROM hydra_runs r
 JOIN hydra_tasks t ON t.id = r.task_id
 JOIN hydra_task_versions v ON v.task_id = r.task_id AND v.version = r.task_version
 WHERE r.id = %(run_id)s;

@@ -64,6 +64,8 @@ class NewRun:
     cause: str
     params: Mapping[str, str] = field(default_factory=dict)
     idempotency_key: str | None = None
+    #: Zone the occurrence is shown in to templates; see migration 0003.
+    timezone: str = "UTC"
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -78,6 +80,7 @@ class ClaimedRun:
     params: Mapping[str, str]
     attempt: int
     upstream: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    timezone: str = "UTC"
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -52,6 +52,7 @@ async def trigger(
             cause="manual",
             params=merged,
             idempotency_key=idempotency_key or None,
+            timezone=task.spec.timezone,
         )
     )
 
@@ -93,6 +94,7 @@ async def backfill(
                 occurrence=o,
                 cause="backfill",
                 params=task.spec.params,
+                timezone=task.spec.timezone,
             )
             for o in found
         ]

@@ -14,7 +14,7 @@ from typing import Any
 
 from psycopg.types.json import Jsonb
 
-from hydra.coordinator.dependencies import SCHEDULED_CAUSES, DependencyStore
+from hydra.coordinator.dependencies import SCHEDULED_CAUSES, DependencyStore, Occurrence
 from hydra.coordinator.records import (
     ApplyOutcome,
     DueTrigger,
@@ -29,6 +29,7 @@ from hydra.domain import (
     Attempt,
     AttemptState,
     Coordinator,
+    Cron,
     PreconditionVerdict,
     Run,
     RunState,
@@ -215,6 +216,7 @@ class Store(DependencyStore):
                         occurrence=occurrence,
                         cause=row["kind"],
                         params=due.task_spec.params,
+                        timezone=_trigger_zone(due),
                     )
                     for occurrence in fire.occurrences
                 )
@@ -255,21 +257,24 @@ class Store(DependencyStore):
         return [str(row["id"]) for row in rows]
 
     async def insert_dependent_run(
-        self, cur: Cursor, task: Row, spec: TaskSpec, occurrence: datetime
+        self, cur: Cursor, task: Row, spec: TaskSpec, occurrence: Occurrence
     ) -> str:
         """Create the run of a dependent task for an occurrence; returns its id."""
         new_run = NewRun(
             task_id=task["id"],
             task_version=task["version"],
             spec=spec,
-            occurrence=occurrence,
+            occurrence=occurrence.instant,
             cause="after",
             params=spec.params,
+            timezone=occurrence.timezone,
         )
         created = await self._insert_runs(cur, [new_run])
         if created:
             return created[0]
-        existing = await self.one(cur, "run_of_task_at", task_id=task["id"], occurrence=occurrence)
+        existing = await self.one(
+            cur, "run_of_task_at", task_id=task["id"], occurrence=occurrence.instant
+        )
         assert existing is not None
         return str(existing["id"])
 
@@ -364,7 +369,7 @@ class Store(DependencyStore):
             await self.run_query(cur, "notify_agent_command", payload=payload)
         task = await self.one(cur, "run_spec", run_id=run_id)
         assert task is not None
-        await self.after_terminal(cur, task["task_name"], task["occurrence"])
+        await self.after_terminal(cur, task["task_name"], task["occurrence"], task["timezone"])
 
     async def _lock_run(self, cur: Cursor, run_id: str) -> Row:
         row = await self.one(cur, "lock_run", id=run_uuid(run_id))
@@ -454,6 +459,11 @@ def _due_trigger(row: Row) -> DueTrigger:
     )
 
 
+def _trigger_zone(due: DueTrigger) -> str:
+    trigger = due.task_spec.triggers[due.position]
+    return trigger.timezone or "UTC" if isinstance(trigger, Cron) else due.task_spec.timezone
+
+
 def _run_columns(new_runs: Sequence[NewRun]) -> dict[str, list[Any]]:
     retry = [r.spec.retry for r in new_runs]
     return {
@@ -468,6 +478,7 @@ def _run_columns(new_runs: Sequence[NewRun]) -> dict[str, list[Any]]:
         "backoff_multipliers": [p.multiplier for p in retry],
         "max_backoff_seconds": [p.max_backoff.total_seconds() for p in retry],
         "idempotency_keys": [r.idempotency_key for r in new_runs],
+        "timezones": [r.timezone for r in new_runs],
     }
 
 

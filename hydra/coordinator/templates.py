@@ -39,7 +39,7 @@ import jinja2
 from jinja2 import meta, nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from hydra.domain import After, CommandCheck, Cron, FileCheck, HttpCheck, TaskSpec
+from hydra.domain import After, CommandCheck, FileCheck, HttpCheck, TaskSpec
 from hydra.errors import FieldProblem, HydraError, InvalidArgument
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
@@ -163,10 +163,7 @@ def _zone(name: str) -> ZoneInfo:
 
 def timezone_for(spec: TaskSpec) -> str:
     """The zone templates see occurrences in: the first cron trigger's, else UTC."""
-    for trigger in spec.triggers:
-        if isinstance(trigger, Cron):
-            return trigger.timezone or "UTC"
-    return "UTC"
+    return spec.timezone
 
 
 def render_command(spec: TaskSpec, ctx: RenderContext) -> Rendered:
