@@ -74,8 +74,10 @@ async def _runs(store: LeaseStore, task: str) -> list[tuple[datetime, RunState, 
 
 
 async def test_fan_in_racing_upstreams_create_exactly_one_downstream_run(
-    store: LeaseStore,
+    store: LeaseStore, db_conninfo: str
 ) -> None:
+    """Two coordinators (two stores, two pools) report the two upstreams' successes
+    at the same instant, 40 times over: each occurrence gets one downstream run."""
     await _apply(store, "a", concurrency=Concurrency(max_active_runs=100))
     await _apply(store, "b", concurrency=Concurrency(max_active_runs=100))
     await _apply(store, "c", triggers=(After(tasks=("a", "b")),))
@@ -83,19 +85,23 @@ async def test_fan_in_racing_upstreams_create_exactly_one_downstream_run(
     for occurrence in occurrences:
         await _run(store, "a", occurrence)
         await _run(store, "b", occurrence)
-    leases = {
-        run_id: lease
-        for run_id, lease in ((lease[0], lease) for lease in await _lease(store, "agent"))
-    }
+    leases = dict(await _lease(store, "agent"))
     runs = {
         (r.task, r.occurrence): r.id
         for r in await store.list_runs(task="", states=[], after=None, limit=1000)
     }
-    for occurrence in occurrences:  # both upstreams succeed at the same instant
-        await asyncio.gather(
-            _finish(store, leases[runs[("a", occurrence)]], "SUCCEEDED"),
-            _finish(store, leases[runs[("b", occurrence)]], "SUCCEEDED"),
-        )
+    other_pool = open_pool(db_conninfo, 4)
+    await other_pool.open(wait=True)
+    other = LeaseStore(other_pool)
+    try:
+        for occurrence in occurrences:  # both upstreams succeed at the same instant
+            a, b = runs[("a", occurrence)], runs[("b", occurrence)]
+            await asyncio.gather(
+                _finish(store, (a, leases[a]), "SUCCEEDED"),
+                _finish(other, (b, leases[b]), "SUCCEEDED"),
+            )
+    finally:
+        await other_pool.close()
     downstream = await _runs(store, "c")
     assert [o for o, _, _ in downstream] == occurrences
     assert {s for _, s, _ in downstream} == {RunState.QUEUED}
