@@ -103,7 +103,7 @@ def validate_trigger(trigger: TimeTrigger, path: str) -> None:
         _validate_interval(trigger, path)
     elif isinstance(trigger, At):
         if _is_naive(trigger.at):
-            raise InvalidArgument("'at' must carry a time zone or UTC offset", path=path)
+            raise InvalidArgument("'at' must carry a time zone or UTC offset", path=f"{path}.at")
     else:
         raise TypeError(f"not a time trigger: {trigger!r}")
 
@@ -140,24 +140,26 @@ def _validate_cron(cron: Cron, path: str) -> None:
     try:
         _zone(cron.timezone)
     except ValueError as error:
-        raise InvalidArgument(str(error), path=path) from None
+        raise InvalidArgument(str(error), path=f"{path}.timezone") from None
     try:
         plan = _plan(cron.expression)
     except ValueError as error:
         message = f"invalid cron expression {cron.expression!r}: {error}"
-        raise InvalidArgument(message, path=path) from None
+        raise InvalidArgument(message, path=f"{path}.cron") from None
     if _next_wall(plan, _VALIDATION_START) is None:
         message = f"invalid cron expression {cron.expression!r}: it never fires"
-        raise InvalidArgument(message, path=path)
+        raise InvalidArgument(message, path=f"{path}.cron")
 
 
 def _validate_interval(interval: Interval, path: str) -> None:
     if interval.every < MIN_INTERVAL:
         raise InvalidArgument(
-            f"interval must be at least 1 second, not {interval.every}", path=path
+            f"interval must be at least 1 second, not {interval.every}", path=f"{path}.interval"
         )
     if interval.anchor is not None and _is_naive(interval.anchor):
-        raise InvalidArgument("interval anchor must carry a time zone or UTC offset", path=path)
+        raise InvalidArgument(
+            "interval anchor must carry a time zone or UTC offset", path=f"{path}.anchor"
+        )
 
 
 @functools.lru_cache(maxsize=1024)

@@ -36,6 +36,7 @@ from hydra.coordinator.sessions import SessionRegistry
 from hydra.coordinator.store import open_pool
 from hydra.coordinator.task_api import TaskApi
 from hydra.coordinator.trigger_loop import TriggerLoop
+from hydra.errors import HydraError
 from hydra.v1 import agent_service_pb2 as agent_pb
 from hydra.v1 import (
     agent_service_pb2_grpc,
@@ -95,7 +96,9 @@ class Coordinator:
         return f"{host}:{self.port}"
 
     async def start(self) -> None:
-        """Migrate, connect, start the loops and the gRPC server."""
+        """Bind, migrate, connect, start the loops and the gRPC server."""
+        self._server = self._build_server()
+        self.port = self._bind(self._server)
         applied = await migrate(self.config.conninfo)
         if applied:
             log.info("applied migrations: %s", ", ".join(applied))
@@ -103,10 +106,6 @@ class Coordinator:
         self._listener.start()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._listener.connected.wait(), timeout=10)
-        self._server = self._build_server()
-        self.port = self._server.add_insecure_port(self.config.listen)
-        if self.port == 0:
-            raise OSError(f"cannot listen on {self.config.listen}")
         # Present before any agent connects, so no peer takes its agents for orphans.
         await self.store.register_coordinator(
             self.config.coordinator_id, self.address, hydra.__version__
@@ -115,6 +114,19 @@ class Coordinator:
         self._start_loops()
         await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
         log.info("coordinator %s serving on %s", self.config.coordinator_id, self.address)
+
+    def _bind(self, server: grpc.aio.Server) -> int:
+        """Bind the listen address before anything else, so a taken port fails fast."""
+        try:
+            port = server.add_insecure_port(self.config.listen)
+        except RuntimeError:
+            port = 0
+        if port == 0:
+            raise CannotListen(
+                f"cannot listen on {self.config.listen}: the address is in use or not "
+                "available (choose another with --listen or HYDRA_LISTEN)"
+            )
+        return port
 
     def _build_server(self) -> grpc.aio.Server:
         options = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES), ("grpc.so_reuseport", 0)]
@@ -220,6 +232,12 @@ class Coordinator:
         await self._pool.close()
 
 
+class CannotListen(HydraError):
+    """The coordinator cannot listen on its address."""
+
+    status_code_name = "UNAVAILABLE"
+
+
 class TokenInterceptor(grpc.aio.ServerInterceptor):
     """Refuses calls without `authorization: Bearer <HYDRA_TOKEN>` (health checks and
     reflection excepted), with UNAUTHENTICATED, whatever the kind of the method."""
@@ -267,14 +285,17 @@ def _denying(handler: Any) -> Any:
 
 
 async def run_coordinator(config: CoordinatorConfig) -> int:
-    """Run until SIGTERM or SIGINT, then stop gracefully."""
+    """Run until SIGTERM or SIGINT, then stop gracefully (also when the signal came
+    while starting)."""
     coordinator = Coordinator(config)
-    await coordinator.start()
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopping.set)
-    await stopping.wait()
-    log.info("stopping coordinator %s", config.coordinator_id)
-    await coordinator.stop()
+    try:
+        await coordinator.start()
+        await stopping.wait()
+        log.info("stopping coordinator %s", config.coordinator_id)
+    finally:
+        await coordinator.stop()
     return 0

@@ -90,7 +90,7 @@ def test_invalid_expressions_are_refused(expression: str, reason: str) -> None:
     with pytest.raises(InvalidArgument) as caught:
         validate_trigger(Cron(expression=expression), "triggers[0]")
     (problem,) = caught.value.problems
-    assert problem.path == "triggers[0]"
+    assert problem.path == "triggers[0].cron"
     assert problem.message.startswith(f"invalid cron expression {expression!r}: ")
     assert reason in problem.message
 
@@ -105,7 +105,7 @@ def test_six_field_expression_with_bad_seconds_is_refused() -> None:
 def test_unknown_zones_are_refused(zone: str) -> None:
     with pytest.raises(InvalidArgument) as caught:
         validate_trigger(Cron(expression="* * * * *", timezone=zone), "triggers[1]")
-    assert str(caught.value) == f"triggers[1]: unknown time zone {zone!r}"
+    assert str(caught.value) == f"triggers[1].timezone: unknown time zone {zone!r}"
 
 
 @pytest.mark.parametrize(
