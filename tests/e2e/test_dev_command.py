@@ -1,0 +1,118 @@
+"""`hydra dev` (embedded PostgreSQL + coordinator + one agent, one command), the
+embedded fallback of `hydra coordinator`, and `hydra migrate`."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+from importlib import resources
+from pathlib import Path
+
+import pytest
+
+from support.net import free_port
+from support.processes import (
+    HYDRA,
+    Hydractl,
+    Process,
+    Processes,
+    children_of,
+    clean_env,
+    is_alive,
+    processes_mentioning,
+    wait_agent_state,
+    wait_serving,
+)
+
+DEV_AGENT = f"{socket.gethostname()}-dev"
+#: The first start runs initdb; a loaded machine takes its time.
+EMBEDDED_START_S = 60.0
+STOP_S = 30.0
+
+
+def start_dev(processes: Processes, home: Path, name: str) -> tuple[Process, Hydractl]:
+    """`hydra dev` on `home`, once it serves and its agent is connected."""
+    address = f"127.0.0.1:{free_port()}"
+    dev = processes.start(name, [*HYDRA, "dev", "--home", str(home), "--listen", address])
+    wait_serving(dev, address, timeout=EMBEDDED_START_S)
+    hydractl = Hydractl(address)
+    wait_agent_state(hydractl, DEV_AGENT, "connected")
+    return dev, hydractl
+
+
+def postmaster_pid(home: Path) -> int:
+    return int((home / "pgdata" / "postmaster.pid").read_text().split()[0])
+
+
+def test_dev_runs_a_task_stops_cleanly_on_ctrl_c_and_keeps_its_data(
+    home_processes: Processes, hydra_home: Path, tmp_path: Path
+) -> None:
+    dev, hydractl = start_dev(home_processes, hydra_home, "dev")
+    assert "Ctrl-C stops everything" in dev.log()
+    spec = tmp_path / "hello.yaml"
+    spec.write_text('name: hello\ncommand: [echo, "hello from dev"]\n')
+    hydractl.ok("apply", "-f", str(spec))
+    run_id = hydractl.ok("run", "hello", "--wait").strip()
+    assert hydractl.ok("logs", run_id) == "hello from dev\n"
+
+    postgres, [agent] = postmaster_pid(hydra_home), children_of(dev.pid)
+    assert is_alive(postgres) and "agent" in Path(f"/proc/{agent}/cmdline").read_text()
+    dev.signal_group(signal.SIGINT)  # what Ctrl-C in a terminal does
+    assert dev.wait(STOP_S) == 0, dev.log_tail()
+    assert not is_alive(postgres) and not is_alive(agent)
+    # The agent names the coordinator's address; the trailing space stops a longer port matching.
+    assert processes_mentioning(str(hydra_home), f"{hydractl.address} ") == []
+
+    _, again = start_dev(home_processes, hydra_home, "dev-again")
+    assert [t["name"] for t in again.json("tasks", "list")] == ["hello"]
+    [kept] = again.json("runs", "list", "--task", "hello")
+    assert (kept["id"], kept["state"]) == (run_id, "SUCCEEDED")
+
+
+def test_coordinator_without_a_database_uses_the_embedded_server_of_hydra_home(
+    home_processes: Processes, hydra_home: Path, tmp_path: Path
+) -> None:
+    address = f"127.0.0.1:{free_port()}"
+    argv = [*HYDRA, "coordinator", "--listen", address]
+    coordinator = home_processes.start("coordinator", argv, clean_env(HYDRA_HOME=str(hydra_home)))
+    wait_serving(coordinator, address, timeout=EMBEDDED_START_S)
+    postgres = postmaster_pid(hydra_home)
+    assert is_alive(postgres)
+    spec = tmp_path / "kept.yaml"
+    spec.write_text("name: kept\ncommand: [echo]\n")
+    Hydractl(address).ok("apply", "-f", str(spec))
+
+    coordinator.signal(signal.SIGTERM)
+    assert coordinator.wait(STOP_S) == 0, coordinator.log_tail()
+    assert not is_alive(postgres)
+    assert processes_mentioning(str(hydra_home)) == []
+
+
+def migrate(conninfo: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*HYDRA, "migrate", "--db", conninfo],
+        capture_output=True,
+        text=True,
+        env=clean_env(),
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.fixture
+def shipped_migrations() -> list[str]:
+    """Names of the migrations inside the installed package, in order."""
+    folder = resources.files("hydra.coordinator") / "migrations"
+    return sorted(item.name for item in folder.iterdir() if item.name.endswith(".sql"))
+
+
+def test_migrate_applies_every_migration_once(
+    empty_db_conninfo: str, shipped_migrations: list[str]
+) -> None:
+    first = migrate(empty_db_conninfo)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.splitlines() == [f"applied {name}" for name in shipped_migrations]
+    again = migrate(empty_db_conninfo)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.strip() == "schema is up to date"
