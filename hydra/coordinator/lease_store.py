@@ -16,6 +16,7 @@ from psycopg.types.json import Jsonb
 
 from hydra.coordinator.records import AttemptReport, ClaimedRun, ReportVerdict
 from hydra.coordinator.store import Cursor, Row, Store, run_uuid
+from hydra.coordinator.store_base import spec_of_version
 from hydra.domain import After, AttemptState, OnTimeout, PreconditionVerdict, RunState, TaskSpec
 from hydra.spec import format_duration, task_from_dict
 
@@ -57,7 +58,7 @@ class LeaseStore(Store):
                 await self.run_query(cur, "notify_dispatch")
         claimed = []
         for row in rows:
-            spec = task_from_dict(row["task_spec"])
+            spec = spec_of_version(row["task_id"], row["task_version"], row["task_spec"])
             claimed.append(
                 ClaimedRun(
                     run_id=str(row["id"]),

@@ -174,6 +174,13 @@ SELECT r.*, t.name AS task_name FROM hydra_runs r
 JOIN hydra_tasks t ON t.id = r.task_id
 WHERE r.id = %(id)s;
 
+-- name: get_runs
+-- Several runs by id (without attempts), oldest occurrence first.
+SELECT r.*, t.name AS task_name FROM hydra_runs r
+JOIN hydra_tasks t ON t.id = r.task_id
+WHERE r.id = ANY(%(ids)s::uuid[])
+ORDER BY r.occurrence;
+
 -- name: get_attempts
 -- Every attempt of a run, oldest first.
 SELECT * FROM hydra_attempts WHERE run_id = %(run_id)s ORDER BY number;
@@ -274,7 +281,7 @@ SET state = 'LEASED', lease_owner = %(agent_id)s,
 FROM locked c, hydra_tasks t, hydra_task_versions v
 WHERE r.id = c.id AND t.id = r.task_id AND v.task_id = r.task_id AND v.version = r.task_version
 RETURNING r.id, r.lease_token, r.occurrence, r.params, r.attempts_used, r.max_attempts,
-          r.timezone, t.name AS task_name, v.spec AS task_spec;
+          r.timezone, r.task_id, r.task_version, t.name AS task_name, v.spec AS task_spec;
 
 -- name: upstream_outputs
 -- Outputs of the successful runs of some tasks for one occurrence.

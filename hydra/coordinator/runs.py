@@ -99,7 +99,7 @@ async def backfill(
             for o in found
         ]
     )
-    created = [await store.get_run(run_id) for run_id in created_ids]
+    created = await store.get_runs(created_ids)
     return BackfillResult(occurrences=found, created=created, existing=len(found) - len(created))
 
 

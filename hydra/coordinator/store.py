@@ -23,7 +23,7 @@ from hydra.coordinator.records import (
     OutputRecord,
     TriggerRow,
 )
-from hydra.coordinator.store_base import Cursor, Row, open_pool, run_uuid
+from hydra.coordinator.store_base import Cursor, Row, open_pool, run_uuid, spec_of_version
 from hydra.domain import (
     Agent,
     Attempt,
@@ -309,6 +309,12 @@ class Store(DependencyStore):
             attempts = await self.all(cur, "get_attempts", run_id=row["id"])
         return run_from_row(row, attempts)
 
+    async def get_runs(self, run_ids: Sequence[str]) -> list[Run]:
+        """Several runs in one query, without their attempts, oldest occurrence first."""
+        async with self.transaction() as cur:
+            rows = await self.all(cur, "get_runs", ids=list(run_ids))
+        return [run_from_row(row, []) for row in rows]
+
     async def list_runs(
         self,
         *,
@@ -452,7 +458,7 @@ def _due_trigger(row: Row) -> DueTrigger:
         task_id=row["task_id"],
         task_name=row["name"],
         task_version=row["version"],
-        task_spec=task_from_dict(row["task_spec"]),
+        task_spec=spec_of_version(row["task_id"], row["version"], row["task_spec"]),
         position=row["position"],
         next_fire_at=row["next_fire_at"],
         last_fired_at=row["last_fired_at"],

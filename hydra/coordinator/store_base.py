@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+import json
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import psycopg
@@ -13,7 +15,9 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from hydra.coordinator.queries import query
+from hydra.domain import TaskSpec
 from hydra.errors import NotFound, Unavailable
+from hydra.spec import task_from_dict
 
 Row = dict[str, Any]
 Cursor = psycopg.AsyncCursor[Row]
@@ -80,3 +84,14 @@ def run_uuid(run_id: str) -> str:
         return str(uuid.UUID(run_id))
     except ValueError:
         raise NotFound(f"run {run_id!r} not found (run ids are UUIDs)") from None
+
+
+@functools.lru_cache(maxsize=4096)
+def _spec_of_version(task_id: int, version: int, spec_json: str) -> TaskSpec:
+    return task_from_dict(json.loads(spec_json))
+
+
+def spec_of_version(task_id: int, version: int, spec: Mapping[str, Any]) -> TaskSpec:
+    """The TaskSpec of a stored version. Versions never change, so parsing and
+    validating each one once per process is enough (the hot paths read them a lot)."""
+    return _spec_of_version(task_id, version, json.dumps(spec, sort_keys=True))
