@@ -52,8 +52,7 @@ class LeaseStore(Store):
                 limit=limit,
                 ttl=ttl,
             )
-            for row in rows:
-                await self.run_query(cur, "notify_run_changed", run_id=str(row["id"]))
+            await self.notify_runs_changed(cur, [str(row["id"]) for row in rows])
             if rows:  # other dispatchers may have lost runs to us under contention: retry
                 await self.run_query(cur, "notify_dispatch")
         claimed = []

@@ -225,7 +225,7 @@ SET state = 'CANCELLED', finished_at = now(), message = %(reason)s
 WHERE run_id = %(run_id)s AND state = 'RUNNING';
 
 -- name: notify_run_changed
--- Tell watchers a run changed: payload "<run id>".
+-- Tell watchers runs changed: payload "<run id>[,<run id>...]" (under 8000 bytes).
 SELECT pg_notify('hydra_run_changed', %(run_id)s::text);
 
 -- --------------------------------------------------------------- leases --

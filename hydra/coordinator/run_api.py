@@ -108,13 +108,13 @@ class RunApi(pb_grpc.RunServiceServicer):
             if request.run_id:  # the current state first, so a waiter never misses the end
                 yield pb.RunEvent(run=run_to_proto(await self._store.get_run(request.run_id)))
             while True:
-                run_id = await changed.get()
-                if request.run_id and run_id != request.run_id:
-                    continue
-                with contextlib.suppress(NotFound):
-                    run = await self._store.get_run(run_id)
-                    if not request.task or run.task == request.task:
-                        yield pb.RunEvent(run=run_to_proto(run))
+                for run_id in (await changed.get()).split(","):
+                    if request.run_id and run_id != request.run_id:
+                        continue
+                    with contextlib.suppress(NotFound):
+                        run = await self._store.get_run(run_id)
+                        if not request.task or run.task == request.task:
+                            yield pb.RunEvent(run=run_to_proto(run))
 
     @streaming
     async def TailLogs(

@@ -248,13 +248,14 @@ class Store(DependencyStore):
         rows = await self.all(cur, "insert_runs", **_run_columns(new_runs))
         by_key = {(r.task_id, r.occurrence): r for r in new_runs}
         for row in rows:
-            run_id, new_run = str(row["id"]), by_key[(row["task_id"], row["occurrence"])]
-            await self.run_query(cur, "notify_run_changed", run_id=run_id)
+            new_run = by_key[(row["task_id"], row["occurrence"])]
             if new_run.cause in SCHEDULED_CAUSES:
-                await self.apply_overlap(cur, run_id, new_run.task_id, new_run.spec)
+                await self.apply_overlap(cur, str(row["id"]), new_run.task_id, new_run.spec)
+        created = [str(row["id"]) for row in rows]
+        await self.notify_runs_changed(cur, created)
         if rows:
             await self.run_query(cur, "notify_dispatch")
-        return [str(row["id"]) for row in rows]
+        return created
 
     async def insert_dependent_run(
         self, cur: Cursor, task: Row, spec: TaskSpec, occurrence: Occurrence

@@ -7,7 +7,7 @@ import functools
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 import psycopg
@@ -42,6 +42,10 @@ def open_pool(conninfo: str, size: int) -> AsyncConnectionPool:
     )
 
 
+#: Run ids per notification: 37 bytes each stays under PostgreSQL's 8000-byte payload.
+_IDS_PER_NOTIFY = 200
+
+
 class BaseStore:
     """Connection handling shared by the store's parts."""
 
@@ -71,6 +75,12 @@ class BaseStore:
         """Run a named query; every row."""
         await cur.execute(query(query_name), params)
         return await cur.fetchall()
+
+    async def notify_runs_changed(self, cur: Cursor, run_ids: Sequence[str]) -> None:
+        """Tell watchers these runs changed, in as few notifications as fit."""
+        for start in range(0, len(run_ids), _IDS_PER_NOTIFY):
+            batch = ",".join(run_ids[start : start + _IDS_PER_NOTIFY])
+            await self.run_query(cur, "notify_run_changed", run_id=batch)
 
     @staticmethod
     async def run_query(cur: Cursor, query_name: str, /, **params: Any) -> None:
