@@ -6,6 +6,7 @@ by hand.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -22,9 +23,25 @@ RETRYABLE_CODES: frozenset[grpc.StatusCode] = frozenset(
 )
 
 
+#: Codes after which a long-lived stream (the agent's) is opened again: the
+#: retryable ones, plus what a transport glitch or a coordinator dying mid-stream
+#: surfaces as. A stream carries no request that could be applied twice: every
+#: report on it is fenced by its lease token. Everything else (UNAUTHENTICATED,
+#: PERMISSION_DENIED, INVALID_ARGUMENT, UNIMPLEMENTED, ...) is a configuration
+#: problem that retrying cannot fix.
+RECONNECT_CODES: frozenset[grpc.StatusCode] = RETRYABLE_CODES | frozenset(
+    {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.CANCELLED}
+)
+
+
 def is_retryable(error: BaseException) -> bool:
     """True for gRPC errors whose code is in RETRYABLE_CODES."""
     return isinstance(error, grpc.RpcError) and error.code() in RETRYABLE_CODES
+
+
+def is_reconnectable(error: BaseException) -> bool:
+    """True for gRPC errors whose code is in RECONNECT_CODES."""
+    return isinstance(error, grpc.RpcError) and error.code() in RECONNECT_CODES
 
 
 def grpc_retrying(
@@ -43,14 +60,19 @@ def async_grpc_retrying(
     initial: float = 0.1,
     maximum: float = 5.0,
 ) -> tenacity.AsyncRetrying:
-    """An AsyncRetrying for asyncio code (the agent's reconnect loop)."""
-    return tenacity.AsyncRetrying(**_policy(max_attempts, initial, maximum))
+    """An AsyncRetrying for asyncio code: the agent's reconnect loop (RECONNECT_CODES)."""
+    return tenacity.AsyncRetrying(**_policy(max_attempts, initial, maximum, is_reconnectable))
 
 
-def _policy(max_attempts: int | None, initial: float, maximum: float) -> dict[str, Any]:
+def _policy(
+    max_attempts: int | None,
+    initial: float,
+    maximum: float,
+    predicate: Callable[[BaseException], bool] = is_retryable,
+) -> dict[str, Any]:
     stop = tenacity.stop_after_attempt(max_attempts) if max_attempts else tenacity.stop_never
     return {
-        "retry": tenacity.retry_if_exception(is_retryable),
+        "retry": tenacity.retry_if_exception(predicate),
         "wait": tenacity.wait_random_exponential(multiplier=initial, max=maximum),
         "stop": stop,
         "reraise": True,

@@ -43,7 +43,7 @@ from hydra.agent.leases import LeaseBook
 from hydra.agent.preconditions import MAX_CONCURRENT_CHECKS
 from hydra.agent.session import AgentState, Session, SessionEnd
 from hydra.domain import PreconditionVerdict
-from hydra.retrying import async_grpc_retrying, is_retryable
+from hydra.retrying import async_grpc_retrying, is_reconnectable
 
 log = logging.getLogger("hydra.agent")
 
@@ -212,7 +212,7 @@ class AgentDaemon:
         except grpc.RpcError as error:
             self._target_index += 1
             log.warning("stream to %s: %s", session.target, _describe(error))
-            if session.healthy and is_retryable(error):
+            if session.healthy and is_reconnectable(error):
                 return None
             raise
         finally:

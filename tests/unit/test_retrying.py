@@ -1,0 +1,37 @@
+"""The one retry policy: which gRPC codes are retried, and where."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+
+from hydra.retrying import is_reconnectable, is_retryable
+
+
+class _Error(grpc.RpcError):
+    def __init__(self, code: grpc.StatusCode) -> None:
+        self._code = code
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+
+@pytest.mark.parametrize(
+    ("code", "retry", "reconnect"),
+    [
+        (grpc.StatusCode.UNAVAILABLE, True, True),
+        (grpc.StatusCode.DEADLINE_EXCEEDED, True, True),
+        (grpc.StatusCode.INTERNAL, False, True),  # a transport glitch as a coordinator dies
+        (grpc.StatusCode.UNKNOWN, False, True),
+        (grpc.StatusCode.UNAUTHENTICATED, False, False),  # configuration: retrying cannot fix
+        (grpc.StatusCode.INVALID_ARGUMENT, False, False),
+        (grpc.StatusCode.UNIMPLEMENTED, False, False),
+    ],
+)
+def test_codes(code: grpc.StatusCode, retry: bool, reconnect: bool) -> None:
+    assert is_retryable(_Error(code)) is retry
+    assert is_reconnectable(_Error(code)) is reconnect
+
+
+def test_other_exceptions_are_never_retried() -> None:
+    assert not is_retryable(ValueError()) and not is_reconnectable(ValueError())
