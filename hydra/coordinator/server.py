@@ -17,6 +17,8 @@ from datetime import timedelta
 from typing import Any
 
 import grpc
+import psycopg
+import tenacity
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -54,6 +56,8 @@ log = logging.getLogger("hydra.coordinator")
 MAX_MESSAGE_BYTES = 32 * 1024 * 1024
 #: How often a coordinator records that it is alive.
 PRESENCE_SECONDS = 2.0
+#: How long a starting coordinator waits for its database before giving up.
+DATABASE_WAIT = timedelta(minutes=2)
 #: A coordinator silent for this long is listed as gone and its agents as disconnected.
 ALIVE_WINDOW = timedelta(seconds=10)
 
@@ -99,9 +103,7 @@ class Coordinator:
         """Bind, migrate, connect, start the loops and the gRPC server."""
         self._server = self._build_server()
         self.port = self._bind(self._server)
-        applied = await migrate(self.config.conninfo)
-        if applied:
-            log.info("applied migrations: %s", ", ".join(applied))
+        await self._wait_for_database()
         await self._pool.open(wait=True, timeout=30)
         self._listener.start()
         with contextlib.suppress(TimeoutError):
@@ -114,6 +116,23 @@ class Coordinator:
         self._start_loops()
         await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
         log.info("coordinator %s serving on %s", self.config.coordinator_id, self.address)
+
+    async def _wait_for_database(self) -> None:
+        """Migrate, waiting (with backoff, up to DATABASE_WAIT) for a database that is
+        down or restarting: a coordinator started during an outage does not give up."""
+        retrying = tenacity.AsyncRetrying(
+            retry=tenacity.retry_if_exception_type(psycopg.OperationalError),
+            wait=tenacity.wait_random_exponential(multiplier=0.2, max=2.0),
+            stop=tenacity.stop_after_delay(DATABASE_WAIT.total_seconds()),
+            before_sleep=_log_database_wait,
+            reraise=True,
+        )
+        applied: list[str] = []
+        async for attempt in retrying:
+            with attempt:
+                applied = await migrate(self.config.conninfo)
+        if applied:
+            log.info("applied migrations: %s", ", ".join(applied))
 
     def _bind(self, server: grpc.aio.Server) -> int:
         """Bind the listen address before anything else, so a taken port fails fast."""
@@ -232,6 +251,11 @@ class Coordinator:
         await self._pool.close()
 
 
+def _log_database_wait(state: tenacity.RetryCallState) -> None:
+    error = state.outcome.exception() if state.outcome else None
+    log.warning("database unavailable (%s); retrying", error)
+
+
 class CannotListen(HydraError):
     """The coordinator cannot listen on its address."""
 
@@ -292,10 +316,17 @@ async def run_coordinator(config: CoordinatorConfig) -> int:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopping.set)
+    starting = asyncio.create_task(coordinator.start())
+    signalled = asyncio.create_task(stopping.wait())
     try:
-        await coordinator.start()
-        await stopping.wait()
+        await asyncio.wait({starting, signalled}, return_when=asyncio.FIRST_COMPLETED)
+        if starting.done():
+            starting.result()  # a failed start raises here
+            await signalled
         log.info("stopping coordinator %s", config.coordinator_id)
     finally:
+        for task in (starting, signalled):
+            task.cancel()
+        await asyncio.gather(starting, signalled, return_exceptions=True)
         await coordinator.stop()
     return 0
