@@ -29,6 +29,14 @@ def test_sigterm_finishes_the_running_attempt_takes_nothing_new_and_exits_0(
         f"name: three\ncommand: [sh, -c, '{script}']\nconcurrency: {{max_active_runs: 5}}\n"
     )
     hydractl.ok("apply", "-f", str(spec))
+    try:
+        _drain_while_busy(cluster, gate)
+    finally:
+        gate.touch()  # never leave the attempt waiting, whatever happened
+
+
+def _drain_while_busy(cluster: Cluster, gate: Path) -> None:
+    hydractl = cluster.hydractl
     draining = cluster.agent("agent-a", capacity=2, drain_grace="60s")
 
     first = hydractl.ok("run", "three").strip()
