@@ -245,6 +245,7 @@ WITH due_tasks AS (
     ) d
 ), ranked AS (
     SELECT r.id, r.state, r.not_before, r.selector, r.occurrence,
+           (r.attempts_used > 0 OR r.precondition_checks > 0) AS in_flight,
            row_number() OVER (
                PARTITION BY r.task_id
                ORDER BY (r.state <> 'QUEUED' OR r.attempts_used > 0
@@ -261,16 +262,17 @@ WITH due_tasks AS (
                                    OR r.not_before <= now()))
 ), allowed AS (
     -- More than asked for: runs another coordinator holds are skipped below.
-    SELECT id, not_before, occurrence FROM ranked
+    -- A retry or a re-check goes before new work: it already holds a slot of its task.
+    SELECT id, in_flight, not_before, occurrence FROM ranked
     WHERE position <= max_active AND state = 'QUEUED' AND not_before <= now()
       AND selector <@ %(labels)s::jsonb
-    ORDER BY not_before, occurrence
+    ORDER BY in_flight DESC, not_before, occurrence
     LIMIT %(limit)s * 4
 ), locked AS (
     SELECT r.id FROM hydra_runs r
     JOIN allowed a ON a.id = r.id
     WHERE r.state = 'QUEUED'
-    ORDER BY a.not_before, a.occurrence
+    ORDER BY a.in_flight DESC, a.not_before, a.occurrence
     LIMIT %(limit)s
     FOR UPDATE OF r SKIP LOCKED
 )

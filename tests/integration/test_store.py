@@ -205,3 +205,31 @@ async def test_unknown_ids_are_not_found(store: LeaseStore) -> None:
         await store.get_run("not-a-uuid")
     with pytest.raises(NotFound):
         await store.get_task("nope")
+
+
+async def test_a_retry_is_leased_before_newer_work(store: LeaseStore) -> None:
+    retried = await _queued_run(
+        store,
+        retry=Retry(max_attempts=2, backoff=timedelta(0)),
+        concurrency=Concurrency(max_active_runs=100),
+    )
+    [lease] = await store.claim_runs("a1", {}, 1, TTL)
+    await store.start_attempt(retried, lease.lease_token, "a1", ["true"], NOW)
+    _, task = await store.task_ref("t")
+    task_id, _ = await store.task_ref("t")
+    await store.create_runs(
+        [  # a backlog that was due before the retry
+            NewRun(
+                task_id=task_id,
+                task_version=task.version,
+                spec=task.spec,
+                occurrence=NOW - timedelta(hours=1, seconds=i),
+                cause="backfill",
+            )
+            for i in range(5)
+        ]
+    )
+    report = _report(retried, lease.lease_token, "FAILED", exit_code=1)
+    assert (await store.finish_attempt(report)).accepted
+    [next_up] = await store.claim_runs("a2", {}, 1, TTL)
+    assert next_up.run_id == retried
