@@ -31,47 +31,14 @@ from hydra.agent import AgentConfig, AgentDaemon
 from hydra.v1 import agent_service_pb2 as pb
 from hydra.v1 import agent_service_pb2_grpc, run_service_pb2, types_pb2
 
+from support.proc import alive, eventually, processes_with_run_id
+
 Context = grpc.aio.ServicerContext[Any, Any]
 
 HEARTBEAT_INTERVAL = 0.1
 LEASE_TTL = 1.0
 
 # --- process helpers (a copy of the unit tests') --------------------------------
-
-
-def alive(pid: int) -> bool:
-    """True while ``pid`` runs; a zombie (nobody reaped it yet) counts as dead."""
-    try:
-        with open(f"/proc/{pid}/stat") as file:
-            return file.read().rpartition(")")[2].split()[0] not in ("Z", "X")
-    except (FileNotFoundError, ProcessLookupError):  # gone before or while reading
-        return False
-
-
-def processes_with_run_id(prefix: str) -> list[int]:
-    """Living processes whose environment has a HYDRA_RUN_ID starting with ``prefix``."""
-    marker = f"HYDRA_RUN_ID={prefix}".encode()
-    with os.scandir("/proc") as entries:
-        pids = [int(entry.name) for entry in entries if entry.name.isdigit()]
-    found = []
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/environ", "rb") as file:
-                environ = file.read().split(b"\0")
-        except OSError:
-            continue
-        if any(item.startswith(marker) for item in environ) and alive(pid):
-            found.append(pid)
-    return found
-
-
-async def eventually(condition: Callable[[], object], within: float = 5.0) -> None:
-    """Polls ``condition`` until it is truthy; fails after ``within`` seconds."""
-    deadline = time.monotonic() + within
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {within}s")
-        await asyncio.sleep(0.02)
 
 
 # --- the scripted coordinator ------------------------------------------------------

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -18,42 +17,7 @@ from hydra.agent.attempt import AttemptResult, AttemptSpec, Outcome, OutputStrea
 from hydra.agent.executor import PIPE_DRAIN_SECONDS, Execution, attempt_environment
 from hydra.agent.output import OutputBatcher, OutputsError, read_outputs
 
-# --- process helpers (the integration tests keep a copy) ------------------------
-
-
-def alive(pid: int) -> bool:
-    """True while ``pid`` runs; a zombie (nobody reaped it yet) counts as dead."""
-    try:
-        with open(f"/proc/{pid}/stat") as file:
-            return file.read().rpartition(")")[2].split()[0] not in ("Z", "X")
-    except (FileNotFoundError, ProcessLookupError):  # gone before or while reading
-        return False
-
-
-def processes_with_run_id(prefix: str) -> list[int]:
-    """Living processes whose environment has a HYDRA_RUN_ID starting with ``prefix``."""
-    marker = f"HYDRA_RUN_ID={prefix}".encode()
-    with os.scandir("/proc") as entries:
-        pids = [int(entry.name) for entry in entries if entry.name.isdigit()]
-    found = []
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/environ", "rb") as file:
-                environ = file.read().split(b"\0")
-        except OSError:
-            continue
-        if any(item.startswith(marker) for item in environ) and alive(pid):
-            found.append(pid)
-    return found
-
-
-async def eventually(condition: Callable[[], bool], within: float = 5.0) -> None:
-    """Polls ``condition`` until it holds; fails after ``within`` seconds."""
-    deadline = time.monotonic() + within
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {within}s")
-        await asyncio.sleep(0.02)
+from support.proc import alive, eventually, processes_with_run_id
 
 
 @pytest.fixture
