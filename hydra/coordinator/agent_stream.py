@@ -3,7 +3,10 @@
 The agent says Hello; we reconcile the leases it still holds, answer Welcome,
 then read its messages (heartbeats, attempt started/finished, output) while a
 writer sends what the dispatcher queued for it. Every report goes through the
-lease store, which checks the fencing token.
+lease store, which checks the fencing token. Messages that arrive while
+earlier ones are being recorded are recorded together, in one transaction,
+and answered only once it has committed: a busy agent costs one commit per
+batch, not one per message.
 """
 
 from __future__ import annotations
@@ -11,18 +14,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import grpc
+import psycopg
 
-from hydra.coordinator.lease_store import LeaseStore
+from hydra.coordinator.lease_store import DUPLICATE_SUCCESS, LeaseBatch, LeaseStore
 from hydra.coordinator.loop import utcnow
-from hydra.coordinator.records import AttemptReport, LeaseTimes
+from hydra.coordinator.records import AttemptReport, LeaseTimes, ReportVerdict
 from hydra.coordinator.sessions import AgentSession, LeaseKey, SessionRegistry
+from hydra.errors import Unavailable
 from hydra.v1 import agent_service_pb2 as pb
 from hydra.wire import from_timestamp, to_duration, verdict_from_proto
 
 log = logging.getLogger("hydra.coordinator.agents")
+
+#: Messages of one agent waiting to be handled; a full inbox stops reading its stream.
+INBOX_SIZE = 1000
+#: Messages handled in one transaction at most.
+MAX_BATCH = 200
+
+#: What to do once a message's changes are committed (answer the agent, wake the dispatcher).
+Answer = Callable[[], None]
 
 _OUTCOMES = {
     pb.ATTEMPT_OUTCOME_SUCCEEDED: "SUCCEEDED",
@@ -119,75 +132,159 @@ class AgentStreams:
         log.info("agent %s disconnected", session.agent_id)
 
     async def _read(self, session: AgentSession, requests: AsyncIterator[pb.AgentMessage]) -> None:
+        """Reads the agent's messages into an inbox that `_work` empties in batches."""
+        inbox: asyncio.Queue[pb.AgentMessage | None] = asyncio.Queue(INBOX_SIZE)
+        worker = asyncio.create_task(self._work(session, inbox), name=f"reports-{session.agent_id}")
         try:
             async for message in requests:
-                await self._handle(session, message)
+                if worker.done():  # it failed, and closed the session
+                    break
+                await inbox.put(message)  # a full inbox slows the agent down (flow control)
+            else:
+                await inbox.put(None)
+                await worker  # what the agent sent before it closed is still recorded
         except (grpc.aio.AioRpcError, asyncio.CancelledError):
             pass
         except Exception:
             log.exception("agent %s: stream failed", session.agent_id)
         finally:
+            worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await worker
             session.close()
 
-    async def _handle(self, session: AgentSession, message: pb.AgentMessage) -> None:
+    async def _work(
+        self, session: AgentSession, inbox: asyncio.Queue[pb.AgentMessage | None]
+    ) -> None:
+        """Handles what waits in the inbox, all of it in one transaction, until the end."""
+        while True:
+            batch: list[pb.AgentMessage] = []
+            message = await inbox.get()
+            while message is not None:
+                batch.append(message)
+                if len(batch) >= MAX_BATCH or inbox.empty():
+                    break
+                message = inbox.get_nowait()
+            try:
+                await self._handle_batch(session, batch)
+            except Exception:
+                # Nothing was acknowledged: the agent re-sends its reports on a new stream.
+                log.exception("agent %s: recording its messages failed", session.agent_id)
+                session.close()
+                return
+            if message is None:
+                return
+
+    async def _handle_batch(self, session: AgentSession, batch: list[pb.AgentMessage]) -> None:
+        """One transaction for the batch, then the answers; if the transaction fails
+        for one message's sake, each message again in a transaction of its own."""
+        if not batch:
+            return
+        try:
+            async with self._store.batch() as leases:
+                answers = [await self._handle(session, leases, message) for message in batch]
+        except Unavailable:
+            raise
+        except Exception:
+            if len(batch) == 1:
+                await self._handle_alone(session, batch[0])
+                return
+            for message in batch:
+                await self._handle_batch(session, [message])
+            return
+        for answer in answers:
+            if answer is not None:
+                answer()
+
+    async def _handle_alone(self, session: AgentSession, message: pb.AgentMessage) -> None:
+        try:
+            async with self._store.batch() as leases:
+                answer = await self._handle(session, leases, message)
+        except psycopg.errors.UniqueViolation:
+            if message.WhichOneof("body") != "attempt_finished":
+                raise
+            # The one-success index: never two SUCCEEDED attempts for a run.
+            verdict = ReportVerdict(accepted=False, reason=DUPLICATE_SUCCESS)
+            answer = self._finished_answer(session, message.attempt_finished, verdict)
+        if answer is not None:
+            answer()
+
+    async def _handle(
+        self, session: AgentSession, leases: LeaseBatch, message: pb.AgentMessage
+    ) -> Answer | None:
+        """Records one message; returns what to do once the batch is committed."""
         kind = message.WhichOneof("body")
         if kind == "heartbeat":
-            await self._heartbeat(session, message.heartbeat)
-        elif kind == "attempt_started":
-            await self._started(session, message.attempt_started)
-        elif kind == "output":
+            return await self._heartbeat(session, leases, message.heartbeat)
+        if kind == "attempt_started":
+            return await self._started(session, leases, message.attempt_started)
+        if kind == "output":
             chunk = message.output
-            await self._store.append_output(
+            await leases.append_output(
                 chunk.lease.run_id,
                 chunk.lease.lease_token,
                 int(chunk.stream),
                 chunk.data,
                 limit=self._output_limit,
             )
-        elif kind == "attempt_finished":
-            await self._finished(session, message.attempt_finished)
-        elif kind == "lease_rejected":
-            await self._rejected(session, message.lease_rejected)
-        elif kind == "preconditions_checked":
-            await self._checked(session, message.preconditions_checked)
-        else:
-            log.warning("agent %s sent an unexpected %s", session.agent_id, kind)
+            return None
+        if kind == "attempt_finished":
+            finished = message.attempt_finished
+            verdict = await leases.finish_attempt(_report(session.agent_id, finished))
+            return self._finished_answer(session, finished, verdict)
+        if kind == "lease_rejected":
+            return await self._rejected(session, leases, message.lease_rejected)
+        if kind == "preconditions_checked":
+            return await self._checked(session, leases, message.preconditions_checked)
+        log.warning("agent %s sent an unexpected %s", session.agent_id, kind)
+        return None
 
-    async def _heartbeat(self, session: AgentSession, heartbeat: pb.Heartbeat) -> None:
+    async def _heartbeat(
+        self, session: AgentSession, leases: LeaseBatch, heartbeat: pb.Heartbeat
+    ) -> Answer:
         listed = [(lease.run_id, lease.lease_token) for lease in heartbeat.leases]
         if heartbeat.draining and not session.draining:
             log.info("agent %s is draining", session.agent_id)
         session.draining = session.draining or heartbeat.draining
-        renewed = await self._store.renew_leases(
+        renewed = await leases.renew_leases(
             session.agent_id,
             listed,
             self._times.ttl,
             draining=session.draining,
             coordinator_id=self._coordinator_id,
         )
-        revoked = [key for key in listed if key not in renewed]
-        session.held.difference_update(revoked)
-        if revoked:
-            self._sessions.slots_changed.set()
-        session.send(
-            pb.CoordinatorMessage(
-                heartbeat_ack=pb.HeartbeatAck(
-                    sequence=heartbeat.sequence,
-                    revoked=[_ref(key) for key in revoked],
+
+        def answer() -> None:
+            revoked = [key for key in listed if key not in renewed]
+            session.held.difference_update(revoked)
+            if revoked:
+                self._sessions.slots_changed.set()
+            session.send(
+                pb.CoordinatorMessage(
+                    heartbeat_ack=pb.HeartbeatAck(
+                        sequence=heartbeat.sequence,
+                        revoked=[_ref(key) for key in revoked],
+                    )
                 )
             )
-        )
 
-    async def _started(self, session: AgentSession, started: pb.AttemptStarted) -> None:
+        return answer
+
+    async def _started(
+        self, session: AgentSession, leases: LeaseBatch, started: pb.AttemptStarted
+    ) -> Answer | None:
         key = (started.lease.run_id, started.lease.lease_token)
-        current = await self._store.start_attempt(
+        current = await leases.start_attempt(
             key[0],
             key[1],
             session.agent_id,
             list(started.argv),
             from_timestamp(started.started_at),
         )
-        if not current:
+        if current:
+            return None
+
+        def answer() -> None:
             log.warning(
                 "agent %s started run %s under stale lease %d; cancelling it",
                 session.agent_id,
@@ -203,45 +300,60 @@ class AgentStreams:
                 )
             )
 
-    async def _finished(self, session: AgentSession, finished: pb.AttemptFinished) -> None:
-        report = _report(session.agent_id, finished)
-        verdict = await self._store.finish_attempt(report)
-        if not verdict.accepted:
-            log.warning(
-                "refused report of agent %s on run %s (lease %d): %s",
-                session.agent_id,
-                report.run_id,
-                report.lease_token,
-                verdict.reason,
-            )
-        session.held.discard((report.run_id, report.lease_token))
-        self._sessions.slots_changed.set()
-        session.send(
-            pb.CoordinatorMessage(
-                report_ack=pb.ReportAck(
-                    lease=finished.lease, accepted=verdict.accepted, reason=verdict.reason
+        return answer
+
+    def _finished_answer(
+        self, session: AgentSession, finished: pb.AttemptFinished, verdict: ReportVerdict
+    ) -> Answer:
+        def answer() -> None:
+            key = (finished.lease.run_id, finished.lease.lease_token)
+            if not verdict.accepted:
+                log.warning(
+                    "refused report of agent %s on run %s (lease %d): %s",
+                    session.agent_id,
+                    key[0],
+                    key[1],
+                    verdict.reason,
+                )
+            session.held.discard(key)
+            self._sessions.slots_changed.set()
+            session.send(
+                pb.CoordinatorMessage(
+                    report_ack=pb.ReportAck(
+                        lease=finished.lease, accepted=verdict.accepted, reason=verdict.reason
+                    )
                 )
             )
-        )
 
-    async def _checked(self, session: AgentSession, checked: pb.PreconditionsChecked) -> None:
+        return answer
+
+    async def _checked(
+        self, session: AgentSession, leases: LeaseBatch, checked: pb.PreconditionsChecked
+    ) -> Answer | None:
         key = (checked.lease.run_id, checked.lease.lease_token)
-        if not checked.ready:
-            session.held.discard(key)  # the agent gave the lease up
-            self._sessions.slots_changed.set()
-        await self._store.record_preconditions(
+        await leases.record_preconditions(
             key[0],
             key[1],
             ready=checked.ready,
             verdicts=[verdict_from_proto(v) for v in checked.verdicts],
             now=utcnow(),
         )
+        if checked.ready:
+            return None
 
-    async def _rejected(self, session: AgentSession, rejected: pb.LeaseRejected) -> None:
+        def answer() -> None:
+            session.held.discard(key)  # the agent gave the lease up
+            self._sessions.slots_changed.set()
+
+        return answer
+
+    async def _rejected(
+        self, session: AgentSession, leases: LeaseBatch, rejected: pb.LeaseRejected
+    ) -> Answer:
         key = (rejected.lease.run_id, rejected.lease.lease_token)
         log.info("agent %s rejected run %s: %s", session.agent_id, key[0], rejected.reason)
-        session.held.discard(key)
-        await self._store.release_lease(key[0], key[1], reason=f"agent rejected: {rejected.reason}")
+        await leases.release_lease(key[0], key[1], reason=f"agent rejected: {rejected.reason}")
+        return lambda: session.held.discard(key)
 
 
 async def _read_hello(

@@ -5,9 +5,10 @@ carries an old token changes nothing.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -37,6 +38,12 @@ LeaseKey = tuple[str, int]
 class LeaseStore(Store):
     """The store, plus everything that touches leases."""
 
+    @contextlib.asynccontextmanager
+    async def batch(self) -> AsyncIterator[LeaseBatch]:
+        """Several agent reports in one transaction: one commit for all of them."""
+        async with self.transaction() as cur:
+            yield LeaseBatch(self, cur)
+
     async def claim_runs(
         self, agent_id: str, labels: Mapping[str, str], limit: int, ttl: timedelta
     ) -> list[ClaimedRun]:
@@ -55,34 +62,33 @@ class LeaseStore(Store):
             await self.notify_runs_changed(cur, [str(row["id"]) for row in rows])
             if rows:  # other dispatchers may have lost runs to us under contention: retry
                 await self.run_query(cur, "notify_dispatch")
-        claimed = []
-        for row in rows:
-            spec = spec_of_version(row["task_id"], row["task_version"], row["task_spec"])
-            claimed.append(
-                ClaimedRun(
-                    run_id=str(row["id"]),
-                    lease_token=row["lease_token"],
-                    task_name=row["task_name"],
-                    task_spec=spec,
-                    occurrence=row["occurrence"],
-                    params=row["params"],
-                    attempt=row["attempts_used"] + 1,
-                    timezone=row["timezone"],
-                    upstream=await self._upstream_outputs(spec, row["occurrence"]),
+            claimed = []
+            for row in rows:
+                spec = spec_of_version(row["task_id"], row["task_version"], row["task_spec"])
+                claimed.append(
+                    ClaimedRun(
+                        run_id=str(row["id"]),
+                        lease_token=row["lease_token"],
+                        task_name=row["task_name"],
+                        task_spec=spec,
+                        occurrence=row["occurrence"],
+                        params=row["params"],
+                        attempt=row["attempts_used"] + 1,
+                        timezone=row["timezone"],
+                        upstream=await self._upstream_outputs(cur, spec, row["occurrence"]),
+                    )
                 )
-            )
         return claimed
 
     async def _upstream_outputs(
-        self, spec: TaskSpec, occurrence: datetime
+        self, cur: Cursor, spec: TaskSpec, occurrence: datetime
     ) -> dict[str, dict[str, Any]]:
         names = sorted(
             {t for trigger in spec.triggers if isinstance(trigger, After) for t in trigger.tasks}
         )
         if not names:
             return {}
-        async with self.transaction() as cur:
-            rows = await self.all(cur, "upstream_outputs", names=names, occurrence=occurrence)
+        rows = await self.all(cur, "upstream_outputs", names=names, occurrence=occurrence)
         outputs: dict[str, dict[str, Any]] = {name: {} for name in names}
         outputs.update({r["name"]: r["outputs"] or {} for r in rows})
         return outputs
@@ -98,22 +104,34 @@ class LeaseStore(Store):
     ) -> None:
         """Record an agent's verdicts; when not ready, queue the run again after the
         poke interval, or end it once precondition_timeout has passed."""
-        async with self.transaction() as cur:
-            row = await self.one(
-                cur,
-                "record_precondition_checks",
-                run_id=run_uuid(run_id),
-                lease_token=lease_token,
-                verdicts=Jsonb([_verdict_json(v) for v in verdicts]),
-                checked_at=now,
+        async with self.batch() as batch:
+            await batch.record_preconditions(
+                run_id, lease_token, ready=ready, verdicts=verdicts, now=now
             )
-            if row is None:
-                return  # stale lease: the run moved on
-            if not ready:
-                await self._not_ready(
-                    cur, run_id, lease_token, verdicts, now - row["first_checked_at"]
-                )
-            await self.run_query(cur, "notify_run_changed", run_id=run_id)
+
+    async def _record_preconditions(
+        self,
+        cur: Cursor,
+        run_id: str,
+        lease_token: int,
+        *,
+        ready: bool,
+        verdicts: Sequence[PreconditionVerdict],
+        now: datetime,
+    ) -> None:
+        row = await self.one(
+            cur,
+            "record_precondition_checks",
+            run_id=run_uuid(run_id),
+            lease_token=lease_token,
+            verdicts=Jsonb([_verdict_json(v) for v in verdicts]),
+            checked_at=now,
+        )
+        if row is None:
+            return  # stale lease: the run moved on
+        if not ready:
+            await self._not_ready(cur, run_id, lease_token, verdicts, now - row["first_checked_at"])
+        await self.run_query(cur, "notify_run_changed", run_id=run_id)
 
     async def _not_ready(
         self,
@@ -154,18 +172,23 @@ class LeaseStore(Store):
         self, run_id: str, lease_token: int, *, reason: str, delay: timedelta = timedelta(0)
     ) -> bool:
         """Give a lease back before any attempt started; the run is queued again."""
-        async with self.transaction() as cur:
-            row = await self.one(
-                cur,
-                "release_lease",
-                run_id=run_uuid(run_id),
-                lease_token=lease_token,
-                reason=reason,
-                delay=delay,
-            )
-            if row is not None:
-                await self.run_query(cur, "notify_run_changed", run_id=run_id)
-                await self.run_query(cur, "notify_dispatch")
+        async with self.batch() as batch:
+            return await batch.release_lease(run_id, lease_token, reason=reason, delay=delay)
+
+    async def _release_lease(
+        self, cur: Cursor, run_id: str, lease_token: int, *, reason: str, delay: timedelta
+    ) -> bool:
+        row = await self.one(
+            cur,
+            "release_lease",
+            run_id=run_uuid(run_id),
+            lease_token=lease_token,
+            reason=reason,
+            delay=delay,
+        )
+        if row is not None:
+            await self.run_query(cur, "notify_run_changed", run_id=run_id)
+            await self.run_query(cur, "notify_dispatch")
         return row is not None
 
     async def renew_leases(
@@ -178,20 +201,34 @@ class LeaseStore(Store):
         coordinator_id: str,
     ) -> set[LeaseKey]:
         """Extend the agent's current leases among those listed; returns the renewed ones."""
-        async with self.transaction() as cur:
-            await self.run_query(
-                cur, "touch_agent", id=agent_id, draining=draining, coordinator_id=coordinator_id
+        async with self.batch() as batch:
+            return await batch.renew_leases(
+                agent_id, leases, ttl, draining=draining, coordinator_id=coordinator_id
             )
-            if not leases:
-                return set()
-            rows = await self.all(
-                cur,
-                "renew_leases",
-                agent_id=agent_id,
-                ttl=ttl,
-                run_ids=[run_id for run_id, _ in leases],
-                lease_tokens=[token for _, token in leases],
-            )
+
+    async def _renew_leases(
+        self,
+        cur: Cursor,
+        agent_id: str,
+        leases: Sequence[LeaseKey],
+        ttl: timedelta,
+        *,
+        draining: bool,
+        coordinator_id: str,
+    ) -> set[LeaseKey]:
+        await self.run_query(
+            cur, "touch_agent", id=agent_id, draining=draining, coordinator_id=coordinator_id
+        )
+        if not leases:
+            return set()
+        rows = await self.all(
+            cur,
+            "renew_leases",
+            agent_id=agent_id,
+            ttl=ttl,
+            run_ids=[run_id for run_id, _ in leases],
+            lease_tokens=[token for _, token in leases],
+        )
         return {(str(r["id"]), r["lease_token"]) for r in rows}
 
     async def reconcile_agent(
@@ -230,11 +267,8 @@ class LeaseStore(Store):
         started_at: datetime,
     ) -> bool:
         """LEASED -> RUNNING with a new attempt; False when the token is not current."""
-        async with self.transaction() as cur:
-            number = await self._start(cur, run_id, lease_token, agent_id, argv, started_at)
-            if number is not None:
-                await self.run_query(cur, "notify_run_changed", run_id=run_id)
-        return number is not None
+        async with self.batch() as batch:
+            return await batch.start_attempt(run_id, lease_token, agent_id, argv, started_at)
 
     async def _start(
         self,
@@ -270,15 +304,11 @@ class LeaseStore(Store):
     async def finish_attempt(self, report: AttemptReport) -> ReportVerdict:
         """Record how an attempt ended, if its lease is current; else refuse it."""
         try:
-            async with self.transaction() as cur:
-                verdict = await self._finish(cur, report)
-                if verdict.accepted:
-                    await self.run_query(cur, "notify_run_changed", run_id=report.run_id)
-                    await self.run_query(cur, "notify_dispatch")
-                return verdict
+            async with self.batch() as batch:
+                return await batch.finish_attempt(report)
         except psycopg.errors.UniqueViolation:
             # The one-success index: never two SUCCEEDED attempts for a run.
-            return ReportVerdict(accepted=False, reason="run already has a successful attempt")
+            return ReportVerdict(accepted=False, reason=DUPLICATE_SUCCESS)
 
     async def _finish(self, cur: Cursor, report: AttemptReport) -> ReportVerdict:
         row = await self.one(cur, "lock_run", id=run_uuid(report.run_id))
@@ -356,22 +386,27 @@ class LeaseStore(Store):
         self, run_id: str, lease_token: int, stream: int, data: bytes, *, limit: int
     ) -> None:
         """Store output of the attempt under this lease, keeping at most `limit` bytes."""
-        async with self.transaction() as cur:
-            row = await self.one(
-                cur,
-                "append_output",
-                run_id=run_uuid(run_id),
-                lease_token=lease_token,
-                stream=stream,
-                data=data,
+        async with self.batch() as batch:
+            await batch.append_output(run_id, lease_token, stream, data, limit=limit)
+
+    async def _append_output(
+        self, cur: Cursor, run_id: str, lease_token: int, stream: int, data: bytes, limit: int
+    ) -> None:
+        row = await self.one(
+            cur,
+            "append_output",
+            run_id=run_uuid(run_id),
+            lease_token=lease_token,
+            stream=stream,
+            data=data,
+        )
+        if row is None:
+            return
+        if row["output_bytes"] > limit:
+            await self.run_query(
+                cur, "prune_output", run_id=run_id, attempt=row["number"], limit=limit
             )
-            if row is None:
-                return
-            if row["output_bytes"] > limit:
-                await self.run_query(
-                    cur, "prune_output", run_id=run_id, attempt=row["number"], limit=limit
-                )
-            await self.run_query(cur, "notify_output", run_id=run_id)
+        await self.run_query(cur, "notify_output", run_id=run_id)
 
     async def reap_expired(
         self, limit: int = 100, *, restart_grace: timedelta = timedelta(0)
@@ -455,6 +490,88 @@ class LeaseStore(Store):
             await self.run_query(
                 cur, "disconnect_agent", id=agent_id, coordinator_id=coordinator_id
             )
+
+
+class LeaseBatch:
+    """Lease changes made in one transaction (see :meth:`LeaseStore.batch`).
+
+    Each method does what the LeaseStore method of the same name does; nothing
+    is committed before the batch ends, and an error rolls all of it back.
+    """
+
+    def __init__(self, store: LeaseStore, cur: Cursor) -> None:
+        self._store = store
+        self._cur = cur
+
+    async def start_attempt(
+        self,
+        run_id: str,
+        lease_token: int,
+        agent_id: str,
+        argv: Sequence[str],
+        started_at: datetime,
+    ) -> bool:
+        """See :meth:`LeaseStore.start_attempt`."""
+        store, cur = self._store, self._cur
+        number = await store._start(cur, run_id, lease_token, agent_id, argv, started_at)
+        if number is not None:
+            await store.run_query(cur, "notify_run_changed", run_id=run_id)
+        return number is not None
+
+    async def finish_attempt(self, report: AttemptReport) -> ReportVerdict:
+        """See :meth:`LeaseStore.finish_attempt`; a second success raises UniqueViolation."""
+        store, cur = self._store, self._cur
+        verdict = await store._finish(cur, report)
+        if verdict.accepted:
+            await store.run_query(cur, "notify_run_changed", run_id=report.run_id)
+            await store.run_query(cur, "notify_dispatch")
+        return verdict
+
+    async def append_output(
+        self, run_id: str, lease_token: int, stream: int, data: bytes, *, limit: int
+    ) -> None:
+        """See :meth:`LeaseStore.append_output`."""
+        await self._store._append_output(self._cur, run_id, lease_token, stream, data, limit)
+
+    async def record_preconditions(
+        self,
+        run_id: str,
+        lease_token: int,
+        *,
+        ready: bool,
+        verdicts: Sequence[PreconditionVerdict],
+        now: datetime,
+    ) -> None:
+        """See :meth:`LeaseStore.record_preconditions`."""
+        await self._store._record_preconditions(
+            self._cur, run_id, lease_token, ready=ready, verdicts=verdicts, now=now
+        )
+
+    async def release_lease(
+        self, run_id: str, lease_token: int, *, reason: str, delay: timedelta = timedelta(0)
+    ) -> bool:
+        """See :meth:`LeaseStore.release_lease`."""
+        return await self._store._release_lease(
+            self._cur, run_id, lease_token, reason=reason, delay=delay
+        )
+
+    async def renew_leases(
+        self,
+        agent_id: str,
+        leases: Sequence[LeaseKey],
+        ttl: timedelta,
+        *,
+        draining: bool,
+        coordinator_id: str,
+    ) -> set[LeaseKey]:
+        """See :meth:`LeaseStore.renew_leases`."""
+        return await self._store._renew_leases(
+            self._cur, agent_id, leases, ttl, draining=draining, coordinator_id=coordinator_id
+        )
+
+
+#: Why a report is refused when its run already succeeded under another attempt.
+DUPLICATE_SUCCESS = "run already has a successful attempt"
 
 
 def failure_reason(number: int, report: AttemptReport) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import select
 import time
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -27,6 +28,22 @@ async def _configure(conn: psycopg.AsyncConnection[Any]) -> None:
     await conn.execute("SET TIME ZONE 'UTC'")
 
 
+async def _check(conn: psycopg.AsyncConnection[Any]) -> None:
+    """Make sure a pooled connection still works before lending it out.
+
+    An idle connection has nothing to read, unless the server closed it (a
+    restart, a crash, a terminated backend) and left an error message or EOF
+    behind: only then is it worth the round trip of psycopg's own check, which
+    raises and makes the pool open a new connection. The check runs for every
+    transaction, so it must not cost a round trip each time.
+    """
+    if conn.closed:
+        raise psycopg.OperationalError("the connection is closed")
+    readable, _, _ = select.select([conn.fileno()], [], [], 0)
+    if readable:
+        await AsyncConnectionPool.check_connection(conn)
+
+
 def open_pool(conninfo: str, size: int) -> AsyncConnectionPool:
     """A pool of autocommit connections in UTC; transactions are explicit."""
     return AsyncConnectionPool(
@@ -35,7 +52,7 @@ def open_pool(conninfo: str, size: int) -> AsyncConnectionPool:
         max_size=size,
         kwargs={"autocommit": True},
         configure=_configure,
-        check=AsyncConnectionPool.check_connection,
+        check=_check,
         open=False,
         timeout=2.0,  # a request waits this long for a connection, then UNAVAILABLE
         name="hydra",
@@ -56,9 +73,14 @@ class BaseStore:
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[Cursor]:
-        """One transaction; database outages surface as Unavailable."""
+        """One transaction; database outages surface as Unavailable.
+
+        It runs in pipeline mode: a statement whose rows are not fetched does
+        not wait for its answer, so BEGIN, notifications and plain updates
+        cost no round trip of their own; a fetch or the COMMIT waits for all.
+        """
         try:
-            async with self.pool.connection() as conn, conn.transaction():
+            async with self.pool.connection() as conn, conn.pipeline(), conn.transaction():
                 yield conn.cursor(row_factory=dict_row)
         except (psycopg.OperationalError, PoolTimeout) as error:
             self.last_outage = time.monotonic()
