@@ -88,8 +88,8 @@ class DependencyStore(BaseStore):
                 occurrence.instant.isoformat(),
             )
             await self.run_query(cur, "reopen_skipped_run", id=existing["id"])
-            await self.run_query(cur, "notify_run_changed", run_id=str(existing["id"]))
-            await self.run_query(cur, "notify_dispatch")
+            self.notify_runs_changed(cur, [str(existing["id"])])
+            self.notify_dispatch(cur)
 
     async def _skip_dependent(
         self,
@@ -118,7 +118,7 @@ class DependencyStore(BaseStore):
     async def skip(self, cur: Cursor, run_id: str, reason: str) -> None:
         """End a run that never ran as SKIPPED."""
         await self.run_query(cur, "skip_run", id=run_id, reason=reason)
-        await self.run_query(cur, "notify_run_changed", run_id=run_id)
+        self.notify_runs_changed(cur, [run_id])
 
     async def apply_overlap(self, cur: Cursor, run_id: str, task_id: int, spec: TaskSpec) -> None:
         """A scheduled run was created: skip it, or cancel the runs it replaces, when the

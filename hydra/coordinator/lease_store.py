@@ -59,9 +59,9 @@ class LeaseStore(Store):
                 limit=limit,
                 ttl=ttl,
             )
-            await self.notify_runs_changed(cur, [str(row["id"]) for row in rows])
+            self.notify_runs_changed(cur, [str(row["id"]) for row in rows])
             if rows:  # other dispatchers may have lost runs to us under contention: retry
-                await self.run_query(cur, "notify_dispatch")
+                self.notify_dispatch(cur)
             claimed = []
             for row in rows:
                 spec = spec_of_version(row["task_id"], row["task_version"], row["task_spec"])
@@ -131,7 +131,7 @@ class LeaseStore(Store):
             return  # stale lease: the run moved on
         if not ready:
             await self._not_ready(cur, run_id, lease_token, verdicts, now - row["first_checked_at"])
-        await self.run_query(cur, "notify_run_changed", run_id=run_id)
+        self.notify_runs_changed(cur, [run_id])
 
     async def _not_ready(
         self,
@@ -155,7 +155,7 @@ class LeaseStore(Store):
                 delay=spec.poke_interval,
                 reason=f"waiting for preconditions: {waiting}",
             )
-            await self.run_query(cur, "notify_dispatch")
+            self.notify_dispatch(cur)
             return
         state = RunState.SKIPPED if spec.on_timeout is OnTimeout.SKIP else RunState.FAILED
         await self.run_query(
@@ -187,8 +187,8 @@ class LeaseStore(Store):
             delay=delay,
         )
         if row is not None:
-            await self.run_query(cur, "notify_run_changed", run_id=run_id)
-            await self.run_query(cur, "notify_dispatch")
+            self.notify_runs_changed(cur, [run_id])
+            self.notify_dispatch(cur)
         return row is not None
 
     async def renew_leases(
@@ -284,22 +284,11 @@ class LeaseStore(Store):
             "start_attempt",
             run_id=run_uuid(run_id),
             lease_token=lease_token,
-            started_at=started_at,
-        )
-        if row is None:
-            return None
-        number = int(row["attempts_used"])
-        await self.run_query(
-            cur,
-            "insert_attempt",
-            run_id=run_id,
-            number=number,
             agent_id=agent_id,
-            lease_token=lease_token,
             argv=list(argv),
             started_at=started_at,
         )
-        return number
+        return None if row is None else int(row["number"])
 
     async def finish_attempt(self, report: AttemptReport) -> ReportVerdict:
         """Record how an attempt ended, if its lease is current; else refuse it."""
@@ -421,7 +410,7 @@ class LeaseStore(Store):
             for row in rows:
                 await self._reap(cur, row)
             if rows:
-                await self.run_query(cur, "notify_dispatch")
+                self.notify_dispatch(cur)
         return len(rows)
 
     async def _reap(self, cur: Cursor, row: dict[str, Any]) -> None:
@@ -445,7 +434,7 @@ class LeaseStore(Store):
                 cur, row, token, reason=f"attempt {number} lost: {message}", backoff_factor=0.0
             )
         log.warning("lease %s of run %s on agent %s expired", token, run_id, agent)
-        await self.run_query(cur, "notify_run_changed", run_id=run_id)
+        self.notify_runs_changed(cur, [run_id])
 
     async def next_queued_due(self) -> datetime | None:
         """When the earliest queued run becomes due."""
@@ -515,7 +504,7 @@ class LeaseBatch:
         store, cur = self._store, self._cur
         number = await store._start(cur, run_id, lease_token, agent_id, argv, started_at)
         if number is not None:
-            await store.run_query(cur, "notify_run_changed", run_id=run_id)
+            store.notify_runs_changed(cur, [run_id])
         return number is not None
 
     async def finish_attempt(self, report: AttemptReport) -> ReportVerdict:
@@ -523,8 +512,8 @@ class LeaseBatch:
         store, cur = self._store, self._cur
         verdict = await store._finish(cur, report)
         if verdict.accepted:
-            await store.run_query(cur, "notify_run_changed", run_id=report.run_id)
-            await store.run_query(cur, "notify_dispatch")
+            store.notify_runs_changed(cur, [report.run_id])
+            store.notify_dispatch(cur)
         return verdict
 
     async def append_output(

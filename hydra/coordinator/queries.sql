@@ -326,17 +326,18 @@ FROM unnest(%(run_ids)s::uuid[], %(lease_tokens)s::bigint[]) AS u(run_id, lease_
 WHERE r.id = u.run_id AND r.lease_token = u.lease_token AND r.state IN ('LEASED', 'RUNNING');
 
 -- name: start_attempt
--- LEASED -> RUNNING under the current token; returns the new attempt number.
-UPDATE hydra_runs
-SET state = 'RUNNING', attempts_used = attempts_used + 1,
-    started_at = coalesce(started_at, %(started_at)s), updated_at = now()
-WHERE id = %(run_id)s AND lease_token = %(lease_token)s AND state = 'LEASED'
-RETURNING attempts_used;
-
--- name: insert_attempt
--- Record a started attempt.
+-- LEASED -> RUNNING under the current token, recording the attempt; returns its number.
+WITH started AS (
+    UPDATE hydra_runs
+    SET state = 'RUNNING', attempts_used = attempts_used + 1,
+        started_at = coalesce(started_at, %(started_at)s), updated_at = now()
+    WHERE id = %(run_id)s AND lease_token = %(lease_token)s AND state = 'LEASED'
+    RETURNING id, attempts_used
+)
 INSERT INTO hydra_attempts (run_id, number, agent_id, lease_token, argv, started_at)
-VALUES (%(run_id)s, %(number)s, %(agent_id)s, %(lease_token)s, %(argv)s, %(started_at)s);
+SELECT id, attempts_used, %(agent_id)s, %(lease_token)s, %(argv)s, %(started_at)s
+FROM started
+RETURNING number;
 
 -- name: finish_attempt
 -- End the running attempt of a lease with the agent's outcome.

@@ -252,9 +252,9 @@ class Store(DependencyStore):
             if new_run.cause in SCHEDULED_CAUSES:
                 await self.apply_overlap(cur, str(row["id"]), new_run.task_id, new_run.spec)
         created = [str(row["id"]) for row in rows]
-        await self.notify_runs_changed(cur, created)
+        self.notify_runs_changed(cur, created)
         if rows:
-            await self.run_query(cur, "notify_dispatch")
+            self.notify_dispatch(cur)
         return created
 
     async def insert_dependent_run(
@@ -351,8 +351,8 @@ class Store(DependencyStore):
                     f"run {run_id} is {state.value}; only finished runs can be retried"
                 )
             await self.run_query(cur, "requeue_run_for_retry", id=row["id"])
-            await self.run_query(cur, "notify_run_changed", run_id=run_id)
-            await self.run_query(cur, "notify_dispatch")
+            self.notify_runs_changed(cur, [run_id])
+            self.notify_dispatch(cur)
         return await self.get_run(run_id)
 
     async def cancel_run(self, run_id: str, reason: str) -> Run:
@@ -370,7 +370,7 @@ class Store(DependencyStore):
         run_id = str(run["id"])
         await self.run_query(cur, "cancel_run", id=run_id, reason=reason)
         await self.run_query(cur, "cancel_running_attempt", run_id=run_id, reason=reason)
-        await self.run_query(cur, "notify_run_changed", run_id=run_id)
+        self.notify_runs_changed(cur, [run_id])
         if RunState(run["state"]).active:  # the agent's coordinator tells it to kill it now
             payload = f"cancel:{run['lease_owner']}:{run_id}:{run['lease_token']}"
             await self.run_query(cur, "notify_agent_command", payload=payload)

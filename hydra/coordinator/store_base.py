@@ -8,7 +8,8 @@ import json
 import select
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
@@ -63,6 +64,14 @@ def open_pool(conninfo: str, size: int) -> AsyncConnectionPool:
 _IDS_PER_NOTIFY = 200
 
 
+@dataclass(eq=False)
+class _News:
+    """Notifications a transaction sends when it ends."""
+
+    runs: list[str] = field(default_factory=list)
+    dispatch: bool = False
+
+
 class BaseStore:
     """Connection handling shared by the store's parts."""
 
@@ -70,6 +79,11 @@ class BaseStore:
         self.pool = pool
         #: time.monotonic() of the last failed transaction (the reaper waits a TTL after it).
         self.last_outage = float("-inf")
+        #: Called when a transaction that woke the dispatchers has committed: this
+        #: coordinator's own dispatcher need not wait for the notification.
+        self.on_dispatch: Callable[[], None] | None = None
+        #: What each open transaction will announce when it commits, by id(cursor).
+        self._news: dict[int, _News] = {}
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[Cursor]:
@@ -78,13 +92,32 @@ class BaseStore:
         It runs in pipeline mode: a statement whose rows are not fetched does
         not wait for its answer, so BEGIN, notifications and plain updates
         cost no round trip of their own; a fetch or the COMMIT waits for all.
+        The notifications asked for during the transaction are sent once, at
+        its end (PostgreSQL delivers them at commit anyway).
         """
+        news = _News()
         try:
             async with self.pool.connection() as conn, conn.pipeline(), conn.transaction():
-                yield conn.cursor(row_factory=dict_row)
+                cur = conn.cursor(row_factory=dict_row)
+                self._news[id(cur)] = news
+                try:
+                    yield cur
+                    await self._announce(cur, news)
+                finally:
+                    del self._news[id(cur)]
         except (psycopg.OperationalError, PoolTimeout) as error:
             self.last_outage = time.monotonic()
             raise Unavailable(f"database unavailable: {error}") from error
+        if news.dispatch and self.on_dispatch is not None:
+            self.on_dispatch()
+
+    async def _announce(self, cur: Cursor, news: _News) -> None:
+        runs = list(dict.fromkeys(news.runs))  # each run once, in order
+        for start in range(0, len(runs), _IDS_PER_NOTIFY):
+            batch = ",".join(runs[start : start + _IDS_PER_NOTIFY])
+            await self.run_query(cur, "notify_run_changed", run_id=batch)
+        if news.dispatch:
+            await self.run_query(cur, "notify_dispatch")
 
     @staticmethod
     async def one(cur: Cursor, query_name: str, /, **params: Any) -> Row | None:
@@ -98,11 +131,13 @@ class BaseStore:
         await cur.execute(query(query_name), params)
         return await cur.fetchall()
 
-    async def notify_runs_changed(self, cur: Cursor, run_ids: Sequence[str]) -> None:
-        """Tell watchers these runs changed, in as few notifications as fit."""
-        for start in range(0, len(run_ids), _IDS_PER_NOTIFY):
-            batch = ",".join(run_ids[start : start + _IDS_PER_NOTIFY])
-            await self.run_query(cur, "notify_run_changed", run_id=batch)
+    def notify_runs_changed(self, cur: Cursor, run_ids: Iterable[str]) -> None:
+        """Tell watchers these runs changed, once this transaction commits."""
+        self._news[id(cur)].runs.extend(run_ids)
+
+    def notify_dispatch(self, cur: Cursor) -> None:
+        """Wake every coordinator's dispatcher once this transaction commits."""
+        self._news[id(cur)].dispatch = True
 
     @staticmethod
     async def run_query(cur: Cursor, query_name: str, /, **params: Any) -> None:
