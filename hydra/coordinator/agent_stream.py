@@ -230,6 +230,8 @@ class AgentStreams:
             return None
         if kind == "attempt_finished":
             finished = message.attempt_finished
+            # The slot is free already: this transaction may lease it again (inline dispatch).
+            session.held.discard((finished.lease.run_id, finished.lease.lease_token))
             verdict = await leases.finish_attempt(_report(session.agent_id, finished))
             return self._finished_answer(session, finished, verdict)
         if kind == "lease_rejected":

@@ -8,12 +8,13 @@ LOCKED`, so coordinators never hand out the same run twice. It wakes on
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 
 from hydra.coordinator.lease_store import LeaseStore
 from hydra.coordinator.loop import seconds_until, utcnow, wait_event
 from hydra.coordinator.records import AttemptReport, ClaimedRun, LeaseTimes
 from hydra.coordinator.sessions import AgentSession, SessionRegistry
+from hydra.coordinator.store_base import Cursor, Leased
 from hydra.coordinator.templates import (
     RenderContext,
     Rendered,
@@ -48,6 +49,10 @@ class Dispatcher:
         more = await self.dispatch_once()
         if more:
             return
+        if next(self._sessions.with_free_slots(), None) is None:
+            # Only freed slots matter now; they set the event.
+            await wait_event(self._sessions.slots_changed, FALLBACK_POLL_SECONDS)
+            return
         next_due = await self._store.next_queued_due()
         await wait_event(
             self._sessions.slots_changed, seconds_until(next_due, cap=FALLBACK_POLL_SECONDS)
@@ -58,13 +63,31 @@ class Dispatcher:
         full_batch = False
         for session in self._sessions.with_free_slots():
             free = session.free_slots
-            claimed = await self._store.claim_runs(
-                session.agent_id, session.labels, free, self._times.ttl
-            )
+            session.reserved += free
+            try:
+                claimed = await self._store.claim_runs(
+                    session.agent_id, session.labels, free, self._times.ttl
+                )
+            finally:
+                session.reserved -= free
             for run in claimed:
                 await self._offer(session, run)
             full_batch = full_batch or (len(claimed) == free and free > 0)
         return full_batch
+
+    async def dispatch_inline(self, cur: Cursor) -> Leased | None:
+        """Within a transaction that made work available, lease it to the agents with
+        free slots (the store calls this before committing); offered after the commit."""
+        leased = _Leased(self)
+        for session in list(self._sessions.with_free_slots()):
+            free = session.free_slots
+            session.reserved += free
+            leased.reserved.append((session, free))
+            runs = await self._store.claim_in(
+                cur, session.agent_id, session.labels, free, self._times.ttl
+            )
+            leased.runs.extend((session, run) for run in runs)
+        return leased if leased.reserved else None
 
     async def _offer(self, session: AgentSession, run: ClaimedRun) -> None:
         context = RenderContext(
@@ -110,6 +133,25 @@ class Dispatcher:
                 message=f"cannot render the command: {message}",
             )
         )
+
+
+@dataclass(eq=False)
+class _Leased:
+    """Runs leased inside a transaction; offered once it commits."""
+
+    dispatcher: Dispatcher
+    reserved: list[tuple[AgentSession, int]] = field(default_factory=list)
+    runs: list[tuple[AgentSession, ClaimedRun]] = field(default_factory=list)
+
+    async def committed(self) -> None:
+        self.aborted()
+        for session, run in self.runs:
+            await self.dispatcher._offer(session, run)
+
+    def aborted(self) -> None:
+        for session, free in self.reserved:
+            session.reserved -= free
+        self.reserved.clear()
 
 
 def _offer_message(run: ClaimedRun, rendered: Rendered, times: LeaseTimes) -> pb.LeaseOffer:

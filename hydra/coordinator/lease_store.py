@@ -50,34 +50,40 @@ class LeaseStore(Store):
         """Lease up to `limit` due runs whose selector these labels satisfy."""
         if limit <= 0:
             return []
-        async with self.transaction() as cur:
-            rows = await self.all(
-                cur,
-                "claim_runs",
-                agent_id=agent_id,
-                labels=Jsonb(dict(labels)),
-                limit=limit,
-                ttl=ttl,
-            )
-            self.notify_runs_changed(cur, [str(row["id"]) for row in rows])
-            if rows:  # other dispatchers may have lost runs to us under contention: retry
-                self.notify_dispatch(cur)
-            claimed = []
-            for row in rows:
-                spec = spec_of_version(row["task_id"], row["task_version"], row["task_spec"])
-                claimed.append(
-                    ClaimedRun(
-                        run_id=str(row["id"]),
-                        lease_token=row["lease_token"],
-                        task_name=row["task_name"],
-                        task_spec=spec,
-                        occurrence=row["occurrence"],
-                        params=row["params"],
-                        attempt=row["attempts_used"] + 1,
-                        timezone=row["timezone"],
-                        upstream=await self._upstream_outputs(cur, spec, row["occurrence"]),
-                    )
+        async with self.transaction(dispatch_inline=False) as cur:
+            return await self.claim_in(cur, agent_id, labels, limit, ttl)
+
+    async def claim_in(
+        self, cur: Cursor, agent_id: str, labels: Mapping[str, str], limit: int, ttl: timedelta
+    ) -> list[ClaimedRun]:
+        """`claim_runs` within a transaction of the caller's."""
+        rows = await self.all(
+            cur,
+            "claim_runs",
+            agent_id=agent_id,
+            labels=Jsonb(dict(labels)),
+            limit=limit,
+            ttl=ttl,
+        )
+        self.notify_runs_changed(cur, [str(row["id"]) for row in rows])
+        if rows:  # other dispatchers may have lost runs to us under contention: retry
+            self.notify_dispatch(cur)
+        claimed = []
+        for row in rows:
+            spec = spec_of_version(row["task_id"], row["task_version"], row["task_spec"])
+            claimed.append(
+                ClaimedRun(
+                    run_id=str(row["id"]),
+                    lease_token=row["lease_token"],
+                    task_name=row["task_name"],
+                    task_spec=spec,
+                    occurrence=row["occurrence"],
+                    params=row["params"],
+                    attempt=row["attempts_used"] + 1,
+                    timezone=row["timezone"],
+                    upstream=await self._upstream_outputs(cur, spec, row["occurrence"]),
                 )
+            )
         return claimed
 
     async def _upstream_outputs(

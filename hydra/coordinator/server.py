@@ -188,6 +188,7 @@ class Coordinator:
         reaper = Reaper(self.store, self.config.times.ttl)
         self._listener.subscribe("hydra_dispatch", lambda _: dispatcher.wake())
         self.store.on_dispatch = dispatcher.wake
+        self.store.dispatch_inline = dispatcher.dispatch_inline
         self._listener.subscribe("hydra_triggers", lambda _: triggers.wake.set())
         self._listener.subscribe("hydra_agent_command", self._agent_command)
         self._spawn("dispatcher", dispatcher.step)

@@ -22,13 +22,15 @@ class AgentSession:
     capacity: int
     draining: bool = False
     held: set[LeaseKey] = field(default_factory=set)
+    #: Slots being claimed for, whose leases are not offered yet.
+    reserved: int = 0
     outbox: asyncio.Queue[pb.CoordinatorMessage | None] = field(default_factory=asyncio.Queue)
     serial: int = field(default_factory=itertools.count().__next__)
 
     @property
     def free_slots(self) -> int:
         """Slots the dispatcher may fill now."""
-        return 0 if self.draining else max(0, self.capacity - len(self.held))
+        return 0 if self.draining else max(0, self.capacity - len(self.held) - self.reserved)
 
     def send(self, message: pb.CoordinatorMessage) -> None:
         """Queue a message for the agent."""

@@ -8,9 +8,9 @@ import json
 import select
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import psycopg
 from psycopg.rows import dict_row
@@ -64,6 +64,20 @@ def open_pool(conninfo: str, size: int) -> AsyncConnectionPool:
 _IDS_PER_NOTIFY = 200
 
 
+class Leased(Protocol):
+    """Runs leased inside a transaction, to offer once it commits."""
+
+    async def committed(self) -> None:
+        """The leases are durable: offer the runs."""
+
+    def aborted(self) -> None:
+        """The transaction rolled back: nothing was leased."""
+
+
+#: Leases what a transaction made available, inside it, before it commits.
+InlineDispatch = Callable[[Cursor], Awaitable[Leased | None]]
+
+
 @dataclass(eq=False)
 class _News:
     """Notifications a transaction sends when it ends."""
@@ -82,33 +96,47 @@ class BaseStore:
         #: Called when a transaction that woke the dispatchers has committed: this
         #: coordinator's own dispatcher need not wait for the notification.
         self.on_dispatch: Callable[[], None] | None = None
+        #: Called before such a transaction commits, to lease the work it made
+        #: available to this coordinator's agents in the same commit.
+        self.dispatch_inline: InlineDispatch | None = None
         #: What each open transaction will announce when it commits, by id(cursor).
         self._news: dict[int, _News] = {}
 
     @contextlib.asynccontextmanager
-    async def transaction(self) -> AsyncIterator[Cursor]:
+    async def transaction(self, *, dispatch_inline: bool = True) -> AsyncIterator[Cursor]:
         """One transaction; database outages surface as Unavailable.
 
         It runs in pipeline mode: a statement whose rows are not fetched does
         not wait for its answer, so BEGIN, notifications and plain updates
         cost no round trip of their own; a fetch or the COMMIT waits for all.
         The notifications asked for during the transaction are sent once, at
-        its end (PostgreSQL delivers them at commit anyway).
+        its end (PostgreSQL delivers them at commit anyway). A transaction
+        that made work available also leases it to this coordinator's agents
+        before it commits (see `dispatch_inline`); the offers go out after.
         """
         news = _News()
+        leased: Leased | None = None
         try:
             async with self.pool.connection() as conn, conn.pipeline(), conn.transaction():
                 cur = conn.cursor(row_factory=dict_row)
                 self._news[id(cur)] = news
                 try:
                     yield cur
+                    if news.dispatch and dispatch_inline and self.dispatch_inline is not None:
+                        leased = await self.dispatch_inline(cur)
                     await self._announce(cur, news)
                 finally:
                     del self._news[id(cur)]
-        except (psycopg.OperationalError, PoolTimeout) as error:
-            self.last_outage = time.monotonic()
-            raise Unavailable(f"database unavailable: {error}") from error
-        if news.dispatch and self.on_dispatch is not None:
+        except BaseException as error:
+            if leased is not None:
+                leased.aborted()
+            if isinstance(error, psycopg.OperationalError | PoolTimeout):
+                self.last_outage = time.monotonic()
+                raise Unavailable(f"database unavailable: {error}") from error
+            raise
+        if leased is not None:
+            await leased.committed()
+        elif news.dispatch and self.on_dispatch is not None:
             self.on_dispatch()
 
     async def _announce(self, cur: Cursor, news: _News) -> None:
