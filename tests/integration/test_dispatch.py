@@ -1,0 +1,139 @@
+"""Inline dispatch: the transaction that makes work available leases it too.
+
+A Trigger, and a finished attempt that frees a slot, lease the next run for
+this coordinator's agents before they commit, so the run's lease and the
+change that queued it carry the same transaction timestamp (PostgreSQL's
+``now()``), and no agent is ever offered more runs than it has slots.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hydra.client import Client, Concurrency, Task
+from hydra.v1 import agent_service_pb2 as pb
+
+from support.agent_double import ScriptedAgent
+from support.cluster import FAST_TIMES, CoordinatorThread, Database
+from support.wait import wait_for
+
+
+def _run_row(db: Database, run_id: str) -> dict[str, Any]:
+    [row] = db.rows(
+        "SELECT state, lease_owner, created_at, finished_at, lease_expires_at "
+        "FROM hydra_runs WHERE id = %s",
+        run_id,
+    )
+    return row
+
+
+def _leased_to(db: Database, agent_id: str) -> int:
+    return int(
+        db.value(
+            "SELECT count(*) FROM hydra_runs WHERE lease_owner = %s "
+            "AND state IN ('LEASED', 'RUNNING')",
+            agent_id,
+        )
+    )
+
+
+def test_a_triggered_run_is_leased_in_the_transaction_that_created_it(db_conninfo: str) -> None:
+    db = Database(db_conninfo)
+    coordinator = CoordinatorThread(db_conninfo).start()
+    try:
+        with (
+            Client(coordinator.address) as client,
+            ScriptedAgent(coordinator.address, "scripted") as agent,
+        ):
+            client.apply(Task(name="inline", command=("true",)))
+            agent.hello()
+            run, _ = client.trigger("inline")
+            offer = agent.expect("lease")
+            assert offer.lease.run_id == run.id
+            row = _run_row(db, run.id)
+            assert row["state"] == "LEASED"
+            # now() is the transaction's start: the same instant for both only
+            # when the insert and the lease committed together.
+            assert row["lease_expires_at"] - row["created_at"] == FAST_TIMES.ttl
+    finally:
+        coordinator.stop()
+
+
+def test_a_finished_attempt_leases_the_next_run_for_its_slot_in_the_same_commit(
+    db_conninfo: str,
+) -> None:
+    db = Database(db_conninfo)
+    coordinator = CoordinatorThread(db_conninfo).start()
+    try:
+        with (
+            Client(coordinator.address) as client,
+            ScriptedAgent(coordinator.address, "scripted", capacity=1) as agent,
+        ):
+            client.apply(
+                Task(name="serial", command=("true",), concurrency=Concurrency(max_active_runs=5))
+            )
+            agent.hello()
+            first, _ = client.trigger("serial")
+            second, _ = client.trigger("serial")
+            offer = agent.expect("lease")
+            assert offer.lease.run_id == first.id
+            assert _run_row(db, second.id)["state"] == "QUEUED"  # one slot only
+            agent.started(offer.lease, offer.argv)
+            ack = agent.finished(offer.lease, pb.ATTEMPT_OUTCOME_SUCCEEDED, offer.argv)
+            assert ack.accepted
+            following = agent.expect("lease")
+            assert following.lease.run_id == second.id
+            done, leased = _run_row(db, first.id), _run_row(db, second.id)
+            assert done["state"] == "SUCCEEDED"
+            assert leased["lease_expires_at"] - done["finished_at"] == FAST_TIMES.ttl
+    finally:
+        coordinator.stop()
+
+
+def test_an_agent_is_never_leased_more_runs_than_it_has_slots(db_conninfo: str) -> None:
+    db = Database(db_conninfo)
+    coordinator = CoordinatorThread(db_conninfo).start()
+    try:
+        with (
+            Client(coordinator.address) as client,
+            ScriptedAgent(coordinator.address, "scripted", capacity=2) as agent,
+        ):
+            client.apply(
+                Task(name="many", command=("true",), concurrency=Concurrency(max_active_runs=50))
+            )
+            agent.hello()
+            runs = [client.trigger("many")[0] for _ in range(6)]
+            offers = [agent.expect("lease"), agent.expect("lease")]
+            # Each Trigger leased inline before it returned, and woke the dispatcher
+            # loop as well; neither may have used a slot twice.
+            assert _leased_to(db, "scripted") == 2
+            for offer in offers:
+                agent.started(offer.lease, offer.argv)
+                assert agent.finished(offer.lease, pb.ATTEMPT_OUTCOME_SUCCEEDED, offer.argv)
+            offers = [agent.expect("lease"), agent.expect("lease")]
+            assert {o.lease.run_id for o in offers} <= {r.id for r in runs[2:]}
+            wait_for(lambda: _leased_to(db, "scripted") == 2, timeout=10)
+            agent.heartbeat([o.lease for o in offers])  # a round trip: the stream is settled
+            assert _leased_to(db, "scripted") == 2
+            queued = db.value("SELECT count(*) FROM hydra_runs WHERE state = 'QUEUED'")
+            assert queued == 2
+            # Offers sent before the heartbeat's answer arrived before it: four in all.
+            assert sum(m.WhichOneof("body") == "lease" for m in agent.received) == 4
+    finally:
+        coordinator.stop()
+
+
+def test_the_dispatcher_still_leases_work_that_becomes_due_later(db_conninfo: str) -> None:
+    coordinator = CoordinatorThread(db_conninfo).start()
+    try:
+        with (
+            Client(coordinator.address) as client,
+            ScriptedAgent(coordinator.address, "scripted") as agent,
+        ):
+            client.apply(Task(name="later", command=("true",)))
+            run, _ = client.trigger("later")  # no agent yet: nothing to lease inline
+            agent.hello()
+            offer = agent.expect("lease", timeout=10)
+            assert offer.lease.run_id == run.id
+    finally:
+        coordinator.stop()
