@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field, replace
+from datetime import timedelta
 
-from hydra.coordinator.lease_store import LeaseStore
+from hydra.coordinator.lease_store import LEASE_AHEAD, LeaseStore
 from hydra.coordinator.loop import seconds_until, utcnow, wait_event
 from hydra.coordinator.records import AttemptReport, ClaimedRun, LeaseTimes
 from hydra.coordinator.sessions import AgentSession, SessionRegistry
@@ -54,8 +55,9 @@ class Dispatcher:
             await wait_event(self._sessions.slots_changed, FALLBACK_POLL_SECONDS)
             return
         next_due = await self._store.next_queued_due()
+        claimable = None if next_due is None else next_due - LEASE_AHEAD
         await wait_event(
-            self._sessions.slots_changed, seconds_until(next_due, cap=FALLBACK_POLL_SECONDS)
+            self._sessions.slots_changed, seconds_until(claimable, cap=FALLBACK_POLL_SECONDS)
         )
 
     async def dispatch_once(self) -> bool:
@@ -167,6 +169,8 @@ def _offer_message(run: ClaimedRun, rendered: Rendered, times: LeaseTimes) -> pb
     )
     if run.task_spec.timeout is not None:
         offer.timeout.CopyFrom(to_duration(run.task_spec.timeout))
+    if run.not_before is not None and (wait := run.not_before - utcnow()) > timedelta(0):
+        offer.start_in.CopyFrom(to_duration(wait))  # leased ahead: start on time
     return offer
 
 

@@ -34,6 +34,11 @@ _ATTEMPT_STATE = {
 
 LeaseKey = tuple[str, int]
 
+#: Runs due this soon may be leased already; the agent starts them at their time.
+#: Long enough to cover leasing and the offer's trip, short enough that a run
+#: created this early (by the trigger loop) is still, for people, created "at" its time.
+LEASE_AHEAD = timedelta(milliseconds=50)
+
 
 class LeaseStore(Store):
     """The store, plus everything that touches leases."""
@@ -64,6 +69,7 @@ class LeaseStore(Store):
             labels=Jsonb(dict(labels)),
             limit=limit,
             ttl=ttl,
+            ahead=LEASE_AHEAD,
         )
         self.notify_runs_changed(cur, [str(row["id"]) for row in rows])
         if rows:  # other dispatchers may have lost runs to us under contention: retry
@@ -82,6 +88,7 @@ class LeaseStore(Store):
                     attempt=row["attempts_used"] + 1,
                     timezone=row["timezone"],
                     upstream=await self._upstream_outputs(cur, spec, row["occurrence"]),
+                    not_before=row["not_before"],
                 )
             )
         return claimed
@@ -445,7 +452,7 @@ class LeaseStore(Store):
     async def next_queued_due(self) -> datetime | None:
         """When the earliest queued run becomes due."""
         async with self.transaction() as cur:
-            row = await self.one(cur, "next_queued_due")
+            row = await self.one(cur, "next_queued_due", ahead=LEASE_AHEAD)
         return row["not_before"] if row else None
 
     async def next_lease_expiry(self) -> datetime | None:

@@ -235,11 +235,12 @@ SELECT pg_notify('hydra_run_changed', %(run_id)s::text);
 -- per task, runs already in flight (leased, running, or queued for a retry or
 -- a re-check) come first, then due queued runs in occurrence order; only the
 -- first max_active_runs of them may be active. Row locks arbitrate between
--- coordinators, so no run is leased twice and no task exceeds its limit.
+-- coordinators, so no run is leased twice and no task exceeds its limit. Runs
+-- due within the "ahead" interval count as due: the agent waits for not_before.
 WITH due_tasks AS (
     SELECT DISTINCT d.task_id FROM (
         SELECT task_id FROM hydra_runs
-        WHERE state = 'QUEUED' AND not_before <= now() AND selector <@ %(labels)s::jsonb
+        WHERE state = 'QUEUED' AND not_before <= now() + %(ahead)s AND selector <@ %(labels)s::jsonb
         ORDER BY not_before
         LIMIT 1000
     ) d
@@ -259,12 +260,12 @@ WITH due_tasks AS (
     JOIN hydra_task_versions v ON v.task_id = t.id AND v.version = t.version
     WHERE r.state IN ('LEASED', 'RUNNING')
        OR (r.state = 'QUEUED' AND (r.attempts_used > 0 OR r.precondition_checks > 0
-                                   OR r.not_before <= now()))
+                                   OR r.not_before <= now() + %(ahead)s))
 ), allowed AS (
     -- More than asked for: runs another coordinator holds are skipped below.
     -- A retry or a re-check goes before new work: it already holds a slot of its task.
     SELECT id, in_flight, not_before, occurrence FROM ranked
-    WHERE position <= max_active AND state = 'QUEUED' AND not_before <= now()
+    WHERE position <= max_active AND state = 'QUEUED' AND not_before <= now() + %(ahead)s
       AND selector <@ %(labels)s::jsonb
     ORDER BY in_flight DESC, not_before, occurrence
     LIMIT %(limit)s * 4
@@ -282,7 +283,8 @@ SET state = 'LEASED', lease_owner = %(agent_id)s,
     lease_expires_at = now() + %(ttl)s, updated_at = now()
 FROM locked c, hydra_tasks t, hydra_task_versions v
 WHERE r.id = c.id AND t.id = r.task_id AND v.task_id = r.task_id AND v.version = r.task_version
-RETURNING r.id, r.lease_token, r.occurrence, r.params, r.attempts_used, r.max_attempts,
+RETURNING r.id, r.lease_token, r.occurrence, r.not_before, r.params, r.attempts_used,
+          r.max_attempts,
           r.timezone, r.task_id, r.task_version, t.name AS task_name, v.spec AS task_spec;
 
 -- name: upstream_outputs
@@ -294,9 +296,9 @@ WHERE t.name = ANY(%(names)s) AND t.deleted_at IS NULL
 
 -- name: next_queued_due
 -- When the next queued run becomes due (for the dispatcher's sleep); runs already
--- due but held back by max_active_runs wait for a notification instead.
+-- claimable but held back by max_active_runs wait for a notification instead.
 SELECT min(not_before) AS not_before FROM hydra_runs
-WHERE state = 'QUEUED' AND not_before > now();
+WHERE state = 'QUEUED' AND not_before > now() + %(ahead)s;
 
 -- name: release_lease
 -- A lease given back before any attempt started: the run is queued again.

@@ -81,6 +81,8 @@ class ClaimedRun:
     attempt: int
     upstream: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     timezone: str = "UTC"
+    #: When the run is due; it may be leased up to `LEASE_AHEAD` earlier.
+    not_before: datetime | None = None
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -17,7 +17,7 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 
 from hydra.coordinator import schedule
-from hydra.coordinator.lease_store import LeaseStore
+from hydra.coordinator.lease_store import LEASE_AHEAD, LeaseStore
 from hydra.coordinator.loop import seconds_until, utcnow, wait_event
 from hydra.coordinator.records import DueTrigger, FirePlan
 from hydra.domain import At, Catchup, Cron, Interval, TaskSpec
@@ -43,11 +43,15 @@ class TriggerLoop:
         self.wake = asyncio.Event()
 
     async def step(self) -> None:
-        """Fire everything due, then sleep until the next fire time."""
-        while await self._store.fire_due_triggers(utcnow(), BATCH, plan_fire) == BATCH:
+        """Fire everything due within LEASE_AHEAD, then sleep until the next fire time
+        comes that close: the runs are leased ahead, and their processes start on time."""
+        while (
+            await self._store.fire_due_triggers(utcnow() + LEASE_AHEAD, BATCH, plan_fire) == BATCH
+        ):
             pass
         next_fire = await self._store.next_trigger_fire()
-        await wait_event(self.wake, seconds_until(next_fire, cap=FALLBACK_POLL_SECONDS))
+        wake_at = None if next_fire is None else next_fire - LEASE_AHEAD
+        await wait_event(self.wake, seconds_until(wake_at, cap=FALLBACK_POLL_SECONDS))
 
 
 def time_trigger(spec: TaskSpec, position: int, anchor: datetime) -> TimeTrigger:
@@ -68,15 +72,21 @@ def first_fire(trigger: TimeTrigger, now: datetime) -> datetime | None:
 
 
 def plan_fire(due: DueTrigger) -> FirePlan:
-    """Which occurrences of a due trigger get runs now, and its next fire time."""
+    """Which occurrences of a due trigger get runs now, and its next fire time.
+
+    Occurrences up to LEASE_AHEAD from now are on time and always get runs
+    (which start at their time); the catch-up policy picks among the past ones.
+    """
     now = utcnow()
     trigger = time_trigger(due.task_spec, due.position, due.next_fire_at)
-    occurrences = _due_occurrences(trigger, due.next_fire_at, now, _keep(due.task_spec))
-    chosen = _apply_policies(due, list(occurrences), now)
-    last = occurrences[-1] if occurrences else due.next_fire_at
+    past = _due_occurrences(trigger, due.next_fire_at, now, _keep(due.task_spec))
+    chosen = _apply_policies(due, past, now)
+    soon = max(due.next_fire_at, now + timedelta(microseconds=1))
+    upcoming = list(schedule.occurrences(trigger, soon, now + LEASE_AHEAD))
+    last = (upcoming or past or [due.next_fire_at])[-1]
     return FirePlan(
-        occurrences=tuple(chosen),
-        next_fire_at=schedule.next_fire(trigger, max(now, last)),
+        occurrences=(*chosen, *upcoming),
+        next_fire_at=schedule.next_fire(trigger, max(now + LEASE_AHEAD, last)),
         last_fired_at=last,
     )
 

@@ -554,6 +554,7 @@ class LeaseOffer(_message.Message):
     KILL_GRACE_FIELD_NUMBER: _builtins.int
     OCCURRENCE_FIELD_NUMBER: _builtins.int
     PRECONDITIONS_FIELD_NUMBER: _builtins.int
+    START_IN_FIELD_NUMBER: _builtins.int
     task: _builtins.str
     """Task name."""
     attempt: _builtins.int
@@ -591,6 +592,14 @@ class LeaseOffer(_message.Message):
         hold, it reports PreconditionsChecked and starts the attempt at once.
         """
 
+    @_builtins.property
+    def start_in(self) -> _duration_pb2.Duration:
+        """How long after receiving the offer to start (check preconditions, then
+        spawn): runs are leased a few milliseconds before they are due, so that
+        the process starts on time. Unset or zero: at once. Relative, so that the
+        agent's clock does not matter.
+        """
+
     def __init__(
         self,
         *,
@@ -604,10 +613,11 @@ class LeaseOffer(_message.Message):
         kill_grace: _duration_pb2.Duration | None = ...,
         occurrence: _timestamp_pb2.Timestamp | None = ...,
         preconditions: _abc.Iterable[_types_pb2.Precondition] | None = ...,
+        start_in: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["kill_grace", b"kill_grace", "lease", b"lease", "occurrence", b"occurrence", "timeout", b"timeout"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["kill_grace", b"kill_grace", "lease", b"lease", "occurrence", b"occurrence", "start_in", b"start_in", "timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["argv", b"argv", "attempt", b"attempt", "env", b"env", "kill_grace", b"kill_grace", "lease", b"lease", "occurrence", b"occurrence", "preconditions", b"preconditions", "task", b"task", "timeout", b"timeout", "workdir", b"workdir"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["argv", b"argv", "attempt", b"attempt", "env", b"env", "kill_grace", b"kill_grace", "lease", b"lease", "occurrence", b"occurrence", "preconditions", b"preconditions", "start_in", b"start_in", "task", b"task", "timeout", b"timeout", "workdir", b"workdir"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
