@@ -10,6 +10,10 @@ When the leader exits on its own, stray members of its group may still hold
 the output pipes. They get ``PIPE_DRAIN_SECONDS`` to finish writing, then
 whatever is left of the group is killed with SIGKILL and reading stops, so a
 forgotten ``daemon &`` can neither hang the attempt nor leak a process.
+
+``$HYDRA_OUTPUT`` is a file of the agent's
+:class:`~hydra.agent.output.OutputsDirectory`, handled on the event loop: an
+attempt costs no thread for it.
 """
 
 from __future__ import annotations
@@ -17,10 +21,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import shutil
 import signal
 import subprocess
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -34,7 +36,13 @@ from hydra.agent.attempt import (
     Started,
     format_duration,
 )
-from hydra.agent.output import OutputBatcher, OutputsError, OutputSink, outputs_path, read_outputs
+from hydra.agent.output import (
+    OutputBatcher,
+    OutputsDirectory,
+    OutputsError,
+    OutputSink,
+    read_outputs,
+)
 
 log = logging.getLogger("hydra.agent")
 
@@ -59,13 +67,14 @@ class Execution:
 
     Usage::
 
-        execution = Execution(spec, on_output=sink)
+        execution = Execution(spec, on_output=sink, outputs=directory)
         started = await execution.start()  # None: it could not start
         result = await execution.wait()  # always an AttemptResult
     """
 
-    def __init__(self, spec: AttemptSpec, on_output: OutputSink) -> None:
+    def __init__(self, spec: AttemptSpec, on_output: OutputSink, outputs: OutputsDirectory) -> None:
         self._spec = spec
+        self._outputs = outputs
         self._batcher = OutputBatcher(on_output)
         self._started: Started | None = None
         self._failed_start: AttemptResult | None = None
@@ -96,21 +105,23 @@ class Execution:
         if not self._spec.argv:
             self._fail_to_start("empty command")
             return None
-        tempdir = ""
         try:
-            tempdir = await asyncio.to_thread(tempfile.mkdtemp, prefix="hydra-attempt-")
-            transport, protocol = await self._spawn(tempdir)
-        except (OSError, ValueError, subprocess.SubprocessError) as error:
-            if tempdir:
-                await asyncio.to_thread(shutil.rmtree, tempdir, ignore_errors=True)
+            output_file = self._outputs.new_file(self._spec)
+        except OSError as error:
             self._fail_to_start(str(error))
             return None
-        except asyncio.CancelledError:  # asyncio has killed the process, if any
-            if tempdir:
-                shutil.rmtree(tempdir, ignore_errors=True)
-            raise
+        spawned = False
+        try:
+            transport, protocol = await self._spawn(output_file)
+            spawned = True
+        except (OSError, ValueError, subprocess.SubprocessError) as error:
+            self._fail_to_start(str(error))
+            return None
+        finally:
+            if not spawned:  # failed, or cancelled (asyncio has then killed the process)
+                self._outputs.remove(output_file)
         self._started = Started(pid=transport.get_pid(), started_at=_now())
-        self._supervisor = asyncio.create_task(self._supervise(transport, protocol, tempdir))
+        self._supervisor = asyncio.create_task(self._supervise(transport, protocol, output_file))
         # Output is held until the loop's next turn, so that the caller can
         # announce the start (synchronously after this returns) before any of it.
         asyncio.get_running_loop().call_soon(self._batcher.release)
@@ -136,12 +147,10 @@ class Execution:
         if immediately:
             self._kill_now.set()
 
-    async def _spawn(self, tempdir: str) -> tuple[asyncio.SubprocessTransport, _PipeProtocol]:
+    async def _spawn(self, output_file: str) -> tuple[asyncio.SubprocessTransport, _PipeProtocol]:
         # loop.subprocess_exec rather than create_subprocess_exec: owning the
         # transport lets us close pipes that an escaped process keeps open,
         # and data arrives by callback, so there are no reader tasks to stop.
-        output_file = outputs_path(tempdir)
-        await asyncio.to_thread(_create_empty, output_file)
         protocol = _PipeProtocol(self._batcher)
         transport, _ = await asyncio.get_running_loop().subprocess_exec(
             lambda: protocol,
@@ -166,19 +175,19 @@ class Execution:
         )
 
     async def _supervise(
-        self, transport: asyncio.SubprocessTransport, protocol: _PipeProtocol, tempdir: str
+        self, transport: asyncio.SubprocessTransport, protocol: _PipeProtocol, output_file: str
     ) -> AttemptResult:
         pgid = transport.get_pid()
         try:
             kill = await self._wait_for_leader(protocol, pgid)
             leftovers = await self._finish_group(protocol, pgid)
-            return await self._result(transport, kill, leftovers, outputs_path(tempdir))
+            return self._result(transport, kill, leftovers, output_file)
         finally:
             if not protocol.exited.done():  # cancelled: leave nothing behind
                 _signal_group(pgid, signal.SIGKILL)
             self._batcher.flush()
             transport.close()
-            await asyncio.to_thread(shutil.rmtree, tempdir, ignore_errors=True)
+            self._outputs.remove(output_file)
 
     async def _wait_for_leader(self, protocol: _PipeProtocol, pgid: int) -> _KillRequest | None:
         """Waits for the leader's exit, a kill or the timeout; None for a natural exit."""
@@ -228,7 +237,7 @@ class Execution:
             await asyncio.wait({protocol.pipes_closed}, timeout=_POLL_SECONDS * 4)
         return leftovers
 
-    async def _result(
+    def _result(
         self,
         transport: asyncio.SubprocessTransport,
         kill: _KillRequest | None,
@@ -242,7 +251,7 @@ class Execution:
             message = _join(message, "killed processes left running in its process group")
         outputs_json = ""
         try:
-            outputs_json = await asyncio.to_thread(read_outputs, output_file)
+            outputs_json = read_outputs(output_file)
         except OutputsError as error:
             outcome = Outcome.FAILED if outcome is Outcome.SUCCEEDED else outcome
             message = _join(message, str(error))
@@ -353,11 +362,6 @@ def _live_member_in_proc(pgid: int) -> bool:
         if len(fields) > 2 and fields[2] == str(pgid) and fields[0] not in ("Z", "X"):
             return True
     return False
-
-
-def _create_empty(path: str) -> None:
-    with open(path, "wb"):
-        pass
 
 
 def _now() -> datetime:

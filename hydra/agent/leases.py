@@ -20,6 +20,7 @@ from typing import Protocol
 
 from hydra.agent.attempt import AttemptResult, AttemptSpec, LeaseKey, Outcome, OutputStream, Started
 from hydra.agent.executor import Execution
+from hydra.agent.output import OutputsDirectory
 from hydra.agent.preconditions import MAX_CONCURRENT_CHECKS, Check, evaluate_all
 from hydra.domain import PreconditionVerdict
 
@@ -60,7 +61,11 @@ class _Checking:
 
 
 class LeaseBook:
-    """Running attempts and pending reports, keyed by lease."""
+    """Running attempts and pending reports, keyed by lease.
+
+    The book owns the agent's directory of ``$HYDRA_OUTPUT`` files; :meth:`close`
+    removes it.
+    """
 
     def __init__(
         self,
@@ -71,6 +76,7 @@ class LeaseBook:
     ) -> None:
         self._listener = listener
         self._clock = clock
+        self._outputs = OutputsDirectory()
         self._checking: dict[LeaseKey, _Checking] = {}
         self._running: dict[LeaseKey, _Running] = {}
         self._pending: dict[LeaseKey, AttemptResult] = {}
@@ -147,7 +153,9 @@ class LeaseBook:
         self, lease: LeaseKey, spec: AttemptSpec, *, renewed_at: float
     ) -> Started | None:
         execution = Execution(
-            spec, on_output=lambda stream, data: self._output(lease, stream, data)
+            spec,
+            on_output=lambda stream, data: self._output(lease, stream, data),
+            outputs=self._outputs,
         )
         entry = _Running(execution, renewed_at=renewed_at)
         self._running[lease] = entry  # held, and using a slot, while it spawns
@@ -248,13 +256,18 @@ class LeaseBook:
         return True
 
     async def close(self) -> None:
-        """Stops every check, then waits until every process is gone (kill them first)."""
+        """Stops every check, waits until every process is gone (kill them first).
+
+        Then removes the outputs directory: attempts started after this fail
+        to start.
+        """
         for task in self._check_tasks:
             if not task.cancelling():  # a second cancel would cut its cleanup short
                 task.cancel()
         await asyncio.gather(*self._check_tasks, return_exceptions=True)
-        if self._supervisors:
+        while self._supervisors:
             await asyncio.wait(set(self._supervisors))
+        self._outputs.close()
 
     # --- internals ------------------------------------------------------------
 
