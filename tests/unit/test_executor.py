@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import shutil
 import signal
 import stat
 import sys
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -17,15 +19,35 @@ from pathlib import Path
 import pytest
 
 from hydra.agent.attempt import AttemptResult, AttemptSpec, Outcome, OutputStream, format_duration
-from hydra.agent.executor import PIPE_DRAIN_SECONDS, Execution, attempt_environment
+from hydra.agent.executor import (
+    PIPE_DRAIN_SECONDS,
+    Execution,
+    attempt_environment,
+    pidfd_child_watcher,
+)
 from hydra.agent.output import OutputBatcher, OutputsDirectory, OutputsError, read_outputs
 
 from support.proc import alive, eventually, processes_with_run_id
 
 
+@pytest.fixture(params=["default watcher", "pidfd watcher"])
+async def child_watcher(request: pytest.FixtureRequest) -> AsyncIterator[None]:
+    """asyncio's default child watcher, then pidfds (skipped where they are the default)."""
+    if request.param == "default watcher":
+        yield
+        return
+    with pidfd_child_watcher() as installed:
+        if not installed:
+            pytest.skip("pidfds are unavailable, or asyncio's default already (3.12+)")
+        yield
+
+
 @pytest.fixture
-async def run_id() -> AsyncIterator[str]:
-    """A run id unique to the test; no process carrying it may outlive the test."""
+async def run_id(child_watcher: None) -> AsyncIterator[str]:
+    """A run id unique to the test; no process carrying it may outlive the test.
+
+    Tests that run processes take it, so each runs under both child watchers.
+    """
     prefix = f"test-{uuid.uuid4().hex}"
     yield prefix
     strays = processes_with_run_id(prefix)
@@ -545,6 +567,53 @@ def test_read_outputs_refuses_what_is_not_a_regular_file(tmp_path: Path) -> None
         read_outputs(str(fifo))  # at once: opening a FIFO to read must not wait for a writer
     with pytest.raises(OutputsError, match="not a regular file"):
         read_outputs(str(tmp_path))
+
+
+# --- the child watcher --------------------------------------------------------------
+
+
+@pytest.mark.skipif(sys.version_info >= (3, 12), reason="asyncio waits through pidfds on 3.12+")
+async def test_the_pidfd_child_watcher_needs_no_thread_per_child(
+    outputs: OutputsDirectory,
+) -> None:
+    previous = asyncio.get_child_watcher()
+    with pidfd_child_watcher() as installed:
+        if not installed:
+            pytest.skip("pidfd_open is not available here")
+        assert isinstance(asyncio.get_child_watcher(), asyncio.PidfdChildWatcher)
+        execution = Execution(spec(f"test-{uuid.uuid4().hex}", "sleep", "0.2"), Recorder(), outputs)
+        threads = set(threading.enumerate())
+        assert await execution.start() is not None
+        assert set(threading.enumerate()) <= threads
+        result = await execution.wait()
+
+    assert result.outcome is Outcome.SUCCEEDED
+    assert asyncio.get_child_watcher() is previous
+
+
+@pytest.mark.skipif(sys.version_info >= (3, 12), reason="asyncio waits through pidfds on 3.12+")
+@pytest.mark.parametrize("how", ["missing", "refused"])
+async def test_without_pidfds_the_default_child_watcher_stays(
+    monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    def refused(pid: int, flags: int = 0) -> int:
+        raise OSError(errno.ENOSYS, "Function not implemented")
+
+    if how == "missing":
+        monkeypatch.delattr(os, "pidfd_open", raising=False)
+    else:
+        monkeypatch.setattr(os, "pidfd_open", refused, raising=False)
+    previous = asyncio.get_child_watcher()
+
+    with pidfd_child_watcher() as installed:
+        assert installed is False
+        assert asyncio.get_child_watcher() is previous
+
+
+@pytest.mark.skipif(sys.version_info < (3, 12), reason="3.11 needs the watcher installed")
+async def test_the_pidfd_child_watcher_changes_nothing_on_3_12() -> None:
+    with pidfd_child_watcher() as installed:  # and warns of no deprecation
+        assert installed is False
 
 
 # --- the batcher alone ------------------------------------------------------------
