@@ -10,18 +10,22 @@ When the leader exits on its own, stray members of its group may still hold
 the output pipes. They get ``PIPE_DRAIN_SECONDS`` to finish writing, then
 whatever is left of the group is killed with SIGKILL and reading stops, so a
 forgotten ``daemon &`` can neither hang the attempt nor leak a process.
+
+Spawning costs no thread: ``$HYDRA_OUTPUT`` is a file of the agent's
+:class:`~hydra.agent.output.OutputsDirectory`, handled on the event loop, and
+:func:`pidfd_child_watcher` spares Python 3.11 its thread per child.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
-import shutil
 import signal
 import subprocess
-import tempfile
-from collections.abc import Mapping
+import sys
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -34,7 +38,13 @@ from hydra.agent.attempt import (
     Started,
     format_duration,
 )
-from hydra.agent.output import OutputBatcher, OutputsError, OutputSink, outputs_path, read_outputs
+from hydra.agent.output import (
+    OutputBatcher,
+    OutputsDirectory,
+    OutputsError,
+    OutputSink,
+    read_outputs,
+)
 
 log = logging.getLogger("hydra.agent")
 
@@ -59,13 +69,14 @@ class Execution:
 
     Usage::
 
-        execution = Execution(spec, on_output=sink)
+        execution = Execution(spec, on_output=sink, outputs=directory)
         started = await execution.start()  # None: it could not start
         result = await execution.wait()  # always an AttemptResult
     """
 
-    def __init__(self, spec: AttemptSpec, on_output: OutputSink) -> None:
+    def __init__(self, spec: AttemptSpec, on_output: OutputSink, outputs: OutputsDirectory) -> None:
         self._spec = spec
+        self._outputs = outputs
         self._batcher = OutputBatcher(on_output)
         self._started: Started | None = None
         self._failed_start: AttemptResult | None = None
@@ -96,21 +107,23 @@ class Execution:
         if not self._spec.argv:
             self._fail_to_start("empty command")
             return None
-        tempdir = ""
         try:
-            tempdir = await asyncio.to_thread(tempfile.mkdtemp, prefix="hydra-attempt-")
-            transport, protocol = await self._spawn(tempdir)
-        except (OSError, ValueError, subprocess.SubprocessError) as error:
-            if tempdir:
-                await asyncio.to_thread(shutil.rmtree, tempdir, ignore_errors=True)
+            output_file = self._outputs.new_file(self._spec)
+        except OSError as error:
             self._fail_to_start(str(error))
             return None
-        except asyncio.CancelledError:  # asyncio has killed the process, if any
-            if tempdir:
-                shutil.rmtree(tempdir, ignore_errors=True)
-            raise
+        spawned = False
+        try:
+            transport, protocol = await self._spawn(output_file)
+            spawned = True
+        except (OSError, ValueError, subprocess.SubprocessError) as error:
+            self._fail_to_start(str(error))
+            return None
+        finally:
+            if not spawned:  # failed, or cancelled (asyncio has then killed the process)
+                self._outputs.remove(output_file)
         self._started = Started(pid=transport.get_pid(), started_at=_now())
-        self._supervisor = asyncio.create_task(self._supervise(transport, protocol, tempdir))
+        self._supervisor = asyncio.create_task(self._supervise(transport, protocol, output_file))
         # Output is held until the loop's next turn, so that the caller can
         # announce the start (synchronously after this returns) before any of it.
         asyncio.get_running_loop().call_soon(self._batcher.release)
@@ -136,12 +149,10 @@ class Execution:
         if immediately:
             self._kill_now.set()
 
-    async def _spawn(self, tempdir: str) -> tuple[asyncio.SubprocessTransport, _PipeProtocol]:
+    async def _spawn(self, output_file: str) -> tuple[asyncio.SubprocessTransport, _PipeProtocol]:
         # loop.subprocess_exec rather than create_subprocess_exec: owning the
         # transport lets us close pipes that an escaped process keeps open,
         # and data arrives by callback, so there are no reader tasks to stop.
-        output_file = outputs_path(tempdir)
-        await asyncio.to_thread(_create_empty, output_file)
         protocol = _PipeProtocol(self._batcher)
         transport, _ = await asyncio.get_running_loop().subprocess_exec(
             lambda: protocol,
@@ -166,19 +177,19 @@ class Execution:
         )
 
     async def _supervise(
-        self, transport: asyncio.SubprocessTransport, protocol: _PipeProtocol, tempdir: str
+        self, transport: asyncio.SubprocessTransport, protocol: _PipeProtocol, output_file: str
     ) -> AttemptResult:
         pgid = transport.get_pid()
         try:
             kill = await self._wait_for_leader(protocol, pgid)
             leftovers = await self._finish_group(protocol, pgid)
-            return await self._result(transport, kill, leftovers, outputs_path(tempdir))
+            return self._result(transport, kill, leftovers, output_file)
         finally:
             if not protocol.exited.done():  # cancelled: leave nothing behind
                 _signal_group(pgid, signal.SIGKILL)
             self._batcher.flush()
             transport.close()
-            await asyncio.to_thread(shutil.rmtree, tempdir, ignore_errors=True)
+            self._outputs.remove(output_file)
 
     async def _wait_for_leader(self, protocol: _PipeProtocol, pgid: int) -> _KillRequest | None:
         """Waits for the leader's exit, a kill or the timeout; None for a natural exit."""
@@ -228,7 +239,7 @@ class Execution:
             await asyncio.wait({protocol.pipes_closed}, timeout=_POLL_SECONDS * 4)
         return leftovers
 
-    async def _result(
+    def _result(
         self,
         transport: asyncio.SubprocessTransport,
         kill: _KillRequest | None,
@@ -242,7 +253,7 @@ class Execution:
             message = _join(message, "killed processes left running in its process group")
         outputs_json = ""
         try:
-            outputs_json = await asyncio.to_thread(read_outputs, output_file)
+            outputs_json = read_outputs(output_file)
         except OutputsError as error:
             outcome = Outcome.FAILED if outcome is Outcome.SUCCEEDED else outcome
             message = _join(message, str(error))
@@ -296,6 +307,41 @@ def attempt_environment(
     if spec.occurrence is not None:
         env["HYDRA_OCCURRENCE"] = spec.occurrence.astimezone(UTC).isoformat()
     return env
+
+
+@contextlib.contextmanager
+def pidfd_child_watcher() -> Iterator[bool]:
+    """Meanwhile, asyncio learns of child exits through pidfds; yields whether it does.
+
+    Python 3.11 on its own starts a thread per child to wait for it
+    (``ThreadedChildWatcher``); a pidfd costs no thread. 3.12 uses pidfds
+    already and deprecates changing the watcher, so there this changes
+    nothing; nor does it where ``pidfd_open`` is missing (not Linux) or
+    refused (Linux < 5.3, seccomp). The watcher is the process's and serves
+    the running loop only: enter this on the loop that spawns, around its
+    work (``run_agent`` does), with no child of it left when leaving.
+    """
+    if sys.version_info >= (3, 12) or not _pidfd_works():
+        yield False
+        return
+    loop = asyncio.get_running_loop()
+    previous = asyncio.get_child_watcher()
+    watcher = asyncio.PidfdChildWatcher()
+    watcher.attach_loop(loop)
+    asyncio.set_child_watcher(watcher)
+    try:
+        yield True
+    finally:
+        asyncio.set_child_watcher(previous)
+        previous.attach_loop(loop)
+
+
+def _pidfd_works() -> bool:
+    try:
+        os.close(os.pidfd_open(os.getpid()))
+    except (AttributeError, OSError):  # AttributeError: not Linux
+        return False
+    return True
 
 
 def _natural_end(returncode: int) -> tuple[Outcome, str]:
@@ -353,11 +399,6 @@ def _live_member_in_proc(pgid: int) -> bool:
         if len(fields) > 2 and fields[2] == str(pgid) and fields[0] not in ("Z", "X"):
             return True
     return False
-
-
-def _create_empty(path: str) -> None:
-    with open(path, "wb"):
-        pass
 
 
 def _now() -> datetime:

@@ -2,7 +2,8 @@
 
 A lease is held from the offer until the coordinator acknowledges the
 attempt's report: while its preconditions are checked (if it has any), while
-its process runs, then as a pending report. A revoked lease is dropped at
+its process is spawned (in the background: taking an offer never waits for a
+process) and runs, then as a pending report. A revoked lease is dropped at
 once; its process is still killed and waited for, but its end is reported to
 nobody. A lease whose preconditions do not all hold is dropped once the
 verdicts are out: the coordinator re-queues its run without using an attempt.
@@ -20,6 +21,7 @@ from typing import Protocol
 
 from hydra.agent.attempt import AttemptResult, AttemptSpec, LeaseKey, Outcome, OutputStream, Started
 from hydra.agent.executor import Execution
+from hydra.agent.output import OutputsDirectory
 from hydra.agent.preconditions import MAX_CONCURRENT_CHECKS, Check, evaluate_all
 from hydra.domain import PreconditionVerdict
 
@@ -60,7 +62,11 @@ class _Checking:
 
 
 class LeaseBook:
-    """Running attempts and pending reports, keyed by lease."""
+    """Running attempts and pending reports, keyed by lease.
+
+    The book owns the agent's directory of ``$HYDRA_OUTPUT`` files; :meth:`close`
+    removes it.
+    """
 
     def __init__(
         self,
@@ -71,10 +77,12 @@ class LeaseBook:
     ) -> None:
         self._listener = listener
         self._clock = clock
+        self._outputs = OutputsDirectory()
         self._checking: dict[LeaseKey, _Checking] = {}
         self._running: dict[LeaseKey, _Running] = {}
         self._pending: dict[LeaseKey, AttemptResult] = {}
-        self._supervisors: set[asyncio.Task[None]] = set()
+        #: One per process: spawns it, waits for its end, reports it.
+        self._attempts: set[asyncio.Task[None]] = set()
         self._check_tasks: set[asyncio.Task[None]] = set()
         #: Turns for precondition checks, shared by every lease of the agent.
         self._check_turns = asyncio.Semaphore(max_concurrent_checks)
@@ -110,7 +118,7 @@ class LeaseBook:
         return self._pending.get(lease)
 
     def processes(self) -> int:
-        """Processes still running, revoked ones included."""
+        """Processes spawning or running, revoked ones included."""
         return len(self._running)
 
     @property
@@ -120,14 +128,15 @@ class LeaseBook:
 
     # --- changes --------------------------------------------------------------
 
-    async def start(self, lease: LeaseKey, spec: AttemptSpec) -> Started | None:
-        """Spawns the attempt of a lease; None if it could not start.
+    def start(self, lease: LeaseKey, spec: AttemptSpec) -> None:
+        """Holds the lease, using a slot, and spawns its attempt in the background.
 
-        Either way the lease is held until its report is acknowledged. The
-        listener hears of the start before this returns; the report of a
-        failed spawn reaches it after.
+        The lease is held until its report is acknowledged. The listener hears
+        of the start once the process is spawned, before any output or end of
+        it; a spawn that fails is reported like any end (FAILED, "cannot
+        start: ...").
         """
-        return await self._start(lease, spec, renewed_at=self._clock())
+        self._start(lease, spec, renewed_at=self._clock())
 
     def check(self, lease: LeaseKey, spec: AttemptSpec, checks: Sequence[Check]) -> None:
         """Holds the lease, using a slot, while its preconditions are evaluated in the background.
@@ -143,28 +152,18 @@ class LeaseBook:
         entry.task.add_done_callback(self._check_tasks.discard)
         self._notify()
 
-    async def _start(
-        self, lease: LeaseKey, spec: AttemptSpec, *, renewed_at: float
-    ) -> Started | None:
+    def _start(self, lease: LeaseKey, spec: AttemptSpec, *, renewed_at: float) -> None:
         execution = Execution(
-            spec, on_output=lambda stream, data: self._output(lease, stream, data)
+            spec,
+            on_output=lambda stream, data: self._output(lease, stream, data),
+            outputs=self._outputs,
         )
         entry = _Running(execution, renewed_at=renewed_at)
         self._running[lease] = entry  # held, and using a slot, while it spawns
-        try:
-            started = await execution.start()
-        except asyncio.CancelledError:  # nothing was left running
-            del self._running[lease]
-            self._notify()
-            raise
-        supervisor = asyncio.create_task(self._supervise(lease, entry))
-        self._supervisors.add(supervisor)
-        supervisor.add_done_callback(self._supervisors.discard)
-        if started:
-            log.info("lease %s: started pid %d: %s", lease, started.pid, " ".join(spec.argv))
-            self._listener.attempt_started(lease, spec.argv, started)
+        task = asyncio.create_task(self._attempt(lease, entry))
+        self._attempts.add(task)
+        task.add_done_callback(self._attempts.discard)
         self._notify()
-        return started
 
     def kill(self, lease: LeaseKey, outcome: Outcome, message: str) -> bool:
         """Kills the attempt of a held lease, or stops its checks (telling nobody).
@@ -248,13 +247,18 @@ class LeaseBook:
         return True
 
     async def close(self) -> None:
-        """Stops every check, then waits until every process is gone (kill them first)."""
+        """Stops every check, waits until every process is gone (kill them first).
+
+        Then removes the outputs directory: attempts started after this fail
+        to start.
+        """
         for task in self._check_tasks:
             if not task.cancelling():  # a second cancel would cut its cleanup short
                 task.cancel()
         await asyncio.gather(*self._check_tasks, return_exceptions=True)
-        if self._supervisors:
-            await asyncio.wait(set(self._supervisors))
+        while self._attempts:
+            await asyncio.wait(set(self._attempts))
+        self._outputs.close()
 
     # --- internals ------------------------------------------------------------
 
@@ -273,7 +277,7 @@ class LeaseBook:
         log.info("lease %s: preconditions %s", lease, _summary(verdicts))
         self._listener.preconditions_checked(lease, verdicts)
         if ready:
-            await self._start(lease, entry.spec, renewed_at=entry.renewed_at)
+            self._start(lease, entry.spec, renewed_at=entry.renewed_at)
 
     def _stop_checking(self, lease: LeaseKey, reason: str) -> bool:
         """Cancels a lease's checks and forgets the lease; False if it was not being checked."""
@@ -286,18 +290,37 @@ class LeaseBook:
         self._notify()
         return True
 
-    async def _supervise(self, lease: LeaseKey, entry: _Running) -> None:
+    async def _attempt(self, lease: LeaseKey, entry: _Running) -> None:
+        """Spawns the process and announces it, then waits for its end and reports it."""
+        execution = entry.execution
         try:
-            result = await entry.execution.wait()
+            started = await execution.start()
+            if started is not None and entry.reported:
+                self._announce(lease, execution.spec.argv, started)
+            result = await execution.wait()
+        except asyncio.CancelledError:
+            if execution.started is None:  # cancelled while spawning: nothing was left running
+                del self._running[lease]
+                self._notify()
+            raise
         except Exception as error:  # a bug must not leave the lease held forever
             log.exception("lease %s: supervising the attempt failed", lease)
             result = AttemptResult(
                 outcome=Outcome.FAILED,
-                argv=entry.execution.spec.argv,
-                started_at=entry.execution.started.started_at if entry.execution.started else None,
+                argv=execution.spec.argv,
+                started_at=execution.started.started_at if execution.started else None,
                 finished_at=datetime.now(UTC),
                 message=f"agent error: {error!r}",
             )
+        self._end(lease, entry, result)
+
+    def _announce(self, lease: LeaseKey, argv: Sequence[str], started: Started) -> None:
+        # Synchronously after Execution.start returned: before any output (see there).
+        log.info("lease %s: started pid %d: %s", lease, started.pid, " ".join(argv))
+        self._listener.attempt_started(lease, argv, started)
+        self._notify()
+
+    def _end(self, lease: LeaseKey, entry: _Running, result: AttemptResult) -> None:
         del self._running[lease]
         if entry.reported:
             self._pending[lease] = result

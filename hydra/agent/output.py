@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
+import re
+import secrets
+import shutil
+import stat
+import tempfile
 from collections.abc import Callable
 from typing import NoReturn
 
-from hydra.agent.attempt import OutputStream
+from hydra.agent.attempt import AttemptSpec, OutputStream
+
+log = logging.getLogger("hydra.agent")
 
 #: A batch is sent once it holds this many bytes ...
 MAX_BATCH_BYTES = 32 * 1024
@@ -80,16 +88,17 @@ class OutputsError(ValueError):
 def read_outputs(path: str) -> str:
     """The JSON object a process wrote to ``$HYDRA_OUTPUT``, or "" if it wrote nothing.
 
-    Blocking (file I/O): call it through ``asyncio.to_thread``.
+    Cheap enough for the event loop: a local file, at most ``MAX_OUTPUTS_BYTES``
+    read, and opened so that nothing but a regular file is read (a FIFO put in
+    its place cannot block the agent).
 
     Raises:
-        OutputsError: the file is over ``MAX_OUTPUTS_BYTES`` or is not a JSON
-            object (NaN and Infinity are refused too: PostgreSQL's jsonb has
-            no place for them).
+        OutputsError: the file is over ``MAX_OUTPUTS_BYTES``, is not a regular
+            file, or is not a JSON object (NaN and Infinity are refused too:
+            PostgreSQL's jsonb has no place for them).
     """
     try:
-        with open(path, "rb") as file:
-            raw = file.read(MAX_OUTPUTS_BYTES + 1)
+        raw = _read_regular_file(path, MAX_OUTPUTS_BYTES + 1)
     except FileNotFoundError:
         return ""
     if len(raw) > MAX_OUTPUTS_BYTES:
@@ -106,10 +115,76 @@ def read_outputs(path: str) -> str:
     return text
 
 
+def _read_regular_file(path: str, limit: int) -> bytes:
+    """Up to ``limit`` bytes of ``path``; refuses what is not a regular file."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OutputsError("$HYDRA_OUTPUT: not a regular file")
+    with open(fd, "rb") as file:
+        return file.read(limit)
+
+
 def _refuse_constant(name: str) -> NoReturn:
     raise ValueError(f"{name} is not JSON")
 
 
-def outputs_path(directory: str) -> str:
-    """Where the process of an attempt whose temporary directory is ``directory`` writes."""
-    return os.path.join(directory, "outputs.json")
+class OutputsDirectory:
+    """The agent's private directory of ``$HYDRA_OUTPUT`` files, one per attempt.
+
+    Created on first use (by ``mkdtemp``: mode 0700) and removed by
+    :meth:`close`. Every operation is a syscall or two on a local file system,
+    so they are made on the event loop, not through threads.
+    """
+
+    def __init__(self) -> None:
+        self._path: str | None = None
+        self._closed = False
+
+    @property
+    def path(self) -> str | None:
+        """The directory, once created."""
+        return self._path
+
+    def new_file(self, spec: AttemptSpec) -> str:
+        """Creates an empty file for an attempt's ``$HYDRA_OUTPUT``; returns its path.
+
+        Raises:
+            OSError: it cannot be created, or the directory was closed.
+        """
+        name = f"{_file_safe(spec.run_id)}-{spec.attempt}-{secrets.token_hex(4)}.json"
+        try:
+            return self._create(name)
+        except FileNotFoundError:  # the directory was removed under us: make another
+            self._path = None
+            return self._create(name)
+
+    def remove(self, path: str) -> None:
+        """Removes an attempt's file (gone already is fine)."""
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        except OSError as error:  # e.g. the process put a directory there
+            log.warning("cannot remove %s (%s); it goes when the agent stops", path, error)
+
+    def close(self) -> None:
+        """Removes the directory and what is left in it; no file can be created after."""
+        self._closed = True
+        if self._path is not None:
+            shutil.rmtree(self._path, ignore_errors=True)
+            self._path = None
+
+    def _create(self, name: str) -> str:
+        if self._closed:
+            raise OSError("the agent is stopping: its outputs directory is closed")
+        if self._path is None:
+            self._path = tempfile.mkdtemp(prefix="hydra-agent-")
+        path = os.path.join(self._path, name)
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        return path
+
+
+def _file_safe(text: str) -> str:
+    """``text`` usable in a file name: other characters become ``_``; at most 64 of them."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", text)[:64]

@@ -242,16 +242,16 @@ class Session:
         self, call: grpc.aio.StreamStreamCall[pb.AgentMessage, pb.CoordinatorMessage]
     ) -> SessionEnd:
         while isinstance(message := await call.read(), pb.CoordinatorMessage):
-            if await self._dispatch(message) is SessionEnd.RELOCATE:
+            if self._dispatch(message) is SessionEnd.RELOCATE:
                 return SessionEnd.RELOCATE
         if self._closing:
             return SessionEnd.CLOSED
         raise StreamLost("the coordinator ended the stream")
 
-    async def _dispatch(self, message: pb.CoordinatorMessage) -> SessionEnd | None:
+    def _dispatch(self, message: pb.CoordinatorMessage) -> SessionEnd | None:
         kind = message.WhichOneof("body")
         if kind == "lease":
-            await self._on_offer(message.lease)
+            self._on_offer(message.lease)
         elif kind == "heartbeat_ack":
             self._on_heartbeat_ack(message.heartbeat_ack)
         elif kind == "cancel":
@@ -264,7 +264,7 @@ class Session:
             log.warning("ignoring an unexpected %s from %s", kind, self.target)
         return None
 
-    async def _on_offer(self, offer: pb.LeaseOffer) -> None:
+    def _on_offer(self, offer: pb.LeaseOffer) -> None:
         lease = wire.lease_key(offer.lease)
         book = self._book
         if book.checking(lease) or book.execution(lease) or book.report(lease):
@@ -274,10 +274,13 @@ class Session:
         elif book.active() >= self._config.capacity:
             self.send_rejection(lease, f"no free slot (capacity {self._config.capacity})")
         else:
-            await self._accept(lease, offer)
+            self._accept(lease, offer)
 
-    async def _accept(self, lease: LeaseKey, offer: pb.LeaseOffer) -> None:
-        """Starts the attempt, or first checks its preconditions in the background."""
+    def _accept(self, lease: LeaseKey, offer: pb.LeaseOffer) -> None:
+        """Takes a slot; spawns the attempt, or first checks its preconditions, in the background.
+
+        Nothing here waits: the next offer is read at once, and sees the slot used.
+        """
         spec = wire.attempt_spec(offer, default_kill_grace=self._config.default_kill_grace)
         checks = wire.preconditions(offer)
         checking = f"; checking {len(checks)} precondition(s)" if checks else ""
@@ -285,7 +288,7 @@ class Session:
         if checks:
             self._book.check(lease, spec, checks)
         else:
-            await self._book.start(lease, spec)  # the book announces the start
+            self._book.start(lease, spec)  # the book announces the start
 
     def _answer_again(self, lease: LeaseKey) -> None:
         """A lease offered twice: say again what became of it, start nothing."""
@@ -296,7 +299,7 @@ class Session:
             self.send_started(lease, execution.spec.argv, execution.started)
         elif report is not None:
             self.send_report(lease, report)
-        # Still checking preconditions: the verdicts will come.
+        # Still checking preconditions or spawning: the verdicts or the start will come.
 
     def _on_heartbeat_ack(self, ack: pb.HeartbeatAck) -> None:
         sent = self._sent_heartbeats.pop(ack.sequence, None)

@@ -2,33 +2,73 @@
 
 from __future__ import annotations
 
+import asyncio
+import errno
 import os
+import shutil
 import signal
+import stat
 import sys
+import threading
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 
 from hydra.agent.attempt import AttemptResult, AttemptSpec, Outcome, OutputStream, format_duration
-from hydra.agent.executor import PIPE_DRAIN_SECONDS, Execution, attempt_environment
-from hydra.agent.output import OutputBatcher, OutputsError, read_outputs
+from hydra.agent.executor import (
+    PIPE_DRAIN_SECONDS,
+    Execution,
+    attempt_environment,
+    pidfd_child_watcher,
+)
+from hydra.agent.output import OutputBatcher, OutputsDirectory, OutputsError, read_outputs
 
 from support.proc import alive, eventually, processes_with_run_id
 
 
+@pytest.fixture(params=["default watcher", "pidfd watcher"])
+async def child_watcher(request: pytest.FixtureRequest) -> AsyncIterator[None]:
+    """asyncio's default child watcher, then pidfds (skipped where they are the default)."""
+    if request.param == "default watcher":
+        yield
+        return
+    with pidfd_child_watcher() as installed:
+        if not installed:
+            pytest.skip("pidfds are unavailable, or asyncio's default already (3.12+)")
+        yield
+
+
 @pytest.fixture
-async def run_id() -> AsyncIterator[str]:
-    """A run id unique to the test; no process carrying it may outlive the test."""
+async def run_id(child_watcher: None) -> AsyncIterator[str]:
+    """A run id unique to the test; no process carrying it may outlive the test.
+
+    Tests that run processes take it, so each runs under both child watchers.
+    """
     prefix = f"test-{uuid.uuid4().hex}"
     yield prefix
     strays = processes_with_run_id(prefix)
     for pid in strays:
         os.kill(pid, signal.SIGKILL)
     assert not strays, f"processes left running: {strays}"
+
+
+@pytest.fixture
+def outputs() -> Iterator[OutputsDirectory]:
+    """The agent's outputs directory: every attempt must have removed its file by the end."""
+    directory = OutputsDirectory()
+    yield directory
+    left = files_in(directory)
+    directory.close()
+    assert not left, f"$HYDRA_OUTPUT files left behind: {left}"
+
+
+def files_in(directory: OutputsDirectory) -> list[str]:
+    """The names in the outputs directory (none before it is made)."""
+    return sorted(os.listdir(directory.path)) if directory.path else []
 
 
 class Recorder:
@@ -57,8 +97,10 @@ def sh(script: str) -> tuple[str, ...]:
     return ("sh", "-c", script)
 
 
-async def run(attempt: AttemptSpec, recorder: Recorder | None = None) -> AttemptResult:
-    execution = Execution(attempt, recorder or Recorder())
+async def run(
+    outputs: OutputsDirectory, attempt: AttemptSpec, recorder: Recorder | None = None
+) -> AttemptResult:
+    execution = Execution(attempt, recorder or Recorder(), outputs)
     await execution.start()
     return await execution.wait()
 
@@ -66,8 +108,8 @@ async def run(attempt: AttemptSpec, recorder: Recorder | None = None) -> Attempt
 # --- exit codes ---------------------------------------------------------------
 
 
-async def test_exit_zero_succeeds(run_id: str) -> None:
-    result = await run(spec(run_id, "true"))
+async def test_exit_zero_succeeds(run_id: str, outputs: OutputsDirectory) -> None:
+    result = await run(outputs, spec(run_id, "true"))
 
     assert result.outcome is Outcome.SUCCEEDED
     assert (result.exit_code, result.signal, result.message) == (0, None, "")
@@ -76,16 +118,18 @@ async def test_exit_zero_succeeds(run_id: str) -> None:
     assert result.started_at <= result.finished_at
 
 
-async def test_exit_one_fails(run_id: str) -> None:
-    result = await run(spec(run_id, *sh("exit 3")))
+async def test_exit_one_fails(run_id: str, outputs: OutputsDirectory) -> None:
+    result = await run(outputs, spec(run_id, *sh("exit 3")))
 
     assert result.outcome is Outcome.FAILED
     assert (result.exit_code, result.signal) == (3, None)
     assert result.message == "exited with code 3"
 
 
-async def test_death_by_signal_fails_with_the_signal(run_id: str) -> None:
-    result = await run(spec(run_id, *sh("kill -KILL $$")))
+async def test_death_by_signal_fails_with_the_signal(
+    run_id: str, outputs: OutputsDirectory
+) -> None:
+    result = await run(outputs, spec(run_id, *sh("kill -KILL $$")))
 
     assert result.outcome is Outcome.FAILED
     assert (result.exit_code, result.signal) == (None, signal.SIGKILL)
@@ -95,20 +139,20 @@ async def test_death_by_signal_fails_with_the_signal(run_id: str) -> None:
 # --- output -------------------------------------------------------------------
 
 
-async def test_output_is_captured_per_stream(run_id: str) -> None:
+async def test_output_is_captured_per_stream(run_id: str, outputs: OutputsDirectory) -> None:
     recorder = Recorder()
 
-    await run(spec(run_id, *sh("echo out; echo err >&2; echo more")), recorder)
+    await run(outputs, spec(run_id, *sh("echo out; echo err >&2; echo more")), recorder)
 
     assert recorder.text(OutputStream.STDOUT) == "out\nmore\n"
     assert recorder.text(OutputStream.STDERR) == "err\n"
 
 
-async def test_output_under_load_is_batched(run_id: str) -> None:
+async def test_output_under_load_is_batched(run_id: str, outputs: OutputsDirectory) -> None:
     recorder = Recorder()
     script = "import sys\nfor i in range(50_000):\n    print(i)\n    sys.stdout.flush()"
 
-    await run(spec(run_id, sys.executable, "-c", script), recorder)
+    await run(outputs, spec(run_id, sys.executable, "-c", script), recorder)
 
     expected = "".join(f"{i}\n" for i in range(50_000))
     assert recorder.text(OutputStream.STDOUT) == expected
@@ -117,9 +161,11 @@ async def test_output_under_load_is_batched(run_id: str) -> None:
     assert len(recorder.batches) < 200
 
 
-async def test_quiet_output_arrives_within_the_batch_delay(run_id: str) -> None:
+async def test_quiet_output_arrives_within_the_batch_delay(
+    run_id: str, outputs: OutputsDirectory
+) -> None:
     recorder = Recorder()
-    execution = Execution(spec(run_id, *sh("echo hello; exec sleep 1000")), recorder)
+    execution = Execution(spec(run_id, *sh("echo hello; exec sleep 1000")), recorder, outputs)
     await execution.start()
 
     await eventually(lambda: bool(recorder.batches), within=2.0)
@@ -133,7 +179,7 @@ async def test_quiet_output_arrives_within_the_batch_delay(run_id: str) -> None:
 
 
 async def test_environment_and_workdir(
-    run_id: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    run_id: str, outputs: OutputsDirectory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("HYDRA_TOKEN", "agent-secret")
     monkeypatch.setenv("FROM_AGENT", "inherited")
@@ -153,14 +199,15 @@ async def test_environment_and_workdir(
         occurrence=occurrence,
     )
 
-    result = await run(attempt, recorder)
+    result = await run(outputs, attempt, recorder)
 
     assert result.outcome is Outcome.SUCCEEDED
     cwd, hydra_vars, other_vars, output_file = recorder.text(OutputStream.STDOUT).splitlines()
     assert cwd == str(tmp_path)
     assert hydra_vars == f"{run_id}|demo.task|2|2024-05-01T02:30:00+00:00"
     assert other_vars == "inherited|rendered|unset"
-    assert not Path(output_file).parent.exists()  # the temp dir is gone
+    assert Path(output_file).parent == Path(str(outputs.path))
+    assert files_in(outputs) == []
 
 
 def test_hydra_occurrence_is_utc_iso8601() -> None:
@@ -182,12 +229,13 @@ STUBBORN_CHILD = '(trap "" TERM; exec sleep 1000) & echo $!; wait'
 
 async def test_timeout_kills_the_whole_group_including_a_child_ignoring_sigterm(
     run_id: str,
+    outputs: OutputsDirectory,
 ) -> None:
     recorder = Recorder()
     attempt = spec(run_id, *sh(STUBBORN_CHILD), timeout=timedelta(seconds=0.3))
 
     began = time.monotonic()
-    result = await run(attempt, recorder)
+    result = await run(outputs, attempt, recorder)
 
     child = int(recorder.text(OutputStream.STDOUT))
     assert result.outcome is Outcome.TIMED_OUT
@@ -197,24 +245,28 @@ async def test_timeout_kills_the_whole_group_including_a_child_ignoring_sigterm(
     await eventually(lambda: not alive(child), within=2)  # SIGKILLed; exiting takes a moment
 
 
-async def test_timeout_kills_a_leader_ignoring_sigterm(run_id: str) -> None:
+async def test_timeout_kills_a_leader_ignoring_sigterm(
+    run_id: str, outputs: OutputsDirectory
+) -> None:
     attempt = spec(run_id, *sh('trap "" TERM; sleep 1000'), timeout=timedelta(seconds=0.2))
 
-    result = await run(attempt)
+    result = await run(outputs, attempt)
 
     assert result.outcome is Outcome.TIMED_OUT
     assert result.signal == signal.SIGKILL
 
 
-async def test_no_timeout_when_the_process_ends_first(run_id: str) -> None:
-    result = await run(spec(run_id, "true", timeout=timedelta(seconds=30)))
+async def test_no_timeout_when_the_process_ends_first(
+    run_id: str, outputs: OutputsDirectory
+) -> None:
+    result = await run(outputs, spec(run_id, "true", timeout=timedelta(seconds=30)))
 
     assert result.outcome is Outcome.SUCCEEDED
 
 
-async def test_cancel_terminates_the_group(run_id: str) -> None:
+async def test_cancel_terminates_the_group(run_id: str, outputs: OutputsDirectory) -> None:
     recorder = Recorder()
-    execution = Execution(spec(run_id, *sh("sleep 1000 & echo $!; wait")), recorder)
+    execution = Execution(spec(run_id, *sh("sleep 1000 & echo $!; wait")), recorder, outputs)
     started = await execution.start()
     assert started is not None
     await eventually(lambda: bool(recorder.batches))
@@ -230,10 +282,12 @@ async def test_cancel_terminates_the_group(run_id: str) -> None:
     await eventually(lambda: not alive(child), within=2)
 
 
-async def test_a_graceful_exit_after_a_kill_keeps_the_kill_outcome(run_id: str) -> None:
+async def test_a_graceful_exit_after_a_kill_keeps_the_kill_outcome(
+    run_id: str, outputs: OutputsDirectory
+) -> None:
     recorder = Recorder()
     script = 'trap "echo bye; exit 0" TERM; echo ready; sleep 1000 & wait'
-    execution = Execution(spec(run_id, *sh(script)), recorder)
+    execution = Execution(spec(run_id, *sh(script)), recorder, outputs)
     await execution.start()
     await eventually(lambda: "ready" in recorder.text(OutputStream.STDOUT))
 
@@ -244,10 +298,10 @@ async def test_a_graceful_exit_after_a_kill_keeps_the_kill_outcome(run_id: str) 
     assert recorder.text(OutputStream.STDOUT) == "ready\nbye\n"
 
 
-async def test_an_immediate_kill_skips_the_grace(run_id: str) -> None:
+async def test_an_immediate_kill_skips_the_grace(run_id: str, outputs: OutputsDirectory) -> None:
     recorder = Recorder()
     attempt = spec(run_id, *sh(STUBBORN_CHILD), kill_grace=timedelta(seconds=30))
-    execution = Execution(attempt, recorder)
+    execution = Execution(attempt, recorder, outputs)
     started = await execution.start()
     assert started is not None
     await eventually(lambda: bool(recorder.batches))
@@ -265,13 +319,15 @@ async def test_an_immediate_kill_skips_the_grace(run_id: str) -> None:
     await eventually(lambda: not alive(child), within=2)
 
 
-async def test_leftover_group_members_are_killed_after_the_leader_exits(run_id: str) -> None:
+async def test_leftover_group_members_are_killed_after_the_leader_exits(
+    run_id: str, outputs: OutputsDirectory
+) -> None:
     recorder = Recorder()
     # One stray holds the output pipe, one does not; neither may survive.
     script = "sleep 1000 & echo $!; sleep 1000 >/dev/null 2>&1 & echo $!"
 
     began = time.monotonic()
-    result = await run(spec(run_id, *sh(script)), recorder)
+    result = await run(outputs, spec(run_id, *sh(script)), recorder)
 
     assert time.monotonic() - began < PIPE_DRAIN_SECONDS + 2
     assert result.outcome is Outcome.SUCCEEDED
@@ -283,8 +339,8 @@ async def test_leftover_group_members_are_killed_after_the_leader_exits(run_id: 
 # --- spawn failures -------------------------------------------------------------
 
 
-async def test_a_missing_program_cannot_start(run_id: str) -> None:
-    execution = Execution(spec(run_id, "/nonexistent/program", "--flag"), Recorder())
+async def test_a_missing_program_cannot_start(run_id: str, outputs: OutputsDirectory) -> None:
+    execution = Execution(spec(run_id, "/nonexistent/program", "--flag"), Recorder(), outputs)
 
     assert await execution.start() is None
     result = await execution.wait()
@@ -297,29 +353,33 @@ async def test_a_missing_program_cannot_start(run_id: str) -> None:
     assert result.argv == ("/nonexistent/program", "--flag")
 
 
-async def test_a_missing_workdir_cannot_start(run_id: str, tmp_path: Path) -> None:
+async def test_a_missing_workdir_cannot_start(
+    run_id: str, outputs: OutputsDirectory, tmp_path: Path
+) -> None:
     workdir = tmp_path / "missing"
 
-    result = await run(spec(run_id, "true", workdir=str(workdir)))
+    result = await run(outputs, spec(run_id, "true", workdir=str(workdir)))
 
     assert result.outcome is Outcome.FAILED
     assert result.message.startswith("cannot start: ")
     assert str(workdir) in result.message
 
 
-async def test_a_program_without_permission_cannot_start(run_id: str, tmp_path: Path) -> None:
+async def test_a_program_without_permission_cannot_start(
+    run_id: str, outputs: OutputsDirectory, tmp_path: Path
+) -> None:
     program = tmp_path / "script.sh"
     program.write_text("#!/bin/sh\n")
     program.chmod(0o644)
 
-    result = await run(spec(run_id, str(program)))
+    result = await run(outputs, spec(run_id, str(program)))
 
     assert result.outcome is Outcome.FAILED
     assert "Permission denied" in result.message
 
 
-async def test_an_empty_command_cannot_start(run_id: str) -> None:
-    result = await run(spec(run_id))
+async def test_an_empty_command_cannot_start(run_id: str, outputs: OutputsDirectory) -> None:
+    result = await run(outputs, spec(run_id))
 
     assert (result.outcome, result.message) == (Outcome.FAILED, "cannot start: empty command")
 
@@ -327,15 +387,15 @@ async def test_an_empty_command_cannot_start(run_id: str) -> None:
 # --- $HYDRA_OUTPUT ------------------------------------------------------------------
 
 
-async def test_outputs_json_is_reported(run_id: str) -> None:
-    result = await run(spec(run_id, *sh("""echo '{"rows": 42}' > "$HYDRA_OUTPUT" """)))
+async def test_outputs_json_is_reported(run_id: str, outputs: OutputsDirectory) -> None:
+    result = await run(outputs, spec(run_id, *sh("""echo '{"rows": 42}' > "$HYDRA_OUTPUT" """)))
 
     assert result.outcome is Outcome.SUCCEEDED
     assert result.outputs_json == '{"rows": 42}'
 
 
-async def test_no_outputs_when_nothing_is_written(run_id: str) -> None:
-    result = await run(spec(run_id, "true"))
+async def test_no_outputs_when_nothing_is_written(run_id: str, outputs: OutputsDirectory) -> None:
+    result = await run(outputs, spec(run_id, "true"))
 
     assert result.outputs_json == ""
 
@@ -345,10 +405,12 @@ async def test_no_outputs_when_nothing_is_written(run_id: str) -> None:
     ["{not json", "[1, 2]", '"text"', '{"x": NaN}'],
     ids=["invalid", "list", "string", "nan"],
 )
-async def test_outputs_that_are_not_an_object_fail_the_attempt(run_id: str, content: str) -> None:
+async def test_outputs_that_are_not_an_object_fail_the_attempt(
+    run_id: str, outputs: OutputsDirectory, content: str
+) -> None:
     script = f"""printf '%s' '{content}' > "$HYDRA_OUTPUT" """
 
-    result = await run(spec(run_id, *sh(script)))
+    result = await run(outputs, spec(run_id, *sh(script)))
 
     assert result.outcome is Outcome.FAILED
     assert result.exit_code == 0
@@ -356,21 +418,23 @@ async def test_outputs_that_are_not_an_object_fail_the_attempt(run_id: str, cont
     assert result.outputs_json == ""
 
 
-async def test_outputs_over_64_kib_fail_the_attempt(run_id: str) -> None:
+async def test_outputs_over_64_kib_fail_the_attempt(run_id: str, outputs: OutputsDirectory) -> None:
     script = (
         "import json, os\n"
         "with open(os.environ['HYDRA_OUTPUT'], 'w') as f:\n"
         "    json.dump({'x': 'a' * 70_000}, f)"
     )
 
-    result = await run(spec(run_id, sys.executable, "-c", script))
+    result = await run(outputs, spec(run_id, sys.executable, "-c", script))
 
     assert result.outcome is Outcome.FAILED
     assert result.message == "$HYDRA_OUTPUT: over 65536 bytes"
 
 
-async def test_bad_outputs_of_a_failed_attempt_keep_the_exit_message(run_id: str) -> None:
-    result = await run(spec(run_id, *sh("""echo '[]' > "$HYDRA_OUTPUT"; exit 2""")))
+async def test_bad_outputs_of_a_failed_attempt_keep_the_exit_message(
+    run_id: str, outputs: OutputsDirectory
+) -> None:
+    result = await run(outputs, spec(run_id, *sh("""echo '[]' > "$HYDRA_OUTPUT"; exit 2""")))
 
     assert result.outcome is Outcome.FAILED
     assert result.message == "exited with code 2; $HYDRA_OUTPUT: not a JSON object (got list)"
@@ -386,6 +450,170 @@ def test_read_outputs_refuses_invalid_utf8(tmp_path: Path) -> None:
 
     with pytest.raises(OutputsError, match="not a JSON object"):
         read_outputs(str(path))
+
+
+# --- the outputs directory ----------------------------------------------------------
+
+#: Says where $HYDRA_OUTPUT is, if the file exists.
+PRINT_OUTPUT_FILE = 'test -f "$HYDRA_OUTPUT" && echo "$HYDRA_OUTPUT"'
+
+
+@pytest.mark.parametrize(
+    ("script", "message"),
+    [
+        (PRINT_OUTPUT_FILE, ""),
+        (f"{PRINT_OUTPUT_FILE}; exit 3", "exited with code 3"),
+        (f"""{PRINT_OUTPUT_FILE}; echo 1 > "$HYDRA_OUTPUT" """, "not a JSON object (got int)"),
+    ],
+    ids=["success", "failure", "bad outputs"],
+)
+async def test_the_output_file_is_in_the_agents_directory_and_goes_with_the_attempt(
+    run_id: str, outputs: OutputsDirectory, script: str, message: str
+) -> None:
+    recorder = Recorder()
+
+    result = await run(outputs, spec(run_id, *sh(script), attempt=3), recorder)
+
+    assert result.message.endswith(message)
+    output_file = Path(recorder.text(OutputStream.STDOUT).strip())
+    assert output_file.parent == Path(str(outputs.path))
+    assert output_file.name.startswith(f"{run_id}-3-")
+    assert output_file.suffix == ".json"
+    assert files_in(outputs) == []
+
+
+async def test_a_killed_attempt_leaves_no_output_file(
+    run_id: str, outputs: OutputsDirectory
+) -> None:
+    recorder = Recorder()
+    attempt = spec(run_id, *sh(f"{PRINT_OUTPUT_FILE}; exec sleep 1000"))
+    execution = Execution(attempt, recorder, outputs)
+    await execution.start()
+    await eventually(lambda: bool(recorder.batches))
+    output_file = Path(recorder.text(OutputStream.STDOUT).strip())
+    assert files_in(outputs) == [output_file.name]
+
+    execution.kill(Outcome.CANCELLED, "cancelled: by a test")
+    await execution.wait()
+
+    assert files_in(outputs) == []
+
+
+async def test_a_spawn_failure_leaves_no_output_file(
+    run_id: str, outputs: OutputsDirectory, tmp_path: Path
+) -> None:
+    result = await run(outputs, spec(run_id, "true", workdir=str(tmp_path / "missing")))
+
+    assert result.message.startswith("cannot start: ")
+    assert outputs.path is not None
+    assert files_in(outputs) == []
+
+
+async def test_a_cancelled_spawn_leaves_no_output_file_and_no_process(
+    run_id: str, outputs: OutputsDirectory
+) -> None:
+    execution = Execution(spec(run_id, "sleep", "1000"), Recorder(), outputs)
+    starting = asyncio.create_task(execution.start())
+    await asyncio.sleep(0)  # one turn: the file is made and the process forked, pipes pending
+    assert len(files_in(outputs)) == 1
+
+    starting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await starting
+
+    assert files_in(outputs) == []  # and the run_id fixture finds no process left
+
+
+def test_the_outputs_directory_is_private_made_on_first_use_and_removed_by_close() -> None:
+    directory = OutputsDirectory()
+    assert directory.path is None
+    try:
+        first = Path(directory.new_file(spec("run/../7", "true", attempt=2)))
+        second = Path(directory.new_file(spec("run/../7", "true", attempt=2)))
+        path = Path(str(directory.path))
+        assert path.name.startswith("hydra-agent-")
+        assert stat.S_IMODE(path.stat().st_mode) == 0o700
+        assert first != second
+        assert first.parent == second.parent == path
+        assert first.name.startswith("run_.._7-2-")
+        assert first.read_bytes() == b""
+    finally:
+        directory.close()
+
+    assert not path.exists()
+    with pytest.raises(OSError, match="the agent is stopping"):
+        directory.new_file(spec("r", "true"))
+
+
+def test_an_outputs_directory_removed_under_the_agent_is_made_again() -> None:
+    directory = OutputsDirectory()
+    try:
+        first = Path(directory.new_file(spec("r", "true")))
+        shutil.rmtree(first.parent)
+
+        second = Path(directory.new_file(spec("r", "true")))
+
+        assert second.exists()
+        assert second.parent != first.parent
+    finally:
+        directory.close()
+
+
+def test_read_outputs_refuses_what_is_not_a_regular_file(tmp_path: Path) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+
+    with pytest.raises(OutputsError, match="not a regular file"):
+        read_outputs(str(fifo))  # at once: opening a FIFO to read must not wait for a writer
+    with pytest.raises(OutputsError, match="not a regular file"):
+        read_outputs(str(tmp_path))
+
+
+# --- the child watcher --------------------------------------------------------------
+
+
+@pytest.mark.skipif(sys.version_info >= (3, 12), reason="asyncio waits through pidfds on 3.12+")
+async def test_the_pidfd_child_watcher_needs_no_thread_per_child(
+    outputs: OutputsDirectory,
+) -> None:
+    previous = asyncio.get_child_watcher()
+    with pidfd_child_watcher() as installed:
+        if not installed:
+            pytest.skip("pidfd_open is not available here")
+        assert isinstance(asyncio.get_child_watcher(), asyncio.PidfdChildWatcher)
+        execution = Execution(spec(f"test-{uuid.uuid4().hex}", "sleep", "0.2"), Recorder(), outputs)
+        threads = set(threading.enumerate())
+        assert await execution.start() is not None
+        assert set(threading.enumerate()) <= threads
+        result = await execution.wait()
+
+    assert result.outcome is Outcome.SUCCEEDED
+    assert asyncio.get_child_watcher() is previous
+
+
+@pytest.mark.skipif(sys.version_info >= (3, 12), reason="asyncio waits through pidfds on 3.12+")
+@pytest.mark.parametrize("how", ["missing", "refused"])
+async def test_without_pidfds_the_default_child_watcher_stays(
+    monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    def refused(pid: int, flags: int = 0) -> int:
+        raise OSError(errno.ENOSYS, "Function not implemented")
+
+    if how == "missing":
+        monkeypatch.delattr(os, "pidfd_open", raising=False)
+    else:
+        monkeypatch.setattr(os, "pidfd_open", refused, raising=False)
+    previous = asyncio.get_child_watcher()
+
+    with pidfd_child_watcher() as installed:
+        assert installed is False
+        assert asyncio.get_child_watcher() is previous
+
+
+@pytest.mark.skipif(sys.version_info < (3, 12), reason="3.11 needs the watcher installed")
+async def test_the_pidfd_child_watcher_changes_nothing_on_3_12() -> None:
+    with pidfd_child_watcher() as installed:  # and warns of no deprecation
+        assert installed is False
 
 
 # --- the batcher alone ------------------------------------------------------------
