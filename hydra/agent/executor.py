@@ -100,10 +100,19 @@ class Execution:
         """A kill was asked for."""
         return self._kill is not None
 
-    async def start(self) -> Started | None:
-        """Spawns the process; None if it could not start (``wait`` then says why)."""
+    async def start(self, *, at: float | None = None) -> Started | None:
+        """Spawns the process; None if it could not start (``wait`` then says why).
+
+        With ``at`` (the event loop's clock), it first waits until then; a kill
+        meanwhile ends the attempt before anything was spawned.
+        """
         if self._started is not None or self._failed_start is not None:
             raise RuntimeError("an Execution starts once")
+        if at is not None:
+            await self._wait_until(at)
+        if self._kill is not None:
+            self._end_unstarted(self._kill)
+            return None
         if not self._spec.argv:
             self._fail_to_start("empty command")
             return None
@@ -165,6 +174,22 @@ class Execution:
             start_new_session=True,
         )
         return transport, protocol
+
+    async def _wait_until(self, at: float) -> None:
+        delay = at - asyncio.get_running_loop().time()
+        if delay > 0 and self._kill is None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._kill_requested.wait(), delay)
+
+    def _end_unstarted(self, kill: _KillRequest) -> None:
+        now = _now()
+        self._failed_start = AttemptResult(
+            outcome=kill.outcome,
+            argv=self._spec.argv,
+            started_at=now,
+            finished_at=now,
+            message=f"{kill.message} (before it started)",
+        )
 
     def _fail_to_start(self, reason: str) -> None:
         now = _now()

@@ -128,31 +128,39 @@ class LeaseBook:
 
     # --- changes --------------------------------------------------------------
 
-    def start(self, lease: LeaseKey, spec: AttemptSpec) -> None:
-        """Holds the lease, using a slot, and spawns its attempt in the background.
+    def start(self, lease: LeaseKey, spec: AttemptSpec, *, start_in: float = 0.0) -> None:
+        """Holds the lease, using a slot, and spawns its attempt in the background,
+        ``start_in`` seconds from now (a run leased ahead of its time).
 
         The lease is held until its report is acknowledged. The listener hears
         of the start once the process is spawned, before any output or end of
         it; a spawn that fails is reported like any end (FAILED, "cannot
-        start: ...").
+        start: ..."), and so is a kill before the spawn.
         """
-        self._start(lease, spec, renewed_at=self._clock())
+        self._start(lease, spec, renewed_at=self._clock(), at=_loop_time_in(start_in))
 
-    def check(self, lease: LeaseKey, spec: AttemptSpec, checks: Sequence[Check]) -> None:
-        """Holds the lease, using a slot, while its preconditions are evaluated in the background.
+    def check(
+        self, lease: LeaseKey, spec: AttemptSpec, checks: Sequence[Check], *, start_in: float = 0.0
+    ) -> None:
+        """Holds the lease, using a slot, while its preconditions are evaluated in the
+        background, ``start_in`` seconds from now.
 
         The listener then hears the verdicts. If every check holds, the attempt
         starts at once; if not, the lease is forgotten. A lease revoked,
         killed or abandoned meanwhile has its checks stopped and nothing told.
         """
         entry = _Checking(spec, renewed_at=self._clock())
-        entry.task = asyncio.create_task(self._check(lease, entry, checks))
+        entry.task = asyncio.create_task(
+            self._check(lease, entry, checks, at=_loop_time_in(start_in))
+        )
         self._checking[lease] = entry
         self._check_tasks.add(entry.task)
         entry.task.add_done_callback(self._check_tasks.discard)
         self._notify()
 
-    def _start(self, lease: LeaseKey, spec: AttemptSpec, *, renewed_at: float) -> None:
+    def _start(
+        self, lease: LeaseKey, spec: AttemptSpec, *, renewed_at: float, at: float | None = None
+    ) -> None:
         execution = Execution(
             spec,
             on_output=lambda stream, data: self._output(lease, stream, data),
@@ -160,7 +168,7 @@ class LeaseBook:
         )
         entry = _Running(execution, renewed_at=renewed_at)
         self._running[lease] = entry  # held, and using a slot, while it spawns
-        task = asyncio.create_task(self._attempt(lease, entry))
+        task = asyncio.create_task(self._attempt(lease, entry, at))
         self._attempts.add(task)
         task.add_done_callback(self._attempts.discard)
         self._notify()
@@ -262,9 +270,14 @@ class LeaseBook:
 
     # --- internals ------------------------------------------------------------
 
-    async def _check(self, lease: LeaseKey, entry: _Checking, checks: Sequence[Check]) -> None:
-        """Evaluates the checks; then tells the listener and starts the attempt, or forgets."""
+    async def _check(
+        self, lease: LeaseKey, entry: _Checking, checks: Sequence[Check], *, at: float | None
+    ) -> None:
+        """Evaluates the checks (at ``at``); then tells the listener and starts the
+        attempt, or forgets."""
         try:
+            if at is not None:
+                await asyncio.sleep(at - asyncio.get_running_loop().time())
             verdicts = await evaluate_all(checks, self._check_turns)
         except Exception:  # a bug must not hold the slot forever
             log.exception("lease %s: evaluating preconditions failed; lease forgotten", lease)
@@ -290,11 +303,11 @@ class LeaseBook:
         self._notify()
         return True
 
-    async def _attempt(self, lease: LeaseKey, entry: _Running) -> None:
-        """Spawns the process and announces it, then waits for its end and reports it."""
+    async def _attempt(self, lease: LeaseKey, entry: _Running, at: float | None) -> None:
+        """Spawns the process (at ``at``) and announces it; waits for its end, reports it."""
         execution = entry.execution
         try:
-            started = await execution.start()
+            started = await execution.start(at=at)
             if started is not None and entry.reported:
                 self._announce(lease, execution.spec.argv, started)
             result = await execution.wait()
@@ -338,6 +351,11 @@ class LeaseBook:
     def _notify(self) -> None:
         self._changed.set()
         self._changed = asyncio.Event()
+
+
+def _loop_time_in(seconds: float) -> float | None:
+    """The event loop's clock ``seconds`` from now; None for "at once"."""
+    return asyncio.get_running_loop().time() + seconds if seconds > 0 else None
 
 
 def _summary(verdicts: Sequence[PreconditionVerdict]) -> str:

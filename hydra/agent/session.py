@@ -285,10 +285,11 @@ class Session:
         checks = wire.preconditions(offer)
         checking = f"; checking {len(checks)} precondition(s)" if checks else ""
         log.info("lease %s: offered %s attempt %d%s", lease, spec.task, spec.attempt, checking)
+        start_in = wire.start_in(offer)
         if checks:
-            self._book.check(lease, spec, checks)
+            self._book.check(lease, spec, checks, start_in=start_in)
         else:
-            self._book.start(lease, spec)  # the book announces the start
+            self._book.start(lease, spec, start_in=start_in)  # the book announces the start
 
     def _answer_again(self, lease: LeaseKey) -> None:
         """A lease offered twice: say again what became of it, start nothing."""

@@ -89,6 +89,15 @@ def attempt_spec(offer: pb.LeaseOffer, *, default_kill_grace: timedelta) -> Atte
     )
 
 
+def start_in(offer: pb.LeaseOffer) -> float:
+    """Seconds to wait before starting an offered attempt (leased ahead of its time)."""
+    return (
+        max(0.0, offer.start_in.ToTimedelta().total_seconds())
+        if offer.HasField("start_in")
+        else 0.0
+    )
+
+
 def preconditions(offer: pb.LeaseOffer) -> tuple[Check, ...]:
     """The rendered preconditions of a LeaseOffer, in spec order."""
     return tuple(precondition(message) for message in offer.preconditions)

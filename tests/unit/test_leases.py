@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import uuid
@@ -12,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from hydra.agent import wire
 from hydra.agent.attempt import AttemptResult, AttemptSpec, LeaseKey, Outcome, OutputStream, Started
 from hydra.agent.daemon import AgentConfig
 from hydra.agent.leases import LeaseBook
@@ -153,7 +155,7 @@ async def test_a_lease_revoked_while_spawning_is_never_announced(run_id: str) ->
     assert listener.events == []
 
 
-async def test_close_waits_for_an_attempt_still_spawning(run_id: str) -> None:
+async def test_an_attempt_killed_before_its_spawn_never_starts(run_id: str) -> None:
     listener = Listener()
     book = LeaseBook(listener)
     lease = LeaseKey(run_id, 1)
@@ -163,8 +165,61 @@ async def test_close_waits_for_an_attempt_still_spawning(run_id: str) -> None:
     await book.close()
 
     assert book.processes() == 0
+    assert listener.kinds(lease) == ["finished"]
+    result = listener.result(lease)
+    assert result.outcome is Outcome.CANCELLED
+    assert result.message == "agent stopped (before it started)"
+
+
+async def test_close_waits_for_an_attempt_still_spawning(run_id: str) -> None:
+    listener = Listener()
+    book = LeaseBook(listener)
+    lease = LeaseKey(run_id, 1)
+
+    book.start(lease, spec(run_id, "sleep", "1000"))
+    await asyncio.sleep(0)  # the spawn begins
+    book.kill_all(Outcome.CANCELLED, "agent stopped", immediately=True)
+    await book.close()
+
+    assert book.processes() == 0
     assert listener.kinds(lease) == ["started", "finished"]
     assert listener.result(lease).outcome is Outcome.CANCELLED
+
+
+# --- leased ahead: start_in -------------------------------------------------------------
+
+
+async def test_an_attempt_leased_ahead_starts_after_start_in(run_id: str) -> None:
+    listener = Listener()
+    book = LeaseBook(listener)
+    lease = LeaseKey(run_id, 1)
+    loop = asyncio.get_running_loop()
+
+    offered = loop.time()
+    book.start(lease, spec(run_id, "true"), start_in=0.2)
+    assert book.held() == [lease] and book.active() == 1  # the slot is used while it waits
+    await book.wait_until(lambda: listener.kinds(lease) == ["started", "finished"], 10)
+    started = next(value for kind, _, value in listener.events if kind == "started")
+    waited = loop.time() - offered
+    assert waited >= 0.2
+    assert listener.result(lease).outcome is Outcome.SUCCEEDED
+    assert started.started_at is not None
+    await book.close()
+
+
+async def test_a_kill_while_waiting_to_start_spawns_nothing(run_id: str) -> None:
+    listener = Listener()
+    book = LeaseBook(listener)
+    lease = LeaseKey(run_id, 1)
+
+    book.start(lease, spec(run_id, "sleep", "1000"), start_in=30)
+    await asyncio.sleep(0.05)
+    assert book.kill(lease, Outcome.CANCELLED, "cancelled by request")
+    await book.wait_until(lambda: listener.kinds(lease) == ["finished"], 5)
+
+    assert listener.result(lease).outcome is Outcome.CANCELLED
+    assert processes_with_run_id(run_id) == []
+    await book.close()
 
 
 # --- offers while spawning ----------------------------------------------------------
@@ -195,3 +250,19 @@ async def test_an_offer_arriving_while_another_attempt_spawns_sees_its_slot_used
         assert listener.output(lease) == f"{lease.run_id}\n".encode()
     assert listener.kinds(refused) == []
     await book.close()
+
+
+@pytest.mark.parametrize(
+    ("start_in", "seconds"),
+    [
+        (None, 0.0),
+        (timedelta(0), 0.0),
+        (timedelta(milliseconds=-5), 0.0),
+        (timedelta(milliseconds=30), 0.03),
+    ],
+)
+def test_start_in_of_an_offer(start_in: timedelta | None, seconds: float) -> None:
+    message = pb.LeaseOffer(task="demo.task")
+    if start_in is not None:
+        message.start_in.FromTimedelta(start_in)
+    assert wire.start_in(message) == pytest.approx(seconds)
