@@ -13,10 +13,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import NamedTuple
 
-from hydra.coordinator.store_base import BaseStore, Cursor, Row
+from hydra.coordinator.store_base import BaseStore, Cursor, Row, spec_of_version
 from hydra.domain import After, Overlap, RunState, TaskSpec
 from hydra.errors import FailedPrecondition
-from hydra.spec import task_from_dict
 
 log = logging.getLogger("hydra.coordinator.dependencies")
 
@@ -43,7 +42,7 @@ class DependencyStore(BaseStore):
         for row in await self.all(cur, "lock_dependents", name=task_name):
             if row["paused"]:
                 continue
-            spec = task_from_dict(row["spec"])
+            spec = spec_of_version(row["id"], row["version"], row["spec"])
             for upstreams in _after_groups(spec, task_name):
                 await self._resolve(cur, row, spec, upstreams, Occurrence(occurrence, timezone))
 

@@ -11,7 +11,7 @@ from hydra.coordinator import schedule
 from hydra.coordinator.lease_store import LeaseStore
 from hydra.coordinator.records import NewRun
 from hydra.coordinator.trigger_loop import time_trigger
-from hydra.domain import After, Run, TaskSpec
+from hydra.domain import After, Run, Task, TaskSpec
 from hydra.errors import FailedPrecondition, FieldProblem, InvalidArgument
 
 #: Most occurrences one backfill may cover.
@@ -41,20 +41,20 @@ async def trigger(
     """A manual run, or the run an earlier call with the same key (or occurrence) made."""
     if len(idempotency_key) > MAX_KEY:
         raise InvalidArgument(f"at most {MAX_KEY} characters", path="idempotency_key")
-    task_id, task = await store.task_ref(task_name)
-    merged = merge_params(task.spec, params)
-    return await store.create_manual_run(
-        NewRun(
+
+    def build(task_id: int, task: Task) -> NewRun:
+        return NewRun(
             task_id=task_id,
             task_version=task.version,
             spec=task.spec,
             occurrence=occurrence or now,
             cause="manual",
-            params=merged,
+            params=merge_params(task.spec, params),
             idempotency_key=idempotency_key or None,
             timezone=task.spec.timezone,
         )
-    )
+
+    return await store.trigger_task(task_name, build)
 
 
 def merge_params(spec: TaskSpec, overrides: Mapping[str, str]) -> dict[str, str]:

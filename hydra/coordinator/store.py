@@ -281,25 +281,41 @@ class Store(DependencyStore):
 
     async def create_manual_run(self, new_run: NewRun) -> tuple[Run, bool]:
         """Create a manual run, or return the one its key or occurrence already has."""
-        created = await self.create_runs([new_run])
-        if created:
-            return await self.get_run(created[0]), True
         async with self.transaction() as cur:
-            row = None
-            if new_run.idempotency_key:
-                row = await self.one(
-                    cur, "find_run_by_key", task_id=new_run.task_id, key=new_run.idempotency_key
-                )
+            run_id, created = await self._create_or_find(cur, new_run)
+        return await self.get_run(run_id), created
+
+    async def trigger_task(
+        self, name: str, build: Callable[[int, Task], NewRun]
+    ) -> tuple[Run, bool]:
+        """`create_manual_run` for the run `build(task_id, task)` describes, reading the
+        live task in the same transaction (one commit from Trigger to lease)."""
+        async with self.transaction() as cur:
+            row = await self.one(cur, "get_task", name=name)
             if row is None:
-                row = await self.one(
-                    cur,
-                    "find_run_by_occurrence",
-                    task_id=new_run.task_id,
-                    occurrence=new_run.occurrence,
-                )
+                raise NotFound(f"task {name!r} not found")
+            run_id, created = await self._create_or_find(cur, build(row["id"], task_from_row(row)))
+        return await self.get_run(run_id), created
+
+    async def _create_or_find(self, cur: Cursor, new_run: NewRun) -> tuple[str, bool]:
+        created = await self._insert_runs(cur, [new_run])
+        if created:
+            return created[0], True
+        row = None
+        if new_run.idempotency_key:
+            row = await self.one(
+                cur, "find_run_by_key", task_id=new_run.task_id, key=new_run.idempotency_key
+            )
+        if row is None:
+            row = await self.one(
+                cur,
+                "find_run_by_occurrence",
+                task_id=new_run.task_id,
+                occurrence=new_run.occurrence,
+            )
         if row is None:  # pragma: no cover - a conflict always leaves a row behind
             raise Unavailable("run creation conflicted; try again")
-        return await self.get_run(str(row["id"])), False
+        return str(row["id"]), False
 
     async def get_run(self, run_id: str) -> Run:
         """One run with every attempt."""
@@ -495,7 +511,7 @@ def task_from_row(row: Mapping[str, Any]) -> Task:
         name=row["name"],
         version=row["version"],
         paused=row["paused"],
-        spec=task_from_dict(row["spec"]),
+        spec=spec_of_version(row["id"], row["version"], row["spec"]),
         created_at=row["created_at"],
         updated_at=row["updated_at"],
         next_fire_at=row.get("next_fire_at"),

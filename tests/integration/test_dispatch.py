@@ -27,6 +27,12 @@ def _run_row(db: Database, run_id: str) -> dict[str, Any]:
     return row
 
 
+def _connect(agent: ScriptedAgent) -> None:
+    agent.hello()
+    # A heartbeat's answer comes once the coordinator reads the stream: the session is open.
+    agent.heartbeat([])
+
+
 def _leased_to(db: Database, agent_id: str) -> int:
     return int(
         db.value(
@@ -46,7 +52,7 @@ def test_a_triggered_run_is_leased_in_the_transaction_that_created_it(db_conninf
             ScriptedAgent(coordinator.address, "scripted") as agent,
         ):
             client.apply(Task(name="inline", command=("true",)))
-            agent.hello()
+            _connect(agent)
             run, _ = client.trigger("inline")
             offer = agent.expect("lease")
             assert offer.lease.run_id == run.id
@@ -72,7 +78,7 @@ def test_a_finished_attempt_leases_the_next_run_for_its_slot_in_the_same_commit(
             client.apply(
                 Task(name="serial", command=("true",), concurrency=Concurrency(max_active_runs=5))
             )
-            agent.hello()
+            _connect(agent)
             first, _ = client.trigger("serial")
             second, _ = client.trigger("serial")
             offer = agent.expect("lease")
@@ -101,7 +107,7 @@ def test_an_agent_is_never_leased_more_runs_than_it_has_slots(db_conninfo: str) 
             client.apply(
                 Task(name="many", command=("true",), concurrency=Concurrency(max_active_runs=50))
             )
-            agent.hello()
+            _connect(agent)
             runs = [client.trigger("many")[0] for _ in range(6)]
             offers = [agent.expect("lease"), agent.expect("lease")]
             # Each Trigger leased inline before it returned, and woke the dispatcher
@@ -132,7 +138,7 @@ def test_the_dispatcher_still_leases_work_that_becomes_due_later(db_conninfo: st
         ):
             client.apply(Task(name="later", command=("true",)))
             run, _ = client.trigger("later")  # no agent yet: nothing to lease inline
-            agent.hello()
+            _connect(agent)
             offer = agent.expect("lease", timeout=10)
             assert offer.lease.run_id == run.id
     finally:
