@@ -93,7 +93,7 @@ class AgentStreams:
         )
         try:
             while (message := await session.outbox.get()) is not None:
-                yield message
+                yield session.outgoing(message)
         finally:
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field, replace
-from datetime import timedelta
 
 from hydra.coordinator.lease_store import LEASE_AHEAD, LeaseStore
 from hydra.coordinator.loop import seconds_until, utcnow, wait_event
@@ -118,7 +117,7 @@ class Dispatcher:
         )
         offer = _offer_message(run, rendered, self._times)
         offer.preconditions.extend(precondition_to_proto(check) for check in checks)
-        session.send(pb.CoordinatorMessage(lease=offer))
+        session.send_offer(offer, run.not_before)
 
     async def _fail_unrendered(self, session: AgentSession, run: ClaimedRun, message: str) -> None:
         now = utcnow()
@@ -169,8 +168,6 @@ def _offer_message(run: ClaimedRun, rendered: Rendered, times: LeaseTimes) -> pb
     )
     if run.task_spec.timeout is not None:
         offer.timeout.CopyFrom(to_duration(run.task_spec.timeout))
-    if run.not_before is not None and (wait := run.not_before - utcnow()) > timedelta(0):
-        offer.start_in.CopyFrom(to_duration(wait))  # leased ahead: start on time
     return offer
 
 

@@ -6,6 +6,7 @@ import asyncio
 import itertools
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 
 from hydra.v1 import agent_service_pb2 as pb
 
@@ -26,6 +27,7 @@ class AgentSession:
     reserved: int = 0
     outbox: asyncio.Queue[pb.CoordinatorMessage | None] = field(default_factory=asyncio.Queue)
     serial: int = field(default_factory=itertools.count().__next__)
+    _not_before: dict[str, datetime] = field(default_factory=dict)
 
     @property
     def free_slots(self) -> int:
@@ -35,6 +37,22 @@ class AgentSession:
     def send(self, message: pb.CoordinatorMessage) -> None:
         """Queue a message for the agent."""
         self.outbox.put_nowait(message)
+
+    def send_offer(self, offer: pb.LeaseOffer, not_before: datetime | None) -> None:
+        """Queue a lease offer; a run leased ahead of `not_before` gets its `start_in`
+        when the offer leaves (see `outgoing`), so the wait in the queue does not count."""
+        if not_before is not None:
+            self._not_before[offer.lease.run_id] = not_before
+        self.send(pb.CoordinatorMessage(lease=offer))
+
+    def outgoing(self, message: pb.CoordinatorMessage) -> pb.CoordinatorMessage:
+        """A message about to be written to the stream, with its last-moment fields."""
+        if message.HasField("lease"):
+            not_before = self._not_before.pop(message.lease.lease.run_id, None)
+            wait = None if not_before is None else not_before - datetime.now(UTC)
+            if wait is not None and wait > timedelta(0):
+                message.lease.start_in.FromTimedelta(wait)
+        return message
 
     def close(self) -> None:
         """End the outgoing stream."""

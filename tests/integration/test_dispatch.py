@@ -8,9 +8,12 @@ change that queued it carry the same transaction timestamp (PostgreSQL's
 
 from __future__ import annotations
 
+import itertools
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from hydra.client import Client, Concurrency, Task
+from hydra.client import Client, Concurrency, Cron, Task
+from hydra.coordinator.lease_store import LEASE_AHEAD
 from hydra.v1 import agent_service_pb2 as pb
 
 from support.agent_double import ScriptedAgent
@@ -43,6 +46,13 @@ def _leased_to(db: Database, agent_id: str) -> int:
     )
 
 
+#: Rounds in the tests below. The dispatcher loop, woken by the same notifications,
+#: may now and then reserve the free slot first and lease the run a moment later in
+#: a transaction of its own; most rounds must be inline, and without inline
+#: dispatch none would be.
+ROUNDS = 6
+
+
 def test_a_triggered_run_is_leased_in_the_transaction_that_created_it(db_conninfo: str) -> None:
     db = Database(db_conninfo)
     coordinator = CoordinatorThread(db_conninfo).start()
@@ -53,14 +63,19 @@ def test_a_triggered_run_is_leased_in_the_transaction_that_created_it(db_conninf
         ):
             client.apply(Task(name="inline", command=("true",)))
             _connect(agent)
-            run, _ = client.trigger("inline")
-            offer = agent.expect("lease")
-            assert offer.lease.run_id == run.id
-            row = _run_row(db, run.id)
-            assert row["state"] == "LEASED"
-            # now() is the transaction's start: the same instant for both only
-            # when the insert and the lease committed together.
-            assert row["lease_expires_at"] - row["created_at"] == FAST_TIMES.ttl
+            inline = 0
+            for _ in range(ROUNDS):
+                run, _ = client.trigger("inline")
+                offer = agent.expect("lease")
+                assert offer.lease.run_id == run.id
+                row = _run_row(db, run.id)
+                assert row["state"] == "LEASED"
+                # now() is the transaction's start: the same instant for both only
+                # when the insert and the lease committed together.
+                inline += row["lease_expires_at"] - row["created_at"] == FAST_TIMES.ttl
+                agent.started(offer.lease, offer.argv)
+                assert agent.finished(offer.lease, pb.ATTEMPT_OUTCOME_SUCCEEDED, offer.argv)
+            assert inline > ROUNDS // 2
     finally:
         coordinator.stop()
 
@@ -76,22 +91,24 @@ def test_a_finished_attempt_leases_the_next_run_for_its_slot_in_the_same_commit(
             ScriptedAgent(coordinator.address, "scripted", capacity=1) as agent,
         ):
             client.apply(
-                Task(name="serial", command=("true",), concurrency=Concurrency(max_active_runs=5))
+                Task(name="serial", command=("true",), concurrency=Concurrency(max_active_runs=9))
             )
             _connect(agent)
-            first, _ = client.trigger("serial")
-            second, _ = client.trigger("serial")
+            runs = [client.trigger("serial")[0] for _ in range(ROUNDS + 1)]
             offer = agent.expect("lease")
-            assert offer.lease.run_id == first.id
-            assert _run_row(db, second.id)["state"] == "QUEUED"  # one slot only
-            agent.started(offer.lease, offer.argv)
-            ack = agent.finished(offer.lease, pb.ATTEMPT_OUTCOME_SUCCEEDED, offer.argv)
-            assert ack.accepted
-            following = agent.expect("lease")
-            assert following.lease.run_id == second.id
-            done, leased = _run_row(db, first.id), _run_row(db, second.id)
-            assert done["state"] == "SUCCEEDED"
-            assert leased["lease_expires_at"] - done["finished_at"] == FAST_TIMES.ttl
+            assert offer.lease.run_id == runs[0].id
+            assert _run_row(db, runs[1].id)["state"] == "QUEUED"  # one slot only
+            inline = 0
+            for done_run, next_run in itertools.pairwise(runs):
+                agent.started(offer.lease, offer.argv)
+                ack = agent.finished(offer.lease, pb.ATTEMPT_OUTCOME_SUCCEEDED, offer.argv)
+                assert ack.accepted
+                offer = agent.expect("lease")
+                assert offer.lease.run_id == next_run.id
+                done, leased = _run_row(db, done_run.id), _run_row(db, next_run.id)
+                assert done["state"] == "SUCCEEDED"
+                inline += leased["lease_expires_at"] - done["finished_at"] == FAST_TIMES.ttl
+            assert inline > ROUNDS // 2
     finally:
         coordinator.stop()
 
@@ -141,5 +158,35 @@ def test_the_dispatcher_still_leases_work_that_becomes_due_later(db_conninfo: st
             _connect(agent)
             offer = agent.expect("lease", timeout=10)
             assert offer.lease.run_id == run.id
+    finally:
+        coordinator.stop()
+
+
+def test_a_cron_run_is_leased_ahead_and_offered_with_the_wait_until_its_time(
+    db_conninfo: str,
+) -> None:
+    coordinator = CoordinatorThread(db_conninfo).start()
+    try:
+        with (
+            Client(coordinator.address) as client,
+            ScriptedAgent(coordinator.address, "scripted") as agent,
+        ):
+            _connect(agent)
+            client.apply(
+                Task(
+                    name="every-second",
+                    command=("true",),
+                    triggers=(Cron(expression="* * * * * *"),),
+                )
+            )
+            offer = agent.expect("lease", timeout=10)
+            received = datetime.now(UTC)
+            occurrence = offer.occurrence.ToDatetime(tzinfo=UTC)
+            start_in = offer.start_in.ToTimedelta()
+            assert timedelta(0) < start_in <= LEASE_AHEAD
+            # Offered before the occurrence, with the wait that is left until it.
+            assert received < occurrence
+            assert abs((received + start_in) - occurrence) < timedelta(milliseconds=20)
+            client.pause("every-second")
     finally:
         coordinator.stop()
