@@ -11,7 +11,7 @@ import secrets
 import shutil
 import stat
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import NoReturn
 
 from hydra.agent.attempt import AttemptSpec, OutputStream
@@ -132,9 +132,10 @@ def _refuse_constant(name: str) -> NoReturn:
 class OutputsDirectory:
     """The agent's private directory of ``$HYDRA_OUTPUT`` files, one per attempt.
 
-    Created on first use (by ``mkdtemp``: mode 0700) and removed by
-    :meth:`close`. Every operation is a syscall or two on a local file system,
-    so they are made on the event loop, not through threads.
+    Created on first use (by ``mkdtemp``: mode 0700), in memory when it can
+    be (see :func:`memory_backed_tmp`), and removed by :meth:`close`. Every
+    operation is a syscall or two on a local file system, so they are made on
+    the event loop, not through threads.
     """
 
     def __init__(self) -> None:
@@ -179,10 +180,21 @@ class OutputsDirectory:
         if self._closed:
             raise OSError("the agent is stopping: its outputs directory is closed")
         if self._path is None:
-            self._path = tempfile.mkdtemp(prefix="hydra-agent-")
+            self._path = tempfile.mkdtemp(prefix="hydra-agent-", dir=memory_backed_tmp())
         path = os.path.join(self._path, name)
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
         return path
+
+
+def memory_backed_tmp(environ: Mapping[str, str] = os.environ) -> str | None:
+    """A writable memory-backed directory for short-lived files, if there is one:
+    ``$XDG_RUNTIME_DIR``, else ``/dev/shm``; None for the default temporary
+    directory. Creating a file on a disk-backed /tmp can cost a quarter of a
+    millisecond (measured on this project's CI machines); on tmpfs, microseconds."""
+    for candidate in (environ.get("XDG_RUNTIME_DIR", ""), "/dev/shm"):
+        if candidate and os.path.isdir(candidate) and os.access(candidate, os.W_OK | os.X_OK):
+            return candidate
+    return None
 
 
 def _file_safe(text: str) -> str:

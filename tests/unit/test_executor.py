@@ -25,7 +25,13 @@ from hydra.agent.executor import (
     attempt_environment,
     pidfd_child_watcher,
 )
-from hydra.agent.output import OutputBatcher, OutputsDirectory, OutputsError, read_outputs
+from hydra.agent.output import (
+    OutputBatcher,
+    OutputsDirectory,
+    OutputsError,
+    memory_backed_tmp,
+    read_outputs,
+)
 
 from support.proc import alive, eventually, processes_with_run_id
 
@@ -651,3 +657,11 @@ async def test_batcher_flushes_after_the_delay_not_per_write() -> None:
 )
 def test_durations_read_well_in_messages(seconds: float, text: str) -> None:
     assert format_duration(timedelta(seconds=seconds)) == text
+
+
+def test_outputs_go_to_a_memory_backed_directory_when_there_is_one(tmp_path: Path) -> None:
+    assert memory_backed_tmp({"XDG_RUNTIME_DIR": str(tmp_path)}) == str(tmp_path)
+    missing = str(tmp_path / "gone")
+    expected = "/dev/shm" if os.access("/dev/shm", os.W_OK | os.X_OK) else None
+    assert memory_backed_tmp({"XDG_RUNTIME_DIR": missing}) == expected
+    assert memory_backed_tmp({}) == expected
