@@ -50,6 +50,8 @@ log = logging.getLogger("hydra.agent")
 
 #: How long stray group members may keep the pipes open after the leader exits.
 PIPE_DRAIN_SECONDS = 1.0
+#: How much earlier than a start time the timer aims (see Execution._wait_until).
+_TIMER_SLACK_SECONDS = 0.001
 #: How often a dying group is checked during the kill grace.
 _POLL_SECONDS = 0.05
 #: Linux: zombies can be told apart from the living.
@@ -176,10 +178,19 @@ class Execution:
         return transport, protocol
 
     async def _wait_until(self, at: float) -> None:
-        delay = at - asyncio.get_running_loop().time()
-        if delay > 0 and self._kill is None:
+        """Waits until the loop's clock reaches ``at``, or a kill.
+
+        The loop's timers fire up to a millisecond late (epoll counts whole
+        milliseconds), so the timer aims one millisecond early and the rest is
+        waited out turn by turn: the process starts on time, never before.
+        """
+        loop = asyncio.get_running_loop()
+        early = at - _TIMER_SLACK_SECONDS - loop.time()
+        if early > 0 and self._kill is None:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._kill_requested.wait(), delay)
+                await asyncio.wait_for(self._kill_requested.wait(), early)
+        while self._kill is None and loop.time() < at:  # noqa: ASYNC110 - a spin, on purpose
+            await asyncio.sleep(0)
 
     def _end_unstarted(self, kill: _KillRequest) -> None:
         now = _now()

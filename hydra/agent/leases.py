@@ -309,7 +309,7 @@ class LeaseBook:
         try:
             started = await execution.start(at=at)
             if started is not None and entry.reported:
-                self._announce(lease, execution.spec.argv, started)
+                self._announce(lease, execution.spec, started)
             result = await execution.wait()
         except asyncio.CancelledError:
             if execution.started is None:  # cancelled while spawning: nothing was left running
@@ -327,10 +327,17 @@ class LeaseBook:
             )
         self._end(lease, entry, result)
 
-    def _announce(self, lease: LeaseKey, argv: Sequence[str], started: Started) -> None:
+    def _announce(self, lease: LeaseKey, spec: AttemptSpec, started: Started) -> None:
         # Synchronously after Execution.start returned: before any output (see there).
-        log.info("lease %s: started pid %d: %s", lease, started.pid, " ".join(argv))
-        self._listener.attempt_started(lease, argv, started)
+        log.info(
+            "lease %s: started %s attempt %d, pid %d: %s",
+            lease,
+            spec.task,
+            spec.attempt,
+            started.pid,
+            " ".join(spec.argv),
+        )
+        self._listener.attempt_started(lease, spec.argv, started)
         self._notify()
 
     def _end(self, lease: LeaseKey, entry: _Running, result: AttemptResult) -> None:

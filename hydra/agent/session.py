@@ -284,7 +284,7 @@ class Session:
         spec = wire.attempt_spec(offer, default_kill_grace=self._config.default_kill_grace)
         checks = wire.preconditions(offer)
         checking = f"; checking {len(checks)} precondition(s)" if checks else ""
-        log.info("lease %s: offered %s attempt %d%s", lease, spec.task, spec.attempt, checking)
+        log.debug("lease %s: offered %s attempt %d%s", lease, spec.task, spec.attempt, checking)
         start_in = wire.start_in(offer)
         if checks:
             self._book.check(lease, spec, checks, start_in=start_in)
@@ -329,7 +329,7 @@ class Session:
         if self._book.acknowledge(lease) is None:
             log.info("lease %s: acknowledgement of no pending report", lease)
         elif ack.accepted:
-            log.info("lease %s: report accepted", lease)
+            log.debug("lease %s: report accepted", lease)
         else:
             log.warning("lease %s: report refused: %s", lease, ack.reason or "no reason given")
 

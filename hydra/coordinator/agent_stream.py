@@ -19,7 +19,8 @@ from collections.abc import AsyncIterator, Callable
 import grpc
 import psycopg
 
-from hydra.coordinator.lease_store import DUPLICATE_SUCCESS, LeaseBatch, LeaseStore
+from hydra.coordinator.lease_batch import LeaseBatch
+from hydra.coordinator.lease_store import DUPLICATE_SUCCESS, LeaseStore
 from hydra.coordinator.loop import utcnow
 from hydra.coordinator.records import AttemptReport, LeaseTimes, ReportVerdict
 from hydra.coordinator.sessions import AgentSession, LeaseKey, SessionRegistry

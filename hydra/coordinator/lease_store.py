@@ -15,11 +15,12 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
+from hydra.coordinator.lease_batch import LeaseBatch
+from hydra.coordinator.precondition_store import PreconditionStore
 from hydra.coordinator.records import AttemptReport, ClaimedRun, ReportVerdict
-from hydra.coordinator.store import Cursor, Row, Store, run_uuid
+from hydra.coordinator.store import Cursor, Row, run_uuid
 from hydra.coordinator.store_base import spec_of_version
-from hydra.domain import After, AttemptState, OnTimeout, PreconditionVerdict, RunState, TaskSpec
-from hydra.spec import format_duration, task_from_dict
+from hydra.domain import After, AttemptState, PreconditionVerdict, RunState, TaskSpec
 
 log = logging.getLogger("hydra.coordinator.leases")
 
@@ -40,7 +41,7 @@ LeaseKey = tuple[str, int]
 LEASE_AHEAD = timedelta(milliseconds=50)
 
 
-class LeaseStore(Store):
+class LeaseStore(PreconditionStore):
     """The store, plus everything that touches leases."""
 
     @contextlib.asynccontextmanager
@@ -121,65 +122,6 @@ class LeaseStore(Store):
             await batch.record_preconditions(
                 run_id, lease_token, ready=ready, verdicts=verdicts, now=now
             )
-
-    async def _record_preconditions(
-        self,
-        cur: Cursor,
-        run_id: str,
-        lease_token: int,
-        *,
-        ready: bool,
-        verdicts: Sequence[PreconditionVerdict],
-        now: datetime,
-    ) -> None:
-        row = await self.one(
-            cur,
-            "record_precondition_checks",
-            run_id=run_uuid(run_id),
-            lease_token=lease_token,
-            verdicts=Jsonb([_verdict_json(v) for v in verdicts]),
-            checked_at=now,
-        )
-        if row is None:
-            return  # stale lease: the run moved on
-        if not ready:
-            await self._not_ready(cur, run_id, lease_token, verdicts, now - row["first_checked_at"])
-        self.notify_runs_changed(cur, [run_id])
-
-    async def _not_ready(
-        self,
-        cur: Cursor,
-        run_id: str,
-        lease_token: int,
-        verdicts: Sequence[PreconditionVerdict],
-        waited: timedelta,
-    ) -> None:
-        task = await self.one(cur, "run_spec", run_id=run_id)
-        assert task is not None
-        spec = task_from_dict(task["spec"])
-        waiting = "; ".join(f"precondition {v.index}: {v.message}" for v in verdicts if not v.ready)
-        timeout = spec.precondition_timeout
-        if timeout is None or waited < timeout:
-            await self.run_query(
-                cur,
-                "release_lease",
-                run_id=run_id,
-                lease_token=lease_token,
-                delay=spec.poke_interval,
-                reason=f"waiting for preconditions: {waiting}",
-            )
-            self.notify_dispatch(cur)
-            return
-        state = RunState.SKIPPED if spec.on_timeout is OnTimeout.SKIP else RunState.FAILED
-        await self.run_query(
-            cur,
-            "end_run_unstarted",
-            run_id=run_id,
-            lease_token=lease_token,
-            state=state.value,
-            reason=f"preconditions not ready after {format_duration(timeout)}: {waiting}",
-        )
-        await self.after_terminal(cur, task["task_name"], task["occurrence"], task["timezone"])
 
     async def release_lease(
         self, run_id: str, lease_token: int, *, reason: str, delay: timedelta = timedelta(0)
@@ -494,84 +436,6 @@ class LeaseStore(Store):
             )
 
 
-class LeaseBatch:
-    """Lease changes made in one transaction (see :meth:`LeaseStore.batch`).
-
-    Each method does what the LeaseStore method of the same name does; nothing
-    is committed before the batch ends, and an error rolls all of it back.
-    """
-
-    def __init__(self, store: LeaseStore, cur: Cursor) -> None:
-        self._store = store
-        self._cur = cur
-
-    async def start_attempt(
-        self,
-        run_id: str,
-        lease_token: int,
-        agent_id: str,
-        argv: Sequence[str],
-        started_at: datetime,
-    ) -> bool:
-        """See :meth:`LeaseStore.start_attempt`."""
-        store, cur = self._store, self._cur
-        number = await store._start(cur, run_id, lease_token, agent_id, argv, started_at)
-        if number is not None:
-            store.notify_runs_changed(cur, [run_id])
-        return number is not None
-
-    async def finish_attempt(self, report: AttemptReport) -> ReportVerdict:
-        """See :meth:`LeaseStore.finish_attempt`; a second success raises UniqueViolation."""
-        store, cur = self._store, self._cur
-        verdict = await store._finish(cur, report)
-        if verdict.accepted:
-            store.notify_runs_changed(cur, [report.run_id])
-            store.notify_dispatch(cur)
-        return verdict
-
-    async def append_output(
-        self, run_id: str, lease_token: int, stream: int, data: bytes, *, limit: int
-    ) -> None:
-        """See :meth:`LeaseStore.append_output`."""
-        await self._store._append_output(self._cur, run_id, lease_token, stream, data, limit)
-
-    async def record_preconditions(
-        self,
-        run_id: str,
-        lease_token: int,
-        *,
-        ready: bool,
-        verdicts: Sequence[PreconditionVerdict],
-        now: datetime,
-    ) -> None:
-        """See :meth:`LeaseStore.record_preconditions`."""
-        await self._store._record_preconditions(
-            self._cur, run_id, lease_token, ready=ready, verdicts=verdicts, now=now
-        )
-
-    async def release_lease(
-        self, run_id: str, lease_token: int, *, reason: str, delay: timedelta = timedelta(0)
-    ) -> bool:
-        """See :meth:`LeaseStore.release_lease`."""
-        return await self._store._release_lease(
-            self._cur, run_id, lease_token, reason=reason, delay=delay
-        )
-
-    async def renew_leases(
-        self,
-        agent_id: str,
-        leases: Sequence[LeaseKey],
-        ttl: timedelta,
-        *,
-        draining: bool,
-        coordinator_id: str,
-    ) -> set[LeaseKey]:
-        """See :meth:`LeaseStore.renew_leases`."""
-        return await self._store._renew_leases(
-            self._cur, agent_id, leases, ttl, draining=draining, coordinator_id=coordinator_id
-        )
-
-
 #: Why a report is refused when its run already succeeded under another attempt.
 DUPLICATE_SUCCESS = "run already has a successful attempt"
 
@@ -597,16 +461,6 @@ def failure_reason(number: int, report: AttemptReport) -> str:
 def _backoff_factor(report: AttemptReport) -> float:
     # A lost or fenced attempt is not the command's fault: retry at once elsewhere.
     return 0.0 if report.outcome == "FENCED" else 1.0
-
-
-def _verdict_json(verdict: PreconditionVerdict) -> dict[str, Any]:
-    checked_at = verdict.checked_at.isoformat() if verdict.checked_at else None
-    return {
-        "index": verdict.index,
-        "ready": verdict.ready,
-        "message": verdict.message,
-        "checked_at": checked_at,
-    }
 
 
 def _outputs(outputs_json: str) -> Jsonb | None:

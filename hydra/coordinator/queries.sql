@@ -572,7 +572,8 @@ RETURNING first_checked_at;
 
 -- name: run_spec
 -- The spec of the version a run is pinned to.
-SELECT v.spec, t.name AS task_name, r.occurrence, r.timezone FROM hydra_runs r
+SELECT v.spec, r.task_id, r.task_version, t.name AS task_name, r.occurrence, r.timezone
+FROM hydra_runs r
 JOIN hydra_tasks t ON t.id = r.task_id
 JOIN hydra_task_versions v ON v.task_id = r.task_id AND v.version = r.task_version
 WHERE r.id = %(run_id)s;
