@@ -35,6 +35,11 @@ INBOX_SIZE = 1000
 #: Messages handled in one transaction at most.
 MAX_BATCH = 200
 
+#: How many times one message is tried when its transactions keep being deadlock victims.
+DEADLOCK_TRIES = 3
+#: The server rolled a transaction back to break a deadlock or a serialization conflict.
+_ROLLED_BACK = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure)
+
 #: What to do once a message's changes are committed (answer the agent, wake the dispatcher).
 Answer = Callable[[], None]
 
@@ -178,14 +183,28 @@ class AgentStreams:
 
     async def _handle_batch(self, session: AgentSession, batch: list[pb.AgentMessage]) -> None:
         """One transaction for the batch, then the answers; if the transaction fails
-        for one message's sake, each message again in a transaction of its own."""
+        for one message's sake, each message again in a transaction of its own.
+
+        So does a batch that deadlocked with another transaction (a batch
+        finishing several runs locks their dependents' task rows run by run,
+        in an order another batch may cross); a single message that deadlocked
+        is tried again, up to DEADLOCK_TRIES times in all.
+        """
         if not batch:
             return
         try:
             async with self._store.batch() as leases:
                 answers = [await self._handle(session, leases, message) for message in batch]
-        except Unavailable:
-            raise
+        except Unavailable as error:
+            if not isinstance(error.__cause__, _ROLLED_BACK):
+                raise
+            log.info("agent %s: %d message(s) deadlocked; again", session.agent_id, len(batch))
+            if len(batch) == 1:
+                await self._handle_alone(session, batch[0], tries=DEADLOCK_TRIES - 1)
+                return
+            for message in batch:
+                await self._handle_batch(session, [message])
+            return
         except Exception:
             if len(batch) == 1:
                 await self._handle_alone(session, batch[0])
@@ -197,10 +216,18 @@ class AgentStreams:
             if answer is not None:
                 answer()
 
-    async def _handle_alone(self, session: AgentSession, message: pb.AgentMessage) -> None:
+    async def _handle_alone(
+        self, session: AgentSession, message: pb.AgentMessage, *, tries: int = DEADLOCK_TRIES
+    ) -> None:
         try:
             async with self._store.batch() as leases:
                 answer = await self._handle(session, leases, message)
+        except Unavailable as error:
+            if tries <= 1 or not isinstance(error.__cause__, _ROLLED_BACK):
+                raise
+            log.info("agent %s: a message deadlocked; again", session.agent_id)
+            await self._handle_alone(session, message, tries=tries - 1)
+            return
         except psycopg.errors.UniqueViolation:
             if message.WhichOneof("body") != "attempt_finished":
                 raise

@@ -145,9 +145,15 @@ class _Leased:
     runs: list[tuple[AgentSession, ClaimedRun]] = field(default_factory=list)
 
     async def committed(self) -> None:
+        # The work that leased these runs is committed: an offer that fails
+        # must not make it look failed. The lease then expires and the run
+        # is offered again.
         self.aborted()
         for session, run in self.runs:
-            await self.dispatcher._offer(session, run)
+            try:
+                await self.dispatcher._offer(session, run)
+            except Exception:
+                log.exception("run %s: offering lease %d failed", run.run_id, run.lease_token)
 
     def aborted(self) -> None:
         for session, free in self.reserved:

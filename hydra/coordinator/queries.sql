@@ -157,8 +157,8 @@ ON CONFLICT DO NOTHING
 RETURNING id, task_id, occurrence, state;
 
 -- name: notify_dispatch
--- Wake every coordinator's dispatcher (delivered at commit).
-SELECT pg_notify('hydra_dispatch', '');
+-- Wake every coordinator's dispatcher (delivered at commit); the payload names the sender.
+SELECT pg_notify('hydra_dispatch', %(sender)s::text);
 
 -- name: find_run_by_key
 -- The run a task got for an idempotency key.

@@ -186,7 +186,15 @@ class Coordinator:
         dispatcher = Dispatcher(self.store, self._sessions, self.config.times)
         triggers = TriggerLoop(self.store)
         reaper = Reaper(self.store, self.config.times.ttl)
-        self._listener.subscribe("hydra_dispatch", lambda _: dispatcher.wake())
+        coordinator_id = self.config.coordinator_id
+        self.store.coordinator_id = coordinator_id
+
+        def others_made_work(sender: str) -> None:
+            # Our own transactions dispatched inline or woke the dispatcher already.
+            if sender != coordinator_id:
+                dispatcher.wake()
+
+        self._listener.subscribe("hydra_dispatch", others_made_work)
         self.store.on_dispatch = dispatcher.wake
         self.store.dispatch_inline = dispatcher.dispatch_inline
         self._listener.subscribe("hydra_triggers", lambda _: triggers.wake.set())

@@ -96,6 +96,9 @@ class BaseStore:
         #: Called when a transaction that woke the dispatchers has committed: this
         #: coordinator's own dispatcher need not wait for the notification.
         self.on_dispatch: Callable[[], None] | None = None
+        #: Sent with dispatch notifications, so that a coordinator can ignore its own
+        #: (it dispatched inline, or called `on_dispatch`, already).
+        self.coordinator_id = ""
         #: Called before such a transaction commits, to lease the work it made
         #: available to this coordinator's agents in the same commit.
         self.dispatch_inline: InlineDispatch | None = None
@@ -145,7 +148,7 @@ class BaseStore:
             batch = ",".join(runs[start : start + _IDS_PER_NOTIFY])
             await self.run_query(cur, "notify_run_changed", run_id=batch)
         if news.dispatch:
-            await self.run_query(cur, "notify_dispatch")
+            await self.run_query(cur, "notify_dispatch", sender=self.coordinator_id)
 
     @staticmethod
     async def one(cur: Cursor, query_name: str, /, **params: Any) -> Row | None:

@@ -12,6 +12,8 @@ import itertools
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import psycopg
+
 from hydra.client import Client, Concurrency, Cron, Task
 from hydra.coordinator.lease_store import LEASE_AHEAD
 from hydra.v1 import agent_service_pb2 as pb
@@ -190,3 +192,48 @@ def test_a_cron_run_is_leased_ahead_and_offered_with_the_wait_until_its_time(
             client.pause("every-second")
     finally:
         coordinator.stop()
+
+
+def test_a_report_that_deadlocks_is_recorded_on_a_second_try(db_conninfo: str) -> None:
+    db = Database(db_conninfo)
+    coordinator = CoordinatorThread(db_conninfo).start()
+    try:
+        with (
+            Client(coordinator.address) as client,
+            ScriptedAgent(coordinator.address, "scripted") as agent,
+            psycopg.connect(db_conninfo, autocommit=False) as other,
+        ):
+            client.apply(Task(name="locked", command=("true",)))
+            _connect(agent)
+            run, _ = client.trigger("locked")
+            offer = agent.expect("lease")
+            agent.started(offer.lease, offer.argv)
+            db.wait_run_state(run.id, {"RUNNING"})
+            # Another transaction holds the attempt's row, then asks for the run's
+            # row, which the coordinator's report transaction locks first: a
+            # deadlock, which the coordinator's side detects first (1 s against 30 s).
+            other.execute("SET deadlock_timeout = '30s'")
+            other.execute("SELECT 1 FROM hydra_attempts WHERE run_id = %s FOR UPDATE", (run.id,))
+            finished = pb.AttemptFinished(
+                lease=offer.lease, outcome=pb.ATTEMPT_OUTCOME_SUCCEEDED, exit_code=0
+            )
+            finished.finished_at.FromDatetime(datetime.now(UTC))
+            agent.send(attempt_finished=finished)
+            wait_for(lambda: _waiting_on_a_lock(db), timeout=10, message="the report to wait")
+            other.execute("SELECT 1 FROM hydra_runs WHERE id = %s FOR UPDATE", (run.id,))
+            other.rollback()  # it got the row: the report's transaction was the victim
+            ack = agent.expect("report_ack", timeout=10)
+            assert ack.accepted
+            assert _run_row(db, run.id)["state"] == "SUCCEEDED"
+            assert agent.heartbeat([]) is not None  # the stream survived the deadlock
+    finally:
+        coordinator.stop()
+
+
+def _waiting_on_a_lock(db: Database) -> bool:
+    return bool(
+        db.value(
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE wait_event_type = 'Lock' AND datname = current_database()"
+        )
+    )
