@@ -112,11 +112,14 @@ def _occurrence_gaps(context: Context, task: str) -> list[str]:
         f"{task}: run for {o.isoformat()}, not an occurrence" for o in set(actual) - set(expected)
     ]
     problems += [f"{task}: run {r.id} was caused by {r.cause!r}" for r in runs if r.cause != "cron"]
-    return problems + _span_problems(context, task, actual[0], actual[-1])
+    return problems + _span_problems(context, task, actual[0], runs[-1])
 
 
-def _span_problems(context: Context, task: str, first: datetime, last: datetime) -> list[str]:
-    """The runs start with the apply, go on after the chaos, and stop at the pause."""
+def _span_problems(context: Context, task: str, first: datetime, last_run: RunRow) -> list[str]:
+    """The runs start with the apply, go on after the chaos, and none is created after
+    the pause (a run is created and leased up to 50 ms before its occurrence, so one
+    for an occurrence just after the pause may have been created before it)."""
+    last = last_run.occurrence
     timeline = context.timeline
     first_due = schedule.next_fire(context.snapshot.crons[task], timeline.applied[1])
     problems = []
@@ -131,9 +134,10 @@ def _span_problems(context: Context, task: str, first: datetime, last: datetime)
             f"{timeline.chaos_ended.isoformat()}: it stopped firing"
         )
     paused = timeline.paused.get(task)
-    if paused is not None and last > paused:
+    if paused is not None and last_run.created_at > paused:
         problems.append(
-            f"{task}: a run for {last.isoformat()}, after its pause at {paused.isoformat()}"
+            f"{task}: a run for {last.isoformat()} created at "
+            f"{last_run.created_at.isoformat()}, after its pause at {paused.isoformat()}"
         )
     return problems
 

@@ -41,6 +41,8 @@ class RunRow:
     id: str
     task: str
     occurrence: datetime
+    #: When the run was created (a cron run: up to 50 ms before its occurrence).
+    created_at: datetime
     state: str
     reason: str
     cause: str
@@ -140,6 +142,7 @@ def _run(
         id=run_id,
         task=name_of[row["task_id"]],
         occurrence=row["occurrence"],
+        created_at=row["created_at"],
         state=row["state"],
         reason=row["reason"],
         cause=row["cause"],
@@ -158,7 +161,7 @@ LEFT JOIN hydra_triggers g ON g.task_id = t.id AND g.kind = 'cron'
 WHERE t.name = ANY(%s) AND t.deleted_at IS NULL
 """
 _RUNS = """
-SELECT id, task_id, occurrence, state::text AS state, reason, cause, lease_token,
+SELECT id, task_id, occurrence, created_at, state::text AS state, reason, cause, lease_token,
        attempts_used, max_attempts, outputs
 FROM hydra_runs WHERE task_id = ANY(%s) ORDER BY task_id, occurrence
 """

@@ -59,6 +59,7 @@ def _run(task: str, second: int, token: int, cause: str = "cron") -> RunRow:
         id=run_id,
         task=task,
         occurrence=_at(second),
+        created_at=_at(second - 0.05),  # created and leased ahead
         state="SUCCEEDED",
         reason="",
         cause=cause,
@@ -146,7 +147,14 @@ def _lose_the_first_occurrence(runs: Runs) -> None:
 
 
 def _fire_after_the_pause(runs: Runs) -> None:
-    runs["tick"].append(_run("tick", 5, 100))
+    runs["tick"].append(_run("tick", 5, 100))  # created at 4.95 s, paused at 4.5 s
+
+
+def test_a_run_created_before_the_pause_for_an_occurrence_after_it_passes() -> None:
+    runs = _clean_runs()
+    before_the_pause = dataclasses.replace(_run("tick", 5, 100), created_at=_at(4.45))
+    runs["tick"].append(before_the_pause)
+    assert 1 not in _failing(_context(runs))
 
 
 def _two_successes(runs: Runs) -> None:
