@@ -8,12 +8,15 @@ this conftest).
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import signal
+import uuid
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
 from support.db import TEST_DB_ENV, Databases, embedded_home, session_server, to_uri
+from support.proc import processes_with_run_id
 
 
 def pytest_report_header() -> str:
@@ -76,3 +79,14 @@ def hydra_home() -> Iterator[Path]:
     """
     with embedded_home() as home:
         yield home
+
+
+@pytest.fixture
+async def run_id() -> AsyncIterator[str]:
+    """A run id prefix unique to the test; no process carrying it may outlive the test."""
+    prefix = f"test-{uuid.uuid4().hex}"
+    yield prefix
+    strays = processes_with_run_id(prefix)
+    for pid in strays:
+        os.kill(pid, signal.SIGKILL)
+    assert not strays, f"processes left running: {strays}"

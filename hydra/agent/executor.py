@@ -193,23 +193,19 @@ class Execution:
             await asyncio.sleep(0)
 
     def _end_unstarted(self, kill: _KillRequest) -> None:
-        now = _now()
-        self._failed_start = AttemptResult(
-            outcome=kill.outcome,
-            argv=self._spec.argv,
-            started_at=now,
-            finished_at=now,
-            message=f"{kill.message} (before it started)",
-        )
+        self._end_before_start(kill.outcome, f"{kill.message} (before it started)")
 
     def _fail_to_start(self, reason: str) -> None:
+        self._end_before_start(Outcome.FAILED, f"cannot start: {reason}")
+
+    def _end_before_start(self, outcome: Outcome, message: str) -> None:
         now = _now()
         self._failed_start = AttemptResult(
-            outcome=Outcome.FAILED,
+            outcome=outcome,
             argv=self._spec.argv,
             started_at=now,
             finished_at=now,
-            message=f"cannot start: {reason}",
+            message=message,
         )
 
     async def _supervise(

@@ -7,13 +7,11 @@ and answers as told; the real coordinator is tested on its own.
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import socket
 import sys
 import textwrap
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -31,7 +29,7 @@ from hydra.agent import AgentConfig, AgentDaemon
 from hydra.v1 import agent_service_pb2 as pb
 from hydra.v1 import agent_service_pb2_grpc, run_service_pb2, types_pb2
 
-from support.proc import alive, eventually, processes_with_run_id
+from support.proc import alive, eventually
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -241,17 +239,6 @@ async def servers() -> AsyncIterator[Callable[..., Awaitable[Server]]]:
 class Agent:
     daemon: AgentDaemon
     task: asyncio.Task[int]
-
-
-@pytest.fixture
-async def run_id() -> AsyncIterator[str]:
-    """A run id prefix unique to the test; no process carrying it may outlive the test."""
-    prefix = f"test-{uuid.uuid4().hex}"
-    yield prefix
-    strays = processes_with_run_id(prefix)
-    for pid in strays:
-        os.kill(pid, signal.SIGKILL)
-    assert not strays, f"processes left running: {strays}"
 
 
 @pytest.fixture

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -22,17 +19,6 @@ from hydra.domain import PreconditionVerdict
 from hydra.v1 import agent_service_pb2 as pb
 
 from support.proc import eventually, processes_with_run_id
-
-
-@pytest.fixture
-async def run_id() -> AsyncIterator[str]:
-    """A run id prefix unique to the test; no process carrying it may outlive the test."""
-    prefix = f"test-{uuid.uuid4().hex}"
-    yield prefix
-    strays = processes_with_run_id(prefix)
-    for pid in strays:
-        os.kill(pid, signal.SIGKILL)
-    assert not strays, f"processes left running: {strays}"
 
 
 class Listener:
