@@ -15,6 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from hydra.coordinator.lease_store import LeaseStore
+from hydra.coordinator.store import open_pool
+
 from support.db import TEST_DB_ENV, Databases, embedded_home, session_server, to_uri
 from support.proc import processes_with_run_id
 
@@ -90,3 +93,12 @@ async def run_id() -> AsyncIterator[str]:
     for pid in strays:
         os.kill(pid, signal.SIGKILL)
     assert not strays, f"processes left running: {strays}"
+
+
+@pytest.fixture
+async def store(db_conninfo: str) -> AsyncIterator[LeaseStore]:
+    """The coordinator's store on the test's database."""
+    pool = open_pool(db_conninfo, 6)
+    await pool.open(wait=True)
+    yield LeaseStore(pool)
+    await pool.close()

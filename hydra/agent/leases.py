@@ -212,7 +212,9 @@ class LeaseBook:
             entry.execution.kill(Outcome.CANCELLED, "lease revoked")
             log.warning("lease %s: revoked by the coordinator; killing its process", lease)
         elif self._pending.pop(lease, None) is not None:
-            log.warning("lease %s: revoked by the coordinator; report dropped", lease)
+            # Either the report was recorded and its acknowledgement is on its way
+            # (a heartbeat recorded after it), or it would be refused.
+            log.info("lease %s: no longer current; its report is not sent again", lease)
         self._notify()
 
     def acknowledge(self, lease: LeaseKey) -> AttemptResult | None:

@@ -3,10 +3,12 @@
 The agent says Hello; we reconcile the leases it still holds, answer Welcome,
 then read its messages (heartbeats, attempt started/finished, output) while a
 writer sends what the dispatcher queued for it. Every report goes through the
-lease store, which checks the fencing token. Messages that arrive while
+lease store, which checks the fencing token. Reports that arrive while
 earlier ones are being recorded are recorded together, in one transaction,
 and answered only once it has committed: a busy agent costs one commit per
-batch, not one per message.
+batch, not one per message. Heartbeats go to the coordinator's
+:class:`~hydra.coordinator.heartbeats.HeartbeatRecorder`, which records those of
+all streams together.
 """
 
 from __future__ import annotations
@@ -19,10 +21,16 @@ from collections.abc import AsyncIterator, Callable
 import grpc
 import psycopg
 
+from hydra.coordinator.heartbeats import (
+    DEADLOCK_TRIES,
+    ROLLED_BACK,
+    HeartbeatRecorder,
+    PendingHeartbeat,
+)
 from hydra.coordinator.lease_batch import LeaseBatch
 from hydra.coordinator.lease_store import DUPLICATE_SUCCESS, LeaseStore
 from hydra.coordinator.loop import utcnow
-from hydra.coordinator.records import AttemptReport, LeaseTimes, ReportVerdict
+from hydra.coordinator.records import AttemptReport, Heartbeat, LeaseTimes, ReportVerdict
 from hydra.coordinator.sessions import AgentSession, LeaseKey, SessionRegistry
 from hydra.errors import Unavailable
 from hydra.v1 import agent_service_pb2 as pb
@@ -35,10 +43,6 @@ INBOX_SIZE = 1000
 #: Messages handled in one transaction at most.
 MAX_BATCH = 200
 
-#: How many times one message is tried when its transactions keep being deadlock victims.
-DEADLOCK_TRIES = 3
-#: The server rolled a transaction back to break a deadlock or a serialization conflict.
-_ROLLED_BACK = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure)
 
 #: What to do once a message's changes are committed (answer the agent, wake the dispatcher).
 Answer = Callable[[], None]
@@ -69,6 +73,11 @@ class AgentStreams:
         self._times = times
         self._coordinator_id = coordinator_id
         self._output_limit = output_limit
+        self._heartbeats = HeartbeatRecorder(store, ttl=times.ttl, coordinator_id=coordinator_id)
+
+    async def close(self) -> None:
+        """Stops recording heartbeats (the server has stopped serving)."""
+        await self._heartbeats.close()
 
     async def serve(
         self,
@@ -145,6 +154,9 @@ class AgentStreams:
             async for message in requests:
                 if worker.done():  # it failed, and closed the session
                     break
+                if message.WhichOneof("body") == "heartbeat":
+                    self._heartbeat(session, message.heartbeat)  # with other streams' heartbeats
+                    continue
                 await inbox.put(message)  # a full inbox slows the agent down (flow control)
             else:
                 await inbox.put(None)
@@ -196,7 +208,7 @@ class AgentStreams:
             async with self._store.batch() as leases:
                 answers = [await self._handle(session, leases, message) for message in batch]
         except Unavailable as error:
-            if not isinstance(error.__cause__, _ROLLED_BACK):
+            if not isinstance(error.__cause__, ROLLED_BACK):
                 raise
             log.info("agent %s: %d message(s) deadlocked; again", session.agent_id, len(batch))
             if len(batch) == 1:
@@ -223,7 +235,7 @@ class AgentStreams:
             async with self._store.batch() as leases:
                 answer = await self._handle(session, leases, message)
         except Unavailable as error:
-            if tries <= 1 or not isinstance(error.__cause__, _ROLLED_BACK):
+            if tries <= 1 or not isinstance(error.__cause__, ROLLED_BACK):
                 raise
             log.info("agent %s: a message deadlocked; again", session.agent_id)
             await self._handle_alone(session, message, tries=tries - 1)
@@ -242,8 +254,6 @@ class AgentStreams:
     ) -> Answer | None:
         """Records one message; returns what to do once the batch is committed."""
         kind = message.WhichOneof("body")
-        if kind == "heartbeat":
-            return await self._heartbeat(session, leases, message.heartbeat)
         if kind == "attempt_started":
             return await self._started(session, leases, message.attempt_started)
         if kind == "output":
@@ -269,36 +279,35 @@ class AgentStreams:
         log.warning("agent %s sent an unexpected %s", session.agent_id, kind)
         return None
 
-    async def _heartbeat(
-        self, session: AgentSession, leases: LeaseBatch, heartbeat: pb.Heartbeat
-    ) -> Answer:
-        listed = [(lease.run_id, lease.lease_token) for lease in heartbeat.leases]
+    def _heartbeat(self, session: AgentSession, heartbeat: pb.Heartbeat) -> None:
+        """Queues the heartbeat with those of other streams; the ack follows the commit."""
+        listed = tuple((lease.run_id, lease.lease_token) for lease in heartbeat.leases)
         if heartbeat.draining and not session.draining:
             log.info("agent %s is draining", session.agent_id)
         session.draining = session.draining or heartbeat.draining
-        renewed = await leases.renew_leases(
-            session.agent_id,
-            listed,
-            self._times.ttl,
-            draining=session.draining,
-            coordinator_id=self._coordinator_id,
-        )
 
-        def answer() -> None:
-            revoked = [key for key in listed if key not in renewed]
+        def renewed(current: set[LeaseKey]) -> None:
+            revoked = [key for key in listed if key not in current]
             session.held.difference_update(revoked)
             if revoked:
                 self._sessions.slots_changed.set()
             session.send(
                 pb.CoordinatorMessage(
                     heartbeat_ack=pb.HeartbeatAck(
-                        sequence=heartbeat.sequence,
-                        revoked=[_ref(key) for key in revoked],
+                        sequence=heartbeat.sequence, revoked=[_ref(key) for key in revoked]
                     )
                 )
             )
 
-        return answer
+        self._heartbeats.submit(
+            PendingHeartbeat(
+                heartbeat=Heartbeat(
+                    agent_id=session.agent_id, leases=listed, draining=session.draining
+                ),
+                renewed=renewed,
+                failed=session.close,  # the agent reconnects, to us or another coordinator
+            )
+        )
 
     async def _started(
         self, session: AgentSession, leases: LeaseBatch, started: pb.AttemptStarted

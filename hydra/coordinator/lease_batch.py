@@ -12,7 +12,7 @@ from hydra.coordinator.store import Cursor
 from hydra.domain import PreconditionVerdict
 
 if TYPE_CHECKING:
-    from hydra.coordinator.lease_store import LeaseKey, LeaseStore
+    from hydra.coordinator.lease_store import LeaseStore
 
 
 class LeaseBatch:
@@ -76,18 +76,4 @@ class LeaseBatch:
         """See :meth:`LeaseStore.release_lease`."""
         return await self._store._release_lease(
             self._cur, run_id, lease_token, reason=reason, delay=delay
-        )
-
-    async def renew_leases(
-        self,
-        agent_id: str,
-        leases: Sequence[LeaseKey],
-        ttl: timedelta,
-        *,
-        draining: bool,
-        coordinator_id: str,
-    ) -> set[LeaseKey]:
-        """See :meth:`LeaseStore.renew_leases`."""
-        return await self._store._renew_leases(
-            self._cur, agent_id, leases, ttl, draining=draining, coordinator_id=coordinator_id
         )

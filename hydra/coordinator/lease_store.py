@@ -17,7 +17,7 @@ from psycopg.types.json import Jsonb
 
 from hydra.coordinator.lease_batch import LeaseBatch
 from hydra.coordinator.precondition_store import PreconditionStore
-from hydra.coordinator.records import AttemptReport, ClaimedRun, ReportVerdict
+from hydra.coordinator.records import AttemptReport, ClaimedRun, Heartbeat, ReportVerdict
 from hydra.coordinator.store import Cursor, Row, run_uuid
 from hydra.coordinator.store_base import spec_of_version
 from hydra.domain import After, AttemptState, PreconditionVerdict, RunState, TaskSpec
@@ -156,35 +156,45 @@ class LeaseStore(PreconditionStore):
         coordinator_id: str,
     ) -> set[LeaseKey]:
         """Extend the agent's current leases among those listed; returns the renewed ones."""
-        async with self.batch() as batch:
-            return await batch.renew_leases(
-                agent_id, leases, ttl, draining=draining, coordinator_id=coordinator_id
-            )
+        heartbeat = Heartbeat(agent_id=agent_id, leases=tuple(leases), draining=draining)
+        renewed = await self.record_heartbeats([heartbeat], ttl, coordinator_id=coordinator_id)
+        return renewed.get(agent_id, set())
 
-    async def _renew_leases(
-        self,
-        cur: Cursor,
-        agent_id: str,
-        leases: Sequence[LeaseKey],
-        ttl: timedelta,
-        *,
-        draining: bool,
-        coordinator_id: str,
-    ) -> set[LeaseKey]:
-        await self.run_query(
-            cur, "touch_agent", id=agent_id, draining=draining, coordinator_id=coordinator_id
-        )
-        if not leases:
-            return set()
-        rows = await self.all(
-            cur,
-            "renew_leases",
-            agent_id=agent_id,
-            ttl=ttl,
-            run_ids=[run_id for run_id, _ in leases],
-            lease_tokens=[token for _, token in leases],
-        )
-        return {(str(r["id"]), r["lease_token"]) for r in rows}
+    async def record_heartbeats(
+        self, heartbeats: Sequence[Heartbeat], ttl: timedelta, *, coordinator_id: str
+    ) -> dict[str, set[LeaseKey]]:
+        """Several agents heard from, in one transaction of two statements: each agent
+        is touched (and marked draining if it said so), each listed lease that is
+        current and owned by the agent that listed it is extended by `ttl`.
+        Returns the renewed leases by agent."""
+        draining: dict[str, bool] = {}
+        for beat in heartbeats:
+            draining[beat.agent_id] = draining.get(beat.agent_id, False) or beat.draining
+        agents = sorted(draining)
+        # Sorted, so that concurrent rounds meet the rows in the same order.
+        listed = sorted({(run, token, b.agent_id) for b in heartbeats for run, token in b.leases})
+        async with self.transaction(dispatch_inline=False) as cur:
+            await self.run_query(
+                cur,
+                "touch_agents",
+                ids=agents,
+                draining=[draining[agent] for agent in agents],
+                coordinator_id=coordinator_id,
+            )
+            if not listed:
+                return {}
+            rows = await self.all(
+                cur,
+                "renew_leases",
+                run_ids=[run_id for run_id, _, _ in listed],
+                lease_tokens=[token for _, token, _ in listed],
+                agent_ids=[agent for _, _, agent in listed],
+                ttl=ttl,
+            )
+        renewed: dict[str, set[LeaseKey]] = {}
+        for row in rows:
+            renewed.setdefault(row["lease_owner"], set()).add((str(row["id"]), row["lease_token"]))
+        return renewed
 
     async def reconcile_agent(
         self, agent_id: str, held: Sequence[LeaseKey], ttl: timedelta

@@ -309,12 +309,13 @@ WHERE id = %(run_id)s AND lease_token = %(lease_token)s AND state = 'LEASED'
 RETURNING id;
 
 -- name: renew_leases
--- Extend the current leases among those listed; others are not returned.
+-- Extend each listed lease that is current and owned by the agent that listed it.
 UPDATE hydra_runs r SET lease_expires_at = now() + %(ttl)s
-FROM unnest(%(run_ids)s::uuid[], %(lease_tokens)s::bigint[]) AS u(run_id, lease_token)
+FROM unnest(%(run_ids)s::uuid[], %(lease_tokens)s::bigint[], %(agent_ids)s::text[])
+    AS u(run_id, lease_token, agent_id)
 WHERE r.id = u.run_id AND r.lease_token = u.lease_token
-  AND r.lease_owner = %(agent_id)s AND r.state IN ('LEASED', 'RUNNING')
-RETURNING r.id, r.lease_token;
+  AND r.lease_owner = u.agent_id AND r.state IN ('LEASED', 'RUNNING')
+RETURNING r.id, r.lease_token, r.lease_owner;
 
 -- name: leases_of_agent
 -- Every current lease an agent holds.
@@ -451,12 +452,13 @@ SET hostname = EXCLUDED.hostname, labels = EXCLUDED.labels, capacity = EXCLUDED.
     version = EXCLUDED.version, state = EXCLUDED.state,
     coordinator_id = EXCLUDED.coordinator_id, connected_at = now(), last_seen_at = now();
 
--- name: touch_agent
--- The agent was heard from; it may now be draining.
-UPDATE hydra_agents SET last_seen_at = now(),
-    state = CASE WHEN %(draining)s THEN 'draining'
-                 WHEN state = 'disconnected' THEN 'connected' ELSE state END
-WHERE id = %(id)s AND coordinator_id = %(coordinator_id)s;
+-- name: touch_agents
+-- Agents (one row each) were heard from; those that say so are now draining.
+UPDATE hydra_agents a SET last_seen_at = now(),
+    state = CASE WHEN u.draining THEN 'draining'
+                 WHEN a.state = 'disconnected' THEN 'connected' ELSE a.state END
+FROM unnest(%(ids)s::text[], %(draining)s::boolean[]) AS u(id, draining)
+WHERE a.id = u.id AND a.coordinator_id = %(coordinator_id)s;
 
 -- name: disconnect_agent
 -- The agent's stream to this coordinator ended.

@@ -103,6 +103,15 @@ class AttemptReport:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class Heartbeat:
+    """An agent was heard from, listing the leases it holds."""
+
+    agent_id: str
+    leases: tuple[tuple[str, int], ...]
+    draining: bool = False
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class ReportVerdict:
     """Whether a report was accepted, and why not."""
 

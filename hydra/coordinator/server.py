@@ -90,6 +90,7 @@ class Coordinator:
         self._listener = Listener(config.conninfo)
         self._sessions = SessionRegistry()
         self._server: grpc.aio.Server | None = None
+        self._streams: AgentStreams | None = None
         self._health = health.aio.HealthServicer()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -151,7 +152,7 @@ class Coordinator:
         options = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES), ("grpc.so_reuseport", 0)]
         interceptors = [TokenInterceptor(self.config.token)] if self.config.token else []
         server = grpc.aio.server(options=options, interceptors=interceptors)
-        streams = AgentStreams(
+        self._streams = streams = AgentStreams(
             store=self.store,
             sessions=self._sessions,
             times=self.config.times,
@@ -252,6 +253,8 @@ class Coordinator:
             session.close()
         if self._server is not None:
             await self._server.stop(grace)
+        if self._streams is not None:
+            await self._streams.close()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -4,7 +4,6 @@ through the store as coordinators drive it (each call its own transaction)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -18,14 +17,6 @@ from hydra.errors import FailedPrecondition
 
 TTL = timedelta(seconds=30)
 BASE = datetime.now(UTC).replace(microsecond=0) - timedelta(days=1)
-
-
-@pytest.fixture
-async def store(db_conninfo: str) -> AsyncIterator[LeaseStore]:
-    pool = open_pool(db_conninfo, 6)
-    await pool.open(wait=True)
-    yield LeaseStore(pool)
-    await pool.close()
 
 
 async def _apply(store: LeaseStore, name: str, **fields: object) -> None:

@@ -4,14 +4,12 @@ on the fencing token, and the hot-path statements behave under contention."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from hydra.coordinator.lease_store import LeaseStore
 from hydra.coordinator.records import AttemptReport, NewRun
-from hydra.coordinator.store import open_pool
 from hydra.coordinator.tasks import apply_spec
 from hydra.coordinator.trigger_loop import plan_fire
 from hydra.domain import Concurrency, Cron, Retry, RunState, TaskSpec
@@ -19,14 +17,6 @@ from hydra.errors import FailedPrecondition, NotFound
 
 TTL = timedelta(seconds=30)
 NOW = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
-
-
-@pytest.fixture
-async def store(db_conninfo: str) -> AsyncIterator[LeaseStore]:
-    pool = open_pool(db_conninfo, 4)
-    await pool.open(wait=True)
-    yield LeaseStore(pool)
-    await pool.close()
 
 
 async def _task(store: LeaseStore, **fields: object) -> int:

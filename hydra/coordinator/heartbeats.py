@@ -1,0 +1,104 @@
+"""Heartbeats of all of a coordinator's agent streams, recorded together.
+
+Every agent heartbeats every few seconds; a transaction per heartbeat would
+be hundreds of commits a second with many agents, for nothing but moving
+expiry times. Heartbeats wait in one list; one task records every heartbeat
+waiting, in one transaction of two statements (the agents heard from, the
+leases renewed), then calls each one's answer. Heartbeats that arrive while it
+commits wait for the next round, so a round grows with the load (group commit).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+
+import psycopg
+
+from hydra.coordinator.lease_store import LeaseStore
+from hydra.coordinator.records import Heartbeat
+from hydra.coordinator.sessions import LeaseKey
+from hydra.errors import Unavailable
+
+log = logging.getLogger("hydra.coordinator.agents")
+
+#: How many times a round is tried when the server keeps choosing it as a deadlock victim.
+DEADLOCK_TRIES = 3
+#: The server rolled a transaction back to break a deadlock or a serialization conflict.
+ROLLED_BACK = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PendingHeartbeat:
+    """A heartbeat waiting to be recorded, with what to do once it is (or is not)."""
+
+    heartbeat: Heartbeat
+    #: Called once committed, with the listed leases that were renewed.
+    renewed: Callable[[set[LeaseKey]], None]
+    #: Called when it could not be recorded (the database is unavailable).
+    failed: Callable[[], None]
+
+
+class HeartbeatRecorder:
+    """Records the heartbeats of every stream of one coordinator, a round at a time."""
+
+    def __init__(self, store: LeaseStore, *, ttl: timedelta, coordinator_id: str) -> None:
+        self._store = store
+        self._ttl = ttl
+        self._coordinator_id = coordinator_id
+        self._waiting: list[PendingHeartbeat] = []
+        self._rounds: asyncio.Task[None] | None = None
+
+    def submit(self, pending: PendingHeartbeat) -> None:
+        """Queues a heartbeat for the next round; its callbacks say how it went."""
+        self._waiting.append(pending)
+        if self._rounds is None or self._rounds.done():
+            self._rounds = asyncio.create_task(self._record_rounds(), name="heartbeats")
+
+    async def close(self) -> None:
+        """Stops recording; heartbeats still waiting are dropped (their streams are ending)."""
+        if self._rounds is not None:
+            self._rounds.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._rounds
+        self._waiting.clear()
+
+    async def _record_rounds(self) -> None:
+        while self._waiting:
+            pending, self._waiting = self._waiting, []
+            await self._record(pending)
+
+    async def _record(self, pending: list[PendingHeartbeat], tries: int = DEADLOCK_TRIES) -> None:
+        """One transaction for the round; if it fails for one heartbeat's sake, each alone."""
+        try:
+            renewed = await self._store.record_heartbeats(
+                [p.heartbeat for p in pending], self._ttl, coordinator_id=self._coordinator_id
+            )
+        except Unavailable as error:
+            if tries > 1 and isinstance(error.__cause__, ROLLED_BACK):
+                log.info("%d heartbeat(s) deadlocked; again", len(pending))
+                await self._record(pending, tries - 1)
+                return
+            self._fail(pending, error)
+            return
+        except Exception as error:
+            if len(pending) == 1:
+                self._fail(pending, error)
+                return
+            for one in pending:
+                await self._record([one])
+            return
+        for one in pending:
+            renewed_here = renewed.get(one.heartbeat.agent_id, set())
+            one.renewed({key for key in one.heartbeat.leases if key in renewed_here})
+
+    @staticmethod
+    def _fail(pending: list[PendingHeartbeat], error: Exception) -> None:
+        agents = sorted({p.heartbeat.agent_id for p in pending})
+        log.warning("recording heartbeats of %s failed: %s", ", ".join(agents), error)
+        for one in pending:
+            one.failed()

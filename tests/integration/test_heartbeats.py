@@ -1,0 +1,155 @@
+"""Heartbeats of many agent streams are recorded together, in one transaction a round."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+
+import psycopg
+import pytest
+
+from hydra.coordinator.heartbeats import HeartbeatRecorder, PendingHeartbeat
+from hydra.coordinator.lease_store import LeaseKey, LeaseStore
+from hydra.coordinator.records import Heartbeat, NewRun
+from hydra.coordinator.tasks import apply_spec
+from hydra.domain import Concurrency, TaskSpec
+
+SHORT = timedelta(seconds=5)
+LONG = timedelta(minutes=10)
+AGENTS = ("a1", "a2", "a3")
+
+
+class Rounds:
+    """Counts the store's heartbeat transactions and their sizes."""
+
+    def __init__(self, store: LeaseStore, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.sizes: list[int] = []
+        record = store.record_heartbeats
+
+        async def counted(heartbeats: list[Heartbeat], *args: object, **kw: object) -> object:
+            self.sizes.append(len(heartbeats))
+            return await record(heartbeats, *args, **kw)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(store, "record_heartbeats", counted)
+
+
+async def _leases(store: LeaseStore) -> dict[str, LeaseKey]:
+    """One run leased (for SHORT) to each agent of AGENTS, connected to coordinator c1."""
+    spec = TaskSpec(name="t", command=("true",), concurrency=Concurrency(max_active_runs=10))
+    outcome = await apply_spec(store, spec, dry_run=False, now=datetime.now(UTC))
+    task_id, _ = await store.task_ref("t")
+    leases = {}
+    for i, agent in enumerate(AGENTS):
+        await store.connect_agent(
+            agent_id=agent,
+            hostname="h",
+            labels={},
+            capacity=1,
+            version="",
+            draining=False,
+            coordinator_id="c1",
+        )
+        await store.create_manual_run(
+            NewRun(
+                task_id=task_id,
+                task_version=outcome.task.version,
+                spec=spec,
+                occurrence=datetime.now(UTC) - timedelta(minutes=i + 1),
+                cause="manual",
+            )
+        )
+        [claimed] = await store.claim_runs(agent, {}, 1, SHORT)
+        leases[agent] = (claimed.run_id, claimed.lease_token)
+    return leases
+
+
+def _submit(
+    recorder: HeartbeatRecorder, heartbeat: Heartbeat
+) -> asyncio.Future[set[LeaseKey] | None]:
+    """Submits a heartbeat; the future holds the renewed leases, or None if it failed."""
+    answer: asyncio.Future[set[LeaseKey] | None] = asyncio.get_running_loop().create_future()
+    recorder.submit(
+        PendingHeartbeat(
+            heartbeat=heartbeat,
+            renewed=answer.set_result,
+            failed=lambda: answer.set_result(None),
+        )
+    )
+    return answer
+
+
+async def _expiry(db_conninfo: str, run_id: str) -> datetime:
+    async with await psycopg.AsyncConnection.connect(db_conninfo) as conn:
+        cur = await conn.execute(
+            "SELECT lease_expires_at - now() FROM hydra_runs WHERE id = %s", [run_id]
+        )
+        row = await cur.fetchone()
+    assert row is not None
+    return row[0]
+
+
+async def test_one_round_renews_every_agents_own_leases_in_one_transaction(
+    store: LeaseStore, db_conninfo: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    leases = await _leases(store)
+    rounds = Rounds(store, monkeypatch)
+    recorder = HeartbeatRecorder(store, ttl=LONG, coordinator_id="c1")
+    stale = (leases["a1"][0], leases["a1"][1] + 1)
+    answers = await asyncio.wait_for(
+        asyncio.gather(
+            _submit(recorder, Heartbeat(agent_id="a1", leases=(leases["a1"], stale))),
+            # a2 lists a1's lease too: only the owner's heartbeat renews a lease
+            _submit(recorder, Heartbeat(agent_id="a2", leases=(leases["a2"], leases["a1"]))),
+            _submit(recorder, Heartbeat(agent_id="a3", leases=(leases["a3"],), draining=True)),
+            _submit(recorder, Heartbeat(agent_id="a3", leases=())),
+        ),
+        timeout=10,
+    )
+    assert rounds.sizes == [4]
+    assert answers == [{leases["a1"]}, {leases["a2"]}, {leases["a3"]}, set()]
+    for run_id, _ in leases.values():
+        assert await _expiry(db_conninfo, run_id) > LONG - timedelta(minutes=1)
+    agents = {a.id: a for a in await store.list_agents(include_disconnected=True)}
+    # a3 said "draining" in one of its two heartbeats: it is draining
+    assert {a: agents[a].state for a in AGENTS} == {
+        "a1": "connected",
+        "a2": "connected",
+        "a3": "draining",
+    }
+
+
+async def test_heartbeats_arriving_during_a_round_wait_for_the_next(
+    store: LeaseStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    leases = await _leases(store)
+    rounds = Rounds(store, monkeypatch)
+    recorder = HeartbeatRecorder(store, ttl=LONG, coordinator_id="c1")
+    first = _submit(recorder, Heartbeat(agent_id="a1", leases=(leases["a1"],)))
+    await asyncio.sleep(0)  # the round starts, and waits for the server
+    later = [
+        _submit(recorder, Heartbeat(agent_id=agent, leases=(leases[agent],)))
+        for agent in AGENTS
+        for _ in range(3)
+    ]
+    answers = await asyncio.wait_for(asyncio.gather(first, *later), timeout=10)
+    assert rounds.sizes == [1, 9]
+    assert all(answer for answer in answers)
+
+
+async def test_a_heartbeat_that_cannot_be_recorded_fails_alone(
+    store: LeaseStore, db_conninfo: str
+) -> None:
+    leases = await _leases(store)
+    recorder = HeartbeatRecorder(store, ttl=LONG, coordinator_id="c1")
+    bad = Heartbeat(agent_id="a2", leases=(("not-a-run-id", 1),))
+    answers = await asyncio.wait_for(
+        asyncio.gather(
+            _submit(recorder, Heartbeat(agent_id="a1", leases=(leases["a1"],))),
+            _submit(recorder, bad),
+            _submit(recorder, Heartbeat(agent_id="a3", leases=(leases["a3"],))),
+        ),
+        timeout=10,
+    )
+    assert answers == [{leases["a1"]}, None, {leases["a3"]}]
+    assert await _expiry(db_conninfo, leases["a2"][0]) < SHORT
+    await recorder.close()
