@@ -355,7 +355,10 @@ class AgentStreams:
                     verdict.reason,
                 )
             session.held.discard(key)
-            self._sessions.slots_changed.set()
+            if not verdict.accepted:
+                # An accepted report's transaction leased the freed slot again
+                # already (inline dispatch); a refused one's did not.
+                self._sessions.slots_changed.set()
             session.send(
                 pb.CoordinatorMessage(
                     report_ack=pb.ReportAck(
