@@ -2,10 +2,14 @@
 
 Every agent heartbeats every few seconds; a transaction per heartbeat would
 be hundreds of commits a second with many agents, for nothing but moving
-expiry times. Heartbeats wait in one list; one task records every heartbeat
-waiting, in one transaction of two statements (the agents heard from, the
-leases renewed), then calls each one's answer. Heartbeats that arrive while it
-commits wait for the next round, so a round grows with the load (group commit).
+expiry times. Heartbeats wait in one list: the first to arrive starts a round,
+which waits ``GATHER_SECONDS`` for the heartbeats of other streams, then records
+every heartbeat waiting in one transaction of two statements (the agents heard
+from, the leases renewed) and calls each one's answer. Heartbeats that arrive
+while it commits wait for the next round. So heartbeats cost at most one commit
+per ``GATHER_SECONDS``, however many agents there are; a lease is renewed that
+much later, which is nothing against its TTL (the agent counts its renewal
+from when it sent the heartbeat).
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ from hydra.errors import Unavailable
 
 log = logging.getLogger("hydra.coordinator.agents")
 
+#: How long a round waits for other streams' heartbeats before it records them.
+GATHER_SECONDS = 0.05
 #: How many times a round is tried when the server keeps choosing it as a deadlock victim.
 DEADLOCK_TRIES = 3
 #: The server rolled a transaction back to break a deadlock or a serialization conflict.
@@ -46,8 +52,16 @@ class PendingHeartbeat:
 class HeartbeatRecorder:
     """Records the heartbeats of every stream of one coordinator, a round at a time."""
 
-    def __init__(self, store: LeaseStore, *, ttl: timedelta, coordinator_id: str) -> None:
+    def __init__(
+        self,
+        store: LeaseStore,
+        *,
+        ttl: timedelta,
+        coordinator_id: str,
+        gather: float = GATHER_SECONDS,
+    ) -> None:
         self._store = store
+        self._gather = gather
         self._ttl = ttl
         self._coordinator_id = coordinator_id
         self._waiting: list[PendingHeartbeat] = []
@@ -69,6 +83,8 @@ class HeartbeatRecorder:
 
     async def _record_rounds(self) -> None:
         while self._waiting:
+            if self._gather > 0:
+                await asyncio.sleep(self._gather)
             pending, self._waiting = self._waiting, []
             await self._record(pending)
 

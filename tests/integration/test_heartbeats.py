@@ -123,7 +123,7 @@ async def test_heartbeats_arriving_during_a_round_wait_for_the_next(
 ) -> None:
     leases = await _leases(store)
     rounds = Rounds(store, monkeypatch)
-    recorder = HeartbeatRecorder(store, ttl=LONG, coordinator_id="c1")
+    recorder = HeartbeatRecorder(store, ttl=LONG, coordinator_id="c1", gather=0)
     first = _submit(recorder, Heartbeat(agent_id="a1", leases=(leases["a1"],)))
     await asyncio.sleep(0)  # the round starts, and waits for the server
     later = [
@@ -134,6 +134,20 @@ async def test_heartbeats_arriving_during_a_round_wait_for_the_next(
     answers = await asyncio.wait_for(asyncio.gather(first, *later), timeout=10)
     assert rounds.sizes == [1, 9]
     assert all(answer for answer in answers)
+
+
+async def test_a_round_gathers_the_heartbeats_that_arrive_soon_after_the_first(
+    store: LeaseStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    leases = await _leases(store)
+    rounds = Rounds(store, monkeypatch)
+    recorder = HeartbeatRecorder(store, ttl=LONG, coordinator_id="c1", gather=0.5)
+    answers = [_submit(recorder, Heartbeat(agent_id="a1", leases=(leases["a1"],)))]
+    for agent in AGENTS[1:]:
+        await asyncio.sleep(0.02)  # streams heartbeat at their own moments
+        answers.append(_submit(recorder, Heartbeat(agent_id=agent, leases=(leases[agent],))))
+    assert await asyncio.wait_for(asyncio.gather(*answers), timeout=10)
+    assert rounds.sizes == [3]
 
 
 async def test_a_heartbeat_that_cannot_be_recorded_fails_alone(
