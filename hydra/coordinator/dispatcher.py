@@ -30,6 +30,9 @@ log = logging.getLogger("hydra.coordinator.dispatcher")
 
 #: Upper bound of the dispatcher's sleep when nothing wakes it.
 FALLBACK_POLL_SECONDS = 5.0
+#: With this many agents to claim for, one statement first asks whether any run
+#: is due at all: many idle agents then cost one query a round, not a claim each.
+ASK_FIRST_FROM = 4
 
 
 class Dispatcher:
@@ -62,7 +65,10 @@ class Dispatcher:
     async def dispatch_once(self) -> bool:
         """Offer work to every agent with free slots. True if some agent got a full batch."""
         full_batch = False
-        for session in self._sessions.with_free_slots():
+        sessions = list(self._sessions.with_free_slots())
+        if len(sessions) >= ASK_FIRST_FROM and not await self._store.runs_due():
+            return False
+        for session in sessions:
             free = session.free_slots
             session.reserved += free
             try:
@@ -79,8 +85,11 @@ class Dispatcher:
     async def dispatch_inline(self, cur: Cursor) -> Leased | None:
         """Within a transaction that made work available, lease it to the agents with
         free slots (the store calls this before committing); offered after the commit."""
+        sessions = list(self._sessions.with_free_slots())
+        if len(sessions) >= ASK_FIRST_FROM and not await self._store.runs_due_in(cur):
+            return None
         leased = _Leased(self)
-        for session in list(self._sessions.with_free_slots()):
+        for session in sessions:
             free = session.free_slots
             session.reserved += free
             leased.reserved.append((session, free))
@@ -88,6 +97,7 @@ class Dispatcher:
                 cur, session.agent_id, session.labels, free, self._times.ttl
             )
             leased.runs.extend((session, run) for run in runs)
+            leased.slots_left = leased.slots_left or len(runs) < free
         return leased if leased.reserved else None
 
     async def _offer(self, session: AgentSession, run: ClaimedRun) -> None:
@@ -143,6 +153,9 @@ class _Leased:
     dispatcher: Dispatcher
     reserved: list[tuple[AgentSession, int]] = field(default_factory=list)
     runs: list[tuple[AgentSession, ClaimedRun]] = field(default_factory=list)
+    #: Some slot found nothing due: work the transaction queued for later (a
+    #: retry's backoff) needs the dispatcher's timer.
+    slots_left: bool = False
 
     async def committed(self) -> None:
         # The work that leased these runs is committed: an offer that fails
@@ -154,6 +167,8 @@ class _Leased:
                 await self.dispatcher._offer(session, run)
             except Exception:
                 log.exception("run %s: offering lease %d failed", run.run_id, run.lease_token)
+        if self.slots_left:
+            self.dispatcher.wake()
 
     def aborted(self) -> None:
         for session, free in self.reserved:

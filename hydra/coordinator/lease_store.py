@@ -401,6 +401,16 @@ class LeaseStore(PreconditionStore):
         log.warning("lease %s of run %s on agent %s expired", token, run_id, agent)
         self.notify_runs_changed(cur, [run_id])
 
+    async def runs_due(self) -> bool:
+        """Whether any queued run is due (or within LEASE_AHEAD of it)."""
+        async with self.transaction(dispatch_inline=False) as cur:
+            return await self.runs_due_in(cur)
+
+    async def runs_due_in(self, cur: Cursor) -> bool:
+        """`runs_due` within a transaction of the caller's."""
+        row = await self.one(cur, "queued_runs_due", ahead=LEASE_AHEAD)
+        return bool(row and row["due"])
+
     async def next_queued_due(self) -> datetime | None:
         """When the earliest queued run becomes due."""
         async with self.transaction() as cur:

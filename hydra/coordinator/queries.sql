@@ -294,6 +294,12 @@ JOIN hydra_tasks t ON t.id = r.task_id
 WHERE t.name = ANY(%(names)s) AND t.deleted_at IS NULL
   AND r.occurrence = %(occurrence)s AND r.state = 'SUCCEEDED';
 
+-- name: queued_runs_due
+-- Whether any queued run is due (within the "ahead" interval), whoever may take it.
+SELECT EXISTS (
+    SELECT 1 FROM hydra_runs WHERE state = 'QUEUED' AND not_before <= now() + %(ahead)s
+) AS due;
+
 -- name: next_queued_due
 -- When the next queued run becomes due (for the dispatcher's sleep); runs already
 -- claimable but held back by max_active_runs wait for a notification instead.

@@ -8,13 +8,17 @@ change that queued it carry the same transaction timestamp (PostgreSQL's
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
+import pytest
 
-from hydra.client import Client, Concurrency, Cron, Task
+from hydra.client import Client, Concurrency, Cron, Retry, Task
+from hydra.coordinator.dispatcher import ASK_FIRST_FROM
 from hydra.coordinator.lease_store import LEASE_AHEAD
 from hydra.v1 import agent_service_pb2 as pb
 
@@ -160,6 +164,51 @@ def test_the_dispatcher_still_leases_work_that_becomes_due_later(db_conninfo: st
             _connect(agent)
             offer = agent.expect("lease", timeout=10)
             assert offer.lease.run_id == run.id
+    finally:
+        coordinator.stop()
+
+
+@pytest.mark.parametrize("agents", [1, ASK_FIRST_FROM], ids=["one agent", "many agents"])
+def test_a_retry_is_offered_when_its_backoff_ends_not_at_the_next_poll(
+    db_conninfo: str, agents: int
+) -> None:
+    # The failed attempt's transaction queues the retry for later: nothing to
+    # lease inline, so the dispatcher must learn when it becomes due. With many
+    # agents it first asks whether anything is due at all.
+    backoff = timedelta(seconds=0.5)
+    coordinator = CoordinatorThread(db_conninfo).start()
+    try:
+        with contextlib.ExitStack() as stack:
+            client = stack.enter_context(Client(coordinator.address))
+            client.apply(
+                Task(
+                    name="flaky",
+                    command=("false",),
+                    retry=Retry(max_attempts=2, backoff=backoff),
+                    selector={"pool": "main"},
+                )
+            )
+            agent, *idle = (
+                stack.enter_context(
+                    ScriptedAgent(
+                        coordinator.address,
+                        f"scripted-{i}",
+                        labels={"pool": "main" if i == 0 else "other"},
+                    )
+                )
+                for i in range(agents)
+            )
+            for each in (*idle, agent):
+                _connect(each)  # the dispatcher has just gone to sleep: up to 5 s when idle
+            run, _ = client.trigger("flaky")
+            first = agent.expect("lease")
+            agent.started(first.lease, first.argv)
+            assert agent.finished(first.lease, pb.ATTEMPT_OUTCOME_FAILED, first.argv)
+            failed_at = time.monotonic()
+            second = agent.expect("lease", timeout=10)
+            waited = time.monotonic() - failed_at
+            assert second.lease.run_id == run.id and second.attempt == 2
+            assert backoff.total_seconds() - 0.1 < waited < backoff.total_seconds() + 1.5
     finally:
         coordinator.stop()
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -32,9 +32,17 @@ class ScriptedAgent:
             agent.started(offer.lease, offer.argv)
     """
 
-    def __init__(self, target: str, agent_id: str, *, capacity: int = 1) -> None:
+    def __init__(
+        self,
+        target: str,
+        agent_id: str,
+        *,
+        capacity: int = 1,
+        labels: Mapping[str, str] | None = None,
+    ) -> None:
         self.agent_id = agent_id
         self.capacity = capacity
+        self.labels = dict(labels or {})
         #: Every message received so far, in order.
         self.received: list[pb.CoordinatorMessage] = []
         self._outgoing: queue.Queue[pb.AgentMessage | None] = queue.Queue()
@@ -72,6 +80,7 @@ class ScriptedAgent:
                 agent_id=self.agent_id,
                 hostname="scripted",
                 capacity=self.capacity,
+                labels=self.labels,
                 version=__version__,
                 held_leases=list(held),
             )
