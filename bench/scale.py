@@ -123,6 +123,12 @@ def _result(params: Params, sizes: dict[int, dict[str, Any]], streams: dict[str,
             note=f"idle: {streams['baseline']['cpu_pct']:.1f}%, heartbeats every 2 s",
         ),
         Metric(
+            name=f"database commits/s with {count} streams",
+            value=streams["loaded"]["commits_per_s"],
+            unit="/s",
+            note=f"{count / 2:.0f} heartbeats/s, recorded together",
+        ),
+        Metric(
             name="idle hydra agent RSS",
             value=streams["idle_agent_rss_kib"] / 1024,
             unit="MiB",

@@ -4,8 +4,9 @@ On an empty database (so no lease is ever offered), one coordinator runs
 alone for a window (baseline RSS and CPU), then :mod:`bench.agent_sim` opens
 N streams from one process, each heartbeating every 2 s. Once every agent is
 recorded as connected and the heartbeats have settled, the coordinator's CPU
-(utime + stime from /proc over a window) and RSS are read again; the RSS per
-stream is the growth over the baseline divided by N. Last, one real
+(utime + stime from /proc over a window), RSS and the database's commits per
+second (``pg_stat_database``; the N streams send N/2 heartbeats a second) are
+read again; the RSS per stream is the growth over the baseline divided by N. Last, one real
 ``hydra agent`` connects and its RSS is read once it is idle.
 """
 
@@ -42,11 +43,14 @@ def measure(procs: Processes, conninfo: str, params: StreamParams) -> dict[str, 
         baseline = {"rss_kib": rss_kib(pid), "cpu_pct": cpu_percent(pid, params.window_s)}
         sim = _start_crowd(procs, coordinator, db, params.streams)
         time.sleep(params.settle_s)
+        commits_before, started = _commits(db), time.monotonic()
         loaded = {
             "cpu_pct": cpu_percent(pid, params.window_s, [coordinator.child, sim]),
             "rss_kib": rss_kib(pid),
             "sim_rss_kib": rss_kib(sim.pid),
         }
+        elapsed = time.monotonic() - started
+        loaded["commits_per_s"] = (_commits(db) - commits_before) / elapsed
         agent_rss = _idle_agent_rss(procs, coordinator, db, params.settle_s)
     per_stream = (loaded["rss_kib"] - baseline["rss_kib"]) / params.streams
     return {
@@ -56,6 +60,13 @@ def measure(procs: Processes, conninfo: str, params: StreamParams) -> dict[str, 
         "rss_per_stream_kib": per_stream,
         "idle_agent_rss_kib": agent_rss,
     }
+
+
+def _commits(db: Sql) -> int:
+    """Transactions committed in this database so far (the statistics lag by up to 1 s)."""
+    db.value("SELECT pg_stat_clear_snapshot()")
+    count = db.value("SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()")
+    return int(count)
 
 
 def _start_crowd(procs: Processes, coordinator: Coordinator, db: Sql, streams: int) -> Child:
