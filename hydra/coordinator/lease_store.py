@@ -286,8 +286,10 @@ class LeaseStore(PreconditionStore):
                 report.argv,
                 report.started_at,
             )
-        number = await self._close_attempt(cur, report)
         if report.outcome == "SUCCEEDED":
+            # Neither statement is waited for (pipeline mode): a success costs
+            # one round trip, the lock, when no task runs after this one.
+            await self.run_query(cur, "finish_attempt", **_attempt_end(report))
             await self.run_query(
                 cur,
                 "succeed_run",
@@ -295,16 +297,20 @@ class LeaseStore(PreconditionStore):
                 lease_token=report.lease_token,
                 outputs=_outputs(report.outputs_json),
             )
-            await self.after_terminal(cur, row["task_name"], row["occurrence"], row["timezone"])
+            await self._after_terminal(cur, row)
         else:
             await self._fail_or_requeue(
                 cur,
                 row,
                 report.lease_token,
-                reason=failure_reason(number, report),
+                reason=failure_reason(await self._close_attempt(cur, report), report),
                 backoff_factor=_backoff_factor(report),
             )
         return ReportVerdict(accepted=True)
+
+    async def _after_terminal(self, cur: Cursor, row: Row) -> None:
+        if row["has_dependents"]:
+            await self.after_terminal(cur, row["task_name"], row["occurrence"], row["timezone"])
 
     async def _fail_or_requeue(
         self, cur: Cursor, row: Row, lease_token: int, *, reason: str, backoff_factor: float
@@ -318,21 +324,11 @@ class LeaseStore(PreconditionStore):
             backoff_factor=backoff_factor,
         )
         if outcome is not None and outcome["state"] == RunState.FAILED.value:
-            await self.after_terminal(cur, row["task_name"], row["occurrence"], row["timezone"])
+            await self._after_terminal(cur, row)
 
     async def _close_attempt(self, cur: Cursor, report: AttemptReport) -> int:
-        row = await self.one(
-            cur,
-            "finish_attempt",
-            run_id=run_uuid(report.run_id),
-            lease_token=report.lease_token,
-            state=_ATTEMPT_STATE[report.outcome].value,
-            exit_code=report.exit_code,
-            signal=report.signal,
-            finished_at=report.finished_at,
-            message=report.message,
-            argv=list(report.argv),
-        )
+        """Ends the running attempt; its number."""
+        row = await self.one(cur, "finish_attempt", **_attempt_end(report))
         assert row is not None, "a current RUNNING lease always has a RUNNING attempt"
         return int(row["number"])
 
@@ -485,3 +481,17 @@ def _backoff_factor(report: AttemptReport) -> float:
 
 def _outputs(outputs_json: str) -> Jsonb | None:
     return Jsonb(json.loads(outputs_json)) if outputs_json else None
+
+
+def _attempt_end(report: AttemptReport) -> dict[str, Any]:
+    """The parameters of `finish_attempt`."""
+    return {
+        "run_id": run_uuid(report.run_id),
+        "lease_token": report.lease_token,
+        "state": _ATTEMPT_STATE[report.outcome].value,
+        "exit_code": report.exit_code,
+        "signal": report.signal,
+        "finished_at": report.finished_at,
+        "message": report.message,
+        "argv": list(report.argv),
+    }

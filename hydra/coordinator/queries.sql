@@ -197,8 +197,12 @@ ORDER BY r.occurrence DESC, r.id DESC
 LIMIT %(limit)s;
 
 -- name: lock_run
--- One run, locked for the rest of the transaction.
-SELECT r.*, t.name AS task_name FROM hydra_runs r
+-- One run, locked for the rest of the transaction, and whether a live task runs after its task.
+SELECT r.*, t.name AS task_name, EXISTS (
+    SELECT 1 FROM hydra_triggers g JOIN hydra_tasks d ON d.id = g.task_id
+    WHERE g.kind = 'after' AND g.spec -> 'after' ? t.name AND d.deleted_at IS NULL
+) AS has_dependents
+FROM hydra_runs r
 JOIN hydra_tasks t ON t.id = r.task_id
 WHERE r.id = %(id)s
 FOR UPDATE OF r;
