@@ -11,9 +11,11 @@ the output pipes. They get ``PIPE_DRAIN_SECONDS`` to finish writing, then
 whatever is left of the group is killed with SIGKILL and reading stops, so a
 forgotten ``daemon &`` can neither hang the attempt nor leak a process.
 
-Spawning costs no thread: ``$HYDRA_OUTPUT`` is a file of the agent's
-:class:`~hydra.agent.output.OutputsDirectory`, handled on the event loop, and
-:func:`pidfd_child_watcher` spares Python 3.11 its thread per child.
+Spawning costs no thread: the event loop watches the process (see
+:mod:`hydra.agent.process`), and ``$HYDRA_OUTPUT`` is a file of the agent's
+:class:`~hydra.agent.output.OutputsDirectory`, handled on the event loop. For
+the children asyncio spawns (precondition checks), :func:`pidfd_child_watcher`
+spares Python 3.11 its thread per child.
 """
 
 from __future__ import annotations
@@ -34,7 +36,6 @@ from hydra.agent.attempt import (
     AttemptResult,
     AttemptSpec,
     Outcome,
-    OutputStream,
     Started,
     format_duration,
 )
@@ -45,6 +46,7 @@ from hydra.agent.output import (
     OutputSink,
     read_outputs,
 )
+from hydra.agent.process import Process, pidfd_works, spawn
 
 log = logging.getLogger("hydra.agent")
 
@@ -125,16 +127,21 @@ class Execution:
             return None
         spawned = False
         try:
-            transport, protocol = await self._spawn(output_file)
+            process = await spawn(
+                self._spec.argv,
+                cwd=self._spec.workdir or None,
+                env=attempt_environment(self._spec, output_file),
+                on_output=self._batcher.add,
+            )
             spawned = True
         except (OSError, ValueError, subprocess.SubprocessError) as error:
             self._fail_to_start(str(error))
             return None
         finally:
-            if not spawned:  # failed, or cancelled (asyncio has then killed the process)
+            if not spawned:  # failed, or cancelled (spawn has then killed the process)
                 self._outputs.remove(output_file)
-        self._started = Started(pid=transport.get_pid(), started_at=_now())
-        self._supervisor = asyncio.create_task(self._supervise(transport, protocol, output_file))
+        self._started = Started(pid=process.pid, started_at=process.started_at)
+        self._supervisor = asyncio.create_task(self._supervise(process, output_file))
         # Output is held until the loop's next turn, so that the caller can
         # announce the start (synchronously after this returns) before any of it.
         asyncio.get_running_loop().call_soon(self._batcher.release)
@@ -159,23 +166,6 @@ class Execution:
             self._kill_requested.set()
         if immediately:
             self._kill_now.set()
-
-    async def _spawn(self, output_file: str) -> tuple[asyncio.SubprocessTransport, _PipeProtocol]:
-        # loop.subprocess_exec rather than create_subprocess_exec: owning the
-        # transport lets us close pipes that an escaped process keeps open,
-        # and data arrives by callback, so there are no reader tasks to stop.
-        protocol = _PipeProtocol(self._batcher)
-        transport, _ = await asyncio.get_running_loop().subprocess_exec(
-            lambda: protocol,
-            *self._spec.argv,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            cwd=self._spec.workdir or None,
-            env=attempt_environment(self._spec, output_file),
-            start_new_session=True,
-        )
-        return transport, protocol
 
     async def _wait_until(self, at: float) -> None:
         """Waits until the loop's clock reaches ``at``, or a kill.
@@ -208,26 +198,23 @@ class Execution:
             message=message,
         )
 
-    async def _supervise(
-        self, transport: asyncio.SubprocessTransport, protocol: _PipeProtocol, output_file: str
-    ) -> AttemptResult:
-        pgid = transport.get_pid()
+    async def _supervise(self, process: Process, output_file: str) -> AttemptResult:
         try:
-            kill = await self._wait_for_leader(protocol, pgid)
-            leftovers = await self._finish_group(protocol, pgid)
-            return self._result(transport, kill, leftovers, output_file)
+            kill = await self._wait_for_leader(process)
+            leftovers = await self._finish_group(process)
+            return self._result(process, kill, leftovers, output_file)
         finally:
-            if not protocol.exited.done():  # cancelled: leave nothing behind
-                _signal_group(pgid, signal.SIGKILL)
+            if process.returncode is None:  # cancelled: leave nothing behind
+                _signal_group(process.pid, signal.SIGKILL)
             self._batcher.flush()
-            transport.close()
+            process.close()
             self._outputs.remove(output_file)
 
-    async def _wait_for_leader(self, protocol: _PipeProtocol, pgid: int) -> _KillRequest | None:
+    async def _wait_for_leader(self, process: Process) -> _KillRequest | None:
         """Waits for the leader's exit, a kill or the timeout; None for a natural exit."""
         timeout = self._spec.timeout
         kill_requested = asyncio.ensure_future(self._kill_requested.wait())
-        waiters: set[asyncio.Future[Any]] = {protocol.exited, kill_requested}
+        waiters: set[asyncio.Future[Any]] = {process.exited, kill_requested}
         try:
             await asyncio.wait(
                 waiters,
@@ -236,49 +223,46 @@ class Execution:
             )
         finally:
             kill_requested.cancel()
-        if protocol.exited.done():
+        if process.exited.done():
             return None
         if self._kill is None and timeout is not None:
             self._kill = _KillRequest(
                 Outcome.TIMED_OUT, f"timed out after {format_duration(timeout)}"
             )
-        await self._terminate(protocol, pgid)
+        await self._terminate(process)
         return self._kill
 
-    async def _terminate(self, protocol: _PipeProtocol, pgid: int) -> None:
+    async def _terminate(self, process: Process) -> None:
         """SIGTERM to the group, up to ``kill_grace`` for it to go, then SIGKILL."""
         loop = asyncio.get_running_loop()
+        pgid = process.pid
         if not self._kill_now.is_set():
             _signal_group(pgid, signal.SIGTERM)
             deadline = loop.time() + self._spec.kill_grace.total_seconds()
             kill_now = asyncio.ensure_future(self._kill_now.wait())
             try:
                 while not kill_now.done() and (remaining := deadline - loop.time()) > 0:
-                    if protocol.exited.done() and not await _group_alive(pgid):
+                    if process.exited.done() and not await _group_alive(pgid):
                         return
                     await asyncio.wait({kill_now}, timeout=min(_POLL_SECONDS, remaining))
             finally:
                 kill_now.cancel()
         _signal_group(pgid, signal.SIGKILL)
-        await protocol.exited
+        await asyncio.wait({process.exited})
 
-    async def _finish_group(self, protocol: _PipeProtocol, pgid: int) -> bool:
+    async def _finish_group(self, process: Process) -> bool:
         """Lets the pipes drain, then SIGKILLs what is left; True if anything was."""
-        await asyncio.wait({protocol.pipes_closed}, timeout=PIPE_DRAIN_SECONDS)
-        leftovers = await _group_alive(pgid)
+        await asyncio.wait({process.pipes_closed}, timeout=PIPE_DRAIN_SECONDS)
+        leftovers = await _group_alive(process.pid)
         if leftovers:
-            _signal_group(pgid, signal.SIGKILL)
-            await asyncio.wait({protocol.pipes_closed}, timeout=_POLL_SECONDS * 4)
+            _signal_group(process.pid, signal.SIGKILL)
+            await asyncio.wait({process.pipes_closed}, timeout=_POLL_SECONDS * 4)
         return leftovers
 
     def _result(
-        self,
-        transport: asyncio.SubprocessTransport,
-        kill: _KillRequest | None,
-        leftovers: bool,
-        output_file: str,
+        self, process: Process, kill: _KillRequest | None, leftovers: bool, output_file: str
     ) -> AttemptResult:
-        returncode = transport.get_returncode()
+        returncode = process.returncode
         assert returncode is not None  # the leader has exited
         outcome, message = (kill.outcome, kill.message) if kill else _natural_end(returncode)
         if leftovers and kill is None:
@@ -300,30 +284,6 @@ class Execution:
             message=message,
             outputs_json=outputs_json,
         )
-
-
-class _PipeProtocol(asyncio.SubprocessProtocol):
-    """Feeds pipe data to the batcher and turns the transport's events into futures."""
-
-    def __init__(self, batcher: OutputBatcher) -> None:
-        loop = asyncio.get_running_loop()
-        self._batcher = batcher
-        self._open_pipes = {1, 2}
-        self.exited: asyncio.Future[None] = loop.create_future()
-        self.pipes_closed: asyncio.Future[None] = loop.create_future()
-
-    def pipe_data_received(self, fd: int, data: bytes) -> None:
-        stream = OutputStream.STDOUT if fd == 1 else OutputStream.STDERR
-        self._batcher.add(stream, data)
-
-    def pipe_connection_lost(self, fd: int, exc: Exception | None) -> None:
-        self._open_pipes.discard(fd)
-        if not self._open_pipes and not self.pipes_closed.done():
-            self.pipes_closed.set_result(None)
-
-    def process_exited(self) -> None:
-        if not self.exited.done():
-            self.exited.set_result(None)
 
 
 def attempt_environment(
@@ -353,7 +313,7 @@ def pidfd_child_watcher() -> Iterator[bool]:
     the running loop only: enter this on the loop that spawns, around its
     work (``run_agent`` does), with no child of it left when leaving.
     """
-    if sys.version_info >= (3, 12) or not _pidfd_works():
+    if sys.version_info >= (3, 12) or not pidfd_works():
         yield False
         return
     loop = asyncio.get_running_loop()
@@ -366,14 +326,6 @@ def pidfd_child_watcher() -> Iterator[bool]:
     finally:
         asyncio.set_child_watcher(previous)
         previous.attach_loop(loop)
-
-
-def _pidfd_works() -> bool:
-    try:
-        os.close(os.pidfd_open(os.getpid()))
-    except (AttributeError, OSError):  # AttributeError: not Linux
-        return False
-    return True
 
 
 def _natural_end(returncode: int) -> tuple[Outcome, str]:

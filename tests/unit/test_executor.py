@@ -1,23 +1,31 @@
-"""The executor runs real processes: exit codes, output, environment, kills, outputs."""
+"""The executor runs real processes: exit codes, output, environment, kills, outputs.
+
+Every test that runs processes runs twice: watched through pidfds, and
+through asyncio's subprocess transport (the way where pidfds do not work).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import os
 import shutil
 import signal
 import stat
+import subprocess
 import sys
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from datetime import datetime, timedelta, timezone
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any, ClassVar
 
 import pytest
 
+from hydra.agent import process
 from hydra.agent.attempt import AttemptResult, AttemptSpec, Outcome, OutputStream, format_duration
 from hydra.agent.executor import (
     PIPE_DRAIN_SECONDS,
@@ -35,25 +43,25 @@ from hydra.agent.output import (
 
 from support.proc import alive, eventually, processes_with_run_id
 
+PIDFDS = "pidfds"
+TRANSPORT = "asyncio transport"
 
-@pytest.fixture(params=["default watcher", "pidfd watcher"])
-async def child_watcher(request: pytest.FixtureRequest) -> AsyncIterator[None]:
-    """asyncio's default child watcher, then pidfds (skipped where they are the default)."""
-    if request.param == "default watcher":
-        yield
-        return
-    with pidfd_child_watcher() as installed:
-        if not installed:
-            pytest.skip("pidfds are unavailable, or asyncio's default already (3.12+)")
-        yield
+#: For tests of what only one way of watching processes does.
+only_through_pidfds = pytest.mark.parametrize("run_id", [PIDFDS], indirect=True)
+only_through_transport = pytest.mark.parametrize("run_id", [TRANSPORT], indirect=True)
 
 
-@pytest.fixture
-async def run_id(child_watcher: None) -> AsyncIterator[str]:
+@pytest.fixture(params=[PIDFDS, TRANSPORT])
+def run_id(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """A run id unique to the test; no process carrying it may outlive the test.
 
-    Tests that run processes take it, so each runs under both child watchers.
+    Tests that run processes take it, so each runs both ways: through pidfds
+    (skipped where they do not work), and through asyncio's transport with its
+    default child watcher.
     """
+    if request.param == PIDFDS and not process.USE_PIDFDS:
+        pytest.skip("pidfds do not work here")
+    monkeypatch.setattr(process, "USE_PIDFDS", request.param == PIDFDS)
     prefix = f"test-{uuid.uuid4().hex}"
     yield prefix
     strays = processes_with_run_id(prefix)
@@ -515,19 +523,52 @@ async def test_a_spawn_failure_leaves_no_output_file(
     assert files_in(outputs) == []
 
 
+class RecordedPopen(subprocess.Popen[bytes]):
+    """``subprocess.Popen`` (asyncio's included) that says which processes it spawned."""
+
+    spawned: ClassVar[list[int]] = []
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.spawned.append(self.pid)
+
+
+@only_through_transport
 async def test_a_cancelled_spawn_leaves_no_output_file_and_no_process(
-    run_id: str, outputs: OutputsDirectory
+    run_id: str, outputs: OutputsDirectory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    execution = Execution(spec(run_id, "sleep", "1000"), Recorder(), outputs)
+    monkeypatch.setattr(subprocess, "Popen", RecordedPopen)
+    monkeypatch.setattr(RecordedPopen, "spawned", [])
+    execution = Execution(spec(run_id, *sh("sleep 1000 & exec sleep 1000")), Recorder(), outputs)
     starting = asyncio.create_task(execution.start())
-    await asyncio.sleep(0)  # one turn: the file is made and the process forked, pipes pending
+    for _ in range(10):  # turn by turn, until the process runs while its pipes connect
+        await asyncio.sleep(0)
+        if RecordedPopen.spawned:
+            break
+    assert RecordedPopen.spawned and not starting.done()
     assert len(files_in(outputs)) == 1
 
     starting.cancel()
     with pytest.raises(asyncio.CancelledError):
         await starting
 
-    assert files_in(outputs) == []  # and the run_id fixture finds no process left
+    assert files_in(outputs) == []
+    assert zombie_children() == []
+    await eventually(lambda: not processes_with_run_id(run_id), within=2)  # SIGKILLed
+
+
+@only_through_pidfds
+async def test_through_pidfds_start_returns_without_letting_the_loop_turn(
+    run_id: str, outputs: OutputsDirectory
+) -> None:
+    # So a cancel comes before the process exists or once it is supervised, never between.
+    execution = Execution(spec(run_id, "sleep", "1000"), Recorder(), outputs)
+    starting = asyncio.create_task(execution.start())
+    await asyncio.sleep(0)  # one turn: start ran to its end
+
+    assert starting.done() and starting.result() is not None
+    execution.kill(Outcome.CANCELLED, "done")
+    assert (await execution.wait()).outcome is Outcome.CANCELLED
 
 
 def test_the_outputs_directory_is_private_made_on_first_use_and_removed_by_close() -> None:
@@ -579,22 +620,31 @@ def test_read_outputs_refuses_what_is_not_a_regular_file(tmp_path: Path) -> None
 
 
 @pytest.mark.skipif(sys.version_info >= (3, 12), reason="asyncio waits through pidfds on 3.12+")
-async def test_the_pidfd_child_watcher_needs_no_thread_per_child(
-    outputs: OutputsDirectory,
-) -> None:
+async def test_the_pidfd_child_watcher_needs_no_thread_per_child() -> None:
     previous = asyncio.get_child_watcher()
     with pidfd_child_watcher() as installed:
         if not installed:
             pytest.skip("pidfd_open is not available here")
         assert isinstance(asyncio.get_child_watcher(), asyncio.PidfdChildWatcher)
-        execution = Execution(spec(f"test-{uuid.uuid4().hex}", "sleep", "0.2"), Recorder(), outputs)
         threads = set(threading.enumerate())
-        assert await execution.start() is not None
+        child = await asyncio.create_subprocess_exec("sleep", "0.2")  # as a check spawns
         assert set(threading.enumerate()) <= threads
-        result = await execution.wait()
+        assert await child.wait() == 0
 
-    assert result.outcome is Outcome.SUCCEEDED
     assert asyncio.get_child_watcher() is previous
+
+
+@only_through_pidfds
+async def test_through_pidfds_an_attempt_needs_no_thread_nor_child_watcher(
+    run_id: str, outputs: OutputsDirectory
+) -> None:
+    # asyncio's default watcher on 3.11 would start a thread for this child.
+    execution = Execution(spec(run_id, "sleep", "0.2"), Recorder(), outputs)
+    threads = set(threading.enumerate())
+
+    assert await execution.start() is not None
+    assert set(threading.enumerate()) <= threads
+    assert (await execution.wait()).outcome is Outcome.SUCCEEDED
 
 
 @pytest.mark.skipif(sys.version_info >= (3, 12), reason="asyncio waits through pidfds on 3.12+")
@@ -620,6 +670,106 @@ async def test_without_pidfds_the_default_child_watcher_stays(
 async def test_the_pidfd_child_watcher_changes_nothing_on_3_12() -> None:
     with pidfd_child_watcher() as installed:  # and warns of no deprecation
         assert installed is False
+
+
+# --- what the processes cost the agent ------------------------------------------------
+
+
+def open_fds() -> list[str]:
+    """What this process's file descriptors point to."""
+    fds = []
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):  # the one listdir used is gone already
+            fds.append(os.readlink(f"/proc/self/fd/{fd}"))
+    return sorted(fds)
+
+
+def zombie_children() -> list[int]:
+    """This process's children that exited and were not reaped."""
+    zombies = []
+    with os.scandir("/proc") as entries:
+        pids = [entry.name for entry in entries if entry.name.isdigit()]
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            with open(f"/proc/{pid}/stat") as file:
+                fields = file.read().rpartition(")")[2].split()
+            if fields[0] == "Z" and int(fields[1]) == os.getpid():
+                zombies.append(int(pid))
+    return zombies
+
+
+async def test_attempts_leave_no_file_descriptor_and_no_zombie(
+    run_id: str, outputs: OutputsDirectory
+) -> None:
+    attempts = [
+        spec(run_id, *sh("echo out; echo err >&2; echo '{}' > \"$HYDRA_OUTPUT\"")),
+        spec(run_id, *sh("exit 3")),
+        spec(run_id, "/nonexistent/program"),
+        spec(
+            run_id,
+            *sh(STUBBORN_CHILD),
+            timeout=timedelta(seconds=0.1),
+            kill_grace=timedelta(seconds=0.05),
+        ),
+        spec(run_id, *sh("sleep 1000 >/dev/null 2>&1 &")),  # a leftover, killed
+    ]
+    await run(outputs, spec(run_id, "true"))  # whatever the first attempt sets up, once
+    before = open_fds()
+
+    for _ in range(3):
+        results = await asyncio.gather(*(run(outputs, attempt) for attempt in attempts))
+        assert [result.outcome for result in results] == [
+            Outcome.SUCCEEDED,
+            Outcome.FAILED,
+            Outcome.FAILED,
+            Outcome.TIMED_OUT,
+            Outcome.SUCCEEDED,
+        ]
+
+    await eventually(lambda: open_fds() == before, within=2.0)
+    assert zombie_children() == []
+    await eventually(lambda: not processes_with_run_id(run_id), within=2)  # SIGKILLed
+
+
+def nanoseconds_since_epoch(moment: datetime) -> int:
+    return (moment - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1) * 1000
+
+
+@only_through_pidfds
+async def test_started_at_comes_before_the_process_could_write_anything(
+    run_id: str, outputs: OutputsDirectory
+) -> None:
+    recorders = [Recorder() for _ in range(5)]
+    executions = [Execution(spec(run_id, "date", "+%s%N"), r, outputs) for r in recorders]
+
+    # Five at once, as when several leased-ahead runs are due together: each
+    # start time is its own, and is taken before its program runs.
+    started = await asyncio.gather(*(execution.start() for execution in executions))
+    await asyncio.gather(*(execution.wait() for execution in executions))
+
+    for recorder, start in zip(recorders, started, strict=True):
+        assert start is not None
+        printed = int(recorder.text(OutputStream.STDOUT))
+        assert printed >= nanoseconds_since_epoch(start.started_at)
+
+
+@only_through_pidfds
+async def test_a_process_that_cannot_be_watched_is_killed_and_cannot_start(
+    run_id: str, outputs: OutputsDirectory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def out_of_fds(pid: int, flags: int = 0) -> int:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    before = open_fds()
+    monkeypatch.setattr(os, "pidfd_open", out_of_fds)
+
+    result = await run(outputs, spec(run_id, *sh("sleep 1000 & exec sleep 1000")))
+
+    assert result.outcome is Outcome.FAILED
+    assert result.message == "cannot start: [Errno 24] Too many open files"
+    assert zombie_children() == []
+    assert open_fds() == before
+    await eventually(lambda: not processes_with_run_id(run_id), within=2)  # SIGKILLed
 
 
 # --- the batcher alone ------------------------------------------------------------
