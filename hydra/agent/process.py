@@ -11,13 +11,12 @@ transports, their protocols and a child watcher, for a tenth to a quarter more
 of the agent's CPU per attempt (the quarter with Python 3.11's threaded child
 watcher). That transport remains the way where pidfds do not work.
 
-The start time is taken as ``Popen`` is called: the fork follows some tens of
-microseconds later, while ``Popen`` returns only once the program is exec'd
-and the loop's thread is scheduled again, which on a busy machine can be a
-millisecond after the program began to run (and wrote its first line).
-Through asyncio's transport, it is taken once the pipes are connected, a few
-turns of the loop later: with five processes started at once, each start
-time then includes the other forks.
+The start time is taken as soon as ``Popen`` returns, that is once the program
+is exec'd: what the latency benchmarks call "right after spawn". On a busy
+machine the loop's thread may be scheduled again a fraction of a millisecond
+after the program began to run. Through asyncio's transport, it is taken once
+the pipes are connected, a few turns of the loop later: with five processes
+started at once, each start time then includes the other forks.
 """
 
 from __future__ import annotations
@@ -112,7 +111,6 @@ async def spawn(
 def _spawn_watched(
     argv: Sequence[str], *, cwd: str | None, env: Mapping[str, str], on_output: OnOutput
 ) -> Process:
-    started_at = _now()  # no later than anything the process does
     popen = subprocess.Popen(
         argv,
         stdin=subprocess.DEVNULL,
@@ -123,6 +121,7 @@ def _spawn_watched(
         start_new_session=True,
         close_fds=True,
     )
+    started_at = _now()  # right after the spawn: the program is exec'd
     try:
         pidfd = os.pidfd_open(popen.pid)  # not reaped yet, so the pid is still this child's
     except OSError:  # e.g. out of file descriptors
