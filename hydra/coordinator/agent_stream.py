@@ -21,17 +21,13 @@ from collections.abc import AsyncIterator, Callable
 import grpc
 import psycopg
 
-from hydra.coordinator.heartbeats import (
-    DEADLOCK_TRIES,
-    ROLLED_BACK,
-    HeartbeatRecorder,
-    PendingHeartbeat,
-)
+from hydra.coordinator.heartbeats import HeartbeatRecorder, PendingHeartbeat
 from hydra.coordinator.lease_batch import LeaseBatch
 from hydra.coordinator.lease_store import DUPLICATE_SUCCESS, LeaseStore
 from hydra.coordinator.loop import utcnow
 from hydra.coordinator.records import AttemptReport, Heartbeat, LeaseTimes, ReportVerdict
 from hydra.coordinator.sessions import AgentSession, LeaseKey, SessionRegistry
+from hydra.coordinator.store_base import CONFLICTS
 from hydra.errors import Unavailable
 from hydra.v1 import agent_service_pb2 as pb
 from hydra.wire import from_timestamp, to_duration, verdict_from_proto
@@ -42,6 +38,8 @@ log = logging.getLogger("hydra.coordinator.agents")
 INBOX_SIZE = 1000
 #: Messages handled in one transaction at most.
 MAX_BATCH = 200
+#: How many times one message is tried when its transactions keep being deadlock victims.
+DEADLOCK_TRIES = 3
 
 
 #: What to do once a message's changes are committed (answer the agent, wake the dispatcher).
@@ -208,7 +206,7 @@ class AgentStreams:
             async with self._store.batch() as leases:
                 answers = [await self._handle(session, leases, message) for message in batch]
         except Unavailable as error:
-            if not isinstance(error.__cause__, ROLLED_BACK):
+            if not isinstance(error.__cause__, CONFLICTS):
                 raise
             log.info("agent %s: %d message(s) deadlocked; again", session.agent_id, len(batch))
             if len(batch) == 1:
@@ -235,7 +233,7 @@ class AgentStreams:
             async with self._store.batch() as leases:
                 answer = await self._handle(session, leases, message)
         except Unavailable as error:
-            if tries <= 1 or not isinstance(error.__cause__, ROLLED_BACK):
+            if tries <= 1 or not isinstance(error.__cause__, CONFLICTS):
                 raise
             log.info("agent %s: a message deadlocked; again", session.agent_id)
             await self._handle_alone(session, message, tries=tries - 1)

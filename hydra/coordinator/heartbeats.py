@@ -10,6 +10,11 @@ while it commits wait for the next round. So heartbeats cost at most one commit
 per ``GATHER_SECONDS``, however many agents there are; a lease is renewed that
 much later, which is nothing against its TTL (the agent counts its renewal
 from when it sent the heartbeat).
+
+A round renews the leases of many agents while their reports are being
+recorded, in whatever order those lock their runs; so that the two never
+deadlock (and stall for the server's deadlock_timeout), a round waits only
+briefly for a lock, gives way, and is tried again.
 """
 
 from __future__ import annotations
@@ -21,21 +26,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
-import psycopg
-
 from hydra.coordinator.lease_store import LeaseStore
 from hydra.coordinator.records import Heartbeat
 from hydra.coordinator.sessions import LeaseKey
+from hydra.coordinator.store_base import CONFLICTS
 from hydra.errors import Unavailable
 
 log = logging.getLogger("hydra.coordinator.agents")
 
 #: How long a round waits for other streams' heartbeats before it records them.
 GATHER_SECONDS = 0.05
-#: How many times a round is tried when the server keeps choosing it as a deadlock victim.
-DEADLOCK_TRIES = 3
-#: The server rolled a transaction back to break a deadlock or a serialization conflict.
-ROLLED_BACK = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure)
+#: How many times a round is tried when it keeps meeting rows locked by others:
+#: its statements wait at most the store's HEARTBEAT_LOCK_TIMEOUT for a lock.
+CONFLICT_TRIES = 20
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -88,15 +91,16 @@ class HeartbeatRecorder:
             pending, self._waiting = self._waiting, []
             await self._record(pending)
 
-    async def _record(self, pending: list[PendingHeartbeat], tries: int = DEADLOCK_TRIES) -> None:
+    async def _record(self, pending: list[PendingHeartbeat], tries: int = CONFLICT_TRIES) -> None:
         """One transaction for the round; if it fails for one heartbeat's sake, each alone."""
         try:
             renewed = await self._store.record_heartbeats(
                 [p.heartbeat for p in pending], self._ttl, coordinator_id=self._coordinator_id
             )
         except Unavailable as error:
-            if tries > 1 and isinstance(error.__cause__, ROLLED_BACK):
-                log.info("%d heartbeat(s) deadlocked; again", len(pending))
+            if tries > 1 and isinstance(error.__cause__, CONFLICTS):
+                # A report batch is finishing one of these runs: it commits soon.
+                log.debug("%d heartbeat(s) met locked rows; again", len(pending))
                 await self._record(pending, tries - 1)
                 return
             self._fail(pending, error)

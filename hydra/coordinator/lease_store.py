@@ -39,6 +39,9 @@ LeaseKey = tuple[str, int]
 #: Long enough to cover leasing and the offer's trip, short enough that a run
 #: created this early (by the trigger loop) is still, for people, created "at" its time.
 LEASE_AHEAD = timedelta(milliseconds=50)
+#: How long a heartbeat round waits for a run locked by a report being recorded
+#: before it gives way (see hydra.coordinator.heartbeats).
+HEARTBEAT_LOCK_TIMEOUT = "50ms"
 
 
 class LeaseStore(PreconditionStore):
@@ -171,9 +174,10 @@ class LeaseStore(PreconditionStore):
         for beat in heartbeats:
             draining[beat.agent_id] = draining.get(beat.agent_id, False) or beat.draining
         agents = sorted(draining)
-        # Sorted, so that concurrent rounds meet the rows in the same order.
+        # One entry per lease and agent, in a stable order.
         listed = sorted({(run, token, b.agent_id) for b in heartbeats for run, token in b.leases})
         async with self.transaction(dispatch_inline=False) as cur:
+            await self.run_query(cur, "set_lock_timeout", timeout=HEARTBEAT_LOCK_TIMEOUT)
             await self.run_query(
                 cur,
                 "touch_agents",

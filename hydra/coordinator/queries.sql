@@ -462,6 +462,10 @@ SET hostname = EXCLUDED.hostname, labels = EXCLUDED.labels, capacity = EXCLUDED.
     version = EXCLUDED.version, state = EXCLUDED.state,
     coordinator_id = EXCLUDED.coordinator_id, connected_at = now(), last_seen_at = now();
 
+-- name: set_lock_timeout
+-- For the rest of the transaction, give up on a lock not granted within the timeout.
+SELECT set_config('lock_timeout', %(timeout)s, true);
+
 -- name: touch_agents
 -- Agents (one row each) were heard from; those that say so are now draining.
 UPDATE hydra_agents a SET last_seen_at = now(),

@@ -60,6 +60,14 @@ def open_pool(conninfo: str, size: int) -> AsyncConnectionPool:
     )
 
 
+#: The server rolled a transaction back to break a deadlock or a serialization
+#: conflict, or a lock was not granted within the transaction's lock_timeout.
+CONFLICTS = (
+    psycopg.errors.DeadlockDetected,
+    psycopg.errors.SerializationFailure,
+    psycopg.errors.LockNotAvailable,
+)
+
 #: Run ids per notification: 37 bytes each stays under PostgreSQL's 8000-byte payload.
 _IDS_PER_NOTIFY = 200
 
@@ -134,7 +142,8 @@ class BaseStore:
             if leased is not None:
                 leased.aborted()
             if isinstance(error, psycopg.OperationalError | PoolTimeout):
-                self.last_outage = time.monotonic()
+                if not isinstance(error, CONFLICTS):  # the server works: no outage
+                    self.last_outage = time.monotonic()
                 raise Unavailable(f"database unavailable: {error}") from error
             raise
         if leased is not None:

@@ -167,3 +167,28 @@ async def test_a_heartbeat_that_cannot_be_recorded_fails_alone(
     assert answers == [{leases["a1"]}, None, {leases["a3"]}]
     assert await _expiry(db_conninfo, leases["a2"][0]) < SHORT
     await recorder.close()
+
+
+async def test_a_round_gives_way_to_a_report_holding_a_run_and_is_tried_again(
+    store: LeaseStore, db_conninfo: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A report batch that holds a run's row while the round wants it, and may
+    # want a row the round holds: the round must neither wait for the server's
+    # deadlock detection nor fail its agents.
+    leases = await _leases(store)
+    rounds = Rounds(store, monkeypatch)
+    recorder = HeartbeatRecorder(store, ttl=LONG, coordinator_id="c1", gather=0)
+    async with await psycopg.AsyncConnection.connect(db_conninfo) as report:
+        await report.execute("SELECT 1 FROM hydra_runs WHERE id = %s FOR UPDATE", [leases["a2"][0]])
+        answers = [
+            _submit(recorder, Heartbeat(agent_id=agent, leases=(leases[agent],)))
+            for agent in AGENTS
+        ]
+        await asyncio.sleep(0.3)  # several rounds give way meanwhile
+        assert not any(answer.done() for answer in answers)
+        await report.commit()
+    assert await asyncio.wait_for(asyncio.gather(*answers), timeout=10) == [
+        {leases[agent]} for agent in AGENTS
+    ]
+    assert len(rounds.sizes) >= 3 and set(rounds.sizes) == {3}
+    assert store.last_outage == float("-inf")  # a lock conflict is no outage
