@@ -161,10 +161,15 @@ def _trigger_latencies(
     for _ in range(params.trigger_samples):
         sent = datetime.now(UTC)
         run, _ = client.trigger(name)
-        rows.append({"sent": sent, **_wait_started(db, watched, run.id)})
+        returned = datetime.now(UTC)
+        rows.append({"sent": sent, "returned": returned, **_wait_started(db, watched, run.id)})
         _wait_idle(db, watched)  # the next one finds an idle cluster
         time.sleep(random.uniform(0.02, 0.05))  # and no timer in phase
-    return _split(rows, "sent")
+    split = _split(rows, "sent")
+    split["created_to_returned"] = [
+        (r["returned"] - r["created_at"]).total_seconds() * 1000 for r in rows
+    ]
+    return split
 
 
 def _wait_started(db: Sql, watched: list[Child], run_id: str) -> dict[str, Any]:
@@ -231,6 +236,12 @@ def _result(
         ),
         Metric(
             name="  run created -> start p50", value=_p50(trigger["created_to_start"]), unit="ms"
+        ),
+        Metric(
+            name="  run created -> Trigger returned p50",
+            value=_p50(trigger["created_to_returned"]),
+            unit="ms",
+            note="the transaction, its commit, the answer",
         ),
         Metric(
             name="cron -> start p50 in NOTIFY floors",

@@ -7,6 +7,7 @@ LOCKED`, so coordinators never hand out the same run twice. It wakes on
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass, field, replace
 
@@ -33,6 +34,9 @@ FALLBACK_POLL_SECONDS = 5.0
 #: With this many agents to claim for, one statement first asks whether any run
 #: is due at all: many idle agents then cost one query a round, not a claim each.
 ASK_FIRST_FROM = 4
+#: How long after an inline dispatch that left slots free the dispatcher looks
+#: again (see `_Leased.committed`).
+TIMER_REFRESH_DELAY_SECONDS = 0.01
 
 
 class Dispatcher:
@@ -42,10 +46,25 @@ class Dispatcher:
         self._store = store
         self._sessions = sessions
         self._times = times
+        self._refresh: asyncio.TimerHandle | None = None
 
     def wake(self) -> None:
         """Ask for a dispatch round soon (from notifications and freed slots)."""
         self._sessions.slots_changed.set()
+
+    def refresh_timer(self) -> None:
+        """Ask for a round shortly, to learn when work queued for later becomes due.
+
+        Not urgent: the round would only compete with the offers and answers
+        that just left; work queued for later is due no sooner than this.
+        """
+        if self._refresh is None or self._refresh.cancelled():
+            loop = asyncio.get_running_loop()
+            self._refresh = loop.call_later(TIMER_REFRESH_DELAY_SECONDS, self._refreshed)
+
+    def _refreshed(self) -> None:
+        self._refresh = None
+        self.wake()
 
     async def step(self) -> None:
         """One round: fill free slots; sleep until there may be more work."""
@@ -168,7 +187,7 @@ class _Leased:
             except Exception:
                 log.exception("run %s: offering lease %d failed", run.run_id, run.lease_token)
         if self.slots_left:
-            self.dispatcher.wake()
+            self.dispatcher.refresh_timer()
 
     def aborted(self) -> None:
         for session, free in self.reserved:
