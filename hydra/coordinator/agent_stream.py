@@ -25,7 +25,13 @@ from hydra.coordinator.heartbeats import HeartbeatRecorder, PendingHeartbeat
 from hydra.coordinator.lease_batch import LeaseBatch
 from hydra.coordinator.lease_store import DUPLICATE_SUCCESS, LeaseStore
 from hydra.coordinator.loop import utcnow
-from hydra.coordinator.records import AttemptReport, Heartbeat, LeaseTimes, ReportVerdict
+from hydra.coordinator.records import (
+    AttemptReport,
+    AttemptStart,
+    Heartbeat,
+    LeaseTimes,
+    ReportVerdict,
+)
 from hydra.coordinator.sessions import AgentSession, LeaseKey, SessionRegistry
 from hydra.coordinator.store_base import CONFLICTS
 from hydra.errors import Unavailable
@@ -41,6 +47,11 @@ MAX_BATCH = 200
 #: How many times one message is tried when its transactions keep being deadlock victims.
 DEADLOCK_TRIES = 3
 
+
+#: The kinds of message recorded in a report batch (heartbeats are recorded apart).
+_RECORDED = frozenset(
+    {"preconditions_checked", "lease_rejected", "attempt_started", "output", "attempt_finished"}
+)
 
 #: What to do once a message's changes are committed (answer the agent, wake the dispatcher).
 Answer = Callable[[], None]
@@ -204,7 +215,7 @@ class AgentStreams:
             return
         try:
             async with self._store.batch() as leases:
-                answers = [await self._handle(session, leases, message) for message in batch]
+                answers = await self._record(session, leases, batch)
         except Unavailable as error:
             if not isinstance(error.__cause__, CONFLICTS):
                 raise
@@ -223,15 +234,14 @@ class AgentStreams:
                 await self._handle_batch(session, [message])
             return
         for answer in answers:
-            if answer is not None:
-                answer()
+            answer()
 
     async def _handle_alone(
         self, session: AgentSession, message: pb.AgentMessage, *, tries: int = DEADLOCK_TRIES
     ) -> None:
         try:
             async with self._store.batch() as leases:
-                answer = await self._handle(session, leases, message)
+                answers = await self._record(session, leases, [message])
         except Unavailable as error:
             if tries <= 1 or not isinstance(error.__cause__, CONFLICTS):
                 raise
@@ -243,18 +253,30 @@ class AgentStreams:
                 raise
             # The one-success index: never two SUCCEEDED attempts for a run.
             verdict = ReportVerdict(accepted=False, reason=DUPLICATE_SUCCESS)
-            answer = self._finished_answer(session, message.attempt_finished, verdict)
-        if answer is not None:
+            answers = [self._finished_answer(session, message.attempt_finished, verdict)]
+        for answer in answers:
             answer()
 
-    async def _handle(
-        self, session: AgentSession, leases: LeaseBatch, message: pb.AgentMessage
-    ) -> Answer | None:
-        """Records one message; returns what to do once the batch is committed."""
-        kind = message.WhichOneof("body")
-        if kind == "attempt_started":
-            return await self._started(session, leases, message.attempt_started)
-        if kind == "output":
+    async def _record(
+        self, session: AgentSession, leases: LeaseBatch, batch: list[pb.AgentMessage]
+    ) -> list[Answer]:
+        """Records a batch kind by kind, in the order of one lease's messages (its
+        check, start, output, end): one statement starts every attempt of the batch,
+        one locks the runs of every attempt that ended. Returns what to do once the
+        batch is committed."""
+        by_kind: dict[str, list[pb.AgentMessage]] = {}
+        for message in batch:
+            by_kind.setdefault(message.WhichOneof("body") or "", []).append(message)
+        for kind in by_kind.keys() - _RECORDED:
+            log.warning("agent %s sent an unexpected %s", session.agent_id, kind or "message")
+        answers: list[Answer | None] = []
+        for message in by_kind.get("preconditions_checked", []):
+            answers.append(await self._checked(session, leases, message.preconditions_checked))
+        for message in by_kind.get("lease_rejected", []):
+            answers.append(await self._rejected(session, leases, message.lease_rejected))
+        if started := by_kind.get("attempt_started"):
+            answers += await self._started(session, leases, [m.attempt_started for m in started])
+        for message in by_kind.get("output", []):
             chunk = message.output
             await leases.append_output(
                 chunk.lease.run_id,
@@ -263,19 +285,9 @@ class AgentStreams:
                 chunk.data,
                 limit=self._output_limit,
             )
-            return None
-        if kind == "attempt_finished":
-            finished = message.attempt_finished
-            # The slot is free already: this transaction may lease it again (inline dispatch).
-            session.held.discard((finished.lease.run_id, finished.lease.lease_token))
-            verdict = await leases.finish_attempt(_report(session.agent_id, finished))
-            return self._finished_answer(session, finished, verdict)
-        if kind == "lease_rejected":
-            return await self._rejected(session, leases, message.lease_rejected)
-        if kind == "preconditions_checked":
-            return await self._checked(session, leases, message.preconditions_checked)
-        log.warning("agent %s sent an unexpected %s", session.agent_id, kind)
-        return None
+        if finished := by_kind.get("attempt_finished"):
+            answers += await self._finished(session, leases, [m.attempt_finished for m in finished])
+        return [answer for answer in answers if answer is not None]
 
     def _heartbeat(self, session: AgentSession, heartbeat: pb.Heartbeat) -> None:
         """Queues the heartbeat with those of other streams; the ack follows the commit."""
@@ -308,18 +320,26 @@ class AgentStreams:
         )
 
     async def _started(
-        self, session: AgentSession, leases: LeaseBatch, started: pb.AttemptStarted
-    ) -> Answer | None:
+        self, session: AgentSession, leases: LeaseBatch, started: list[pb.AttemptStarted]
+    ) -> list[Answer]:
+        starts = [
+            AttemptStart(
+                run_id=each.lease.run_id,
+                lease_token=each.lease.lease_token,
+                argv=tuple(each.argv),
+                started_at=from_timestamp(each.started_at),
+            )
+            for each in started
+        ]
+        current = await leases.start_attempts(session.agent_id, starts)
+        return [
+            self._stale_start_answer(session, each)
+            for each in started
+            if (each.lease.run_id, each.lease.lease_token) not in current
+        ]
+
+    def _stale_start_answer(self, session: AgentSession, started: pb.AttemptStarted) -> Answer:
         key = (started.lease.run_id, started.lease.lease_token)
-        current = await leases.start_attempt(
-            key[0],
-            key[1],
-            session.agent_id,
-            list(started.argv),
-            from_timestamp(started.started_at),
-        )
-        if current:
-            return None
 
         def answer() -> None:
             log.warning(
@@ -338,6 +358,18 @@ class AgentStreams:
             )
 
         return answer
+
+    async def _finished(
+        self, session: AgentSession, leases: LeaseBatch, finished: list[pb.AttemptFinished]
+    ) -> list[Answer]:
+        for each in finished:
+            # The slot is free already: this transaction may lease it again (inline dispatch).
+            session.held.discard((each.lease.run_id, each.lease.lease_token))
+        verdicts = await leases.finish_attempts([_report(session.agent_id, f) for f in finished])
+        return [
+            self._finished_answer(session, each, verdict)
+            for each, verdict in zip(finished, verdicts, strict=True)
+        ]
 
     def _finished_answer(
         self, session: AgentSession, finished: pb.AttemptFinished, verdict: ReportVerdict

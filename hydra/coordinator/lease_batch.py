@@ -7,12 +7,12 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
-from hydra.coordinator.records import AttemptReport, ReportVerdict
+from hydra.coordinator.records import AttemptReport, AttemptStart, ReportVerdict
 from hydra.coordinator.store import Cursor
 from hydra.domain import PreconditionVerdict
 
 if TYPE_CHECKING:
-    from hydra.coordinator.lease_store import LeaseStore
+    from hydra.coordinator.lease_store import LeaseKey, LeaseStore
 
 
 class LeaseBatch:
@@ -26,29 +26,23 @@ class LeaseBatch:
         self._store = store
         self._cur = cur
 
-    async def start_attempt(
-        self,
-        run_id: str,
-        lease_token: int,
-        agent_id: str,
-        argv: Sequence[str],
-        started_at: datetime,
-    ) -> bool:
-        """See :meth:`LeaseStore.start_attempt`."""
+    async def start_attempts(self, agent_id: str, starts: Sequence[AttemptStart]) -> set[LeaseKey]:
+        """See :meth:`LeaseStore.start_attempt`; one statement for all. The current leases."""
         store, cur = self._store, self._cur
-        number = await store._start(cur, run_id, lease_token, agent_id, argv, started_at)
-        if number is not None:
-            store.notify_runs_changed(cur, [run_id])
-        return number is not None
+        current = await store._start_all(cur, agent_id, starts)
+        store.notify_runs_changed(cur, [run_id for run_id, _ in current])
+        return current
 
-    async def finish_attempt(self, report: AttemptReport) -> ReportVerdict:
-        """See :meth:`LeaseStore.finish_attempt`; a second success raises UniqueViolation."""
+    async def finish_attempts(self, reports: Sequence[AttemptReport]) -> list[ReportVerdict]:
+        """See :meth:`LeaseStore.finish_attempt`; the runs are locked by one statement.
+        A second success of a run raises UniqueViolation (when the batch commits)."""
         store, cur = self._store, self._cur
-        verdict = await store._finish(cur, report)
-        if verdict.accepted:
-            store.notify_runs_changed(cur, [report.run_id])
+        verdicts = await store._finish_all(cur, reports)
+        accepted = [r.run_id for r, v in zip(reports, verdicts, strict=True) if v.accepted]
+        if accepted:
+            store.notify_runs_changed(cur, accepted)
             store.notify_dispatch(cur)
-        return verdict
+        return verdicts
 
     async def append_output(
         self, run_id: str, lease_token: int, stream: int, data: bytes, *, limit: int

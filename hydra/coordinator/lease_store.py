@@ -17,7 +17,13 @@ from psycopg.types.json import Jsonb
 
 from hydra.coordinator.lease_batch import LeaseBatch
 from hydra.coordinator.precondition_store import PreconditionStore
-from hydra.coordinator.records import AttemptReport, ClaimedRun, Heartbeat, ReportVerdict
+from hydra.coordinator.records import (
+    AttemptReport,
+    AttemptStart,
+    ClaimedRun,
+    Heartbeat,
+    ReportVerdict,
+)
 from hydra.coordinator.store import Cursor, Row, run_uuid
 from hydra.coordinator.store_base import spec_of_version
 from hydra.domain import After, AttemptState, PreconditionVerdict, RunState, TaskSpec
@@ -236,42 +242,59 @@ class LeaseStore(PreconditionStore):
         started_at: datetime,
     ) -> bool:
         """LEASED -> RUNNING with a new attempt; False when the token is not current."""
-        async with self.batch() as batch:
-            return await batch.start_attempt(run_id, lease_token, agent_id, argv, started_at)
-
-    async def _start(
-        self,
-        cur: Cursor,
-        run_id: str,
-        lease_token: int,
-        agent_id: str,
-        argv: Sequence[str],
-        started_at: datetime,
-    ) -> int | None:
-        row = await self.one(
-            cur,
-            "start_attempt",
-            run_id=run_uuid(run_id),
-            lease_token=lease_token,
-            agent_id=agent_id,
-            argv=list(argv),
-            started_at=started_at,
+        start = AttemptStart(
+            run_id=run_id, lease_token=lease_token, argv=tuple(argv), started_at=started_at
         )
-        return None if row is None else int(row["number"])
+        async with self.batch() as batch:
+            return bool(await batch.start_attempts(agent_id, [start]))
+
+    async def _start_all(
+        self, cur: Cursor, agent_id: str, starts: Sequence[AttemptStart]
+    ) -> set[LeaseKey]:
+        """`start_attempt` for several leases in one statement; the current ones."""
+        rows = await self.all(
+            cur,
+            "start_attempts",
+            agent_id=agent_id,
+            run_ids=[run_uuid(start.run_id) for start in starts],
+            lease_tokens=[start.lease_token for start in starts],
+            argvs=[Jsonb(list(start.argv)) for start in starts],
+            started_ats=[start.started_at for start in starts],
+        )
+        return {(str(row["run_id"]), row["lease_token"]) for row in rows}
 
     async def finish_attempt(self, report: AttemptReport) -> ReportVerdict:
         """Record how an attempt ended, if its lease is current; else refuse it."""
         try:
             async with self.batch() as batch:
-                return await batch.finish_attempt(report)
+                [verdict] = await batch.finish_attempts([report])
+                return verdict
         except psycopg.errors.UniqueViolation:
             # The one-success index: never two SUCCEEDED attempts for a run.
             return ReportVerdict(accepted=False, reason=DUPLICATE_SUCCESS)
 
+    async def _finish_all(
+        self, cur: Cursor, reports: Sequence[AttemptReport]
+    ) -> list[ReportVerdict]:
+        """`finish_attempt` for several reports: their runs locked by one statement."""
+        ids = list(dict.fromkeys(run_uuid(report.run_id) for report in reports))
+        locked = {str(row["id"]): row for row in await self.all(cur, "lock_runs", ids=ids)}
+        verdicts = []
+        for report in reports:
+            row = locked.pop(run_uuid(report.run_id), None)
+            if row is not None:
+                verdicts.append(await self._finish_locked(cur, report, row))
+            else:  # unknown, or a second report on the run: what the first did is read again
+                verdicts.append(await self._finish(cur, report))
+        return verdicts
+
     async def _finish(self, cur: Cursor, report: AttemptReport) -> ReportVerdict:
-        row = await self.one(cur, "lock_run", id=run_uuid(report.run_id))
+        row = await self.one(cur, "lock_runs", ids=[run_uuid(report.run_id)])
         if row is None:
             return ReportVerdict(accepted=False, reason="unknown run")
+        return await self._finish_locked(cur, report, row)
+
+    async def _finish_locked(self, cur: Cursor, report: AttemptReport, row: Row) -> ReportVerdict:
         state = RunState(row["state"])
         if row["lease_token"] == report.lease_token and not state.active:
             return ReportVerdict(accepted=False, reason=f"run is already {state.value}")
@@ -282,14 +305,13 @@ class LeaseStore(PreconditionStore):
                 f"under lease {row['lease_token']}",
             )
         if state is RunState.LEASED:  # AttemptStarted never arrived (spawn failed, or lost)
-            await self._start(
-                cur,
-                report.run_id,
-                report.lease_token,
-                report.agent_id,
-                report.argv,
-                report.started_at,
+            start = AttemptStart(
+                run_id=report.run_id,
+                lease_token=report.lease_token,
+                argv=report.argv,
+                started_at=report.started_at,
             )
+            await self._start_all(cur, report.agent_id, [start])
         if report.outcome == "SUCCEEDED":
             # Neither statement is waited for (pipeline mode): a success costs
             # one round trip, the lock, when no task runs after this one.

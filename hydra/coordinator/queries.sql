@@ -196,15 +196,16 @@ WHERE (%(task)s = '' OR (t.name = %(task)s AND t.deleted_at IS NULL))
 ORDER BY r.occurrence DESC, r.id DESC
 LIMIT %(limit)s;
 
--- name: lock_run
--- One run, locked for the rest of the transaction, and whether a live task runs after its task.
+-- name: lock_runs
+-- Runs locked (in id order) for the rest of the transaction, each with whether a live task runs after its task.
 SELECT r.*, t.name AS task_name, EXISTS (
     SELECT 1 FROM hydra_triggers g JOIN hydra_tasks d ON d.id = g.task_id
     WHERE g.kind = 'after' AND g.spec -> 'after' ? t.name AND d.deleted_at IS NULL
 ) AS has_dependents
 FROM hydra_runs r
 JOIN hydra_tasks t ON t.id = r.task_id
-WHERE r.id = %(id)s
+WHERE r.id = ANY(%(ids)s::uuid[])
+ORDER BY r.id
 FOR UPDATE OF r;
 
 -- name: requeue_run_for_retry
@@ -338,19 +339,24 @@ UPDATE hydra_runs r SET lease_expires_at = now()
 FROM unnest(%(run_ids)s::uuid[], %(lease_tokens)s::bigint[]) AS u(run_id, lease_token)
 WHERE r.id = u.run_id AND r.lease_token = u.lease_token AND r.state IN ('LEASED', 'RUNNING');
 
--- name: start_attempt
--- LEASED -> RUNNING under the current token, recording the attempt; returns its number.
-WITH started AS (
-    UPDATE hydra_runs
-    SET state = 'RUNNING', attempts_used = attempts_used + 1,
-        started_at = coalesce(started_at, %(started_at)s), updated_at = now()
-    WHERE id = %(run_id)s AND lease_token = %(lease_token)s AND state = 'LEASED'
-    RETURNING id, attempts_used
+-- name: start_attempts
+-- LEASED -> RUNNING under the current tokens, recording the attempts; returns the started leases.
+WITH u AS (
+    SELECT * FROM unnest(%(run_ids)s::uuid[], %(lease_tokens)s::bigint[], %(argvs)s::jsonb[],
+                         %(started_ats)s::timestamptz[]) AS u(run_id, lease_token, argv, started_at)
+), started AS (
+    UPDATE hydra_runs r
+    SET state = 'RUNNING', attempts_used = r.attempts_used + 1,
+        started_at = coalesce(r.started_at, u.started_at), updated_at = now()
+    FROM u
+    WHERE r.id = u.run_id AND r.lease_token = u.lease_token AND r.state = 'LEASED'
+    RETURNING r.id, r.attempts_used, u.lease_token, u.argv, u.started_at
 )
 INSERT INTO hydra_attempts (run_id, number, agent_id, lease_token, argv, started_at)
-SELECT id, attempts_used, %(agent_id)s, %(lease_token)s, %(argv)s, %(started_at)s
+SELECT id, attempts_used, %(agent_id)s, lease_token,
+       ARRAY(SELECT jsonb_array_elements_text(argv)), started_at
 FROM started
-RETURNING number;
+RETURNING run_id, lease_token;
 
 -- name: finish_attempt
 -- End the running attempt of a lease with the agent's outcome.

@@ -86,6 +86,16 @@ class ClaimedRun:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class AttemptStart:
+    """An agent's report that it started an attempt under a lease."""
+
+    run_id: str
+    lease_token: int
+    argv: tuple[str, ...]
+    started_at: datetime
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class AttemptReport:
     """An agent's report that an attempt ended."""
 

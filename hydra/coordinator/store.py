@@ -395,7 +395,7 @@ class Store(DependencyStore):
         await self.after_terminal(cur, task["task_name"], task["occurrence"], task["timezone"])
 
     async def _lock_run(self, cur: Cursor, run_id: str) -> Row:
-        row = await self.one(cur, "lock_run", id=run_uuid(run_id))
+        row = await self.one(cur, "lock_runs", ids=[run_uuid(run_id)])
         if row is None:
             raise NotFound(f"run {run_id!r} not found")
         return row
