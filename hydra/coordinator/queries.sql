@@ -242,36 +242,55 @@ SELECT pg_notify('hydra_run_changed', %(run_id)s::text);
 -- first max_active_runs of them may be active. Row locks arbitrate between
 -- coordinators, so no run is leased twice and no task exceeds its limit. Runs
 -- due within the "ahead" interval count as due: the agent waits for not_before.
-WITH due_tasks AS (
-    SELECT DISTINCT d.task_id FROM (
-        SELECT task_id FROM hydra_runs
-        WHERE state = 'QUEUED' AND not_before <= now() + %(ahead)s AND selector <@ %(labels)s::jsonb
-        ORDER BY not_before
-        LIMIT 1000
-    ) d
-), ranked AS (
-    SELECT r.id, r.state, r.not_before, r.selector, r.occurrence,
-           (r.attempts_used > 0 OR r.precondition_checks > 0) AS in_flight,
-           row_number() OVER (
-               PARTITION BY r.task_id
-               ORDER BY (r.state <> 'QUEUED' OR r.attempts_used > 0
-                         OR r.precondition_checks > 0) DESC,
-                        r.occurrence
-           ) AS position,
+-- Every task with due work is considered, one index probe each, and a task's
+-- new work is read only as far as the claim can use it: the cost follows the
+-- runs leased and the runs in flight, not the size of a backlog.
+WITH RECURSIVE due_tasks AS (
+    (SELECT r.task_id FROM hydra_runs r
+     WHERE r.state = 'QUEUED' AND r.not_before <= now() + %(ahead)s
+     ORDER BY r.task_id LIMIT 1)
+    UNION ALL
+    SELECT (SELECT r.task_id FROM hydra_runs r
+            WHERE r.state = 'QUEUED' AND r.not_before <= now() + %(ahead)s
+              AND r.task_id > d.task_id
+            ORDER BY r.task_id LIMIT 1)
+    FROM due_tasks d WHERE d.task_id IS NOT NULL
+), tasks AS (
+    SELECT t.id AS task_id,
            coalesce((v.spec -> 'concurrency' ->> 'max_active_runs')::int, 1) AS max_active
-    FROM hydra_runs r
-    JOIN due_tasks d ON d.task_id = r.task_id
-    JOIN hydra_tasks t ON t.id = r.task_id
+    FROM due_tasks d
+    JOIN hydra_tasks t ON t.id = d.task_id
     JOIN hydra_task_versions v ON v.task_id = t.id AND v.version = t.version
+), in_flight AS (
+    SELECT r.id, r.task_id, r.state, r.not_before, r.selector, r.occurrence,
+           row_number() OVER (PARTITION BY r.task_id ORDER BY r.occurrence) AS position
+    FROM hydra_runs r
+    JOIN tasks k ON k.task_id = r.task_id
     WHERE r.state IN ('LEASED', 'RUNNING')
-       OR (r.state = 'QUEUED' AND (r.attempts_used > 0 OR r.precondition_checks > 0
-                                   OR r.not_before <= now() + %(ahead)s))
+       OR (r.state = 'QUEUED' AND (r.attempts_used > 0 OR r.precondition_checks > 0))
 ), allowed AS (
     -- More than asked for: runs another coordinator holds are skipped below.
     -- A retry or a re-check goes before new work: it already holds a slot of its task.
-    SELECT id, in_flight, not_before, occurrence FROM ranked
-    WHERE position <= max_active AND state = 'QUEUED' AND not_before <= now() + %(ahead)s
-      AND selector <@ %(labels)s::jsonb
+    SELECT id, in_flight, not_before, occurrence FROM (
+        SELECT f.id, true AS in_flight, f.not_before, f.occurrence
+        FROM in_flight f
+        JOIN tasks k ON k.task_id = f.task_id
+        WHERE f.position <= k.max_active AND f.state = 'QUEUED'
+          AND f.not_before <= now() + %(ahead)s AND f.selector <@ %(labels)s::jsonb
+        UNION ALL
+        SELECT n.id, false, n.not_before, n.occurrence
+        FROM tasks k
+        CROSS JOIN LATERAL (
+            SELECT r.id, r.not_before, r.occurrence, r.selector FROM hydra_runs r
+            WHERE r.task_id = k.task_id AND r.state = 'QUEUED'
+              AND r.attempts_used = 0 AND r.precondition_checks = 0
+              AND r.not_before <= now() + %(ahead)s
+            ORDER BY r.occurrence
+            LIMIT least(%(limit)s * 4, greatest(0, k.max_active - (
+                SELECT count(*) FROM in_flight f WHERE f.task_id = k.task_id)))
+        ) n
+        WHERE n.selector <@ %(labels)s::jsonb
+    ) c
     ORDER BY in_flight DESC, not_before, occurrence
     LIMIT %(limit)s * 4
 ), locked AS (

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from hydra.coordinator.lease_store import LeaseStore
-from hydra.coordinator.records import AttemptReport, NewRun
+from hydra.coordinator.records import AttemptReport, AttemptStart, NewRun
 from hydra.coordinator.tasks import apply_spec
 from hydra.coordinator.trigger_loop import plan_fire
 from hydra.domain import Concurrency, Cron, Retry, RunState, TaskSpec
@@ -100,6 +100,44 @@ async def test_claims_never_hand_one_run_to_two_agents(store: LeaseStore) -> Non
     assert len(set(tokens)) == 20
 
 
+async def test_a_task_with_a_large_backlog_does_not_starve_other_tasks(
+    store: LeaseStore,
+) -> None:
+    # 1,500 due runs of a task that may run one at a time, all due before the
+    # other task's run: the claim still finds the other task.
+    backlog_id = await _task(store, name="backlog")
+    _, backlog = await store.task_ref("backlog")
+    await store.create_runs(
+        [
+            NewRun(
+                task_id=backlog_id,
+                task_version=1,
+                spec=backlog.spec,
+                occurrence=NOW + timedelta(seconds=i),
+                cause="backfill",
+            )
+            for i in range(1500)
+        ]
+    )
+    [first] = await store.claim_runs("a1", {}, 5, TTL)
+    assert first.task_name == "backlog"
+    other_id = await _task(store, name="other")
+    _, other = await store.task_ref("other")
+    await store.create_runs(
+        [
+            NewRun(
+                task_id=other_id,
+                task_version=1,
+                spec=other.spec,
+                occurrence=NOW + timedelta(seconds=2000),
+                cause="manual",
+            )
+        ]
+    )
+    claimed = await store.claim_runs("a1", {}, 5, TTL)
+    assert [run.task_name for run in claimed] == ["other"]
+
+
 async def test_selector_must_be_satisfied_by_the_agent_labels(store: LeaseStore) -> None:
     await _queued_run(store, selector={"pool": "gpu"})
     assert await store.claim_runs("a1", {"pool": "cpu"}, 5, TTL) == []
@@ -120,6 +158,45 @@ async def test_a_report_with_a_stale_token_changes_nothing(store: LeaseStore) ->
     assert await store.get_run(run_id) == before
     assert not await store.start_attempt(run_id, first.lease_token, "a1", ["true"], NOW)
     assert second.lease_token > first.lease_token
+
+
+async def test_a_batch_starts_and_finishes_many_attempts_statement_by_kind(
+    store: LeaseStore,
+) -> None:
+    task_id = await _task(store, concurrency=Concurrency(max_active_runs=5))
+    _, task = await store.task_ref("t")
+    for minute in range(3):
+        await store.create_manual_run(
+            NewRun(
+                task_id=task_id,
+                task_version=task.version,
+                spec=task.spec,
+                occurrence=NOW - timedelta(minutes=minute + 1),
+                cause="manual",
+            )
+        )
+    leases = await store.claim_runs("a1", {}, 3, TTL)
+    one, two, three = ((lease.run_id, lease.lease_token) for lease in leases)
+    starts = [
+        AttemptStart(run_id=run_id, lease_token=token, argv=("true",), started_at=NOW)
+        for run_id, token in (one, two, three, (one[0], one[1] + 7))
+    ]
+    async with store.batch() as batch:
+        assert await batch.start_attempts("a1", starts) == {one, two, three}  # not the stale one
+        verdicts = await batch.finish_attempts(
+            [
+                _report(*one, "SUCCEEDED"),
+                _report(*two, "FAILED", exit_code=3),
+                _report(*three, "SUCCEEDED"),
+                _report(*one, "SUCCEEDED"),  # the same report again, in the same batch
+            ]
+        )
+    assert [v.accepted for v in verdicts] == [True, True, True, False]
+    assert verdicts[3].reason == "run is already SUCCEEDED"
+    runs = [await store.get_run(run_id) for run_id, _ in (one, two, three)]
+    assert [run.state for run in runs] == [RunState.SUCCEEDED, RunState.FAILED, RunState.SUCCEEDED]
+    assert [len(run.attempts) for run in runs] == [1, 1, 1]
+    assert runs[1].attempts[0].exit_code == 3
 
 
 async def test_a_run_succeeds_once(store: LeaseStore) -> None:
