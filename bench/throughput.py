@@ -122,6 +122,16 @@ def _timings(db: Sql, backfill_returned: datetime) -> dict[str, Any]:
         backfill_returned,
     )[0]
     row["elapsed_s"] = (row["last_finished"] - row["first_created"]).total_seconds()
+    # Where a slot's time goes, per run (ms): the process as the agent saw it,
+    # then until the coordinator's transaction recording its end began.
+    stages = db.rows(
+        "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM "
+        "a.finished_at - a.started_at)) * 1000 AS process_ms, "
+        "percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM "
+        "r.finished_at - a.finished_at)) * 1000 AS report_ms "
+        "FROM hydra_runs r JOIN hydra_attempts a ON a.run_id = r.id AND a.state = 'SUCCEEDED'"
+    )[0]
+    row.update(stages)
     after = (row["last_finished"] - backfill_returned).total_seconds()
     row["rate_after_backfill"] = row["finished_after_backfill"] / after if after > 0 else None
     return row
@@ -148,6 +158,23 @@ def _result(ctx: Context, params: Params, stats: dict[str, Any], cpu: list[float
             name="agents CPU while running", value=100 * sum(cpu[1:]) / stats["elapsed_s"], unit="%"
         ),
         Metric(name="CPU s per 1000 runs (coord+agents)", value=per_thousand, unit="s"),
+        Metric(
+            name="  a slot's cycle (slots / runs/s)",
+            value=1000 * slots / rate,
+            unit="ms",
+            note="offer to the next offer on the same slot",
+        ),
+        Metric(
+            name="  process start -> end seen by the agent p50",
+            value=stats["process_ms"],
+            unit="ms",
+        ),
+        Metric(
+            name="  end seen by the agent -> recorded p50",
+            value=stats["report_ms"],
+            unit="ms",
+            note="until the recording transaction began",
+        ),
         Metric(
             name="Backfill RPC round trip",
             value=stats["backfill_rpc_s"],
