@@ -42,6 +42,20 @@ async def _queued_run(store: LeaseStore, **fields: object) -> str:
     return run.id
 
 
+async def _runs(
+    store: LeaseStore, name: str, occurrences: list[datetime], **fields: object
+) -> None:
+    """A task `name` (with `fields`) and a run of it for each occurrence."""
+    task_id = await _task(store, name=name, **fields)
+    _, task = await store.task_ref(name)
+    await store.create_runs(
+        [
+            NewRun(task_id=task_id, task_version=1, spec=task.spec, occurrence=o, cause="backfill")
+            for o in occurrences
+        ]
+    )
+
+
 def _report(run_id: str, token: int, outcome: str, **fields: object) -> AttemptReport:
     return AttemptReport(
         run_id=run_id,
@@ -105,35 +119,10 @@ async def test_a_task_with_a_large_backlog_does_not_starve_other_tasks(
 ) -> None:
     # 1,500 due runs of a task that may run one at a time, all due before the
     # other task's run: the claim still finds the other task.
-    backlog_id = await _task(store, name="backlog")
-    _, backlog = await store.task_ref("backlog")
-    await store.create_runs(
-        [
-            NewRun(
-                task_id=backlog_id,
-                task_version=1,
-                spec=backlog.spec,
-                occurrence=NOW + timedelta(seconds=i),
-                cause="backfill",
-            )
-            for i in range(1500)
-        ]
-    )
+    await _runs(store, "backlog", [NOW + timedelta(seconds=i) for i in range(1500)])
     [first] = await store.claim_runs("a1", {}, 5, TTL)
     assert first.task_name == "backlog"
-    other_id = await _task(store, name="other")
-    _, other = await store.task_ref("other")
-    await store.create_runs(
-        [
-            NewRun(
-                task_id=other_id,
-                task_version=1,
-                spec=other.spec,
-                occurrence=NOW + timedelta(seconds=2000),
-                cause="manual",
-            )
-        ]
-    )
+    await _runs(store, "other", [NOW + timedelta(seconds=2000)])
     claimed = await store.claim_runs("a1", {}, 5, TTL)
     assert [run.task_name for run in claimed] == ["other"]
 
@@ -163,18 +152,12 @@ async def test_a_report_with_a_stale_token_changes_nothing(store: LeaseStore) ->
 async def test_a_batch_starts_and_finishes_many_attempts_statement_by_kind(
     store: LeaseStore,
 ) -> None:
-    task_id = await _task(store, concurrency=Concurrency(max_active_runs=5))
-    _, task = await store.task_ref("t")
-    for minute in range(3):
-        await store.create_manual_run(
-            NewRun(
-                task_id=task_id,
-                task_version=task.version,
-                spec=task.spec,
-                occurrence=NOW - timedelta(minutes=minute + 1),
-                cause="manual",
-            )
-        )
+    await _runs(
+        store,
+        "t",
+        [NOW - timedelta(minutes=m) for m in (1, 2, 3)],
+        concurrency=Concurrency(max_active_runs=5),
+    )
     leases = await store.claim_runs("a1", {}, 3, TTL)
     one, two, three = ((lease.run_id, lease.lease_token) for lease in leases)
     starts = [
