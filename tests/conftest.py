@@ -8,8 +8,6 @@ this conftest).
 from __future__ import annotations
 
 import os
-import signal
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -19,7 +17,7 @@ from hydra.coordinator.lease_store import LeaseStore
 from hydra.coordinator.store import open_pool
 
 from support.db import TEST_DB_ENV, Databases, embedded_home, session_server, to_uri
-from support.proc import processes_with_run_id
+from support.proc import unique_run_id
 
 
 def pytest_report_header() -> str:
@@ -85,14 +83,9 @@ def hydra_home() -> Iterator[Path]:
 
 
 @pytest.fixture
-async def run_id() -> AsyncIterator[str]:
+def run_id() -> Iterator[str]:
     """A run id prefix unique to the test; no process carrying it may outlive the test."""
-    prefix = f"test-{uuid.uuid4().hex}"
-    yield prefix
-    strays = processes_with_run_id(prefix)
-    for pid in strays:
-        os.kill(pid, signal.SIGKILL)
-    assert not strays, f"processes left running: {strays}"
+    yield from unique_run_id()
 
 
 @pytest.fixture

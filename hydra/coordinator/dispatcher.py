@@ -58,7 +58,7 @@ class Dispatcher:
         Not urgent: the round would only compete with the offers and answers
         that just left; work queued for later is due no sooner than this.
         """
-        if self._refresh is None or self._refresh.cancelled():
+        if self._refresh is None:
             loop = asyncio.get_running_loop()
             self._refresh = loop.call_later(TIMER_REFRESH_DELAY_SECONDS, self._refreshed)
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 
 
 def alive(pid: int) -> bool:
@@ -32,6 +34,17 @@ def processes_with_run_id(prefix: str) -> list[int]:
         if any(item.startswith(marker) for item in environ) and alive(pid):
             found.append(pid)
     return found
+
+
+def unique_run_id() -> Iterator[str]:
+    """For a fixture: yields a run id prefix unique to the test, then kills every
+    process still carrying it and fails the test if there was any."""
+    prefix = f"test-{uuid.uuid4().hex}"
+    yield prefix
+    strays = processes_with_run_id(prefix)
+    for pid in strays:
+        os.kill(pid, signal.SIGKILL)
+    assert not strays, f"processes left running: {strays}"
 
 
 async def eventually(condition: Callable[[], object], within: float = 5.0) -> None:

@@ -17,7 +17,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -41,7 +40,7 @@ from hydra.agent.output import (
     read_outputs,
 )
 
-from support.proc import alive, eventually, processes_with_run_id
+from support.proc import alive, eventually, processes_with_run_id, unique_run_id
 
 PIDFDS = "pidfds"
 TRANSPORT = "asyncio transport"
@@ -62,12 +61,7 @@ def run_id(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> I
     if request.param == PIDFDS and not process.USE_PIDFDS:
         pytest.skip("pidfds do not work here")
     monkeypatch.setattr(process, "USE_PIDFDS", request.param == PIDFDS)
-    prefix = f"test-{uuid.uuid4().hex}"
-    yield prefix
-    strays = processes_with_run_id(prefix)
-    for pid in strays:
-        os.kill(pid, signal.SIGKILL)
-    assert not strays, f"processes left running: {strays}"
+    yield from unique_run_id()
 
 
 @pytest.fixture
