@@ -1,7 +1,7 @@
 """Many registered cron tasks: registering them fast, and timing the trigger loop.
 
 **Registering.** Two template tasks go through the coordinator's own apply
-path (``hydra.coordinator.tasks.apply_spec``: validation, first fire time, one
+path (``hydra.coordinator.specs.apply_spec``: validation, first fire time, one
 store transaction): one due every second (``* * * * * *``) and one due next
 1 January (``0 0 1 1 *``). Then SQL clones them (task, version with the name
 replaced in the spec, trigger with its ``next_fire_at``) with
@@ -10,11 +10,10 @@ second and the rest far in the future. 100,000 tasks take seconds, where
 100,000 Apply RPCs would take many minutes, and the rows are exactly what
 Apply writes.
 
-**Timing.** The real :class:`~hydra.coordinator.trigger_loop.TriggerLoop`
-runs in this process on a store whose ``fire_due_triggers`` and
-``next_trigger_fire`` are timed; a tick is one ``step`` (fire everything due,
-find the next fire time, then sleep until it), and its time is the sum of
-those two calls. No coordinator runs meanwhile, so nothing else competes for
+**Timing.** The real :class:`~hydra.coordinator.loops.triggers.TriggerLoop`
+runs in this process, its ``tick`` timed (one transaction: lock the due
+triggers, create their runs, advance them); a measured tick is the time of the
+ticks of the ``step`` that fired the per-second triggers. No coordinator runs meanwhile, so nothing else competes for
 the due triggers. The sizes take turns, one tick each per round in a random
 order, so that the
 machine's other work weighs on every size alike.
@@ -25,21 +24,21 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
 from typing import cast
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
-from hydra.coordinator.lease_store import LeaseStore
-from hydra.coordinator.loop import utcnow
+from hydra.coordinator.agents.sessions import SessionRegistry
+from hydra.coordinator.loops.dispatcher import Dispatcher
+from hydra.coordinator.loops.timing import utcnow
+from hydra.coordinator.loops.triggers import TriggerLoop
 from hydra.coordinator.migrate import migrate
-from hydra.coordinator.records import DueTrigger, FirePlan
-from hydra.coordinator.store import open_pool
-from hydra.coordinator.tasks import apply_spec
-from hydra.coordinator.trigger_loop import TriggerLoop
+from hydra.coordinator.specs import apply_spec
+from hydra.coordinator.store import Database, open_pool
+from hydra.coordinator.store.records import LeaseTimes
 from hydra.domain import Cron, TaskSpec
 
 DUE_PREFIX = "scale-due-"
@@ -79,7 +78,7 @@ async def populate(conninfo: str, total: int, due: int) -> float:
     pool = open_pool(conninfo, 2)
     await pool.open(wait=True)
     try:
-        store = LeaseStore(pool)
+        store = Database(pool)
         now = utcnow()
         await apply_spec(store, template(f"{DUE_PREFIX}0", "* * * * * *"), dry_run=False, now=now)
         await apply_spec(store, template(f"{FAR_PREFIX}0", "0 0 1 1 *"), dry_run=False, now=now)
@@ -109,34 +108,26 @@ async def _task_id(conn: psycopg.AsyncConnection[object], name: str) -> int:
     return int(cast(tuple[int], row)[0])
 
 
-@dataclass
-class TimedStore:
-    """Passes the trigger loop's two calls to the store, timing them."""
+class TimedTriggerLoop(TriggerLoop):
+    """The real trigger loop, its ticks (one transaction each) timed."""
 
-    store: LeaseStore
-    elapsed: float = 0.0
-    fired: int = 0
+    def __init__(self, database: Database) -> None:
+        sessions = SessionRegistry()  # no agent: nothing is leased
+        super().__init__(database, Dispatcher(database, sessions, LeaseTimes()))
+        self.elapsed = 0.0
+        self.fired = 0
 
     def reset(self) -> None:
         """Start a new tick."""
         self.elapsed, self.fired = 0.0, 0
 
-    async def fire_due_triggers(
-        self, now: datetime, limit: int, plan: Callable[[DueTrigger], FirePlan]
-    ) -> int:
-        """Timed :meth:`LeaseStore.fire_due_triggers`."""
+    async def tick(self) -> int:
+        """Timed :meth:`TriggerLoop.tick`."""
         start = time.perf_counter()
-        fired = await self.store.fire_due_triggers(now, limit, plan)
+        fired = await super().tick()
         self.elapsed += time.perf_counter() - start
         self.fired += fired
         return fired
-
-    async def next_trigger_fire(self) -> datetime | None:
-        """Timed :meth:`LeaseStore.next_trigger_fire`."""
-        start = time.perf_counter()
-        found = await self.store.next_trigger_fire()
-        self.elapsed += time.perf_counter() - start
-        return found
 
 
 @dataclass
@@ -144,16 +135,14 @@ class TickClock:
     """The trigger loop of one database, run a tick at a time and timed."""
 
     pool: AsyncConnectionPool
-    timed: TimedStore
-    loop: TriggerLoop
+    loop: TimedTriggerLoop
 
     @classmethod
     async def open(cls, conninfo: str) -> TickClock:
         """A pool and a timed trigger loop on `conninfo`."""
         pool = open_pool(conninfo, 2)
         await pool.open(wait=True)
-        timed = TimedStore(LeaseStore(pool))
-        return cls(pool=pool, timed=timed, loop=TriggerLoop(cast(LeaseStore, timed)))
+        return cls(pool=pool, loop=TimedTriggerLoop(Database(pool)))
 
     async def tick(self) -> tuple[float, int]:
         """(milliseconds, triggers fired) of the next tick that fires the per-second
@@ -162,10 +151,10 @@ class TickClock:
         async with self.pool.connection() as conn:
             await conn.execute(ALIGN_DUE, {"pattern": f"{DUE_PREFIX}%"})
         for _ in range(3):  # the first step usually only sleeps until the second
-            self.timed.reset()
+            self.loop.reset()
             await asyncio.wait_for(self.loop.step(), timeout=10)
-            if self.timed.fired:
-                return self.timed.elapsed * 1000, self.timed.fired
+            if self.loop.fired:
+                return self.loop.elapsed * 1000, self.loop.fired
         raise RuntimeError("no trigger fired in three trigger-loop steps")
 
     async def close(self) -> None:

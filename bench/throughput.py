@@ -27,7 +27,7 @@ from hydra.client import Client, Concurrency, Cron, Task
 
 NAME = "throughput"
 TASK = "bench.throughput"
-#: Most occurrences one Backfill RPC takes (hydra.coordinator.runs.MAX_BACKFILL).
+#: Most occurrences one Backfill RPC takes (hydra.coordinator.manual_runs.MAX_BACKFILL).
 BACKFILL_CHUNK = 10_000
 
 

@@ -150,8 +150,8 @@ def _duration(text: str, flag: str) -> timedelta:
 
 def coordinator_config(args: argparse.Namespace, conninfo: str) -> Any:
     """CoordinatorConfig from flags."""
-    from hydra.coordinator.records import LeaseTimes
     from hydra.coordinator.server import CoordinatorConfig
+    from hydra.coordinator.store.records import LeaseTimes
 
     times = LeaseTimes(
         ttl=_duration(args.lease_ttl, "--lease-ttl"),

@@ -35,7 +35,7 @@ def _normalize(obj: object, *, tuples: tuple[str, ...] = (), dicts: tuple[str, .
 
 
 class RunState(enum.StrEnum):
-    """State of a run; see DESIGN §3 for the transitions."""
+    """State of a run; docs/architecture.md draws the transitions."""
 
     #: Waiting for an agent. Into: creation, LEASED (not ready, lease lost
     #: before start), RUNNING (retry allowed), FAILED/CANCELLED (retry request).
@@ -107,6 +107,64 @@ class OnTimeout(enum.StrEnum):
     SKIP = "skip"
 
 
+class AttemptOutcome(enum.StrEnum):
+    """How an agent says an attempt ended (its report); the coordinator records it
+    as the attempt's `AttemptState`."""
+
+    #: Exit code 0.
+    SUCCEEDED = "SUCCEEDED"
+    #: Non-zero exit, a signal, or the process could not be spawned.
+    FAILED = "FAILED"
+    #: Killed after the task's timeout.
+    TIMED_OUT = "TIMED_OUT"
+    #: Killed because the run was cancelled.
+    CANCELLED = "CANCELLED"
+    #: Killed by its agent, which could not renew the lease: recorded as LOST.
+    FENCED = "FENCED"
+
+    @property
+    def attempt_state(self) -> AttemptState:
+        """The state the attempt is recorded in."""
+        return AttemptState.LOST if self is AttemptOutcome.FENCED else AttemptState(self.value)
+
+
+class RunCause(enum.StrEnum):
+    """Why a run was created (stored in ``hydra_runs.cause``)."""
+
+    CRON = "cron"
+    INTERVAL = "interval"
+    AT = "at"
+    #: Its upstreams succeeded for the occurrence.
+    AFTER = "after"
+    #: `Trigger` (hydractl run).
+    MANUAL = "manual"
+    BACKFILL = "backfill"
+
+    @property
+    def scheduled(self) -> bool:
+        """Whether the overlap policy applies (manual runs and backfills always queue)."""
+        return self not in (RunCause.MANUAL, RunCause.BACKFILL)
+
+
+class TriggerKind(enum.StrEnum):
+    """The kind of a trigger (stored in ``hydra_triggers.kind``)."""
+
+    CRON = "cron"
+    INTERVAL = "interval"
+    AT = "at"
+    AFTER = "after"
+
+    @classmethod
+    def of(cls, trigger: Trigger) -> TriggerKind:
+        """The kind of a trigger of a spec."""
+        return _TRIGGER_KINDS[type(trigger)]
+
+    @property
+    def cause(self) -> RunCause:
+        """The cause of the runs a trigger of this kind creates."""
+        return RunCause(self.value)
+
+
 # --- triggers -----------------------------------------------------------------
 
 
@@ -144,6 +202,15 @@ class After:
 
 
 Trigger = Cron | Interval | At | After
+#: A trigger that fires at instants of its own (every kind but `after`).
+TimeTrigger = Cron | Interval | At
+
+_TRIGGER_KINDS: Mapping[type, TriggerKind] = {
+    Cron: TriggerKind.CRON,
+    Interval: TriggerKind.INTERVAL,
+    At: TriggerKind.AT,
+    After: TriggerKind.AFTER,
+}
 
 
 # --- preconditions ------------------------------------------------------------

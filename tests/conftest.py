@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from hydra.coordinator.lease_store import LeaseStore
-from hydra.coordinator.store import open_pool
+from hydra.coordinator.store import Database, open_pool
 
 from support.db import TEST_DB_ENV, Databases, embedded_home, session_server, to_uri
 from support.proc import unique_run_id
@@ -89,9 +88,9 @@ def run_id() -> Iterator[str]:
 
 
 @pytest.fixture
-async def store(db_conninfo: str) -> AsyncIterator[LeaseStore]:
+async def store(db_conninfo: str) -> AsyncIterator[Database]:
     """The coordinator's store on the test's database."""
     pool = open_pool(db_conninfo, 6)
     await pool.open(wait=True)
-    yield LeaseStore(pool)
+    yield Database(pool)
     await pool.close()

@@ -29,17 +29,14 @@ import functools
 import math
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import CroniterBadDateError, croniter
 
-from hydra.domain import At, Cron, Interval
+from hydra.domain import At, Cron, Interval, TaskSpec, TimeTrigger
 from hydra.errors import InvalidArgument
-
-#: The trigger kinds that fire by time.
-TimeTrigger = Cron | Interval | At
 
 #: Shortest interval period accepted (proto ``IntervalTrigger.every``).
 MIN_INTERVAL = timedelta(seconds=1)
@@ -138,7 +135,7 @@ def occurrences(trigger: TimeTrigger, start: datetime, end: datetime) -> Iterato
 
 def _validate_cron(cron: Cron, path: str) -> None:
     try:
-        _zone(cron.timezone)
+        zone_info(cron.timezone)
     except ValueError as error:
         raise InvalidArgument(str(error), path=f"{path}.timezone") from None
     try:
@@ -220,7 +217,7 @@ def _reason(error: Exception) -> str:
 
 
 @functools.lru_cache(maxsize=512)
-def _zone(name: str) -> ZoneInfo:
+def zone_info(name: str) -> ZoneInfo:
     """The IANA zone ``name`` (empty means UTC); ValueError if it is unknown."""
     try:
         return ZoneInfo(name or "UTC")
@@ -240,7 +237,7 @@ def _next_cron_cached(expression: str, timezone: str, after: datetime) -> dateti
 
 def _next_cron(expression: str, timezone: str, after: datetime) -> datetime | None:
     """First fire instant of a cron expression strictly after ``after`` (UTC)."""
-    plan, zone = _plan(expression), _zone(timezone)
+    plan, zone = _plan(expression), zone_info(timezone)
     local = after.astimezone(zone)
     wall = local.replace(tzinfo=None)
     fold = _fold_around(wall, zone)
@@ -398,3 +395,20 @@ def _utc(moment: datetime, name: str) -> datetime:
     if _is_naive(moment):
         raise ValueError(f"{name} must be an aware datetime, not {moment!r}")
     return moment.astimezone(UTC)
+
+
+def time_trigger(spec: TaskSpec, position: int, anchor: datetime) -> TimeTrigger:
+    """The time trigger at `position`, with an interval anchored when it has none."""
+    trigger = spec.triggers[position]
+    assert isinstance(trigger, Cron | Interval | At), "only time triggers are stored as due"
+    if isinstance(trigger, Interval) and trigger.anchor is None:
+        return replace(trigger, anchor=anchor)
+    return trigger
+
+
+def first_fire(trigger: TimeTrigger, now: datetime) -> datetime | None:
+    """When a newly applied trigger fires first: its next occurrence after now
+    (an interval without an anchor: one period from now)."""
+    if isinstance(trigger, Interval) and trigger.anchor is None:
+        return now.replace(microsecond=0) + trigger.every
+    return next_fire(trigger, now)

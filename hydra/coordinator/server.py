@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import logging
 import os
 import signal
@@ -14,7 +13,6 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
 
 import grpc
 import psycopg
@@ -23,21 +21,23 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 import hydra
-from hydra.coordinator.agent_api import AgentApi
-from hydra.coordinator.agent_stream import AgentStreams
-from hydra.coordinator.cluster_api import ClusterApi
-from hydra.coordinator.dispatcher import Dispatcher
-from hydra.coordinator.lease_store import LeaseStore
-from hydra.coordinator.loop import forever
+from hydra.coordinator.agents.commands import AgentCommand, Verb
+from hydra.coordinator.agents.sessions import SessionRegistry
+from hydra.coordinator.agents.stream import AgentStreams
+from hydra.coordinator.api.agents import AgentApi
+from hydra.coordinator.api.auth import TokenInterceptor
+from hydra.coordinator.api.cluster import ClusterApi
+from hydra.coordinator.api.runs import RunApi
+from hydra.coordinator.api.tasks import TaskApi
+from hydra.coordinator.loops.dispatcher import Dispatcher
+from hydra.coordinator.loops.presence import ALIVE_WINDOW, Presence
+from hydra.coordinator.loops.reaper import Reaper
+from hydra.coordinator.loops.timing import forever
+from hydra.coordinator.loops.triggers import TriggerLoop
 from hydra.coordinator.migrate import migrate
 from hydra.coordinator.notifications import Listener
-from hydra.coordinator.reaper import Reaper
-from hydra.coordinator.records import LeaseTimes
-from hydra.coordinator.run_api import RunApi
-from hydra.coordinator.sessions import SessionRegistry
-from hydra.coordinator.store import open_pool
-from hydra.coordinator.task_api import TaskApi
-from hydra.coordinator.trigger_loop import TriggerLoop
+from hydra.coordinator.store import Database, open_pool
+from hydra.coordinator.store.records import LeaseTimes
 from hydra.errors import HydraError
 from hydra.v1 import agent_service_pb2 as agent_pb
 from hydra.v1 import (
@@ -54,12 +54,8 @@ log = logging.getLogger("hydra.coordinator")
 
 #: Requests may carry large specs; validation, not the transport, refuses oversized ones.
 MAX_MESSAGE_BYTES = 32 * 1024 * 1024
-#: How often a coordinator records that it is alive.
-PRESENCE_SECONDS = 2.0
 #: How long a starting coordinator waits for its database before giving up.
 DATABASE_WAIT = timedelta(minutes=2)
-#: A coordinator silent for this long is listed as gone and its agents as disconnected.
-ALIVE_WINDOW = timedelta(seconds=10)
 
 
 def _default_id() -> str:
@@ -79,19 +75,41 @@ class CoordinatorConfig:
     token: str | None = None
 
 
-class Coordinator:
-    """One coordinator: start it, serve, stop it."""
+class CoordinatorServer:
+    """One coordinator process: its database, loops and gRPC server. Start it,
+    serve, stop it.
+
+    Everything is wired here, at construction: the sessions of the agents
+    connected to this coordinator, the dispatcher that leases them work, and
+    the loops and services that make work available and call the dispatcher
+    in their transactions (see docs/architecture.md).
+    """
 
     def __init__(self, config: CoordinatorConfig) -> None:
         self.config = config
         self.port = 0
-        self._pool = open_pool(config.conninfo, config.pool_size)
-        self.store = LeaseStore(self._pool)
-        self._listener = Listener(config.conninfo)
         self._sessions = SessionRegistry()
-        self._server: grpc.aio.Server | None = None
-        self._streams: AgentStreams | None = None
+        self._pool = open_pool(config.conninfo, config.pool_size)
+        self.database = Database(
+            self._pool,
+            coordinator_id=config.coordinator_id,
+            work_available=self._sessions.slots_changed,
+        )
+        self._listener = Listener(config.conninfo)
+        self._dispatcher = Dispatcher(self.database, self._sessions, config.times)
+        self._triggers = TriggerLoop(self.database, self._dispatcher)
+        self._reaper = Reaper(self.database, self._dispatcher, config.times.ttl)
+        self._presence: Presence | None = None
+        self._streams = AgentStreams(
+            database=self.database,
+            dispatcher=self._dispatcher,
+            sessions=self._sessions,
+            times=config.times,
+            coordinator_id=config.coordinator_id,
+            output_limit=config.output_limit,
+        )
         self._health = health.aio.HealthServicer()
+        self._server: grpc.aio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
     @property
@@ -110,11 +128,12 @@ class Coordinator:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._listener.connected.wait(), timeout=10)
         # Present before any agent connects, so no peer takes its agents for orphans.
-        await self.store.register_coordinator(
-            self.config.coordinator_id, self.address, hydra.__version__
+        self._presence = Presence(
+            self.database, self.config.coordinator_id, self.address, hydra.__version__
         )
+        await self._presence.announce()
         await self._server.start()
-        self._start_loops()
+        self._start_loops(self._presence)
         await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
         log.info("coordinator %s serving on %s", self.config.coordinator_id, self.address)
 
@@ -152,22 +171,16 @@ class Coordinator:
         options = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES), ("grpc.so_reuseport", 0)]
         interceptors = [TokenInterceptor(self.config.token)] if self.config.token else []
         server = grpc.aio.server(options=options, interceptors=interceptors)
-        self._streams = streams = AgentStreams(
-            store=self.store,
-            sessions=self._sessions,
-            times=self.config.times,
-            coordinator_id=self.config.coordinator_id,
-            output_limit=self.config.output_limit,
-        )
-        task_service_pb2_grpc.add_TaskServiceServicer_to_server(TaskApi(self.store), server)
+        db, dispatcher = self.database, self._dispatcher
+        task_service_pb2_grpc.add_TaskServiceServicer_to_server(TaskApi(db), server)
         run_service_pb2_grpc.add_RunServiceServicer_to_server(
-            RunApi(self.store, self._listener), server
+            RunApi(db, dispatcher, self._listener), server
         )
         agent_service_pb2_grpc.add_AgentServiceServicer_to_server(
-            AgentApi(self.store, streams), server
+            AgentApi(db, self._streams), server
         )
         cluster_service_pb2_grpc.add_ClusterServiceServicer_to_server(
-            ClusterApi(self.store, self.config.coordinator_id, ALIVE_WINDOW), server
+            ClusterApi(db, self.config.coordinator_id, ALIVE_WINDOW), server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
@@ -183,84 +196,53 @@ class Coordinator:
         )
         return server
 
-    def _start_loops(self) -> None:
-        dispatcher = Dispatcher(self.store, self._sessions, self.config.times)
-        triggers = TriggerLoop(self.store)
-        reaper = Reaper(self.store, self.config.times.ttl)
+    def _start_loops(self, presence: Presence) -> None:
         coordinator_id = self.config.coordinator_id
-        self.store.coordinator_id = coordinator_id
 
         def others_made_work(sender: str) -> None:
             # Our own transactions dispatched inline or woke the dispatcher already.
             if sender != coordinator_id:
-                dispatcher.wake()
+                self._dispatcher.wake()
 
         self._listener.subscribe("hydra_dispatch", others_made_work)
-        self.store.on_dispatch = dispatcher.wake
-        self.store.dispatch_inline = dispatcher.dispatch_inline
-        self._listener.subscribe("hydra_triggers", lambda _: triggers.wake.set())
+        self._listener.subscribe("hydra_triggers", lambda _: self._triggers.wake.set())
         self._listener.subscribe("hydra_agent_command", self._agent_command)
-        self._spawn("dispatcher", dispatcher.step)
-        self._spawn("trigger loop", triggers.step)
-        self._spawn("reaper", reaper.step)
-        self._spawn("presence", self._presence)
+        self._spawn("dispatcher", self._dispatcher.step)
+        self._spawn("trigger loop", self._triggers.step)
+        self._spawn("reaper", self._reaper.step)
+        self._spawn("presence", presence.step)
 
     def _spawn(self, name: str, step: Callable[[], Awaitable[None]]) -> None:
         self._tasks.append(asyncio.create_task(forever(name, step), name=f"hydra-{name}"))
 
-    async def _presence(self) -> None:
-        await self.store.register_coordinator(
-            self.config.coordinator_id, self.address, hydra.__version__
-        )
-        await self.store.forget_dead_coordinators(ALIVE_WINDOW)
-        await asyncio.sleep(PRESENCE_SECONDS)
-
     def _agent_command(self, payload: str) -> None:
-        verb, _, rest = payload.partition(":")
-        agent_id, _, lease = rest.partition(":")
-        session = self._sessions.get(agent_id)
-        if session is None:
+        """Carry out a command of another coordinator (or ours) for an agent we hold."""
+        command = AgentCommand.decode(payload)
+        session = None if command is None else self._sessions.get(command.agent_id)
+        if command is None or session is None:
             return
-        if verb == "drain":
-            session.draining = True
-            session.send(
-                agent_pb.CoordinatorMessage(drain=agent_pb.Drain(reason="drain requested"))
-            )
-        elif verb == "cancel":
-            run_id, _, token = lease.partition(":")
-            session.held.discard((run_id, int(token)))
-            session.send(
-                agent_pb.CoordinatorMessage(
-                    cancel=agent_pb.CancelAttempt(
-                        lease=agent_pb.LeaseRef(run_id=run_id, lease_token=int(token)),
-                        reason="cancelled by request",
-                    )
-                )
-            )
+        if command.verb is Verb.DRAIN:
+            session.drain("drain requested")
+        elif command.lease is not None:
+            session.cancel(command.lease, "cancelled by request")
             self._sessions.slots_changed.set()
 
     async def stop(self, grace: float = 5.0) -> None:
         """Stop serving: agents are told to move elsewhere, in-flight RPCs finish."""
         await self._health.enter_graceful_shutdown()
         for session in self._sessions:
-            session.send(
-                agent_pb.CoordinatorMessage(
-                    drain=agent_pb.Drain(
-                        reason="coordinator shutting down", reconnect_elsewhere=True
-                    )
-                )
-            )
+            session.drain("coordinator shutting down", reconnect_elsewhere=True)
             session.close()
         if self._server is not None:
             await self._server.stop(grace)
-        if self._streams is not None:
-            await self._streams.close()
+        await self._streams.close()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._listener.stop()
-        with contextlib.suppress(Exception):
-            await self.store.unregister_coordinator(self.config.coordinator_id)
+        if self._presence is not None:
+            with contextlib.suppress(Exception):
+                await self._presence.withdraw()
         await self._pool.close()
 
 
@@ -275,56 +257,10 @@ class CannotListen(HydraError):
     status_code_name = "UNAVAILABLE"
 
 
-class TokenInterceptor(grpc.aio.ServerInterceptor):
-    """Refuses calls without `authorization: Bearer <HYDRA_TOKEN>` (health checks and
-    reflection excepted), with UNAUTHENTICATED, whatever the kind of the method."""
-
-    def __init__(self, token: str) -> None:
-        self._expected = f"Bearer {token}"
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> Any:
-        handler = await continuation(handler_call_details)
-        metadata = dict(handler_call_details.invocation_metadata or ())
-        if handler is None or handler_call_details.method.startswith("/grpc."):
-            return handler
-        if hmac.compare_digest(str(metadata.get("authorization", "")), self._expected):
-            return handler
-        return _denying(handler)
-
-
-def _denying(handler: Any) -> Any:
-    """A handler of the same kind as `handler` that refuses the call."""
-
-    async def deny_unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong HYDRA_TOKEN")
-
-    async def deny_streaming(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        await deny_unary(request, context)
-        yield  # pragma: no cover - abort raises
-
-    kinds = {
-        (False, False): grpc.unary_unary_rpc_method_handler,
-        (False, True): grpc.unary_stream_rpc_method_handler,
-        (True, False): grpc.stream_unary_rpc_method_handler,
-        (True, True): grpc.stream_stream_rpc_method_handler,
-    }
-    make = kinds[(handler.request_streaming, handler.response_streaming)]
-    deny = deny_streaming if handler.response_streaming else deny_unary
-    return make(
-        deny,
-        request_deserializer=handler.request_deserializer,
-        response_serializer=handler.response_serializer,
-    )
-
-
 async def run_coordinator(config: CoordinatorConfig) -> int:
     """Run until SIGTERM or SIGINT, then stop gracefully (also when the signal came
     while starting)."""
-    coordinator = Coordinator(config)
+    coordinator = CoordinatorServer(config)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

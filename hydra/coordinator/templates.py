@@ -29,17 +29,17 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from types import MappingProxyType
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import jinja2
 from jinja2 import meta, nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from hydra.domain import After, CommandCheck, FileCheck, HttpCheck, TaskSpec
+from hydra.coordinator.schedule import zone_info
+from hydra.domain import After, CommandCheck, FileCheck, HttpCheck, Precondition, TaskSpec
 from hydra.errors import FieldProblem, HydraError, InvalidArgument
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
@@ -81,7 +81,8 @@ class RenderContext:
     Attributes:
         task_name: The task's name.
         occurrence: The run's occurrence, aware (normally UTC).
-        timezone: IANA zone the template sees it in; see :func:`timezone_for`.
+        timezone: IANA zone the template sees it in: the first cron trigger's
+            (``TaskSpec.timezone``), else UTC.
         params: The run's params; :func:`render_command` lays them over the
             task's defaults, :func:`render_string` uses them as they are.
         run_id: The run's id.
@@ -100,7 +101,7 @@ class RenderContext:
     def __post_init__(self) -> None:
         if self.occurrence.tzinfo is None or self.occurrence.utcoffset() is None:
             raise ValueError(f"occurrence must be aware, not {self.occurrence!r}")
-        _zone(self.timezone)
+        zone_info(self.timezone)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -149,21 +150,7 @@ def _compile(source: str) -> jinja2.Template:
     return _ENV.from_string(source)
 
 
-@functools.lru_cache(maxsize=512)
-def _zone(name: str) -> ZoneInfo:
-    """The IANA zone ``name`` (empty means UTC); ValueError if it is unknown."""
-    try:
-        return ZoneInfo(name or "UTC")
-    except (ZoneInfoNotFoundError, ValueError, OSError):
-        raise ValueError(f"unknown time zone {name!r}") from None
-
-
 # --- rendering ------------------------------------------------------------------
-
-
-def timezone_for(spec: TaskSpec) -> str:
-    """The zone templates see occurrences in: the first cron trigger's, else UTC."""
-    return spec.timezone
 
 
 def render_command(spec: TaskSpec, ctx: RenderContext) -> Rendered:
@@ -198,7 +185,7 @@ def render_string(source: str, ctx: RenderContext, path: str) -> str:
 
 
 def _variables(ctx: RenderContext, params: Mapping[str, str]) -> dict[str, Any]:
-    local = ctx.occurrence.astimezone(_zone(ctx.timezone))
+    local = ctx.occurrence.astimezone(zone_info(ctx.timezone))
     upstream = {
         name: _Namespace(
             {"outputs": _Namespace(outputs, f"upstream[{name!r}].outputs")}, f"upstream[{name!r}]"
@@ -353,3 +340,27 @@ def _known_names() -> frozenset[str]:
 def _syntax_message(error: jinja2.TemplateSyntaxError) -> str:
     reason = (error.message or "invalid syntax").rstrip(".")
     return f"template syntax error on line {error.lineno}: {reason}"
+
+
+def render_preconditions(spec: TaskSpec, context: RenderContext) -> list[Precondition]:
+    """The spec's preconditions with their templated fields rendered for one run."""
+    return [
+        _render_check(check, context, f"preconditions[{i}]")
+        for i, check in enumerate(spec.preconditions)
+    ]
+
+
+def _render_check(check: Precondition, context: RenderContext, path: str) -> Precondition:
+    match check:
+        case CommandCheck():
+            argv = tuple(
+                render_string(arg, context, f"{path}.command[{i}]")
+                for i, arg in enumerate(check.argv)
+            )
+            return replace(check, argv=argv)
+        case FileCheck():
+            return replace(check, path=render_string(check.path, context, f"{path}.file"))
+        case HttpCheck():
+            return replace(check, url=render_string(check.url, context, f"{path}.http"))
+        case _:
+            return check

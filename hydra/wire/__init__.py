@@ -28,6 +28,8 @@ from hydra.wire._specs import precondition_to_proto, task_spec_from_proto, task_
 from hydra.wire._states import (
     attempt_state_from_proto,
     attempt_state_to_proto,
+    outcome_from_proto,
+    outcome_to_proto,
     run_state_from_proto,
     run_state_to_proto,
 )
@@ -53,6 +55,8 @@ __all__ = [
     "from_timestamp",
     "optional_duration",
     "optional_timestamp",
+    "outcome_from_proto",
+    "outcome_to_proto",
     "precondition_to_proto",
     "run_from_proto",
     "run_state_from_proto",

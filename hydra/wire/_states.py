@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TypeVar
 
-from hydra.domain import AttemptState, Catchup, OnTimeout, Overlap, RunState
+from hydra.domain import AttemptOutcome, AttemptState, Catchup, OnTimeout, Overlap, RunState
 from hydra.errors import InvalidArgument
+from hydra.v1 import agent_service_pb2 as agent_pb
 from hydra.v1 import types_pb2 as pb
 
 _D = TypeVar("_D")
@@ -19,6 +20,10 @@ _ATTEMPT_STATES = {
 }
 _OVERLAPS = {overlap: pb.Overlap.Value(f"OVERLAP_{overlap.name}") for overlap in Overlap}
 _CATCHUPS = {catchup: pb.Catchup.Value(f"CATCHUP_{catchup.name}") for catchup in Catchup}
+_OUTCOMES = {
+    outcome: agent_pb.AttemptOutcome.Value(f"ATTEMPT_OUTCOME_{outcome.name}")
+    for outcome in AttemptOutcome
+}
 _ON_TIMEOUTS = {choice: pb.OnTimeout.Value(f"ON_TIMEOUT_{choice.name}") for choice in OnTimeout}
 
 
@@ -31,6 +36,19 @@ _ATTEMPT_STATES_BACK = _inverse(_ATTEMPT_STATES)
 _OVERLAPS_BACK = _inverse(_OVERLAPS)
 _CATCHUPS_BACK = _inverse(_CATCHUPS)
 _ON_TIMEOUTS_BACK = _inverse(_ON_TIMEOUTS)
+_OUTCOMES_BACK = _inverse(_OUTCOMES)
+
+
+def outcome_to_proto(outcome: AttemptOutcome) -> agent_pb.AttemptOutcome.ValueType:
+    """The proto enum value of an attempt's outcome."""
+    return _OUTCOMES[AttemptOutcome(outcome)]
+
+
+def outcome_from_proto(value: int) -> AttemptOutcome:
+    """The outcome an agent reported; one this coordinator does not know (a newer
+    agent's, or unspecified) counts as FAILED, so the attempt is never taken for
+    a success."""
+    return _OUTCOMES_BACK.get(value, AttemptOutcome.FAILED)
 
 
 def run_state_to_proto(state: RunState) -> pb.RunState.ValueType:

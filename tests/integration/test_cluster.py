@@ -14,7 +14,7 @@ import pytest
 from hydra.client import Client, RunState, Task, Unavailable
 from hydra.coordinator.embedded import EmbeddedPostgres
 from hydra.coordinator.migrate import migrate
-from hydra.coordinator.records import LeaseTimes
+from hydra.coordinator.store.records import LeaseTimes
 
 from support.cluster import AgentProcess, CoordinatorThread, Database, cluster
 from support.wait import wait_for

@@ -18,8 +18,8 @@ import psycopg
 import pytest
 
 from hydra.client import Client, Concurrency, Cron, Retry, Task
-from hydra.coordinator.dispatcher import ASK_FIRST_FROM
-from hydra.coordinator.lease_store import LEASE_AHEAD
+from hydra.coordinator.loops.dispatcher import ASK_FIRST_FROM
+from hydra.coordinator.store.records import LEASE_AHEAD
 from hydra.v1 import agent_service_pb2 as pb
 
 from support.agent_double import ScriptedAgent

@@ -24,7 +24,7 @@ from hydra.client import (
     Task,
 )
 from hydra.client import OnTimeout as OnTimeoutPolicy
-from hydra.coordinator.lease_store import LEASE_AHEAD
+from hydra.coordinator.store.records import LEASE_AHEAD
 
 from support.cluster import Database, cluster
 from support.wait import wait_for

@@ -8,51 +8,59 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from hydra.coordinator.lease_store import LeaseStore
-from hydra.coordinator.records import AttemptReport, AttemptStart, NewRun
-from hydra.coordinator.tasks import apply_spec
-from hydra.coordinator.trigger_loop import plan_fire
-from hydra.domain import Concurrency, Cron, Retry, RunState, TaskSpec
+from hydra.coordinator.loops.triggers import plan_fire
+from hydra.coordinator.specs import apply_spec
+from hydra.coordinator.store import Database, attempts, leases, runs, tasks, triggers
+from hydra.coordinator.store.records import AttemptReport, AttemptStart, NewRun
+from hydra.domain import AttemptOutcome, Concurrency, Cron, Retry, RunCause, RunState, TaskSpec
 from hydra.errors import FailedPrecondition, NotFound
+
+from support.store import create_manual_run, finish_attempt, start_attempt
 
 TTL = timedelta(seconds=30)
 NOW = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
 
 
-async def _task(store: LeaseStore, **fields: object) -> int:
+async def _task(store: Database, **fields: object) -> int:
     spec = TaskSpec(**{"name": "t", "command": ("true",), **fields})  # type: ignore[arg-type]
     await apply_spec(store, spec, dry_run=False, now=NOW)
-    task_id, _ = await store.task_ref(spec.name)
+    task_id, _ = await store.run(tasks.task_ref, spec.name)
     return task_id
 
 
-async def _queued_run(store: LeaseStore, **fields: object) -> str:
+async def _queued_run(store: Database, **fields: object) -> str:
     task_id = await _task(store, **fields)
-    _, task = await store.task_ref("t")
-    run, created = await store.create_manual_run(
+    _, task = await store.run(tasks.task_ref, "t")
+    run, created = await create_manual_run(
+        store,
         NewRun(
             task_id=task_id,
             task_version=task.version,
             spec=task.spec,
             occurrence=NOW - timedelta(minutes=1),
-            cause="manual",
-        )
+            cause=RunCause.MANUAL,
+        ),
     )
     assert created
     return run.id
 
 
-async def _runs(
-    store: LeaseStore, name: str, occurrences: list[datetime], **fields: object
-) -> None:
+async def _runs(store: Database, name: str, occurrences: list[datetime], **fields: object) -> None:
     """A task `name` (with `fields`) and a run of it for each occurrence."""
     task_id = await _task(store, name=name, **fields)
-    _, task = await store.task_ref(name)
-    await store.create_runs(
+    _, task = await store.run(tasks.task_ref, name)
+    await store.run(
+        runs.insert_runs,
         [
-            NewRun(task_id=task_id, task_version=1, spec=task.spec, occurrence=o, cause="backfill")
+            NewRun(
+                task_id=task_id,
+                task_version=1,
+                spec=task.spec,
+                occurrence=o,
+                cause=RunCause.BACKFILL,
+            )
             for o in occurrences
-        ]
+        ],
     )
 
 
@@ -61,7 +69,7 @@ def _report(run_id: str, token: int, outcome: str, **fields: object) -> AttemptR
         run_id=run_id,
         lease_token=token,
         agent_id="a1",
-        outcome=outcome,
+        outcome=AttemptOutcome(outcome),
         argv=("true",),
         started_at=NOW,
         finished_at=NOW,
@@ -69,7 +77,7 @@ def _report(run_id: str, token: int, outcome: str, **fields: object) -> AttemptR
     )  # type: ignore[arg-type]
 
 
-async def test_apply_is_idempotent_and_versions_changes(store: LeaseStore) -> None:
+async def test_apply_is_idempotent_and_versions_changes(store: Database) -> None:
     spec = TaskSpec(name="t", command=("true",))
     first = await apply_spec(store, spec, dry_run=False, now=NOW)
     again = await apply_spec(store, spec, dry_run=False, now=NOW)
@@ -79,35 +87,36 @@ async def test_apply_is_idempotent_and_versions_changes(store: LeaseStore) -> No
     assert (first.changed, first.task.version) == (True, 1)
     assert (again.changed, again.task.version) == (False, 1)
     assert (changed.changed, changed.previous_version, changed.task.version) == (True, 1, 2)
-    _, versions = await store.get_task_versions("t")
+    _, versions = await store.run(tasks.get_task_versions, "t")
     assert [v.version for v in versions] == [2, 1]
 
 
-async def test_concurrent_applies_of_a_new_task_make_one_task(store: LeaseStore) -> None:
+async def test_concurrent_applies_of_a_new_task_make_one_task(store: Database) -> None:
     spec = TaskSpec(name="t", command=("true",))
     results = await asyncio.gather(
         *(apply_spec(store, spec, dry_run=False, now=NOW) for _ in range(4))
     )
     assert sum(r.changed for r in results) == 1
-    assert len(await store.list_tasks(after="", prefix="", limit=10)) == 1
+    assert len(await store.run(tasks.list_tasks, after="", prefix="", limit=10)) == 1
 
 
-async def test_claims_never_hand_one_run_to_two_agents(store: LeaseStore) -> None:
+async def test_claims_never_hand_one_run_to_two_agents(store: Database) -> None:
     task_id = await _task(store, concurrency=Concurrency(max_active_runs=100))
-    _, task = await store.task_ref("t")
-    await store.create_runs(
+    _, task = await store.run(tasks.task_ref, "t")
+    await store.run(
+        runs.insert_runs,
         [
             NewRun(
                 task_id=task_id,
                 task_version=1,
                 spec=task.spec,
                 occurrence=NOW - timedelta(seconds=i),
-                cause="backfill",
+                cause=RunCause.BACKFILL,
             )
             for i in range(20)
-        ]
+        ],
     )
-    claims = await asyncio.gather(*(store.claim_runs(f"a{i}", {}, 5, TTL) for i in range(4)))
+    claims = await asyncio.gather(*(store.run(leases.claim, f"a{i}", {}, 5, TTL) for i in range(4)))
     claimed = [c.run_id for batch in claims for c in batch]
     assert len(claimed) == len(set(claimed)) == 20
     tokens = [c.lease_token for batch in claims for c in batch]
@@ -115,42 +124,42 @@ async def test_claims_never_hand_one_run_to_two_agents(store: LeaseStore) -> Non
 
 
 async def test_a_task_with_a_large_backlog_does_not_starve_other_tasks(
-    store: LeaseStore,
+    store: Database,
 ) -> None:
     # 1,500 due runs of a task that may run one at a time, all due before the
     # other task's run: the claim still finds the other task.
     await _runs(store, "backlog", [NOW + timedelta(seconds=i) for i in range(1500)])
-    [first] = await store.claim_runs("a1", {}, 5, TTL)
+    [first] = await store.run(leases.claim, "a1", {}, 5, TTL)
     assert first.task_name == "backlog"
     await _runs(store, "other", [NOW + timedelta(seconds=2000)])
-    claimed = await store.claim_runs("a1", {}, 5, TTL)
+    claimed = await store.run(leases.claim, "a1", {}, 5, TTL)
     assert [run.task_name for run in claimed] == ["other"]
 
 
-async def test_selector_must_be_satisfied_by_the_agent_labels(store: LeaseStore) -> None:
+async def test_selector_must_be_satisfied_by_the_agent_labels(store: Database) -> None:
     await _queued_run(store, selector={"pool": "gpu"})
-    assert await store.claim_runs("a1", {"pool": "cpu"}, 5, TTL) == []
-    assert len(await store.claim_runs("a2", {"pool": "gpu", "zone": "x"}, 5, TTL)) == 1
+    assert await store.run(leases.claim, "a1", {"pool": "cpu"}, 5, TTL) == []
+    assert len(await store.run(leases.claim, "a2", {"pool": "gpu", "zone": "x"}, 5, TTL)) == 1
 
 
-async def test_a_report_with_a_stale_token_changes_nothing(store: LeaseStore) -> None:
+async def test_a_report_with_a_stale_token_changes_nothing(store: Database) -> None:
     run_id = await _queued_run(store, retry=Retry(max_attempts=2, backoff=timedelta(0)))
-    [first] = await store.claim_runs("a1", {}, 1, TTL)
-    assert await store.start_attempt(run_id, first.lease_token, "a1", ["true"], NOW)
+    [first] = await store.run(leases.claim, "a1", {}, 1, TTL)
+    assert await start_attempt(store, run_id, first.lease_token, "a1", ["true"], NOW)
     assert (
-        await store.finish_attempt(_report(run_id, first.lease_token, "FAILED", exit_code=1))
+        await finish_attempt(store, _report(run_id, first.lease_token, "FAILED", exit_code=1))
     ).accepted
-    [second] = await store.claim_runs("a2", {}, 1, TTL)
-    before = await store.get_run(run_id)
-    late = await store.finish_attempt(_report(run_id, first.lease_token, "SUCCEEDED"))
+    [second] = await store.run(leases.claim, "a2", {}, 1, TTL)
+    before = await store.run(runs.get_run, run_id)
+    late = await finish_attempt(store, _report(run_id, first.lease_token, "SUCCEEDED"))
     assert not late.accepted and "stale lease" in late.reason
-    assert await store.get_run(run_id) == before
-    assert not await store.start_attempt(run_id, first.lease_token, "a1", ["true"], NOW)
+    assert await store.run(runs.get_run, run_id) == before
+    assert not await start_attempt(store, run_id, first.lease_token, "a1", ["true"], NOW)
     assert second.lease_token > first.lease_token
 
 
 async def test_a_batch_starts_and_finishes_many_attempts_statement_by_kind(
-    store: LeaseStore,
+    store: Database,
 ) -> None:
     await _runs(
         store,
@@ -158,58 +167,64 @@ async def test_a_batch_starts_and_finishes_many_attempts_statement_by_kind(
         [NOW - timedelta(minutes=m) for m in (1, 2, 3)],
         concurrency=Concurrency(max_active_runs=5),
     )
-    leases = await store.claim_runs("a1", {}, 3, TTL)
-    one, two, three = ((lease.run_id, lease.lease_token) for lease in leases)
+    claimed = await store.run(leases.claim, "a1", {}, 3, TTL)
+    one, two, three = ((lease.run_id, lease.lease_token) for lease in claimed)
     starts = [
         AttemptStart(run_id=run_id, lease_token=token, argv=("true",), started_at=NOW)
         for run_id, token in (one, two, three, (one[0], one[1] + 7))
     ]
-    async with store.batch() as batch:
-        assert await batch.start_attempts("a1", starts) == {one, two, three}  # not the stale one
-        verdicts = await batch.finish_attempts(
+    async with store.transaction() as tx:
+        assert await attempts.start(tx, "a1", starts) == {one, two, three}  # not the stale one
+        verdicts = await attempts.finish(
+            tx,
             [
                 _report(*one, "SUCCEEDED"),
                 _report(*two, "FAILED", exit_code=3),
                 _report(*three, "SUCCEEDED"),
                 _report(*one, "SUCCEEDED"),  # the same report again, in the same batch
-            ]
+            ],
         )
     assert [v.accepted for v in verdicts] == [True, True, True, False]
     assert verdicts[3].reason == "run is already SUCCEEDED"
-    runs = [await store.get_run(run_id) for run_id, _ in (one, two, three)]
-    assert [run.state for run in runs] == [RunState.SUCCEEDED, RunState.FAILED, RunState.SUCCEEDED]
-    assert [len(run.attempts) for run in runs] == [1, 1, 1]
-    assert runs[1].attempts[0].exit_code == 3
+    found = [await store.run(runs.get_run, run_id) for run_id, _ in (one, two, three)]
+    assert [run.state for run in found] == [
+        RunState.SUCCEEDED,
+        RunState.FAILED,
+        RunState.SUCCEEDED,
+    ]
+    assert [len(run.attempts) for run in found] == [1, 1, 1]
+    assert found[1].attempts[0].exit_code == 3
 
 
-async def test_a_run_succeeds_once(store: LeaseStore) -> None:
+async def test_a_run_succeeds_once(store: Database) -> None:
     run_id = await _queued_run(store)
-    [lease] = await store.claim_runs("a1", {}, 1, TTL)
-    await store.start_attempt(run_id, lease.lease_token, "a1", ["true"], NOW)
-    assert (await store.finish_attempt(_report(run_id, lease.lease_token, "SUCCEEDED"))).accepted
-    again = await store.finish_attempt(_report(run_id, lease.lease_token, "SUCCEEDED"))
+    [lease] = await store.run(leases.claim, "a1", {}, 1, TTL)
+    await start_attempt(store, run_id, lease.lease_token, "a1", ["true"], NOW)
+    assert (await finish_attempt(store, _report(run_id, lease.lease_token, "SUCCEEDED"))).accepted
+    again = await finish_attempt(store, _report(run_id, lease.lease_token, "SUCCEEDED"))
     assert not again.accepted
-    run = await store.get_run(run_id)
+    run = await store.run(runs.get_run, run_id)
     assert run.state is RunState.SUCCEEDED and len(run.attempts) == 1
     with pytest.raises(FailedPrecondition):
-        await store.retry_run(run_id)
+        await store.run(runs.retry_run, run_id)
 
 
-async def test_expired_lease_loses_the_attempt_and_requeues(store: LeaseStore) -> None:
+async def test_expired_lease_loses_the_attempt_and_requeues(store: Database) -> None:
     run_id = await _queued_run(store, retry=Retry(max_attempts=2))
-    [lease] = await store.claim_runs("a1", {}, 1, timedelta(milliseconds=1))
-    await store.start_attempt(run_id, lease.lease_token, "a1", ["true"], NOW)
+    [lease] = await store.run(leases.claim, "a1", {}, 1, timedelta(milliseconds=1))
+    await start_attempt(store, run_id, lease.lease_token, "a1", ["true"], NOW)
     await asyncio.sleep(0.01)  # let a 1 ms lease expire
-    assert await store.reap_expired() == 1
-    run = await store.get_run(run_id)
+    assert await store.run(leases.reap_expired) == 1
+    run = await store.run(runs.get_run, run_id)
     assert run.state is RunState.QUEUED and run.attempts[0].state.value == "LOST"
     assert "lost" in run.reason
 
 
-async def test_renewal_only_extends_current_leases(store: LeaseStore) -> None:
+async def test_renewal_only_extends_current_leases(store: Database) -> None:
     run_id = await _queued_run(store)
-    [lease] = await store.claim_runs("a1", {}, 1, TTL)
-    renewed = await store.renew_leases(
+    [lease] = await store.run(leases.claim, "a1", {}, 1, TTL)
+    renewed = await store.run(
+        leases.renew,
         "a1",
         [(run_id, lease.lease_token), (run_id, lease.lease_token + 99)],
         TTL,
@@ -218,24 +233,31 @@ async def test_renewal_only_extends_current_leases(store: LeaseStore) -> None:
     )
     assert renewed == {(run_id, lease.lease_token)}
     assert (
-        await store.renew_leases(
-            "a2", [(run_id, lease.lease_token)], TTL, draining=False, coordinator_id="c"
+        await store.run(
+            leases.renew,
+            "a2",
+            [(run_id, lease.lease_token)],
+            TTL,
+            draining=False,
+            coordinator_id="c",
         )
         == set()
     )
 
 
-async def test_output_keeps_a_bounded_tail(store: LeaseStore) -> None:
+async def test_output_keeps_a_bounded_tail(store: Database) -> None:
     run_id = await _queued_run(store)
-    [lease] = await store.claim_runs("a1", {}, 1, TTL)
-    await store.start_attempt(run_id, lease.lease_token, "a1", ["true"], NOW)
+    [lease] = await store.run(leases.claim, "a1", {}, 1, TTL)
+    await start_attempt(store, run_id, lease.lease_token, "a1", ["true"], NOW)
     for i in range(10):
-        await store.append_output(run_id, lease.lease_token, 1, f"{i}".encode() * 10, limit=35)
-    kept = b"".join(c.data for c in await store.read_output(run_id, after_seq=0, attempt=0))
+        data = f"{i}".encode() * 10
+        await store.run(attempts.append_output, run_id, lease.lease_token, 1, data, limit=35)
+    chunks = await store.run(runs.read_output, run_id, after_seq=0, attempt=0)
+    kept = b"".join(c.data for c in chunks)
     assert kept == b"7" * 10 + b"8" * 10 + b"9" * 10
 
 
-async def test_due_triggers_fire_once_however_many_loops_race(store: LeaseStore) -> None:
+async def test_due_triggers_fire_once_however_many_loops_race(store: Database) -> None:
     await apply_spec(
         store,
         TaskSpec(name="t", command=("true",), triggers=(Cron(expression="* * * * * *"),)),
@@ -245,43 +267,44 @@ async def test_due_triggers_fire_once_however_many_loops_race(store: LeaseStore)
     # Mid-second: no occurrence is within LEASE_AHEAD, when it would get its run too.
     await asyncio.sleep((0.5 - datetime.now(UTC).microsecond / 1e6) % 1.0)
     fired = await asyncio.gather(
-        *(store.fire_due_triggers(datetime.now(UTC), 10, plan_fire) for _ in range(4))
+        *(store.run(triggers.fire_due, datetime.now(UTC), 10, plan_fire) for _ in range(4))
     )
     assert sum(fired) == 1
-    runs = await store.list_runs(task="t", states=[], after=None, limit=10)
-    assert len(runs) == 1  # catchup latest: one run for the newest missed second
+    found = await store.run(runs.list_runs, task="t", states=[], after=None, limit=10)
+    assert len(found) == 1  # catchup latest: one run for the newest missed second
 
 
-async def test_unknown_ids_are_not_found(store: LeaseStore) -> None:
+async def test_unknown_ids_are_not_found(store: Database) -> None:
     with pytest.raises(NotFound):
-        await store.get_run("not-a-uuid")
+        await store.run(runs.get_run, "not-a-uuid")
     with pytest.raises(NotFound):
-        await store.get_task("nope")
+        await store.run(tasks.get_task, "nope")
 
 
-async def test_a_retry_is_leased_before_newer_work(store: LeaseStore) -> None:
+async def test_a_retry_is_leased_before_newer_work(store: Database) -> None:
     retried = await _queued_run(
         store,
         retry=Retry(max_attempts=2, backoff=timedelta(0)),
         concurrency=Concurrency(max_active_runs=100),
     )
-    [lease] = await store.claim_runs("a1", {}, 1, TTL)
-    await store.start_attempt(retried, lease.lease_token, "a1", ["true"], NOW)
-    _, task = await store.task_ref("t")
-    task_id, _ = await store.task_ref("t")
-    await store.create_runs(
+    [lease] = await store.run(leases.claim, "a1", {}, 1, TTL)
+    await start_attempt(store, retried, lease.lease_token, "a1", ["true"], NOW)
+    _, task = await store.run(tasks.task_ref, "t")
+    task_id, _ = await store.run(tasks.task_ref, "t")
+    await store.run(
+        runs.insert_runs,
         [  # a backlog that was due before the retry
             NewRun(
                 task_id=task_id,
                 task_version=task.version,
                 spec=task.spec,
                 occurrence=NOW - timedelta(hours=1, seconds=i),
-                cause="backfill",
+                cause=RunCause.BACKFILL,
             )
             for i in range(5)
-        ]
+        ],
     )
     report = _report(retried, lease.lease_token, "FAILED", exit_code=1)
-    assert (await store.finish_attempt(report)).accepted
-    [next_up] = await store.claim_runs("a2", {}, 1, TTL)
+    assert (await finish_attempt(store, report)).accepted
+    [next_up] = await store.run(leases.claim, "a2", {}, 1, TTL)
     assert next_up.run_id == retried

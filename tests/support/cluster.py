@@ -20,8 +20,8 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from hydra.coordinator.records import LeaseTimes
-from hydra.coordinator.server import Coordinator, CoordinatorConfig
+from hydra.coordinator.server import CoordinatorConfig, CoordinatorServer
+from hydra.coordinator.store.records import LeaseTimes
 
 from support.wait import wait_for
 
@@ -54,7 +54,7 @@ class CoordinatorThread:
         )
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True, name=name)
-        self.coordinator = Coordinator(self.config)
+        self.coordinator = CoordinatorServer(self.config)
 
     def start(self) -> CoordinatorThread:
         self._thread.start()

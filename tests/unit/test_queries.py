@@ -5,16 +5,26 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import hydra.coordinator
-from hydra.coordinator.queries import all_queries
+import hydra.coordinator.store
+from hydra.coordinator.store.queries import all_queries
 
-SOURCES = Path(hydra.coordinator.__file__).parent
-#: Named-query uses: self.one(cur, "name", ...), self.all(...), self.run_query(...), query("name").
-_USE = re.compile(r'(?:\b(?:one|all|run_query)\(\s*cur,\s*|\bquery\()\s*"(\w+)"')
+SOURCES = Path(hydra.coordinator.store.__file__).parent
+#: Named-query uses: tx.one("name", ...), tx.all(...), tx.execute(...), self.execute(...).
+_USE = re.compile(r'\b(?:tx|self)\.(?:one|all|execute)\(\s*"(\w+)"')
 
 
 def _uses() -> set[str]:
     return {m for path in SOURCES.glob("*.py") for m in _USE.findall(path.read_text())}
+
+
+def test_only_the_store_runs_named_queries() -> None:
+    coordinator = SOURCES.parent
+    outside = [
+        str(path.relative_to(coordinator))
+        for path in coordinator.rglob("*.py")
+        if SOURCES not in path.parents and _USE.search(path.read_text())
+    ]
+    assert outside == []
 
 
 def test_every_query_is_used() -> None:

@@ -15,7 +15,6 @@ from hydra.coordinator.templates import (
     check_templates,
     render_command,
     render_string,
-    timezone_for,
 )
 from hydra.domain import (
     After,
@@ -45,7 +44,7 @@ def make_context(spec: TaskSpec, **fields: Any) -> RenderContext:
     values: dict[str, Any] = {
         "task_name": spec.name,
         "occurrence": OCCURRENCE,
-        "timezone": timezone_for(spec),
+        "timezone": spec.timezone,
         "params": {},
         "run_id": "run-42",
         "attempt": 2,
@@ -112,7 +111,7 @@ def test_ts_keeps_microseconds_of_a_manual_occurrence() -> None:
     ],
 )
 def test_timezone_is_the_first_cron_triggers(triggers: tuple[Any, ...], zone: str) -> None:
-    assert timezone_for(make_spec("x", triggers=triggers)) == zone
+    assert make_spec("x", triggers=triggers).timezone == zone
 
 
 def test_occurrence_in_utc_without_cron_trigger() -> None:

@@ -4,8 +4,9 @@ It sleeps until the earliest `next_fire_at` (or a `hydra_triggers`
 notification), then locks the due triggers with `SKIP LOCKED`, creates their
 runs (`ON CONFLICT DO NOTHING` on task + occurrence, so any number of
 coordinators firing at once make one run) and advances them, in one
-transaction. Which missed occurrences get runs follows the task's catch-up
-policy; see :func:`plan_fire`.
+transaction, in which the dispatcher leases them to this coordinator's agents
+(the runs are due within 50 ms, LEASE_AHEAD). Which missed occurrences get runs
+follows the task's catch-up policy; see :func:`plan_fire`.
 """
 
 from __future__ import annotations
@@ -13,14 +14,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from dataclasses import replace
 from datetime import datetime, timedelta
 
 from hydra.coordinator import schedule
-from hydra.coordinator.lease_store import LEASE_AHEAD, LeaseStore
-from hydra.coordinator.loop import seconds_until, utcnow, wait_event
-from hydra.coordinator.records import DueTrigger, FirePlan
-from hydra.domain import At, Catchup, Cron, Interval, TaskSpec
+from hydra.coordinator.loops.dispatcher import Dispatcher
+from hydra.coordinator.loops.timing import seconds_until, utcnow, wait_event
+from hydra.coordinator.store import Database, triggers
+from hydra.coordinator.store.records import LEASE_AHEAD, DueTrigger, FirePlan
+from hydra.domain import Catchup, TaskSpec, TimeTrigger
 
 log = logging.getLogger("hydra.coordinator.triggers")
 
@@ -32,43 +33,31 @@ BATCH = 500
 #: Upper bound of the loop's sleep when nothing wakes it.
 FALLBACK_POLL_SECONDS = 5.0
 
-TimeTrigger = Cron | Interval | At
-
 
 class TriggerLoop:
     """Creates runs for due triggers."""
 
-    def __init__(self, store: LeaseStore) -> None:
-        self._store = store
+    def __init__(self, database: Database, dispatcher: Dispatcher) -> None:
+        self._db = database
+        self._dispatcher = dispatcher
         self.wake = asyncio.Event()
 
     async def step(self) -> None:
         """Fire everything due within LEASE_AHEAD, then sleep until the next fire time
         comes that close: the runs are leased ahead, and their processes start on time."""
-        while (
-            await self._store.fire_due_triggers(utcnow() + LEASE_AHEAD, BATCH, plan_fire) == BATCH
-        ):
+        while await self.tick() == BATCH:
             pass
-        next_fire = await self._store.next_trigger_fire()
+        next_fire = await self._db.run(triggers.next_fire)
         wake_at = None if next_fire is None else next_fire - LEASE_AHEAD
         await wait_event(self.wake, seconds_until(wake_at, cap=FALLBACK_POLL_SECONDS))
 
-
-def time_trigger(spec: TaskSpec, position: int, anchor: datetime) -> TimeTrigger:
-    """The time trigger at `position`, with an interval anchored when it has none."""
-    trigger = spec.triggers[position]
-    assert isinstance(trigger, Cron | Interval | At), "only time triggers are stored as due"
-    if isinstance(trigger, Interval) and trigger.anchor is None:
-        return replace(trigger, anchor=anchor)
-    return trigger
-
-
-def first_fire(trigger: TimeTrigger, now: datetime) -> datetime | None:
-    """When a newly applied trigger fires first: its next occurrence after now
-    (an interval without an anchor: one period from now)."""
-    if isinstance(trigger, Interval) and trigger.anchor is None:
-        return now.replace(microsecond=0) + trigger.every
-    return schedule.next_fire(trigger, now)
+    async def tick(self) -> int:
+        """One transaction: create the runs of up to BATCH due triggers, advance them,
+        and lease the new runs to this coordinator's agents. Returns how many were due."""
+        async with self._db.transaction() as tx:
+            due = await triggers.fire_due(tx, utcnow() + LEASE_AHEAD, BATCH, plan_fire)
+            await self._dispatcher.lease_available(tx)
+        return due
 
 
 def plan_fire(due: DueTrigger) -> FirePlan:
@@ -78,7 +67,7 @@ def plan_fire(due: DueTrigger) -> FirePlan:
     (which start at their time); the catch-up policy picks among the past ones.
     """
     now = utcnow()
-    trigger = time_trigger(due.task_spec, due.position, due.next_fire_at)
+    trigger = schedule.time_trigger(due.task_spec, due.position, due.next_fire_at)
     past = _due_occurrences(trigger, due.next_fire_at, now, _keep(due.task_spec))
     chosen = _apply_policies(due, past, now)
     soon = max(due.next_fire_at, now + timedelta(microseconds=1))

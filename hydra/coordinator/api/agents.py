@@ -7,9 +7,9 @@ from typing import Any
 
 import grpc
 
-from hydra.coordinator.agent_stream import AgentStreams
-from hydra.coordinator.api_errors import status_of, unary
-from hydra.coordinator.lease_store import LeaseStore
+from hydra.coordinator.agents.stream import AgentStreams
+from hydra.coordinator.api.errors import status_of, unary
+from hydra.coordinator.store import Database, agents
 from hydra.errors import HydraError, InvalidArgument
 from hydra.v1 import agent_service_pb2 as pb
 from hydra.v1 import agent_service_pb2_grpc as pb_grpc
@@ -21,8 +21,8 @@ Context = grpc.aio.ServicerContext[Any, Any]
 class AgentApi(pb_grpc.AgentServiceServicer):
     """Agents: the stream they work over, and their management."""
 
-    def __init__(self, store: LeaseStore, streams: AgentStreams) -> None:
-        self._store = store
+    def __init__(self, database: Database, streams: AgentStreams) -> None:
+        self._db = database
         self._streams = streams
 
     async def Connect(
@@ -36,12 +36,14 @@ class AgentApi(pb_grpc.AgentServiceServicer):
 
     @unary
     async def List(self, request: pb.ListAgentsRequest, context: Context) -> pb.ListAgentsResponse:
-        agents = await self._store.list_agents(include_disconnected=request.include_disconnected)
-        return pb.ListAgentsResponse(agents=[agent_to_proto(a) for a in agents])
+        found = await self._db.run(
+            agents.list_agents, include_disconnected=request.include_disconnected
+        )
+        return pb.ListAgentsResponse(agents=[agent_to_proto(a) for a in found])
 
     @unary
     async def Drain(self, request: pb.DrainAgentRequest, context: Context) -> pb.DrainAgentResponse:
         if not request.agent_id:
             raise InvalidArgument("required", path="agent_id")
-        agent = await self._store.drain_agent(request.agent_id)
+        agent = await self._db.run(agents.drain, request.agent_id)
         return pb.DrainAgentResponse(agent=agent_to_proto(agent))

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 from typing import Any
 
 import grpc
 
-from hydra.coordinator.api_errors import unary
-from hydra.coordinator.lease_store import LeaseStore
-from hydra.coordinator.loop import utcnow
-from hydra.coordinator.tasks import apply_spec, resume
+from hydra.coordinator.api.errors import unary
+from hydra.coordinator.api.paging import decode_token, encode_token, page_size
+from hydra.coordinator.loops.timing import utcnow
+from hydra.coordinator.specs import apply_spec, resume
+from hydra.coordinator.store import Database, tasks
 from hydra.errors import InvalidArgument
 from hydra.v1 import task_service_pb2 as pb
 from hydra.v1 import task_service_pb2_grpc as pb_grpc
@@ -20,21 +19,20 @@ from hydra.wire import task_spec_from_proto, task_to_proto, task_version_to_prot
 Context = grpc.aio.ServicerContext[Any, Any]
 
 DEFAULT_PAGE = 100
-MAX_PAGE = 1000
 
 
 class TaskApi(pb_grpc.TaskServiceServicer):
     """Tasks: named, versioned specs."""
 
-    def __init__(self, store: LeaseStore) -> None:
-        self._store = store
+    def __init__(self, database: Database) -> None:
+        self._db = database
 
     @unary
     async def Apply(self, request: pb.ApplyTaskRequest, context: Context) -> pb.ApplyTaskResponse:
         if not request.HasField("spec"):
             raise InvalidArgument("required", path="spec")
         spec = task_spec_from_proto(request.spec, "spec")
-        applied = await apply_spec(self._store, spec, dry_run=request.dry_run, now=utcnow())
+        applied = await apply_spec(self._db, spec, dry_run=request.dry_run, now=utcnow())
         return pb.ApplyTaskResponse(
             task=task_to_proto(applied.task),
             changed=applied.changed,
@@ -45,8 +43,8 @@ class TaskApi(pb_grpc.TaskServiceServicer):
     async def Get(self, request: pb.GetTaskRequest, context: Context) -> pb.GetTaskResponse:
         name = _name(request.name)
         if not request.include_versions:
-            return pb.GetTaskResponse(task=task_to_proto(await self._store.get_task(name)))
-        task, versions = await self._store.get_task_versions(name)
+            return pb.GetTaskResponse(task=task_to_proto(await self._db.run(tasks.get_task, name)))
+        task, versions = await self._db.run(tasks.get_task_versions, name)
         return pb.GetTaskResponse(
             task=task_to_proto(task), versions=[task_version_to_proto(v) for v in versions]
         )
@@ -55,31 +53,31 @@ class TaskApi(pb_grpc.TaskServiceServicer):
     async def List(self, request: pb.ListTasksRequest, context: Context) -> pb.ListTasksResponse:
         limit = page_size(request.page_size, DEFAULT_PAGE)
         after = decode_token(request.page_token)
-        tasks = await self._store.list_tasks(
-            after=after, prefix=request.name_prefix, limit=limit + 1
+        found = await self._db.run(
+            tasks.list_tasks, after=after, prefix=request.name_prefix, limit=limit + 1
         )
-        next_token = encode_token(tasks[limit - 1].name) if len(tasks) > limit else ""
+        next_token = encode_token(found[limit - 1].name) if len(found) > limit else ""
         return pb.ListTasksResponse(
-            tasks=[task_to_proto(t) for t in tasks[:limit]], next_page_token=next_token
+            tasks=[task_to_proto(t) for t in found[:limit]], next_page_token=next_token
         )
 
     @unary
     async def Delete(
         self, request: pb.DeleteTaskRequest, context: Context
     ) -> pb.DeleteTaskResponse:
-        cancelled = await self._store.delete_task(_name(request.name), force=request.force)
+        cancelled = await self._db.run(tasks.delete_task, _name(request.name), force=request.force)
         return pb.DeleteTaskResponse(cancelled_runs=cancelled)
 
     @unary
     async def Pause(self, request: pb.PauseTaskRequest, context: Context) -> pb.PauseTaskResponse:
-        task = await self._store.set_paused(_name(request.name), True)
+        task = await self._db.run(tasks.set_paused, _name(request.name), True)
         return pb.PauseTaskResponse(task=task_to_proto(task))
 
     @unary
     async def Resume(
         self, request: pb.ResumeTaskRequest, context: Context
     ) -> pb.ResumeTaskResponse:
-        task = await resume(self._store, _name(request.name), utcnow())
+        task = await resume(self._db, _name(request.name), utcnow())
         return pb.ResumeTaskResponse(task=task_to_proto(task))
 
 
@@ -87,23 +85,3 @@ def _name(name: str) -> str:
     if not name:
         raise InvalidArgument("required", path="name")
     return name
-
-
-def page_size(requested: int, default: int) -> int:
-    """A page size within bounds; 0 means the default."""
-    if requested > MAX_PAGE:
-        raise InvalidArgument(f"at most {MAX_PAGE}", path="page_size")
-    return requested or default
-
-
-def encode_token(value: str) -> str:
-    """An opaque page token."""
-    return base64.urlsafe_b64encode(value.encode()).decode()
-
-
-def decode_token(token: str) -> str:
-    """The value behind a page token; a malformed one is INVALID_ARGUMENT."""
-    try:
-        return base64.urlsafe_b64decode(token.encode()).decode() if token else ""
-    except (binascii.Error, UnicodeDecodeError):
-        raise InvalidArgument("malformed page token", path="page_token") from None

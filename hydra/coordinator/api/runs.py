@@ -10,12 +10,13 @@ from typing import Any
 
 import grpc
 
-from hydra.coordinator import runs
-from hydra.coordinator.api_errors import streaming, unary
-from hydra.coordinator.lease_store import LeaseStore
-from hydra.coordinator.loop import utcnow
+from hydra.coordinator import manual_runs
+from hydra.coordinator.api.errors import streaming, unary
+from hydra.coordinator.api.paging import decode_token, encode_token, page_size
+from hydra.coordinator.loops.dispatcher import Dispatcher
+from hydra.coordinator.loops.timing import utcnow
 from hydra.coordinator.notifications import Listener
-from hydra.coordinator.task_api import decode_token, encode_token, page_size
+from hydra.coordinator.store import Database, runs
 from hydra.errors import InvalidArgument, NotFound
 from hydra.v1 import run_service_pb2 as pb
 from hydra.v1 import run_service_pb2_grpc as pb_grpc
@@ -32,8 +33,9 @@ FOLLOW_POLL_SECONDS = 1.0
 class RunApi(pb_grpc.RunServiceServicer):
     """Runs: create, inspect, steer, watch."""
 
-    def __init__(self, store: LeaseStore, listener: Listener) -> None:
-        self._store = store
+    def __init__(self, database: Database, dispatcher: Dispatcher, listener: Listener) -> None:
+        self._db = database
+        self._dispatcher = dispatcher
         self._listener = listener
 
     @unary
@@ -41,8 +43,9 @@ class RunApi(pb_grpc.RunServiceServicer):
         self, request: pb.TriggerRunRequest, context: Context
     ) -> pb.TriggerRunResponse:
         occurrence = from_timestamp(request.occurrence) if request.HasField("occurrence") else None
-        run, created = await runs.trigger(
-            self._store,
+        run, created = await manual_runs.trigger(
+            self._db,
+            self._dispatcher,
             _required(request.task, "task"),
             params=dict(request.params),
             idempotency_key=request.idempotency_key,
@@ -53,15 +56,19 @@ class RunApi(pb_grpc.RunServiceServicer):
 
     @unary
     async def Get(self, request: pb.GetRunRequest, context: Context) -> pb.GetRunResponse:
-        run = await self._store.get_run(_required(request.id, "id"))
+        run = await self._db.run(runs.get_run, _required(request.id, "id"))
         return pb.GetRunResponse(run=run_to_proto(run))
 
     @unary
     async def List(self, request: pb.ListRunsRequest, context: Context) -> pb.ListRunsResponse:
         limit = page_size(request.page_size, DEFAULT_PAGE)
         states = [run_state_from_proto(s, "states") for s in request.states if s]
-        found = await self._store.list_runs(
-            task=request.task, states=states, after=_cursor(request.page_token), limit=limit + 1
+        found = await self._db.run(
+            runs.list_runs,
+            task=request.task,
+            states=states,
+            after=_cursor(request.page_token),
+            limit=limit + 1,
         )
         token = ""
         if len(found) > limit:
@@ -73,13 +80,15 @@ class RunApi(pb_grpc.RunServiceServicer):
 
     @unary
     async def Retry(self, request: pb.RetryRunRequest, context: Context) -> pb.RetryRunResponse:
-        run = await self._store.retry_run(_required(request.id, "id"))
+        run = await manual_runs.retry(self._db, self._dispatcher, _required(request.id, "id"))
         return pb.RetryRunResponse(run=run_to_proto(run))
 
     @unary
     async def Cancel(self, request: pb.CancelRunRequest, context: Context) -> pb.CancelRunResponse:
         reason = request.reason or "cancelled by request"
-        run = await self._store.cancel_run(_required(request.id, "id"), reason)
+        run = await manual_runs.cancel(
+            self._db, self._dispatcher, _required(request.id, "id"), reason
+        )
         return pb.CancelRunResponse(run=run_to_proto(run))
 
     @unary
@@ -87,8 +96,9 @@ class RunApi(pb_grpc.RunServiceServicer):
         for field in ("from", "to"):
             if not request.HasField(field):
                 raise InvalidArgument("required", path=field)
-        result = await runs.backfill(
-            self._store,
+        result = await manual_runs.backfill(
+            self._db,
+            self._dispatcher,
             _required(request.task, "task"),
             start=from_timestamp(getattr(request, "from")),
             end=from_timestamp(request.to),
@@ -106,13 +116,15 @@ class RunApi(pb_grpc.RunServiceServicer):
     ) -> AsyncIterator[pb.RunEvent]:
         async with self._listener.queue("hydra_run_changed") as changed:
             if request.run_id:  # the current state first, so a waiter never misses the end
-                yield pb.RunEvent(run=run_to_proto(await self._store.get_run(request.run_id)))
+                yield pb.RunEvent(
+                    run=run_to_proto(await self._db.run(runs.get_run, request.run_id))
+                )
             while True:
                 for run_id in (await changed.get()).split(","):
                     if request.run_id and run_id != request.run_id:
                         continue
                     with contextlib.suppress(NotFound):
-                        run = await self._store.get_run(run_id)
+                        run = await self._db.run(runs.get_run, run_id)
                         if not request.task or run.task == request.task:
                             yield pb.RunEvent(run=run_to_proto(run))
 
@@ -121,12 +133,12 @@ class RunApi(pb_grpc.RunServiceServicer):
         self, request: pb.TailLogsRequest, context: Context
     ) -> AsyncIterator[pb.LogChunk]:
         run_id = _required(request.run_id, "run_id")
-        await self._store.get_run(run_id)  # NOT_FOUND before anything else
+        await self._db.run(runs.get_run, run_id)  # NOT_FOUND before anything else
         after = 0
         async with self._listener.queue("hydra_output") as output:
             while True:
-                chunks = await self._store.read_output(
-                    run_id, after_seq=after, attempt=request.attempt
+                chunks = await self._db.run(
+                    runs.read_output, run_id, after_seq=after, attempt=request.attempt
                 )
                 for chunk in chunks:
                     after = chunk.seq
@@ -137,9 +149,9 @@ class RunApi(pb_grpc.RunServiceServicer):
                     if not chunks:
                         return
                     continue
-                if (await self._store.get_run(run_id)).state.terminal:
-                    if not await self._store.read_output(
-                        run_id, after_seq=after, attempt=request.attempt
+                if (await self._db.run(runs.get_run, run_id)).state.terminal:
+                    if not await self._db.run(
+                        runs.read_output, run_id, after_seq=after, attempt=request.attempt
                     ):
                         return
                     continue

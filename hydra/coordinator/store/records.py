@@ -7,7 +7,15 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from hydra.domain import TaskSpec
+from hydra.domain import AttemptOutcome, RunCause, Task, TaskSpec, TriggerKind
+
+#: A lease: (run id, lease token). The token fences every change to the run.
+LeaseKey = tuple[str, int]
+
+#: Runs due this soon may be leased already; the agent starts them at their time.
+#: Long enough to cover leasing and the offer's trip, short enough that a run
+#: created this early (by the trigger loop) is still, for people, created "at" its time.
+LEASE_AHEAD = timedelta(milliseconds=50)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -15,17 +23,16 @@ class TriggerRow:
     """A trigger as stored for a task version."""
 
     position: int
-    kind: str
+    kind: TriggerKind
     spec: Mapping[str, Any]
     next_fire_at: datetime | None
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
-class ApplyOutcome:
-    """What applying a spec did."""
+class Applied:
+    """What applying a spec did: the task as it is now (or would be, for a dry run)."""
 
-    task_id: int
-    version: int
+    task: Task
     changed: bool
     previous_version: int
 
@@ -61,7 +68,7 @@ class NewRun:
     task_version: int
     spec: TaskSpec
     occurrence: datetime
-    cause: str
+    cause: RunCause
     params: Mapping[str, str] = field(default_factory=dict)
     idempotency_key: str | None = None
     #: Zone the occurrence is shown in to templates; see migration 0003.
@@ -102,7 +109,7 @@ class AttemptReport:
     run_id: str
     lease_token: int
     agent_id: str
-    outcome: str  # SUCCEEDED | FAILED | TIMED_OUT | CANCELLED | FENCED
+    outcome: AttemptOutcome
     argv: tuple[str, ...]
     started_at: datetime
     finished_at: datetime
@@ -117,7 +124,7 @@ class Heartbeat:
     """An agent was heard from, listing the leases it holds."""
 
     agent_id: str
-    leases: tuple[tuple[str, int], ...]
+    leases: tuple[LeaseKey, ...]
     draining: bool = False
 
 

@@ -1,16 +1,18 @@
-"""The agents connected to this coordinator, and what each holds."""
+"""The agents connected to this coordinator: what each holds, and what is sent to it."""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 
+from hydra.coordinator.agents import wire
+from hydra.coordinator.store.records import ClaimedRun, LeaseKey, LeaseTimes, ReportVerdict
+from hydra.coordinator.templates import Rendered
+from hydra.domain import Precondition
 from hydra.v1 import agent_service_pb2 as pb
-
-LeaseKey = tuple[str, int]
 
 
 @dataclass(eq=False, kw_only=True)
@@ -34,24 +36,50 @@ class AgentSession:
         """Slots the dispatcher may fill now."""
         return 0 if self.draining else max(0, self.capacity - len(self.held) - self.reserved)
 
-    def send(self, message: pb.CoordinatorMessage) -> None:
-        """Queue a message for the agent."""
-        self.outbox.put_nowait(message)
+    def offer(
+        self,
+        run: ClaimedRun,
+        rendered: Rendered,
+        checks: Iterable[Precondition],
+        times: LeaseTimes,
+    ) -> None:
+        """Offer a leased run; the agent holds its slot from now on. A run leased ahead
+        of its `not_before` gets its `start_in` when the offer leaves (see `outgoing`)."""
+        self.held.add((run.run_id, run.lease_token))
+        if run.not_before is not None:
+            self._not_before[run.run_id] = run.not_before
+        self._send(wire.offer(run, rendered, checks, times))
 
-    def send_offer(self, offer: pb.LeaseOffer, not_before: datetime | None) -> None:
-        """Queue a lease offer; a run leased ahead of `not_before` gets its `start_in`
-        when the offer leaves (see `outgoing`), so the wait in the queue does not count."""
-        if not_before is not None:
-            self._not_before[offer.lease.run_id] = not_before
-        self.send(pb.CoordinatorMessage(lease=offer))
+    def cancel(self, lease: LeaseKey, reason: str) -> None:
+        """Tell the agent to kill the attempt under this lease; its slot is free."""
+        self.held.discard(lease)
+        self._send(wire.cancel(lease, reason))
+
+    def drain(self, reason: str, *, reconnect_elsewhere: bool = False) -> None:
+        """Tell the agent to take no new leases."""
+        self.draining = True
+        self._send(wire.drain(reason, reconnect_elsewhere=reconnect_elsewhere))
+
+    def ack_heartbeat(self, sequence: int, revoked: Iterable[LeaseKey]) -> None:
+        """Answer a recorded heartbeat; the revoked leases are no longer held."""
+        revoked = list(revoked)
+        self.held.difference_update(revoked)
+        self._send(wire.heartbeat_ack(sequence, revoked))
+
+    def ack_report(self, lease: LeaseKey, verdict: ReportVerdict) -> None:
+        """Answer an attempt's end: recorded or refused; its slot is free either way."""
+        self.held.discard(lease)
+        self._send(wire.report_ack(lease, verdict))
+
+    def _send(self, message: pb.CoordinatorMessage) -> None:
+        self.outbox.put_nowait(message)
 
     def outgoing(self, message: pb.CoordinatorMessage) -> pb.CoordinatorMessage:
         """A message about to be written to the stream, with its last-moment fields."""
         if message.HasField("lease"):
             not_before = self._not_before.pop(message.lease.lease.run_id, None)
-            wait = None if not_before is None else not_before - datetime.now(UTC)
-            if wait is not None and wait > timedelta(0):
-                message.lease.start_in.FromTimedelta(wait)
+            if not_before is not None:
+                return wire.with_start_in(message, not_before)
         return message
 
     def close(self) -> None:

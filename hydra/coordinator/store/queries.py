@@ -12,7 +12,7 @@ _SECTION_PREFIX = "-- ---"
 @functools.cache
 def all_queries() -> dict[str, str]:
     """Every query of queries.sql by name; a block runs to the next name or section line."""
-    text = resources.files("hydra.coordinator").joinpath("queries.sql").read_text()
+    text = resources.files("hydra.coordinator.store").joinpath("queries.sql").read_text()
     queries: dict[str, list[str]] = {}
     current: list[str] | None = None
     for line in text.splitlines():

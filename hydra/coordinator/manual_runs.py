@@ -1,4 +1,5 @@
-"""Creating runs on request: manual triggers and backfills."""
+"""Runs on request: manual triggers, retries, cancels and backfills. Each is one
+transaction, in which the dispatcher leases what it made available."""
 
 from __future__ import annotations
 
@@ -8,10 +9,10 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from hydra.coordinator import schedule
-from hydra.coordinator.lease_store import LeaseStore
-from hydra.coordinator.records import NewRun
-from hydra.coordinator.trigger_loop import time_trigger
-from hydra.domain import After, Run, Task, TaskSpec
+from hydra.coordinator.loops.dispatcher import Dispatcher
+from hydra.coordinator.store import Database, runs, tasks
+from hydra.coordinator.store.records import NewRun
+from hydra.domain import After, Run, RunCause, TaskSpec
 from hydra.errors import FailedPrecondition, FieldProblem, InvalidArgument
 
 #: Most occurrences one backfill may cover.
@@ -30,7 +31,8 @@ class BackfillResult:
 
 
 async def trigger(
-    store: LeaseStore,
+    database: Database,
+    dispatcher: Dispatcher,
     task_name: str,
     *,
     params: Mapping[str, str],
@@ -38,23 +40,41 @@ async def trigger(
     occurrence: datetime | None,
     now: datetime,
 ) -> tuple[Run, bool]:
-    """A manual run, or the run an earlier call with the same key (or occurrence) made."""
+    """A manual run, or the run an earlier call with the same key (or occurrence) made.
+    The live task is read, and the run created and leased, in one transaction."""
     if len(idempotency_key) > MAX_KEY:
         raise InvalidArgument(f"at most {MAX_KEY} characters", path="idempotency_key")
-
-    def build(task_id: int, task: Task) -> NewRun:
-        return NewRun(
+    async with database.transaction() as tx:
+        task_id, task = await tasks.task_ref(tx, task_name)
+        new_run = NewRun(
             task_id=task_id,
             task_version=task.version,
             spec=task.spec,
             occurrence=occurrence or now,
-            cause="manual",
+            cause=RunCause.MANUAL,
             params=merge_params(task.spec, params),
             idempotency_key=idempotency_key or None,
             timezone=task.spec.timezone,
         )
+        run_id, created = await runs.create_or_find(tx, new_run)
+        await dispatcher.lease_available(tx)
+    return await database.run(runs.get_run, run_id), created
 
-    return await store.trigger_task(task_name, build)
+
+async def retry(database: Database, dispatcher: Dispatcher, run_id: str) -> Run:
+    """Queue a finished run for one more attempt (never a succeeded one)."""
+    async with database.transaction() as tx:
+        await runs.retry_run(tx, run_id)
+        await dispatcher.lease_available(tx)
+    return await database.run(runs.get_run, run_id)
+
+
+async def cancel(database: Database, dispatcher: Dispatcher, run_id: str, reason: str) -> Run:
+    """Cancel a queued or active run; its agent is told to kill the attempt."""
+    async with database.transaction() as tx:
+        await runs.cancel_run(tx, run_id, reason)
+        await dispatcher.lease_available(tx)
+    return await database.run(runs.get_run, run_id)
 
 
 def merge_params(spec: TaskSpec, overrides: Mapping[str, str]) -> dict[str, str]:
@@ -75,31 +95,38 @@ def merge_params(spec: TaskSpec, overrides: Mapping[str, str]) -> dict[str, str]
 
 
 async def backfill(
-    store: LeaseStore, task_name: str, *, start: datetime, end: datetime, dry_run: bool
+    database: Database,
+    dispatcher: Dispatcher,
+    task_name: str,
+    *,
+    start: datetime,
+    end: datetime,
+    dry_run: bool,
 ) -> BackfillResult:
     """Runs for every occurrence of the task's time triggers in [start, end];
     occurrences that already have a run are left alone."""
     if end < start:
         raise InvalidArgument("must not be before from", path="to")
-    task_id, task = await store.task_ref(task_name)
+    task_id, task = await database.run(tasks.task_ref, task_name)
     found = backfill_occurrences(task.spec, start, end)
     if dry_run:
         return BackfillResult(occurrences=found, created=[], existing=0)
-    created_ids = await store.create_runs(
-        [
-            NewRun(
-                task_id=task_id,
-                task_version=task.version,
-                spec=task.spec,
-                occurrence=o,
-                cause="backfill",
-                params=task.spec.params,
-                timezone=task.spec.timezone,
-            )
-            for o in found
-        ]
-    )
-    created = await store.get_runs(created_ids)
+    new_runs = [
+        NewRun(
+            task_id=task_id,
+            task_version=task.version,
+            spec=task.spec,
+            occurrence=o,
+            cause=RunCause.BACKFILL,
+            params=task.spec.params,
+            timezone=task.spec.timezone,
+        )
+        for o in found
+    ]
+    async with database.transaction() as tx:
+        created_ids = await runs.insert_runs(tx, new_runs)
+        await dispatcher.lease_available(tx)
+    created = await database.run(runs.get_runs, created_ids)
     return BackfillResult(occurrences=found, created=created, existing=len(found) - len(created))
 
 
@@ -110,7 +137,7 @@ def backfill_occurrences(spec: TaskSpec, start: datetime, end: datetime) -> list
         raise FailedPrecondition(f"task {spec.name} has no time triggers to backfill")
     found: set[datetime] = set()
     for position in positions:
-        trigger = time_trigger(spec, position, anchor=start)
+        trigger = schedule.time_trigger(spec, position, anchor=start)
         found.update(itertools.islice(schedule.occurrences(trigger, start, end), MAX_BACKFILL + 1))
     if len(found) > MAX_BACKFILL:
         raise InvalidArgument(f"covers more than {MAX_BACKFILL} occurrences; split it", path="to")

@@ -26,10 +26,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
-from hydra.coordinator.lease_store import LeaseStore
-from hydra.coordinator.records import Heartbeat
-from hydra.coordinator.sessions import LeaseKey
-from hydra.coordinator.store_base import CONFLICTS
+from hydra.coordinator.store import CONFLICTS, Database, leases
+from hydra.coordinator.store.records import Heartbeat, LeaseKey
 from hydra.errors import Unavailable
 
 log = logging.getLogger("hydra.coordinator.agents")
@@ -37,7 +35,7 @@ log = logging.getLogger("hydra.coordinator.agents")
 #: How long a round waits for other streams' heartbeats before it records them.
 GATHER_SECONDS = 0.05
 #: How many times a round is tried when it keeps meeting rows locked by others:
-#: its statements wait at most the store's HEARTBEAT_LOCK_TIMEOUT for a lock.
+#: its statements wait at most the store's leases.HEARTBEAT_LOCK_TIMEOUT for a lock.
 CONFLICT_TRIES = 20
 
 
@@ -57,13 +55,13 @@ class HeartbeatRecorder:
 
     def __init__(
         self,
-        store: LeaseStore,
+        database: Database,
         *,
         ttl: timedelta,
         coordinator_id: str,
         gather: float = GATHER_SECONDS,
     ) -> None:
-        self._store = store
+        self._db = database
         self._gather = gather
         self._ttl = ttl
         self._coordinator_id = coordinator_id
@@ -94,8 +92,11 @@ class HeartbeatRecorder:
     async def _record(self, pending: list[PendingHeartbeat], tries: int = CONFLICT_TRIES) -> None:
         """One transaction for the round; if it fails for one heartbeat's sake, each alone."""
         try:
-            renewed = await self._store.record_heartbeats(
-                [p.heartbeat for p in pending], self._ttl, coordinator_id=self._coordinator_id
+            renewed = await self._db.run(
+                leases.record_heartbeats,
+                [p.heartbeat for p in pending],
+                self._ttl,
+                coordinator_id=self._coordinator_id,
             )
         except Unavailable as error:
             if tries > 1 and isinstance(error.__cause__, CONFLICTS):

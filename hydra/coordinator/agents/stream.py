@@ -3,11 +3,12 @@
 The agent says Hello; we reconcile the leases it still holds, answer Welcome,
 then read its messages (heartbeats, attempt started/finished, output) while a
 writer sends what the dispatcher queued for it. Every report goes through the
-lease store, which checks the fencing token. Reports that arrive while
+store, which checks the fencing token. Reports that arrive while
 earlier ones are being recorded are recorded together, in one transaction,
-and answered only once it has committed: a busy agent costs one commit per
+whose freed slots the dispatcher leases again before it commits; each report is
+answered only once it has committed: a busy agent costs one commit per
 batch, not one per message. Heartbeats go to the coordinator's
-:class:`~hydra.coordinator.heartbeats.HeartbeatRecorder`, which records those of
+:class:`~hydra.coordinator.loops.heartbeats.HeartbeatRecorder`, which records those of
 all streams together.
 """
 
@@ -17,26 +18,24 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING
 
 import grpc
 import psycopg
 
-from hydra.coordinator.heartbeats import HeartbeatRecorder, PendingHeartbeat
-from hydra.coordinator.lease_batch import LeaseBatch
-from hydra.coordinator.lease_store import DUPLICATE_SUCCESS, LeaseStore
-from hydra.coordinator.loop import utcnow
-from hydra.coordinator.records import (
-    AttemptReport,
-    AttemptStart,
-    Heartbeat,
-    LeaseTimes,
-    ReportVerdict,
-)
-from hydra.coordinator.sessions import AgentSession, LeaseKey, SessionRegistry
-from hydra.coordinator.store_base import CONFLICTS
+from hydra.coordinator.agents import wire
+from hydra.coordinator.agents.sessions import AgentSession, SessionRegistry
+from hydra.coordinator.loops.heartbeats import HeartbeatRecorder, PendingHeartbeat
+from hydra.coordinator.loops.timing import utcnow
+from hydra.coordinator.store import CONFLICTS, Database, Transaction, agents, attempts, leases
+from hydra.coordinator.store import preconditions as precondition_checks
+from hydra.coordinator.store.records import Heartbeat, LeaseKey, LeaseTimes, ReportVerdict
 from hydra.errors import Unavailable
 from hydra.v1 import agent_service_pb2 as pb
-from hydra.wire import from_timestamp, to_duration, verdict_from_proto
+from hydra.wire import verdict_from_proto
+
+if TYPE_CHECKING:
+    from hydra.coordinator.loops.dispatcher import Dispatcher
 
 log = logging.getLogger("hydra.coordinator.agents")
 
@@ -47,7 +46,6 @@ MAX_BATCH = 200
 #: How many times one message is tried when its transactions keep being deadlock victims.
 DEADLOCK_TRIES = 3
 
-
 #: The kinds of message recorded in a report batch (heartbeats are recorded apart).
 _RECORDED = frozenset(
     {"preconditions_checked", "lease_rejected", "attempt_started", "output", "attempt_finished"}
@@ -56,14 +54,6 @@ _RECORDED = frozenset(
 #: What to do once a message's changes are committed (answer the agent, wake the dispatcher).
 Answer = Callable[[], None]
 
-_OUTCOMES = {
-    pb.ATTEMPT_OUTCOME_SUCCEEDED: "SUCCEEDED",
-    pb.ATTEMPT_OUTCOME_FAILED: "FAILED",
-    pb.ATTEMPT_OUTCOME_TIMED_OUT: "TIMED_OUT",
-    pb.ATTEMPT_OUTCOME_CANCELLED: "CANCELLED",
-    pb.ATTEMPT_OUTCOME_FENCED: "FENCED",
-}
-
 
 class AgentStreams:
     """Serves agent streams for one coordinator."""
@@ -71,18 +61,20 @@ class AgentStreams:
     def __init__(
         self,
         *,
-        store: LeaseStore,
+        database: Database,
+        dispatcher: Dispatcher,
         sessions: SessionRegistry,
         times: LeaseTimes,
         coordinator_id: str,
         output_limit: int,
     ) -> None:
-        self._store = store
+        self._db = database
+        self._dispatcher = dispatcher
         self._sessions = sessions
         self._times = times
         self._coordinator_id = coordinator_id
         self._output_limit = output_limit
-        self._heartbeats = HeartbeatRecorder(store, ttl=times.ttl, coordinator_id=coordinator_id)
+        self._heartbeats = HeartbeatRecorder(database, ttl=times.ttl, coordinator_id=coordinator_id)
 
     async def close(self) -> None:
         """Stops recording heartbeats (the server has stopped serving)."""
@@ -103,14 +95,7 @@ class AgentStreams:
             draining=hello.draining,
         )
         revoked = await self._greet(session, hello)
-        yield pb.CoordinatorMessage(
-            welcome=pb.Welcome(
-                coordinator_id=self._coordinator_id,
-                heartbeat_interval=to_duration(self._times.heartbeat_interval),
-                lease_ttl=to_duration(self._times.ttl),
-                revoked=[_ref(key) for key in revoked],
-            )
-        )
+        yield wire.welcome(self._coordinator_id, self._times, revoked)
         self._sessions.open(session)
         reader = asyncio.create_task(
             self._read(session, requests), name=f"agent-{session.agent_id}"
@@ -125,17 +110,19 @@ class AgentStreams:
             await self._goodbye(session)
 
     async def _greet(self, session: AgentSession, hello: pb.Hello) -> set[LeaseKey]:
-        held = [(lease.run_id, lease.lease_token) for lease in hello.held_leases]
-        await self._store.connect_agent(
-            agent_id=session.agent_id,
-            hostname=session.hostname,
-            labels=session.labels,
-            capacity=session.capacity,
-            version=hello.version,
-            draining=session.draining,
-            coordinator_id=self._coordinator_id,
-        )
-        revoked = await self._store.reconcile_agent(session.agent_id, held, self._times.ttl)
+        held = [wire.lease_key(lease) for lease in hello.held_leases]
+        async with self._db.transaction() as tx:
+            await agents.connect(
+                tx,
+                agent_id=session.agent_id,
+                hostname=session.hostname,
+                labels=session.labels,
+                capacity=session.capacity,
+                version=hello.version,
+                draining=session.draining,
+                coordinator_id=self._coordinator_id,
+            )
+        revoked = await self._db.run(leases.reconcile, session.agent_id, held, self._times.ttl)
         session.held = set(held) - revoked
         log.info(
             "agent %s connected (%s, %d slots, labels %s, %d lease(s) held, %d revoked)",
@@ -152,7 +139,7 @@ class AgentStreams:
         self._sessions.close(session)
         if self._sessions.get(session.agent_id) is None:
             with contextlib.suppress(Exception):
-                await self._store.disconnect_agent(session.agent_id, self._coordinator_id)
+                await self._db.run(agents.disconnect, session.agent_id, self._coordinator_id)
         log.info("agent %s disconnected", session.agent_id)
 
     async def _read(self, session: AgentSession, requests: AsyncIterator[pb.AgentMessage]) -> None:
@@ -214,8 +201,7 @@ class AgentStreams:
         if not batch:
             return
         try:
-            async with self._store.batch() as leases:
-                answers = await self._record(session, leases, batch)
+            answers = await self._record_and_dispatch(session, batch)
         except Unavailable as error:
             if not isinstance(error.__cause__, CONFLICTS):
                 raise
@@ -240,8 +226,7 @@ class AgentStreams:
         self, session: AgentSession, message: pb.AgentMessage, *, tries: int = DEADLOCK_TRIES
     ) -> None:
         try:
-            async with self._store.batch() as leases:
-                answers = await self._record(session, leases, [message])
+            answers = await self._record_and_dispatch(session, [message])
         except Unavailable as error:
             if tries <= 1 or not isinstance(error.__cause__, CONFLICTS):
                 raise
@@ -252,13 +237,23 @@ class AgentStreams:
             if message.WhichOneof("body") != "attempt_finished":
                 raise
             # The one-success index: never two SUCCEEDED attempts for a run.
-            verdict = ReportVerdict(accepted=False, reason=DUPLICATE_SUCCESS)
+            verdict = ReportVerdict(accepted=False, reason=attempts.DUPLICATE_SUCCESS)
             answers = [self._finished_answer(session, message.attempt_finished, verdict)]
         for answer in answers:
             answer()
 
+    async def _record_and_dispatch(
+        self, session: AgentSession, batch: list[pb.AgentMessage]
+    ) -> list[Answer]:
+        """Records the batch in one transaction, in which the dispatcher leases the
+        slots it freed; the offers leave after the commit, then the answers."""
+        async with self._db.transaction() as tx:
+            answers = await self._record(session, tx, batch)
+            await self._dispatcher.lease_available(tx)
+        return answers
+
     async def _record(
-        self, session: AgentSession, leases: LeaseBatch, batch: list[pb.AgentMessage]
+        self, session: AgentSession, tx: Transaction, batch: list[pb.AgentMessage]
     ) -> list[Answer]:
         """Records a batch kind by kind, in the order of one lease's messages (its
         check, start, output, end): one statement starts every attempt of the batch,
@@ -271,14 +266,15 @@ class AgentStreams:
             log.warning("agent %s sent an unexpected %s", session.agent_id, kind or "message")
         answers: list[Answer | None] = []
         for message in by_kind.get("preconditions_checked", []):
-            answers.append(await self._checked(session, leases, message.preconditions_checked))
+            answers.append(await self._checked(session, tx, message.preconditions_checked))
         for message in by_kind.get("lease_rejected", []):
-            answers.append(await self._rejected(session, leases, message.lease_rejected))
+            answers.append(await self._rejected(session, tx, message.lease_rejected))
         if started := by_kind.get("attempt_started"):
-            answers += await self._started(session, leases, [m.attempt_started for m in started])
+            answers += await self._started(session, tx, [m.attempt_started for m in started])
         for message in by_kind.get("output", []):
             chunk = message.output
-            await leases.append_output(
+            await attempts.append_output(
+                tx,
                 chunk.lease.run_id,
                 chunk.lease.lease_token,
                 int(chunk.stream),
@@ -286,28 +282,21 @@ class AgentStreams:
                 limit=self._output_limit,
             )
         if finished := by_kind.get("attempt_finished"):
-            answers += await self._finished(session, leases, [m.attempt_finished for m in finished])
+            answers += await self._finished(session, tx, [m.attempt_finished for m in finished])
         return [answer for answer in answers if answer is not None]
 
     def _heartbeat(self, session: AgentSession, heartbeat: pb.Heartbeat) -> None:
         """Queues the heartbeat with those of other streams; the ack follows the commit."""
-        listed = tuple((lease.run_id, lease.lease_token) for lease in heartbeat.leases)
+        listed = tuple(wire.lease_key(lease) for lease in heartbeat.leases)
         if heartbeat.draining and not session.draining:
             log.info("agent %s is draining", session.agent_id)
         session.draining = session.draining or heartbeat.draining
 
         def renewed(current: set[LeaseKey]) -> None:
             revoked = [key for key in listed if key not in current]
-            session.held.difference_update(revoked)
+            session.ack_heartbeat(heartbeat.sequence, revoked)
             if revoked:
                 self._sessions.slots_changed.set()
-            session.send(
-                pb.CoordinatorMessage(
-                    heartbeat_ack=pb.HeartbeatAck(
-                        sequence=heartbeat.sequence, revoked=[_ref(key) for key in revoked]
-                    )
-                )
-            )
 
         self._heartbeats.submit(
             PendingHeartbeat(
@@ -320,27 +309,18 @@ class AgentStreams:
         )
 
     async def _started(
-        self, session: AgentSession, leases: LeaseBatch, started: list[pb.AttemptStarted]
+        self, session: AgentSession, tx: Transaction, started: list[pb.AttemptStarted]
     ) -> list[Answer]:
-        starts = [
-            AttemptStart(
-                run_id=each.lease.run_id,
-                lease_token=each.lease.lease_token,
-                argv=tuple(each.argv),
-                started_at=from_timestamp(each.started_at),
-            )
-            for each in started
-        ]
-        current = await leases.start_attempts(session.agent_id, starts)
+        current = await attempts.start(
+            tx, session.agent_id, [wire.start_from_proto(each) for each in started]
+        )
         return [
-            self._stale_start_answer(session, each)
-            for each in started
-            if (each.lease.run_id, each.lease.lease_token) not in current
+            self._stale_start_answer(session, key)
+            for key in (wire.lease_key(each.lease) for each in started)
+            if key not in current
         ]
 
-    def _stale_start_answer(self, session: AgentSession, started: pb.AttemptStarted) -> Answer:
-        key = (started.lease.run_id, started.lease.lease_token)
-
+    def _stale_start_answer(self, session: AgentSession, key: LeaseKey) -> Answer:
         def answer() -> None:
             log.warning(
                 "agent %s started run %s under stale lease %d; cancelling it",
@@ -348,24 +328,19 @@ class AgentStreams:
                 key[0],
                 key[1],
             )
-            session.held.discard(key)
-            session.send(
-                pb.CoordinatorMessage(
-                    cancel=pb.CancelAttempt(
-                        lease=started.lease, reason="the lease is no longer current"
-                    )
-                )
-            )
+            session.cancel(key, "the lease is no longer current")
 
         return answer
 
     async def _finished(
-        self, session: AgentSession, leases: LeaseBatch, finished: list[pb.AttemptFinished]
+        self, session: AgentSession, tx: Transaction, finished: list[pb.AttemptFinished]
     ) -> list[Answer]:
         for each in finished:
             # The slot is free already: this transaction may lease it again (inline dispatch).
-            session.held.discard((each.lease.run_id, each.lease.lease_token))
-        verdicts = await leases.finish_attempts([_report(session.agent_id, f) for f in finished])
+            session.held.discard(wire.lease_key(each.lease))
+        verdicts = await attempts.finish(
+            tx, [wire.report_from_proto(session.agent_id, f) for f in finished]
+        )
         return [
             self._finished_answer(session, each, verdict)
             for each, verdict in zip(finished, verdicts, strict=True)
@@ -375,7 +350,7 @@ class AgentStreams:
         self, session: AgentSession, finished: pb.AttemptFinished, verdict: ReportVerdict
     ) -> Answer:
         def answer() -> None:
-            key = (finished.lease.run_id, finished.lease.lease_token)
+            key = wire.lease_key(finished.lease)
             if not verdict.accepted:
                 log.warning(
                     "refused report of agent %s on run %s (lease %d): %s",
@@ -384,26 +359,19 @@ class AgentStreams:
                     key[1],
                     verdict.reason,
                 )
-            session.held.discard(key)
-            if not verdict.accepted:
                 # An accepted report's transaction leased the freed slot again
                 # already (inline dispatch); a refused one's did not.
                 self._sessions.slots_changed.set()
-            session.send(
-                pb.CoordinatorMessage(
-                    report_ack=pb.ReportAck(
-                        lease=finished.lease, accepted=verdict.accepted, reason=verdict.reason
-                    )
-                )
-            )
+            session.ack_report(key, verdict)
 
         return answer
 
     async def _checked(
-        self, session: AgentSession, leases: LeaseBatch, checked: pb.PreconditionsChecked
+        self, session: AgentSession, tx: Transaction, checked: pb.PreconditionsChecked
     ) -> Answer | None:
-        key = (checked.lease.run_id, checked.lease.lease_token)
-        await leases.record_preconditions(
+        key = wire.lease_key(checked.lease)
+        await precondition_checks.record(
+            tx,
             key[0],
             key[1],
             ready=checked.ready,
@@ -420,11 +388,11 @@ class AgentStreams:
         return answer
 
     async def _rejected(
-        self, session: AgentSession, leases: LeaseBatch, rejected: pb.LeaseRejected
+        self, session: AgentSession, tx: Transaction, rejected: pb.LeaseRejected
     ) -> Answer:
-        key = (rejected.lease.run_id, rejected.lease.lease_token)
+        key = wire.lease_key(rejected.lease)
         log.info("agent %s rejected run %s: %s", session.agent_id, key[0], rejected.reason)
-        await leases.release_lease(key[0], key[1], reason=f"agent rejected: {rejected.reason}")
+        await leases.release(tx, key[0], key[1], reason=f"agent rejected: {rejected.reason}")
         return lambda: session.held.discard(key)
 
 
@@ -442,25 +410,3 @@ async def _read_hello(
     if hello.capacity < 1:
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "hello.capacity: at least 1")
     return hello
-
-
-def _report(agent_id: str, finished: pb.AttemptFinished) -> AttemptReport:
-    finished_at = from_timestamp(finished.finished_at)
-    started_at = from_timestamp(finished.started_at) if finished.HasField("started_at") else None
-    return AttemptReport(
-        run_id=finished.lease.run_id,
-        lease_token=finished.lease.lease_token,
-        agent_id=agent_id,
-        outcome=_OUTCOMES.get(finished.outcome, "FAILED"),
-        argv=tuple(finished.argv),
-        started_at=started_at or finished_at,
-        finished_at=finished_at,
-        exit_code=finished.exit_code if finished.HasField("exit_code") else None,
-        signal=finished.signal if finished.HasField("signal") else None,
-        message=finished.message,
-        outputs_json=finished.outputs_json,
-    )
-
-
-def _ref(key: LeaseKey) -> pb.LeaseRef:
-    return pb.LeaseRef(run_id=key[0], lease_token=key[1])

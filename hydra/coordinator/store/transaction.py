@@ -1,0 +1,206 @@
+"""The database and its transactions: the one way the store's areas reach PostgreSQL.
+
+A :class:`Transaction` is what every function of the store's areas takes: it
+runs named queries, collects what to announce when it commits (changed runs
+for watchers, work for the dispatchers) and what to do once it has committed or
+rolled back (offer the runs it leased, give back reserved slots). The
+dispatcher leases work inside the transaction that made it available through
+those after-commit steps (see ``Dispatcher.lease_available``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import select
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from typing import Any, Concatenate, ParamSpec, TypeVar
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from hydra.coordinator.store.queries import query
+from hydra.coordinator.store.rows import SpecCache
+from hydra.domain import TaskSpec
+from hydra.errors import Unavailable
+
+Row = dict[str, Any]
+Cursor = psycopg.AsyncCursor[Row]
+P = ParamSpec("P")
+T = TypeVar("T")
+
+#: The server rolled a transaction back to break a deadlock or a serialization
+#: conflict, or a lock was not granted within the transaction's lock_timeout.
+CONFLICTS = (
+    psycopg.errors.DeadlockDetected,
+    psycopg.errors.SerializationFailure,
+    psycopg.errors.LockNotAvailable,
+)
+
+#: Run ids per notification: 37 bytes each stays under PostgreSQL's 8000-byte payload.
+_IDS_PER_NOTIFY = 200
+
+
+async def _configure(conn: psycopg.AsyncConnection[Any]) -> None:
+    await conn.execute("SET TIME ZONE 'UTC'")
+
+
+async def _check(conn: psycopg.AsyncConnection[Any]) -> None:
+    """Make sure a pooled connection still works before lending it out.
+
+    An idle connection has nothing to read, unless the server closed it (a
+    restart, a crash, a terminated backend) and left an error message or EOF
+    behind: only then is it worth the round trip of psycopg's own check, which
+    raises and makes the pool open a new connection. The check runs for every
+    transaction, so it must not cost a round trip each time.
+    """
+    if conn.closed:
+        raise psycopg.OperationalError("the connection is closed")
+    readable, _, _ = select.select([conn.fileno()], [], [], 0)
+    if readable:
+        await AsyncConnectionPool.check_connection(conn)
+
+
+def open_pool(conninfo: str, size: int) -> AsyncConnectionPool:
+    """A pool of autocommit connections in UTC; transactions are explicit."""
+    return AsyncConnectionPool(
+        conninfo,
+        min_size=min(2, size),
+        max_size=size,
+        kwargs={"autocommit": True},
+        configure=_configure,
+        check=_check,
+        open=False,
+        timeout=2.0,  # a request waits this long for a connection, then UNAVAILABLE
+        name="hydra",
+    )
+
+
+class Transaction:
+    """One open transaction: named queries, and what happens when it ends."""
+
+    def __init__(self, cursor: Cursor, specs: SpecCache) -> None:
+        self.cursor = cursor
+        self._specs = specs
+        #: Some change made work available: dispatchers should look for it.
+        self.made_work_available = False
+        #: This coordinator's dispatcher leased in this transaction already.
+        self.dispatched = False
+        self._changed_runs: list[str] = []
+        self._after_commit: list[Callable[[], Awaitable[None] | None]] = []
+        self._after_rollback: list[Callable[[], None]] = []
+
+    async def one(self, query_name: str, /, **params: Any) -> Row | None:
+        """Run a named query; its first row."""
+        await self.cursor.execute(query(query_name), params)
+        return await self.cursor.fetchone()
+
+    async def all(self, query_name: str, /, **params: Any) -> list[Row]:
+        """Run a named query; every row."""
+        await self.cursor.execute(query(query_name), params)
+        return await self.cursor.fetchall()
+
+    async def execute(self, query_name: str, /, **params: Any) -> None:
+        """Run a named query for its effect (in pipeline mode, not waited for)."""
+        await self.cursor.execute(query(query_name), params)
+
+    def spec(self, task_id: int, version: int, stored: Any) -> TaskSpec:
+        """The TaskSpec of a stored version (parsed once per database)."""
+        return self._specs.get(task_id, version, stored)
+
+    def runs_changed(self, run_ids: Iterable[str]) -> None:
+        """Tell watchers these runs changed, once this transaction commits."""
+        self._changed_runs.extend(run_ids)
+
+    def work_available(self) -> None:
+        """Wake every coordinator's dispatcher once this transaction commits."""
+        self.made_work_available = True
+
+    def after_commit(self, step: Callable[[], Awaitable[None] | None]) -> None:
+        """Do this once the transaction has committed (in order of registration)."""
+        self._after_commit.append(step)
+
+    def after_rollback(self, step: Callable[[], None]) -> None:
+        """Do this if the transaction rolls back."""
+        self._after_rollback.append(step)
+
+    async def _announce(self, sender: str) -> None:
+        runs = list(dict.fromkeys(self._changed_runs))  # each run once, in order
+        for start in range(0, len(runs), _IDS_PER_NOTIFY):
+            batch = ",".join(runs[start : start + _IDS_PER_NOTIFY])
+            await self.execute("notify_run_changed", run_id=batch)
+        if self.made_work_available:
+            await self.execute("notify_dispatch", sender=sender)
+
+    async def _committed(self) -> None:
+        for step in self._after_commit:
+            result = step()
+            if result is not None:
+                await result
+
+    def _rolled_back(self) -> None:
+        for step in self._after_rollback:
+            step()
+
+
+class Database:
+    """The coordinators' PostgreSQL: a pool, and transactions on it."""
+
+    def __init__(
+        self,
+        pool: AsyncConnectionPool,
+        *,
+        coordinator_id: str = "",
+        work_available: asyncio.Event | None = None,
+    ) -> None:
+        self.pool = pool
+        #: Sent with dispatch notifications, so that a coordinator can ignore its own.
+        self.coordinator_id = coordinator_id
+        #: Set when a committed transaction made work available that this
+        #: coordinator's dispatcher did not lease in it (its loop then looks).
+        self._work_available = work_available
+        #: time.monotonic() of the last failed transaction (the reaper waits a TTL after it).
+        self.last_outage = float("-inf")
+        self._specs = SpecCache()
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Transaction]:
+        """One transaction; database outages surface as Unavailable.
+
+        It runs in pipeline mode: a statement whose rows are not fetched does
+        not wait for its answer, so BEGIN, notifications and plain updates
+        cost no round trip of their own; a fetch or the COMMIT waits for all.
+        The notifications asked for during the transaction are sent once, at
+        its end (PostgreSQL delivers them at commit anyway); its after-commit
+        steps run once it has committed.
+        """
+        tx: Transaction | None = None
+        try:
+            async with self.pool.connection() as conn, conn.pipeline(), conn.transaction():
+                tx = Transaction(conn.cursor(row_factory=dict_row), self._specs)
+                yield tx
+                await tx._announce(self.coordinator_id)
+        except BaseException as error:
+            if tx is not None:
+                tx._rolled_back()
+            if isinstance(error, psycopg.OperationalError | PoolTimeout):
+                if not isinstance(error, CONFLICTS):  # the server works: no outage
+                    self.last_outage = time.monotonic()
+                raise Unavailable(f"database unavailable: {error}") from error
+            raise
+        if tx.made_work_available and not tx.dispatched and self._work_available is not None:
+            self._work_available.set()
+        await tx._committed()
+
+    async def run(
+        self,
+        operation: Callable[Concatenate[Transaction, P], Awaitable[T]],
+        /,
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> T:
+        """`operation(tx, ...)` in a transaction of its own."""
+        async with self.transaction() as tx:
+            return await operation(tx, *args, **kwargs)
