@@ -36,6 +36,8 @@ def test_wire_all_is_pinned() -> None:
         "from_timestamp",
         "optional_duration",
         "optional_timestamp",
+        "outcome_from_proto",
+        "outcome_to_proto",
         "precondition_to_proto",
         "run_from_proto",
         "run_state_from_proto",
