@@ -13,10 +13,10 @@ Apply writes.
 **Timing.** The real :class:`~hydra.coordinator.loops.triggers.TriggerLoop`
 runs in this process, its ``tick`` timed (one transaction: lock the due
 triggers, create their runs, advance them); a measured tick is the time of the
-ticks of the ``step`` that fired the per-second triggers. No coordinator runs meanwhile, so nothing else competes for
-the due triggers. The sizes take turns, one tick each per round in a random
-order, so that the
-machine's other work weighs on every size alike.
+ticks of the ``step`` that fired the per-second triggers. No coordinator runs
+meanwhile, so nothing else competes for the due triggers. The sizes take turns,
+one tick each per round in a random order, so that the machine's other work
+weighs on every size alike.
 """
 
 from __future__ import annotations

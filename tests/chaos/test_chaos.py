@@ -1,6 +1,6 @@
 """The chaos test of ``bench/chaos`` as part of the suite: a minute of killed
 coordinators and agents, stopped agents and PostgreSQL restarts, with a fixed
-seed, then every check of DESIGN §4 on what the database recorded.
+seed, then every guarantee of docs/architecture.md on what the database recorded.
 
 It runs ``python -m bench.chaos`` as a process of its own (that process starts
 PostgreSQL, which must not happen in a process with gRPC threads) and stops it

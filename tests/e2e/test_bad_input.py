@@ -1,6 +1,6 @@
 """Bad input, through hydractl and straight over gRPC: a clear message naming
 the field, the right exit code or status, no traceback, and nothing changed in
-the database (DESIGN §4.7).
+the database (docs/architecture.md, guarantees).
 
 Nothing here may change the database, so the tests share one coordinator (and
 one database, checked before and after every case) to stay fast.

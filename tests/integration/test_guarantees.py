@@ -1,7 +1,8 @@
-"""DESIGN §4 under failure: stale fencing tokens, zombie agents, coordinator
-crashes and outages, racing dispatchers, agent failover. Real coordinators
-(in threads, or as processes where one must die by SIGKILL), real agent
-processes, real PostgreSQL; each test fails if its guarantee is broken."""
+"""The guarantees of docs/architecture.md under failure: stale fencing tokens,
+zombie agents, coordinator crashes and outages, racing dispatchers, agent
+failover. Real coordinators (in threads, or as processes where one must die by
+SIGKILL), real agent processes, real PostgreSQL; each test fails if its
+guarantee is broken."""
 
 from __future__ import annotations
 
@@ -575,7 +576,7 @@ def test_three_coordinators_racing_over_200_runs_lease_and_start_each_exactly_on
     assert len({a["agent_id"] for a in attempts}) == 3, "the coordinators did not all race"
 
 
-# --- DESIGN §2: an agent fails over and keeps its attempt ------------------------------------
+# --- an agent fails over to another coordinator and keeps its attempt -----------------------
 
 
 def _first_coordinator(

@@ -40,7 +40,7 @@ from hydra.spec import (
     validate_task,
 )
 
-DESIGN_EXAMPLE = """\
+SPEC_EXAMPLE = """\
 name: billing.export            # [a-z0-9][a-z0-9._-]{0,127}
 command: ["python", "export.py", "--day", "{{ ds }}", "--region", "{{ params.region }}"]
 env: {EXPORT_DIR: "/data/{{ ds }}"}
@@ -212,11 +212,11 @@ def test_format_then_parse_is_identity(duration: timedelta) -> None:
     assert parse_duration(format_duration(duration), "x") == duration
 
 
-# --- the DESIGN example -----------------------------------------------------------
+# --- the example of docs/interfaces.md -----------------------------------------------------------
 
 
 def test_design_example_parses() -> None:
-    [spec] = load_task_documents(DESIGN_EXAMPLE)
+    [spec] = load_task_documents(SPEC_EXAMPLE)
     assert spec == TaskSpec(
         name="billing.export",
         command=("python", "export.py", "--day", "{{ ds }}", "--region", "{{ params.region }}"),
