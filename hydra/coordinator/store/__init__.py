@@ -2,7 +2,7 @@
 
 One :class:`Database` (a pool and its transactions) and plain per-area modules
 whose functions take the caller's :class:`Transaction`: ``tasks``,
-``triggers``, ``runs``, ``dependencies``, ``leases``, ``attempts``,
+``triggers``, ``runs`` (dependents and overlap included), ``leases``, ``attempts``,
 ``preconditions``, ``agents``, ``cluster``. Every query is a named block of
 ``queries.sql``; rows become domain types in ``rows``.
 """

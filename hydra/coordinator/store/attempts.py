@@ -11,7 +11,7 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-from hydra.coordinator.store import dependencies
+from hydra.coordinator.store import runs
 from hydra.coordinator.store.records import AttemptReport, AttemptStart, LeaseKey, ReportVerdict
 from hydra.coordinator.store.runs import run_uuid
 from hydra.coordinator.store.transaction import Database, Row, Transaction
@@ -128,7 +128,7 @@ async def fail_or_requeue(
 
 async def _after_terminal(tx: Transaction, row: Row) -> None:
     if row["has_dependents"]:
-        await dependencies.after_terminal(tx, row["task_name"], row["occurrence"], row["timezone"])
+        await runs.after_terminal(tx, row["task_name"], row["occurrence"], row["timezone"])
 
 
 async def _close_attempt(tx: Transaction, report: AttemptReport) -> int:

@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 
 from psycopg.types.json import Jsonb
 
-from hydra.coordinator.store import dependencies
+from hydra.coordinator.store import runs
 from hydra.coordinator.store.rows import verdict_json
 from hydra.coordinator.store.runs import run_uuid
 from hydra.coordinator.store.transaction import Transaction
@@ -72,4 +72,4 @@ async def _not_ready(
         state=state.value,
         reason=f"preconditions not ready after {format_duration(timeout)}: {waiting}",
     )
-    await dependencies.after_terminal(tx, task["task_name"], task["occurrence"], task["timezone"])
+    await runs.after_terminal(tx, task["task_name"], task["occurrence"], task["timezone"])

@@ -7,7 +7,7 @@ from datetime import datetime
 
 from psycopg.types.json import Jsonb
 
-from hydra.coordinator.store import dependencies
+from hydra.coordinator.store import runs
 from hydra.coordinator.store.records import Applied, TriggerRow
 from hydra.coordinator.store.rows import task_from_row
 from hydra.coordinator.store.transaction import Row, Transaction
@@ -22,7 +22,7 @@ async def apply_task(
     """Create the task or a new version; an identical spec changes nothing."""
     spec_json = task_to_dict(spec)
     if any(trigger.kind is TriggerKind.AFTER for trigger in triggers):
-        await dependencies.check_no_cycle(tx, spec)
+        await runs.check_no_cycle(tx, spec)
     row = await _lock_or_create(tx, spec.name, dry_run=dry_run)
     previous = row["version"] if row is not None else 0
     if row is not None and row["spec"] == spec_json:
