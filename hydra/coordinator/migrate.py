@@ -11,7 +11,6 @@ CONCURRENTLY``, ``VACUUM``).
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
 import re
@@ -122,11 +121,6 @@ async def migrate(conninfo: str) -> list[str]:
         for migration in todo:
             await _apply(conn, migration)
     return [migration.name for migration in todo]
-
-
-def migrate_sync(conninfo: str) -> list[str]:
-    """`migrate` for callers outside any event loop, such as ``hydra migrate``."""
-    return asyncio.run(migrate(conninfo))
 
 
 def _migrations_dir() -> Traversable:
