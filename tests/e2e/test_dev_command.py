@@ -103,7 +103,7 @@ def migrate(conninfo: str) -> subprocess.CompletedProcess[str]:
 @pytest.fixture
 def shipped_migrations() -> list[str]:
     """Names of the migrations inside the installed package, in order."""
-    folder = resources.files("hydra.coordinator") / "migrations"
+    folder = resources.files("hydra.coordinator.migrations")
     return sorted(item.name for item in folder.iterdir() if item.name.endswith(".sql"))
 
 

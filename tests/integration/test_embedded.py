@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import LiteralString
+from typing import Any, LiteralString
 
+import grpc
 import psutil  # type: ignore[import-untyped,unused-ignore]
 import psycopg
 import pytest
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from hydra.coordinator.embedded import (
     INSTALL_HINT,
@@ -54,6 +59,32 @@ def make_server() -> Iterator[MakeServer]:
             EmbeddedPostgres(data_dir, database="postgres").stop()
 
 
+@contextlib.contextmanager
+def busy_grpc() -> Iterator[None]:
+    """A gRPC server and a channel in this process, with a thread calling it nonstop."""
+    server = grpc.server(ThreadPoolExecutor(max_workers=2))
+    health_pb2_grpc.add_HealthServicer_to_server(health.HealthServicer(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    stub = health_pb2_grpc.HealthStub(channel)
+    done = threading.Event()
+
+    def call() -> None:
+        while not done.is_set():
+            stub.Check(health_pb2.HealthCheckRequest(), timeout=5)
+
+    caller = threading.Thread(target=call)
+    caller.start()
+    try:
+        yield
+    finally:
+        done.set()
+        caller.join()
+        channel.close()
+        server.stop(None).wait()
+
+
 def query_one(conninfo: str, query: LiteralString) -> object:
     with psycopg.connect(conninfo) as conn:
         row = conn.execute(query).fetchone()
@@ -84,6 +115,31 @@ def test_data_survives_stop_and_start(hydra_home: Path, make_server: MakeServer)
     second = make_server(hydra_home)
     assert query_one(second.start(), "SELECT note FROM kept") == "written before stop"
     assert second.stop() is True
+
+
+def test_starts_beside_grpc_threads_without_forking_to_switch_user(
+    hydra_home: Path, make_server: MakeServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Run as root, the wheel runs initdb and pg_ctl as another user, which
+    # subprocess does through fork(); with gRPC threads live, gRPC's fork
+    # handlers often crash that child before it execs. Only the helper process
+    # may do it: nothing spawned from this process switches user.
+    switching: list[list[str]] = []
+    popen_init = subprocess.Popen.__init__
+
+    def recording_init(self: subprocess.Popen[Any], args: Any, *rest: Any, **options: Any) -> None:
+        if any(options.get(name) is not None for name in ("user", "group", "preexec_fn")):
+            switching.append([str(arg) for arg in args])
+        popen_init(self, args, *rest, **options)
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", recording_init)
+    server = make_server(hydra_home)
+    with busy_grpc():
+        conninfo = server.start()  # a fresh home: initdb, then pg_ctl start
+
+    assert switching == []
+    assert query_one(conninfo, "SELECT 1") == 1
+    assert server.stop() is True
 
 
 def test_creates_the_hydra_database(hydra_home: Path, make_server: MakeServer) -> None:
