@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from support.wait import wait_for
+from harness.wait import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 BENCHMARKS = ("ceiling", "peer", "throughput", "latency", "scale", "failover")

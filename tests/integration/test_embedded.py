@@ -15,14 +15,13 @@ import psutil  # type: ignore[import-untyped,unused-ignore]
 import psycopg
 import pytest
 
+from harness.wait import wait_for
 from hydra.coordinator.embedded import (
     INSTALL_HINT,
     EmbeddedPostgres,
     EmbeddedPostgresError,
     EmbeddedUnavailable,
 )
-
-from support.wait import wait_for
 
 MakeServer = Callable[[Path], EmbeddedPostgres]
 SOCKET_PATH_MAX = 107  # bytes in sockaddr_un.sun_path, less the final NUL
