@@ -164,7 +164,7 @@ class EmbeddedServer:
         if self._starting is None or self._starting.poll() is None:
             return None
         starting, self._starting = self._starting, None
-        output = starting.stdout.read() if starting.stdout else ""
+        output, _ = starting.communicate()  # closes the pipe, too
         if starting.returncode != 0 or not output.strip():
             return False
         self.conninfo = output.strip().splitlines()[-1]
