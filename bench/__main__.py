@@ -25,19 +25,9 @@ from types import ModuleType
 from typing import Any
 
 from bench import ceiling, failover, latency, peer, scale, throughput
-from bench.harness import (
-    MARKER_ENV,
-    RESULTS_DIR,
-    Metric,
-    Postgres,
-    Result,
-    format_markdown,
-    format_table,
-    sweep,
-    write_json,
-)
 from bench.procfs import busy_percent, cpu_jiffies, machine
-from bench.stack import Context
+from bench.results import RESULTS_DIR, Metric, Result, format_markdown, format_table, write_json
+from bench.stack import MARKER_ENV, Context, Postgres, sweep
 
 #: In the order they run: the limits and the peer first, so others can refer to them.
 BENCHMARKS: dict[str, ModuleType] = {

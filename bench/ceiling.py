@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass
 
 import psycopg
 
-from bench.harness import Metric, Result, distribution
+from bench.results import Metric, Result, distribution
 from bench.stack import Context
 
 NAME = "ceiling"

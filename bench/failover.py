@@ -19,9 +19,12 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from bench.harness import Child, Metric, Processes, Result, Sql, Target, wait_for
 from bench.procfs import kill_pids, pids_with_env
-from bench.stack import Context, Coordinator, start_agent, start_coordinator, wait_agents
+from bench.results import Metric, Result, Target
+from bench.stack import Context, Sql, start_coordinator
+from harness.hydra import Coordinator, start_agent, wait_agents
+from harness.processes import Process, Processes
+from harness.wait import wait_for
 from hydra.client import Client, Concurrency, Retry, Task
 from hydra.spec import parse_duration
 
@@ -47,8 +50,8 @@ class _Agents:
 
     procs: Processes
     coordinator: Coordinator
-    db: Sql
-    live: dict[str, Child] = field(default_factory=dict)
+    conninfo: str
+    live: dict[str, Process] = field(default_factory=dict)
     started: int = 0
 
     def top_up(self, count: int) -> None:
@@ -60,7 +63,7 @@ class _Agents:
             self.live[agent_id] = start_agent(self.procs, self.coordinator, agent_id, capacity=1)
             new.append(agent_id)
         if new:
-            wait_agents(self.db, [self.live[i] for i in new], new)
+            wait_agents(self.conninfo, new, watched=[self.live[i] for i in new])
 
 
 def run(ctx: Context) -> Result:
@@ -76,7 +79,7 @@ def run(ctx: Context) -> Result:
             heartbeat=params.heartbeat,
             kill_grace="1s",
         )
-        agents = _Agents(procs=procs, coordinator=coordinator, db=db)
+        agents = _Agents(procs=procs, coordinator=coordinator, conninfo=conninfo)
         with Client(coordinator.address, timeout=60) as client:
             client.apply(
                 Task(

@@ -22,18 +22,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from bench import ceiling, peer
-from bench.harness import (
-    BenchError,
-    Child,
-    Metric,
-    Result,
-    Sql,
-    Target,
-    distribution,
-    ratio,
-    wait_for,
-)
-from bench.stack import Context, start_agent, start_coordinator, wait_agents
+from bench.results import BenchError, Metric, Result, Target, distribution, ratio
+from bench.stack import Context, Sql, start_coordinator
+from harness.hydra import start_agent, wait_agents
+from harness.processes import Process
+from harness.wait import wait_for
 from hydra.client import Client, Concurrency, Cron, Task
 
 NAME = "latency"
@@ -63,8 +56,8 @@ def run(ctx: Context) -> Result:
     with ctx.database(NAME) as conninfo, ctx.processes(NAME) as procs, Sql(conninfo) as db:
         coordinator = start_coordinator(procs, conninfo)
         agent = start_agent(procs, coordinator, "bench-latency", capacity=params.slots)
-        wait_agents(db, [agent], ["bench-latency"])
-        watched = [coordinator.child, agent]
+        wait_agents(conninfo, ["bench-latency"], watched=[agent])
+        watched = [coordinator.process, agent]
         with Client(coordinator.address, timeout=60) as client:
             cron = _cron_latencies(client, db, watched, params)
             trigger = _trigger_latencies(client, db, watched, params)
@@ -75,7 +68,7 @@ def run(ctx: Context) -> Result:
 
 
 def _cron_latencies(
-    client: Client, db: Sql, watched: list[Child], params: Params
+    client: Client, db: Sql, watched: list[Process], params: Params
 ) -> dict[str, list[float]]:
     names = [f"bench.cron-{i}" for i in range(params.cron_tasks)]
     applied_at = datetime.now(UTC)
@@ -114,18 +107,18 @@ def _cron_latencies(
     return split
 
 
-def _sleep_watching(watched: list[Child], seconds: float) -> None:
+def _sleep_watching(watched: list[Process], seconds: float) -> None:
     deadline = time.monotonic() + seconds
     while (left := deadline - time.monotonic()) > 0:
         for child in watched:
-            child.check_alive()
+            child.check_running()
         time.sleep(min(left, 0.5))
 
 
-def _wait_idle(db: Sql, watched: list[Child], timeout: float = 60) -> None:
+def _wait_idle(db: Sql, watched: list[Process], timeout: float = 60) -> None:
     def idle() -> bool:
         for child in watched:
-            child.check_alive()
+            child.check_running()
         active = db.value(
             "SELECT count(*) FROM hydra_runs WHERE state IN ('QUEUED', 'LEASED', 'RUNNING')"
         )
@@ -151,7 +144,7 @@ def _split(rows: list[dict[str, Any]], origin: str) -> dict[str, list[float]]:
 
 
 def _trigger_latencies(
-    client: Client, db: Sql, watched: list[Child], params: Params
+    client: Client, db: Sql, watched: list[Process], params: Params
 ) -> dict[str, list[float]]:
     name = "bench.manual"
     client.apply(
@@ -172,7 +165,7 @@ def _trigger_latencies(
     return split
 
 
-def _wait_started(db: Sql, watched: list[Child], run_id: str) -> dict[str, Any]:
+def _wait_started(db: Sql, watched: list[Process], run_id: str) -> dict[str, Any]:
     def started() -> dict[str, Any] | None:
         rows = db.rows(
             "SELECT r.created_at, a.started_at FROM hydra_runs r "
@@ -181,7 +174,7 @@ def _wait_started(db: Sql, watched: list[Child], run_id: str) -> dict[str, Any]:
         )
         if not rows:
             for child in watched:
-                child.check_alive()
+                child.check_running()
         return rows[0] if rows else None
 
     return wait_for(started, timeout=30, interval=0.002, message=f"run {run_id} to start")

@@ -28,9 +28,11 @@ from typing import Any
 
 import psycopg
 
-from bench.harness import BenchError, Child, Metric, Result, Sql, distribution, wait_for
 from bench.procfs import cpu_seconds
-from bench.stack import Context
+from bench.results import BenchError, Metric, Result, distribution
+from bench.stack import Context, Sql
+from harness.processes import Process
+from harness.wait import wait_for
 
 NAME = "peer"
 JOBS_RATE = "jobs/s"
@@ -100,9 +102,9 @@ async def _apply_schema(conninfo: str) -> None:
         await app.schema_manager.apply_schema_async()
 
 
-def _wait_worker(db: Sql, worker: Child) -> None:
+def _wait_worker(db: Sql, worker: Process) -> None:
     def registered() -> bool:
-        worker.check_alive()
+        worker.check_running()
         return bool(db.value("SELECT count(*) FROM procrastinate_workers"))
 
     wait_for(registered, timeout=60, interval=0.1, message="the procrastinate worker")
@@ -116,9 +118,9 @@ async def _defer_batch(conninfo: str, jobs: int) -> None:
         await app.configure_task(TASK_NAME).batch_defer_async(*({} for _ in range(jobs)))
 
 
-def _wait_succeeded(db: Sql, worker: Child, jobs: int, timeout: float) -> None:
+def _wait_succeeded(db: Sql, worker: Process, jobs: int, timeout: float) -> None:
     def finished() -> bool:
-        worker.check_alive()
+        worker.check_running()
         done = db.value(
             "SELECT count(*) FROM procrastinate_jobs WHERE status IN ('succeeded', 'failed')"
         )
@@ -139,7 +141,7 @@ def _timings(db: Sql) -> dict[str, Any]:
 
 
 async def _defer_latencies(
-    conninfo: str, start_log: Path, worker: Child, params: Params
+    conninfo: str, start_log: Path, worker: Process, params: Params
 ) -> list[float]:
     """Milliseconds from before ``defer_async`` to the job's process start, one at a time."""
     from bench.peer_worker import TASK_NAME, build_app
@@ -172,10 +174,10 @@ async def _wait_done(db: psycopg.AsyncConnection[Any], job_id: int, limit_s: flo
     raise BenchError(f"procrastinate job {job_id} did not finish within {limit_s:g}s")
 
 
-async def _wait_start(start_log: Path, key: int, worker: Child, limit_s: float = 10) -> float:
+async def _wait_start(start_log: Path, key: int, worker: Process, limit_s: float = 10) -> float:
     deadline = time.monotonic() + limit_s
     while time.monotonic() < deadline:
-        worker.check_alive()
+        worker.check_running()
         started = await asyncio.to_thread(_find_start, start_log, key)
         if started is not None:
             return started

@@ -17,9 +17,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from bench import scale_streams, scale_tasks
-from bench.harness import Metric, Result, Target, cpu_percent, distribution, ratio
 from bench.procfs import rss_kib
-from bench.stack import Context, start_coordinator
+from bench.results import Metric, Result, Target, distribution, ratio
+from bench.stack import Context, cpu_percent, start_coordinator
 
 NAME = "scale"
 
@@ -77,8 +77,10 @@ def _coordinator_cost(ctx: Context, params: Params, total: int, conninfo: str) -
     """RSS and CPU of a coordinator serving the database (firing the due triggers)."""
     with ctx.processes(f"{NAME}-{total}") as procs:
         coordinator = start_coordinator(procs, conninfo, name=f"coordinator-{total}")
-        cpu = cpu_percent(coordinator.child.pid, params.coordinator_window_s, [coordinator.child])
-        rss = rss_kib(coordinator.child.pid)
+        cpu = cpu_percent(
+            coordinator.process.pid, params.coordinator_window_s, [coordinator.process]
+        )
+        rss = rss_kib(coordinator.process.pid)
     return {"coordinator_rss_kib": rss, "coordinator_cpu_pct": cpu}
 
 

@@ -17,9 +17,11 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from bench.harness import Child, Processes, Sql, cpu_percent, wait_for
 from bench.procfs import rss_kib
-from bench.stack import Coordinator, start_agent, start_coordinator, wait_agents
+from bench.stack import Sql, cpu_percent, start_coordinator
+from harness.hydra import Coordinator, start_agent, wait_agents
+from harness.processes import Process, Processes
+from harness.wait import wait_for
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -37,7 +39,7 @@ SMOKE_STREAMS = StreamParams(streams=10, settle_s=0.5, window_s=1.0)
 def measure(procs: Processes, conninfo: str, params: StreamParams) -> dict[str, Any]:
     """Baseline, N streams, and an idle agent, against one coordinator."""
     coordinator = start_coordinator(procs, conninfo, name="coordinator-streams")
-    pid = coordinator.child.pid
+    pid = coordinator.process.pid
     with Sql(conninfo) as db:
         time.sleep(params.settle_s)
         baseline = {"rss_kib": rss_kib(pid), "cpu_pct": cpu_percent(pid, params.window_s)}
@@ -45,13 +47,13 @@ def measure(procs: Processes, conninfo: str, params: StreamParams) -> dict[str, 
         time.sleep(params.settle_s)
         commits_before, started = _commits(db), time.monotonic()
         loaded = {
-            "cpu_pct": cpu_percent(pid, params.window_s, [coordinator.child, sim]),
+            "cpu_pct": cpu_percent(pid, params.window_s, [coordinator.process, sim]),
             "rss_kib": rss_kib(pid),
             "sim_rss_kib": rss_kib(sim.pid),
         }
         elapsed = time.monotonic() - started
         loaded["commits_per_s"] = (_commits(db) - commits_before) / elapsed
-        agent_rss = _idle_agent_rss(procs, coordinator, db, params.settle_s)
+        agent_rss = _idle_agent_rss(procs, coordinator, conninfo, params.settle_s)
     per_stream = (loaded["rss_kib"] - baseline["rss_kib"]) / params.streams
     return {
         "streams": params.streams,
@@ -69,13 +71,13 @@ def _commits(db: Sql) -> int:
     return int(count)
 
 
-def _start_crowd(procs: Processes, coordinator: Coordinator, db: Sql, streams: int) -> Child:
+def _start_crowd(procs: Processes, coordinator: Coordinator, db: Sql, streams: int) -> Process:
     argv = [sys.executable, "-m", "bench.agent_sim", "--target", coordinator.address]
     sim = procs.start("agent-sim", [*argv, "--count", str(streams)])
 
     def all_connected() -> bool:
-        sim.check_alive()
-        coordinator.child.check_alive()
+        sim.check_running()
+        coordinator.process.check_running()
         count = db.value(
             "SELECT count(*) FROM hydra_agents WHERE state = 'connected' AND id LIKE %s", "sim-%"
         )
@@ -85,9 +87,11 @@ def _start_crowd(procs: Processes, coordinator: Coordinator, db: Sql, streams: i
     return sim
 
 
-def _idle_agent_rss(procs: Processes, coordinator: Coordinator, db: Sql, settle_s: float) -> int:
+def _idle_agent_rss(
+    procs: Processes, coordinator: Coordinator, conninfo: str, settle_s: float
+) -> int:
     agent = start_agent(procs, coordinator, "bench-idle-agent", capacity=1)
-    wait_agents(db, [agent], ["bench-idle-agent"])
+    wait_agents(conninfo, ["bench-idle-agent"], watched=[agent])
     time.sleep(settle_s)
-    agent.check_alive()
+    agent.check_running()
     return rss_kib(agent.pid)

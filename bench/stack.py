@@ -1,27 +1,126 @@
-"""Hydra as real processes on 127.0.0.1, and the context every benchmark runs in.
+"""The context every benchmark runs in: the PostgreSQL server and a database of
+its own, Hydra's processes on 127.0.0.1 with the benchmarks' settings, and
+the sweep that leaves nothing running.
 
 Coordinators and agents are ``python -m hydra ...`` children (so their RSS
-and CPU can be read from /proc and an agent can be SIGKILLed), started
-through :class:`bench.harness.Processes`, which stops them whatever happens.
+and CPU can be read from /proc and an agent can be SIGKILLed), started and
+always stopped by :mod:`harness`; every one carries `MARKER_ENV`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import socket
-import sys
+import os
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
+from psycopg.rows import dict_row
 
-from bench.harness import BenchError, Child, Postgres, Processes, Result, Sql, wait_for
+from bench.procfs import cpu_seconds, kill_pids, pids_with_env
+from bench.results import Result
+from harness import hydra
+from harness.hydra import Coordinator, LeaseTiming
+from harness.postgres import temporary_server
+from harness.processes import Process, Processes
 
-HYDRA = (sys.executable, "-m", "hydra")
-#: A loaded 2-core machine starts Python, gRPC and the migrations slowly.
-START_TIMEOUT_S = 60.0
+#: Every process a benchmark run starts carries this variable, set to the run's
+#: id; attempts inherit it from their agent, so a final sweep finds leftovers.
+MARKER_ENV = "HYDRA_BENCH_RUN"
+
+
+class Sql:
+    """One autocommit connection (UTC) for reading and poking a database directly."""
+
+    def __init__(self, conninfo: str) -> None:
+        self._conn = psycopg.connect(conninfo, autocommit=True, row_factory=dict_row)
+        self._conn.execute("SET TIME ZONE 'UTC'")
+
+    def rows(self, query: str, *params: Any) -> list[dict[str, Any]]:
+        """Every row of a query."""
+        return self._conn.execute(query, params or None).fetchall()
+
+    def value(self, query: str, *params: Any) -> Any:
+        """The first column of the first row, or None."""
+        rows = self.rows(query, *params)
+        return next(iter(rows[0].values())) if rows else None
+
+    def execute(self, query: str, *params: Any) -> None:
+        """Run a statement for its effect."""
+        self._conn.execute(query, params or None)
+
+    def close(self) -> None:
+        """Close the connection."""
+        self._conn.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class Postgres:
+    """The benchmarks' server: the one at ``admin_conninfo``, or an embedded one
+    (:func:`harness.postgres.temporary_server`, fast under ``--fast-pg``).
+
+    Start it before this process creates any gRPC channel: the wheel's pg_ctl
+    forks a child that switches user, which is unsafe in a process with gRPC
+    threads.
+    """
+
+    def __init__(self, admin_conninfo: str | None, *, fast: bool, prefix: str) -> None:
+        self.admin_conninfo = admin_conninfo or ""
+        self.embedded = admin_conninfo is None
+        self._prefix = prefix
+        self._server = temporary_server(admin_conninfo, fast=fast, prefix="hydra-bench-pg-")
+
+    def __enter__(self) -> Self:
+        self.admin_conninfo = self._server.__enter__()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self._server.__exit__(exc_type, exc, traceback)
+
+    def conninfo(self, database: str) -> str:
+        """Conninfo of a database on this server."""
+        return make_conninfo(self.admin_conninfo, dbname=database)
+
+    def database_name(self, name: str) -> str:
+        """The full name of a benchmark's database (prefixed by the run)."""
+        return f"{self._prefix}_{name}"
+
+    @contextlib.contextmanager
+    def database(self, name: str) -> Iterator[str]:
+        """A fresh, empty database for the block; its conninfo. Dropped afterwards."""
+        full = self.database_name(name)
+        self._admin(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)"), full)
+        self._admin(sql.SQL("CREATE DATABASE {}"), full)
+        try:
+            yield self.conninfo(full)
+        finally:
+            self._admin(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)"), full)
+
+    def _admin(self, statement: sql.SQL, name: str) -> None:
+        with psycopg.connect(self.admin_conninfo, autocommit=True) as conn:
+            conn.execute(statement.format(sql.Identifier(name)))
+
+    def settings(self) -> dict[str, str]:
+        """The server settings that matter to the figures."""
+        names = ["server_version", "fsync", "synchronous_commit", "shared_buffers"]
+        with psycopg.connect(self.admin_conninfo, autocommit=True) as conn:
+            return {name: str(conn.execute(f"SHOW {name}").fetchone()[0]) for name in names}  # type: ignore[index]
 
 
 @dataclass(kw_only=True)
@@ -39,10 +138,16 @@ class Context:
 
     @contextlib.contextmanager
     def processes(self, name: str) -> Iterator[Processes]:
-        """Children of one benchmark, logging to ``<results>/logs/<name>/``; all
-        stopped when the block ends."""
-        with Processes(self.results_dir / "logs" / name, self.marker) as started:
-            yield started
+        """Children of one benchmark, marked with the run's id and logging to
+        ``<results>/logs/<name>/`` (emptied first); all stopped when the block ends,
+        then whatever still carries the marker."""
+        env = {**os.environ, MARKER_ENV: self.marker}
+        log_dir = self.results_dir / "logs" / name
+        try:
+            with Processes(log_dir, env=env, fresh_logs=True) as started:
+                yield started
+        finally:
+            sweep(self.marker)
 
     def earlier_value(self, benchmark: str, metric: str) -> float | None:
         """A metric of a benchmark run earlier in this invocation, or None."""
@@ -52,22 +157,6 @@ class Context:
     def database(self, name: str) -> contextlib.AbstractContextManager[str]:
         """A fresh database for one benchmark (dropped afterwards); its conninfo."""
         return self.postgres.database(name)
-
-
-@dataclass(frozen=True)
-class Coordinator:
-    """A `hydra coordinator` process and where it serves."""
-
-    child: Child
-    address: str
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 def start_coordinator(
@@ -81,66 +170,28 @@ def start_coordinator(
     pool: int = 10,
     log_level: str = "info",
 ) -> Coordinator:
-    """A `hydra coordinator` on a free local port, once gRPC health says SERVING."""
-    for attempt in range(3):  # another process may take the port before we bind it
-        address = f"127.0.0.1:{free_port()}"
-        argv = [*HYDRA, "--log-level", log_level, "coordinator", "--db", conninfo]
-        argv += ["--listen", address, "--pool", str(pool), "--lease-ttl", lease_ttl]
-        argv += ["--heartbeat", heartbeat, "--kill-grace", kill_grace]
-        child = processes.start(f"{name}-{attempt}" if attempt else name, argv)
-        try:
-            wait_serving(child, address)
-        except BenchError:
-            if child.alive or "bind" not in child.log().lower():
-                raise
-            continue
-        return Coordinator(child, address)
-    raise BenchError(f"{name} found no free port")
+    """A `hydra coordinator` with the benchmarks' lease timing and pool, once it serves."""
+    timing = LeaseTiming(ttl=lease_ttl, heartbeat=heartbeat, kill_grace=kill_grace)
+    return hydra.start_coordinator(
+        processes, conninfo, name=name, timing=timing, pool=pool, log_level=log_level
+    )
 
 
-def wait_serving(child: Child, address: str, timeout: float = START_TIMEOUT_S) -> None:
-    """Wait until gRPC health says SERVING at `address`; fail early if the child exits."""
-    with grpc.insecure_channel(address) as channel:
-        health = health_pb2_grpc.HealthStub(channel)
-
-        def serving() -> bool:
-            child.check_alive()
-            try:
-                status = health.Check(health_pb2.HealthCheckRequest(), timeout=1).status
-            except grpc.RpcError:
-                return False
-            return bool(status == health_pb2.HealthCheckResponse.SERVING)
-
-        wait_for(serving, timeout=timeout, interval=0.1, message=f"{child.name} serving")
+def sweep(marker: str) -> list[int]:
+    """SIGKILL every process of this run that is still alive (attempts of killed
+    agents, mostly); returns their pids."""
+    leftovers = pids_with_env(MARKER_ENV, marker)
+    kill_pids(leftovers)
+    return leftovers
 
 
-def start_agent(
-    processes: Processes,
-    coordinator: Coordinator,
-    agent_id: str,
-    *,
-    capacity: int,
-    drain_grace: str = "2s",
-    log_level: str = "info",
-) -> Child:
-    """A `hydra agent` process (not waited for: see :func:`wait_agents`)."""
-    argv = [*HYDRA, "--log-level", log_level, "agent", "--coordinator", coordinator.address]
-    argv += ["--id", agent_id, "--capacity", str(capacity), "--drain-grace", drain_grace]
-    return processes.start(agent_id, argv)
-
-
-def wait_agents(
-    db: Sql, agents: Sequence[Child], ids: Sequence[str], timeout: float = START_TIMEOUT_S
-) -> None:
-    """Wait until the coordinators record every one of `ids` as connected."""
-
-    def connected() -> bool:
-        for agent in agents:
-            agent.check_alive()
-        count = db.value(
-            "SELECT count(*) FROM hydra_agents WHERE state = 'connected' AND id = ANY(%s)",
-            list(ids),
-        )
-        return int(count) == len(ids)
-
-    wait_for(connected, timeout=timeout, interval=0.1, message=f"agents {list(ids)} connected")
+def cpu_percent(pid: int, seconds: float, watched: Sequence[Process] = ()) -> float:
+    """CPU use of a process over the next `seconds`, in % of one core; the
+    `watched` children must stay alive meanwhile."""
+    before, start = cpu_seconds(pid), time.monotonic()
+    deadline = start + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        for child in watched:
+            child.check_running()
+        time.sleep(min(left, 0.5))
+    return 100 * (cpu_seconds(pid) - before) / (time.monotonic() - start)

@@ -20,9 +20,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from bench import ceiling, peer
-from bench.harness import BenchError, Child, Metric, Result, Sql, Target, ratio, wait_for
 from bench.procfs import cpu_seconds
-from bench.stack import Context, start_agent, start_coordinator, wait_agents
+from bench.results import BenchError, Metric, Result, Target, ratio
+from bench.stack import Context, Sql, start_coordinator
+from harness.hydra import start_agent, wait_agents
+from harness.processes import Process
+from harness.wait import wait_for
 from hydra.client import Client, Concurrency, Cron, Task
 
 NAME = "throughput"
@@ -60,8 +63,8 @@ def run(ctx: Context) -> Result:
             start_agent(procs, coordinator, agent_id, capacity=params.slots_per_agent)
             for agent_id in ids
         ]
-        wait_agents(db, agents, ids)
-        watched = [coordinator.child, *agents]
+        wait_agents(conninfo, ids, watched=agents)
+        watched = [coordinator.process, *agents]
         with Client(coordinator.address, timeout=120) as client:
             day = _yesterday()
             client.apply(task_spec(day))
@@ -99,10 +102,10 @@ def _backfill(client: Client, day: datetime, runs: int) -> None:
         client.backfill(TASK, day + timedelta(seconds=first), day + timedelta(seconds=last))
 
 
-def _wait_finished(db: Sql, watched: list[Child], params: Params) -> None:
+def _wait_finished(db: Sql, watched: list[Process], params: Params) -> None:
     def finished() -> bool:
         for child in watched:
-            child.check_alive()
+            child.check_running()
         done = db.value(
             "SELECT count(*) FROM hydra_runs WHERE state IN ('SUCCEEDED', 'FAILED', 'SKIPPED')"
         )

@@ -1,8 +1,9 @@
 """Fixtures for every suite: a PostgreSQL server per session, a database per test.
 
 Helpers that are not fixtures live in ``tests/support`` and are imported as
-``from support.wait import wait_for`` (pytest puts ``tests/`` on sys.path for
-this conftest).
+``from support.db import Databases`` (pytest puts ``tests/`` on sys.path for
+this conftest); what the tests share with bench/ (processes, waits, ports,
+PostgreSQL) is in ``harness/`` at the repository root, also on sys.path.
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from harness.postgres import temporary_home
 from hydra.coordinator.store import Database, open_pool
 
-from support.db import TEST_DB_ENV, Databases, embedded_home, session_server, to_uri
+from support.db import TEST_DB_ENV, Databases, session_server, to_uri
 from support.proc import unique_run_id
 
 
@@ -75,9 +77,9 @@ def empty_db_conninfo(databases: Databases) -> Iterator[str]:
 def hydra_home() -> Iterator[Path]:
     """An empty directory for HYDRA_HOME that an embedded server (run as root) can use.
 
-    Not under ``tmp_path``: see `support.db.embedded_home`. Stop servers first.
+    Not under ``tmp_path``: see `harness.postgres.temporary_home`. Stop servers first.
     """
-    with embedded_home() as home:
+    with temporary_home() as home:
         yield home
 
 

@@ -21,8 +21,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from bench.chaos.cluster import Cluster
-from bench.chaos.postgres import EmbeddedServer
-from bench.chaos.processes import ManagedProcess
+from harness.postgres import EmbeddedServer
+from harness.processes import Process
 
 #: Seconds between two actions.
 ACTION_GAP_S = (2.0, 5.0)
@@ -176,14 +176,14 @@ class Monkey:
     def _supervise(self) -> None:
         """Record and restart coordinators and agents that exited on their own."""
         for process in self.cluster.processes():
-            if process.name in self._down or process.running or process.exit_code is None:
+            if process.name in self._down or process.running or process.returncode is None:
                 continue
             ended = ProcessExit(
                 name=process.name,
-                exit_code=process.exit_code,
+                exit_code=process.returncode,
                 at=utcnow(),
                 postgres_down=self._outage_since(process.started_at),
-                log_tail=process.log_tail(),
+                log_tail=process.last_lines(30),
             )
             self.exits.append(ended)
             self._log(ended.at, f"{process.name} exited by itself with {ended.exit_code}")
@@ -225,7 +225,7 @@ class Monkey:
             choices[Kind.RESTART_POSTGRES] = [POSTGRES]
         return choices
 
-    def _up(self, processes: list[ManagedProcess]) -> list[str]:
+    def _up(self, processes: list[Process]) -> list[str]:
         return sorted(p.name for p in processes if p.running and p.name not in self._down)
 
     # --- actions --------------------------------------------------------------
@@ -246,7 +246,7 @@ class Monkey:
         with open(self.cluster.work_dir / "chaos.log", "a") as log:
             log.write(f"{at.isoformat()} {line}\n")
 
-    def _process(self, name: str) -> ManagedProcess:
+    def _process(self, name: str) -> Process:
         return next(p for p in self.cluster.processes() if p.name == name)
 
     def _kill_process(self, kind: Kind, target: str) -> None:
@@ -255,7 +255,7 @@ class Monkey:
         process.kill()
         self._later(self.rng.uniform(*DOWN_S), self._restart_step(process, action))
 
-    def _restart_step(self, process: ManagedProcess, action: Action | None) -> Step:
+    def _restart_step(self, process: Process, action: Action | None) -> Step:
         is_coordinator = any(c.process is process for c in self.cluster.coordinators)
 
         def restart() -> float | None:

@@ -3,28 +3,27 @@ processes on 127.0.0.1, their start, their readiness and their stop."""
 
 from __future__ import annotations
 
-import contextlib
-import time
-from collections.abc import Callable, Iterator
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg
 
 from bench.chaos.options import HEARTBEAT, KILL_GRACE, Options
-from bench.chaos.postgres import EmbeddedServer, ExternalServer, accepts_connections, make_fast
-from bench.chaos.processes import (
-    HYDRA,
-    STOP_TIMEOUT_S,
-    ManagedProcess,
-    free_port,
-    listening,
-    run_checked,
-)
+from harness import hydra
+from harness.hydra import HYDRA, LeaseTiming, agent_argv, coordinator_argv
+from harness.net import free_port, listening
+from harness.postgres import EmbeddedServer, ExternalServer, accepts_connections, make_fast
+from harness.processes import Process, run_checked, stop_together
+from harness.wait import wait_for
 
 Server = EmbeddedServer | ExternalServer
 #: A coordinator or agent process takes this long to start on a loaded 2-core machine.
 READY_TIMEOUT_S = 60.0
+#: How often the waits of a chaos run look; a database error means "not yet"
+#: (PostgreSQL may be restarting).
+POLL_S = 0.2
+NOT_YET = (psycopg.Error,)
 
 
 @dataclass
@@ -33,7 +32,7 @@ class Coordinator:
 
     coordinator_id: str
     port: int
-    process: ManagedProcess
+    process: Process
 
     @property
     def address(self) -> str:
@@ -46,7 +45,7 @@ class Agent:
     """One `hydra agent` process; restarted with the same id."""
 
     agent_id: str
-    process: ManagedProcess
+    process: Process
 
 
 @dataclass
@@ -69,26 +68,17 @@ class Cluster:
         """Every coordinator address."""
         return [c.address for c in self.coordinators]
 
-    def processes(self) -> list[ManagedProcess]:
+    def processes(self) -> list[Process]:
         """Every coordinator and agent process, agents first."""
         return [a.process for a in self.agents] + [c.process for c in self.coordinators]
 
     def stop(self) -> None:
         """Stop everything: agents (continued first), coordinators, then PostgreSQL."""
         try:
-            stop_processes([a.process for a in self.agents])
-            stop_processes([c.process for c in self.coordinators])
+            stop_together([a.process for a in self.agents])
+            stop_together([c.process for c in self.coordinators])
         finally:
             self.server.stop()
-
-
-def stop_processes(processes: list[ManagedProcess], timeout: float = STOP_TIMEOUT_S) -> None:
-    """SIGCONT and SIGTERM them all, then SIGKILL those still there after `timeout` s."""
-    for process in processes:
-        process.terminate()
-    deadline = time.monotonic() + timeout
-    for process in processes:
-        process.wait_or_kill(max(0.0, deadline - time.monotonic()))
 
 
 def open_server(options: Options, work_dir: Path) -> Server:
@@ -113,24 +103,23 @@ def migrate(cluster: Cluster) -> None:
 
 def add_processes(cluster: Cluster, options: Options) -> None:
     """Describe the coordinator and agent processes (nothing starts yet)."""
+    timing = LeaseTiming(ttl=f"{options.lease_ttl:g}s", heartbeat=HEARTBEAT, kill_grace=KILL_GRACE)
     for index in range(options.coordinators):
         coordinator_id = f"{cluster.tag}-coordinator-{index}"
         port = free_port()
-        argv = [*HYDRA, "--log-level", "info", "coordinator", "--db", cluster.conninfo]
-        argv += ["--listen", f"127.0.0.1:{port}", "--id", coordinator_id]
-        argv += ["--lease-ttl", f"{options.lease_ttl:g}s", "--heartbeat", HEARTBEAT]
-        argv += ["--kill-grace", KILL_GRACE]
-        process = ManagedProcess(coordinator_id, argv, cluster.work_dir / f"{coordinator_id}.log")
+        argv = coordinator_argv(
+            cluster.conninfo, f"127.0.0.1:{port}", timing=timing, coordinator_id=coordinator_id
+        )
+        process = Process(coordinator_id, argv, cluster.work_dir / f"{coordinator_id}.log")
         cluster.coordinators.append(Coordinator(coordinator_id, port, process))
     addresses = cluster.addresses
     for index in range(options.agents):
         agent_id = f"{cluster.tag}-agent-{index}"
         # Each agent starts with a different coordinator, so all of them have agents.
         shift = index % len(addresses)
-        targets = ",".join(addresses[shift:] + addresses[:shift])
-        argv = [*HYDRA, "--log-level", "info", "agent", "--coordinator", targets]
-        argv += ["--id", agent_id, "--capacity", str(options.capacity), "--drain-grace", "5s"]
-        process = ManagedProcess(agent_id, argv, cluster.work_dir / f"{agent_id}.log")
+        targets = addresses[shift:] + addresses[:shift]
+        argv = agent_argv(targets, agent_id, capacity=options.capacity, drain_grace="5s")
+        process = Process(agent_id, argv, cluster.work_dir / f"{agent_id}.log")
         cluster.agents.append(Agent(agent_id, process))
 
 
@@ -151,50 +140,21 @@ def wait_coordinators(cluster: Cluster, timeout: float = READY_TIMEOUT_S) -> Non
         for coordinator in cluster.coordinators:
             if not coordinator.process.running:
                 raise RuntimeError(
-                    f"{coordinator.coordinator_id} exited:\n{coordinator.process.log_tail()}"
+                    f"{coordinator.coordinator_id} exited:\n{coordinator.process.last_lines(30)}"
                 )
         return all(listening(c.port) for c in cluster.coordinators)
 
-    wait_until(serving, timeout, "every coordinator to serve")
+    message = "every coordinator to serve"
+    wait_for(serving, timeout=timeout, interval=POLL_S, message=message, not_yet=NOT_YET)
 
 
 def wait_agents(cluster: Cluster, timeout: float = READY_TIMEOUT_S) -> None:
     """Wait until the database lists every agent as connected."""
     ids = [a.agent_id for a in cluster.agents]
-
-    def connected() -> bool:
-        with psycopg.connect(cluster.conninfo, autocommit=True, connect_timeout=5) as conn:
-            row = conn.execute(
-                "SELECT count(*) FROM hydra_agents WHERE id = ANY(%s) AND state = 'connected'",
-                (ids,),
-            ).fetchone()
-        return row is not None and row[0] == len(ids)
-
-    wait_until(connected, timeout, "every agent to connect")
+    hydra.wait_agents(cluster.conninfo, ids, timeout=timeout, interval=POLL_S)
 
 
 def wait_database(cluster: Cluster, timeout: float = READY_TIMEOUT_S) -> None:
     """Wait until PostgreSQL answers queries."""
-    wait_until(lambda: accepts_connections(cluster.conninfo), timeout, "PostgreSQL")
-
-
-def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    """Call `condition` until it holds; `psycopg.Error` counts as not yet.
-
-    Raises:
-        TimeoutError: it did not hold within `timeout` seconds.
-    """
-    deadline = time.monotonic() + timeout
-    while True:
-        with _database_errors_are_not_yet():
-            if condition():
-                return
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(0.2)
-
-
-@contextlib.contextmanager
-def _database_errors_are_not_yet() -> Iterator[None]:
-    with contextlib.suppress(psycopg.Error):
-        yield
+    up = functools.partial(accepts_connections, cluster.conninfo)
+    wait_for(up, timeout=timeout, interval=POLL_S, message="PostgreSQL", not_yet=NOT_YET)

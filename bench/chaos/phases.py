@@ -16,20 +16,22 @@ from bench.chaos import workload
 from bench.chaos.actions import Monkey, utcnow
 from bench.chaos.checks import Timeline
 from bench.chaos.cluster import (
+    NOT_YET,
+    POLL_S,
     Cluster,
     add_processes,
     migrate,
     start_all,
-    stop_processes,
     wait_agents,
     wait_coordinators,
     wait_database,
-    wait_until,
 )
 from bench.chaos.options import Options
 from bench.chaos.record import RunRecord
 from bench.chaos.snapshot import Snapshot, load
 from bench.chaos.workload import Workload
+from harness.processes import stop_together
+from harness.wait import WaitTimeout, wait_for
 
 #: After the chaos, how long every cron task has to fire again.
 REFIRE_TIMEOUT_S = 30.0
@@ -56,8 +58,8 @@ def exercise(
         paused = workload.pause(tasks.cron_names, cluster.addresses, cluster.work_dir)
         _settle(cluster, monkey, tasks, options.settle_timeout)
     with timed(timings, "stop"):
-        stop_processes([a.process for a in cluster.agents])
-        stop_processes([c.process for c in cluster.coordinators])
+        stop_together([a.process for a in cluster.agents])
+        stop_together([c.process for c in cluster.coordinators])
     record = RunRecord(
         workload=tasks,
         actions=monkey.actions,
@@ -78,12 +80,14 @@ def _recover(cluster: Cluster, monkey: Monkey, tasks: Workload) -> datetime:
     wait_coordinators(cluster)
     wait_agents(cluster)
     try:
-        wait_until(
+        wait_for(
             lambda: _tasks_behind(cluster, tasks, chaos_ended) == 0,
-            REFIRE_TIMEOUT_S,
-            "every cron task to fire after the chaos",
+            timeout=REFIRE_TIMEOUT_S,
+            interval=POLL_S,
+            message="every cron task to fire after the chaos",
+            not_yet=NOT_YET,
         )
-    except TimeoutError as error:
+    except WaitTimeout as error:
         print(f"bench.chaos: {error}; check 1 will say which", file=sys.stderr, flush=True)
     return chaos_ended
 
@@ -109,8 +113,9 @@ def _settle(cluster: Cluster, monkey: Monkey, tasks: Workload, timeout: float) -
         return _count(cluster, query, tasks.names) == 0
 
     try:
-        wait_until(settled, timeout, "every run to end")
-    except TimeoutError as error:
+        message = "every run to end"
+        wait_for(settled, timeout=timeout, interval=POLL_S, message=message, not_yet=NOT_YET)
+    except WaitTimeout as error:
         print(f"bench.chaos: {error}; check 4 will say which", file=sys.stderr, flush=True)
 
 

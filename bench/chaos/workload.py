@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import random
+import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,7 +16,8 @@ from typing import Any
 
 import yaml
 
-from bench.chaos.processes import HYDRACTL, PYTHON, run_checked
+from harness.hydra import HYDRACTL
+from harness.processes import run_checked
 
 EVERY_SECOND = "* * * * * *"
 EVERY_TWO_SECONDS = "*/2 * * * * *"
@@ -134,7 +136,7 @@ print(json.dumps(paused))
 
 def pause(names: list[str], addresses: list[str], work_dir: Path) -> dict[str, datetime]:
     """Pause the tasks (SDK in a subprocess); returns when each pause was acknowledged."""
-    argv = [PYTHON, "-c", _PAUSE_CODE, ",".join(addresses), *names]
+    argv = [sys.executable, "-c", _PAUSE_CODE, ",".join(addresses), *names]
     done = run_checked(argv, timeout=120, log_path=work_dir / "hydractl.log", what="pause")
     paused = json.loads(done.stdout.strip().splitlines()[-1])
     return {name: datetime.fromisoformat(at) for name, at in paused.items()}

@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from support.wait import wait_for
+from harness.wait import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 BENCHMARKS = ("ceiling", "peer", "throughput", "latency", "scale", "failover")
-#: Variable that marks every process of a benchmark run (bench.harness.MARKER_ENV).
+#: Variable that marks every process of a benchmark run (bench.stack.MARKER_ENV).
 MARKER_ENV = "HYDRA_BENCH_RUN"
 TIMEOUT_S = 300
 

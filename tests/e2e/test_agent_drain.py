@@ -7,8 +7,10 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from support.processes import Cluster, Hydractl
-from support.wait import wait_for
+from harness.hydra import Hydractl
+from harness.wait import wait_for
+
+from support.processes import Cluster
 
 
 def run(hydractl: Hydractl, run_id: str) -> dict[str, Any]:

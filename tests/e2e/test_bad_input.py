@@ -23,6 +23,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from psycopg import sql
 
+from harness.hydra import HYDRA, Hydractl
+from harness.processes import clean_env
 from hydra.v1 import run_service_pb2 as run_pb
 from hydra.v1 import run_service_pb2_grpc as run_grpc
 from hydra.v1 import task_service_pb2 as task_pb
@@ -30,7 +32,7 @@ from hydra.v1 import task_service_pb2_grpc as task_grpc
 from hydra.v1 import types_pb2 as pb
 
 from support.db import Databases
-from support.processes import HYDRA, Hydractl, clean_env, processes_in
+from support.processes import processes_in
 
 UNKNOWN_RUN = "00000000-0000-4000-8000-000000000000"
 TEN_MB = 10 * 1024 * 1024

@@ -11,19 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from support.net import free_port
-from support.processes import (
-    HYDRA,
-    Hydractl,
-    Process,
-    Processes,
-    children_of,
-    clean_env,
-    is_alive,
-    processes_mentioning,
-    wait_agent_state,
-    wait_serving,
-)
+from harness.hydra import HYDRA, Hydractl, wait_agent_state, wait_serving
+from harness.net import free_port
+from harness.processes import Process, children_of, clean_env, is_alive, processes_mentioning
+
+from support.processes import START_TIMEOUT_S, Processes
 
 DEV_AGENT = f"{socket.gethostname()}-dev"
 #: The first start runs initdb; a loaded machine takes its time.
@@ -37,7 +29,7 @@ def start_dev(processes: Processes, home: Path, name: str) -> tuple[Process, Hyd
     dev = processes.start(name, [*HYDRA, "dev", "--home", str(home), "--listen", address])
     wait_serving(dev, address, timeout=EMBEDDED_START_S)
     hydractl = Hydractl(address)
-    wait_agent_state(hydractl, DEV_AGENT, "connected")
+    wait_agent_state(hydractl, DEV_AGENT, "connected", START_TIMEOUT_S)
     return dev, hydractl
 
 
@@ -75,7 +67,7 @@ def test_coordinator_without_a_database_uses_the_embedded_server_of_hydra_home(
 ) -> None:
     address = f"127.0.0.1:{free_port()}"
     argv = [*HYDRA, "coordinator", "--listen", address]
-    coordinator = home_processes.start("coordinator", argv, clean_env(HYDRA_HOME=str(hydra_home)))
+    coordinator = home_processes.start("coordinator", argv, env={"HYDRA_HOME": str(hydra_home)})
     wait_serving(coordinator, address, timeout=EMBEDDED_START_S)
     postgres = postmaster_pid(hydra_home)
     assert is_alive(postgres)

@@ -10,8 +10,11 @@ from typing import Any
 
 import pytest
 
-from support.processes import Cluster, Coordinator, Hydractl, is_alive
-from support.wait import wait_for
+from harness.hydra import Coordinator, Hydractl
+from harness.processes import is_alive
+from harness.wait import wait_for
+
+from support.processes import Cluster
 
 TICK_YAML = """\
 name: tick

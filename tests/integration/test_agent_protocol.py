@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import socket
 import sys
 import textwrap
 import time
@@ -24,12 +23,14 @@ import pytest
 from google.protobuf.duration_pb2 import Duration
 
 import hydra.agent
+from harness.net import free_port
+from harness.processes import is_alive
 from hydra import __version__
 from hydra.agent import AgentConfig, AgentDaemon
 from hydra.v1 import agent_service_pb2 as pb
 from hydra.v1 import agent_service_pb2_grpc, run_service_pb2, types_pb2
 
-from support.proc import alive, eventually
+from support.proc import eventually
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -198,12 +199,6 @@ def waits_for(go: Path, pid_file: Path) -> types_pb2.Precondition:
 def pid_in(path: Path) -> int | None:
     text = path.read_text().strip() if path.exists() else ""
     return int(text) if text else None
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # --- fixtures ---------------------------------------------------------------------
@@ -388,7 +383,7 @@ async def test_heartbeats_carry_held_leases_and_a_revoked_lease_is_killed(
 
     await eventually(lambda: ref(run_id) in a.coordinator.of_kind("heartbeat")[-1].leases)
     a.coordinator.revoke_on_heartbeat = [ref(run_id)]
-    await eventually(lambda: not alive(pid))
+    await eventually(lambda: not is_alive(pid))
     seen = len(a.coordinator.of_kind("heartbeat"))
     await eventually(lambda: len(a.coordinator.heartbeats_since(seen)) >= 2)
 
@@ -412,7 +407,7 @@ async def test_cancel_kills_and_reports_cancelled(servers: Any, agents: Any, run
     assert finished.outcome == pb.ATTEMPT_OUTCOME_CANCELLED
     assert finished.message == "cancelled: by alice"
     assert finished.signal == signal.SIGTERM
-    assert not alive(a.coordinator.started(run_id)[0].pid)
+    assert not is_alive(a.coordinator.started(run_id)[0].pid)
 
 
 async def test_a_report_is_resent_to_the_next_coordinator_until_acknowledged(
@@ -459,7 +454,7 @@ async def test_an_attempt_ending_while_disconnected_is_reported_after_reconnecti
 
     await a.server.stop(None)
     go.touch()
-    await eventually(lambda: not alive(pid))
+    await eventually(lambda: not is_alive(pid))
     b = await servers("coordinator-b", port=b_port)
     await eventually(lambda: b.coordinator.finished(run_id))
 
@@ -504,7 +499,7 @@ async def test_an_agent_that_cannot_renew_fences_itself(
 
     a.coordinator.ack_heartbeats = False
     cut_off = time.monotonic()
-    await eventually(lambda: not alive(pid), within=LEASE_TTL + 2)
+    await eventually(lambda: not is_alive(pid), within=LEASE_TTL + 2)
     killed_after = time.monotonic() - cut_off
     a.coordinator.ack_heartbeats = True
     await eventually(lambda: a.coordinator.finished(run_id))
@@ -568,7 +563,7 @@ async def test_drain_to_reconnect_elsewhere_keeps_attempts_running(
     [hello] = b.coordinator.of_kind("hello")
     assert list(hello.held_leases) == [ref(run_id)]
     assert not hello.draining
-    assert alive(a.coordinator.started(run_id)[0].pid)
+    assert is_alive(a.coordinator.started(run_id)[0].pid)
 
 
 async def test_an_offer_repeated_starts_nothing_new(servers: Any, agents: Any, run_id: str) -> None:
@@ -654,7 +649,7 @@ async def test_a_second_sigint_kills_everything_and_exits(servers: Any, run_id: 
             await process.wait()
 
     assert process.returncode == 0, stderr.decode()
-    assert not alive(pid)
+    assert not is_alive(pid)
     [finished] = a.coordinator.finished(run_id)
     assert (finished.outcome, finished.message) == (pb.ATTEMPT_OUTCOME_CANCELLED, "agent stopped")
 
@@ -781,7 +776,7 @@ async def test_a_lease_revoked_or_cancelled_while_checking_stops_its_checks(
         a.coordinator.revoke_on_heartbeat = [ref(run_id)]
     else:
         a.coordinator.send(cancel=pb.CancelAttempt(lease=ref(run_id), reason="by alice"))
-    await eventually(lambda: not alive(pid))
+    await eventually(lambda: not is_alive(pid))
     # A heartbeat may have been on its way while the lease went.
     await eventually(lambda: ref(run_id) not in a.coordinator.of_kind("heartbeat")[-1].leases)
     seen = len(a.coordinator.of_kind("heartbeat"))
@@ -810,7 +805,7 @@ async def test_draining_gives_back_leases_being_checked(
     exit_code = await asyncio.wait_for(agent.task, 10)
 
     assert exit_code == 0
-    assert not alive(pid)
+    assert not is_alive(pid)
     assert a.coordinator.bodies(run_id) == ["lease_rejected"]
     assert a.coordinator.rejected(run_id)[0].reason == "the agent is draining"
 
@@ -828,7 +823,7 @@ async def test_a_lease_that_cannot_be_renewed_stops_its_checks(
     assert pid is not None
 
     a.coordinator.ack_heartbeats = False
-    await eventually(lambda: not alive(pid), within=LEASE_TTL + 2)
+    await eventually(lambda: not is_alive(pid), within=LEASE_TTL + 2)
     go.touch()  # too late: nothing may start
     a.coordinator.ack_heartbeats = True
     await eventually(lambda: ref(run_id) not in a.coordinator.of_kind("heartbeat")[-1].leases)

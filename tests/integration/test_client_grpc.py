@@ -21,6 +21,7 @@ import grpc
 import pytest
 from google.protobuf.message import Message
 
+from harness.net import free_port
 from hydra import wire
 from hydra.client import (
     AlreadyExists,
@@ -45,8 +46,6 @@ from hydra.v1 import run_service_pb2_grpc as run_grpc
 from hydra.v1 import task_service_pb2 as task_pb
 from hydra.v1 import task_service_pb2_grpc as task_grpc
 from hydra.v1 import types_pb2 as pb
-
-from support.net import free_port
 
 T0 = datetime(2025, 1, 31, 2, 30, tzinfo=UTC)
 SPEC = Task(name="billing.export", command=("python", "export.py"))

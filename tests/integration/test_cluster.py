@@ -3,21 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-import json
-import subprocess
-import sys
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
+from harness.hydra import Hydractl
+from harness.postgres import EmbeddedServer
+from harness.wait import wait_for
 from hydra.client import Client, RunState, Task, Unavailable
-from hydra.coordinator.embedded import EmbeddedPostgres
 from hydra.coordinator.migrate import migrate
 from hydra.coordinator.store.records import LeaseTimes
 
 from support.cluster import AgentProcess, CoordinatorThread, Database, cluster
-from support.wait import wait_for
 
 
 def test_cluster_status_lists_live_coordinators_and_agents(
@@ -32,24 +31,8 @@ def test_cluster_status_lists_live_coordinators_and_agents(
         assert {c.address for c in status.coordinators} == {c.address for c in coordinators}
         assert sum(c.agents_connected for c in status.coordinators) == 1
         assert [a.id for a in status.agents] == ["agent-0"]
-        out = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "hydra.client.hydractl",
-                "--coordinator",
-                coordinators[0].address,
-                "-o",
-                "json",
-                "cluster",
-                "status",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=True,
-        ).stdout
-        assert len(json.loads(out)["coordinators"]) == 2
+        shown = Hydractl(coordinators[0].address, timeout=30).json("cluster", "status")
+        assert len(shown["coordinators"]) == 2
         coordinators[1].stop()
         wait_for(
             lambda: len(Client(coordinators[0].address).cluster_status().coordinators) == 1,
@@ -57,28 +40,17 @@ def test_cluster_status_lists_live_coordinators_and_agents(
         )
 
 
-def _start_elsewhere(server: EmbeddedPostgres) -> None:
-    """Start the server from a fresh process: forking a child that switches user
-    (as pg_ctl start needs, run as root) is unsafe while gRPC threads run here."""
-    code = (
-        "import sys; from pathlib import Path; "
-        "from hydra.coordinator.embedded import EmbeddedPostgres; "
-        "EmbeddedPostgres(Path(sys.argv[1])).start()"
-    )
-    subprocess.run([sys.executable, "-c", code, str(server.data_dir)], check=True, timeout=60)
-
-
 @pytest.fixture
-def own_postgres(hydra_home: Path) -> EmbeddedPostgres:
+def own_postgres(hydra_home: Path, tmp_path: Path) -> Iterator[EmbeddedServer]:
     """A PostgreSQL server of this test's own, so it can be restarted."""
-    server = EmbeddedPostgres.for_home(hydra_home)
+    server = EmbeddedServer(hydra_home, tmp_path / "postgres.log")
     server.start()
     yield server
     server.stop()
 
 
-def test_a_postgresql_restart_loses_nothing(own_postgres: EmbeddedPostgres, tmp_path: Path) -> None:
-    conninfo = own_postgres.conninfo()
+def test_a_postgresql_restart_loses_nothing(own_postgres: EmbeddedServer, tmp_path: Path) -> None:
+    conninfo = own_postgres.conninfo
     asyncio.run(migrate(conninfo))
     db = Database(conninfo)
     times = LeaseTimes(
@@ -98,7 +70,7 @@ def test_a_postgresql_restart_loses_nothing(own_postgres: EmbeddedPostgres, tmp_
         own_postgres.stop()
         with pytest.raises(Unavailable):
             Client(coordinator.address, timeout=5).get_run(run.id)
-        _start_elsewhere(own_postgres)
+        own_postgres.start()  # from a fresh process: gRPC threads run in this one
         final = client.wait(run.id, timeout=60)
     finally:
         agent.stop()

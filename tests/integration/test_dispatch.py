@@ -17,6 +17,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from harness.wait import wait_for
 from hydra.client import Client, Concurrency, Cron, Retry, Task
 from hydra.coordinator.loops.dispatcher import ASK_FIRST_FROM
 from hydra.coordinator.store.records import LEASE_AHEAD
@@ -24,7 +25,6 @@ from hydra.v1 import agent_service_pb2 as pb
 
 from support.agent_double import ScriptedAgent
 from support.cluster import FAST_TIMES, CoordinatorThread, Database
-from support.wait import wait_for
 
 
 def _run_row(db: Database, run_id: str) -> dict[str, Any]:

@@ -20,14 +20,13 @@ import psycopg
 import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from harness.wait import wait_for
 from hydra.coordinator.embedded import (
     INSTALL_HINT,
     EmbeddedPostgres,
     EmbeddedPostgresError,
     EmbeddedUnavailable,
 )
-
-from support.wait import wait_for
 
 MakeServer = Callable[[Path], EmbeddedPostgres]
 SOCKET_PATH_MAX = 107  # bytes in sockaddr_un.sun_path, less the final NUL

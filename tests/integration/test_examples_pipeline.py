@@ -11,8 +11,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from harness.wait import wait_for
+
 from support.cluster import Database, cluster
-from support.wait import wait_for
 
 EXAMPLE = Path(__file__).parents[2] / "examples" / "pipeline.yaml"
 DEMO = Path("/tmp/hydra-demo/2026-11-27")

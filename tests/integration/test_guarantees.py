@@ -9,19 +9,20 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
-import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, Self, TypeVar
 
 import pytest
 
+from harness.hydra import LeaseTiming, coordinator_argv
+from harness.net import free_port, listening
+from harness.processes import Process, is_alive
+from harness.wait import wait_for
 from hydra.client import (
     Catchup,
     Client,
@@ -36,23 +37,12 @@ from hydra.v1 import agent_service_pb2 as pb
 
 from support.agent_double import ScriptedAgent
 from support.cluster import FAST_TIMES, AgentProcess, CoordinatorThread, Database, cluster
-from support.net import free_port
-from support.wait import wait_for
 
 SECOND = timedelta(seconds=1)
 TTL_S = FAST_TIMES.ttl.total_seconds()
 ACTIVE = ("QUEUED", "LEASED", "RUNNING")
 
 # --- processes ----------------------------------------------------------------
-
-
-def _alive(pid: int) -> bool:
-    """True while `pid` runs; a zombie (exited, not yet reaped) counts as dead."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rpartition(")")[2].split()[0] not in ("Z", "X")
-    except FileNotFoundError:
-        return False
 
 
 def _group_alive(pgid: int) -> bool:
@@ -92,70 +82,41 @@ def _pids_so_far(path: Path) -> list[int]:
     return [int(line) for line in path.read_text().split()] if path.exists() else []
 
 
-def _listening(port: int) -> bool:
-    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
-        return True
-    return False
-
-
-@dataclass
-class CoordinatorProcess:
+class CoordinatorProcess(Process):
     """A real `hydra coordinator` process on a fixed port, so that it can die by
     SIGKILL and come back where its agents look for it."""
 
-    conninfo: str
-    coordinator_id: str
-    log_path: Path
-    port: int = 0
-    process: subprocess.Popen[bytes] | None = None
-
-    def __post_init__(self) -> None:
-        self.port = self.port or free_port()
+    def __init__(self, conninfo: str, coordinator_id: str, log_path: Path, port: int = 0) -> None:
+        self.coordinator_id = coordinator_id
+        self.port = port or free_port()
+        timing = LeaseTiming(
+            ttl=f"{FAST_TIMES.ttl.total_seconds():g}s",
+            heartbeat=f"{FAST_TIMES.heartbeat_interval.total_seconds() * 1000:g}ms",
+            kill_grace=f"{FAST_TIMES.kill_grace.total_seconds():g}s",
+        )
+        argv = coordinator_argv(
+            conninfo,
+            self.address,
+            timing=timing,
+            coordinator_id=coordinator_id,
+            pool=4,
+            log_level=None,
+        )
+        super().__init__(coordinator_id, argv, log_path, env=os.environ)
 
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def start(self) -> CoordinatorProcess:
-        times = {
-            "--lease-ttl": f"{FAST_TIMES.ttl.total_seconds():g}s",
-            "--heartbeat": f"{FAST_TIMES.heartbeat_interval.total_seconds() * 1000:g}ms",
-            "--kill-grace": f"{FAST_TIMES.kill_grace.total_seconds():g}s",
-        }
-        command = [sys.executable, "-m", "hydra", "coordinator", "--db", self.conninfo]
-        command += ["--listen", self.address, "--pool", "4", "--id", self.coordinator_id]
-        command += [arg for flag, value in times.items() for arg in (flag, value)]
-        with open(self.log_path, "ab") as out:  # the child keeps its own copy
-            self.process = subprocess.Popen(
-                command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-            )
+    def start(self) -> Self:
+        """Start (or start again), and return once it listens."""
+        super().start()
         wait_for(self._ready, timeout=30, message=f"{self.coordinator_id} to listen")
         return self
 
     def _ready(self) -> bool:
-        assert self.process is not None
-        if self.process.poll() is not None:
-            raise AssertionError(f"{self.coordinator_id} exited:\n{self.log()}")
-        return _listening(self.port)
-
-    def kill(self) -> None:
-        """SIGKILL: no goodbye to agents, no cleanup, transactions cut short."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(timeout=10)
-
-    def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        self.check_running()
+        return listening(self.port)
 
 
 # --- what the database says ---------------------------------------------------------
@@ -214,7 +175,7 @@ def _seconds(first: datetime, last: datetime) -> list[datetime]:
 
 class _Part(Protocol):
     def start(self) -> object: ...
-    def stop(self) -> None: ...
+    def stop(self) -> object: ...
 
 
 _S = TypeVar("_S", bound=_Part)
@@ -329,7 +290,7 @@ def test_a_zombie_agent_kills_its_attempt_on_waking_and_its_late_report_counts_f
                 message="the first attempt LOST and the second RUNNING on the other agent",
             )
             lost = db.attempts(run.id)[0]
-            assert _alive(first_pid), "the zombie's attempt runs on while the zombie sleeps"
+            assert is_alive(first_pid), "the zombie's attempt runs on while the zombie sleeps"
             zombie.signal(signal.SIGCONT)
             woke = time.monotonic()
             wait_for(

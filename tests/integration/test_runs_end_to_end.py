@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from harness.processes import is_alive
+from harness.wait import wait_for
 from hydra.client import (
     AttemptState,
     Client,
@@ -24,8 +26,6 @@ from hydra.client import (
 )
 
 from support.cluster import Database, cluster
-from support.proc import alive
-from support.wait import wait_for
 
 
 def _read_pid(path: Path) -> int:
@@ -103,7 +103,7 @@ def test_timeout_kills_the_whole_process_group(db_conninfo: str, tmp_path: Path)
         final = client.wait(run.id, timeout=30)
         assert final.state is RunState.FAILED
         assert final.attempts[0].state is AttemptState.TIMED_OUT
-        wait_for(lambda: not alive(child), timeout=10, message="the SIGTERM-proof child to die")
+        wait_for(lambda: not is_alive(child), timeout=10, message="the SIGTERM-proof child to die")
 
 
 def test_cancel_kills_a_running_attempt(db_conninfo: str, tmp_path: Path) -> None:
@@ -117,7 +117,7 @@ def test_cancel_kills_a_running_attempt(db_conninfo: str, tmp_path: Path) -> Non
         pid = _read_pid(pidfile)
         cancelled = client.cancel(run.id)
         assert cancelled.state is RunState.CANCELLED
-        wait_for(lambda: not alive(pid), timeout=10, message="the cancelled process to die")
+        wait_for(lambda: not is_alive(pid), timeout=10, message="the cancelled process to die")
         assert client.get_run(run.id).attempts[0].state is AttemptState.CANCELLED
         with pytest.raises(FailedPrecondition):
             client.cancel(run.id)

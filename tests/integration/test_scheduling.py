@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from harness.wait import wait_for
 from hydra.client import (
     After,
     AttemptState,
@@ -27,7 +28,6 @@ from hydra.client import OnTimeout as OnTimeoutPolicy
 from hydra.coordinator.store.records import LEASE_AHEAD
 
 from support.cluster import Database, cluster
-from support.wait import wait_for
 
 PAUSE_SECONDS = 4
 

@@ -1,18 +1,15 @@
 """Real Hydra parts for integration tests: coordinators in background threads
 (each with its own event loop and gRPC server on 127.0.0.1), agents as real
-`hydra agent` processes, and direct SQL to check invariants."""
+`hydra agent` processes (started by :mod:`harness`), and direct SQL to check
+invariants."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import os
-import signal
-import subprocess
-import sys
 import threading
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -20,10 +17,11 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
+from harness.hydra import agent_argv, wait_agents
+from harness.processes import Process
+from harness.wait import wait_for
 from hydra.coordinator.server import CoordinatorConfig, CoordinatorServer
 from hydra.coordinator.store.records import LeaseTimes
-
-from support.wait import wait_for
 
 #: Short lease timing so that failure tests finish in seconds.
 FAST_TIMES = LeaseTimes(
@@ -78,78 +76,25 @@ class CoordinatorThread:
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout)
 
 
-@dataclass
-class AgentProcess:
-    """A real `hydra agent` process."""
+class AgentProcess(Process):
+    """A real `hydra agent` process (the harness's `Process`) with the integration
+    tests' settings: debug log, 5 s drain grace."""
 
-    agent_id: str
-    targets: Sequence[str]
-    capacity: int = 4
-    labels: dict[str, str] = field(default_factory=dict)
-    log_path: Path | None = None
-    process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> AgentProcess:
-        command = [
-            sys.executable,
-            "-m",
-            "hydra",
-            "--log-level",
-            "debug",
-            "agent",
-            "--coordinator",
-            ",".join(self.targets),
-            "--id",
-            self.agent_id,
-            "--capacity",
-            str(self.capacity),
-            "--drain-grace",
-            "5s",
-        ]
-        command += [arg for k, v in self.labels.items() for arg in ("--label", f"{k}={v}")]
-        if self.log_path is None:
-            self.process = subprocess.Popen(
-                command,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-            return self
-        with open(self.log_path, "ab") as out:  # the child keeps its own copy
-            self.process = subprocess.Popen(
-                command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-            )
-        return self
-
-    @property
-    def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
-
-    def signal(self, signum: int) -> None:
-        assert self.process is not None
-        self.process.send_signal(signum)
-
-    def kill(self) -> None:
-        """SIGKILL the agent and the process groups of its attempts' children stay up."""
-        if self.process and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(timeout=10)
-
-    def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(self.process.pid, signal.SIGCONT)
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path else ""
+    def __init__(
+        self,
+        agent_id: str,
+        targets: Sequence[str],
+        *,
+        log_path: Path,
+        capacity: int = 4,
+        labels: Mapping[str, str] | None = None,
+    ) -> None:
+        argv = agent_argv(
+            targets, agent_id, capacity=capacity, drain_grace="5s", labels=labels, log_level="debug"
+        )
+        # This environment as it is, HYDRA_TOKEN included (test_auth sets it).
+        super().__init__(agent_id, argv, log_path, env=os.environ)
+        self.agent_id = agent_id
 
 
 class Database:
@@ -222,14 +167,7 @@ def cluster(
                     log_path=tmp_path / f"agent-{index}.log",
                 ).start()
             )
-        db = Database(conninfo)
-        wait_for(
-            lambda: (
-                db.value("SELECT count(*) FROM hydra_agents WHERE state = 'connected'") == agents
-            ),
-            timeout=20,
-            message="agents did not connect",
-        )
+        wait_agents(conninfo, [w.agent_id for w in workers], watched=workers, timeout=20)
         yield started, workers
     finally:
         for worker in workers:

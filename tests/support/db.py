@@ -1,7 +1,8 @@
 """PostgreSQL for tests: one server per session, one database per test.
 
 The server is ``HYDRA_TEST_DB`` (a conninfo or URI of a server where the tests
-may create databases) or else an embedded server in a temporary directory.
+may create databases) or else an embedded server in a temporary directory
+(:func:`harness.postgres.temporary_server`).
 Each test gets its own database, cloned from a template that all migrations
 were applied to once (``CREATE DATABASE … TEMPLATE``, as procrastinate does).
 """
@@ -13,11 +14,8 @@ import concurrent.futures
 import itertools
 import os
 import secrets
-import shutil
-import tempfile
-from collections.abc import Callable, Coroutine, Iterator
-from contextlib import contextmanager
-from pathlib import Path
+from collections.abc import Callable, Coroutine
+from contextlib import AbstractContextManager
 from typing import Any, ParamSpec, TypeVar
 from urllib.parse import quote, urlencode
 
@@ -25,49 +23,18 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from hydra.coordinator.embedded import EmbeddedPostgres
+from harness.postgres import temporary_server
 from hydra.coordinator.migrate import migrate
 
 P = ParamSpec("P")
 T = TypeVar("T")
 
 TEST_DB_ENV = "HYDRA_TEST_DB"
-# A throwaway server need not survive a crash; these make it several times faster.
-FAST_SETTINGS = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
 
 
-@contextmanager
-def session_server() -> Iterator[str]:
-    """The admin conninfo of the session's server: HYDRA_TEST_DB, or embedded."""
-    given = os.environ.get(TEST_DB_ENV)
-    if given:
-        yield given
-        return
-    with embedded_home() as home:
-        server = EmbeddedPostgres.for_home(home, database="postgres")
-        try:
-            admin_conninfo = server.start()
-            _make_fast(admin_conninfo)
-            yield admin_conninfo
-        finally:
-            server.stop()
-
-
-@contextmanager
-def embedded_home() -> Iterator[Path]:
-    """A fresh directory to serve as HYDRA_HOME, outside pytest's ``tmp_path``; removed after.
-
-    Run as root, the embedded server runs as another user, who must be able to
-    traverse every parent of its data directory. pytest resets
-    /tmp/pytest-of-<user> to mode 0700 whenever a session starts, so a second
-    session running at the same time would lock that server out of ``tmp_path``.
-    Stop the servers in it before it is removed.
-    """
-    home = Path(tempfile.mkdtemp(prefix="hydra-home-"))
-    try:
-        yield home
-    finally:
-        shutil.rmtree(home, ignore_errors=True)
+def session_server() -> AbstractContextManager[str]:
+    """The admin conninfo of the session's server: HYDRA_TEST_DB, or a fast embedded one."""
+    return temporary_server(os.environ.get(TEST_DB_ENV) or None, fast=True)
 
 
 class Databases:
@@ -150,12 +117,3 @@ def run_coroutine_in_thread(
     """
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as executor:
         return executor.submit(asyncio.run, func(*args, **kwargs)).result()
-
-
-def _make_fast(admin_conninfo: str) -> None:
-    with psycopg.connect(admin_conninfo, autocommit=True) as conn:
-        for name, value in FAST_SETTINGS.items():
-            conn.execute(
-                sql.SQL("ALTER SYSTEM SET {} = {}").format(sql.Identifier(name), sql.Literal(value))
-            )
-        conn.execute("SELECT pg_reload_conf()")

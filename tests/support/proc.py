@@ -1,22 +1,14 @@
-"""Helpers for tests that watch real processes through /proc."""
+"""Helpers for tests that watch the attempts' processes through /proc."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
-import time
 import uuid
 from collections.abc import Callable, Iterator
 
-
-def alive(pid: int) -> bool:
-    """True while ``pid`` runs; a zombie (nobody reaped it yet) counts as dead."""
-    try:
-        with open(f"/proc/{pid}/stat") as file:
-            return file.read().rpartition(")")[2].split()[0] not in ("Z", "X")
-    except (FileNotFoundError, ProcessLookupError):  # gone before or while reading
-        return False
+from harness.processes import is_alive
+from harness.wait import wait_until
 
 
 def processes_with_run_id(prefix: str) -> list[int]:
@@ -31,7 +23,7 @@ def processes_with_run_id(prefix: str) -> list[int]:
                 environ = file.read().split(b"\0")
         except OSError:
             continue
-        if any(item.startswith(marker) for item in environ) and alive(pid):
+        if any(item.startswith(marker) for item in environ) and is_alive(pid):
             found.append(pid)
     return found
 
@@ -48,9 +40,5 @@ def unique_run_id() -> Iterator[str]:
 
 
 async def eventually(condition: Callable[[], object], within: float = 5.0) -> None:
-    """Polls ``condition`` until it is truthy; fails after ``within`` seconds."""
-    deadline = time.monotonic() + within
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {within}s")
-        await asyncio.sleep(0.02)
+    """`harness.wait.wait_until` with the short default the unit tests want."""
+    await wait_until(condition, timeout=within)

@@ -24,6 +24,7 @@ from typing import Any, ClassVar
 
 import pytest
 
+from harness.processes import is_alive
 from hydra.agent import process
 from hydra.agent.attempt import AttemptResult, AttemptSpec, Outcome, OutputStream, format_duration
 from hydra.agent.executor import (
@@ -40,7 +41,7 @@ from hydra.agent.output import (
     read_outputs,
 )
 
-from support.proc import alive, eventually, processes_with_run_id, unique_run_id
+from support.proc import eventually, processes_with_run_id, unique_run_id
 
 PIDFDS = "pidfds"
 TRANSPORT = "asyncio transport"
@@ -250,7 +251,7 @@ async def test_timeout_kills_the_whole_group_including_a_child_ignoring_sigterm(
     assert result.message == "timed out after 0.3s"
     assert result.exit_code is None and result.signal is not None
     assert time.monotonic() - began >= 0.3 + 0.5  # timeout, then the whole grace
-    await eventually(lambda: not alive(child), within=2)  # SIGKILLed; exiting takes a moment
+    await eventually(lambda: not is_alive(child), within=2)  # SIGKILLed; exiting takes a moment
 
 
 async def test_timeout_kills_a_leader_ignoring_sigterm(
@@ -285,9 +286,9 @@ async def test_cancel_terminates_the_group(run_id: str, outputs: OutputsDirector
     assert result.outcome is Outcome.CANCELLED
     assert result.message == "cancelled: by a test"
     assert result.signal == signal.SIGTERM
-    assert not alive(started.pid)
+    assert not is_alive(started.pid)
     child = int(recorder.text(OutputStream.STDOUT))
-    await eventually(lambda: not alive(child), within=2)
+    await eventually(lambda: not is_alive(child), within=2)
 
 
 async def test_a_graceful_exit_after_a_kill_keeps_the_kill_outcome(
@@ -317,14 +318,14 @@ async def test_an_immediate_kill_skips_the_grace(run_id: str, outputs: OutputsDi
 
     began = time.monotonic()
     execution.kill(Outcome.CANCELLED, "agent stopped")
-    await eventually(lambda: not alive(started.pid))  # SIGTERM went out; the grace runs
-    assert alive(child)
+    await eventually(lambda: not is_alive(started.pid))  # SIGTERM went out; the grace runs
+    assert is_alive(child)
     execution.kill(Outcome.CANCELLED, "stop now", immediately=True)
     result = await execution.wait()
 
     assert time.monotonic() - began < 5  # not the 30 s grace
     assert (result.outcome, result.message) == (Outcome.CANCELLED, "agent stopped")
-    await eventually(lambda: not alive(child), within=2)
+    await eventually(lambda: not is_alive(child), within=2)
 
 
 async def test_leftover_group_members_are_killed_after_the_leader_exits(
@@ -341,7 +342,7 @@ async def test_leftover_group_members_are_killed_after_the_leader_exits(
     assert result.outcome is Outcome.SUCCEEDED
     assert result.message == "killed processes left running in its process group"
     strays = [int(pid) for pid in recorder.text(OutputStream.STDOUT).split()]
-    await eventually(lambda: not any(alive(pid) for pid in strays), within=2)
+    await eventually(lambda: not any(is_alive(pid) for pid in strays), within=2)
 
 
 # --- spawn failures -------------------------------------------------------------

@@ -14,6 +14,7 @@ from typing import Any
 import grpc
 import pytest
 
+from harness.net import free_port
 from hydra.client import _commands as commands
 from hydra.client import _render as render
 from hydra.client import hydractl
@@ -42,8 +43,6 @@ from hydra.errors import (
     Unavailable,
 )
 from hydra.spec import load_task_documents
-
-from support.net import free_port
 
 T0 = datetime(2025, 1, 31, 2, 30, tzinfo=UTC)
 RUN_ID = "0b9c3c55-8a0e-4d7e-9a43-5f1c2d7e8a10"

@@ -6,7 +6,6 @@ import asyncio
 import functools
 import http.server
 import os
-import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -16,6 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from harness.net import free_port
+from harness.processes import is_alive
+from harness.wait import wait_until
 from hydra.agent import wire
 from hydra.agent.attempt import LeaseKey
 from hydra.agent.preconditions import (
@@ -37,24 +39,7 @@ from hydra.domain import (
 from hydra.v1 import agent_service_pb2 as pb
 from hydra.v1 import types_pb2
 
-from support.wait import wait_until
-
 SHORT = timedelta(seconds=0.3)
-
-
-def alive(pid: int) -> bool:
-    """True while ``pid`` runs; a zombie (nobody reaped it yet) counts as dead."""
-    try:
-        with open(f"/proc/{pid}/stat") as file:
-            return file.read().rpartition(")")[2].split()[0] not in ("Z", "X")
-    except (FileNotFoundError, ProcessLookupError):  # gone before or while reading
-        return False
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def check(precondition: Check) -> tuple[bool, str]:
@@ -190,7 +175,7 @@ async def test_a_command_timeout_kills_its_process_group(tmp_path: Path) -> None
     assert verdict == (False, "timed out after 0.3s")
     assert time.monotonic() - started < 3
     pid = int(child.read_text())
-    await wait_until(lambda: not alive(pid), timeout=5, message=f"pid {pid} to be gone")
+    await wait_until(lambda: not is_alive(pid), timeout=5, message=f"pid {pid} to be gone")
 
 
 async def test_a_command_leaves_no_process_behind(tmp_path: Path) -> None:
@@ -200,7 +185,7 @@ async def test_a_command_leaves_no_process_behind(tmp_path: Path) -> None:
 
     assert verdict == (True, "exit code 0")
     pid = int(child.read_text())
-    await wait_until(lambda: not alive(pid), timeout=5, message=f"pid {pid} to be gone")
+    await wait_until(lambda: not is_alive(pid), timeout=5, message=f"pid {pid} to be gone")
 
 
 async def test_cancelling_a_command_check_kills_its_group(tmp_path: Path) -> None:
@@ -213,7 +198,7 @@ async def test_cancelling_a_command_check_kills_its_group(tmp_path: Path) -> Non
     with pytest.raises(asyncio.CancelledError):
         await task
 
-    await wait_until(lambda: not alive(pid), timeout=5, message=f"pid {pid} to be gone")
+    await wait_until(lambda: not is_alive(pid), timeout=5, message=f"pid {pid} to be gone")
 
 
 async def test_a_command_does_not_see_the_agent_token(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,7 +1,8 @@
-"""Network helpers for tests."""
+"""Ports on this machine."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 
 
@@ -11,3 +12,10 @@ def free_port(host: str = "127.0.0.1") -> int:
         sock.bind((host, 0))
         port: int = sock.getsockname()[1]
     return port
+
+
+def listening(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether something accepts TCP connections on `host`:`port`."""
+    with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.2):
+        return True
+    return False
