@@ -60,6 +60,11 @@ class ScriptedAgent:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
+    def end_stream(self) -> None:
+        """Says nothing more (a half-close): the coordinator ends the stream after
+        what was sent before."""
+        self._outgoing.put(None)
+
     def close(self) -> None:
         """Ends the stream from both sides and closes the channel."""
         self._outgoing.put(None)
@@ -144,6 +149,20 @@ class ScriptedAgent:
                 return getattr(item, kind)
             self._unread.append(item)
         raise AssertionError(f"no {kind} within {timeout:g}s; unread: {self._unread}")
+
+    def expect_end(self, timeout: float = 10.0) -> None:
+        """Waits until the coordinator has ended the stream (messages before it are kept)."""
+        deadline = time.monotonic() + timeout
+        while (remaining := deadline - time.monotonic()) > 0:
+            try:
+                item = self._incoming.get(timeout=remaining)
+            except queue.Empty:
+                break
+            if item is _END or isinstance(item, grpc.RpcError):
+                self._incoming.put(item)
+                return
+            self._unread.append(item)
+        raise AssertionError(f"the stream did not end within {timeout:g}s")
 
     def _requests(self) -> Iterator[pb.AgentMessage]:
         while (message := self._outgoing.get()) is not None:

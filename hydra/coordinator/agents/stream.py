@@ -137,6 +137,8 @@ class AgentStreams:
 
     async def _goodbye(self, session: AgentSession) -> None:
         self._sessions.close(session)
+        # A heartbeat recorded after the disconnect would make the agent look connected.
+        await self._heartbeats.withdraw(session)
         if self._sessions.get(session.agent_id) is None:
             with contextlib.suppress(Exception):
                 await self._db.run(agents.disconnect, session.agent_id, self._coordinator_id)
@@ -305,6 +307,7 @@ class AgentStreams:
                 ),
                 renewed=renewed,
                 failed=session.close,  # the agent reconnects, to us or another coordinator
+                owner=session,
             )
         )
 

@@ -15,6 +15,10 @@ A round renews the leases of many agents while their reports are being
 recorded, in whatever order those lock their runs; so that the two never
 deadlock (and stall for the server's deadlock_timeout), a round waits only
 briefly for a lock, gives way, and is tried again.
+
+A stream that ends withdraws its heartbeats (:meth:`HeartbeatRecorder.withdraw`)
+before the agent is recorded as disconnected: a heartbeat written after the
+disconnect would make the agent look connected again.
 """
 
 from __future__ import annotations
@@ -48,6 +52,8 @@ class PendingHeartbeat:
     renewed: Callable[[set[LeaseKey]], None]
     #: Called when it could not be recorded (the database is unavailable).
     failed: Callable[[], None]
+    #: Whose heartbeat it is (the stream's session): see `HeartbeatRecorder.withdraw`.
+    owner: object = None
 
 
 class HeartbeatRecorder:
@@ -66,6 +72,9 @@ class HeartbeatRecorder:
         self._ttl = ttl
         self._coordinator_id = coordinator_id
         self._waiting: list[PendingHeartbeat] = []
+        #: The heartbeats of the round being recorded, and that round's end.
+        self._recording: list[PendingHeartbeat] = []
+        self._recorded: asyncio.Event | None = None
         self._rounds: asyncio.Task[None] | None = None
 
     def submit(self, pending: PendingHeartbeat) -> None:
@@ -73,6 +82,15 @@ class HeartbeatRecorder:
         self._waiting.append(pending)
         if self._rounds is None or self._rounds.done():
             self._rounds = asyncio.create_task(self._record_rounds(), name="heartbeats")
+
+    async def withdraw(self, owner: object) -> None:
+        """Drops the owner's waiting heartbeats and waits for a round that is recording
+        one of them: afterwards, no heartbeat of the owner's is written any more."""
+        self._waiting = [p for p in self._waiting if p.owner is not owner]
+        while (recorded := self._recorded) is not None and any(
+            p.owner is owner for p in self._recording
+        ):
+            await recorded.wait()
 
     async def close(self) -> None:
         """Stops recording; heartbeats still waiting are dropped (their streams are ending)."""
@@ -87,7 +105,13 @@ class HeartbeatRecorder:
             if self._gather > 0:
                 await asyncio.sleep(self._gather)
             pending, self._waiting = self._waiting, []
-            await self._record(pending)
+            recorded = asyncio.Event()
+            self._recording, self._recorded = pending, recorded
+            try:
+                await self._record(pending)
+            finally:
+                self._recording, self._recorded = [], None
+                recorded.set()
 
     async def _record(self, pending: list[PendingHeartbeat], tries: int = CONFLICT_TRIES) -> None:
         """One transaction for the round; if it fails for one heartbeat's sake, each alone."""
