@@ -1,6 +1,6 @@
 """The agent's own words for an attempt: what to run, how it ended.
 
-These are plain values; ``hydra.agent.wire`` translates them to and from the
+These are plain values; ``hydra.agent.messages`` translates them to and from the
 ``hydra.v1`` messages, so no protobuf object travels past the stream handler.
 """
 

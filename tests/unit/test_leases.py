@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from hydra.agent import wire
+from hydra.agent import messages
 from hydra.agent.attempt import AttemptResult, AttemptSpec, LeaseKey, Outcome, OutputStream, Started
 from hydra.agent.daemon import AgentConfig
 from hydra.agent.leases import LeaseBook
@@ -251,4 +251,4 @@ def test_start_in_of_an_offer(start_in: timedelta | None, seconds: float) -> Non
     message = pb.LeaseOffer(task="demo.task")
     if start_in is not None:
         message.start_in.FromTimedelta(start_in)
-    assert wire.start_in(message) == pytest.approx(seconds)
+    assert messages.start_in(message) == pytest.approx(seconds)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from hydra.agent import wire
+from hydra.agent import messages
 from hydra.agent.attempt import LeaseKey
 from hydra.agent.preconditions import (
     MAX_MESSAGE_CHARS,
@@ -355,7 +355,7 @@ async def test_checks_run_concurrently_within_the_semaphore(web: Web) -> None:
     assert web.most_in_flight == 2
 
 
-# --- wire -------------------------------------------------------------------------------
+# --- messages ---------------------------------------------------------------------------
 
 
 def test_offered_preconditions_become_checks() -> None:
@@ -371,7 +371,7 @@ def test_offered_preconditions_become_checks() -> None:
     offer.preconditions[1].file.min_age.FromTimedelta(timedelta(minutes=1))
     offer.preconditions[3].timeout.FromTimedelta(timedelta(seconds=2))
 
-    checks = wire.preconditions(offer)
+    checks = messages.preconditions(offer)
 
     assert checks == (
         CommandCheck(argv=("true",)),
@@ -389,7 +389,7 @@ def test_verdicts_go_out_as_preconditions_checked() -> None:
         PreconditionVerdict(index=1, ready=False, message="HTTP 503", checked_at=at),
     ]
 
-    message = wire.preconditions_checked(LeaseKey("run-1", 7), verdicts)
+    message = messages.preconditions_checked(LeaseKey("run-1", 7), verdicts)
 
     checked = message.preconditions_checked
     assert (checked.lease.run_id, checked.lease.lease_token, checked.ready) == ("run-1", 7, False)

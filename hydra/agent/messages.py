@@ -1,7 +1,8 @@
-"""Translation between ``hydra.v1`` agent messages and the agent's own values.
+"""The agent's stream messages: ``hydra.v1`` messages built from, and read into, its own values.
 
 The only agent module that builds or reads protobuf messages besides the
-stream handler in ``hydra.agent.session``.
+stream handler in ``hydra.agent.session``. (``hydra.wire`` is the shared
+translation of domain types; this is the agent's side of the stream.)
 """
 
 from __future__ import annotations
