@@ -1,7 +1,8 @@
 """Domain types: what Hydra is about, free of wire and storage formats.
 
 The run and attempt states are mirrored in ``proto/hydra/v1/types.proto`` and
-in the PostgreSQL enums of the first migration; keep the three in step.
+in the PostgreSQL enums of the first migration; keep the three in step. The
+attempt outcomes are mirrored in ``proto/hydra/v1/agent_service.proto``.
 """
 
 from __future__ import annotations
@@ -113,11 +114,11 @@ class AttemptOutcome(enum.StrEnum):
 
     #: Exit code 0.
     SUCCEEDED = "SUCCEEDED"
-    #: Non-zero exit, a signal, or the process could not be spawned.
+    #: Non-zero exit, a signal, a bad ``$HYDRA_OUTPUT``, or the process could not be spawned.
     FAILED = "FAILED"
     #: Killed after the task's timeout.
     TIMED_OUT = "TIMED_OUT"
-    #: Killed because the run was cancelled.
+    #: Killed because the run was cancelled (or its agent was stopped).
     CANCELLED = "CANCELLED"
     #: Killed by its agent, which could not renew the lease: recorded as LOST.
     FENCED = "FENCED"

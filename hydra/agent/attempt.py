@@ -12,22 +12,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from types import MappingProxyType
 
+from hydra.domain import AttemptOutcome
+
 _EMPTY: Mapping[str, str] = MappingProxyType({})
-
-
-class Outcome(enum.StrEnum):
-    """How an attempt ended, as the agent saw it (mirrors ``AttemptOutcome``)."""
-
-    #: Exit code 0.
-    SUCCEEDED = "SUCCEEDED"
-    #: Non-zero exit, killed by a signal, bad ``$HYDRA_OUTPUT``, or could not start.
-    FAILED = "FAILED"
-    #: Killed after the task's timeout.
-    TIMED_OUT = "TIMED_OUT"
-    #: Killed because the coordinator (or the agent's shutdown) cancelled it.
-    CANCELLED = "CANCELLED"
-    #: Killed by the agent itself after it could not renew the lease.
-    FENCED = "FENCED"
 
 
 class OutputStream(enum.StrEnum):
@@ -77,7 +64,7 @@ class Started:
 class AttemptResult:
     """How an attempt ended; becomes the ``AttemptFinished`` report."""
 
-    outcome: Outcome
+    outcome: AttemptOutcome
     argv: tuple[str, ...]
     finished_at: datetime
     #: None when the process never started.

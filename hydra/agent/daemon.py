@@ -34,7 +34,6 @@ from hydra import config as hydra_config
 from hydra.agent.attempt import (
     AttemptResult,
     LeaseKey,
-    Outcome,
     OutputStream,
     Started,
     format_duration,
@@ -43,7 +42,7 @@ from hydra.agent.executor import pidfd_child_watcher
 from hydra.agent.leases import LeaseBook
 from hydra.agent.preconditions import MAX_CONCURRENT_CHECKS
 from hydra.agent.session import AgentState, Session, SessionEnd
-from hydra.domain import PreconditionVerdict
+from hydra.domain import AttemptOutcome, PreconditionVerdict
 from hydra.retrying import async_grpc_retrying, is_reconnectable
 
 log = logging.getLogger("hydra.agent")
@@ -226,7 +225,7 @@ class AgentDaemon:
         """Kills what still runs, lets the last reports out, closes the stream."""
         self._give_back_checking_leases("the agent is stopping")
         if self._book.processes():
-            self._book.kill_all(Outcome.CANCELLED, "agent stopped", immediately=immediately)
+            self._book.kill_all(AttemptOutcome.CANCELLED, "agent stopped", immediately=immediately)
         await self._book.close()
         self._closing = True
         if self._session is not None and not connection.done():
@@ -257,7 +256,7 @@ class AgentDaemon:
                         f"lease could not be renewed for {format_duration(timedelta(seconds=ttl))}"
                         "; killed to avoid a duplicate"
                     )
-                    self._book.kill(lease, Outcome.FENCED, message)
+                    self._book.kill(lease, AttemptOutcome.FENCED, message)
             await asyncio.sleep(min(max((ttl or 1.0) / 20, 0.02), 1.0))
 
     async def _drain_when_asked(self) -> None:
@@ -269,7 +268,7 @@ class AgentDaemon:
         book = self._book
         if not await book.wait_until(lambda: book.processes() == 0, grace):
             log.warning("drain grace %s is over", format_duration(self.config.drain_grace))
-            book.kill_all(Outcome.CANCELLED, "agent drained: the drain grace is over")
+            book.kill_all(AttemptOutcome.CANCELLED, "agent drained: the drain grace is over")
             await book.wait_until(lambda: book.processes() == 0, None)
         flush = max(deadline - loop.time(), REPORT_FLUSH_SECONDS)
         if not await book.wait_until(lambda: book.idle, flush):

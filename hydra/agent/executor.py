@@ -35,7 +35,6 @@ from typing import Any
 from hydra.agent.attempt import (
     AttemptResult,
     AttemptSpec,
-    Outcome,
     Started,
     format_duration,
 )
@@ -47,6 +46,7 @@ from hydra.agent.output import (
     read_outputs,
 )
 from hydra.agent.process import Process, pidfd_works, spawn
+from hydra.domain import AttemptOutcome
 
 log = logging.getLogger("hydra.agent")
 
@@ -64,7 +64,7 @@ AGENT_ONLY_VARIABLES = frozenset({"HYDRA_TOKEN"})
 
 @dataclass(frozen=True, slots=True)
 class _KillRequest:
-    outcome: Outcome
+    outcome: AttemptOutcome
     message: str
 
 
@@ -155,7 +155,7 @@ class Execution:
             raise RuntimeError("the Execution was not started")
         return await asyncio.shield(self._supervisor)
 
-    def kill(self, outcome: Outcome, message: str, *, immediately: bool = False) -> None:
+    def kill(self, outcome: AttemptOutcome, message: str, *, immediately: bool = False) -> None:
         """Kills the group: SIGTERM, ``kill_grace``, SIGKILL (or SIGKILL at once).
 
         The first reason given is the one reported; a later ``immediately``
@@ -186,9 +186,9 @@ class Execution:
         self._end_before_start(kill.outcome, f"{kill.message} (before it started)")
 
     def _fail_to_start(self, reason: str) -> None:
-        self._end_before_start(Outcome.FAILED, f"cannot start: {reason}")
+        self._end_before_start(AttemptOutcome.FAILED, f"cannot start: {reason}")
 
-    def _end_before_start(self, outcome: Outcome, message: str) -> None:
+    def _end_before_start(self, outcome: AttemptOutcome, message: str) -> None:
         now = _now()
         self._failed_start = AttemptResult(
             outcome=outcome,
@@ -227,7 +227,7 @@ class Execution:
             return None
         if self._kill is None and timeout is not None:
             self._kill = _KillRequest(
-                Outcome.TIMED_OUT, f"timed out after {format_duration(timeout)}"
+                AttemptOutcome.TIMED_OUT, f"timed out after {format_duration(timeout)}"
             )
         await self._terminate(process)
         return self._kill
@@ -271,7 +271,7 @@ class Execution:
         try:
             outputs_json = read_outputs(output_file)
         except OutputsError as error:
-            outcome = Outcome.FAILED if outcome is Outcome.SUCCEEDED else outcome
+            outcome = AttemptOutcome.FAILED if outcome is AttemptOutcome.SUCCEEDED else outcome
             message = _join(message, str(error))
         assert self._started is not None
         return AttemptResult(
@@ -328,12 +328,12 @@ def pidfd_child_watcher() -> Iterator[bool]:
         previous.attach_loop(loop)
 
 
-def _natural_end(returncode: int) -> tuple[Outcome, str]:
+def _natural_end(returncode: int) -> tuple[AttemptOutcome, str]:
     if returncode == 0:
-        return Outcome.SUCCEEDED, ""
+        return AttemptOutcome.SUCCEEDED, ""
     if returncode > 0:
-        return Outcome.FAILED, f"exited with code {returncode}"
-    return Outcome.FAILED, f"killed by signal {-returncode} ({_signal_name(-returncode)})"
+        return AttemptOutcome.FAILED, f"exited with code {returncode}"
+    return AttemptOutcome.FAILED, f"killed by signal {-returncode} ({_signal_name(-returncode)})"
 
 
 def _signal_name(signum: int) -> str:

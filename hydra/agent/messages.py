@@ -14,10 +14,11 @@ from datetime import UTC, datetime, timedelta
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from hydra.agent.attempt import AttemptResult, AttemptSpec, LeaseKey, Outcome, OutputStream, Started
+from hydra.agent.attempt import AttemptResult, AttemptSpec, LeaseKey, OutputStream, Started
 from hydra.agent.preconditions import Check, UnsupportedCheck
 from hydra.domain import (
     DEFAULT_CHECK_TIMEOUT,
+    AttemptOutcome,
     CommandCheck,
     FileCheck,
     HttpCheck,
@@ -28,11 +29,11 @@ from hydra.v1 import agent_service_pb2 as pb
 from hydra.v1 import run_service_pb2, types_pb2
 
 _OUTCOMES = {
-    Outcome.SUCCEEDED: pb.ATTEMPT_OUTCOME_SUCCEEDED,
-    Outcome.FAILED: pb.ATTEMPT_OUTCOME_FAILED,
-    Outcome.TIMED_OUT: pb.ATTEMPT_OUTCOME_TIMED_OUT,
-    Outcome.CANCELLED: pb.ATTEMPT_OUTCOME_CANCELLED,
-    Outcome.FENCED: pb.ATTEMPT_OUTCOME_FENCED,
+    AttemptOutcome.SUCCEEDED: pb.ATTEMPT_OUTCOME_SUCCEEDED,
+    AttemptOutcome.FAILED: pb.ATTEMPT_OUTCOME_FAILED,
+    AttemptOutcome.TIMED_OUT: pb.ATTEMPT_OUTCOME_TIMED_OUT,
+    AttemptOutcome.CANCELLED: pb.ATTEMPT_OUTCOME_CANCELLED,
+    AttemptOutcome.FENCED: pb.ATTEMPT_OUTCOME_FENCED,
 }
 _STREAMS = {
     OutputStream.STDOUT: run_service_pb2.OUTPUT_STREAM_STDOUT,

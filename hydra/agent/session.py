@@ -23,9 +23,9 @@ import grpc.aio
 
 from hydra import __version__
 from hydra.agent import messages
-from hydra.agent.attempt import AttemptResult, LeaseKey, Outcome, OutputStream, Started
+from hydra.agent.attempt import AttemptResult, LeaseKey, OutputStream, Started
 from hydra.agent.leases import LeaseBook
-from hydra.domain import PreconditionVerdict
+from hydra.domain import AttemptOutcome, PreconditionVerdict
 from hydra.v1 import agent_service_pb2 as pb
 from hydra.v1.agent_service_pb2_grpc import AgentServiceStub
 
@@ -320,7 +320,7 @@ class Session:
     def _on_cancel(self, cancel: pb.CancelAttempt) -> None:
         lease = messages.lease_key(cancel.lease)
         message = f"cancelled: {cancel.reason}" if cancel.reason else "cancelled"
-        if not self._book.kill(lease, Outcome.CANCELLED, message):
+        if not self._book.kill(lease, AttemptOutcome.CANCELLED, message):
             state = "already finished" if self._book.report(lease) else "not held"
             log.info("lease %s: cancel ignored: %s", lease, state)
 
