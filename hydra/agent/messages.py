@@ -18,7 +18,6 @@ from hydra.agent.attempt import AttemptResult, AttemptSpec, LeaseKey, OutputStre
 from hydra.agent.preconditions import Check, UnsupportedCheck
 from hydra.domain import (
     DEFAULT_CHECK_TIMEOUT,
-    AttemptOutcome,
     CommandCheck,
     FileCheck,
     HttpCheck,
@@ -27,14 +26,8 @@ from hydra.domain import (
 )
 from hydra.v1 import agent_service_pb2 as pb
 from hydra.v1 import run_service_pb2, types_pb2
+from hydra.wire import outcome_to_proto
 
-_OUTCOMES = {
-    AttemptOutcome.SUCCEEDED: pb.ATTEMPT_OUTCOME_SUCCEEDED,
-    AttemptOutcome.FAILED: pb.ATTEMPT_OUTCOME_FAILED,
-    AttemptOutcome.TIMED_OUT: pb.ATTEMPT_OUTCOME_TIMED_OUT,
-    AttemptOutcome.CANCELLED: pb.ATTEMPT_OUTCOME_CANCELLED,
-    AttemptOutcome.FENCED: pb.ATTEMPT_OUTCOME_FENCED,
-}
 _STREAMS = {
     OutputStream.STDOUT: run_service_pb2.OUTPUT_STREAM_STDOUT,
     OutputStream.STDERR: run_service_pb2.OUTPUT_STREAM_STDERR,
@@ -177,7 +170,7 @@ def attempt_finished(lease: LeaseKey, result: AttemptResult) -> pb.AgentMessage:
     """The report of an attempt's end."""
     report = pb.AttemptFinished(
         lease=lease_ref(lease),
-        outcome=_OUTCOMES[result.outcome],
+        outcome=outcome_to_proto(result.outcome),
         finished_at=_timestamp(result.finished_at),
         message=result.message,
         argv=list(result.argv),
