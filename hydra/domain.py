@@ -264,21 +264,15 @@ Precondition = CommandCheck | FileCheck | HttpCheck | TcpCheck
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Retry:
-    """How failed attempts are retried: exponential backoff, capped."""
+    """How failed attempts are retried: exponential backoff, capped.
+
+    The delay itself is computed in SQL, by the store's ``fail_or_requeue_run`` query.
+    """
 
     max_attempts: int = 1
     backoff: timedelta = timedelta(seconds=30)
     max_backoff: timedelta = timedelta(minutes=10)
     multiplier: float = 2.0
-
-    def delay_after(self, attempt_number: int) -> timedelta:
-        """Delay before the attempt that follows attempt ``attempt_number`` (1-based)."""
-        cap = self.max_backoff.total_seconds()
-        try:
-            seconds = self.backoff.total_seconds() * self.multiplier ** max(0, attempt_number - 1)
-        except OverflowError:
-            seconds = cap
-        return timedelta(seconds=min(seconds, cap))
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
