@@ -73,14 +73,3 @@ class AttemptResult:
     signal: int | None = None
     message: str = ""
     outputs_json: str = ""
-
-
-def format_duration(duration: timedelta) -> str:
-    """``90s`` → ``1m30s``; ``1.5s`` → ``1.5s``: short, for messages to people."""
-    total = duration.total_seconds()
-    if total < 60 or total != int(total):
-        return f"{total:g}s"
-    hours, rest = divmod(int(total), 3600)
-    minutes, seconds = divmod(rest, 60)
-    parts = [(hours, "h"), (minutes, "m"), (seconds, "s")]
-    return "".join(f"{value}{unit}" for value, unit in parts if value)

@@ -36,7 +36,6 @@ from hydra.agent.attempt import (
     LeaseKey,
     OutputStream,
     Started,
-    format_duration,
 )
 from hydra.agent.executor import pidfd_child_watcher
 from hydra.agent.leases import LeaseBook
@@ -44,6 +43,7 @@ from hydra.agent.preconditions import MAX_CONCURRENT_CHECKS
 from hydra.agent.session import AgentState, Session, SessionEnd
 from hydra.domain import AttemptOutcome, PreconditionVerdict
 from hydra.retrying import async_grpc_retrying, is_reconnectable
+from hydra.spec import format_duration
 
 log = logging.getLogger("hydra.agent")
 

@@ -32,12 +32,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from hydra.agent.attempt import (
-    AttemptResult,
-    AttemptSpec,
-    Started,
-    format_duration,
-)
+from hydra.agent.attempt import AttemptResult, AttemptSpec, Started
 from hydra.agent.output import (
     OutputBatcher,
     OutputsDirectory,
@@ -47,6 +42,7 @@ from hydra.agent.output import (
 )
 from hydra.agent.process import Process, pidfd_works, spawn
 from hydra.domain import AttemptOutcome
+from hydra.spec import format_duration
 
 log = logging.getLogger("hydra.agent")
 

@@ -30,7 +30,6 @@ from datetime import UTC, datetime, timedelta
 from typing import assert_never
 
 from hydra import __version__
-from hydra.agent.attempt import format_duration
 from hydra.agent.executor import AGENT_ONLY_VARIABLES
 from hydra.domain import (
     DEFAULT_CHECK_TIMEOUT,
@@ -41,6 +40,7 @@ from hydra.domain import (
     PreconditionVerdict,
     TcpCheck,
 )
+from hydra.spec import format_duration
 
 log = logging.getLogger("hydra.agent")
 
