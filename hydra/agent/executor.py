@@ -40,7 +40,15 @@ from hydra.agent.output import (
     OutputSink,
     read_outputs,
 )
-from hydra.agent.process import Process, pidfd_works, spawn
+from hydra.agent.process import (
+    POLL_SECONDS,
+    Process,
+    group_alive,
+    pidfd_works,
+    signal_group,
+    spawn,
+    terminate_group,
+)
 from hydra.domain import AttemptOutcome
 from hydra.spec import format_duration
 
@@ -50,10 +58,6 @@ log = logging.getLogger("hydra.agent")
 PIPE_DRAIN_SECONDS = 1.0
 #: How much earlier than a start time the timer aims (see Execution._wait_until).
 _TIMER_SLACK_SECONDS = 0.001
-#: How often a dying group is checked during the kill grace.
-_POLL_SECONDS = 0.05
-#: Linux: zombies can be told apart from the living.
-_HAVE_PROC = os.path.isdir("/proc")
 #: Agent settings that the processes it runs (attempts and checks) must not see.
 AGENT_ONLY_VARIABLES = frozenset({"HYDRA_TOKEN"})
 
@@ -201,7 +205,7 @@ class Execution:
             return self._result(process, kill, leftovers, output_file)
         finally:
             if process.returncode is None:  # cancelled: leave nothing behind
-                _signal_group(process.pid, signal.SIGKILL)
+                signal_group(process.pid, signal.SIGKILL)
             self._batcher.flush()
             process.close()
             self._outputs.remove(output_file)
@@ -230,29 +234,16 @@ class Execution:
 
     async def _terminate(self, process: Process) -> None:
         """SIGTERM to the group, up to ``kill_grace`` for it to go, then SIGKILL."""
-        loop = asyncio.get_running_loop()
-        pgid = process.pid
-        if not self._kill_now.is_set():
-            _signal_group(pgid, signal.SIGTERM)
-            deadline = loop.time() + self._spec.kill_grace.total_seconds()
-            kill_now = asyncio.ensure_future(self._kill_now.wait())
-            try:
-                while not kill_now.done() and (remaining := deadline - loop.time()) > 0:
-                    if process.exited.done() and not await _group_alive(pgid):
-                        return
-                    await asyncio.wait({kill_now}, timeout=min(_POLL_SECONDS, remaining))
-            finally:
-                kill_now.cancel()
-        _signal_group(pgid, signal.SIGKILL)
+        await terminate_group(process, self._spec.kill_grace, cut_short=self._kill_now)
         await asyncio.wait({process.exited})
 
     async def _finish_group(self, process: Process) -> bool:
         """Lets the pipes drain, then SIGKILLs what is left; True if anything was."""
         await asyncio.wait({process.pipes_closed}, timeout=PIPE_DRAIN_SECONDS)
-        leftovers = await _group_alive(process.pid)
+        leftovers = await group_alive(process.pid)
         if leftovers:
-            _signal_group(process.pid, signal.SIGKILL)
-            await asyncio.wait({process.pipes_closed}, timeout=_POLL_SECONDS * 4)
+            signal_group(process.pid, signal.SIGKILL)
+            await asyncio.wait({process.pipes_closed}, timeout=POLL_SECONDS * 4)
         return leftovers
 
     def _result(
@@ -341,44 +332,6 @@ def _signal_name(signum: int) -> str:
 
 def _join(first: str, second: str) -> str:
     return f"{first}; {second}" if first else second
-
-
-def _signal_group(pgid: int, signum: signal.Signals) -> None:
-    try:
-        os.killpg(pgid, signum)
-    except ProcessLookupError:
-        pass
-    except OSError as error:
-        log.warning("cannot send %s to process group %d: %s", signum.name, pgid, error)
-
-
-async def _group_alive(pgid: int) -> bool:
-    """True while a process of the group lives (zombies do not count)."""
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    if not _HAVE_PROC:
-        return True
-    # killpg also reaches zombies, which stay forever under an init that does
-    # not reap orphans (many containers); /proc tells the living apart.
-    return await asyncio.to_thread(_live_member_in_proc, pgid)
-
-
-def _live_member_in_proc(pgid: int) -> bool:
-    with os.scandir("/proc") as entries:
-        pids = [entry.name for entry in entries if entry.name.isdigit()]
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as file:
-                fields = file.read().rpartition(")")[2].split()
-        except OSError:
-            continue
-        if len(fields) > 2 and fields[2] == str(pgid) and fields[0] not in ("Z", "X"):
-            return True
-    return False
 
 
 def _now() -> datetime:
