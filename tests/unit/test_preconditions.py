@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from hydra.agent import messages
+from hydra.agent import messages, process
 from hydra.agent.attempt import LeaseKey
 from hydra.agent.preconditions import (
     MAX_MESSAGE_CHARS,
@@ -191,6 +191,40 @@ async def test_a_command_timeout_kills_its_process_group(tmp_path: Path) -> None
     assert time.monotonic() - started < 3
     pid = int(child.read_text())
     await wait_until(lambda: not alive(pid), timeout=5, message=f"pid {pid} to be gone")
+
+
+def group_members(pgid: int) -> list[int]:
+    """The living processes of a process group, from /proc."""
+    members = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as file:
+                fields = file.read().rpartition(")")[2].split()
+        except OSError:  # gone meanwhile
+            continue
+        if fields[2] == str(pgid) and fields[0] not in ("Z", "X"):
+            members.append(int(entry))
+    return members
+
+
+@pytest.mark.parametrize("use_pidfds", [True, False], ids=["pidfds", "asyncio transport"])
+async def test_a_command_check_that_times_out_leaves_no_process_of_its_group(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, use_pidfds: bool
+) -> None:
+    if use_pidfds and not process.USE_PIDFDS:
+        pytest.skip("pidfds do not work here")
+    monkeypatch.setattr(process, "USE_PIDFDS", use_pidfds)
+    leader = tmp_path / "leader.pid"
+    # A child that ignores SIGTERM, and one in a subshell: SIGKILL reaches them all.
+    script = f"echo $$ > {leader}; (trap '' TERM; sleep 1000) & (sleep 1000 &) ; wait"
+
+    verdict = await check(sh(script, timeout=SHORT))
+
+    assert verdict == (False, "timed out after 300ms")
+    pgid = int(leader.read_text())
+    await wait_until(lambda: not group_members(pgid), timeout=5, message=f"group {pgid} gone")
 
 
 async def test_a_command_leaves_no_process_behind(tmp_path: Path) -> None:
