@@ -37,7 +37,6 @@ from hydra.agent.attempt import (
     OutputStream,
     Started,
 )
-from hydra.agent.executor import pidfd_child_watcher
 from hydra.agent.leases import LeaseBook
 from hydra.agent.preconditions import MAX_CONCURRENT_CHECKS
 from hydra.agent.session import AgentState, Session, SessionEnd
@@ -281,8 +280,6 @@ async def run_agent(config: AgentConfig) -> int:
 
     SIGTERM and SIGINT start a drain (the coordinator hears of it at once via a
     heartbeat with ``draining``); a second SIGINT kills every attempt and exits.
-    Meanwhile, on Python 3.11, asyncio waits for children through pidfds (see
-    :func:`~hydra.agent.executor.pidfd_child_watcher`).
     """
     daemon = AgentDaemon(config)
     loop = asyncio.get_running_loop()
@@ -296,8 +293,7 @@ async def run_agent(config: AgentConfig) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
     try:
-        with pidfd_child_watcher():
-            return await daemon.run()
+        return await daemon.run()
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)

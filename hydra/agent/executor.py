@@ -13,9 +13,7 @@ forgotten ``daemon &`` can neither hang the attempt nor leak a process.
 
 Spawning costs no thread: the event loop watches the process (see
 :mod:`hydra.agent.process`), and ``$HYDRA_OUTPUT`` is a file of the agent's
-:class:`~hydra.agent.output.OutputsDirectory`, handled on the event loop. For
-the children asyncio spawns (precondition checks), :func:`pidfd_child_watcher`
-spares Python 3.11 its thread per child.
+:class:`~hydra.agent.output.OutputsDirectory`, handled on the event loop.
 """
 
 from __future__ import annotations
@@ -26,8 +24,7 @@ import logging
 import os
 import signal
 import subprocess
-import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -44,7 +41,6 @@ from hydra.agent.process import (
     POLL_SECONDS,
     Process,
     group_alive,
-    pidfd_works,
     signal_group,
     spawn,
     terminate_group,
@@ -286,33 +282,6 @@ def attempt_environment(
     if spec.occurrence is not None:
         env["HYDRA_OCCURRENCE"] = spec.occurrence.astimezone(UTC).isoformat()
     return env
-
-
-@contextlib.contextmanager
-def pidfd_child_watcher() -> Iterator[bool]:
-    """Meanwhile, asyncio learns of child exits through pidfds; yields whether it does.
-
-    Python 3.11 on its own starts a thread per child to wait for it
-    (``ThreadedChildWatcher``); a pidfd costs no thread. 3.12 uses pidfds
-    already and deprecates changing the watcher, so there this changes
-    nothing; nor does it where ``pidfd_open`` is missing (not Linux) or
-    refused (Linux < 5.3, seccomp). The watcher is the process's and serves
-    the running loop only: enter this on the loop that spawns, around its
-    work (``run_agent`` does), with no child of it left when leaving.
-    """
-    if sys.version_info >= (3, 12) or not pidfd_works():
-        yield False
-        return
-    loop = asyncio.get_running_loop()
-    previous = asyncio.get_child_watcher()
-    watcher = asyncio.PidfdChildWatcher()
-    watcher.attach_loop(loop)
-    asyncio.set_child_watcher(watcher)
-    try:
-        yield True
-    finally:
-        asyncio.set_child_watcher(previous)
-        previous.attach_loop(loop)
 
 
 def _natural_end(returncode: int) -> tuple[AttemptOutcome, str]:

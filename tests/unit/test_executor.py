@@ -30,7 +30,6 @@ from hydra.agent.executor import (
     PIPE_DRAIN_SECONDS,
     Execution,
     attempt_environment,
-    pidfd_child_watcher,
 )
 from hydra.agent.output import (
     OutputBatcher,
@@ -614,22 +613,7 @@ def test_read_outputs_refuses_what_is_not_a_regular_file(tmp_path: Path) -> None
         read_outputs(str(tmp_path))
 
 
-# --- the child watcher --------------------------------------------------------------
-
-
-@pytest.mark.skipif(sys.version_info >= (3, 12), reason="asyncio waits through pidfds on 3.12+")
-async def test_the_pidfd_child_watcher_needs_no_thread_per_child() -> None:
-    previous = asyncio.get_child_watcher()
-    with pidfd_child_watcher() as installed:
-        if not installed:
-            pytest.skip("pidfd_open is not available here")
-        assert isinstance(asyncio.get_child_watcher(), asyncio.PidfdChildWatcher)
-        threads = set(threading.enumerate())
-        child = await asyncio.create_subprocess_exec("sleep", "0.2")  # as a check spawns
-        assert set(threading.enumerate()) <= threads
-        assert await child.wait() == 0
-
-    assert asyncio.get_child_watcher() is previous
+# --- threads ------------------------------------------------------------------------
 
 
 @only_through_pidfds
@@ -643,31 +627,6 @@ async def test_through_pidfds_an_attempt_needs_no_thread_nor_child_watcher(
     assert await execution.start() is not None
     assert set(threading.enumerate()) <= threads
     assert (await execution.wait()).outcome is AttemptOutcome.SUCCEEDED
-
-
-@pytest.mark.skipif(sys.version_info >= (3, 12), reason="asyncio waits through pidfds on 3.12+")
-@pytest.mark.parametrize("how", ["missing", "refused"])
-async def test_without_pidfds_the_default_child_watcher_stays(
-    monkeypatch: pytest.MonkeyPatch, how: str
-) -> None:
-    def refused(pid: int, flags: int = 0) -> int:
-        raise OSError(errno.ENOSYS, "Function not implemented")
-
-    if how == "missing":
-        monkeypatch.delattr(os, "pidfd_open", raising=False)
-    else:
-        monkeypatch.setattr(os, "pidfd_open", refused, raising=False)
-    previous = asyncio.get_child_watcher()
-
-    with pidfd_child_watcher() as installed:
-        assert installed is False
-        assert asyncio.get_child_watcher() is previous
-
-
-@pytest.mark.skipif(sys.version_info < (3, 12), reason="3.11 needs the watcher installed")
-async def test_the_pidfd_child_watcher_changes_nothing_on_3_12() -> None:
-    with pidfd_child_watcher() as installed:  # and warns of no deprecation
-        assert installed is False
 
 
 # --- what the processes cost the agent ------------------------------------------------

@@ -227,6 +227,18 @@ async def test_a_command_check_that_times_out_leaves_no_process_of_its_group(
     await wait_until(lambda: not group_members(pgid), timeout=5, message=f"group {pgid} gone")
 
 
+async def test_through_pidfds_a_command_check_needs_no_thread(tmp_path: Path) -> None:
+    if not process.USE_PIDFDS:
+        pytest.skip("pidfds do not work here")
+    started = tmp_path / "started"
+    threads = set(threading.enumerate())
+    evaluation = asyncio.create_task(evaluate(sh(f"touch {started}; sleep 0.2")))
+    await wait_until(started.exists, timeout=5, message="the check to start")
+
+    assert set(threading.enumerate()) <= threads
+    assert (await evaluation).ready
+
+
 async def test_a_command_leaves_no_process_behind(tmp_path: Path) -> None:
     child = tmp_path / "child.pid"
 
