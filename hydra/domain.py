@@ -1,7 +1,8 @@
 """Domain types: what Hydra is about, free of wire and storage formats.
 
 The run and attempt states are mirrored in ``proto/hydra/v1/types.proto`` and
-in the PostgreSQL enums of the first migration; keep the three in step.
+in the PostgreSQL enums of the first migration; keep the three in step. The
+attempt outcomes are mirrored in ``proto/hydra/v1/agent_service.proto``.
 """
 
 from __future__ import annotations
@@ -113,11 +114,11 @@ class AttemptOutcome(enum.StrEnum):
 
     #: Exit code 0.
     SUCCEEDED = "SUCCEEDED"
-    #: Non-zero exit, a signal, or the process could not be spawned.
+    #: Non-zero exit, a signal, a bad ``$HYDRA_OUTPUT``, or the process could not be spawned.
     FAILED = "FAILED"
     #: Killed after the task's timeout.
     TIMED_OUT = "TIMED_OUT"
-    #: Killed because the run was cancelled.
+    #: Killed because the run was cancelled (or its agent was stopped).
     CANCELLED = "CANCELLED"
     #: Killed by its agent, which could not renew the lease: recorded as LOST.
     FENCED = "FENCED"
@@ -263,21 +264,15 @@ Precondition = CommandCheck | FileCheck | HttpCheck | TcpCheck
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Retry:
-    """How failed attempts are retried: exponential backoff, capped."""
+    """How failed attempts are retried: exponential backoff, capped.
+
+    The delay itself is computed in SQL, by the store's ``fail_or_requeue_run`` query.
+    """
 
     max_attempts: int = 1
     backoff: timedelta = timedelta(seconds=30)
     max_backoff: timedelta = timedelta(minutes=10)
     multiplier: float = 2.0
-
-    def delay_after(self, attempt_number: int) -> timedelta:
-        """Delay before the attempt that follows attempt ``attempt_number`` (1-based)."""
-        cap = self.max_backoff.total_seconds()
-        try:
-            seconds = self.backoff.total_seconds() * self.multiplier ** max(0, attempt_number - 1)
-        except OverflowError:
-            seconds = cap
-        return timedelta(seconds=min(seconds, cap))
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

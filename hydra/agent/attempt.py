@@ -1,6 +1,6 @@
 """The agent's own words for an attempt: what to run, how it ended.
 
-These are plain values; ``hydra.agent.wire`` translates them to and from the
+These are plain values; ``hydra.agent.messages`` translates them to and from the
 ``hydra.v1`` messages, so no protobuf object travels past the stream handler.
 """
 
@@ -12,22 +12,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from types import MappingProxyType
 
+from hydra.domain import AttemptOutcome
+
 _EMPTY: Mapping[str, str] = MappingProxyType({})
-
-
-class Outcome(enum.StrEnum):
-    """How an attempt ended, as the agent saw it (mirrors ``AttemptOutcome``)."""
-
-    #: Exit code 0.
-    SUCCEEDED = "SUCCEEDED"
-    #: Non-zero exit, killed by a signal, bad ``$HYDRA_OUTPUT``, or could not start.
-    FAILED = "FAILED"
-    #: Killed after the task's timeout.
-    TIMED_OUT = "TIMED_OUT"
-    #: Killed because the coordinator (or the agent's shutdown) cancelled it.
-    CANCELLED = "CANCELLED"
-    #: Killed by the agent itself after it could not renew the lease.
-    FENCED = "FENCED"
 
 
 class OutputStream(enum.StrEnum):
@@ -77,7 +64,7 @@ class Started:
 class AttemptResult:
     """How an attempt ended; becomes the ``AttemptFinished`` report."""
 
-    outcome: Outcome
+    outcome: AttemptOutcome
     argv: tuple[str, ...]
     finished_at: datetime
     #: None when the process never started.
@@ -86,14 +73,3 @@ class AttemptResult:
     signal: int | None = None
     message: str = ""
     outputs_json: str = ""
-
-
-def format_duration(duration: timedelta) -> str:
-    """``90s`` → ``1m30s``; ``1.5s`` → ``1.5s``: short, for messages to people."""
-    total = duration.total_seconds()
-    if total < 60 or total != int(total):
-        return f"{total:g}s"
-    hours, rest = divmod(int(total), 3600)
-    minutes, seconds = divmod(rest, 60)
-    parts = [(hours, "h"), (minutes, "m"), (seconds, "s")]
-    return "".join(f"{value}{unit}" for value, unit in parts if value)

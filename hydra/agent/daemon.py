@@ -34,17 +34,15 @@ from hydra import config as hydra_config
 from hydra.agent.attempt import (
     AttemptResult,
     LeaseKey,
-    Outcome,
     OutputStream,
     Started,
-    format_duration,
 )
-from hydra.agent.executor import pidfd_child_watcher
 from hydra.agent.leases import LeaseBook
 from hydra.agent.preconditions import MAX_CONCURRENT_CHECKS
 from hydra.agent.session import AgentState, Session, SessionEnd
-from hydra.domain import PreconditionVerdict
+from hydra.domain import AttemptOutcome, PreconditionVerdict
 from hydra.retrying import async_grpc_retrying, is_reconnectable
+from hydra.spec import format_duration
 
 log = logging.getLogger("hydra.agent")
 
@@ -226,7 +224,7 @@ class AgentDaemon:
         """Kills what still runs, lets the last reports out, closes the stream."""
         self._give_back_checking_leases("the agent is stopping")
         if self._book.processes():
-            self._book.kill_all(Outcome.CANCELLED, "agent stopped", immediately=immediately)
+            self._book.kill_all(AttemptOutcome.CANCELLED, "agent stopped", immediately=immediately)
         await self._book.close()
         self._closing = True
         if self._session is not None and not connection.done():
@@ -257,7 +255,7 @@ class AgentDaemon:
                         f"lease could not be renewed for {format_duration(timedelta(seconds=ttl))}"
                         "; killed to avoid a duplicate"
                     )
-                    self._book.kill(lease, Outcome.FENCED, message)
+                    self._book.kill(lease, AttemptOutcome.FENCED, message)
             await asyncio.sleep(min(max((ttl or 1.0) / 20, 0.02), 1.0))
 
     async def _drain_when_asked(self) -> None:
@@ -269,7 +267,7 @@ class AgentDaemon:
         book = self._book
         if not await book.wait_until(lambda: book.processes() == 0, grace):
             log.warning("drain grace %s is over", format_duration(self.config.drain_grace))
-            book.kill_all(Outcome.CANCELLED, "agent drained: the drain grace is over")
+            book.kill_all(AttemptOutcome.CANCELLED, "agent drained: the drain grace is over")
             await book.wait_until(lambda: book.processes() == 0, None)
         flush = max(deadline - loop.time(), REPORT_FLUSH_SECONDS)
         if not await book.wait_until(lambda: book.idle, flush):
@@ -282,8 +280,6 @@ async def run_agent(config: AgentConfig) -> int:
 
     SIGTERM and SIGINT start a drain (the coordinator hears of it at once via a
     heartbeat with ``draining``); a second SIGINT kills every attempt and exits.
-    Meanwhile, on Python 3.11, asyncio waits for children through pidfds (see
-    :func:`~hydra.agent.executor.pidfd_child_watcher`).
     """
     daemon = AgentDaemon(config)
     loop = asyncio.get_running_loop()
@@ -297,8 +293,7 @@ async def run_agent(config: AgentConfig) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
     try:
-        with pidfd_child_watcher():
-            return await daemon.run()
+        return await daemon.run()
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)

@@ -13,9 +13,7 @@ forgotten ``daemon &`` can neither hang the attempt nor leak a process.
 
 Spawning costs no thread: the event loop watches the process (see
 :mod:`hydra.agent.process`), and ``$HYDRA_OUTPUT`` is a file of the agent's
-:class:`~hydra.agent.output.OutputsDirectory`, handled on the event loop. For
-the children asyncio spawns (precondition checks), :func:`pidfd_child_watcher`
-spares Python 3.11 its thread per child.
+:class:`~hydra.agent.output.OutputsDirectory`, handled on the event loop.
 """
 
 from __future__ import annotations
@@ -26,19 +24,12 @@ import logging
 import os
 import signal
 import subprocess
-import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from hydra.agent.attempt import (
-    AttemptResult,
-    AttemptSpec,
-    Outcome,
-    Started,
-    format_duration,
-)
+from hydra.agent.attempt import AttemptResult, AttemptSpec, Started
 from hydra.agent.output import (
     OutputBatcher,
     OutputsDirectory,
@@ -46,7 +37,16 @@ from hydra.agent.output import (
     OutputSink,
     read_outputs,
 )
-from hydra.agent.process import Process, pidfd_works, spawn
+from hydra.agent.process import (
+    POLL_SECONDS,
+    Process,
+    group_alive,
+    signal_group,
+    spawn,
+    terminate_group,
+)
+from hydra.domain import AttemptOutcome
+from hydra.spec import format_duration
 
 log = logging.getLogger("hydra.agent")
 
@@ -54,17 +54,13 @@ log = logging.getLogger("hydra.agent")
 PIPE_DRAIN_SECONDS = 1.0
 #: How much earlier than a start time the timer aims (see Execution._wait_until).
 _TIMER_SLACK_SECONDS = 0.001
-#: How often a dying group is checked during the kill grace.
-_POLL_SECONDS = 0.05
-#: Linux: zombies can be told apart from the living.
-_HAVE_PROC = os.path.isdir("/proc")
 #: Agent settings that the processes it runs (attempts and checks) must not see.
 AGENT_ONLY_VARIABLES = frozenset({"HYDRA_TOKEN"})
 
 
 @dataclass(frozen=True, slots=True)
 class _KillRequest:
-    outcome: Outcome
+    outcome: AttemptOutcome
     message: str
 
 
@@ -155,7 +151,7 @@ class Execution:
             raise RuntimeError("the Execution was not started")
         return await asyncio.shield(self._supervisor)
 
-    def kill(self, outcome: Outcome, message: str, *, immediately: bool = False) -> None:
+    def kill(self, outcome: AttemptOutcome, message: str, *, immediately: bool = False) -> None:
         """Kills the group: SIGTERM, ``kill_grace``, SIGKILL (or SIGKILL at once).
 
         The first reason given is the one reported; a later ``immediately``
@@ -186,9 +182,9 @@ class Execution:
         self._end_before_start(kill.outcome, f"{kill.message} (before it started)")
 
     def _fail_to_start(self, reason: str) -> None:
-        self._end_before_start(Outcome.FAILED, f"cannot start: {reason}")
+        self._end_before_start(AttemptOutcome.FAILED, f"cannot start: {reason}")
 
-    def _end_before_start(self, outcome: Outcome, message: str) -> None:
+    def _end_before_start(self, outcome: AttemptOutcome, message: str) -> None:
         now = _now()
         self._failed_start = AttemptResult(
             outcome=outcome,
@@ -205,7 +201,7 @@ class Execution:
             return self._result(process, kill, leftovers, output_file)
         finally:
             if process.returncode is None:  # cancelled: leave nothing behind
-                _signal_group(process.pid, signal.SIGKILL)
+                signal_group(process.pid, signal.SIGKILL)
             self._batcher.flush()
             process.close()
             self._outputs.remove(output_file)
@@ -227,36 +223,23 @@ class Execution:
             return None
         if self._kill is None and timeout is not None:
             self._kill = _KillRequest(
-                Outcome.TIMED_OUT, f"timed out after {format_duration(timeout)}"
+                AttemptOutcome.TIMED_OUT, f"timed out after {format_duration(timeout)}"
             )
         await self._terminate(process)
         return self._kill
 
     async def _terminate(self, process: Process) -> None:
         """SIGTERM to the group, up to ``kill_grace`` for it to go, then SIGKILL."""
-        loop = asyncio.get_running_loop()
-        pgid = process.pid
-        if not self._kill_now.is_set():
-            _signal_group(pgid, signal.SIGTERM)
-            deadline = loop.time() + self._spec.kill_grace.total_seconds()
-            kill_now = asyncio.ensure_future(self._kill_now.wait())
-            try:
-                while not kill_now.done() and (remaining := deadline - loop.time()) > 0:
-                    if process.exited.done() and not await _group_alive(pgid):
-                        return
-                    await asyncio.wait({kill_now}, timeout=min(_POLL_SECONDS, remaining))
-            finally:
-                kill_now.cancel()
-        _signal_group(pgid, signal.SIGKILL)
+        await terminate_group(process, self._spec.kill_grace, cut_short=self._kill_now)
         await asyncio.wait({process.exited})
 
     async def _finish_group(self, process: Process) -> bool:
         """Lets the pipes drain, then SIGKILLs what is left; True if anything was."""
         await asyncio.wait({process.pipes_closed}, timeout=PIPE_DRAIN_SECONDS)
-        leftovers = await _group_alive(process.pid)
+        leftovers = await group_alive(process.pid)
         if leftovers:
-            _signal_group(process.pid, signal.SIGKILL)
-            await asyncio.wait({process.pipes_closed}, timeout=_POLL_SECONDS * 4)
+            signal_group(process.pid, signal.SIGKILL)
+            await asyncio.wait({process.pipes_closed}, timeout=POLL_SECONDS * 4)
         return leftovers
 
     def _result(
@@ -271,7 +254,7 @@ class Execution:
         try:
             outputs_json = read_outputs(output_file)
         except OutputsError as error:
-            outcome = Outcome.FAILED if outcome is Outcome.SUCCEEDED else outcome
+            outcome = AttemptOutcome.FAILED if outcome is AttemptOutcome.SUCCEEDED else outcome
             message = _join(message, str(error))
         assert self._started is not None
         return AttemptResult(
@@ -301,39 +284,12 @@ def attempt_environment(
     return env
 
 
-@contextlib.contextmanager
-def pidfd_child_watcher() -> Iterator[bool]:
-    """Meanwhile, asyncio learns of child exits through pidfds; yields whether it does.
-
-    Python 3.11 on its own starts a thread per child to wait for it
-    (``ThreadedChildWatcher``); a pidfd costs no thread. 3.12 uses pidfds
-    already and deprecates changing the watcher, so there this changes
-    nothing; nor does it where ``pidfd_open`` is missing (not Linux) or
-    refused (Linux < 5.3, seccomp). The watcher is the process's and serves
-    the running loop only: enter this on the loop that spawns, around its
-    work (``run_agent`` does), with no child of it left when leaving.
-    """
-    if sys.version_info >= (3, 12) or not pidfd_works():
-        yield False
-        return
-    loop = asyncio.get_running_loop()
-    previous = asyncio.get_child_watcher()
-    watcher = asyncio.PidfdChildWatcher()
-    watcher.attach_loop(loop)
-    asyncio.set_child_watcher(watcher)
-    try:
-        yield True
-    finally:
-        asyncio.set_child_watcher(previous)
-        previous.attach_loop(loop)
-
-
-def _natural_end(returncode: int) -> tuple[Outcome, str]:
+def _natural_end(returncode: int) -> tuple[AttemptOutcome, str]:
     if returncode == 0:
-        return Outcome.SUCCEEDED, ""
+        return AttemptOutcome.SUCCEEDED, ""
     if returncode > 0:
-        return Outcome.FAILED, f"exited with code {returncode}"
-    return Outcome.FAILED, f"killed by signal {-returncode} ({_signal_name(-returncode)})"
+        return AttemptOutcome.FAILED, f"exited with code {returncode}"
+    return AttemptOutcome.FAILED, f"killed by signal {-returncode} ({_signal_name(-returncode)})"
 
 
 def _signal_name(signum: int) -> str:
@@ -345,44 +301,6 @@ def _signal_name(signum: int) -> str:
 
 def _join(first: str, second: str) -> str:
     return f"{first}; {second}" if first else second
-
-
-def _signal_group(pgid: int, signum: signal.Signals) -> None:
-    try:
-        os.killpg(pgid, signum)
-    except ProcessLookupError:
-        pass
-    except OSError as error:
-        log.warning("cannot send %s to process group %d: %s", signum.name, pgid, error)
-
-
-async def _group_alive(pgid: int) -> bool:
-    """True while a process of the group lives (zombies do not count)."""
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    if not _HAVE_PROC:
-        return True
-    # killpg also reaches zombies, which stay forever under an init that does
-    # not reap orphans (many containers); /proc tells the living apart.
-    return await asyncio.to_thread(_live_member_in_proc, pgid)
-
-
-def _live_member_in_proc(pgid: int) -> bool:
-    with os.scandir("/proc") as entries:
-        pids = [entry.name for entry in entries if entry.name.isdigit()]
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as file:
-                fields = file.read().rpartition(")")[2].split()
-        except OSError:
-            continue
-        if len(fields) > 2 and fields[2] == str(pgid) and fields[0] not in ("Z", "X"):
-            return True
-    return False
 
 
 def _now() -> datetime:

@@ -19,11 +19,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
 
-from hydra.agent.attempt import AttemptResult, AttemptSpec, LeaseKey, Outcome, OutputStream, Started
+from hydra.agent.attempt import AttemptResult, AttemptSpec, LeaseKey, OutputStream, Started
 from hydra.agent.executor import Execution
 from hydra.agent.output import OutputsDirectory
 from hydra.agent.preconditions import MAX_CONCURRENT_CHECKS, Check, evaluate_all
-from hydra.domain import PreconditionVerdict
+from hydra.domain import AttemptOutcome, PreconditionVerdict
 
 log = logging.getLogger("hydra.agent")
 
@@ -173,7 +173,7 @@ class LeaseBook:
         task.add_done_callback(self._attempts.discard)
         self._notify()
 
-    def kill(self, lease: LeaseKey, outcome: Outcome, message: str) -> bool:
+    def kill(self, lease: LeaseKey, outcome: AttemptOutcome, message: str) -> bool:
         """Kills the attempt of a held lease, or stops its checks (telling nobody).
 
         False if the lease has neither.
@@ -188,7 +188,7 @@ class LeaseBook:
         execution.kill(outcome, message)
         return True
 
-    def kill_all(self, outcome: Outcome, message: str, *, immediately: bool = False) -> None:
+    def kill_all(self, outcome: AttemptOutcome, message: str, *, immediately: bool = False) -> None:
         """Kills every process, revoked ones included."""
         for lease, entry in self._running.items():
             if not entry.execution.killing:
@@ -209,7 +209,7 @@ class LeaseBook:
         entry = self._running.get(lease)
         if entry is not None and entry.reported:
             entry.reported = False
-            entry.execution.kill(Outcome.CANCELLED, "lease revoked")
+            entry.execution.kill(AttemptOutcome.CANCELLED, "lease revoked")
             log.warning("lease %s: revoked by the coordinator; killing its process", lease)
         elif self._pending.pop(lease, None) is not None:
             # Either the report was recorded and its acknowledgement is on its way
@@ -321,7 +321,7 @@ class LeaseBook:
         except Exception as error:  # a bug must not leave the lease held forever
             log.exception("lease %s: supervising the attempt failed", lease)
             result = AttemptResult(
-                outcome=Outcome.FAILED,
+                outcome=AttemptOutcome.FAILED,
                 argv=execution.spec.argv,
                 started_at=execution.started.started_at if execution.started else None,
                 finished_at=datetime.now(UTC),

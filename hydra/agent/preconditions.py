@@ -5,8 +5,9 @@ within its own timeout, and never raises: a check that fails in an unexpected
 way is simply not ready, and says why. "Not ready" is normal; it costs the run
 no attempt (the coordinator re-queues it after the task's poke interval).
 
-Command checks run in their own process group, which is SIGKILLed once the
-check is over (on time or not), so a check leaves no process behind. HTTP and
+Command checks are spawned as attempts are (:mod:`hydra.agent.process`), in
+a session and process group of their own, which is SIGKILLed once the check
+is over (on time or not), so a check leaves no process behind. HTTP and
 file checks block, so they run in a thread; a thread stuck past the timeout
 is abandoned, not waited for.
 """
@@ -30,8 +31,9 @@ from datetime import UTC, datetime, timedelta
 from typing import assert_never
 
 from hydra import __version__
-from hydra.agent.attempt import format_duration
+from hydra.agent.attempt import OutputStream
 from hydra.agent.executor import AGENT_ONLY_VARIABLES
+from hydra.agent.process import Process, signal_group, spawn
 from hydra.domain import (
     DEFAULT_CHECK_TIMEOUT,
     CommandCheck,
@@ -41,6 +43,7 @@ from hydra.domain import (
     PreconditionVerdict,
     TcpCheck,
 )
+from hydra.spec import format_duration
 
 log = logging.getLogger("hydra.agent")
 
@@ -163,90 +166,56 @@ async def _run(check: Check) -> str:
 # --- command ------------------------------------------------------------------------
 
 
-class _TailProtocol(asyncio.SubprocessProtocol):
-    """Keeps the end of a check's output; turns exit and end of output into futures."""
+class _Tail:
+    """Keeps the end of a check's output."""
 
     def __init__(self) -> None:
-        loop = asyncio.get_running_loop()
-        self.tail = bytearray()
-        self.exited: asyncio.Future[None] = loop.create_future()
-        self.output_closed: asyncio.Future[None] = loop.create_future()
+        self.data = bytearray()
 
-    def pipe_data_received(self, fd: int, data: bytes) -> None:
-        self.tail += data
-        del self.tail[:-_OUTPUT_TAIL_BYTES]
-
-    def pipe_connection_lost(self, fd: int, exc: Exception | None) -> None:
-        if not self.output_closed.done():
-            self.output_closed.set_result(None)
-
-    def process_exited(self) -> None:
-        if not self.exited.done():
-            self.exited.set_result(None)
+    def add(self, stream: OutputStream, data: bytes) -> None:
+        self.data += data
+        del self.data[:-_OUTPUT_TAIL_BYTES]
 
 
 async def _command(check: CommandCheck) -> str:
     """Exit code 0 is ready. The group is SIGKILLed afterwards, and on timeout or cancel."""
     if not check.argv:
         raise NotReady("empty command")
-    protocol = _TailProtocol()
-    transport = await _spawn(check.argv, protocol)
+    tail = _Tail()
     try:
-        # asyncio.wait, not await: a timeout or cancel must not cancel the future itself.
-        await asyncio.wait({protocol.exited})
-        await asyncio.wait({protocol.output_closed}, timeout=_PIPE_DRAIN_SECONDS)
-    finally:
-        await _end_group(transport, protocol)
-    return _exit_message(transport.get_returncode(), bytes(protocol.tail))
-
-
-async def _spawn(argv: Sequence[str], protocol: _TailProtocol) -> asyncio.SubprocessTransport:
-    """Starts ``argv`` as the leader of a new process group, stdout and stderr into one pipe."""
-    spawning = asyncio.ensure_future(_subprocess_exec(argv, protocol))
-    try:
-        return await asyncio.shield(spawning)
+        process = await spawn(
+            check.argv,
+            cwd=None,
+            env=_environment(),
+            on_output=tail.add,
+            stderr_to_stdout=True,
+        )
     except (OSError, ValueError, subprocess.SubprocessError) as error:
         raise NotReady(f"cannot start: {describe_error(error)}") from None
-    except asyncio.CancelledError:
-        # Cancelled mid-spawn, asyncio would kill the leader only: the group may have started.
-        await _end_group_once_spawned(spawning, protocol)
-        raise
-
-
-async def _subprocess_exec(
-    argv: Sequence[str], protocol: _TailProtocol
-) -> asyncio.SubprocessTransport:
-    environment = {k: v for k, v in os.environ.items() if k not in AGENT_ONLY_VARIABLES}
-    transport, _ = await asyncio.get_running_loop().subprocess_exec(
-        lambda: protocol,
-        *argv,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        env=environment,
-        start_new_session=True,
-    )
-    return transport
-
-
-async def _end_group_once_spawned(
-    spawning: asyncio.Future[asyncio.SubprocessTransport], protocol: _TailProtocol
-) -> None:
     try:
-        transport = await spawning
-    except Exception:  # the spawn failed: nothing runs
-        return
-    await _end_group(transport, protocol)
-
-
-async def _end_group(transport: asyncio.SubprocessTransport, protocol: _TailProtocol) -> None:
-    """SIGKILLs what is left of the check's process group, then lets the leader be reaped."""
-    with contextlib.suppress(ProcessLookupError):  # the group is already gone
-        os.killpg(transport.get_pid(), signal.SIGKILL)
-    try:
-        await asyncio.wait({protocol.exited}, timeout=_REAP_SECONDS)
+        # asyncio.wait, not await: a timeout or cancel must not cancel the future itself.
+        await asyncio.wait({process.exited})
+        await asyncio.wait({process.pipes_closed}, timeout=_PIPE_DRAIN_SECONDS)
     finally:
-        transport.close()
+        await _end_group(process)
+    return _exit_message(process.returncode, bytes(tail.data))
+
+
+def _environment() -> dict[str, str]:
+    """The agent's environment, less what only the agent may see."""
+    return {name: value for name, value in os.environ.items() if name not in AGENT_ONLY_VARIABLES}
+
+
+async def _end_group(process: Process) -> None:
+    """SIGKILLs what is left of the check's process group, then lets the leader be reaped.
+
+    At once, with no SIGTERM grace: the check's time is up, or it is over.
+    """
+    signal_group(process.pid, signal.SIGKILL)
+    try:
+        await asyncio.wait({process.exited}, timeout=_REAP_SECONDS)
+    finally:
+        process.close()
 
 
 def _exit_message(returncode: int | None, output: bytes) -> str:

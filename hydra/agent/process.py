@@ -2,6 +2,9 @@
 
 :func:`spawn` starts a program as the leader of a new session, stdin from
 /dev/null, stdout and stderr into pipes, and hands back a :class:`Process`.
+The session is a process group of its own, which :func:`terminate_group`,
+:func:`signal_group` and :func:`group_alive` act on. Attempts and command
+checks both run this way.
 
 Where pidfds work (Linux 5.3 and later), the loop watches the process itself:
 ``subprocess.Popen`` (a vfork and exec, in C) runs on the loop's thread, and
@@ -29,7 +32,7 @@ import os
 import signal
 import subprocess
 from collections.abc import Callable, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import IO
 
 from hydra.agent.attempt import OutputStream
@@ -43,6 +46,10 @@ OnOutput = Callable[[OutputStream, bytes], None]
 _READ_SIZE = 64 * 1024
 #: The status asyncio reports for a child that someone else reaped; so do we.
 _UNKNOWN_RETURNCODE = 255
+#: How often a dying group is checked during the kill grace.
+POLL_SECONDS = 0.05
+#: Linux: zombies can be told apart from the living.
+_HAVE_PROC = os.path.isdir("/proc")
 
 
 def pidfd_works() -> bool:
@@ -89,9 +96,17 @@ class Process(abc.ABC):
 
 
 async def spawn(
-    argv: Sequence[str], *, cwd: str | None, env: Mapping[str, str], on_output: OnOutput
+    argv: Sequence[str],
+    *,
+    cwd: str | None,
+    env: Mapping[str, str],
+    on_output: OnOutput,
+    stderr_to_stdout: bool = False,
 ) -> Process:
     """Starts ``argv`` in a new session; what it writes goes to ``on_output``.
+
+    With ``stderr_to_stdout``, both go into one pipe, in the order written, all
+    as ``STDOUT``.
 
     Through pidfds, nothing is awaited: the process is watched from the moment
     this returns, and a cancel cannot come between. Through asyncio's
@@ -100,22 +115,95 @@ async def spawn(
     Raises:
         OSError, ValueError, subprocess.SubprocessError: it could not start.
     """
+    stderr = subprocess.STDOUT if stderr_to_stdout else subprocess.PIPE
     if USE_PIDFDS:
-        return _spawn_watched(argv, cwd=cwd, env=env, on_output=on_output)
-    return await _spawn_through_transport(argv, cwd=cwd, env=env, on_output=on_output)
+        return _spawn_watched(argv, cwd=cwd, env=env, on_output=on_output, stderr=stderr)
+    return await _spawn_through_transport(
+        argv, cwd=cwd, env=env, on_output=on_output, stderr=stderr
+    )
+
+
+async def terminate_group(
+    process: Process, grace: timedelta, *, cut_short: asyncio.Event | None = None
+) -> None:
+    """SIGTERM to the process's group, up to ``grace`` for it to go, then SIGKILL.
+
+    Returns early once the leader has exited and nothing else of the group
+    lives; ``cut_short`` (set before or meanwhile) skips what is left of the
+    grace. The leader may not be reaped yet when this returns.
+    """
+    loop = asyncio.get_running_loop()
+    pgid = process.pid
+    cut_short = cut_short if cut_short is not None else asyncio.Event()
+    if not cut_short.is_set():
+        signal_group(pgid, signal.SIGTERM)
+        deadline = loop.time() + grace.total_seconds()
+        cut = asyncio.ensure_future(cut_short.wait())
+        try:
+            while not cut.done() and (remaining := deadline - loop.time()) > 0:
+                if process.exited.done() and not await group_alive(pgid):
+                    return
+                await asyncio.wait({cut}, timeout=min(POLL_SECONDS, remaining))
+        finally:
+            cut.cancel()
+    signal_group(pgid, signal.SIGKILL)
+
+
+def signal_group(pgid: int, signum: signal.Signals) -> None:
+    """Sends ``signum`` to the process group; a group that is gone is no error."""
+    try:
+        os.killpg(pgid, signum)
+    except ProcessLookupError:
+        pass
+    except OSError as error:
+        log.warning("cannot send %s to process group %d: %s", signum.name, pgid, error)
+
+
+async def group_alive(pgid: int) -> bool:
+    """True while a process of the group lives (zombies do not count)."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    if not _HAVE_PROC:
+        return True
+    # killpg also reaches zombies, which stay forever under an init that does
+    # not reap orphans (many containers); /proc tells the living apart.
+    return await asyncio.to_thread(_live_member_in_proc, pgid)
+
+
+def _live_member_in_proc(pgid: int) -> bool:
+    with os.scandir("/proc") as entries:
+        pids = [entry.name for entry in entries if entry.name.isdigit()]
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as file:
+                fields = file.read().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if len(fields) > 2 and fields[2] == str(pgid) and fields[0] not in ("Z", "X"):
+            return True
+    return False
 
 
 # --- through pidfds ---------------------------------------------------------------
 
 
 def _spawn_watched(
-    argv: Sequence[str], *, cwd: str | None, env: Mapping[str, str], on_output: OnOutput
+    argv: Sequence[str],
+    *,
+    cwd: str | None,
+    env: Mapping[str, str],
+    on_output: OnOutput,
+    stderr: int,
 ) -> Process:
     popen = subprocess.Popen(
         argv,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        stderr=stderr,
         cwd=cwd,
         env=env,
         start_new_session=True,
@@ -155,7 +243,8 @@ class _WatchedProcess(Process):
             (popen.stdout, OutputStream.STDOUT),
             (popen.stderr, OutputStream.STDERR),
         ):
-            assert pipe is not None  # stdout=PIPE, stderr=PIPE
+            if pipe is None:  # stderr=STDOUT
+                continue
             os.set_blocking(pipe.fileno(), False)
             self._pipes[pipe.fileno()] = (pipe, stream)
             self._loop.add_reader(pipe.fileno(), self._read, pipe.fileno())
@@ -223,19 +312,24 @@ def _kill_and_reap(popen: subprocess.Popen[bytes]) -> None:
 
 
 async def _spawn_through_transport(
-    argv: Sequence[str], *, cwd: str | None, env: Mapping[str, str], on_output: OnOutput
+    argv: Sequence[str],
+    *,
+    cwd: str | None,
+    env: Mapping[str, str],
+    on_output: OnOutput,
+    stderr: int,
 ) -> Process:
     # loop.subprocess_exec rather than create_subprocess_exec: owning the
     # transport lets us close pipes that an escaped process keeps open,
     # and data arrives by callback, so there are no reader tasks to stop.
-    protocol = _PipeProtocol(on_output)
+    protocol = _PipeProtocol(on_output, pipes={1} if stderr == subprocess.STDOUT else {1, 2})
     spawning = asyncio.ensure_future(
         asyncio.get_running_loop().subprocess_exec(
             lambda: protocol,
             *argv,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            stderr=stderr,
             cwd=cwd,
             env=env,
             start_new_session=True,
@@ -281,10 +375,10 @@ class _TransportProcess(Process):
 class _PipeProtocol(asyncio.SubprocessProtocol):
     """Hands pipe data on and turns the transport's events into futures."""
 
-    def __init__(self, on_output: OnOutput) -> None:
+    def __init__(self, on_output: OnOutput, pipes: set[int]) -> None:
         loop = asyncio.get_running_loop()
         self._on_output = on_output
-        self._open_pipes = {1, 2}
+        self._open_pipes = set(pipes)
         self.exited: asyncio.Future[None] = loop.create_future()
         self.pipes_closed: asyncio.Future[None] = loop.create_future()
 

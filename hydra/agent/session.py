@@ -22,10 +22,10 @@ import grpc
 import grpc.aio
 
 from hydra import __version__
-from hydra.agent import wire
-from hydra.agent.attempt import AttemptResult, LeaseKey, Outcome, OutputStream, Started
+from hydra.agent import messages
+from hydra.agent.attempt import AttemptResult, LeaseKey, OutputStream, Started
 from hydra.agent.leases import LeaseBook
-from hydra.domain import PreconditionVerdict
+from hydra.domain import AttemptOutcome, PreconditionVerdict
 from hydra.v1 import agent_service_pb2 as pb
 from hydra.v1.agent_service_pb2_grpc import AgentServiceStub
 
@@ -173,33 +173,33 @@ class Session:
 
     def send_output(self, lease: LeaseKey, stream: OutputStream, data: bytes) -> None:
         """Sends a batch of output, or drops it if the stream is backed up."""
-        if not self._outbox.put_output(wire.output_chunk(lease, stream, data)):
+        if not self._outbox.put_output(messages.output_chunk(lease, stream, data)):
             if lease not in self._dropped_output:
                 log.warning("lease %s: output dropped: the stream is backed up", lease)
             self._dropped_output.add(lease)
 
     def send_report(self, lease: LeaseKey, result: AttemptResult) -> None:
         """Sends an attempt's end."""
-        self._outbox.put(wire.attempt_finished(lease, result))
+        self._outbox.put(messages.attempt_finished(lease, result))
 
     def send_started(self, lease: LeaseKey, argv: Sequence[str], started: Started) -> None:
         """Announces an attempt's process."""
-        self._outbox.put(wire.attempt_started(lease, argv, started))
+        self._outbox.put(messages.attempt_started(lease, argv, started))
 
     def send_verdicts(self, lease: LeaseKey, verdicts: Sequence[PreconditionVerdict]) -> None:
         """Sends the verdicts on a lease's preconditions."""
-        self._outbox.put(wire.preconditions_checked(lease, verdicts))
+        self._outbox.put(messages.preconditions_checked(lease, verdicts))
 
     def send_rejection(self, lease: LeaseKey, reason: str) -> None:
         """Gives a lease back before anything started under it."""
         log.info("lease %s: rejected: %s", lease, reason)
-        self._outbox.put(wire.lease_rejected(lease, reason))
+        self._outbox.put(messages.lease_rejected(lease, reason))
 
     # --- opening --------------------------------------------------------------
 
     def _hello(self) -> pb.AgentMessage:
         config = self._config
-        return wire.hello(
+        return messages.hello(
             agent_id=config.agent_id,
             hostname=config.hostname,
             labels=config.labels,
@@ -215,14 +215,14 @@ class Session:
 
     async def _welcome(
         self, call: grpc.aio.StreamStreamCall[pb.AgentMessage, pb.CoordinatorMessage]
-    ) -> wire.Terms:
+    ) -> messages.Terms:
         try:
             message = await asyncio.wait_for(call.read(), WELCOME_TIMEOUT_SECONDS)
         except TimeoutError:
             raise StreamLost(f"no Welcome within {WELCOME_TIMEOUT_SECONDS:g}s") from None
         if not isinstance(message, pb.CoordinatorMessage) or not message.HasField("welcome"):
             raise StreamLost("the coordinator did not answer Hello with Welcome")
-        terms = wire.terms(message.welcome)
+        terms = messages.terms(message.welcome)
         if terms.heartbeat_interval.total_seconds() <= 0 or terms.lease_ttl.total_seconds() <= 0:
             raise StreamLost("Welcome without a heartbeat interval and a lease TTL")
         log.info("connected to %s (coordinator %s)", self.target, terms.coordinator_id)
@@ -265,7 +265,7 @@ class Session:
         return None
 
     def _on_offer(self, offer: pb.LeaseOffer) -> None:
-        lease = wire.lease_key(offer.lease)
+        lease = messages.lease_key(offer.lease)
         book = self._book
         if book.checking(lease) or book.execution(lease) or book.report(lease):
             self._answer_again(lease)
@@ -281,11 +281,11 @@ class Session:
 
         Nothing here waits: the next offer is read at once, and sees the slot used.
         """
-        spec = wire.attempt_spec(offer, default_kill_grace=self._config.default_kill_grace)
-        checks = wire.preconditions(offer)
+        spec = messages.attempt_spec(offer, default_kill_grace=self._config.default_kill_grace)
+        checks = messages.preconditions(offer)
         checking = f"; checking {len(checks)} precondition(s)" if checks else ""
         log.debug("lease %s: offered %s attempt %d%s", lease, spec.task, spec.attempt, checking)
-        start_in = wire.start_in(offer)
+        start_in = messages.start_in(offer)
         if checks:
             self._book.check(lease, spec, checks, start_in=start_in)
         else:
@@ -306,7 +306,7 @@ class Session:
         sent = self._sent_heartbeats.pop(ack.sequence, None)
         for sequence in [seq for seq in self._sent_heartbeats if seq < ack.sequence]:
             del self._sent_heartbeats[sequence]
-        revoked = {wire.lease_key(ref) for ref in ack.revoked}
+        revoked = {messages.lease_key(ref) for ref in ack.revoked}
         for lease in revoked:
             self._book.revoke(lease)
         if sent is not None:
@@ -318,14 +318,14 @@ class Session:
         self.healthy = True
 
     def _on_cancel(self, cancel: pb.CancelAttempt) -> None:
-        lease = wire.lease_key(cancel.lease)
+        lease = messages.lease_key(cancel.lease)
         message = f"cancelled: {cancel.reason}" if cancel.reason else "cancelled"
-        if not self._book.kill(lease, Outcome.CANCELLED, message):
+        if not self._book.kill(lease, AttemptOutcome.CANCELLED, message):
             state = "already finished" if self._book.report(lease) else "not held"
             log.info("lease %s: cancel ignored: %s", lease, state)
 
     def _on_report_ack(self, ack: pb.ReportAck) -> None:
-        lease = wire.lease_key(ack.lease)
+        lease = messages.lease_key(ack.lease)
         if self._book.acknowledge(lease) is None:
             log.info("lease %s: acknowledgement of no pending report", lease)
         elif ack.accepted:
@@ -343,7 +343,7 @@ class Session:
 
     # --- heartbeats -----------------------------------------------------------
 
-    async def _heartbeat(self, terms: wire.Terms) -> None:
+    async def _heartbeat(self, terms: messages.Terms) -> None:
         interval = terms.heartbeat_interval.total_seconds()
         ttl = terms.lease_ttl.total_seconds()
         while True:
@@ -364,5 +364,5 @@ class Session:
             if now - sent_at > ttl:
                 del self._sent_heartbeats[sequence]
         self._outbox.put(
-            wire.heartbeat(leases, sequence=self._sequence, draining=self._state.draining)
+            messages.heartbeat(leases, sequence=self._sequence, draining=self._state.draining)
         )

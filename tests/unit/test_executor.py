@@ -26,12 +26,11 @@ import pytest
 
 from harness.processes import is_alive
 from hydra.agent import process
-from hydra.agent.attempt import AttemptResult, AttemptSpec, Outcome, OutputStream, format_duration
+from hydra.agent.attempt import AttemptResult, AttemptSpec, OutputStream
 from hydra.agent.executor import (
     PIPE_DRAIN_SECONDS,
     Execution,
     attempt_environment,
-    pidfd_child_watcher,
 )
 from hydra.agent.output import (
     OutputBatcher,
@@ -40,6 +39,7 @@ from hydra.agent.output import (
     memory_backed_tmp,
     read_outputs,
 )
+from hydra.domain import AttemptOutcome
 
 from support.proc import eventually, processes_with_run_id, unique_run_id
 
@@ -120,7 +120,7 @@ async def run(
 async def test_exit_zero_succeeds(run_id: str, outputs: OutputsDirectory) -> None:
     result = await run(outputs, spec(run_id, "true"))
 
-    assert result.outcome is Outcome.SUCCEEDED
+    assert result.outcome is AttemptOutcome.SUCCEEDED
     assert (result.exit_code, result.signal, result.message) == (0, None, "")
     assert result.argv == ("true",)
     assert result.started_at is not None
@@ -130,7 +130,7 @@ async def test_exit_zero_succeeds(run_id: str, outputs: OutputsDirectory) -> Non
 async def test_exit_one_fails(run_id: str, outputs: OutputsDirectory) -> None:
     result = await run(outputs, spec(run_id, *sh("exit 3")))
 
-    assert result.outcome is Outcome.FAILED
+    assert result.outcome is AttemptOutcome.FAILED
     assert (result.exit_code, result.signal) == (3, None)
     assert result.message == "exited with code 3"
 
@@ -140,7 +140,7 @@ async def test_death_by_signal_fails_with_the_signal(
 ) -> None:
     result = await run(outputs, spec(run_id, *sh("kill -KILL $$")))
 
-    assert result.outcome is Outcome.FAILED
+    assert result.outcome is AttemptOutcome.FAILED
     assert (result.exit_code, result.signal) == (None, signal.SIGKILL)
     assert result.message == "killed by signal 9 (SIGKILL)"
 
@@ -178,7 +178,7 @@ async def test_quiet_output_arrives_within_the_batch_delay(
     await execution.start()
 
     await eventually(lambda: bool(recorder.batches), within=2.0)
-    execution.kill(Outcome.CANCELLED, "done")
+    execution.kill(AttemptOutcome.CANCELLED, "done")
     await execution.wait()
 
     assert recorder.batches[0][:2] == (OutputStream.STDOUT, b"hello\n")
@@ -210,7 +210,7 @@ async def test_environment_and_workdir(
 
     result = await run(outputs, attempt, recorder)
 
-    assert result.outcome is Outcome.SUCCEEDED
+    assert result.outcome is AttemptOutcome.SUCCEEDED
     cwd, hydra_vars, other_vars, output_file = recorder.text(OutputStream.STDOUT).splitlines()
     assert cwd == str(tmp_path)
     assert hydra_vars == f"{run_id}|demo.task|2|2024-05-01T02:30:00+00:00"
@@ -247,8 +247,8 @@ async def test_timeout_kills_the_whole_group_including_a_child_ignoring_sigterm(
     result = await run(outputs, attempt, recorder)
 
     child = int(recorder.text(OutputStream.STDOUT))
-    assert result.outcome is Outcome.TIMED_OUT
-    assert result.message == "timed out after 0.3s"
+    assert result.outcome is AttemptOutcome.TIMED_OUT
+    assert result.message == "timed out after 300ms"
     assert result.exit_code is None and result.signal is not None
     assert time.monotonic() - began >= 0.3 + 0.5  # timeout, then the whole grace
     await eventually(lambda: not is_alive(child), within=2)  # SIGKILLed; exiting takes a moment
@@ -261,7 +261,7 @@ async def test_timeout_kills_a_leader_ignoring_sigterm(
 
     result = await run(outputs, attempt)
 
-    assert result.outcome is Outcome.TIMED_OUT
+    assert result.outcome is AttemptOutcome.TIMED_OUT
     assert result.signal == signal.SIGKILL
 
 
@@ -270,7 +270,7 @@ async def test_no_timeout_when_the_process_ends_first(
 ) -> None:
     result = await run(outputs, spec(run_id, "true", timeout=timedelta(seconds=30)))
 
-    assert result.outcome is Outcome.SUCCEEDED
+    assert result.outcome is AttemptOutcome.SUCCEEDED
 
 
 async def test_cancel_terminates_the_group(run_id: str, outputs: OutputsDirectory) -> None:
@@ -280,10 +280,10 @@ async def test_cancel_terminates_the_group(run_id: str, outputs: OutputsDirector
     assert started is not None
     await eventually(lambda: bool(recorder.batches))
 
-    execution.kill(Outcome.CANCELLED, "cancelled: by a test")
+    execution.kill(AttemptOutcome.CANCELLED, "cancelled: by a test")
     result = await execution.wait()
 
-    assert result.outcome is Outcome.CANCELLED
+    assert result.outcome is AttemptOutcome.CANCELLED
     assert result.message == "cancelled: by a test"
     assert result.signal == signal.SIGTERM
     assert not is_alive(started.pid)
@@ -300,10 +300,10 @@ async def test_a_graceful_exit_after_a_kill_keeps_the_kill_outcome(
     await execution.start()
     await eventually(lambda: "ready" in recorder.text(OutputStream.STDOUT))
 
-    execution.kill(Outcome.FENCED, "lease could not be renewed")
+    execution.kill(AttemptOutcome.FENCED, "lease could not be renewed")
     result = await execution.wait()
 
-    assert (result.outcome, result.exit_code) == (Outcome.FENCED, 0)
+    assert (result.outcome, result.exit_code) == (AttemptOutcome.FENCED, 0)
     assert recorder.text(OutputStream.STDOUT) == "ready\nbye\n"
 
 
@@ -317,14 +317,14 @@ async def test_an_immediate_kill_skips_the_grace(run_id: str, outputs: OutputsDi
     child = int(recorder.text(OutputStream.STDOUT))
 
     began = time.monotonic()
-    execution.kill(Outcome.CANCELLED, "agent stopped")
+    execution.kill(AttemptOutcome.CANCELLED, "agent stopped")
     await eventually(lambda: not is_alive(started.pid))  # SIGTERM went out; the grace runs
     assert is_alive(child)
-    execution.kill(Outcome.CANCELLED, "stop now", immediately=True)
+    execution.kill(AttemptOutcome.CANCELLED, "stop now", immediately=True)
     result = await execution.wait()
 
     assert time.monotonic() - began < 5  # not the 30 s grace
-    assert (result.outcome, result.message) == (Outcome.CANCELLED, "agent stopped")
+    assert (result.outcome, result.message) == (AttemptOutcome.CANCELLED, "agent stopped")
     await eventually(lambda: not is_alive(child), within=2)
 
 
@@ -339,7 +339,7 @@ async def test_leftover_group_members_are_killed_after_the_leader_exits(
     result = await run(outputs, spec(run_id, *sh(script)), recorder)
 
     assert time.monotonic() - began < PIPE_DRAIN_SECONDS + 2
-    assert result.outcome is Outcome.SUCCEEDED
+    assert result.outcome is AttemptOutcome.SUCCEEDED
     assert result.message == "killed processes left running in its process group"
     strays = [int(pid) for pid in recorder.text(OutputStream.STDOUT).split()]
     await eventually(lambda: not any(is_alive(pid) for pid in strays), within=2)
@@ -354,7 +354,7 @@ async def test_a_missing_program_cannot_start(run_id: str, outputs: OutputsDirec
     assert await execution.start() is None
     result = await execution.wait()
 
-    assert result.outcome is Outcome.FAILED
+    assert result.outcome is AttemptOutcome.FAILED
     assert result.message.startswith("cannot start: ")
     assert "/nonexistent/program" in result.message
     assert result.started_at == result.finished_at
@@ -369,7 +369,7 @@ async def test_a_missing_workdir_cannot_start(
 
     result = await run(outputs, spec(run_id, "true", workdir=str(workdir)))
 
-    assert result.outcome is Outcome.FAILED
+    assert result.outcome is AttemptOutcome.FAILED
     assert result.message.startswith("cannot start: ")
     assert str(workdir) in result.message
 
@@ -383,14 +383,17 @@ async def test_a_program_without_permission_cannot_start(
 
     result = await run(outputs, spec(run_id, str(program)))
 
-    assert result.outcome is Outcome.FAILED
+    assert result.outcome is AttemptOutcome.FAILED
     assert "Permission denied" in result.message
 
 
 async def test_an_empty_command_cannot_start(run_id: str, outputs: OutputsDirectory) -> None:
     result = await run(outputs, spec(run_id))
 
-    assert (result.outcome, result.message) == (Outcome.FAILED, "cannot start: empty command")
+    assert (result.outcome, result.message) == (
+        AttemptOutcome.FAILED,
+        "cannot start: empty command",
+    )
 
 
 # --- $HYDRA_OUTPUT ------------------------------------------------------------------
@@ -399,7 +402,7 @@ async def test_an_empty_command_cannot_start(run_id: str, outputs: OutputsDirect
 async def test_outputs_json_is_reported(run_id: str, outputs: OutputsDirectory) -> None:
     result = await run(outputs, spec(run_id, *sh("""echo '{"rows": 42}' > "$HYDRA_OUTPUT" """)))
 
-    assert result.outcome is Outcome.SUCCEEDED
+    assert result.outcome is AttemptOutcome.SUCCEEDED
     assert result.outputs_json == '{"rows": 42}'
 
 
@@ -421,7 +424,7 @@ async def test_outputs_that_are_not_an_object_fail_the_attempt(
 
     result = await run(outputs, spec(run_id, *sh(script)))
 
-    assert result.outcome is Outcome.FAILED
+    assert result.outcome is AttemptOutcome.FAILED
     assert result.exit_code == 0
     assert result.message.startswith("$HYDRA_OUTPUT: not a JSON object")
     assert result.outputs_json == ""
@@ -436,7 +439,7 @@ async def test_outputs_over_64_kib_fail_the_attempt(run_id: str, outputs: Output
 
     result = await run(outputs, spec(run_id, sys.executable, "-c", script))
 
-    assert result.outcome is Outcome.FAILED
+    assert result.outcome is AttemptOutcome.FAILED
     assert result.message == "$HYDRA_OUTPUT: over 65536 bytes"
 
 
@@ -445,7 +448,7 @@ async def test_bad_outputs_of_a_failed_attempt_keep_the_exit_message(
 ) -> None:
     result = await run(outputs, spec(run_id, *sh("""echo '[]' > "$HYDRA_OUTPUT"; exit 2""")))
 
-    assert result.outcome is Outcome.FAILED
+    assert result.outcome is AttemptOutcome.FAILED
     assert result.message == "exited with code 2; $HYDRA_OUTPUT: not a JSON object (got list)"
 
 
@@ -502,7 +505,7 @@ async def test_a_killed_attempt_leaves_no_output_file(
     output_file = Path(recorder.text(OutputStream.STDOUT).strip())
     assert files_in(outputs) == [output_file.name]
 
-    execution.kill(Outcome.CANCELLED, "cancelled: by a test")
+    execution.kill(AttemptOutcome.CANCELLED, "cancelled: by a test")
     await execution.wait()
 
     assert files_in(outputs) == []
@@ -562,8 +565,8 @@ async def test_through_pidfds_start_returns_without_letting_the_loop_turn(
     await asyncio.sleep(0)  # one turn: start ran to its end
 
     assert starting.done() and starting.result() is not None
-    execution.kill(Outcome.CANCELLED, "done")
-    assert (await execution.wait()).outcome is Outcome.CANCELLED
+    execution.kill(AttemptOutcome.CANCELLED, "done")
+    assert (await execution.wait()).outcome is AttemptOutcome.CANCELLED
 
 
 def test_the_outputs_directory_is_private_made_on_first_use_and_removed_by_close() -> None:
@@ -611,22 +614,7 @@ def test_read_outputs_refuses_what_is_not_a_regular_file(tmp_path: Path) -> None
         read_outputs(str(tmp_path))
 
 
-# --- the child watcher --------------------------------------------------------------
-
-
-@pytest.mark.skipif(sys.version_info >= (3, 12), reason="asyncio waits through pidfds on 3.12+")
-async def test_the_pidfd_child_watcher_needs_no_thread_per_child() -> None:
-    previous = asyncio.get_child_watcher()
-    with pidfd_child_watcher() as installed:
-        if not installed:
-            pytest.skip("pidfd_open is not available here")
-        assert isinstance(asyncio.get_child_watcher(), asyncio.PidfdChildWatcher)
-        threads = set(threading.enumerate())
-        child = await asyncio.create_subprocess_exec("sleep", "0.2")  # as a check spawns
-        assert set(threading.enumerate()) <= threads
-        assert await child.wait() == 0
-
-    assert asyncio.get_child_watcher() is previous
+# --- threads ------------------------------------------------------------------------
 
 
 @only_through_pidfds
@@ -639,32 +627,7 @@ async def test_through_pidfds_an_attempt_needs_no_thread_nor_child_watcher(
 
     assert await execution.start() is not None
     assert set(threading.enumerate()) <= threads
-    assert (await execution.wait()).outcome is Outcome.SUCCEEDED
-
-
-@pytest.mark.skipif(sys.version_info >= (3, 12), reason="asyncio waits through pidfds on 3.12+")
-@pytest.mark.parametrize("how", ["missing", "refused"])
-async def test_without_pidfds_the_default_child_watcher_stays(
-    monkeypatch: pytest.MonkeyPatch, how: str
-) -> None:
-    def refused(pid: int, flags: int = 0) -> int:
-        raise OSError(errno.ENOSYS, "Function not implemented")
-
-    if how == "missing":
-        monkeypatch.delattr(os, "pidfd_open", raising=False)
-    else:
-        monkeypatch.setattr(os, "pidfd_open", refused, raising=False)
-    previous = asyncio.get_child_watcher()
-
-    with pidfd_child_watcher() as installed:
-        assert installed is False
-        assert asyncio.get_child_watcher() is previous
-
-
-@pytest.mark.skipif(sys.version_info < (3, 12), reason="3.11 needs the watcher installed")
-async def test_the_pidfd_child_watcher_changes_nothing_on_3_12() -> None:
-    with pidfd_child_watcher() as installed:  # and warns of no deprecation
-        assert installed is False
+    assert (await execution.wait()).outcome is AttemptOutcome.SUCCEEDED
 
 
 # --- what the processes cost the agent ------------------------------------------------
@@ -714,11 +677,11 @@ async def test_attempts_leave_no_file_descriptor_and_no_zombie(
     for _ in range(3):
         results = await asyncio.gather(*(run(outputs, attempt) for attempt in attempts))
         assert [result.outcome for result in results] == [
-            Outcome.SUCCEEDED,
-            Outcome.FAILED,
-            Outcome.FAILED,
-            Outcome.TIMED_OUT,
-            Outcome.SUCCEEDED,
+            AttemptOutcome.SUCCEEDED,
+            AttemptOutcome.FAILED,
+            AttemptOutcome.FAILED,
+            AttemptOutcome.TIMED_OUT,
+            AttemptOutcome.SUCCEEDED,
         ]
 
     await eventually(lambda: open_fds() == before, within=2.0)
@@ -765,7 +728,7 @@ async def test_a_process_that_cannot_be_watched_is_killed_and_cannot_start(
 
     result = await run(outputs, spec(run_id, *sh("sleep 1000 & exec sleep 1000")))
 
-    assert result.outcome is Outcome.FAILED
+    assert result.outcome is AttemptOutcome.FAILED
     assert result.message == "cannot start: [Errno 24] Too many open files"
     assert zombie_children() == []
     assert open_fds() == before
@@ -799,14 +762,6 @@ async def test_batcher_flushes_after_the_delay_not_per_write() -> None:
 
     await eventually(lambda: bool(recorder.batches), within=2.0)
     assert [data for _, data, _ in recorder.batches] == [b"a\nb\nc\n"]
-
-
-@pytest.mark.parametrize(
-    ("seconds", "text"),
-    [(0.3, "0.3s"), (2, "2s"), (90, "1m30s"), (3600, "1h"), (5400.5, "5400.5s")],
-)
-def test_durations_read_well_in_messages(seconds: float, text: str) -> None:
-    assert format_duration(timedelta(seconds=seconds)) == text
 
 
 def test_outputs_go_to_a_memory_backed_directory_when_there_is_one(tmp_path: Path) -> None:

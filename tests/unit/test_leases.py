@@ -10,12 +10,12 @@ from typing import Any
 
 import pytest
 
-from hydra.agent import wire
-from hydra.agent.attempt import AttemptResult, AttemptSpec, LeaseKey, Outcome, OutputStream, Started
+from hydra.agent import messages
+from hydra.agent.attempt import AttemptResult, AttemptSpec, LeaseKey, OutputStream, Started
 from hydra.agent.daemon import AgentConfig
 from hydra.agent.leases import LeaseBook
 from hydra.agent.session import AgentState, Session
-from hydra.domain import PreconditionVerdict
+from hydra.domain import AttemptOutcome, PreconditionVerdict
 from hydra.v1 import agent_service_pb2 as pb
 
 from support.proc import eventually, processes_with_run_id
@@ -101,7 +101,7 @@ async def test_start_holds_the_lease_at_once_and_spawns_in_the_background(run_id
     await book.close()
 
     assert listener.kinds(lease) == ["started", "output", "finished"]
-    assert listener.result(lease).outcome is Outcome.SUCCEEDED
+    assert listener.result(lease).outcome is AttemptOutcome.SUCCEEDED
     assert book.pending() == [(lease, listener.result(lease))]
     output_file = Path(listener.output(lease).decode().strip())
     assert output_file.name.startswith(f"{run_id}-1-")
@@ -120,7 +120,7 @@ async def test_a_spawn_failure_is_reported_and_keeps_the_lease_until_acknowledge
 
     assert listener.kinds(lease) == ["finished"]
     result = listener.result(lease)
-    assert result.outcome is Outcome.FAILED
+    assert result.outcome is AttemptOutcome.FAILED
     assert result.message.startswith("cannot start: ")
     assert book.held() == [lease]
     assert book.acknowledge(lease) == result
@@ -147,13 +147,13 @@ async def test_an_attempt_killed_before_its_spawn_never_starts(run_id: str) -> N
     lease = LeaseKey(run_id, 1)
 
     book.start(lease, spec(run_id, "sleep", "1000"))
-    book.kill_all(Outcome.CANCELLED, "agent stopped", immediately=True)
+    book.kill_all(AttemptOutcome.CANCELLED, "agent stopped", immediately=True)
     await book.close()
 
     assert book.processes() == 0
     assert listener.kinds(lease) == ["finished"]
     result = listener.result(lease)
-    assert result.outcome is Outcome.CANCELLED
+    assert result.outcome is AttemptOutcome.CANCELLED
     assert result.message == "agent stopped (before it started)"
 
 
@@ -164,12 +164,12 @@ async def test_close_waits_for_an_attempt_still_spawning(run_id: str) -> None:
 
     book.start(lease, spec(run_id, "sleep", "1000"))
     await asyncio.sleep(0)  # the spawn begins
-    book.kill_all(Outcome.CANCELLED, "agent stopped", immediately=True)
+    book.kill_all(AttemptOutcome.CANCELLED, "agent stopped", immediately=True)
     await book.close()
 
     assert book.processes() == 0
     assert listener.kinds(lease) == ["started", "finished"]
-    assert listener.result(lease).outcome is Outcome.CANCELLED
+    assert listener.result(lease).outcome is AttemptOutcome.CANCELLED
 
 
 # --- leased ahead: start_in -------------------------------------------------------------
@@ -188,7 +188,7 @@ async def test_an_attempt_leased_ahead_starts_after_start_in(run_id: str) -> Non
     started = next(value for kind, _, value in listener.events if kind == "started")
     waited = loop.time() - offered
     assert waited >= 0.2
-    assert listener.result(lease).outcome is Outcome.SUCCEEDED
+    assert listener.result(lease).outcome is AttemptOutcome.SUCCEEDED
     assert started.started_at is not None
     await book.close()
 
@@ -200,10 +200,10 @@ async def test_a_kill_while_waiting_to_start_spawns_nothing(run_id: str) -> None
 
     book.start(lease, spec(run_id, "sleep", "1000"), start_in=30)
     await asyncio.sleep(0.05)
-    assert book.kill(lease, Outcome.CANCELLED, "cancelled by request")
+    assert book.kill(lease, AttemptOutcome.CANCELLED, "cancelled by request")
     await book.wait_until(lambda: listener.kinds(lease) == ["finished"], 5)
 
-    assert listener.result(lease).outcome is Outcome.CANCELLED
+    assert listener.result(lease).outcome is AttemptOutcome.CANCELLED
     assert processes_with_run_id(run_id) == []
     await book.close()
 
@@ -251,4 +251,4 @@ def test_start_in_of_an_offer(start_in: timedelta | None, seconds: float) -> Non
     message = pb.LeaseOffer(task="demo.task")
     if start_in is not None:
         message.start_in.FromTimedelta(start_in)
-    assert wire.start_in(message) == pytest.approx(seconds)
+    assert messages.start_in(message) == pytest.approx(seconds)

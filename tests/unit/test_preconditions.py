@@ -18,7 +18,7 @@ import pytest
 from harness.net import free_port
 from harness.processes import is_alive
 from harness.wait import wait_until
-from hydra.agent import wire
+from hydra.agent import messages, process
 from hydra.agent.attempt import LeaseKey
 from hydra.agent.preconditions import (
     MAX_MESSAGE_CHARS,
@@ -172,10 +172,56 @@ async def test_a_command_timeout_kills_its_process_group(tmp_path: Path) -> None
 
     verdict = await check(sh(script, timeout=SHORT))
 
-    assert verdict == (False, "timed out after 0.3s")
+    assert verdict == (False, "timed out after 300ms")
     assert time.monotonic() - started < 3
     pid = int(child.read_text())
     await wait_until(lambda: not is_alive(pid), timeout=5, message=f"pid {pid} to be gone")
+
+
+def group_members(pgid: int) -> list[int]:
+    """The living processes of a process group, from /proc."""
+    members = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as file:
+                fields = file.read().rpartition(")")[2].split()
+        except OSError:  # gone meanwhile
+            continue
+        if fields[2] == str(pgid) and fields[0] not in ("Z", "X"):
+            members.append(int(entry))
+    return members
+
+
+@pytest.mark.parametrize("use_pidfds", [True, False], ids=["pidfds", "asyncio transport"])
+async def test_a_command_check_that_times_out_leaves_no_process_of_its_group(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, use_pidfds: bool
+) -> None:
+    if use_pidfds and not process.USE_PIDFDS:
+        pytest.skip("pidfds do not work here")
+    monkeypatch.setattr(process, "USE_PIDFDS", use_pidfds)
+    leader = tmp_path / "leader.pid"
+    # A child that ignores SIGTERM, and one in a subshell: SIGKILL reaches them all.
+    script = f"echo $$ > {leader}; (trap '' TERM; sleep 1000) & (sleep 1000 &) ; wait"
+
+    verdict = await check(sh(script, timeout=SHORT))
+
+    assert verdict == (False, "timed out after 300ms")
+    pgid = int(leader.read_text())
+    await wait_until(lambda: not group_members(pgid), timeout=5, message=f"group {pgid} gone")
+
+
+async def test_through_pidfds_a_command_check_needs_no_thread(tmp_path: Path) -> None:
+    if not process.USE_PIDFDS:
+        pytest.skip("pidfds do not work here")
+    started = tmp_path / "started"
+    threads = set(threading.enumerate())
+    evaluation = asyncio.create_task(evaluate(sh(f"touch {started}; sleep 0.2")))
+    await wait_until(started.exists, timeout=5, message="the check to start")
+
+    assert set(threading.enumerate()) <= threads
+    assert (await evaluation).ready
 
 
 async def test_a_command_leaves_no_process_behind(tmp_path: Path) -> None:
@@ -261,7 +307,7 @@ async def test_a_slow_http_answer_times_out(web: Web) -> None:
 
     verdict = await check(HttpCheck(url=web.url("/slow"), timeout=SHORT))
 
-    assert verdict == (False, "timed out after 0.3s")
+    assert verdict == (False, "timed out after 300ms")
     assert time.monotonic() - started < 3
 
 
@@ -340,7 +386,7 @@ async def test_checks_run_concurrently_within_the_semaphore(web: Web) -> None:
     assert web.most_in_flight == 2
 
 
-# --- wire -------------------------------------------------------------------------------
+# --- messages ---------------------------------------------------------------------------
 
 
 def test_offered_preconditions_become_checks() -> None:
@@ -356,7 +402,7 @@ def test_offered_preconditions_become_checks() -> None:
     offer.preconditions[1].file.min_age.FromTimedelta(timedelta(minutes=1))
     offer.preconditions[3].timeout.FromTimedelta(timedelta(seconds=2))
 
-    checks = wire.preconditions(offer)
+    checks = messages.preconditions(offer)
 
     assert checks == (
         CommandCheck(argv=("true",)),
@@ -374,7 +420,7 @@ def test_verdicts_go_out_as_preconditions_checked() -> None:
         PreconditionVerdict(index=1, ready=False, message="HTTP 503", checked_at=at),
     ]
 
-    message = wire.preconditions_checked(LeaseKey("run-1", 7), verdicts)
+    message = messages.preconditions_checked(LeaseKey("run-1", 7), verdicts)
 
     checked = message.preconditions_checked
     assert (checked.lease.run_id, checked.lease.lease_token, checked.ready) == ("run-1", 7, False)

@@ -15,6 +15,7 @@ from hydra.domain import (
     Agent,
     At,
     Attempt,
+    AttemptOutcome,
     AttemptState,
     Catchup,
     CommandCheck,
@@ -34,6 +35,7 @@ from hydra.domain import (
     TcpCheck,
 )
 from hydra.errors import InvalidArgument
+from hydra.v1 import agent_service_pb2
 from hydra.v1 import types_pb2 as pb
 from hydra.wire import (
     agent_from_proto,
@@ -46,6 +48,8 @@ from hydra.wire import (
     from_timestamp,
     optional_duration,
     optional_timestamp,
+    outcome_from_proto,
+    outcome_to_proto,
     run_from_proto,
     run_state_from_proto,
     run_state_to_proto,
@@ -173,9 +177,34 @@ def test_attempt_state_round_trip(state: AttemptState) -> None:
     assert attempt_state_from_proto(attempt_state_to_proto(state)) is state
 
 
+@pytest.mark.parametrize("outcome", list(AttemptOutcome))
+def test_outcome_round_trip(outcome: AttemptOutcome) -> None:
+    proto_name = agent_service_pb2.AttemptOutcome.Name(outcome_to_proto(outcome))
+    assert proto_name == f"ATTEMPT_OUTCOME_{outcome.name}"
+    assert outcome_from_proto(outcome_to_proto(outcome)) is outcome
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        value
+        for value in agent_service_pb2.AttemptOutcome.values()
+        if value != agent_service_pb2.ATTEMPT_OUTCOME_UNSPECIFIED
+    ],
+)
+def test_every_proto_outcome_round_trips(value: int) -> None:
+    assert outcome_to_proto(outcome_from_proto(value)) == value
+
+
+@pytest.mark.parametrize("value", [agent_service_pb2.ATTEMPT_OUTCOME_UNSPECIFIED, 99])
+def test_an_unspecified_or_unknown_outcome_counts_as_failed(value: int) -> None:
+    assert outcome_from_proto(value) is AttemptOutcome.FAILED
+
+
 def test_enums_mirror_the_proto() -> None:
     assert len(pb.RunState.values()) == len(RunState) + 1
     assert len(pb.AttemptState.values()) == len(AttemptState) + 1
+    assert len(agent_service_pb2.AttemptOutcome.values()) == len(AttemptOutcome) + 1
     assert len(pb.Overlap.values()) == len(Overlap) + 1
     assert len(pb.Catchup.values()) == len(Catchup) + 1
     assert len(pb.OnTimeout.values()) == len(OnTimeout) + 1

@@ -1,7 +1,8 @@
-"""Translation between ``hydra.v1`` agent messages and the agent's own values.
+"""The agent's stream messages: ``hydra.v1`` messages built from, and read into, its own values.
 
 The only agent module that builds or reads protobuf messages besides the
-stream handler in ``hydra.agent.session``.
+stream handler in ``hydra.agent.session``. (``hydra.wire`` is the shared
+translation of domain types; this is the agent's side of the stream.)
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from hydra.agent.attempt import AttemptResult, AttemptSpec, LeaseKey, Outcome, OutputStream, Started
+from hydra.agent.attempt import AttemptResult, AttemptSpec, LeaseKey, OutputStream, Started
 from hydra.agent.preconditions import Check, UnsupportedCheck
 from hydra.domain import (
     DEFAULT_CHECK_TIMEOUT,
@@ -25,14 +26,8 @@ from hydra.domain import (
 )
 from hydra.v1 import agent_service_pb2 as pb
 from hydra.v1 import run_service_pb2, types_pb2
+from hydra.wire import outcome_to_proto
 
-_OUTCOMES = {
-    Outcome.SUCCEEDED: pb.ATTEMPT_OUTCOME_SUCCEEDED,
-    Outcome.FAILED: pb.ATTEMPT_OUTCOME_FAILED,
-    Outcome.TIMED_OUT: pb.ATTEMPT_OUTCOME_TIMED_OUT,
-    Outcome.CANCELLED: pb.ATTEMPT_OUTCOME_CANCELLED,
-    Outcome.FENCED: pb.ATTEMPT_OUTCOME_FENCED,
-}
 _STREAMS = {
     OutputStream.STDOUT: run_service_pb2.OUTPUT_STREAM_STDOUT,
     OutputStream.STDERR: run_service_pb2.OUTPUT_STREAM_STDERR,
@@ -175,7 +170,7 @@ def attempt_finished(lease: LeaseKey, result: AttemptResult) -> pb.AgentMessage:
     """The report of an attempt's end."""
     report = pb.AttemptFinished(
         lease=lease_ref(lease),
-        outcome=_OUTCOMES[result.outcome],
+        outcome=outcome_to_proto(result.outcome),
         finished_at=_timestamp(result.finished_at),
         message=result.message,
         argv=list(result.argv),
