@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from types import MappingProxyType
-from typing import Any
+from typing import Any, NamedTuple
 
 _EMPTY: Mapping[str, str] = MappingProxyType({})
 
@@ -106,6 +106,16 @@ class OnTimeout(enum.StrEnum):
 
     FAIL = "fail"
     SKIP = "skip"
+
+
+class LeaseKey(NamedTuple):
+    """A lease: a run and its fencing token, which guards every change to the run."""
+
+    run_id: str
+    lease_token: int
+
+    def __str__(self) -> str:
+        return f"run={self.run_id} token={self.lease_token}"
 
 
 class AttemptOutcome(enum.StrEnum):

@@ -24,17 +24,6 @@ class OutputStream(enum.StrEnum):
     STDERR = "STDERR"
 
 
-@dataclass(frozen=True, slots=True, order=True)
-class LeaseKey:
-    """A lease as the agent holds it: a run and its fencing token."""
-
-    run_id: str
-    lease_token: int
-
-    def __str__(self) -> str:
-        return f"run={self.run_id} token={self.lease_token}"
-
-
 @dataclass(frozen=True, kw_only=True, slots=True)
 class AttemptSpec:
     """Everything needed to run one attempt, as rendered by the coordinator."""

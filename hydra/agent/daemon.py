@@ -31,16 +31,11 @@ from typing import Any
 import grpc
 
 from hydra import config as hydra_config
-from hydra.agent.attempt import (
-    AttemptResult,
-    LeaseKey,
-    OutputStream,
-    Started,
-)
+from hydra.agent.attempt import AttemptResult, OutputStream, Started
 from hydra.agent.leases import LeaseBook
 from hydra.agent.preconditions import MAX_CONCURRENT_CHECKS
 from hydra.agent.session import AgentState, Session, SessionEnd
-from hydra.domain import AttemptOutcome, PreconditionVerdict
+from hydra.domain import AttemptOutcome, LeaseKey, PreconditionVerdict
 from hydra.retrying import async_grpc_retrying, is_reconnectable
 from hydra.spec import format_duration
 

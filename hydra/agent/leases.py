@@ -19,11 +19,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
 
-from hydra.agent.attempt import AttemptResult, AttemptSpec, LeaseKey, OutputStream, Started
+from hydra.agent.attempt import AttemptResult, AttemptSpec, OutputStream, Started
 from hydra.agent.executor import Execution
 from hydra.agent.output import OutputsDirectory
 from hydra.agent.preconditions import MAX_CONCURRENT_CHECKS, Check, evaluate_all
-from hydra.domain import AttemptOutcome, PreconditionVerdict
+from hydra.domain import AttemptOutcome, LeaseKey, PreconditionVerdict
 
 log = logging.getLogger("hydra.agent")
 

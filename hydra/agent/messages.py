@@ -14,13 +14,14 @@ from datetime import UTC, datetime, timedelta
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from hydra.agent.attempt import AttemptResult, AttemptSpec, LeaseKey, OutputStream, Started
+from hydra.agent.attempt import AttemptResult, AttemptSpec, OutputStream, Started
 from hydra.agent.preconditions import Check, UnsupportedCheck
 from hydra.domain import (
     DEFAULT_CHECK_TIMEOUT,
     CommandCheck,
     FileCheck,
     HttpCheck,
+    LeaseKey,
     PreconditionVerdict,
     TcpCheck,
 )

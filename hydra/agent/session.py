@@ -23,9 +23,9 @@ import grpc.aio
 
 from hydra import __version__
 from hydra.agent import messages
-from hydra.agent.attempt import AttemptResult, LeaseKey, OutputStream, Started
+from hydra.agent.attempt import AttemptResult, OutputStream, Started
 from hydra.agent.leases import LeaseBook
-from hydra.domain import AttemptOutcome, PreconditionVerdict
+from hydra.domain import AttemptOutcome, LeaseKey, PreconditionVerdict
 from hydra.v1 import agent_service_pb2 as pb
 from hydra.v1.agent_service_pb2_grpc import AgentServiceStub
 

@@ -11,11 +11,11 @@ from typing import Any
 import pytest
 
 from hydra.agent import messages
-from hydra.agent.attempt import AttemptResult, AttemptSpec, LeaseKey, OutputStream, Started
+from hydra.agent.attempt import AttemptResult, AttemptSpec, OutputStream, Started
 from hydra.agent.daemon import AgentConfig
 from hydra.agent.leases import LeaseBook
 from hydra.agent.session import AgentState, Session
-from hydra.domain import AttemptOutcome, PreconditionVerdict
+from hydra.domain import AttemptOutcome, LeaseKey, PreconditionVerdict
 from hydra.v1 import agent_service_pb2 as pb
 
 from support.proc import eventually, processes_with_run_id

@@ -19,7 +19,6 @@ from harness.net import free_port
 from harness.processes import is_alive
 from harness.wait import wait_until
 from hydra.agent import messages, process
-from hydra.agent.attempt import LeaseKey
 from hydra.agent.preconditions import (
     MAX_MESSAGE_CHARS,
     Check,
@@ -33,6 +32,7 @@ from hydra.domain import (
     CommandCheck,
     FileCheck,
     HttpCheck,
+    LeaseKey,
     PreconditionVerdict,
     TcpCheck,
 )

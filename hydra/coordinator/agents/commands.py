@@ -8,7 +8,7 @@ import json
 import logging
 from dataclasses import dataclass
 
-from hydra.coordinator.store.records import LeaseKey
+from hydra.domain import LeaseKey
 
 log = logging.getLogger("hydra.coordinator.agents")
 
@@ -53,7 +53,7 @@ class AgentCommand:
         try:
             body = json.loads(payload)
             verb = Verb(body["verb"])
-            lease = (str(body["run"]), int(body["token"])) if verb is Verb.CANCEL else None
+            lease = LeaseKey(str(body["run"]), int(body["token"])) if verb is Verb.CANCEL else None
             return cls(verb=verb, agent_id=str(body["agent"]), lease=lease)
         except (ValueError, KeyError, TypeError):
             log.warning("ignoring a malformed agent command: %r", payload[:200])

@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from hydra.coordinator.agents import wire
-from hydra.coordinator.store.records import ClaimedRun, LeaseKey, LeaseTimes, ReportVerdict
+from hydra.coordinator.store.records import ClaimedRun, LeaseTimes, ReportVerdict
 from hydra.coordinator.templates import Rendered
-from hydra.domain import Precondition
+from hydra.domain import LeaseKey, Precondition
 from hydra.v1 import agent_service_pb2 as pb
 
 
@@ -45,7 +45,7 @@ class AgentSession:
     ) -> None:
         """Offer a leased run; the agent holds its slot from now on. A run leased ahead
         of its `not_before` gets its `start_in` when the offer leaves (see `outgoing`)."""
-        self.held.add((run.run_id, run.lease_token))
+        self.held.add(LeaseKey(run.run_id, run.lease_token))
         if run.not_before is not None:
             self._not_before[run.run_id] = run.not_before
         self._send(wire.offer(run, rendered, checks, times))

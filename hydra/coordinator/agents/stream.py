@@ -29,7 +29,8 @@ from hydra.coordinator.loops.heartbeats import HeartbeatRecorder, PendingHeartbe
 from hydra.coordinator.loops.timing import utcnow
 from hydra.coordinator.store import CONFLICTS, Database, Transaction, agents, attempts, leases
 from hydra.coordinator.store import preconditions as precondition_checks
-from hydra.coordinator.store.records import Heartbeat, LeaseKey, LeaseTimes, ReportVerdict
+from hydra.coordinator.store.records import Heartbeat, LeaseTimes, ReportVerdict
+from hydra.domain import LeaseKey
 from hydra.errors import Unavailable
 from hydra.v1 import agent_service_pb2 as pb
 from hydra.wire import verdict_from_proto

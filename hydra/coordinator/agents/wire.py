@@ -10,12 +10,11 @@ from hydra.coordinator.store.records import (
     AttemptReport,
     AttemptStart,
     ClaimedRun,
-    LeaseKey,
     LeaseTimes,
     ReportVerdict,
 )
 from hydra.coordinator.templates import Rendered
-from hydra.domain import Precondition
+from hydra.domain import LeaseKey, Precondition
 from hydra.v1 import agent_service_pb2 as pb
 from hydra.wire import (
     from_timestamp,
@@ -33,7 +32,7 @@ def lease_ref(key: LeaseKey) -> pb.LeaseRef:
 
 def lease_key(ref: pb.LeaseRef) -> LeaseKey:
     """A lease from the wire."""
-    return (ref.run_id, ref.lease_token)
+    return LeaseKey(ref.run_id, ref.lease_token)
 
 
 def welcome(
@@ -56,7 +55,7 @@ def offer(
     """A lease offer: the rendered command, its preconditions and timing.
     Its `start_in` is set as it leaves (see `with_start_in`)."""
     message = pb.LeaseOffer(
-        lease=lease_ref((run.run_id, run.lease_token)),
+        lease=lease_ref(LeaseKey(run.run_id, run.lease_token)),
         task=run.task_name,
         attempt=run.attempt,
         argv=list(rendered.argv),

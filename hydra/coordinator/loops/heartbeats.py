@@ -31,7 +31,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from hydra.coordinator.store import CONFLICTS, Database, leases
-from hydra.coordinator.store.records import Heartbeat, LeaseKey
+from hydra.coordinator.store.records import Heartbeat
+from hydra.domain import LeaseKey
 from hydra.errors import Unavailable
 
 log = logging.getLogger("hydra.coordinator.agents")

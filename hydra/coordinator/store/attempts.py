@@ -12,10 +12,10 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from hydra.coordinator.store import runs
-from hydra.coordinator.store.records import AttemptReport, AttemptStart, LeaseKey, ReportVerdict
+from hydra.coordinator.store.records import AttemptReport, AttemptStart, ReportVerdict
 from hydra.coordinator.store.runs import run_uuid
 from hydra.coordinator.store.transaction import Database, Row, Transaction
-from hydra.domain import AttemptOutcome, RunState
+from hydra.domain import AttemptOutcome, LeaseKey, RunState
 
 #: Why a report is refused when its run already succeeded under another attempt.
 DUPLICATE_SUCCESS = "run already has a successful attempt"
@@ -32,7 +32,7 @@ async def start(tx: Transaction, agent_id: str, starts: Sequence[AttemptStart]) 
         argvs=[Jsonb(list(each.argv)) for each in starts],
         started_ats=[each.started_at for each in starts],
     )
-    current = {(str(row["run_id"]), row["lease_token"]) for row in rows}
+    current = {LeaseKey(str(row["run_id"]), row["lease_token"]) for row in rows}
     tx.runs_changed([run_id for run_id, _ in current])
     return current
 

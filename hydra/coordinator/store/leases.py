@@ -13,10 +13,10 @@ from typing import Any
 from psycopg.types.json import Jsonb
 
 from hydra.coordinator.store import attempts
-from hydra.coordinator.store.records import LEASE_AHEAD, ClaimedRun, Heartbeat, LeaseKey
+from hydra.coordinator.store.records import LEASE_AHEAD, ClaimedRun, Heartbeat
 from hydra.coordinator.store.runs import run_uuid
 from hydra.coordinator.store.transaction import Row, Transaction
-from hydra.domain import After, RunState, TaskSpec
+from hydra.domain import After, LeaseKey, RunState, TaskSpec
 
 log = logging.getLogger("hydra.coordinator.leases")
 
@@ -128,7 +128,8 @@ async def record_heartbeats(
     )
     renewed: dict[str, set[LeaseKey]] = {}
     for row in rows:
-        renewed.setdefault(row["lease_owner"], set()).add((str(row["id"]), row["lease_token"]))
+        key = LeaseKey(str(row["id"]), row["lease_token"])
+        renewed.setdefault(row["lease_owner"], set()).add(key)
     return renewed
 
 
@@ -154,7 +155,8 @@ async def reconcile(
     agent no longer holds (its process restarted). Returns the held leases that
     are not current: the agent must kill those attempts."""
     owned = {
-        (str(r["id"]), r["lease_token"]) for r in await tx.all("leases_of_agent", agent_id=agent_id)
+        LeaseKey(str(r["id"]), r["lease_token"])
+        for r in await tx.all("leases_of_agent", agent_id=agent_id)
     }
     forgotten = owned - set(held)
     if forgotten:

@@ -7,10 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from hydra.domain import AttemptOutcome, RunCause, Task, TaskSpec, TriggerKind
-
-#: A lease: (run id, lease token). The token fences every change to the run.
-LeaseKey = tuple[str, int]
+from hydra.domain import AttemptOutcome, LeaseKey, RunCause, Task, TaskSpec, TriggerKind
 
 #: Runs due this soon may be leased already; the agent starts them at their time.
 #: Long enough to cover leasing and the offer's trip, short enough that a run

@@ -22,7 +22,7 @@ from hydra.coordinator.agents.commands import AgentCommand
 from hydra.coordinator.store.records import NewRun, OutputRecord
 from hydra.coordinator.store.rows import run_from_row
 from hydra.coordinator.store.transaction import Row, Transaction
-from hydra.domain import After, Overlap, Run, RunCause, RunState, TaskSpec
+from hydra.domain import After, LeaseKey, Overlap, Run, RunCause, RunState, TaskSpec
 from hydra.errors import FailedPrecondition, NotFound, Unavailable
 
 log = logging.getLogger("hydra.coordinator.runs")
@@ -143,7 +143,7 @@ async def cancel_locked(tx: Transaction, run: Row, reason: str) -> None:
     await tx.execute("cancel_running_attempt", run_id=run_id, reason=reason)
     tx.runs_changed([run_id])
     if RunState(run["state"]).active:  # the agent's coordinator tells it to kill it now
-        command = AgentCommand.cancel(run["lease_owner"], (run_id, run["lease_token"]))
+        command = AgentCommand.cancel(run["lease_owner"], LeaseKey(run_id, run["lease_token"]))
         await tx.execute("notify_agent_command", payload=command.encode())
     task = await tx.one("run_spec", run_id=run_id)
     assert task is not None
