@@ -17,7 +17,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from support.processes import clean_env
+from harness.processes import clean_env
 
 ROOT = Path(__file__).resolve().parents[2]
 MIGRATIONS = sorted(path.name for path in (ROOT / "migrations").glob("*.sql"))
