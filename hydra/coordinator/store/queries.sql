@@ -185,6 +185,10 @@ ORDER BY r.occurrence;
 -- Every attempt of a run, oldest first.
 SELECT * FROM hydra_attempts WHERE run_id = %(run_id)s ORDER BY number;
 
+-- name: get_attempts_of_runs
+-- Every attempt of several runs, by run, oldest first.
+SELECT * FROM hydra_attempts WHERE run_id = ANY(%(run_ids)s::uuid[]) ORDER BY run_id, number;
+
 -- name: list_runs
 -- A page of runs, newest occurrence first, keyset-paged by (occurrence, id).
 SELECT r.*, t.name AS task_name FROM hydra_runs r

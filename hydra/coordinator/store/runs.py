@@ -89,6 +89,17 @@ async def get_runs(tx: Transaction, run_ids: Sequence[str]) -> list[Run]:
     return [run_from_row(row, []) for row in rows]
 
 
+async def get_runs_with_attempts(tx: Transaction, run_ids: Sequence[str]) -> list[Run]:
+    """Several runs with every attempt, in two queries, oldest occurrence first; ids
+    without a run are left out."""
+    rows = await tx.all("get_runs", ids=list(run_ids))
+    attempts: dict[str, list[Row]] = {str(row["id"]): [] for row in rows}
+    if rows:
+        for attempt in await tx.all("get_attempts_of_runs", run_ids=list(attempts)):
+            attempts[str(attempt["run_id"])].append(attempt)
+    return [run_from_row(row, attempts[str(row["id"])]) for row in rows]
+
+
 async def list_runs(
     tx: Transaction,
     *,
