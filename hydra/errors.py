@@ -71,7 +71,20 @@ class Unavailable(HydraError):
     status_code_name = "UNAVAILABLE"
 
 
+class ResourceExhausted(HydraError):
+    """A limit of the coordinator was reached; try again later or elsewhere."""
+
+    status_code_name = "RESOURCE_EXHAUSTED"
+
+
 ERRORS_BY_STATUS: dict[str, type[HydraError]] = {
     cls.status_code_name: cls
-    for cls in (InvalidArgument, NotFound, AlreadyExists, FailedPrecondition, Unavailable)
+    for cls in (
+        InvalidArgument,
+        NotFound,
+        AlreadyExists,
+        FailedPrecondition,
+        Unavailable,
+        ResourceExhausted,
+    )
 }

@@ -27,8 +27,10 @@ from hydra.coordinator.agents.stream import AgentStreams
 from hydra.coordinator.api.agents import AgentApi
 from hydra.coordinator.api.auth import TokenInterceptor
 from hydra.coordinator.api.cluster import ClusterApi
+from hydra.coordinator.api.logs import LogFollowers
 from hydra.coordinator.api.runs import RunApi
 from hydra.coordinator.api.tasks import TaskApi
+from hydra.coordinator.api.watch import RunWatchHub
 from hydra.coordinator.loops.dispatcher import Dispatcher
 from hydra.coordinator.loops.presence import ALIVE_WINDOW, Presence
 from hydra.coordinator.loops.reaper import Reaper
@@ -96,6 +98,9 @@ class CoordinatorServer:
             work_available=self._sessions.slots_changed,
         )
         self._listener = Listener(config.conninfo)
+        # Watchers and log followers read through the API's database, as RunApi does.
+        self._watchers = RunWatchHub(self.database, self._listener)
+        self._followers = LogFollowers(self.database, self._listener)
         self._dispatcher = Dispatcher(self.database, self._sessions, config.times)
         self._triggers = TriggerLoop(self.database, self._dispatcher)
         self._reaper = Reaper(self.database, self._dispatcher, config.times.ttl)
@@ -125,6 +130,8 @@ class CoordinatorServer:
         await self._wait_for_database()
         await self._pool.open(wait=True, timeout=30)
         self._listener.start()
+        self._watchers.start()
+        self._followers.start()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._listener.connected.wait(), timeout=10)
         # Present before any agent connects, so no peer takes its agents for orphans.
@@ -174,7 +181,7 @@ class CoordinatorServer:
         db, dispatcher = self.database, self._dispatcher
         task_service_pb2_grpc.add_TaskServiceServicer_to_server(TaskApi(db), server)
         run_service_pb2_grpc.add_RunServiceServicer_to_server(
-            RunApi(db, dispatcher, self._listener), server
+            RunApi(db, dispatcher, self._watchers, self._followers), server
         )
         agent_service_pb2_grpc.add_AgentServiceServicer_to_server(
             AgentApi(db, self._streams), server
@@ -239,6 +246,8 @@ class CoordinatorServer:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._watchers.stop()
+        self._followers.stop()
         await self._listener.stop()
         if self._presence is not None:
             with contextlib.suppress(Exception):

@@ -12,12 +12,13 @@ import grpc
 
 from hydra.coordinator import manual_runs
 from hydra.coordinator.api.errors import streaming, unary
+from hydra.coordinator.api.logs import LogFollowers
 from hydra.coordinator.api.paging import decode_token, encode_token, page_size
+from hydra.coordinator.api.watch import RunWatchHub
 from hydra.coordinator.loops.dispatcher import Dispatcher
 from hydra.coordinator.loops.timing import utcnow
-from hydra.coordinator.notifications import Listener
 from hydra.coordinator.store import Database, runs
-from hydra.errors import InvalidArgument, NotFound
+from hydra.errors import InvalidArgument
 from hydra.v1 import run_service_pb2 as pb
 from hydra.v1 import run_service_pb2_grpc as pb_grpc
 from hydra.wire import from_timestamp, run_state_from_proto, run_to_proto, to_timestamp
@@ -33,10 +34,17 @@ FOLLOW_POLL_SECONDS = 1.0
 class RunApi(pb_grpc.RunServiceServicer):
     """Runs: create, inspect, steer, watch."""
 
-    def __init__(self, database: Database, dispatcher: Dispatcher, listener: Listener) -> None:
+    def __init__(
+        self,
+        database: Database,
+        dispatcher: Dispatcher,
+        watchers: RunWatchHub,
+        followers: LogFollowers,
+    ) -> None:
         self._db = database
         self._dispatcher = dispatcher
-        self._listener = listener
+        self._watchers = watchers
+        self._followers = followers
 
     @unary
     async def Trigger(
@@ -114,54 +122,45 @@ class RunApi(pb_grpc.RunServiceServicer):
     async def Watch(
         self, request: pb.WatchRunsRequest, context: Context
     ) -> AsyncIterator[pb.RunEvent]:
-        async with self._listener.queue("hydra_run_changed") as changed:
-            if request.run_id:  # the current state first, so a waiter never misses the end
-                yield pb.RunEvent(
-                    run=run_to_proto(await self._db.run(runs.get_run, request.run_id))
-                )
+        # Fed by the hub: a changed run is read once for every watcher of this
+        # coordinator; a run_id watcher's first event is the run's current state.
+        async with self._watchers.watch(
+            run_id=request.run_id, task=request.task, context=context
+        ) as watcher:
+            await context.send_initial_metadata(())  # the client may now rely on it
             while True:
-                for run_id in (await changed.get()).split(","):
-                    if request.run_id and run_id != request.run_id:
-                        continue
-                    with contextlib.suppress(NotFound):
-                        run = await self._db.run(runs.get_run, run_id)
-                        if not request.task or run.task == request.task:
-                            yield pb.RunEvent(run=run_to_proto(run))
+                yield await watcher.next()
 
     @streaming
     async def TailLogs(
         self, request: pb.TailLogsRequest, context: Context
     ) -> AsyncIterator[pb.LogChunk]:
-        run_id = _required(request.run_id, "run_id")
-        await self._db.run(runs.get_run, run_id)  # NOT_FOUND before anything else
+        run_id = runs.run_uuid(_required(request.run_id, "run_id"))
+        await self._followers.finished(run_id)  # NOT_FOUND before anything else
         after = 0
-        async with self._listener.queue("hydra_output") as output:
+        async with self._followers.follow(run_id) as new_output:
             while True:
-                chunks = await self._db.run(
-                    runs.read_output, run_id, after_seq=after, attempt=request.attempt
+                new_output.clear()  # output stored from now on wakes the wait below
+                chunks = await self._followers.read(
+                    run_id, after_seq=after, attempt=request.attempt
                 )
                 for chunk in chunks:
                     after = chunk.seq
                     yield pb.LogChunk(
                         attempt=chunk.attempt, stream=_STREAMS[chunk.stream], data=chunk.data
                     )
-                if chunks or not request.follow:
-                    if not chunks:
-                        return
+                if chunks:
                     continue
-                if (await self._db.run(runs.get_run, run_id)).state.terminal:
-                    if not await self._db.run(
-                        runs.read_output, run_id, after_seq=after, attempt=request.attempt
+                if not request.follow:
+                    return
+                if await self._followers.finished(run_id):
+                    if not await self._followers.read(
+                        run_id, after_seq=after, attempt=request.attempt
                     ):
                         return
                     continue
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(_next_for(output, run_id), FOLLOW_POLL_SECONDS)
-
-
-async def _next_for(queue: asyncio.Queue[str], run_id: str) -> None:
-    while await queue.get() != run_id:
-        pass
+                    await asyncio.wait_for(new_output.wait(), FOLLOW_POLL_SECONDS)
 
 
 def _required(value: str, path: str) -> str:
