@@ -14,7 +14,7 @@ import os
 import socket
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -84,6 +84,21 @@ def _coordinator_flags(parser: argparse.ArgumentParser) -> None:
         help="bytes of output kept per attempt (the tail)",
     )
     parser.add_argument("--id", default=None, help="coordinator id (default: host-pid-random)")
+    parser.add_argument(
+        "--max-streams",
+        type=int,
+        default=None,
+        metavar="N",
+        help="Watch and TailLogs streams served at once (HYDRA_MAX_STREAMS; default 1000)",
+    )
+    parser.add_argument(
+        "--max-concurrent-rpcs",
+        type=int,
+        default=None,
+        metavar="N",
+        help="unary calls handled at once; more wait 1s, then are refused "
+        "(HYDRA_MAX_CONCURRENT_RPCS; default 100)",
+    )
 
 
 def _coordinator_parser(commands: Any) -> None:
@@ -162,6 +177,10 @@ def coordinator_config(args: argparse.Namespace, conninfo: str) -> Any:
         raise InvalidArgument("must be at most half of --lease-ttl", path="--heartbeat")
     extra = {"coordinator_id": args.id} if args.id else {}
     return CoordinatorConfig(
+        max_streams=_limit(args.max_streams, "--max-streams", config.max_streams),
+        max_concurrent_rpcs=_limit(
+            args.max_concurrent_rpcs, "--max-concurrent-rpcs", config.max_concurrent_rpcs
+        ),
         conninfo=conninfo,
         listen=args.listen,
         pool_size=args.pool,
@@ -170,6 +189,16 @@ def coordinator_config(args: argparse.Namespace, conninfo: str) -> Any:
         token=config.token(),
         **extra,
     )
+
+
+def _limit(flag: int | None, name: str, from_environment: Callable[[], int]) -> int:
+    """A limit from its flag, else from the environment (read now, so that a bad
+    value is reported like a bad flag)."""
+    if flag is None:
+        return from_environment()
+    if flag < 1:
+        raise InvalidArgument("must be at least 1", path=name)
+    return flag
 
 
 def _coordinator(args: argparse.Namespace) -> int:

@@ -8,6 +8,8 @@ from pathlib import Path
 
 DEFAULT_LISTEN = "127.0.0.1:7070"
 DEFAULT_POOL = 10
+DEFAULT_MAX_STREAMS = 1000
+DEFAULT_MAX_CONCURRENT_RPCS = 100
 
 
 def db_conninfo(environ: Mapping[str, str] = os.environ) -> str | None:
@@ -27,6 +29,30 @@ def pool_size(environ: Mapping[str, str] = os.environ) -> int:
     if size < 2:
         raise ValueError(f"HYDRA_POOL must be at least 2, got {size}")
     return size
+
+
+def max_streams(environ: Mapping[str, str] = os.environ) -> int:
+    """HYDRA_MAX_STREAMS: Watch and TailLogs streams a coordinator serves at once
+    (default 1000)."""
+    return _positive(environ, "HYDRA_MAX_STREAMS", DEFAULT_MAX_STREAMS)
+
+
+def max_concurrent_rpcs(environ: Mapping[str, str] = os.environ) -> int:
+    """HYDRA_MAX_CONCURRENT_RPCS: unary calls a coordinator handles at once (default 100)."""
+    return _positive(environ, "HYDRA_MAX_CONCURRENT_RPCS", DEFAULT_MAX_CONCURRENT_RPCS)
+
+
+def _positive(environ: Mapping[str, str], name: str, default: int) -> int:
+    raw = environ.get(name, "")
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a whole number, got {raw!r}") from None
+    if value < 1:
+        raise ValueError(f"{name} must be at least 1, got {value}")
+    return value
 
 
 def listen_address(environ: Mapping[str, str] = os.environ) -> str:

@@ -21,12 +21,14 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 import hydra
+from hydra.config import DEFAULT_MAX_CONCURRENT_RPCS, DEFAULT_MAX_STREAMS
 from hydra.coordinator.agents.commands import AgentCommand, Verb
 from hydra.coordinator.agents.sessions import SessionRegistry
 from hydra.coordinator.agents.stream import AgentStreams
 from hydra.coordinator.api.agents import AgentApi
 from hydra.coordinator.api.auth import TokenInterceptor
 from hydra.coordinator.api.cluster import ClusterApi
+from hydra.coordinator.api.limits import LoadLimits
 from hydra.coordinator.api.logs import LogFollowers
 from hydra.coordinator.api.runs import RunApi
 from hydra.coordinator.api.tasks import TaskApi
@@ -75,6 +77,10 @@ class CoordinatorConfig:
     output_limit: int = 1024 * 1024
     coordinator_id: str = field(default_factory=_default_id)
     token: str | None = None
+    #: Watch and TailLogs streams served at once.
+    max_streams: int = DEFAULT_MAX_STREAMS
+    #: Unary calls handled at once (agents' streams not counted).
+    max_concurrent_rpcs: int = DEFAULT_MAX_CONCURRENT_RPCS
 
 
 class CoordinatorServer:
@@ -176,7 +182,14 @@ class CoordinatorServer:
 
     def _build_server(self) -> grpc.aio.Server:
         options = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES), ("grpc.so_reuseport", 0)]
-        interceptors = [TokenInterceptor(self.config.token)] if self.config.token else []
+        limits = LoadLimits(
+            max_streams=self.config.max_streams,
+            max_concurrent_rpcs=self.config.max_concurrent_rpcs,
+        )
+        # The credential first: a refused call takes no place under the limits.
+        interceptors: list[grpc.aio.ServerInterceptor] = [limits]
+        if self.config.token:
+            interceptors.insert(0, TokenInterceptor(self.config.token))
         server = grpc.aio.server(options=options, interceptors=interceptors)
         db, dispatcher = self.database, self._dispatcher
         task_service_pb2_grpc.add_TaskServiceServicer_to_server(TaskApi(db), server)
