@@ -30,6 +30,9 @@ from hydra.v1 import task_service_pb2 as task_pb
 #: A Watch stream is reopened this often, re-reading the run, so that a change
 #: made while no stream was open cannot be missed for longer.
 WATCH_RESYNC_SECONDS = 30.0
+#: Watch ended with these: the run is checked with Get (when the stream was lost)
+#: and watched again.
+_WATCH_AGAIN = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED")
 #: Slowest poll of ``wait`` against a coordinator without Watch.
 MAX_POLL_SECONDS = 5.0
 _STREAM_NAMES: dict[run_pb.OutputStream.ValueType, StreamName] = {
@@ -294,9 +297,10 @@ class Client:
             except HydraError as error:
                 if error.status_code_name == "UNIMPLEMENTED":
                     return self._poll(run_id, deadline)
-                if error.status_code_name not in ("UNAVAILABLE", "DEADLINE_EXCEEDED"):
+                if error.status_code_name not in _WATCH_AGAIN:
                     raise
-                run, stream_lost = None, error.status_code_name == "UNAVAILABLE"
+                # Unavailable, or at its stream cap or fallen behind: Get, then watch again.
+                run, stream_lost = None, error.status_code_name != "DEADLINE_EXCEEDED"
             if stream_lost:
                 run = self._recheck(run_id, seconds)
             if run is not None:
