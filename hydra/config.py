@@ -1,4 +1,5 @@
-"""Settings read from the environment (DESIGN §6); command-line flags override them."""
+"""Settings read from the environment (docs/interfaces.md, environment); command-line
+flags override them."""
 
 from __future__ import annotations
 

@@ -35,7 +35,7 @@ from hydra.spec import format_duration, task_to_dict
 
 JSONObject = dict[str, Any]
 _NONE = "-"
-#: Spec fields in the order DESIGN §5 writes them, for people reading YAML.
+#: Spec fields in the order docs/interfaces.md writes them, for people reading YAML.
 _SPEC_ORDER = tuple(field.name for field in dataclasses.fields(TaskSpec))
 
 # --- values -------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Applies the schema migrations in ``migrations/`` at the top of the repository (DESIGN §7).
+"""Applies the schema migrations in ``migrations/`` at the top of the repository
+(docs/architecture.md, storage).
 
 They install as the package ``hydra.coordinator.migrations`` (see pyproject's
 ``package-dir``) and are read through importlib.resources, from the source tree
