@@ -8,7 +8,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from hydra.coordinator.agents import wire
+from hydra.coordinator.agents import protocol
 from hydra.coordinator.store.records import ClaimedRun, LeaseTimes, ReportVerdict
 from hydra.coordinator.templates import Rendered
 from hydra.domain import LeaseKey, Precondition
@@ -48,28 +48,28 @@ class AgentSession:
         self.held.add(LeaseKey(run.run_id, run.lease_token))
         if run.not_before is not None:
             self._not_before[run.run_id] = run.not_before
-        self._send(wire.offer(run, rendered, checks, times))
+        self._send(protocol.offer(run, rendered, checks, times))
 
     def cancel(self, lease: LeaseKey, reason: str) -> None:
         """Tell the agent to kill the attempt under this lease; its slot is free."""
         self.held.discard(lease)
-        self._send(wire.cancel(lease, reason))
+        self._send(protocol.cancel(lease, reason))
 
     def drain(self, reason: str, *, reconnect_elsewhere: bool = False) -> None:
         """Tell the agent to take no new leases."""
         self.draining = True
-        self._send(wire.drain(reason, reconnect_elsewhere=reconnect_elsewhere))
+        self._send(protocol.drain(reason, reconnect_elsewhere=reconnect_elsewhere))
 
     def ack_heartbeat(self, sequence: int, revoked: Iterable[LeaseKey]) -> None:
         """Answer a recorded heartbeat; the revoked leases are no longer held."""
         revoked = list(revoked)
         self.held.difference_update(revoked)
-        self._send(wire.heartbeat_ack(sequence, revoked))
+        self._send(protocol.heartbeat_ack(sequence, revoked))
 
     def ack_report(self, lease: LeaseKey, verdict: ReportVerdict) -> None:
         """Answer an attempt's end: recorded or refused; its slot is free either way."""
         self.held.discard(lease)
-        self._send(wire.report_ack(lease, verdict))
+        self._send(protocol.report_ack(lease, verdict))
 
     def _send(self, message: pb.CoordinatorMessage) -> None:
         self.outbox.put_nowait(message)
@@ -79,7 +79,7 @@ class AgentSession:
         if message.HasField("lease"):
             not_before = self._not_before.pop(message.lease.lease.run_id, None)
             if not_before is not None:
-                return wire.with_start_in(message, not_before)
+                return protocol.with_start_in(message, not_before)
         return message
 
     def close(self) -> None:

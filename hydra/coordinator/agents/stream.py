@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import grpc
 import psycopg
 
-from hydra.coordinator.agents import wire
+from hydra.coordinator.agents import protocol
 from hydra.coordinator.agents.sessions import AgentSession, SessionRegistry
 from hydra.coordinator.loops.heartbeats import HeartbeatRecorder, PendingHeartbeat
 from hydra.coordinator.loops.timing import utcnow
@@ -96,7 +96,7 @@ class AgentStreams:
             draining=hello.draining,
         )
         revoked = await self._greet(session, hello)
-        yield wire.welcome(self._coordinator_id, self._times, revoked)
+        yield protocol.welcome(self._coordinator_id, self._times, revoked)
         self._sessions.open(session)
         reader = asyncio.create_task(
             self._read(session, requests), name=f"agent-{session.agent_id}"
@@ -111,7 +111,7 @@ class AgentStreams:
             await self._goodbye(session)
 
     async def _greet(self, session: AgentSession, hello: pb.Hello) -> set[LeaseKey]:
-        held = [wire.lease_key(lease) for lease in hello.held_leases]
+        held = [protocol.lease_key(lease) for lease in hello.held_leases]
         async with self._db.transaction() as tx:
             await agents.connect(
                 tx,
@@ -290,7 +290,7 @@ class AgentStreams:
 
     def _heartbeat(self, session: AgentSession, heartbeat: pb.Heartbeat) -> None:
         """Queues the heartbeat with those of other streams; the ack follows the commit."""
-        listed = tuple(wire.lease_key(lease) for lease in heartbeat.leases)
+        listed = tuple(protocol.lease_key(lease) for lease in heartbeat.leases)
         if heartbeat.draining and not session.draining:
             log.info("agent %s is draining", session.agent_id)
         session.draining = session.draining or heartbeat.draining
@@ -316,11 +316,11 @@ class AgentStreams:
         self, session: AgentSession, tx: Transaction, started: list[pb.AttemptStarted]
     ) -> list[Answer]:
         current = await attempts.start(
-            tx, session.agent_id, [wire.start_from_proto(each) for each in started]
+            tx, session.agent_id, [protocol.start_from_proto(each) for each in started]
         )
         return [
             self._stale_start_answer(session, key)
-            for key in (wire.lease_key(each.lease) for each in started)
+            for key in (protocol.lease_key(each.lease) for each in started)
             if key not in current
         ]
 
@@ -341,9 +341,9 @@ class AgentStreams:
     ) -> list[Answer]:
         for each in finished:
             # The slot is free already: this transaction may lease it again (inline dispatch).
-            session.held.discard(wire.lease_key(each.lease))
+            session.held.discard(protocol.lease_key(each.lease))
         verdicts = await attempts.finish(
-            tx, [wire.report_from_proto(session.agent_id, f) for f in finished]
+            tx, [protocol.report_from_proto(session.agent_id, f) for f in finished]
         )
         return [
             self._finished_answer(session, each, verdict)
@@ -354,7 +354,7 @@ class AgentStreams:
         self, session: AgentSession, finished: pb.AttemptFinished, verdict: ReportVerdict
     ) -> Answer:
         def answer() -> None:
-            key = wire.lease_key(finished.lease)
+            key = protocol.lease_key(finished.lease)
             if not verdict.accepted:
                 log.warning(
                     "refused report of agent %s on run %s (lease %d): %s",
@@ -373,7 +373,7 @@ class AgentStreams:
     async def _checked(
         self, session: AgentSession, tx: Transaction, checked: pb.PreconditionsChecked
     ) -> Answer | None:
-        key = wire.lease_key(checked.lease)
+        key = protocol.lease_key(checked.lease)
         await precondition_checks.record(
             tx,
             key[0],
@@ -394,7 +394,7 @@ class AgentStreams:
     async def _rejected(
         self, session: AgentSession, tx: Transaction, rejected: pb.LeaseRejected
     ) -> Answer:
-        key = wire.lease_key(rejected.lease)
+        key = protocol.lease_key(rejected.lease)
         log.info("agent %s rejected run %s: %s", session.agent_id, key[0], rejected.reason)
         await leases.release(tx, key[0], key[1], reason=f"agent rejected: {rejected.reason}")
         return lambda: session.held.discard(key)
