@@ -36,7 +36,7 @@ from hydra.coordinator.loops.presence import ALIVE_WINDOW, Presence
 from hydra.coordinator.loops.reaper import Reaper
 from hydra.coordinator.loops.timing import forever
 from hydra.coordinator.loops.triggers import TriggerLoop
-from hydra.coordinator.migrate import migrate
+from hydra.coordinator.migrate import check_current, migrate
 from hydra.coordinator.notifications import Listener
 from hydra.coordinator.store import Database, open_pool
 from hydra.coordinator.store.records import LeaseTimes
@@ -87,6 +87,8 @@ class CoordinatorConfig:
     output_limit: int = 1024 * 1024
     coordinator_id: str = field(default_factory=_default_id)
     token: str | None = None
+    #: Apply pending migrations at start; else only check that the schema is current.
+    migrate: bool = True
 
 
 class CoordinatorServer:
@@ -173,8 +175,14 @@ class CoordinatorServer:
         log.info("coordinator %s serving on %s", self.config.coordinator_id, self.address)
 
     async def _wait_for_database(self) -> None:
-        """Migrate, waiting (with backoff, up to DATABASE_WAIT) for a database that is
-        down or restarting: a coordinator started during an outage does not give up."""
+        """Migrate (or, with migrate off, check that the schema is current), waiting
+        (with backoff, up to DATABASE_WAIT) for a database that is down or
+        restarting: a coordinator started during an outage does not give up.
+
+        Raises:
+            MigrationError: the schema is older than this Hydra and migrate is
+                off, or newer than this Hydra: the message says what to do.
+        """
         retrying = tenacity.AsyncRetrying(
             retry=tenacity.retry_if_exception_type(psycopg.OperationalError),
             wait=tenacity.wait_random_exponential(multiplier=0.2, max=2.0),
@@ -185,7 +193,10 @@ class CoordinatorServer:
         applied: list[str] = []
         async for attempt in retrying:
             with attempt:
-                applied = await migrate(self.config.conninfo)
+                if self.config.migrate:
+                    applied = await migrate(self.config.conninfo)
+                else:
+                    await check_current(self.config.conninfo)
         if applied:
             log.info("applied migrations: %s", ", ".join(applied))
 
