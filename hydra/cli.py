@@ -173,9 +173,14 @@ def coordinator_config(args: argparse.Namespace, conninfo: str) -> Any:
         times=times,
         output_limit=args.output_limit,
         token=config.token(),
-        migrate=not (getattr(args, "no_migrate", False) or config.no_migrate()),
+        migrate=not _no_migrate(args),
         **extra,
     )
+
+
+def _no_migrate(args: argparse.Namespace) -> bool:
+    """--no-migrate or HYDRA_NO_MIGRATE; `hydra dev` always migrates its own database."""
+    return hasattr(args, "no_migrate") and (args.no_migrate or config.no_migrate())
 
 
 def _coordinator(args: argparse.Namespace) -> int:
