@@ -93,6 +93,11 @@ def _coordinator_parser(commands: Any) -> None:
         default=config.db_conninfo(),
         help="libpq conninfo or URI (HYDRA_DB); default: embedded PostgreSQL",
     )
+    parser.add_argument(
+        "--no-migrate",
+        action="store_true",
+        help="do not migrate at start; exit if the schema is not current (HYDRA_NO_MIGRATE=1)",
+    )
     _coordinator_flags(parser)
     parser.set_defaults(func=_coordinator)
 
@@ -168,8 +173,14 @@ def coordinator_config(args: argparse.Namespace, conninfo: str) -> Any:
         times=times,
         output_limit=args.output_limit,
         token=config.token(),
+        migrate=not _no_migrate(args),
         **extra,
     )
+
+
+def _no_migrate(args: argparse.Namespace) -> bool:
+    """--no-migrate or HYDRA_NO_MIGRATE; `hydra dev` always migrates its own database."""
+    return hasattr(args, "no_migrate") and (args.no_migrate or config.no_migrate())
 
 
 def _coordinator(args: argparse.Namespace) -> int:
@@ -222,11 +233,20 @@ def _targets(flags: Sequence[str] | None) -> list[str]:
 
 
 def _migrate(args: argparse.Namespace) -> int:
-    from hydra.coordinator.migrate import migrate
+    import psycopg
+
+    from hydra.coordinator.migrate import MigrationError, migrate
 
     if not args.db:
         raise InvalidArgument("set HYDRA_DB or pass --db", path="--db")
-    applied = asyncio.run(migrate(args.db))
+    try:
+        applied = asyncio.run(migrate(args.db))
+    except psycopg.Error as error:
+        raise MigrationError(
+            f"migrating failed: {error}; the migrations applied before stay applied, "
+            "and `hydra migrate` again goes on from there (an interrupted index build "
+            "is built again)"
+        ) from error
     print("\n".join(f"applied {name}" for name in applied) or "schema is up to date")
     return 0
 

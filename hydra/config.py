@@ -30,6 +30,16 @@ def pool_size(environ: Mapping[str, str] = os.environ) -> int:
     return size
 
 
+def no_migrate(environ: Mapping[str, str] = os.environ) -> bool:
+    """HYDRA_NO_MIGRATE: a coordinator does not migrate at start, but checks (default off)."""
+    raw = environ.get("HYDRA_NO_MIGRATE", "").strip().lower()
+    if raw in ("", "0", "false", "no", "off"):
+        return False
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    raise ValueError(f"HYDRA_NO_MIGRATE must be 1 or 0 (true or false), got {raw!r}")
+
+
 def listen_address(environ: Mapping[str, str] = os.environ) -> str:
     """HYDRA_LISTEN: where the coordinator binds (default 127.0.0.1:7070)."""
     return environ.get("HYDRA_LISTEN") or DEFAULT_LISTEN

@@ -19,6 +19,7 @@ import psycopg
 import tenacity
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from psycopg_pool import AsyncConnectionPool
 
 import hydra
 from hydra.coordinator.agents.commands import AgentCommand, Verb
@@ -30,11 +31,12 @@ from hydra.coordinator.api.cluster import ClusterApi
 from hydra.coordinator.api.runs import RunApi
 from hydra.coordinator.api.tasks import TaskApi
 from hydra.coordinator.loops.dispatcher import Dispatcher
+from hydra.coordinator.loops.health import Reachability
 from hydra.coordinator.loops.presence import ALIVE_WINDOW, Presence
 from hydra.coordinator.loops.reaper import Reaper
 from hydra.coordinator.loops.timing import forever
 from hydra.coordinator.loops.triggers import TriggerLoop
-from hydra.coordinator.migrate import migrate
+from hydra.coordinator.migrate import check_current, migrate
 from hydra.coordinator.notifications import Listener
 from hydra.coordinator.store import Database, open_pool
 from hydra.coordinator.store.records import LeaseTimes
@@ -56,6 +58,18 @@ log = logging.getLogger("hydra.coordinator")
 MAX_MESSAGE_BYTES = 32 * 1024 * 1024
 #: How long a starting coordinator waits for its database before giving up.
 DATABASE_WAIT = timedelta(minutes=2)
+#: Connections of the control loops (dispatcher, trigger loop, reaper, heartbeats,
+#: presence, the agents' report batches), apart from the API's --pool.
+CONTROL_POOL = 4
+#: Seconds PostgreSQL lets one statement of an API call run.
+API_STATEMENT_TIMEOUT = 10.0
+#: Seconds PostgreSQL lets one statement of a control loop run.
+CONTROL_STATEMENT_TIMEOUT = 30.0
+#: The client-side deadline of a transaction is its statement timeout plus this:
+#: a live server's own timeout comes first; a frozen one's connection is severed.
+DEADLINE_MARGIN = 2.0
+#: Seconds a control loop waits for a free connection of its pool.
+CONTROL_POOL_WAIT = 10.0
 
 
 def _default_id() -> str:
@@ -73,6 +87,8 @@ class CoordinatorConfig:
     output_limit: int = 1024 * 1024
     coordinator_id: str = field(default_factory=_default_id)
     token: str | None = None
+    #: Apply pending migrations at start; else only check that the schema is current.
+    migrate: bool = True
 
 
 class CoordinatorServer:
@@ -89,19 +105,30 @@ class CoordinatorServer:
         self.config = config
         self.port = 0
         self._sessions = SessionRegistry()
-        self._pool = open_pool(config.conninfo, config.pool_size)
-        self.database = Database(
-            self._pool,
-            coordinator_id=config.coordinator_id,
-            work_available=self._sessions.slots_changed,
+        self._api_pool = open_pool(
+            config.conninfo, config.pool_size, statement_timeout=API_STATEMENT_TIMEOUT
+        )
+        self._control_pool = open_pool(
+            config.conninfo,
+            CONTROL_POOL,
+            statement_timeout=CONTROL_STATEMENT_TIMEOUT,
+            wait=CONTROL_POOL_WAIT,
+            name="hydra-control",
+        )
+        #: The RPC handlers' database: API load cannot take the control loops' connections.
+        self.database = self._database(self._api_pool, API_STATEMENT_TIMEOUT)
+        #: The control loops' database.
+        self.control = self._database(self._control_pool, CONTROL_STATEMENT_TIMEOUT)
+        self._reachability = Reachability(
+            conninfo=config.conninfo, api=self.database, control=self.control
         )
         self._listener = Listener(config.conninfo)
-        self._dispatcher = Dispatcher(self.database, self._sessions, config.times)
-        self._triggers = TriggerLoop(self.database, self._dispatcher)
-        self._reaper = Reaper(self.database, self._dispatcher, config.times.ttl)
+        self._dispatcher = Dispatcher(self.control, self._sessions, config.times)
+        self._triggers = TriggerLoop(self.control, self._dispatcher)
+        self._reaper = Reaper(self.control, self._dispatcher, config.times.ttl)
         self._presence: Presence | None = None
         self._streams = AgentStreams(
-            database=self.database,
+            database=self.control,
             dispatcher=self._dispatcher,
             sessions=self._sessions,
             times=config.times,
@@ -111,6 +138,14 @@ class CoordinatorServer:
         self._health = health.aio.HealthServicer()
         self._server: grpc.aio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
+
+    def _database(self, pool: AsyncConnectionPool, statement_timeout: float) -> Database:
+        return Database(
+            pool,
+            coordinator_id=self.config.coordinator_id,
+            work_available=self._sessions.slots_changed,
+            deadline=statement_timeout + DEADLINE_MARGIN,
+        )
 
     @property
     def address(self) -> str:
@@ -123,23 +158,31 @@ class CoordinatorServer:
         self._server = self._build_server()
         self.port = self._bind(self._server)
         await self._wait_for_database()
-        await self._pool.open(wait=True, timeout=30)
+        for pool in (self._api_pool, self._control_pool):
+            await pool.open(wait=True, timeout=30)
         self._listener.start()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._listener.connected.wait(), timeout=10)
         # Present before any agent connects, so no peer takes its agents for orphans.
         self._presence = Presence(
-            self.database, self.config.coordinator_id, self.address, hydra.__version__
+            self.control, self.config.coordinator_id, self.address, hydra.__version__
         )
         await self._presence.announce()
         await self._server.start()
-        self._start_loops(self._presence)
         await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
+        self._reachability.on_change(self._database_reachable)
+        self._start_loops(self._presence)
         log.info("coordinator %s serving on %s", self.config.coordinator_id, self.address)
 
     async def _wait_for_database(self) -> None:
-        """Migrate, waiting (with backoff, up to DATABASE_WAIT) for a database that is
-        down or restarting: a coordinator started during an outage does not give up."""
+        """Migrate (or, with migrate off, check that the schema is current), waiting
+        (with backoff, up to DATABASE_WAIT) for a database that is down or
+        restarting: a coordinator started during an outage does not give up.
+
+        Raises:
+            MigrationError: the schema is older than this Hydra and migrate is
+                off, or newer than this Hydra: the message says what to do.
+        """
         retrying = tenacity.AsyncRetrying(
             retry=tenacity.retry_if_exception_type(psycopg.OperationalError),
             wait=tenacity.wait_random_exponential(multiplier=0.2, max=2.0),
@@ -150,7 +193,10 @@ class CoordinatorServer:
         applied: list[str] = []
         async for attempt in retrying:
             with attempt:
-                applied = await migrate(self.config.conninfo)
+                if self.config.migrate:
+                    applied = await migrate(self.config.conninfo)
+                else:
+                    await check_current(self.config.conninfo)
         if applied:
             log.info("applied migrations: %s", ", ".join(applied))
 
@@ -211,9 +257,15 @@ class CoordinatorServer:
         self._spawn("trigger loop", self._triggers.step)
         self._spawn("reaper", self._reaper.step)
         self._spawn("presence", presence.step)
+        self._spawn("database health", self._reachability.step)
 
     def _spawn(self, name: str, step: Callable[[], Awaitable[None]]) -> None:
         self._tasks.append(asyncio.create_task(forever(name, step), name=f"hydra-{name}"))
+
+    async def _database_reachable(self, reachable: bool) -> None:
+        """Health follows the database: NOT_SERVING while this coordinator cannot reach it."""
+        status = health_pb2.HealthCheckResponse
+        await self._health.set("", status.SERVING if reachable else status.NOT_SERVING)
 
     def _agent_command(self, payload: str) -> None:
         """Carry out a command of another coordinator (or ours) for an agent we hold."""
@@ -243,7 +295,9 @@ class CoordinatorServer:
         if self._presence is not None:
             with contextlib.suppress(Exception):
                 await self._presence.withdraw()
-        await self._pool.close()
+        await self._reachability.close()
+        for pool in (self._api_pool, self._control_pool):
+            await pool.close()
 
 
 def _log_database_wait(state: tenacity.RetryCallState) -> None:

@@ -637,6 +637,10 @@ FOR UPDATE OF g;
 -- Move one trigger's next occurrence.
 UPDATE hydra_triggers SET next_fire_at = %(next_fire_at)s WHERE id = %(id)s;
 
+-- name: ping
+-- Nothing: the answer says the database is reachable.
+SELECT 1;
+
 -- name: list_coordinators
 -- Coordinators seen alive within a window, with the agents each holds.
 SELECT c.*, (SELECT count(*) FROM hydra_agents a
