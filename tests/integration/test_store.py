@@ -12,7 +12,16 @@ from hydra.coordinator.loops.triggers import plan_fire
 from hydra.coordinator.specs import apply_spec
 from hydra.coordinator.store import Database, attempts, leases, runs, tasks, triggers
 from hydra.coordinator.store.records import AttemptReport, AttemptStart, NewRun
-from hydra.domain import AttemptOutcome, Concurrency, Cron, Retry, RunCause, RunState, TaskSpec
+from hydra.domain import (
+    After,
+    AttemptOutcome,
+    Concurrency,
+    Cron,
+    Retry,
+    RunCause,
+    RunState,
+    TaskSpec,
+)
 from hydra.errors import FailedPrecondition, NotFound
 
 from support.store import create_manual_run, finish_attempt, start_attempt
@@ -218,6 +227,22 @@ async def test_expired_lease_loses_the_attempt_and_requeues(store: Database) -> 
     run = await store.run(runs.get_run, run_id)
     assert run.state is RunState.QUEUED and run.attempts[0].state.value == "LOST"
     assert "lost" in run.reason
+
+
+async def test_an_expired_lease_with_no_attempt_left_fails_the_run_and_skips_its_dependents(
+    store: Database,
+) -> None:
+    run_id = await _queued_run(store)  # one attempt
+    downstream = TaskSpec(name="after-t", command=("true",), triggers=(After(tasks=("t",)),))
+    await apply_spec(store, downstream, dry_run=False, now=NOW)
+    [lease] = await store.run(leases.claim, "a1", {}, 1, timedelta(milliseconds=1))
+    await start_attempt(store, run_id, lease.lease_token, "a1", ["true"], NOW)
+    await asyncio.sleep(0.01)  # let a 1 ms lease expire
+    assert await store.run(leases.reap_expired) == 1
+    run = await store.run(runs.get_run, run_id)
+    assert run.state is RunState.FAILED and run.attempts[0].state.value == "LOST"
+    [skipped] = await store.run(runs.list_runs, task="after-t", states=[], after=None, limit=10)
+    assert (skipped.state, skipped.reason) == (RunState.SKIPPED, "upstream t failed")
 
 
 async def test_renewal_only_extends_current_leases(store: Database) -> None:

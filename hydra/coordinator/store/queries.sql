@@ -410,9 +410,12 @@ WHERE id = %(run_id)s AND lease_token = %(lease_token)s AND state IN ('LEASED', 
 RETURNING state;
 
 -- name: claim_expired_leases
--- Runs whose lease expired, locked; the reaper decides their fate.
+-- Runs whose lease expired, locked, each with whether a live task runs after its task; the reaper decides their fate.
 SELECT r.id, r.state, r.lease_token, r.lease_owner, r.attempts_used, r.max_attempts,
-       r.cancel_requested, r.occurrence, r.timezone, t.name AS task_name
+       r.cancel_requested, r.occurrence, r.timezone, t.name AS task_name, EXISTS (
+    SELECT 1 FROM hydra_triggers g JOIN hydra_tasks d ON d.id = g.task_id
+    WHERE g.kind = 'after' AND g.spec -> 'after' ? t.name AND d.deleted_at IS NULL
+) AS has_dependents
 FROM hydra_runs r
 JOIN hydra_tasks t ON t.id = r.task_id
 WHERE r.state IN ('LEASED', 'RUNNING') AND r.lease_expires_at < now()
