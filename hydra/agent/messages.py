@@ -14,10 +14,11 @@ from datetime import UTC, datetime, timedelta
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from hydra.agent.attempt import AttemptResult, AttemptSpec, OutputStream, Started
+from hydra.agent.attempt import AttemptResult, AttemptSpec, OutputStream, Started, StreamTail
 from hydra.agent.preconditions import Check, UnsupportedCheck
 from hydra.domain import (
     DEFAULT_CHECK_TIMEOUT,
+    DEFAULT_OUTPUT_LIMIT,
     CommandCheck,
     FileCheck,
     HttpCheck,
@@ -82,6 +83,7 @@ def attempt_spec(offer: pb.LeaseOffer, *, default_kill_grace: timedelta) -> Atte
         occurrence=(
             offer.occurrence.ToDatetime(tzinfo=UTC) if offer.HasField("occurrence") else None
         ),
+        output_limit=offer.output_limit or DEFAULT_OUTPUT_LIMIT,
     )
 
 
@@ -176,6 +178,7 @@ def attempt_finished(lease: LeaseKey, result: AttemptResult) -> pb.AgentMessage:
         message=result.message,
         argv=list(result.argv),
         outputs_json=result.outputs_json,
+        output_tails=[_output_tail(tail) for tail in result.output_tails],
     )
     if result.started_at is not None:
         report.started_at.CopyFrom(_timestamp(result.started_at))
@@ -184,6 +187,10 @@ def attempt_finished(lease: LeaseKey, result: AttemptResult) -> pb.AgentMessage:
     if result.signal is not None:
         report.signal = result.signal
     return pb.AgentMessage(attempt_finished=report)
+
+
+def _output_tail(tail: StreamTail) -> pb.OutputTail:
+    return pb.OutputTail(stream=_STREAMS[tail.stream], total_bytes=tail.total_bytes, data=tail.data)
 
 
 def lease_rejected(lease: LeaseKey, reason: str) -> pb.AgentMessage:
