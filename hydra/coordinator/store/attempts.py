@@ -183,7 +183,7 @@ def failure_reason(number: int, report: AttemptReport) -> str:
         what = "was cancelled by its agent"
     elif report.signal is not None:
         what = f"was killed by signal {report.signal}"
-    elif report.exit_code is not None:
+    elif report.exit_code:  # not 0: an attempt can fail after exiting 0 (bad outputs)
         what = f"failed with exit code {report.exit_code}"
     else:
         what = "failed"
