@@ -250,6 +250,9 @@ _TRIGGER_KINDS: Mapping[type, TriggerKind] = {
 # --- preconditions ------------------------------------------------------------
 
 DEFAULT_CHECK_TIMEOUT = timedelta(seconds=10)
+#: Longest timeout of one check: a check that may take longer is a job, not a check
+#: (and an agent holds a slot and a connection or a thread for as long as it runs).
+MAX_CHECK_TIMEOUT = timedelta(minutes=10)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
