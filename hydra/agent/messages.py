@@ -19,6 +19,7 @@ from hydra.agent.preconditions import Check, UnsupportedCheck
 from hydra.domain import (
     DEFAULT_CHECK_TIMEOUT,
     DEFAULT_OUTPUT_LIMIT,
+    MAX_CHECK_TIMEOUT,
     CommandCheck,
     FileCheck,
     HttpCheck,
@@ -102,9 +103,10 @@ def preconditions(offer: pb.LeaseOffer) -> tuple[Check, ...]:
 
 
 def precondition(message: types_pb2.Precondition) -> Check:
-    """One rendered precondition. An unset or non-positive timeout means the default."""
+    """One rendered precondition. An unset or non-positive timeout means the default;
+    none is longer than ``MAX_CHECK_TIMEOUT`` (a spec older than that limit may ask it)."""
     timeout = _positive(message.timeout) if message.HasField("timeout") else None
-    timeout = timeout or DEFAULT_CHECK_TIMEOUT
+    timeout = min(timeout or DEFAULT_CHECK_TIMEOUT, MAX_CHECK_TIMEOUT)
     kind = message.WhichOneof("kind")
     if kind == "command":
         return CommandCheck(argv=tuple(message.command.argv), timeout=timeout)
