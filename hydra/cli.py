@@ -81,7 +81,7 @@ def _coordinator_flags(parser: argparse.ArgumentParser) -> None:
         "--output-limit",
         type=int,
         default=1024 * 1024,
-        help="bytes of output kept per attempt (the tail)",
+        help="bytes of output kept per attempt: its head as it streams, its tail at the end",
     )
     parser.add_argument("--id", default=None, help="coordinator id (default: host-pid-random)")
 

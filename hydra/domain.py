@@ -118,6 +118,29 @@ class LeaseKey(NamedTuple):
         return f"run={self.run_id} token={self.lease_token}"
 
 
+#: Output kept per attempt unless configured (``hydra coordinator --output-limit``).
+DEFAULT_OUTPUT_LIMIT = 1024 * 1024
+#: Largest tail an agent sends with an attempt's end, whatever the limit, so that
+#: the report stays far below the gRPC message limit.
+MAX_OUTPUT_TAIL = 1024 * 1024
+
+
+class OutputBudget(NamedTuple):
+    """How an attempt's output limit is shared out."""
+
+    #: Bytes kept as the output streams in (both streams together).
+    head: int
+    #: Bytes of the true end sent with the attempt's end (both streams together).
+    tail: int
+
+
+def output_budget(limit: int) -> OutputBudget:
+    """The head and the tail of an output ``limit``: half each, the tail at most
+    ``MAX_OUTPUT_TAIL``. Output that fits in ``limit`` is kept whole."""
+    tail = min(max(limit, 0) // 2, MAX_OUTPUT_TAIL)
+    return OutputBudget(head=max(limit, 0) - tail, tail=tail)
+
+
 class AttemptOutcome(enum.StrEnum):
     """How an agent says an attempt ended (its report); the coordinator records it
     as the attempt's `AttemptState`."""
@@ -227,6 +250,9 @@ _TRIGGER_KINDS: Mapping[type, TriggerKind] = {
 # --- preconditions ------------------------------------------------------------
 
 DEFAULT_CHECK_TIMEOUT = timedelta(seconds=10)
+#: Longest timeout of one check: a check that may take longer is a job, not a check
+#: (and an agent holds a slot and a connection or a thread for as long as it runs).
+MAX_CHECK_TIMEOUT = timedelta(minutes=10)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

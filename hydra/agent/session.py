@@ -36,7 +36,8 @@ log = logging.getLogger("hydra.agent")
 
 #: How long a coordinator has to answer Hello.
 WELCOME_TIMEOUT_SECONDS = 10.0
-#: Output waiting to be sent beyond this is dropped rather than buffered.
+#: Output waiting to be sent beyond this is dropped rather than buffered (the
+#: attempt then streams no more of it; its end carries the tail).
 MAX_QUEUED_OUTPUT_BYTES = 4 * 1024 * 1024
 
 
@@ -171,12 +172,16 @@ class Session:
         """Sends a heartbeat without waiting for the interval (e.g. to say "draining")."""
         self._wake_heartbeat.set()
 
-    def send_output(self, lease: LeaseKey, stream: OutputStream, data: bytes) -> None:
-        """Sends a batch of output, or drops it if the stream is backed up."""
-        if not self._outbox.put_output(messages.output_chunk(lease, stream, data)):
-            if lease not in self._dropped_output:
-                log.warning("lease %s: output dropped: the stream is backed up", lease)
-            self._dropped_output.add(lease)
+    def send_output(self, lease: LeaseKey, stream: OutputStream, data: bytes) -> bool:
+        """Sends a batch of output; False (dropped) if the stream is backed up."""
+        if self._outbox.put_output(messages.output_chunk(lease, stream, data)):
+            return True
+        if lease not in self._dropped_output:
+            log.info(
+                "lease %s: the stream is backed up: the rest of the output goes with its end", lease
+            )
+        self._dropped_output.add(lease)
+        return False
 
     def send_report(self, lease: LeaseKey, result: AttemptResult) -> None:
         """Sends an attempt's end."""

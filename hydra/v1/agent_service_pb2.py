@@ -28,7 +28,7 @@ from hydra.v1 import run_service_pb2 as hydra_dot_v1_dot_run__service__pb2
 from hydra.v1 import types_pb2 as hydra_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1chydra/v1/agent_service.proto\x12\x08hydra.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1ahydra/v1/run_service.proto\x1a\x14hydra/v1/types.proto\"/\n\x08LeaseRef\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x13\n\x0blease_token\x18\x02 \x01(\x04\"\xeb\x02\n\x0c\x41gentMessage\x12 \n\x05hello\x18\x01 \x01(\x0b\x32\x0f.hydra.v1.HelloH\x00\x12(\n\theartbeat\x18\x02 \x01(\x0b\x32\x13.hydra.v1.HeartbeatH\x00\x12\x33\n\x0f\x61ttempt_started\x18\x03 \x01(\x0b\x32\x18.hydra.v1.AttemptStartedH\x00\x12\'\n\x06output\x18\x04 \x01(\x0b\x32\x15.hydra.v1.OutputChunkH\x00\x12\x35\n\x10\x61ttempt_finished\x18\x05 \x01(\x0b\x32\x19.hydra.v1.AttemptFinishedH\x00\x12\x31\n\x0elease_rejected\x18\x06 \x01(\x0b\x32\x17.hydra.v1.LeaseRejectedH\x00\x12?\n\x15preconditions_checked\x18\x07 \x01(\x0b\x32\x1e.hydra.v1.PreconditionsCheckedH\x00\x42\x06\n\x04\x62ody\"\xe5\x01\n\x05Hello\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x10\n\x08hostname\x18\x02 \x01(\t\x12+\n\x06labels\x18\x03 \x03(\x0b\x32\x1b.hydra.v1.Hello.LabelsEntry\x12\x10\n\x08\x63\x61pacity\x18\x04 \x01(\r\x12\x0f\n\x07version\x18\x05 \x01(\t\x12\'\n\x0bheld_leases\x18\x06 \x03(\x0b\x32\x12.hydra.v1.LeaseRef\x12\x10\n\x08\x64raining\x18\x07 \x01(\x08\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"S\n\tHeartbeat\x12\"\n\x06leases\x18\x01 \x03(\x0b\x32\x12.hydra.v1.LeaseRef\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12\x10\n\x08\x64raining\x18\x03 \x01(\x08\"~\n\x0e\x41ttemptStarted\x12!\n\x05lease\x18\x01 \x01(\x0b\x32\x12.hydra.v1.LeaseRef\x12\x0c\n\x04\x61rgv\x18\x02 \x03(\t\x12\x0b\n\x03pid\x18\x03 \x01(\r\x12.\n\nstarted_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"f\n\x0bOutputChunk\x12!\n\x05lease\x18\x01 \x01(\x0b\x32\x12.hydra.v1.LeaseRef\x12&\n\x06stream\x18\x02 \x01(\x0e\x32\x16.hydra.v1.OutputStream\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"\xbb\x02\n\x0f\x41ttemptFinished\x12!\n\x05lease\x18\x01 \x01(\x0b\x32\x12.hydra.v1.LeaseRef\x12)\n\x07outcome\x18\x02 \x01(\x0e\x32\x18.hydra.v1.AttemptOutcome\x12\x16\n\texit_code\x18\x03 \x01(\x05H\x00\x88\x01\x01\x12\x13\n\x06signal\x18\x04 \x01(\x05H\x01\x88\x01\x01\x12.\n\nstarted_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07message\x18\x07 \x01(\t\x12\x0c\n\x04\x61rgv\x18\x08 \x03(\t\x12\x14\n\x0coutputs_json\x18\t \x01(\tB\x0c\n\n_exit_codeB\t\n\x07_signal\"B\n\rLeaseRejected\x12!\n\x05lease\x18\x01 \x01(\x0b\x32\x12.hydra.v1.LeaseRef\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x92\x02\n\x12\x43oordinatorMessage\x12$\n\x07welcome\x18\x01 \x01(\x0b\x32\x11.hydra.v1.WelcomeH\x00\x12%\n\x05lease\x18\x02 \x01(\x0b\x32\x14.hydra.v1.LeaseOfferH\x00\x12/\n\rheartbeat_ack\x18\x03 \x01(\x0b\x32\x16.hydra.v1.HeartbeatAckH\x00\x12)\n\x06\x63\x61ncel\x18\x04 \x01(\x0b\x32\x17.hydra.v1.CancelAttemptH\x00\x12 \n\x05\x64rain\x18\x05 \x01(\x0b\x32\x0f.hydra.v1.DrainH\x00\x12)\n\nreport_ack\x18\x06 \x01(\x0b\x32\x13.hydra.v1.ReportAckH\x00\x42\x06\n\x04\x62ody\"\xab\x01\n\x07Welcome\x12\x16\n\x0e\x63oordinator_id\x18\x01 \x01(\t\x12\x35\n\x12heartbeat_interval\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12,\n\tlease_ttl\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12#\n\x07revoked\x18\x04 \x03(\x0b\x32\x12.hydra.v1.LeaseRef\"\xac\x03\n\nLeaseOffer\x12!\n\x05lease\x18\x01 \x01(\x0b\x32\x12.hydra.v1.LeaseRef\x12\x0c\n\x04task\x18\x02 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\r\x12\x0c\n\x04\x61rgv\x18\x04 \x03(\t\x12*\n\x03\x65nv\x18\x05 \x03(\x0b\x32\x1d.hydra.v1.LeaseOffer.EnvEntry\x12\x0f\n\x07workdir\x18\x06 \x01(\t\x12*\n\x07timeout\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12-\n\nkill_grace\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\x12.\n\noccurrence\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\rpreconditions\x18\n \x03(\x0b\x32\x16.hydra.v1.Precondition\x12+\n\x08start_in\x18\x0b \x01(\x0b\x32\x19.google.protobuf.Duration\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"y\n\x14PreconditionsChecked\x12!\n\x05lease\x18\x01 \x01(\x0b\x32\x12.hydra.v1.LeaseRef\x12\r\n\x05ready\x18\x02 \x01(\x08\x12/\n\x08verdicts\x18\x03 \x03(\x0b\x32\x1d.hydra.v1.PreconditionVerdict\"E\n\x0cHeartbeatAck\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12#\n\x07revoked\x18\x02 \x03(\x0b\x32\x12.hydra.v1.LeaseRef\"B\n\rCancelAttempt\x12!\n\x05lease\x18\x01 \x01(\x0b\x32\x12.hydra.v1.LeaseRef\x12\x0e\n\x06reason\x18\x02 \x01(\t\"4\n\x05\x44rain\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x1b\n\x13reconnect_elsewhere\x18\x02 \x01(\x08\"P\n\tReportAck\x12!\n\x05lease\x18\x01 \x01(\x0b\x32\x12.hydra.v1.LeaseRef\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\"1\n\x11ListAgentsRequest\x12\x1c\n\x14include_disconnected\x18\x01 \x01(\x08\"5\n\x12ListAgentsResponse\x12\x1f\n\x06\x61gents\x18\x01 \x03(\x0b\x32\x0f.hydra.v1.Agent\"%\n\x11\x44rainAgentRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\"4\n\x12\x44rainAgentResponse\x12\x1e\n\x05\x61gent\x18\x01 \x01(\x0b\x32\x0f.hydra.v1.Agent*\xc6\x01\n\x0e\x41ttemptOutcome\x12\x1f\n\x1b\x41TTEMPT_OUTCOME_UNSPECIFIED\x10\x00\x12\x1d\n\x19\x41TTEMPT_OUTCOME_SUCCEEDED\x10\x01\x12\x1a\n\x16\x41TTEMPT_OUTCOME_FAILED\x10\x02\x12\x1d\n\x19\x41TTEMPT_OUTCOME_TIMED_OUT\x10\x03\x12\x1d\n\x19\x41TTEMPT_OUTCOME_CANCELLED\x10\x04\x12\x1a\n\x16\x41TTEMPT_OUTCOME_FENCED\x10\x05\x32\xda\x01\n\x0c\x41gentService\x12\x43\n\x07\x43onnect\x12\x16.hydra.v1.AgentMessage\x1a\x1c.hydra.v1.CoordinatorMessage(\x01\x30\x01\x12\x41\n\x04List\x12\x1b.hydra.v1.ListAgentsRequest\x1a\x1c.hydra.v1.ListAgentsResponse\x12\x42\n\x05\x44rain\x12\x1b.hydra.v1.DrainAgentRequest\x1a\x1c.hydra.v1.DrainAgentResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1chydra/v1/agent_service.proto\x12\x08hydra.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1ahydra/v1/run_service.proto\x1a\x14hydra/v1/types.proto\"/\n\x08LeaseRef\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x13\n\x0blease_token\x18\x02 \x01(\x04\"\xeb\x02\n\x0c\x41gentMessage\x12 \n\x05hello\x18\x01 \x01(\x0b\x32\x0f.hydra.v1.HelloH\x00\x12(\n\theartbeat\x18\x02 \x01(\x0b\x32\x13.hydra.v1.HeartbeatH\x00\x12\x33\n\x0f\x61ttempt_started\x18\x03 \x01(\x0b\x32\x18.hydra.v1.AttemptStartedH\x00\x12\'\n\x06output\x18\x04 \x01(\x0b\x32\x15.hydra.v1.OutputChunkH\x00\x12\x35\n\x10\x61ttempt_finished\x18\x05 \x01(\x0b\x32\x19.hydra.v1.AttemptFinishedH\x00\x12\x31\n\x0elease_rejected\x18\x06 \x01(\x0b\x32\x17.hydra.v1.LeaseRejectedH\x00\x12?\n\x15preconditions_checked\x18\x07 \x01(\x0b\x32\x1e.hydra.v1.PreconditionsCheckedH\x00\x42\x06\n\x04\x62ody\"\xe5\x01\n\x05Hello\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x10\n\x08hostname\x18\x02 \x01(\t\x12+\n\x06labels\x18\x03 \x03(\x0b\x32\x1b.hydra.v1.Hello.LabelsEntry\x12\x10\n\x08\x63\x61pacity\x18\x04 \x01(\r\x12\x0f\n\x07version\x18\x05 \x01(\t\x12\'\n\x0bheld_leases\x18\x06 \x03(\x0b\x32\x12.hydra.v1.LeaseRef\x12\x10\n\x08\x64raining\x18\x07 \x01(\x08\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"S\n\tHeartbeat\x12\"\n\x06leases\x18\x01 \x03(\x0b\x32\x12.hydra.v1.LeaseRef\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12\x10\n\x08\x64raining\x18\x03 \x01(\x08\"~\n\x0e\x41ttemptStarted\x12!\n\x05lease\x18\x01 \x01(\x0b\x32\x12.hydra.v1.LeaseRef\x12\x0c\n\x04\x61rgv\x18\x02 \x03(\t\x12\x0b\n\x03pid\x18\x03 \x01(\r\x12.\n\nstarted_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"f\n\x0bOutputChunk\x12!\n\x05lease\x18\x01 \x01(\x0b\x32\x12.hydra.v1.LeaseRef\x12&\n\x06stream\x18\x02 \x01(\x0e\x32\x16.hydra.v1.OutputStream\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"\xe7\x02\n\x0f\x41ttemptFinished\x12!\n\x05lease\x18\x01 \x01(\x0b\x32\x12.hydra.v1.LeaseRef\x12)\n\x07outcome\x18\x02 \x01(\x0e\x32\x18.hydra.v1.AttemptOutcome\x12\x16\n\texit_code\x18\x03 \x01(\x05H\x00\x88\x01\x01\x12\x13\n\x06signal\x18\x04 \x01(\x05H\x01\x88\x01\x01\x12.\n\nstarted_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07message\x18\x07 \x01(\t\x12\x0c\n\x04\x61rgv\x18\x08 \x03(\t\x12\x14\n\x0coutputs_json\x18\t \x01(\t\x12*\n\x0coutput_tails\x18\n \x03(\x0b\x32\x14.hydra.v1.OutputTailB\x0c\n\n_exit_codeB\t\n\x07_signal\"W\n\nOutputTail\x12&\n\x06stream\x18\x01 \x01(\x0e\x32\x16.hydra.v1.OutputStream\x12\x13\n\x0btotal_bytes\x18\x02 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"B\n\rLeaseRejected\x12!\n\x05lease\x18\x01 \x01(\x0b\x32\x12.hydra.v1.LeaseRef\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x92\x02\n\x12\x43oordinatorMessage\x12$\n\x07welcome\x18\x01 \x01(\x0b\x32\x11.hydra.v1.WelcomeH\x00\x12%\n\x05lease\x18\x02 \x01(\x0b\x32\x14.hydra.v1.LeaseOfferH\x00\x12/\n\rheartbeat_ack\x18\x03 \x01(\x0b\x32\x16.hydra.v1.HeartbeatAckH\x00\x12)\n\x06\x63\x61ncel\x18\x04 \x01(\x0b\x32\x17.hydra.v1.CancelAttemptH\x00\x12 \n\x05\x64rain\x18\x05 \x01(\x0b\x32\x0f.hydra.v1.DrainH\x00\x12)\n\nreport_ack\x18\x06 \x01(\x0b\x32\x13.hydra.v1.ReportAckH\x00\x42\x06\n\x04\x62ody\"\xab\x01\n\x07Welcome\x12\x16\n\x0e\x63oordinator_id\x18\x01 \x01(\t\x12\x35\n\x12heartbeat_interval\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12,\n\tlease_ttl\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12#\n\x07revoked\x18\x04 \x03(\x0b\x32\x12.hydra.v1.LeaseRef\"\xc2\x03\n\nLeaseOffer\x12!\n\x05lease\x18\x01 \x01(\x0b\x32\x12.hydra.v1.LeaseRef\x12\x0c\n\x04task\x18\x02 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\r\x12\x0c\n\x04\x61rgv\x18\x04 \x03(\t\x12*\n\x03\x65nv\x18\x05 \x03(\x0b\x32\x1d.hydra.v1.LeaseOffer.EnvEntry\x12\x0f\n\x07workdir\x18\x06 \x01(\t\x12*\n\x07timeout\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12-\n\nkill_grace\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\x12.\n\noccurrence\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\rpreconditions\x18\n \x03(\x0b\x32\x16.hydra.v1.Precondition\x12+\n\x08start_in\x18\x0b \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x14\n\x0coutput_limit\x18\x0c \x01(\x04\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"y\n\x14PreconditionsChecked\x12!\n\x05lease\x18\x01 \x01(\x0b\x32\x12.hydra.v1.LeaseRef\x12\r\n\x05ready\x18\x02 \x01(\x08\x12/\n\x08verdicts\x18\x03 \x03(\x0b\x32\x1d.hydra.v1.PreconditionVerdict\"E\n\x0cHeartbeatAck\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12#\n\x07revoked\x18\x02 \x03(\x0b\x32\x12.hydra.v1.LeaseRef\"B\n\rCancelAttempt\x12!\n\x05lease\x18\x01 \x01(\x0b\x32\x12.hydra.v1.LeaseRef\x12\x0e\n\x06reason\x18\x02 \x01(\t\"4\n\x05\x44rain\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x1b\n\x13reconnect_elsewhere\x18\x02 \x01(\x08\"P\n\tReportAck\x12!\n\x05lease\x18\x01 \x01(\x0b\x32\x12.hydra.v1.LeaseRef\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\"1\n\x11ListAgentsRequest\x12\x1c\n\x14include_disconnected\x18\x01 \x01(\x08\"5\n\x12ListAgentsResponse\x12\x1f\n\x06\x61gents\x18\x01 \x03(\x0b\x32\x0f.hydra.v1.Agent\"%\n\x11\x44rainAgentRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\"4\n\x12\x44rainAgentResponse\x12\x1e\n\x05\x61gent\x18\x01 \x01(\x0b\x32\x0f.hydra.v1.Agent*\xc6\x01\n\x0e\x41ttemptOutcome\x12\x1f\n\x1b\x41TTEMPT_OUTCOME_UNSPECIFIED\x10\x00\x12\x1d\n\x19\x41TTEMPT_OUTCOME_SUCCEEDED\x10\x01\x12\x1a\n\x16\x41TTEMPT_OUTCOME_FAILED\x10\x02\x12\x1d\n\x19\x41TTEMPT_OUTCOME_TIMED_OUT\x10\x03\x12\x1d\n\x19\x41TTEMPT_OUTCOME_CANCELLED\x10\x04\x12\x1a\n\x16\x41TTEMPT_OUTCOME_FENCED\x10\x05\x32\xda\x01\n\x0c\x41gentService\x12\x43\n\x07\x43onnect\x12\x16.hydra.v1.AgentMessage\x1a\x1c.hydra.v1.CoordinatorMessage(\x01\x30\x01\x12\x41\n\x04List\x12\x1b.hydra.v1.ListAgentsRequest\x1a\x1c.hydra.v1.ListAgentsResponse\x12\x42\n\x05\x44rain\x12\x1b.hydra.v1.DrainAgentRequest\x1a\x1c.hydra.v1.DrainAgentResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,8 +39,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_HELLO_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_LEASEOFFER_ENVENTRY']._loaded_options = None
   _globals['_LEASEOFFER_ENVENTRY']._serialized_options = b'8\001'
-  _globals['_ATTEMPTOUTCOME']._serialized_start=2987
-  _globals['_ATTEMPTOUTCOME']._serialized_end=3185
+  _globals['_ATTEMPTOUTCOME']._serialized_start=3142
+  _globals['_ATTEMPTOUTCOME']._serialized_end=3340
   _globals['_LEASEREF']._serialized_start=157
   _globals['_LEASEREF']._serialized_end=204
   _globals['_AGENTMESSAGE']._serialized_start=207
@@ -56,35 +56,37 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_OUTPUTCHUNK']._serialized_start=1017
   _globals['_OUTPUTCHUNK']._serialized_end=1119
   _globals['_ATTEMPTFINISHED']._serialized_start=1122
-  _globals['_ATTEMPTFINISHED']._serialized_end=1437
-  _globals['_LEASEREJECTED']._serialized_start=1439
-  _globals['_LEASEREJECTED']._serialized_end=1505
-  _globals['_COORDINATORMESSAGE']._serialized_start=1508
-  _globals['_COORDINATORMESSAGE']._serialized_end=1782
-  _globals['_WELCOME']._serialized_start=1785
-  _globals['_WELCOME']._serialized_end=1956
-  _globals['_LEASEOFFER']._serialized_start=1959
-  _globals['_LEASEOFFER']._serialized_end=2387
-  _globals['_LEASEOFFER_ENVENTRY']._serialized_start=2345
-  _globals['_LEASEOFFER_ENVENTRY']._serialized_end=2387
-  _globals['_PRECONDITIONSCHECKED']._serialized_start=2389
-  _globals['_PRECONDITIONSCHECKED']._serialized_end=2510
-  _globals['_HEARTBEATACK']._serialized_start=2512
-  _globals['_HEARTBEATACK']._serialized_end=2581
-  _globals['_CANCELATTEMPT']._serialized_start=2583
-  _globals['_CANCELATTEMPT']._serialized_end=2649
-  _globals['_DRAIN']._serialized_start=2651
-  _globals['_DRAIN']._serialized_end=2703
-  _globals['_REPORTACK']._serialized_start=2705
-  _globals['_REPORTACK']._serialized_end=2785
-  _globals['_LISTAGENTSREQUEST']._serialized_start=2787
-  _globals['_LISTAGENTSREQUEST']._serialized_end=2836
-  _globals['_LISTAGENTSRESPONSE']._serialized_start=2838
-  _globals['_LISTAGENTSRESPONSE']._serialized_end=2891
-  _globals['_DRAINAGENTREQUEST']._serialized_start=2893
-  _globals['_DRAINAGENTREQUEST']._serialized_end=2930
-  _globals['_DRAINAGENTRESPONSE']._serialized_start=2932
-  _globals['_DRAINAGENTRESPONSE']._serialized_end=2984
-  _globals['_AGENTSERVICE']._serialized_start=3188
-  _globals['_AGENTSERVICE']._serialized_end=3406
+  _globals['_ATTEMPTFINISHED']._serialized_end=1481
+  _globals['_OUTPUTTAIL']._serialized_start=1483
+  _globals['_OUTPUTTAIL']._serialized_end=1570
+  _globals['_LEASEREJECTED']._serialized_start=1572
+  _globals['_LEASEREJECTED']._serialized_end=1638
+  _globals['_COORDINATORMESSAGE']._serialized_start=1641
+  _globals['_COORDINATORMESSAGE']._serialized_end=1915
+  _globals['_WELCOME']._serialized_start=1918
+  _globals['_WELCOME']._serialized_end=2089
+  _globals['_LEASEOFFER']._serialized_start=2092
+  _globals['_LEASEOFFER']._serialized_end=2542
+  _globals['_LEASEOFFER_ENVENTRY']._serialized_start=2500
+  _globals['_LEASEOFFER_ENVENTRY']._serialized_end=2542
+  _globals['_PRECONDITIONSCHECKED']._serialized_start=2544
+  _globals['_PRECONDITIONSCHECKED']._serialized_end=2665
+  _globals['_HEARTBEATACK']._serialized_start=2667
+  _globals['_HEARTBEATACK']._serialized_end=2736
+  _globals['_CANCELATTEMPT']._serialized_start=2738
+  _globals['_CANCELATTEMPT']._serialized_end=2804
+  _globals['_DRAIN']._serialized_start=2806
+  _globals['_DRAIN']._serialized_end=2858
+  _globals['_REPORTACK']._serialized_start=2860
+  _globals['_REPORTACK']._serialized_end=2940
+  _globals['_LISTAGENTSREQUEST']._serialized_start=2942
+  _globals['_LISTAGENTSREQUEST']._serialized_end=2991
+  _globals['_LISTAGENTSRESPONSE']._serialized_start=2993
+  _globals['_LISTAGENTSRESPONSE']._serialized_end=3046
+  _globals['_DRAINAGENTREQUEST']._serialized_start=3048
+  _globals['_DRAINAGENTREQUEST']._serialized_end=3085
+  _globals['_DRAINAGENTRESPONSE']._serialized_start=3087
+  _globals['_DRAINAGENTRESPONSE']._serialized_end=3139
+  _globals['_AGENTSERVICE']._serialized_start=3343
+  _globals['_AGENTSERVICE']._serialized_end=3561
 # @@protoc_insertion_point(module_scope)

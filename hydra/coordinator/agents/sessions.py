@@ -11,7 +11,7 @@ from datetime import datetime
 from hydra.coordinator.agents import protocol
 from hydra.coordinator.store.records import ClaimedRun, LeaseTimes, ReportVerdict
 from hydra.coordinator.templates import Rendered
-from hydra.domain import LeaseKey, Precondition
+from hydra.domain import DEFAULT_OUTPUT_LIMIT, LeaseKey, Precondition
 from hydra.v1 import agent_service_pb2 as pb
 
 
@@ -24,6 +24,8 @@ class AgentSession:
     labels: Mapping[str, str]
     capacity: int
     draining: bool = False
+    #: Bytes of output kept per attempt, told to the agent with each offer.
+    output_limit: int = DEFAULT_OUTPUT_LIMIT
     held: set[LeaseKey] = field(default_factory=set)
     #: Slots being claimed for, whose leases are not offered yet.
     reserved: int = 0
@@ -48,7 +50,7 @@ class AgentSession:
         self.held.add(LeaseKey(run.run_id, run.lease_token))
         if run.not_before is not None:
             self._not_before[run.run_id] = run.not_before
-        self._send(protocol.offer(run, rendered, checks, times))
+        self._send(protocol.offer(run, rendered, checks, times, output_limit=self.output_limit))
 
     def cancel(self, lease: LeaseKey, reason: str) -> None:
         """Tell the agent to kill the attempt under this lease; its slot is free."""

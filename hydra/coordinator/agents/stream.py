@@ -30,7 +30,7 @@ from hydra.coordinator.loops.timing import utcnow
 from hydra.coordinator.store import CONFLICTS, Database, Transaction, agents, attempts, leases
 from hydra.coordinator.store import preconditions as precondition_checks
 from hydra.coordinator.store.records import Heartbeat, LeaseTimes, ReportVerdict
-from hydra.domain import LeaseKey
+from hydra.domain import LeaseKey, output_budget
 from hydra.errors import Unavailable
 from hydra.v1 import agent_service_pb2 as pb
 from hydra.wire import verdict_from_proto
@@ -75,6 +75,7 @@ class AgentStreams:
         self._times = times
         self._coordinator_id = coordinator_id
         self._output_limit = output_limit
+        self._output_head = output_budget(output_limit).head
         self._heartbeats = HeartbeatRecorder(database, ttl=times.ttl, coordinator_id=coordinator_id)
 
     async def close(self) -> None:
@@ -94,6 +95,7 @@ class AgentStreams:
             labels=dict(hello.labels),
             capacity=hello.capacity,
             draining=hello.draining,
+            output_limit=self._output_limit,
         )
         revoked = await self._greet(session, hello)
         yield protocol.welcome(self._coordinator_id, self._times, revoked)
@@ -282,7 +284,7 @@ class AgentStreams:
                 chunk.lease.lease_token,
                 int(chunk.stream),
                 chunk.data,
-                limit=self._output_limit,
+                limit=self._output_head,
             )
         if finished := by_kind.get("attempt_finished"):
             answers += await self._finished(session, tx, [m.attempt_finished for m in finished])

@@ -440,30 +440,47 @@ WHERE state IN ('LEASED', 'RUNNING');
 -- --------------------------------------------------------------- output --
 
 -- name: append_output
--- Store a chunk of a running attempt's output under the current token.
+-- Store what fits of a chunk of a running attempt's output in the head of `limit` bytes.
 WITH attempt AS (
-    UPDATE hydra_attempts SET output_bytes = output_bytes + length(%(data)s::bytea)
+    SELECT run_id, number, least(length(%(data)s::bytea), %(limit)s - output_bytes)::int AS kept
+    FROM hydra_attempts
     WHERE run_id = %(run_id)s AND lease_token = %(lease_token)s AND state = 'RUNNING'
-    RETURNING run_id, number, output_bytes
+      AND output_bytes < %(limit)s
+    FOR UPDATE
+), counted AS (
+    UPDATE hydra_attempts a SET output_bytes = a.output_bytes + attempt.kept
+    FROM attempt WHERE a.run_id = attempt.run_id AND a.number = attempt.number
 ), chunk AS (
     INSERT INTO hydra_attempt_output (run_id, attempt, stream, data)
-    SELECT run_id, number, %(stream)s, %(data)s FROM attempt
+    SELECT run_id, number, %(stream)s, substring(%(data)s::bytea FROM 1 FOR kept) FROM attempt
 )
-SELECT number, output_bytes FROM attempt;
+SELECT number FROM attempt;
 
--- name: prune_output
--- Drop the oldest chunks of an attempt until at most `limit` bytes remain.
-WITH ranked AS (
-    SELECT seq, sum(length(data)) OVER (ORDER BY seq DESC) AS tail
-    FROM hydra_attempt_output WHERE run_id = %(run_id)s AND attempt = %(attempt)s
-), dropped AS (
-    DELETE FROM hydra_attempt_output o USING ranked
-    WHERE o.seq = ranked.seq AND ranked.tail > %(limit)s
-    RETURNING length(o.data) AS n
+-- name: append_output_tail
+-- At an attempt's end, per stream: a marker for the bytes dropped, then what the head lacks of the tail.
+WITH attempt AS (
+    SELECT run_id, number FROM hydra_attempts WHERE lease_token = %(lease_token)s
+), tail AS (
+    SELECT t.stream, t.total, t.data, coalesce((
+        SELECT sum(length(o.data)) FROM hydra_attempt_output o, attempt a
+        WHERE o.run_id = a.run_id AND o.attempt = a.number AND o.stream = t.stream
+    ), 0) AS head
+    FROM unnest(%(streams)s::smallint[], %(totals)s::bigint[], %(datas)s::bytea[])
+        AS t(stream, total, data)
+), pieces AS (
+    SELECT stream, 1 AS part, total - length(data) - head AS dropped, ''::bytea AS data
+    FROM tail WHERE total - length(data) > head
+    UNION ALL
+    SELECT stream, 2, 0, substring(data FROM (greatest(head - (total - length(data)), 0) + 1)::int)
+    FROM tail WHERE head < total
+), stored AS (
+    INSERT INTO hydra_attempt_output (run_id, attempt, stream, data, dropped_bytes)
+    SELECT a.run_id, a.number, p.stream, p.data, p.dropped
+    FROM pieces p, attempt a ORDER BY p.stream, p.part
+    RETURNING length(data) AS n
 )
-UPDATE hydra_attempts
-SET output_bytes = output_bytes - (SELECT coalesce(sum(n), 0) FROM dropped)
-WHERE run_id = %(run_id)s AND number = %(attempt)s;
+UPDATE hydra_attempts SET output_bytes = output_bytes + (SELECT coalesce(sum(n), 0) FROM stored)
+WHERE lease_token = %(lease_token)s;
 
 -- name: notify_output
 -- Tell log followers a run has new output: payload "<run id>".
@@ -471,7 +488,7 @@ SELECT pg_notify('hydra_output', %(run_id)s::text);
 
 -- name: read_output
 -- Output chunks of a run after a sequence number, oldest first.
-SELECT seq, attempt, stream, data FROM hydra_attempt_output
+SELECT seq, attempt, stream, data, dropped_bytes FROM hydra_attempt_output
 WHERE run_id = %(run_id)s AND seq > %(after_seq)s
   AND (%(attempt)s = 0 OR attempt = %(attempt)s)
 ORDER BY seq
