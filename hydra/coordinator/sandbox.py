@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Iterable, Sized
+from datetime import timedelta
 from typing import Any
 
 import jinja2
@@ -48,7 +49,7 @@ MAX_LIPSUM_WORDS = 100
 #: ``a ** b`` on integers may have at most this many bits (about 1,200 digits).
 MAX_POWER_BITS = 4096
 #: How long one run's templates may take to render, by default (``--render-timeout``).
-DEFAULT_RENDER_TIMEOUT_S = 1.0
+DEFAULT_RENDER_TIMEOUT = timedelta(seconds=1)
 #: Address space of a render worker process: a memory bomb dies there.
 WORKER_MEMORY_BYTES = 512 * MIB
 

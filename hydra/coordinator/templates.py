@@ -249,12 +249,7 @@ def render_command(
     Raises:
         RenderError: naming the field, e.g. ``command[2]: 'params' has no attribute 'region'``.
     """
-    variables = _variables(ctx, {**spec.params, **ctx.params})
-
-    def render(source: str, path: str) -> str:
-        value = rendered.get(path)
-        return _render(source, variables, path) if value is None else value
-
+    render = _field_renderer(ctx, {**spec.params, **ctx.params}, rendered)
     argv = tuple(render(source, f"command[{index}]") for index, source in enumerate(spec.command))
     if spec.shell:
         if len(argv) != 1:
@@ -263,6 +258,26 @@ def render_command(
     env = {key: render(value, f"env.{key}") for key, value in spec.env.items()}
     workdir = render(spec.workdir, "workdir")
     return Rendered(argv=argv, env=env, workdir=workdir)
+
+
+def _field_renderer(
+    ctx: RenderContext, params: Mapping[str, str], rendered: Mapping[str, str]
+) -> Callable[[str, str], str]:
+    """render(source, path) for the fields of one run: taken from ``rendered`` if there,
+    else rendered here, the variables computed once, when a field first needs them."""
+    variables: dict[str, Any] = {}
+
+    def render(source: str, path: str) -> str:
+        value = rendered.get(path)
+        if value is not None:
+            return value
+        if not needs_rendering(source):
+            return source
+        if not variables:
+            variables.update(_variables(ctx, params))
+        return _render(source, variables, path)
+
+    return render
 
 
 def render_string(source: str, ctx: RenderContext, path: str) -> str:
@@ -338,9 +353,10 @@ def _utf8_size(text: str) -> int:
 def _check_total(run: RenderedRun) -> None:
     command = run.command
     texts = [*command.argv, *command.env, *command.env.values(), command.workdir]
-    texts += (text for check in run.preconditions for text in _check_texts(check))
-    if sum(len(text) for text in texts) * 4 <= MAX_RENDERED_BYTES:
-        return
+    for check in run.preconditions:
+        texts += _check_texts(check)
+    if sum(map(len, texts)) * 4 <= MAX_RENDERED_BYTES:
+        return  # short enough whatever the texts hold: no encoding
     total = sum(len(text.encode("utf-8", "surrogatepass")) for text in texts)
     if total > MAX_RENDERED_BYTES:
         raise RenderError(
@@ -492,12 +508,7 @@ def render_preconditions(
     (those in ``rendered``, by path, taken as they are)."""
     if not spec.preconditions:
         return []
-    variables = _variables(context, context.params)
-
-    def render(source: str, path: str) -> str:
-        value = rendered.get(path)
-        return _render(source, variables, path) if value is None else value
-
+    render = _field_renderer(context, context.params, rendered)
     return [
         _render_check(check, render, f"preconditions[{i}]")
         for i, check in enumerate(spec.preconditions)
