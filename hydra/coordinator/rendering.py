@@ -137,11 +137,13 @@ class RenderPool:
         worker = await self._acquire()
         try:
             values = await worker.render(request, [field.path for field in fields], self.timeout)
-        except RenderError as error:
-            if isinstance(error, _WorkerFailed):
-                self._replace(worker)
-            else:
-                self._idle.put_nowait(worker)
+        except _WorkerFailed as error:
+            self._replace(worker)
+            if not self._running:  # killed by stop(): not the template's fault
+                raise RenderingUnavailable("the render workers stopped") from error
+            raise
+        except RenderError:
+            self._idle.put_nowait(worker)
             raise
         except BaseException:  # cancelled mid-request: its answers would be stale
             self._replace(worker)
@@ -180,7 +182,8 @@ class RenderPool:
         return worker
 
     def _replace(self, worker: _Worker) -> None:
-        """Kill a worker and start another in its place, in the background."""
+        """Kill a worker now; reap it and start another in its place in the background."""
+        worker.signal_kill()
         task = asyncio.create_task(self._respawn(worker), name="hydra-render-worker")
         self._replacing.add(task)
         task.add_done_callback(self._replacing.discard)
@@ -267,8 +270,12 @@ class _Worker:
                 return f"the render worker was killed by {signal.Signals(-code).name}"
         return f"the render worker exited with code {code}"
 
-    async def kill(self) -> None:
-        """SIGKILL the worker and reap it."""
+    def signal_kill(self) -> None:
+        """SIGKILL the worker (a runaway render stops burning CPU at once)."""
         with contextlib.suppress(ProcessLookupError):
             self._process.kill()
+
+    async def kill(self) -> None:
+        """SIGKILL the worker and reap it."""
+        self.signal_kill()
         await self._process.wait()

@@ -21,7 +21,7 @@ from datetime import timedelta
 from typing import Any
 
 import jinja2
-from jinja2 import nodes
+from jinja2 import meta, nodes
 from jinja2.compiler import CodeGenerator, Frame
 from jinja2.exceptions import SecurityError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -166,6 +166,22 @@ class _NoFoldingCodeGenerator(CodeGenerator):
         if not isinstance(node, nodes.TemplateData | nodes.Const):
             raise nodes.Impossible()
         return super()._output_child_to_const(node, frame, finalize)
+
+
+class _TrackingCodeGenerator(meta.TrackingCodeGenerator, _NoFoldingCodeGenerator):
+    """Jinja's introspection (``meta.find_undeclared_variables``), which compiles too,
+    without constant folding."""
+
+    def __init__(self, environment: jinja2.Environment) -> None:
+        super().__init__(environment)
+        self.optimizer = None  # it would fold too (``optimized`` is not passed on)
+
+
+def undeclared_variables(ast: nodes.Template) -> set[str]:
+    """The names a parsed template reads but does not set (as Jinja's meta module)."""
+    generator = _TrackingCodeGenerator(ast.environment)  # type: ignore[arg-type]
+    generator.visit(ast)
+    return generator.undeclared_identifiers
 
 
 class BoundedSandbox(ImmutableSandboxedEnvironment):

@@ -40,7 +40,7 @@ from types import MappingProxyType
 from typing import Any, NamedTuple
 
 import jinja2
-from jinja2 import meta, nodes
+from jinja2 import nodes
 
 from hydra.coordinator import template_bounds
 from hydra.coordinator.sandbox import (
@@ -49,6 +49,7 @@ from hydra.coordinator.sandbox import (
     BoundedSandbox,
     size_text,
     too_large_message,
+    undeclared_variables,
 )
 from hydra.coordinator.schedule import zone_info
 from hydra.domain import After, CommandCheck, FileCheck, HttpCheck, Precondition, TaskSpec
@@ -429,7 +430,7 @@ def _check(
     try:
         ast = _ENV.parse(source)
         _compile(source)  # some errors (unknown filters) only show when compiling
-        unknown = meta.find_undeclared_variables(ast)
+        unknown = undeclared_variables(ast)
     except jinja2.TemplateSyntaxError as error:
         return [FieldProblem(path=path, message=_syntax_message(error))]
     messages = [f"unknown template variable {name!r}" for name in sorted(unknown - _known_names())]

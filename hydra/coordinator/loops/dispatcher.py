@@ -114,8 +114,12 @@ class Dispatcher:
                 finally:
                     session.reserved -= free
                 full_batch = full_batch or (len(claimed) == free and free > 0)
+        except asyncio.CancelledError:
+            for offer in offers:  # stopping: their leases expire
+                offer.cancel()
+            raise
         finally:
-            await asyncio.gather(*offers)
+            await asyncio.gather(*offers, return_exceptions=True)
         return full_batch
 
     def start_offers(
