@@ -47,8 +47,8 @@ log = logging.getLogger("hydra.coordinator.rendering")
 
 #: Worker processes per coordinator.
 RENDER_WORKERS = 2
-#: How long a render waits for a free worker before giving up (its lease then
-#: expires and the run is offered again, without using an attempt).
+#: How long a render waits for a free worker, at most, before giving up (its lease
+#: then expires and the run is offered again, without using an attempt).
 WORKER_WAIT = timedelta(seconds=5)
 #: How long a new worker may take to start (import Python and Jinja2).
 WORKER_START_TIMEOUT = timedelta(seconds=30)
@@ -75,6 +75,7 @@ class RenderPool:
         timeout: Time limit of one run's renders in a worker.
         workers: How many worker processes.
         memory_limit: Address-space limit of each worker, in bytes.
+        worker_wait: How long a render may wait for a free worker.
     """
 
     def __init__(
@@ -83,8 +84,10 @@ class RenderPool:
         timeout: timedelta = DEFAULT_RENDER_TIMEOUT,
         workers: int = RENDER_WORKERS,
         memory_limit: int = WORKER_MEMORY_BYTES,
+        worker_wait: timedelta = WORKER_WAIT,
     ) -> None:
         self.timeout = timeout
+        self._worker_wait = worker_wait
         self._size = workers
         self._memory_limit = memory_limit
         self._idle: asyncio.Queue[_Worker] = asyncio.Queue()
@@ -155,10 +158,10 @@ class RenderPool:
         if not self._running:
             raise RenderingUnavailable("the render workers are not running")
         try:
-            async with asyncio.timeout(WORKER_WAIT.total_seconds()):
+            async with asyncio.timeout(self._worker_wait.total_seconds()):
                 return await self._idle.get()
         except TimeoutError:
-            wait = format_duration(WORKER_WAIT)
+            wait = format_duration(self._worker_wait)
             raise RenderingUnavailable(f"no render worker was free within {wait}") from None
 
     async def _spawn(self) -> _Worker:

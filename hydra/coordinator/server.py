@@ -38,7 +38,7 @@ from hydra.coordinator.loops.timing import forever
 from hydra.coordinator.loops.triggers import TriggerLoop
 from hydra.coordinator.migrate import check_current, migrate
 from hydra.coordinator.notifications import Listener
-from hydra.coordinator.rendering import RenderPool
+from hydra.coordinator.rendering import WORKER_WAIT, RenderPool
 from hydra.coordinator.sandbox import DEFAULT_RENDER_TIMEOUT
 from hydra.coordinator.store import Database, open_pool
 from hydra.coordinator.store.records import LeaseTimes
@@ -127,7 +127,10 @@ class CoordinatorServer:
             conninfo=config.conninfo, api=self.database, control=self.control
         )
         self._listener = Listener(config.conninfo)
-        self._renderer = RenderPool(timeout=config.render_timeout)
+        # Waiting for a worker and rendering must end well before the lease does.
+        self._renderer = RenderPool(
+            timeout=config.render_timeout, worker_wait=min(WORKER_WAIT, config.times.ttl / 4)
+        )
         self._dispatcher = Dispatcher(
             self.control, self._sessions, config.times, renderer=self._renderer
         )
