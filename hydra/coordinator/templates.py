@@ -272,7 +272,7 @@ def _field_renderer(
         value = rendered.get(path)
         if value is not None:
             return value
-        if not needs_rendering(source):
+        if "{" not in source and "\r" not in source:  # needs_rendering, inline: the hot path
             return source
         if not variables:
             variables.update(_variables(ctx, params))
@@ -339,16 +339,11 @@ def _render(source: str, variables: Mapping[str, Any], path: str) -> str:
         raise  # a render worker names its memory limit
     except Exception as error:  # whatever a method called by the template raised
         raise RenderError(path, f"{type(error).__name__}: {error}") from error
-    size = _utf8_size(value)
-    if size > MAX_FIELD_BYTES:
-        raise RenderError(path, too_large_message(size))
+    if len(value) * 4 > MAX_FIELD_BYTES:  # else short enough whatever it holds: no encoding
+        size = len(value.encode("utf-8", "surrogatepass"))
+        if size > MAX_FIELD_BYTES:
+            raise RenderError(path, too_large_message(size))
     return value
-
-
-def _utf8_size(text: str) -> int:
-    if len(text) * 4 <= MAX_FIELD_BYTES:  # short enough whatever it holds: no encoding
-        return len(text)
-    return len(text.encode("utf-8", "surrogatepass"))
 
 
 def _check_total(run: RenderedRun) -> None:
