@@ -83,6 +83,11 @@ def _coordinator_flags(parser: argparse.ArgumentParser) -> None:
         default=1024 * 1024,
         help="bytes of output kept per attempt: its head as it streams, its tail at the end",
     )
+    parser.add_argument(
+        "--render-timeout",
+        default=config.render_timeout(),
+        help="time limit of one run's templates (HYDRA_RENDER_TIMEOUT; default 1s)",
+    )
     parser.add_argument("--id", default=None, help="coordinator id (default: host-pid-random)")
 
 
@@ -165,6 +170,12 @@ def coordinator_config(args: argparse.Namespace, conninfo: str) -> Any:
     )
     if times.heartbeat_interval * 2 > times.ttl:
         raise InvalidArgument("must be at most half of --lease-ttl", path="--heartbeat")
+    render_timeout = _duration(args.render_timeout, "--render-timeout")
+    # A render longer than the lease would let the lease expire before the offer.
+    if not timedelta(0) < render_timeout * 2 <= times.ttl:
+        raise InvalidArgument(
+            "must be more than 0s and at most half of --lease-ttl", path="--render-timeout"
+        )
     extra = {"coordinator_id": args.id} if args.id else {}
     return CoordinatorConfig(
         conninfo=conninfo,
@@ -174,6 +185,7 @@ def coordinator_config(args: argparse.Namespace, conninfo: str) -> Any:
         output_limit=args.output_limit,
         token=config.token(),
         migrate=not _no_migrate(args),
+        render_timeout=render_timeout,
         **extra,
     )
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 DEFAULT_LISTEN = "127.0.0.1:7070"
 DEFAULT_POOL = 10
+DEFAULT_RENDER_TIMEOUT = "1s"
 
 
 def db_conninfo(environ: Mapping[str, str] = os.environ) -> str | None:
@@ -60,3 +61,8 @@ def home(environ: Mapping[str, str] = os.environ) -> Path:
 def token(environ: Mapping[str, str] = os.environ) -> str | None:
     """HYDRA_TOKEN: credential sent by agents and clients."""
     return environ.get("HYDRA_TOKEN") or None
+
+
+def render_timeout(environ: Mapping[str, str] = os.environ) -> str:
+    """HYDRA_RENDER_TIMEOUT: time limit of one run's templates, a duration (default 1s)."""
+    return environ.get("HYDRA_RENDER_TIMEOUT") or DEFAULT_RENDER_TIMEOUT

@@ -38,6 +38,8 @@ from hydra.coordinator.loops.timing import forever
 from hydra.coordinator.loops.triggers import TriggerLoop
 from hydra.coordinator.migrate import check_current, migrate
 from hydra.coordinator.notifications import Listener
+from hydra.coordinator.rendering import WORKER_WAIT, RenderPool
+from hydra.coordinator.sandbox import DEFAULT_RENDER_TIMEOUT
 from hydra.coordinator.store import Database, open_pool
 from hydra.coordinator.store.records import LeaseTimes
 from hydra.errors import HydraError
@@ -89,6 +91,8 @@ class CoordinatorConfig:
     token: str | None = None
     #: Apply pending migrations at start; else only check that the schema is current.
     migrate: bool = True
+    #: Time limit of one run's templates (those that render in a worker).
+    render_timeout: timedelta = DEFAULT_RENDER_TIMEOUT
 
 
 class CoordinatorServer:
@@ -123,7 +127,13 @@ class CoordinatorServer:
             conninfo=config.conninfo, api=self.database, control=self.control
         )
         self._listener = Listener(config.conninfo)
-        self._dispatcher = Dispatcher(self.control, self._sessions, config.times)
+        # Waiting for a worker and rendering must end well before the lease does.
+        self._renderer = RenderPool(
+            timeout=config.render_timeout, worker_wait=min(WORKER_WAIT, config.times.ttl / 4)
+        )
+        self._dispatcher = Dispatcher(
+            self.control, self._sessions, config.times, renderer=self._renderer
+        )
         self._triggers = TriggerLoop(self.control, self._dispatcher)
         self._reaper = Reaper(self.control, self._dispatcher, config.times.ttl)
         self._presence: Presence | None = None
@@ -168,6 +178,7 @@ class CoordinatorServer:
             self.control, self.config.coordinator_id, self.address, hydra.__version__
         )
         await self._presence.announce()
+        await self._renderer.start()
         await self._server.start()
         await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
         self._reachability.on_change(self._database_reachable)
@@ -291,6 +302,7 @@ class CoordinatorServer:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._renderer.stop()
         await self._listener.stop()
         if self._presence is not None:
             with contextlib.suppress(Exception):
