@@ -42,18 +42,16 @@ from typing import Any, NamedTuple
 import jinja2
 from jinja2 import nodes
 
-from hydra.coordinator import template_bounds
 from hydra.coordinator.sandbox import (
     MAX_FIELD_BYTES,
     MAX_RENDERED_BYTES,
     BoundedSandbox,
     size_text,
     too_large_message,
-    undeclared_variables,
 )
 from hydra.coordinator.schedule import zone_info
-from hydra.domain import After, CommandCheck, FileCheck, HttpCheck, Precondition, TaskSpec
-from hydra.errors import FieldProblem, HydraError, InvalidArgument
+from hydra.domain import CommandCheck, FileCheck, HttpCheck, Precondition, TaskSpec
+from hydra.errors import HydraError
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 #: The top-level names a template may use.
@@ -332,7 +330,7 @@ def _render(source: str, variables: Mapping[str, Any], path: str) -> str:
     try:
         value = _compile(source).render(variables)
     except jinja2.TemplateSyntaxError as error:
-        raise RenderError(path, _syntax_message(error)) from error
+        raise RenderError(path, syntax_message(error)) from error
     except jinja2.TemplateError as error:  # undefined names, sandbox violations, limits
         raise RenderError(path, error.message or type(error).__name__) from error
     except MemoryError:
@@ -373,33 +371,6 @@ def _check_texts(check: Precondition) -> tuple[str, ...]:
             return ()
 
 
-# --- apply-time checks ------------------------------------------------------------
-
-
-def check_templates(spec: TaskSpec) -> None:
-    """Refuse templates that cannot render, before any run needs them.
-
-    Checks every templated field (command elements, env values, workdir,
-    precondition argv, path and url) for syntax errors, unknown variables,
-    params the task does not declare, upstream tasks it does not depend on,
-    private attributes and includes.
-
-    Raises:
-        InvalidArgument: with one problem per finding, each naming its field.
-    """
-    declared = frozenset(spec.params)
-    upstream = frozenset(
-        name for trigger in spec.triggers if isinstance(trigger, After) for name in trigger.tasks
-    )
-    problems = [
-        problem
-        for path, source, _ in templated_fields(spec)
-        for problem in _check(path, source, declared, upstream)
-    ]
-    if problems:
-        raise InvalidArgument(problems)
-
-
 def templated_fields(spec: TaskSpec) -> Iterator[TemplatedField]:
     """Every templated field of a spec; paths use the YAML names, as hydra.spec."""
     for index, element in enumerate(spec.command):
@@ -416,85 +387,6 @@ def templated_fields(spec: TaskSpec) -> Iterator[TemplatedField]:
             yield TemplatedField(f"{prefix}.file", check.path, False)
         elif isinstance(check, HttpCheck):
             yield TemplatedField(f"{prefix}.http", check.url, False)
-
-
-def _check(
-    path: str, source: str, declared: frozenset[str], upstream: frozenset[str]
-) -> list[FieldProblem]:
-    """Problems with one templated field."""
-    try:
-        ast = _ENV.parse(source)
-        _compile(source)  # some errors (unknown filters) only show when compiling
-        unknown = undeclared_variables(ast)
-    except jinja2.TemplateSyntaxError as error:
-        return [FieldProblem(path=path, message=_syntax_message(error))]
-    messages = [f"unknown template variable {name!r}" for name in sorted(unknown - _known_names())]
-    if "params" in unknown:  # i.e. the template does not assign it itself
-        messages += _params_problems(ast, declared)
-    if "upstream" in unknown:
-        messages += _upstream_problems(ast, upstream)
-    messages += _unsafe_problems(ast)
-    messages += template_bounds.problems(ast)
-    return [FieldProblem(path=path, message=message) for message in messages]
-
-
-def _params_problems(ast: nodes.Template, declared: frozenset[str]) -> list[str]:
-    """``params.X`` / ``params['X']`` where the task declares no param X."""
-    declares = f"the task declares {', '.join(sorted(declared))}" if declared else "none declared"
-    return [
-        f"unknown param {name!r} ({declares})"
-        for name in _keys_of(ast, "params")
-        if name not in declared and name not in _MAPPING_METHODS
-    ]
-
-
-def _upstream_problems(ast: nodes.Template, upstream: frozenset[str]) -> list[str]:
-    """``upstream['t']`` where t is not named in an ``after`` trigger."""
-    return [
-        f"{name!r} is not an upstream task (not named in an 'after' trigger)"
-        for name in _keys_of(ast, "upstream")
-        if name not in upstream and name not in _MAPPING_METHODS
-    ]
-
-
-def _unsafe_problems(ast: nodes.Template) -> list[str]:
-    messages = [
-        f"access to attribute {node.attr!r} is not allowed"
-        for node in ast.find_all(nodes.Getattr)
-        if node.attr.startswith("_")
-    ]
-    if any(True for _ in ast.find_all(_REFERENCES)):
-        messages.append("include, import and extends are not available")
-    return messages
-
-
-def _keys_of(ast: nodes.Template, variable: str) -> list[str]:
-    """Constant keys read from a top-level variable, in order, without repeats."""
-    keys: dict[str, None] = {}  # a dict keeps the order of first use
-    for node in ast.find_all((nodes.Getattr, nodes.Getitem)):
-        key = _constant_key(node)
-        target = getattr(node, "node", None)
-        if key is not None and isinstance(target, nodes.Name) and target.name == variable:
-            keys[key] = None
-    return list(keys)
-
-
-def _constant_key(node: nodes.Node) -> str | None:
-    """The key of ``x.key`` or ``x['key']``; None when computed at render time."""
-    if isinstance(node, nodes.Getattr):
-        return node.attr
-    if isinstance(node, nodes.Getitem) and isinstance(node.arg, nodes.Const):
-        return node.arg.value if isinstance(node.arg.value, str) else None
-    return None
-
-
-def _known_names() -> frozenset[str]:
-    return CONTEXT_NAMES | frozenset(_ENV.globals)
-
-
-def _syntax_message(error: jinja2.TemplateSyntaxError) -> str:
-    reason = (error.message or "invalid syntax").rstrip(".")
-    return f"template syntax error on line {error.lineno}: {reason}"
 
 
 def render_preconditions(
@@ -524,3 +416,9 @@ def _render_check(
             return replace(check, url=render(check.url, f"{path}.http"))
         case _:
             return check
+
+
+def syntax_message(error: jinja2.TemplateSyntaxError) -> str:
+    """A template syntax error for people: its line and reason."""
+    reason = (error.message or "invalid syntax").rstrip(".")
+    return f"template syntax error on line {error.lineno}: {reason}"

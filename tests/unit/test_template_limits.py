@@ -11,10 +11,10 @@ import pytest
 
 from hydra.coordinator.sandbox import MAX_FIELD_BYTES
 from hydra.coordinator.specs import check_spec
+from hydra.coordinator.template_checks import check_templates
 from hydra.coordinator.templates import (
     RenderContext,
     RenderError,
-    check_templates,
     needs_worker,
     render_command,
     render_run,
