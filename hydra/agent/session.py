@@ -26,6 +26,7 @@ from hydra.agent import messages
 from hydra.agent.attempt import AttemptResult, OutputStream, Started
 from hydra.agent.leases import LeaseBook
 from hydra.domain import AttemptOutcome, LeaseKey, PreconditionVerdict
+from hydra.limits import message_size_options
 from hydra.v1 import agent_service_pb2 as pb
 from hydra.v1.agent_service_pb2_grpc import AgentServiceStub
 
@@ -143,7 +144,9 @@ class Session:
 
     async def run(self) -> SessionEnd:
         """Runs the stream until it ends; raises ``grpc.RpcError`` when it breaks."""
-        async with grpc.aio.insecure_channel(self.target) as channel:
+        # The coordinator's message limit, both ways (hydra.limits).
+        options = message_size_options()
+        async with grpc.aio.insecure_channel(self.target, options=options) as channel:
             call = AgentServiceStub(channel).Connect(
                 self._outbox.messages(self._hello()), metadata=self._metadata()
             )

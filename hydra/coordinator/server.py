@@ -43,6 +43,7 @@ from hydra.coordinator.sandbox import DEFAULT_RENDER_TIMEOUT
 from hydra.coordinator.store import Database, open_pool
 from hydra.coordinator.store.records import LeaseTimes
 from hydra.errors import HydraError
+from hydra.limits import message_size_options
 from hydra.v1 import agent_service_pb2 as agent_pb
 from hydra.v1 import (
     agent_service_pb2_grpc,
@@ -56,8 +57,6 @@ from hydra.v1 import (
 
 log = logging.getLogger("hydra.coordinator")
 
-#: Requests may carry large specs; validation, not the transport, refuses oversized ones.
-MAX_MESSAGE_BYTES = 32 * 1024 * 1024
 #: How long a starting coordinator waits for its database before giving up.
 DATABASE_WAIT = timedelta(minutes=2)
 #: Connections of the control loops (dispatcher, trigger loop, reaper, heartbeats,
@@ -225,7 +224,8 @@ class CoordinatorServer:
         return port
 
     def _build_server(self) -> grpc.aio.Server:
-        options = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES), ("grpc.so_reuseport", 0)]
+        # The same message limit as agents and clients, both ways (hydra.limits).
+        options = [*message_size_options(), ("grpc.so_reuseport", 0)]
         interceptors = [TokenInterceptor(self.config.token)] if self.config.token else []
         server = grpc.aio.server(options=options, interceptors=interceptors)
         db, dispatcher = self.database, self._dispatcher
