@@ -12,7 +12,22 @@ from hydra.coordinator.agents import protocol
 from hydra.coordinator.store.records import ClaimedRun, LeaseTimes, ReportVerdict
 from hydra.coordinator.templates import Rendered
 from hydra.domain import DEFAULT_OUTPUT_LIMIT, LeaseKey, Precondition
+from hydra.limits import MAX_MESSAGE_BYTES, format_bytes
 from hydra.v1 import agent_service_pb2 as pb
+
+#: Bytes an offer may still grow by as it leaves (its `start_in`, see `outgoing`).
+OFFER_HEADROOM = 64
+
+
+class OfferTooLarge(Exception):
+    """An offer that does not fit in one message to the agent."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__(
+            f"the lease offer is {size} bytes ({format_bytes(size)}), more than the "
+            f"{format_bytes(MAX_MESSAGE_BYTES)} message limit between coordinator and agent"
+        )
+        self.size = size
 
 
 @dataclass(eq=False, kw_only=True)
@@ -46,11 +61,20 @@ class AgentSession:
         times: LeaseTimes,
     ) -> None:
         """Offer a leased run; the agent holds its slot from now on. A run leased ahead
-        of its `not_before` gets its `start_in` when the offer leaves (see `outgoing`)."""
+        of its `not_before` gets its `start_in` when the offer leaves (see `outgoing`).
+
+        Raises:
+            OfferTooLarge: the offer would not fit in a message (nothing is sent:
+                sending it would end the stream, and the agent would get it again).
+        """
+        message = protocol.offer(run, rendered, checks, times, output_limit=self.output_limit)
+        size = message.ByteSize()
+        if size + OFFER_HEADROOM > MAX_MESSAGE_BYTES:
+            raise OfferTooLarge(size)
         self.held.add(LeaseKey(run.run_id, run.lease_token))
         if run.not_before is not None:
             self._not_before[run.run_id] = run.not_before
-        self._send(protocol.offer(run, rendered, checks, times, output_limit=self.output_limit))
+        self._send(message)
 
     def cancel(self, lease: LeaseKey, reason: str) -> None:
         """Tell the agent to kill the attempt under this lease; its slot is free."""

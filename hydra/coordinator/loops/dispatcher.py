@@ -17,7 +17,7 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from hydra.coordinator.agents.sessions import AgentSession, SessionRegistry
+from hydra.coordinator.agents.sessions import AgentSession, OfferTooLarge, SessionRegistry
 from hydra.coordinator.loops.timing import seconds_until, utcnow, wait_event
 from hydra.coordinator.rendering import RenderingUnavailable, RenderPool
 from hydra.coordinator.store import Database, Transaction, attempts, leases
@@ -151,8 +151,8 @@ class Dispatcher:
 
     async def offer(self, session: AgentSession, run: ClaimedRun) -> None:
         """Render a leased run's command and preconditions and offer it to the agent;
-        a run that cannot be rendered (an error, a limit) fails that attempt. The event
-        loop serves others while a worker renders."""
+        a run that cannot be rendered (an error, a limit), or whose offer is too large
+        to send, fails that attempt. The event loop serves others while a worker renders."""
         context = RenderContext(
             task_name=run.task_name,
             occurrence=run.occurrence,
@@ -165,10 +165,15 @@ class Dispatcher:
         try:
             rendered = await self._renderer.render(run.task_spec, context)
         except RenderError as error:
-            await self._fail_unrendered(session, run, str(error))
+            await self._fail_unrendered(session, run, f"cannot render the command: {error}")
             return
         except RenderingUnavailable as error:
             log.warning("run %s: not offered (%s); its lease expires", run.run_id, error)
+            return
+        try:
+            session.offer(run, rendered.command, rendered.preconditions, self._times)
+        except OfferTooLarge as error:
+            await self._fail_unrendered(session, run, f"cannot offer the attempt: {error}")
             return
         log.info(
             "lease %s: run %s (%s attempt %d) -> agent %s",
@@ -178,7 +183,6 @@ class Dispatcher:
             run.attempt,
             session.agent_id,
         )
-        session.offer(run, rendered.command, rendered.preconditions, self._times)
 
     def _refresh_timer(self) -> None:
         """Ask for a round shortly, to learn when work queued for later becomes due.
@@ -195,8 +199,9 @@ class Dispatcher:
         self.wake()
 
     async def _fail_unrendered(self, session: AgentSession, run: ClaimedRun, message: str) -> None:
+        """Fail the attempt of a lease that never reached the agent, saying why."""
         now = utcnow()
-        log.warning("run %s: cannot render its command: %s", run.run_id, message)
+        log.warning("run %s: %s", run.run_id, message)
         report = AttemptReport(
             run_id=run.run_id,
             lease_token=run.lease_token,
@@ -205,7 +210,7 @@ class Dispatcher:
             argv=(),
             started_at=now,
             finished_at=now,
-            message=f"cannot render the command: {message}",
+            message=message,
         )
         await attempts.finish_alone(self._db, report)
 
