@@ -8,6 +8,7 @@ attempt outcomes are mirrored in ``proto/hydra/v1/agent_service.proto``.
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -435,6 +436,20 @@ class Run:
     precondition_checks: int = 0
     precondition_verdicts: tuple[PreconditionVerdict, ...] = ()
     first_checked_at: datetime | None = None
+
+
+#: What an agent id may be: a host name fits (letters, digits, '.', '-', '_'); no ':',
+#: which joins ids in messages and commands.
+AGENT_ID_PATTERN = r"[A-Za-z0-9._-]{1,128}"
+_AGENT_ID = re.compile(AGENT_ID_PATTERN)
+
+
+def agent_id_problem(agent_id: str) -> str | None:
+    """What is wrong with an agent id, or None if it is a valid one."""
+    if _AGENT_ID.fullmatch(agent_id):
+        return None
+    shown = agent_id if len(agent_id) <= 40 else f"{agent_id[:40]}..."
+    return f"{shown!r} is not an agent id; use 1-128 characters of [A-Za-z0-9._-]"
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

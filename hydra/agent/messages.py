@@ -123,6 +123,7 @@ def precondition(message: types_pb2.Precondition) -> Check:
 def hello(
     *,
     agent_id: str,
+    instance_id: str,
     hostname: str,
     labels: Mapping[str, str],
     capacity: int,
@@ -134,6 +135,7 @@ def hello(
     return pb.AgentMessage(
         hello=pb.Hello(
             agent_id=agent_id,
+            instance_id=instance_id,
             hostname=hostname,
             labels=dict(labels),
             capacity=capacity,

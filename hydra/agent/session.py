@@ -14,8 +14,9 @@ import contextlib
 import enum
 import logging
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import grpc
@@ -81,6 +82,8 @@ class AgentState:
     draining: bool = False
     #: Seconds, from the last Welcome; None before the first.
     lease_ttl: float | None = None
+    #: Sent in every Hello: tells this process from another one with the same agent id.
+    instance_id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
 
 class Outbox:
@@ -209,6 +212,7 @@ class Session:
         config = self._config
         return messages.hello(
             agent_id=config.agent_id,
+            instance_id=self._state.instance_id,
             hostname=config.hostname,
             labels=config.labels,
             capacity=config.capacity,

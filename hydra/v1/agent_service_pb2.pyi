@@ -178,6 +178,7 @@ class Hello(_message.Message):
     VERSION_FIELD_NUMBER: _builtins.int
     HELD_LEASES_FIELD_NUMBER: _builtins.int
     DRAINING_FIELD_NUMBER: _builtins.int
+    INSTANCE_ID_FIELD_NUMBER: _builtins.int
     agent_id: _builtins.str
     """Stable id, unique in the cluster."""
     hostname: _builtins.str
@@ -188,6 +189,11 @@ class Hello(_message.Message):
     """Agent software version."""
     draining: _builtins.bool
     """The agent is draining: offer it nothing."""
+    instance_id: _builtins.str
+    """Random, chosen once per agent process and kept across its reconnects. A
+    Hello for an agent id whose live session belongs to another instance
+    (another process with the same id) is refused with ALREADY_EXISTS.
+    """
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Labels matched against task selectors."""
@@ -208,10 +214,11 @@ class Hello(_message.Message):
         version: _builtins.str = ...,
         held_leases: _abc.Iterable[Global___LeaseRef] | None = ...,
         draining: _builtins.bool = ...,
+        instance_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "capacity", b"capacity", "draining", b"draining", "held_leases", b"held_leases", "hostname", b"hostname", "labels", b"labels", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "capacity", b"capacity", "draining", b"draining", "held_leases", b"held_leases", "hostname", b"hostname", "instance_id", b"instance_id", "labels", b"labels", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

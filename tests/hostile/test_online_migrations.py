@@ -43,6 +43,7 @@ def _at_0003(db: Database) -> None:
     """Undo 0004 and what came after it: the state of a database that was migrated by
     the release before 0004."""
     _execute(db, "ALTER TABLE hydra_attempt_output DROP COLUMN dropped_bytes")  # 0005
+    _execute(db, "ALTER TABLE hydra_agents DROP COLUMN instance_id")  # 0006
     _execute(db, "DROP INDEX hydra_runs_queued_by_task, hydra_runs_in_flight_by_task")
     _execute(db, "DELETE FROM hydra_schema_migrations WHERE version >= 4")
 

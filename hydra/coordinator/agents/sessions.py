@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from hydra.coordinator.agents import protocol
 from hydra.coordinator.store.records import ClaimedRun, LeaseTimes, ReportVerdict
@@ -35,6 +36,8 @@ class AgentSession:
     """One agent's open stream: its labels, slots, leases, and outgoing messages."""
 
     agent_id: str
+    #: The agent process: another one with the same id is refused while this one is live.
+    instance_id: str
     hostname: str
     labels: Mapping[str, str]
     capacity: int
@@ -46,7 +49,18 @@ class AgentSession:
     reserved: int = 0
     outbox: asyncio.Queue[pb.CoordinatorMessage | None] = field(default_factory=asyncio.Queue)
     serial: int = field(default_factory=itertools.count().__next__)
+    #: When the agent was last heard from on this stream (monotonic seconds).
+    heard_at: float = field(default_factory=time.monotonic)
     _not_before: dict[str, datetime] = field(default_factory=dict)
+
+    def heard(self) -> None:
+        """The agent sent a message on this stream."""
+        self.heard_at = time.monotonic()
+
+    def live(self, ttl: timedelta) -> bool:
+        """Heard from within `ttl`: a stream silent for longer is a dead agent's
+        (a host that vanished leaves its connection open)."""
+        return time.monotonic() - self.heard_at < ttl.total_seconds()
 
     @property
     def free_slots(self) -> int:
@@ -121,7 +135,9 @@ class SessionRegistry:
         self.slots_changed = asyncio.Event()
 
     def open(self, session: AgentSession) -> None:
-        """Register a session, closing an older stream of the same agent."""
+        """Register a session, closing an older stream of the same agent: the same
+        process reconnected, or the older one went silent (another instance is
+        refused while its session is live)."""
         old = self._sessions.get(session.agent_id)
         if old is not None:
             old.close()

@@ -30,7 +30,7 @@ from hydra.coordinator.loops.timing import utcnow
 from hydra.coordinator.store import CONFLICTS, Database, Transaction, agents, attempts, leases
 from hydra.coordinator.store import preconditions as precondition_checks
 from hydra.coordinator.store.records import Heartbeat, LeaseTimes, ReportVerdict
-from hydra.domain import LeaseKey, output_budget
+from hydra.domain import LeaseKey, agent_id_problem, output_budget
 from hydra.errors import Unavailable
 from hydra.v1 import agent_service_pb2 as pb
 from hydra.wire import verdict_from_proto
@@ -46,6 +46,8 @@ INBOX_SIZE = 1000
 MAX_BATCH = 200
 #: How many times one message is tried when its transactions keep being deadlock victims.
 DEADLOCK_TRIES = 3
+#: Longest instance id an agent may send in its Hello.
+MAX_INSTANCE_ID_CHARS = 128
 
 #: The kinds of message recorded in a report batch (heartbeats are recorded apart).
 _RECORDED = frozenset(
@@ -91,13 +93,18 @@ class AgentStreams:
         hello = await _read_hello(requests, context)
         session = AgentSession(
             agent_id=hello.agent_id,
+            instance_id=hello.instance_id,
             hostname=hello.hostname,
             labels=dict(hello.labels),
             capacity=hello.capacity,
             draining=hello.draining,
             output_limit=self._output_limit,
         )
-        revoked = await self._greet(session, hello)
+        try:
+            revoked = await self._greet(session, hello)
+        except agents.AgentIdInUse as error:
+            log.warning("refused a second agent with id %s: %s", session.agent_id, error)
+            await context.abort(grpc.StatusCode.ALREADY_EXISTS, error.message)
         yield protocol.welcome(self._coordinator_id, self._times, revoked)
         self._sessions.open(session)
         reader = asyncio.create_task(
@@ -113,17 +120,33 @@ class AgentStreams:
             await self._goodbye(session)
 
     async def _greet(self, session: AgentSession, hello: pb.Hello) -> set[LeaseKey]:
+        """Record the agent connected here and reconcile the leases it holds.
+
+        Raises:
+            AgentIdInUse: another instance of the agent (another process with its
+                id) has a live session, here or on another coordinator; nothing
+                was changed: its leases and its stream are left alone.
+        """
         held = [protocol.lease_key(lease) for lease in hello.held_leases]
+        current = self._sessions.get(session.agent_id)
+        if (
+            current is not None
+            and current.instance_id != session.instance_id
+            and current.live(self._times.ttl)
+        ):
+            raise agents.AgentIdInUse(session.agent_id, self._coordinator_id)
         async with self._db.transaction() as tx:
             await agents.connect(
                 tx,
                 agent_id=session.agent_id,
+                instance_id=session.instance_id,
                 hostname=session.hostname,
                 labels=session.labels,
                 capacity=session.capacity,
                 version=hello.version,
                 draining=session.draining,
                 coordinator_id=self._coordinator_id,
+                ttl=self._times.ttl,
             )
         revoked = await self._db.run(leases.reconcile, session.agent_id, held, self._times.ttl)
         session.held = set(held) - revoked
@@ -155,6 +178,7 @@ class AgentStreams:
             async for message in requests:
                 if worker.done():  # it failed, and closed the session
                     break
+                session.heard()
                 if message.WhichOneof("body") == "heartbeat":
                     self._heartbeat(session, message.heartbeat)  # with other streams' heartbeats
                     continue
@@ -413,6 +437,13 @@ async def _read_hello(
     hello = first.hello
     if not hello.agent_id:
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "hello.agent_id: required")
+    if (problem := agent_id_problem(hello.agent_id)) is not None:
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"hello.agent_id: {problem}")
+    if len(hello.instance_id) > MAX_INSTANCE_ID_CHARS:
+        await context.abort(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"hello.instance_id: at most {MAX_INSTANCE_ID_CHARS} characters",
+        )
     if hello.capacity < 1:
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "hello.capacity: at least 1")
     return hello

@@ -497,15 +497,28 @@ LIMIT 1000;
 -- --------------------------------------------------------------- agents --
 
 -- name: upsert_agent
--- Record an agent as connected to this coordinator.
+-- Record an agent as connected to this coordinator; no row if another instance of it is live.
+-- Live: not disconnected and heard from within the TTL. The row stays locked to the end.
 INSERT INTO hydra_agents (id, hostname, labels, capacity, version, state, coordinator_id,
-                          connected_at, last_seen_at)
+                          connected_at, last_seen_at, instance_id)
 VALUES (%(id)s, %(hostname)s, %(labels)s, %(capacity)s, %(version)s, %(state)s,
-        %(coordinator_id)s, now(), now())
+        %(coordinator_id)s, now(), now(), %(instance_id)s)
 ON CONFLICT (id) DO UPDATE
 SET hostname = EXCLUDED.hostname, labels = EXCLUDED.labels, capacity = EXCLUDED.capacity,
     version = EXCLUDED.version, state = EXCLUDED.state,
-    coordinator_id = EXCLUDED.coordinator_id, connected_at = now(), last_seen_at = now();
+    coordinator_id = EXCLUDED.coordinator_id, connected_at = now(), last_seen_at = now(),
+    instance_id = EXCLUDED.instance_id
+WHERE hydra_agents.instance_id = EXCLUDED.instance_id
+   OR hydra_agents.state = 'disconnected'
+   OR hydra_agents.last_seen_at IS NULL
+   OR hydra_agents.last_seen_at <= now() - %(ttl)s::interval
+RETURNING id;
+
+-- name: agent_holder
+-- The coordinator an agent's session is recorded on, and its address if it is alive.
+SELECT a.coordinator_id, c.address FROM hydra_agents a
+LEFT JOIN hydra_coordinators c ON c.id = a.coordinator_id
+WHERE a.id = %(id)s;
 
 -- name: set_lock_timeout
 -- For the rest of the transaction, give up on a lock not granted within the timeout.
