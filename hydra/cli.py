@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra import config
+from hydra.domain import agent_id_problem
 from hydra.errors import HydraError, InvalidArgument
 from hydra.spec import parse_duration
 
@@ -226,6 +227,8 @@ def _agent(args: argparse.Namespace) -> int:
 
     if args.capacity < 1:
         raise InvalidArgument("must be at least 1", path="--capacity")
+    if (problem := agent_id_problem(args.id)) is not None:
+        raise InvalidArgument(problem, path="--id")
     agent_config = AgentConfig(
         targets=_targets(args.coordinator),
         agent_id=args.id,

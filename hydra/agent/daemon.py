@@ -36,7 +36,7 @@ from hydra.agent.leases import LeaseBook
 from hydra.agent.output import OutputsDirectory
 from hydra.agent.preconditions import MAX_CONCURRENT_CHECKS
 from hydra.agent.session import AgentState, Session, SessionEnd
-from hydra.domain import AttemptOutcome, LeaseKey, PreconditionVerdict
+from hydra.domain import AttemptOutcome, LeaseKey, PreconditionVerdict, agent_id_problem
 from hydra.retrying import async_grpc_retrying, is_reconnectable
 from hydra.spec import format_duration
 
@@ -77,8 +77,8 @@ class AgentConfig:
             raise ValueError("an agent needs at least one coordinator target")
         if self.capacity < 1:
             raise ValueError(f"capacity must be at least 1, got {self.capacity}")
-        if not self.agent_id:
-            raise ValueError("agent_id must not be empty")
+        if (problem := agent_id_problem(self.agent_id)) is not None:
+            raise ValueError(f"agent_id: {problem}")
         if self.max_concurrent_checks < 1:
             raise ValueError(
                 f"max_concurrent_checks must be at least 1, got {self.max_concurrent_checks}"
@@ -210,7 +210,11 @@ class AgentDaemon:
             end = await session.run()
         except grpc.RpcError as error:
             self._target_index += 1
-            log.warning("stream to %s: %s", session.target, _describe(error))
+            if error.code() is grpc.StatusCode.ALREADY_EXISTS:
+                # Retried with the backoff: a restarted agent gets in once its old session ends.
+                log.error("%s; is another agent running with this id?", error.details())
+            else:
+                log.warning("stream to %s: %s", session.target, _describe(error))
             if session.healthy and is_reconnectable(error):
                 return None
             raise
