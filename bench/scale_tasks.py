@@ -36,6 +36,7 @@ from hydra.coordinator.loops.dispatcher import Dispatcher
 from hydra.coordinator.loops.timing import utcnow
 from hydra.coordinator.loops.triggers import TriggerLoop
 from hydra.coordinator.migrate import migrate
+from hydra.coordinator.rendering import RenderPool
 from hydra.coordinator.specs import apply_spec
 from hydra.coordinator.store import Database, open_pool
 from hydra.coordinator.store.records import LeaseTimes
@@ -113,7 +114,9 @@ class TimedTriggerLoop(TriggerLoop):
 
     def __init__(self, database: Database) -> None:
         sessions = SessionRegistry()  # no agent: nothing is leased
-        super().__init__(database, Dispatcher(database, sessions, LeaseTimes()))
+        # Never started: with no agent, nothing is rendered.
+        dispatcher = Dispatcher(database, sessions, LeaseTimes(), renderer=RenderPool())
+        super().__init__(database, dispatcher)
         self.elapsed = 0.0
         self.fired = 0
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra import config
+from hydra.domain import agent_id_problem
 from hydra.errors import HydraError, InvalidArgument
 from hydra.spec import parse_duration
 
@@ -81,7 +82,12 @@ def _coordinator_flags(parser: argparse.ArgumentParser) -> None:
         "--output-limit",
         type=int,
         default=1024 * 1024,
-        help="bytes of output kept per attempt (the tail)",
+        help="bytes of output kept per attempt: its head as it streams, its tail at the end",
+    )
+    parser.add_argument(
+        "--render-timeout",
+        default=config.render_timeout(),
+        help="time limit of one run's templates (HYDRA_RENDER_TIMEOUT; default 1s)",
     )
     parser.add_argument("--id", default=None, help="coordinator id (default: host-pid-random)")
     parser.add_argument(
@@ -107,6 +113,11 @@ def _coordinator_parser(commands: Any) -> None:
         "--db",
         default=config.db_conninfo(),
         help="libpq conninfo or URI (HYDRA_DB); default: embedded PostgreSQL",
+    )
+    parser.add_argument(
+        "--no-migrate",
+        action="store_true",
+        help="do not migrate at start; exit if the schema is not current (HYDRA_NO_MIGRATE=1)",
     )
     _coordinator_flags(parser)
     parser.set_defaults(func=_coordinator)
@@ -175,6 +186,12 @@ def coordinator_config(args: argparse.Namespace, conninfo: str) -> Any:
     )
     if times.heartbeat_interval * 2 > times.ttl:
         raise InvalidArgument("must be at most half of --lease-ttl", path="--heartbeat")
+    render_timeout = _duration(args.render_timeout, "--render-timeout")
+    # A render longer than the lease would let the lease expire before the offer.
+    if not timedelta(0) < render_timeout * 2 <= times.ttl:
+        raise InvalidArgument(
+            "must be more than 0s and at most half of --lease-ttl", path="--render-timeout"
+        )
     extra = {"coordinator_id": args.id} if args.id else {}
     return CoordinatorConfig(
         max_streams=_limit(args.max_streams, "--max-streams", config.max_streams),
@@ -187,6 +204,8 @@ def coordinator_config(args: argparse.Namespace, conninfo: str) -> Any:
         times=times,
         output_limit=args.output_limit,
         token=config.token(),
+        migrate=not _no_migrate(args),
+        render_timeout=render_timeout,
         **extra,
     )
 
@@ -199,6 +218,11 @@ def _limit(flag: int | None, name: str, from_environment: Callable[[], int]) -> 
     if flag < 1:
         raise InvalidArgument("must be at least 1", path=name)
     return flag
+
+
+def _no_migrate(args: argparse.Namespace) -> bool:
+    """--no-migrate or HYDRA_NO_MIGRATE; `hydra dev` always migrates its own database."""
+    return hasattr(args, "no_migrate") and (args.no_migrate or config.no_migrate())
 
 
 def _coordinator(args: argparse.Namespace) -> int:
@@ -232,6 +256,8 @@ def _agent(args: argparse.Namespace) -> int:
 
     if args.capacity < 1:
         raise InvalidArgument("must be at least 1", path="--capacity")
+    if (problem := agent_id_problem(args.id)) is not None:
+        raise InvalidArgument(problem, path="--id")
     agent_config = AgentConfig(
         targets=_targets(args.coordinator),
         agent_id=args.id,
@@ -251,11 +277,20 @@ def _targets(flags: Sequence[str] | None) -> list[str]:
 
 
 def _migrate(args: argparse.Namespace) -> int:
-    from hydra.coordinator.migrate import migrate
+    import psycopg
+
+    from hydra.coordinator.migrate import MigrationError, migrate
 
     if not args.db:
         raise InvalidArgument("set HYDRA_DB or pass --db", path="--db")
-    applied = asyncio.run(migrate(args.db))
+    try:
+        applied = asyncio.run(migrate(args.db))
+    except psycopg.Error as error:
+        raise MigrationError(
+            f"migrating failed: {error}; the migrations applied before stay applied, "
+            "and `hydra migrate` again goes on from there (an interrupted index build "
+            "is built again)"
+        ) from error
     print("\n".join(f"applied {name}" for name in applied) or "schema is up to date")
     return 0
 

@@ -1,4 +1,5 @@
-"""Settings read from the environment (DESIGN §6); command-line flags override them."""
+"""Settings read from the environment (docs/interfaces.md, environment); command-line
+flags override them."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ DEFAULT_LISTEN = "127.0.0.1:7070"
 DEFAULT_POOL = 10
 DEFAULT_MAX_STREAMS = 1000
 DEFAULT_MAX_CONCURRENT_RPCS = 100
+DEFAULT_RENDER_TIMEOUT = "1s"
 
 
 def db_conninfo(environ: Mapping[str, str] = os.environ) -> str | None:
@@ -55,6 +57,16 @@ def _positive(environ: Mapping[str, str], name: str, default: int) -> int:
     return value
 
 
+def no_migrate(environ: Mapping[str, str] = os.environ) -> bool:
+    """HYDRA_NO_MIGRATE: a coordinator does not migrate at start, but checks (default off)."""
+    raw = environ.get("HYDRA_NO_MIGRATE", "").strip().lower()
+    if raw in ("", "0", "false", "no", "off"):
+        return False
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    raise ValueError(f"HYDRA_NO_MIGRATE must be 1 or 0 (true or false), got {raw!r}")
+
+
 def listen_address(environ: Mapping[str, str] = os.environ) -> str:
     """HYDRA_LISTEN: where the coordinator binds (default 127.0.0.1:7070)."""
     return environ.get("HYDRA_LISTEN") or DEFAULT_LISTEN
@@ -75,3 +87,8 @@ def home(environ: Mapping[str, str] = os.environ) -> Path:
 def token(environ: Mapping[str, str] = os.environ) -> str | None:
     """HYDRA_TOKEN: credential sent by agents and clients."""
     return environ.get("HYDRA_TOKEN") or None
+
+
+def render_timeout(environ: Mapping[str, str] = os.environ) -> str:
+    """HYDRA_RENDER_TIMEOUT: time limit of one run's templates, a duration (default 1s)."""
+    return environ.get("HYDRA_RENDER_TIMEOUT") or DEFAULT_RENDER_TIMEOUT

@@ -8,6 +8,7 @@ attempt outcomes are mirrored in ``proto/hydra/v1/agent_service.proto``.
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -116,6 +117,29 @@ class LeaseKey(NamedTuple):
 
     def __str__(self) -> str:
         return f"run={self.run_id} token={self.lease_token}"
+
+
+#: Output kept per attempt unless configured (``hydra coordinator --output-limit``).
+DEFAULT_OUTPUT_LIMIT = 1024 * 1024
+#: Largest tail an agent sends with an attempt's end, whatever the limit, so that
+#: the report stays far below the gRPC message limit.
+MAX_OUTPUT_TAIL = 1024 * 1024
+
+
+class OutputBudget(NamedTuple):
+    """How an attempt's output limit is shared out."""
+
+    #: Bytes kept as the output streams in (both streams together).
+    head: int
+    #: Bytes of the true end sent with the attempt's end (both streams together).
+    tail: int
+
+
+def output_budget(limit: int) -> OutputBudget:
+    """The head and the tail of an output ``limit``: half each, the tail at most
+    ``MAX_OUTPUT_TAIL``. Output that fits in ``limit`` is kept whole."""
+    tail = min(max(limit, 0) // 2, MAX_OUTPUT_TAIL)
+    return OutputBudget(head=max(limit, 0) - tail, tail=tail)
 
 
 class AttemptOutcome(enum.StrEnum):
@@ -227,6 +251,9 @@ _TRIGGER_KINDS: Mapping[type, TriggerKind] = {
 # --- preconditions ------------------------------------------------------------
 
 DEFAULT_CHECK_TIMEOUT = timedelta(seconds=10)
+#: Longest timeout of one check: a check that may take longer is a job, not a check
+#: (and an agent holds a slot and a connection or a thread for as long as it runs).
+MAX_CHECK_TIMEOUT = timedelta(minutes=10)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -409,6 +436,20 @@ class Run:
     precondition_checks: int = 0
     precondition_verdicts: tuple[PreconditionVerdict, ...] = ()
     first_checked_at: datetime | None = None
+
+
+#: What an agent id may be: a host name fits (letters, digits, '.', '-', '_'); no ':',
+#: which joins ids in messages and commands.
+AGENT_ID_PATTERN = r"[A-Za-z0-9._-]{1,128}"
+_AGENT_ID = re.compile(AGENT_ID_PATTERN)
+
+
+def agent_id_problem(agent_id: str) -> str | None:
+    """What is wrong with an agent id, or None if it is a valid one."""
+    if _AGENT_ID.fullmatch(agent_id):
+        return None
+    shown = agent_id if len(agent_id) <= 40 else f"{agent_id[:40]}..."
+    return f"{shown!r} is not an agent id; use 1-128 characters of [A-Za-z0-9._-]"
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

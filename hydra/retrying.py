@@ -25,12 +25,19 @@ RETRYABLE_CODES: frozenset[grpc.StatusCode] = frozenset(
 
 #: Codes after which a long-lived stream (the agent's) is opened again: the
 #: retryable ones, plus what a transport glitch or a coordinator dying mid-stream
-#: surfaces as. A stream carries no request that could be applied twice: every
-#: report on it is fenced by its lease token. Everything else (UNAUTHENTICATED,
-#: PERMISSION_DENIED, INVALID_ARGUMENT, UNIMPLEMENTED, ...) is a configuration
-#: problem that retrying cannot fix.
+#: surfaces as, plus ALREADY_EXISTS (the agent's id has a live session: the
+#: restarted agent gets in once its old session is known dead). A stream carries
+#: no request that could be applied twice: every report on it is fenced by its
+#: lease token. Everything else (UNAUTHENTICATED, PERMISSION_DENIED,
+#: INVALID_ARGUMENT, UNIMPLEMENTED, ...) is a configuration problem that
+#: retrying cannot fix.
 RECONNECT_CODES: frozenset[grpc.StatusCode] = RETRYABLE_CODES | frozenset(
-    {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.CANCELLED}
+    {
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.CANCELLED,
+        grpc.StatusCode.ALREADY_EXISTS,
+    }
 )
 
 

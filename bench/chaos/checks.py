@@ -1,4 +1,5 @@
-"""The checks of a chaos run, on what PostgreSQL recorded (DESIGN §3, §4).
+"""The checks of a chaos run, on what PostgreSQL recorded (the state machines and
+guarantees of docs/architecture.md).
 
 Each check returns its violations as sentences naming the task, occurrence,
 run and attempt, so that a failure can be looked up in the logs and the database.

@@ -63,7 +63,8 @@ def parse(argv: Sequence[str] | None = None) -> Options:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m bench.chaos",
-        description="Run a Hydra cluster under chaos, then check DESIGN §4 from the database. "
+        description="Run a Hydra cluster under chaos, then check the guarantees of "
+        "docs/architecture.md from the database. "
         "Exit 0: no violation; 1: a violation; 2: the run itself could not be completed.",
     )
     parser.add_argument("--duration", type=float, default=60.0, help="seconds of chaos (60)")

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from types import MappingProxyType
 
-from hydra.domain import AttemptOutcome
+from hydra.domain import DEFAULT_OUTPUT_LIMIT, AttemptOutcome
 
 _EMPTY: Mapping[str, str] = MappingProxyType({})
 
@@ -39,6 +39,8 @@ class AttemptSpec:
     timeout: timedelta | None = None
     kill_grace: timedelta = timedelta(seconds=10)
     occurrence: datetime | None = None
+    #: Bytes of output the coordinator keeps (see ``hydra.domain.output_budget``).
+    output_limit: int = DEFAULT_OUTPUT_LIMIT
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -47,6 +49,17 @@ class Started:
 
     pid: int
     started_at: datetime
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class StreamTail:
+    """The true end of one output stream, sent with the attempt's end."""
+
+    stream: OutputStream
+    #: Bytes the process wrote to the stream in all.
+    total_bytes: int
+    #: The stream's last bytes: from offset ``total_bytes - len(data)`` on.
+    data: bytes
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -62,3 +75,5 @@ class AttemptResult:
     signal: int | None = None
     message: str = ""
     outputs_json: str = ""
+    #: The end of each stream that had output.
+    output_tails: tuple[StreamTail, ...] = ()

@@ -33,9 +33,10 @@ import grpc
 from hydra import config as hydra_config
 from hydra.agent.attempt import AttemptResult, OutputStream, Started
 from hydra.agent.leases import LeaseBook
+from hydra.agent.output import OutputsDirectory
 from hydra.agent.preconditions import MAX_CONCURRENT_CHECKS
 from hydra.agent.session import AgentState, Session, SessionEnd
-from hydra.domain import AttemptOutcome, LeaseKey, PreconditionVerdict
+from hydra.domain import AttemptOutcome, LeaseKey, PreconditionVerdict, agent_id_problem
 from hydra.retrying import async_grpc_retrying, is_reconnectable
 from hydra.spec import format_duration
 
@@ -76,8 +77,8 @@ class AgentConfig:
             raise ValueError("an agent needs at least one coordinator target")
         if self.capacity < 1:
             raise ValueError(f"capacity must be at least 1, got {self.capacity}")
-        if not self.agent_id:
-            raise ValueError("agent_id must not be empty")
+        if (problem := agent_id_problem(self.agent_id)) is not None:
+            raise ValueError(f"agent_id: {problem}")
         if self.max_concurrent_checks < 1:
             raise ValueError(
                 f"max_concurrent_checks must be at least 1, got {self.max_concurrent_checks}"
@@ -95,7 +96,10 @@ class AgentDaemon:
 
     def __init__(self, config: AgentConfig) -> None:
         self.config = config
-        self._book = LeaseBook(self, max_concurrent_checks=config.max_concurrent_checks)
+        self._outputs = OutputsDirectory(config.agent_id)
+        self._book = LeaseBook(
+            self, max_concurrent_checks=config.max_concurrent_checks, outputs=self._outputs
+        )
         self._state = AgentState(config=config, book=self._book, request_drain=self.request_drain)
         self._session: Session | None = None
         self._target_index = 0
@@ -132,6 +136,7 @@ class AgentDaemon:
             self.config.capacity,
             ", ".join(self.config.targets),
         )
+        self._outputs.remove_stale()
         connection = asyncio.create_task(self._stay_connected())
         fencing = asyncio.create_task(self._fence_expired_leases())
         drained = asyncio.create_task(self._drain_when_asked())
@@ -154,10 +159,10 @@ class AgentDaemon:
         if (session := self._ready_session()) is not None:
             session.send_started(lease, argv, started)
 
-    def attempt_output(self, lease: LeaseKey, stream: OutputStream, data: bytes) -> None:
-        """Forwards output while a welcomed stream exists; dropped otherwise."""
-        if (session := self._ready_session()) is not None:
-            session.send_output(lease, stream, data)
+    def attempt_output(self, lease: LeaseKey, stream: OutputStream, data: bytes) -> bool:
+        """Forwards output while a welcomed stream exists; False (dropped) otherwise."""
+        session = self._ready_session()
+        return session is not None and session.send_output(lease, stream, data)
 
     def attempt_finished(self, lease: LeaseKey, result: AttemptResult) -> None:
         """Sends the report now if connected; otherwise it goes after the next Welcome."""
@@ -205,12 +210,17 @@ class AgentDaemon:
             end = await session.run()
         except grpc.RpcError as error:
             self._target_index += 1
-            log.warning("stream to %s: %s", session.target, _describe(error))
+            if error.code() is grpc.StatusCode.ALREADY_EXISTS:
+                # Retried with the backoff: a restarted agent gets in once its old session ends.
+                log.error("%s; is another agent running with this id?", error.details())
+            else:
+                log.warning("stream to %s: %s", session.target, _describe(error))
             if session.healthy and is_reconnectable(error):
                 return None
             raise
         finally:
             self._session = None
+            self._book.interrupt_output()
         if end is SessionEnd.RELOCATE:
             self._target_index += 1
         return end

@@ -12,8 +12,12 @@ whatever is left of the group is killed with SIGKILL and reading stops, so a
 forgotten ``daemon &`` can neither hang the attempt nor leak a process.
 
 Spawning costs no thread: the event loop watches the process (see
-:mod:`hydra.agent.process`), and ``$HYDRA_OUTPUT`` is a file of the agent's
-:class:`~hydra.agent.output.OutputsDirectory`, handled on the event loop.
+:mod:`hydra.agent.process`), and ``$HYDRA_OUTPUT`` is a file in a directory of
+the attempt's own (:class:`~hydra.agent.output.OutputsDirectory`), handled on
+the event loop. Its size is checked every ``OUTPUTS_POLL_SECONDS`` while the
+attempt runs: past ``MAX_OUTPUTS_BYTES`` the file is emptied and the group
+killed at once (SIGKILL), so a runaway write holds memory for at most one
+poll interval (what the process writes in that time is the overshoot).
 """
 
 from __future__ import annotations
@@ -31,10 +35,15 @@ from typing import Any
 
 from hydra.agent.attempt import AttemptResult, AttemptSpec, Started
 from hydra.agent.output import (
+    MAX_OUTPUTS_BYTES,
+    OUTPUTS_EXCEEDED,
     OutputBatcher,
+    OutputRecorder,
     OutputsDirectory,
     OutputsError,
     OutputSink,
+    discard_outputs,
+    outputs_size,
     read_outputs,
 )
 from hydra.agent.process import (
@@ -45,7 +54,7 @@ from hydra.agent.process import (
     spawn,
     terminate_group,
 )
-from hydra.domain import AttemptOutcome
+from hydra.domain import AttemptOutcome, output_budget
 from hydra.spec import format_duration
 
 log = logging.getLogger("hydra.agent")
@@ -54,6 +63,8 @@ log = logging.getLogger("hydra.agent")
 PIPE_DRAIN_SECONDS = 1.0
 #: How much earlier than a start time the timer aims (see Execution._wait_until).
 _TIMER_SLACK_SECONDS = 0.001
+#: How often a running attempt's ``$HYDRA_OUTPUT`` is measured.
+OUTPUTS_POLL_SECONDS = 0.1
 #: Agent settings that the processes it runs (attempts and checks) must not see.
 AGENT_ONLY_VARIABLES = frozenset({"HYDRA_TOKEN"})
 
@@ -77,7 +88,9 @@ class Execution:
     def __init__(self, spec: AttemptSpec, on_output: OutputSink, outputs: OutputsDirectory) -> None:
         self._spec = spec
         self._outputs = outputs
-        self._batcher = OutputBatcher(on_output)
+        self._recorder = OutputRecorder(on_output, output_budget(spec.output_limit))
+        self._batcher = OutputBatcher(self._recorder.add)
+        self._outputs_exceeded = False
         self._started: Started | None = None
         self._failed_start: AttemptResult | None = None
         self._supervisor: asyncio.Task[AttemptResult] | None = None
@@ -99,6 +112,10 @@ class Execution:
     def killing(self) -> bool:
         """A kill was asked for."""
         return self._kill is not None
+
+    def stop_live_output(self) -> None:
+        """Streams no more output (the stream it went to broke); the end still has the tail."""
+        self._recorder.stop_live()
 
     async def start(self, *, at: float | None = None) -> Started | None:
         """Spawns the process; None if it could not start (``wait`` then says why).
@@ -195,16 +212,29 @@ class Execution:
         )
 
     async def _supervise(self, process: Process, output_file: str) -> AttemptResult:
+        watcher = asyncio.create_task(self._watch_outputs(output_file))
         try:
             kill = await self._wait_for_leader(process)
             leftovers = await self._finish_group(process)
+            self._batcher.flush()  # the tails taken with the result end with it
             return self._result(process, kill, leftovers, output_file)
         finally:
+            watcher.cancel()
             if process.returncode is None:  # cancelled: leave nothing behind
                 signal_group(process.pid, signal.SIGKILL)
             self._batcher.flush()
             process.close()
             self._outputs.remove(output_file)
+
+    async def _watch_outputs(self, output_file: str) -> None:
+        """Kills the attempt, FAILED, once its ``$HYDRA_OUTPUT`` grows past the cap."""
+        # A poll, on purpose: nothing tells the agent that a file grew.
+        while outputs_size(output_file) <= MAX_OUTPUTS_BYTES:  # noqa: ASYNC110
+            await asyncio.sleep(OUTPUTS_POLL_SECONDS)
+        self._outputs_exceeded = True
+        discard_outputs(output_file)
+        log.info("%s attempt %d: %s", self._spec.task, self._spec.attempt, OUTPUTS_EXCEEDED)
+        self.kill(AttemptOutcome.FAILED, OUTPUTS_EXCEEDED, immediately=True)
 
     async def _wait_for_leader(self, process: Process) -> _KillRequest | None:
         """Waits for the leader's exit, a kill or the timeout; None for a natural exit."""
@@ -250,12 +280,10 @@ class Execution:
         outcome, message = (kill.outcome, kill.message) if kill else _natural_end(returncode)
         if leftovers and kill is None:
             message = _join(message, "killed processes left running in its process group")
-        outputs_json = ""
-        try:
-            outputs_json = read_outputs(output_file)
-        except OutputsError as error:
+        outputs_json, problem = self._read_outputs(output_file)
+        if problem and not (kill and kill.message == problem):
             outcome = AttemptOutcome.FAILED if outcome is AttemptOutcome.SUCCEEDED else outcome
-            message = _join(message, str(error))
+            message = _join(message, problem)
         assert self._started is not None
         return AttemptResult(
             outcome=outcome,
@@ -266,7 +294,17 @@ class Execution:
             signal=-returncode if returncode < 0 else None,
             message=message,
             outputs_json=outputs_json,
+            output_tails=self._recorder.tails(),
         )
+
+    def _read_outputs(self, output_file: str) -> tuple[str, str]:
+        """(the outputs JSON, what is wrong with the file: "" if nothing)."""
+        if self._outputs_exceeded:  # emptied when it was caught
+            return "", OUTPUTS_EXCEEDED
+        try:
+            return read_outputs(output_file), ""
+        except OutputsError as error:
+            return "", str(error)
 
 
 def attempt_environment(

@@ -31,8 +31,8 @@ log = logging.getLogger("hydra.agent")
 class LeaseListener(Protocol):
     """Told what held attempts produce; the daemon relays it to the current stream."""
 
-    def attempt_output(self, lease: LeaseKey, stream: OutputStream, data: bytes) -> None:
-        """A batch of output of a held attempt."""
+    def attempt_output(self, lease: LeaseKey, stream: OutputStream, data: bytes) -> bool:
+        """A batch of output of a held attempt; False if it could not be sent."""
 
     def attempt_started(self, lease: LeaseKey, argv: Sequence[str], started: Started) -> None:
         """A held attempt's process was spawned."""
@@ -74,10 +74,11 @@ class LeaseBook:
         *,
         clock: Callable[[], float] = time.monotonic,
         max_concurrent_checks: int = MAX_CONCURRENT_CHECKS,
+        outputs: OutputsDirectory | None = None,
     ) -> None:
         self._listener = listener
         self._clock = clock
-        self._outputs = OutputsDirectory()
+        self._outputs = outputs or OutputsDirectory()
         self._checking: dict[LeaseKey, _Checking] = {}
         self._running: dict[LeaseKey, _Running] = {}
         self._pending: dict[LeaseKey, AttemptResult] = {}
@@ -194,6 +195,12 @@ class LeaseBook:
             if not entry.execution.killing:
                 log.info("lease %s: killing (%s: %s)", lease, outcome, message)
             entry.execution.kill(outcome, message, immediately=immediately)
+
+    def interrupt_output(self) -> None:
+        """The stream that carried live output is gone: running attempts stream no
+        more of it (what the coordinator holds stays a prefix); their ends carry the tails."""
+        for entry in self._running.values():
+            entry.execution.stop_live_output()
 
     def stop_all_checks(self, reason: str) -> list[LeaseKey]:
         """Stops every lease's checks and forgets those leases; returns them."""
@@ -352,10 +359,11 @@ class LeaseBook:
             log.info("lease %s: revoked attempt ended (%s)", lease, result.outcome)
         self._notify()
 
-    def _output(self, lease: LeaseKey, stream: OutputStream, data: bytes) -> None:
+    def _output(self, lease: LeaseKey, stream: OutputStream, data: bytes) -> bool:
         entry = self._running.get(lease)
         if entry is not None and entry.reported:
-            self._listener.attempt_output(lease, stream, data)
+            return self._listener.attempt_output(lease, stream, data)
+        return False
 
     def _notify(self) -> None:
         self._changed.set()

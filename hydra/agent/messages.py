@@ -14,10 +14,12 @@ from datetime import UTC, datetime, timedelta
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from hydra.agent.attempt import AttemptResult, AttemptSpec, OutputStream, Started
+from hydra.agent.attempt import AttemptResult, AttemptSpec, OutputStream, Started, StreamTail
 from hydra.agent.preconditions import Check, UnsupportedCheck
 from hydra.domain import (
     DEFAULT_CHECK_TIMEOUT,
+    DEFAULT_OUTPUT_LIMIT,
+    MAX_CHECK_TIMEOUT,
     CommandCheck,
     FileCheck,
     HttpCheck,
@@ -82,6 +84,7 @@ def attempt_spec(offer: pb.LeaseOffer, *, default_kill_grace: timedelta) -> Atte
         occurrence=(
             offer.occurrence.ToDatetime(tzinfo=UTC) if offer.HasField("occurrence") else None
         ),
+        output_limit=offer.output_limit or DEFAULT_OUTPUT_LIMIT,
     )
 
 
@@ -100,9 +103,10 @@ def preconditions(offer: pb.LeaseOffer) -> tuple[Check, ...]:
 
 
 def precondition(message: types_pb2.Precondition) -> Check:
-    """One rendered precondition. An unset or non-positive timeout means the default."""
+    """One rendered precondition. An unset or non-positive timeout means the default;
+    none is longer than ``MAX_CHECK_TIMEOUT`` (a spec older than that limit may ask it)."""
     timeout = _positive(message.timeout) if message.HasField("timeout") else None
-    timeout = timeout or DEFAULT_CHECK_TIMEOUT
+    timeout = min(timeout or DEFAULT_CHECK_TIMEOUT, MAX_CHECK_TIMEOUT)
     kind = message.WhichOneof("kind")
     if kind == "command":
         return CommandCheck(argv=tuple(message.command.argv), timeout=timeout)
@@ -119,6 +123,7 @@ def precondition(message: types_pb2.Precondition) -> Check:
 def hello(
     *,
     agent_id: str,
+    instance_id: str,
     hostname: str,
     labels: Mapping[str, str],
     capacity: int,
@@ -130,6 +135,7 @@ def hello(
     return pb.AgentMessage(
         hello=pb.Hello(
             agent_id=agent_id,
+            instance_id=instance_id,
             hostname=hostname,
             labels=dict(labels),
             capacity=capacity,
@@ -176,6 +182,7 @@ def attempt_finished(lease: LeaseKey, result: AttemptResult) -> pb.AgentMessage:
         message=result.message,
         argv=list(result.argv),
         outputs_json=result.outputs_json,
+        output_tails=[_output_tail(tail) for tail in result.output_tails],
     )
     if result.started_at is not None:
         report.started_at.CopyFrom(_timestamp(result.started_at))
@@ -184,6 +191,10 @@ def attempt_finished(lease: LeaseKey, result: AttemptResult) -> pb.AgentMessage:
     if result.signal is not None:
         report.signal = result.signal
     return pb.AgentMessage(attempt_finished=report)
+
+
+def _output_tail(tail: StreamTail) -> pb.OutputTail:
+    return pb.OutputTail(stream=_STREAMS[tail.stream], total_bytes=tail.total_bytes, data=tail.data)
 
 
 def lease_rejected(lease: LeaseKey, reason: str) -> pb.AgentMessage:

@@ -1,20 +1,30 @@
-"""What an attempt's process produces: its output streams and ``$HYDRA_OUTPUT``."""
+"""What an attempt's process produces: its output streams and ``$HYDRA_OUTPUT``.
+
+Output reaches the coordinator twice. As it is written, in batches, up to the
+head of the attempt's output limit (:func:`hydra.domain.output_budget`); the
+first batch that cannot be sent (the stream is backed up or gone) ends this
+live part, so what the coordinator holds of each stream is always a prefix of
+it. And with the attempt's end: the last bytes of each stream, kept in a ring
+as they pass, with the count of bytes written. The coordinator stores what its
+head lacks of that tail, and a marker for the bytes in between.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import logging
 import os
 import re
-import secrets
 import shutil
 import stat
 import tempfile
 from collections.abc import Callable, Mapping
 from typing import NoReturn
 
-from hydra.agent.attempt import AttemptSpec, OutputStream
+from hydra.agent.attempt import AttemptSpec, OutputStream, StreamTail
+from hydra.domain import OutputBudget
 
 log = logging.getLogger("hydra.agent")
 
@@ -24,9 +34,13 @@ MAX_BATCH_BYTES = 32 * 1024
 MAX_BATCH_DELAY = 0.1
 #: Largest ``$HYDRA_OUTPUT`` file accepted.
 MAX_OUTPUTS_BYTES = 64 * 1024
+#: What an attempt whose ``$HYDRA_OUTPUT`` grew too big is told.
+OUTPUTS_EXCEEDED = f"outputs file exceeded {MAX_OUTPUTS_BYTES // 1024} KiB ($HYDRA_OUTPUT)"
+#: Name of the ``$HYDRA_OUTPUT`` file in its attempt's directory.
+OUTPUTS_FILE_NAME = "outputs.json"
 
-#: Receives one batch of one stream.
-OutputSink = Callable[[OutputStream, bytes], None]
+#: Receives one batch of one stream; False if it could not be sent (it is then lost).
+OutputSink = Callable[[OutputStream, bytes], bool]
 
 
 class OutputBatcher:
@@ -40,7 +54,7 @@ class OutputBatcher:
 
     def __init__(
         self,
-        sink: OutputSink,
+        sink: Callable[[OutputStream, bytes], object],
         *,
         max_bytes: int = MAX_BATCH_BYTES,
         max_delay: float = MAX_BATCH_DELAY,
@@ -81,6 +95,88 @@ class OutputBatcher:
                 buffer.clear()
 
 
+class OutputRecorder:
+    """One attempt's output: sent live up to the head, and the true end of each stream.
+
+    ``add`` takes every batch in order. While the output is live, batches go to
+    ``sink`` until the head is used up (the batch that crosses it is cut) or a
+    batch could not be sent; nothing is sent live after that. Every byte also
+    passes through a ring per stream, so that :meth:`tails` can give the last
+    bytes of each stream at the end.
+    """
+
+    def __init__(self, sink: OutputSink, budget: OutputBudget) -> None:
+        self._sink = sink
+        self._budget = budget
+        self._rings = {stream: _Ring(budget.tail) for stream in OutputStream}
+        self._totals = dict.fromkeys(OutputStream, 0)
+        self._sent = 0
+        self._live = True
+
+    def add(self, stream: OutputStream, data: bytes) -> None:
+        """Records a batch; sends it (or what fits of it) while live."""
+        self._totals[stream] += len(data)
+        self._rings[stream].add(data)
+        if not self._live or not data:
+            return
+        part = data[: self._budget.head - self._sent]
+        if part and self._sink(stream, part):
+            self._sent += len(part)
+        else:
+            self._live = False
+        if len(part) < len(data):
+            self._live = False
+
+    def stop_live(self) -> None:
+        """Sends nothing more live (what was sent may not all have arrived)."""
+        self._live = False
+
+    def tails(self) -> tuple[StreamTail, ...]:
+        """The end of each stream that had output, within the tail budget together.
+
+        Each stream may use half the budget; what one of them does not need,
+        the other may.
+        """
+        sizes = {stream: min(total, self._budget.tail) for stream, total in self._totals.items()}
+        half = self._budget.tail // 2
+        shares = {stream: min(size, half) for stream, size in sizes.items()}
+        spare = self._budget.tail - sum(shares.values())
+        for stream, size in sizes.items():
+            extra = min(size - shares[stream], spare)
+            shares[stream] += extra
+            spare -= extra
+        return tuple(
+            StreamTail(
+                stream=stream, total_bytes=total, data=self._rings[stream].last(shares[stream])
+            )
+            for stream, total in self._totals.items()
+            if total
+        )
+
+
+class _Ring:
+    """The last ``size`` bytes (at least) of what was added, as the chunks added."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._chunks: collections.deque[bytes] = collections.deque()
+        self._bytes = 0
+
+    def add(self, data: bytes) -> None:
+        if not data or self._size <= 0:
+            return
+        self._chunks.append(data)
+        self._bytes += len(data)
+        while self._bytes - len(self._chunks[0]) >= self._size:
+            self._bytes -= len(self._chunks.popleft())
+
+    def last(self, size: int) -> bytes:
+        """The last ``size`` bytes added (fewer if fewer were)."""
+        if size <= 0:
+            return b""
+        return b"".join(self._chunks)[-size:]
+
+
 class OutputsError(ValueError):
     """$HYDRA_OUTPUT is invalid."""
 
@@ -102,7 +198,7 @@ def read_outputs(path: str) -> str:
     except FileNotFoundError:
         return ""
     if len(raw) > MAX_OUTPUTS_BYTES:
-        raise OutputsError(f"$HYDRA_OUTPUT: over {MAX_OUTPUTS_BYTES} bytes")
+        raise OutputsError(OUTPUTS_EXCEEDED)
     if not raw.strip():
         return ""
     try:
@@ -129,45 +225,102 @@ def _refuse_constant(name: str) -> NoReturn:
     raise ValueError(f"{name} is not JSON")
 
 
-class OutputsDirectory:
-    """The agent's private directory of ``$HYDRA_OUTPUT`` files, one per attempt.
+def outputs_size(path: str) -> int:
+    """Bytes in an attempt's ``$HYDRA_OUTPUT`` now (0 if there is none); never follows a link."""
+    try:
+        return os.lstat(path).st_size
+    except OSError:
+        return 0
 
-    Created on first use (by ``mkdtemp``: mode 0700), in memory when it can
-    be (see :func:`memory_backed_tmp`), and removed by :meth:`close`. Every
-    operation is a syscall or two on a local file system, so they are made on
-    the event loop, not through threads.
+
+def discard_outputs(path: str) -> None:
+    """Empties an oversized ``$HYDRA_OUTPUT`` at once, giving its memory back.
+
+    Only a regular file is truncated (a link put in its place is left alone: the
+    file it names is not the agent's).
+    """
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return
+    try:
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            os.ftruncate(fd, 0)
+    finally:
+        os.close(fd)
+
+
+class OutputsDirectory:
+    """The agent's directory of ``$HYDRA_OUTPUT`` files: one private directory per attempt.
+
+    The agent's directory is ``hydra-agent-<agent id>.<pid>`` in memory when it
+    can be (see :func:`memory_backed_tmp`), created on first use with mode
+    0700 and removed by :meth:`close`; each attempt gets a directory of its own
+    in it (also 0700), holding its ``outputs.json``, removed with the attempt.
+    An agent that died leaves its directory behind: :meth:`remove_stale`
+    (called when an agent starts) removes those of its own id whose process is
+    gone. Every operation is a syscall or two on a local file system, so they
+    are made on the event loop, not through threads.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, agent_id: str = "agent", *, base: str | None = None) -> None:
+        self._prefix = f"hydra-agent-{_file_safe(agent_id)}."
+        self._base = base
         self._path: str | None = None
         self._closed = False
 
     @property
     def path(self) -> str | None:
-        """The directory, once created."""
+        """The agent's directory, once created."""
         return self._path
 
+    def remove_stale(self) -> list[str]:
+        """Removes the directories of earlier processes of this agent id that are gone.
+
+        Returns what was removed. Only directories of this user are touched.
+        """
+        base = self._base_dir()
+        removed = []
+        try:
+            names = os.listdir(base)
+        except OSError:
+            return []
+        for name in names:
+            pid = name.removeprefix(self._prefix)
+            if pid == name or not pid.isdigit() or int(pid) == os.getpid() or _alive(int(pid)):
+                continue
+            path = os.path.join(base, name)
+            if _own_directory(path):
+                shutil.rmtree(path, ignore_errors=True)
+                log.info("removed %s, left by an agent process that is gone", path)
+                removed.append(path)
+        return removed
+
     def new_file(self, spec: AttemptSpec) -> str:
-        """Creates an empty file for an attempt's ``$HYDRA_OUTPUT``; returns its path.
+        """Creates an attempt's directory and its empty ``$HYDRA_OUTPUT`` file; its path.
 
         Raises:
             OSError: it cannot be created, or the directory was closed.
         """
-        name = f"{_file_safe(spec.run_id)}-{spec.attempt}-{secrets.token_hex(4)}.json"
+        prefix = f"{_file_safe(spec.run_id)}-{spec.attempt}-"
         try:
-            return self._create(name)
+            return self._create(prefix)
         except FileNotFoundError:  # the directory was removed under us: make another
             self._path = None
-            return self._create(name)
+            return self._create(prefix)
 
     def remove(self, path: str) -> None:
-        """Removes an attempt's file (gone already is fine)."""
+        """Removes an attempt's file and its directory (gone already is fine)."""
+        directory = os.path.dirname(path)
+        if self._path is None or os.path.dirname(directory) != self._path:
+            log.warning("not removing %s: not an attempt's directory", directory)
+            return
         try:
-            os.unlink(path)
+            shutil.rmtree(directory)
         except FileNotFoundError:
             pass
-        except OSError as error:  # e.g. the process put a directory there
-            log.warning("cannot remove %s (%s); it goes when the agent stops", path, error)
+        except OSError as error:  # e.g. the process made something it cannot be removed from
+            log.warning("cannot remove %s (%s); it goes when the agent stops", directory, error)
 
     def close(self) -> None:
         """Removes the directory and what is left in it; no file can be created after."""
@@ -176,14 +329,48 @@ class OutputsDirectory:
             shutil.rmtree(self._path, ignore_errors=True)
             self._path = None
 
-    def _create(self, name: str) -> str:
+    def _create(self, prefix: str) -> str:
         if self._closed:
             raise OSError("the agent is stopping: its outputs directory is closed")
         if self._path is None:
-            self._path = tempfile.mkdtemp(prefix="hydra-agent-", dir=memory_backed_tmp())
-        path = os.path.join(self._path, name)
+            self._path = self._make_own_directory()
+        directory = tempfile.mkdtemp(prefix=prefix, dir=self._path)
+        path = os.path.join(directory, OUTPUTS_FILE_NAME)
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
         return path
+
+    def _make_own_directory(self) -> str:
+        path = os.path.join(self._base_dir(), f"{self._prefix}{os.getpid()}")
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:  # left by an earlier process with this pid
+            if not _own_directory(path):
+                raise
+            shutil.rmtree(path)
+            os.mkdir(path, 0o700)
+        return path
+
+    def _base_dir(self) -> str:
+        return self._base or memory_backed_tmp() or tempfile.gettempdir()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def _own_directory(path: str) -> bool:
+    """A directory (not a link to one) of this user."""
+    try:
+        status = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISDIR(status.st_mode) and status.st_uid == os.getuid()
 
 
 def memory_backed_tmp(environ: Mapping[str, str] = os.environ) -> str | None:

@@ -5,27 +5,34 @@ within its own timeout, and never raises: a check that fails in an unexpected
 way is simply not ready, and says why. "Not ready" is normal; it costs the run
 no attempt (the coordinator re-queues it after the task's poke interval).
 
-Command checks are spawned as attempts are (:mod:`hydra.agent.process`), in
-a session and process group of their own, which is SIGKILLed once the check
-is over (on time or not), so a check leaves no process behind. HTTP and
-file checks block, so they run in a thread; a thread stuck past the timeout
-is abandoned, not waited for.
+Every check is cancelled for real at its timeout, and none can tie up more
+than it was given. Command checks are spawned as attempts are
+(:mod:`hydra.agent.process`), in a session and process group of their own,
+which is SIGKILLed once the check is over (on time or not), so a check leaves
+no process behind. HTTP and TCP checks are asyncio connections (a GET written
+by hand: a status line is all a check needs), closed when cancelled. File
+checks' ``stat`` may block (a hung NFS mount), so it runs in a few threads kept
+for it (:class:`FileCheckPool`): a stuck ``stat`` holds one of them until it
+returns, and while all are held a file check is "not ready: file checks busy"
+at once instead of queueing without bound.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
+import queue
 import shlex
 import signal
+import ssl
 import subprocess
+import threading
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import assert_never
@@ -57,6 +64,11 @@ _OUTPUT_TAIL_BYTES = 4096
 _PIPE_DRAIN_SECONDS = 0.25
 #: After SIGKILL, how long to wait for the leader to be reaped.
 _REAP_SECONDS = 1.0
+#: Threads kept for file checks' stat calls.
+FILE_CHECK_THREADS = 4
+#: Redirects an HTTP check follows.
+_MAX_REDIRECTS = 5
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -239,10 +251,93 @@ def _last_line(output: bytes) -> str:
 # --- file ---------------------------------------------------------------------------
 
 
+class FileCheckPool:
+    """A few daemon threads for the ``stat`` calls of file checks.
+
+    A ``stat`` that hangs holds its thread until it returns, whatever became of
+    its check; while every thread is held, :meth:`stat` refuses at once (the
+    check is not ready) rather than queueing. The threads are daemons: a hung
+    ``stat`` cannot keep the agent from exiting.
+    """
+
+    def __init__(
+        self,
+        workers: int = FILE_CHECK_THREADS,
+        stat: Callable[[str], os.stat_result] = os.stat,
+    ) -> None:
+        self._workers = workers
+        self._stat = stat
+        self._lock = threading.Lock()
+        self._busy = 0
+        self._started = 0
+        self._jobs: queue.SimpleQueue[tuple[str, asyncio.Future[os.stat_result]]] = (
+            queue.SimpleQueue()
+        )
+
+    @property
+    def busy(self) -> int:
+        """Calls that have not returned, cancelled checks' included."""
+        with self._lock:
+            return self._busy
+
+    async def stat(self, path: str) -> os.stat_result:
+        """``os.stat(path)`` in one of the threads; cancelling it abandons the call.
+
+        Raises:
+            NotReady: every thread is held by a call that has not returned.
+        """
+        with self._lock:
+            if self._busy >= self._workers:
+                raise NotReady(f"file checks busy ({self._busy} stat calls have not returned)")
+            self._busy += 1
+            if self._started < self._busy:
+                self._started += 1
+                threading.Thread(target=self._work, daemon=True, name="hydra-file-check").start()
+        future: asyncio.Future[os.stat_result] = asyncio.get_running_loop().create_future()
+        self._jobs.put((path, future))
+        return await future
+
+    def _work(self) -> None:
+        while True:
+            path, future = self._jobs.get()
+            try:
+                result = self._stat(path)
+            except BaseException as error:  # handed to the check, whatever it is
+                _settle(future, None, error)
+            else:
+                _settle(future, result, None)
+            finally:
+                with self._lock:
+                    self._busy -= 1
+
+
+def _settle(
+    future: asyncio.Future[os.stat_result],
+    result: os.stat_result | None,
+    error: BaseException | None,
+) -> None:
+    """Hands a thread's answer to the loop that asked, unless the check is gone."""
+
+    def settle() -> None:
+        if future.done():  # the check was cancelled (timed out)
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)  # type: ignore[arg-type]
+
+    with contextlib.suppress(RuntimeError):  # the loop has closed
+        future.get_loop().call_soon_threadsafe(settle)
+
+
+#: The agent's file-check threads.
+FILE_CHECKS = FileCheckPool()
+
+
 async def _file(check: FileCheck) -> str:
     """Ready when the path exists and, with ``min_age``, was modified at least that long ago."""
     try:
-        status = await asyncio.to_thread(os.stat, check.path)
+        status = await FILE_CHECKS.stat(check.path)
     except FileNotFoundError:
         raise NotReady(f"no such file: {check.path}") from None
     age = max(time.time() - status.st_mtime, 0.0)
@@ -256,30 +351,72 @@ async def _file(check: FileCheck) -> str:
 
 
 async def _http(check: HttpCheck) -> str:
-    """Ready when GET answers 2xx (redirects followed as urllib does)."""
-    if urllib.parse.urlsplit(check.url).scheme not in ("http", "https"):
-        raise NotReady(f"not an http(s) URL: {check.url}")
-    status = await asyncio.to_thread(_get_status, check.url, time_limit(check).total_seconds())
+    """Ready when GET answers 2xx (up to five redirects followed)."""
+    url = check.url
+    for _ in range(_MAX_REDIRECTS + 1):
+        status, location = await _get_status(url)
+        if status not in _REDIRECTS or not location:
+            break
+        url = urllib.parse.urljoin(url, location)
     if not 200 <= status < 300:
         raise NotReady(f"HTTP {status}")
     return f"HTTP {status}"
 
 
-def _get_status(url: str, timeout: float) -> int:
-    """The status of a GET, body unread. Blocking: run it in a thread."""
-    request = urllib.request.Request(url, headers={"User-Agent": f"hydra-agent/{__version__}"})
+async def _get_status(url: str) -> tuple[int, str]:
+    """The status of a GET and its Location header (for redirects); body unread."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise NotReady(f"not an http(s) URL: {url}")
+    secure = parts.scheme == "https"
+    port = parts.port or (443 if secure else 80)
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return int(response.status)
-    except urllib.error.HTTPError as error:  # 4xx and 5xx
-        error.close()
-        return error.code
-    except urllib.error.URLError as error:
-        if isinstance(error.reason, TimeoutError):
-            raise TimeoutError from None
-        reason = error.reason
-        text = describe_error(reason) if isinstance(reason, OSError) else str(reason)
-        raise NotReady(text) from None
+        reader, writer = await asyncio.open_connection(
+            parts.hostname, port, ssl=_tls_context() if secure else None
+        )
+    except ConnectionRefusedError:
+        raise NotReady("connection refused") from None
+    except OSError as error:
+        raise NotReady(describe_error(error)) from None
+    try:
+        writer.write(_request(parts))
+        await writer.drain()
+        return await _read_status(reader)
+    finally:
+        writer.transport.abort()  # nothing more to say: no graceful close to wait for
+
+
+@functools.cache
+def _tls_context() -> ssl.SSLContext:
+    """The system's trusted certificates, loaded once."""
+    return ssl.create_default_context()
+
+
+def _request(parts: urllib.parse.SplitResult) -> bytes:
+    target = urllib.parse.quote(parts.path or "/", safe="/%:@!$&'()*+,;=~")
+    if parts.query:
+        target += "?" + urllib.parse.quote(parts.query, safe="/%:@!$&'()*+,;=?~")
+    host = parts.netloc.rpartition("@")[2]
+    return (
+        f"GET {target} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: hydra-agent/{__version__}\r\n"
+        "Accept: */*\r\nConnection: close\r\n\r\n"
+    ).encode("ascii")  # a URL that is not ASCII is not ready, and says why
+
+
+async def _read_status(reader: asyncio.StreamReader) -> tuple[int, str]:
+    """The status code of an HTTP/1.x response, and its Location header."""
+    line = await reader.readline()
+    version, _, rest = line.decode("latin-1").partition(" ")
+    code = rest[:3]
+    if not version.startswith("HTTP/1.") or not code.isdigit():
+        raise NotReady("not an HTTP response" if line else "the server closed the connection")
+    location = ""
+    if int(code) in _REDIRECTS:
+        while (header := await reader.readline()).strip():
+            name, _, value = header.decode("latin-1").partition(":")
+            if name.strip().lower() == "location":
+                location = value.strip()
+    return int(code), location
 
 
 # --- tcp ----------------------------------------------------------------------------

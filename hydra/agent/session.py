@@ -14,8 +14,9 @@ import contextlib
 import enum
 import logging
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import grpc
@@ -26,6 +27,7 @@ from hydra.agent import messages
 from hydra.agent.attempt import AttemptResult, OutputStream, Started
 from hydra.agent.leases import LeaseBook
 from hydra.domain import AttemptOutcome, LeaseKey, PreconditionVerdict
+from hydra.limits import message_size_options
 from hydra.v1 import agent_service_pb2 as pb
 from hydra.v1.agent_service_pb2_grpc import AgentServiceStub
 
@@ -36,7 +38,8 @@ log = logging.getLogger("hydra.agent")
 
 #: How long a coordinator has to answer Hello.
 WELCOME_TIMEOUT_SECONDS = 10.0
-#: Output waiting to be sent beyond this is dropped rather than buffered.
+#: Output waiting to be sent beyond this is dropped rather than buffered (the
+#: attempt then streams no more of it; its end carries the tail).
 MAX_QUEUED_OUTPUT_BYTES = 4 * 1024 * 1024
 
 
@@ -79,6 +82,8 @@ class AgentState:
     draining: bool = False
     #: Seconds, from the last Welcome; None before the first.
     lease_ttl: float | None = None
+    #: Sent in every Hello: tells this process from another one with the same agent id.
+    instance_id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
 
 class Outbox:
@@ -142,7 +147,9 @@ class Session:
 
     async def run(self) -> SessionEnd:
         """Runs the stream until it ends; raises ``grpc.RpcError`` when it breaks."""
-        async with grpc.aio.insecure_channel(self.target) as channel:
+        # The coordinator's message limit, both ways (hydra.limits).
+        options = message_size_options()
+        async with grpc.aio.insecure_channel(self.target, options=options) as channel:
             call = AgentServiceStub(channel).Connect(
                 self._outbox.messages(self._hello()), metadata=self._metadata()
             )
@@ -171,12 +178,16 @@ class Session:
         """Sends a heartbeat without waiting for the interval (e.g. to say "draining")."""
         self._wake_heartbeat.set()
 
-    def send_output(self, lease: LeaseKey, stream: OutputStream, data: bytes) -> None:
-        """Sends a batch of output, or drops it if the stream is backed up."""
-        if not self._outbox.put_output(messages.output_chunk(lease, stream, data)):
-            if lease not in self._dropped_output:
-                log.warning("lease %s: output dropped: the stream is backed up", lease)
-            self._dropped_output.add(lease)
+    def send_output(self, lease: LeaseKey, stream: OutputStream, data: bytes) -> bool:
+        """Sends a batch of output; False (dropped) if the stream is backed up."""
+        if self._outbox.put_output(messages.output_chunk(lease, stream, data)):
+            return True
+        if lease not in self._dropped_output:
+            log.info(
+                "lease %s: the stream is backed up: the rest of the output goes with its end", lease
+            )
+        self._dropped_output.add(lease)
+        return False
 
     def send_report(self, lease: LeaseKey, result: AttemptResult) -> None:
         """Sends an attempt's end."""
@@ -201,6 +212,7 @@ class Session:
         config = self._config
         return messages.hello(
             agent_id=config.agent_id,
+            instance_id=self._state.instance_id,
             hostname=config.hostname,
             labels=config.labels,
             capacity=config.capacity,

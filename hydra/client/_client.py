@@ -355,7 +355,12 @@ class Client:
         with closing(self._transport.stream(lambda s: s.runs.TailLogs, request)) as chunks:
             for chunk in chunks:
                 stream = _STREAM_NAMES.get(chunk.stream, "stdout")
-                yield LogChunk(attempt=chunk.attempt, stream=stream, data=chunk.data)
+                yield LogChunk(
+                    attempt=chunk.attempt,
+                    stream=stream,
+                    data=chunk.data,
+                    dropped_bytes=chunk.dropped_bytes,
+                )
 
     # --- cluster --------------------------------------------------------------
 

@@ -168,11 +168,18 @@ def runs_get(args: argparse.Namespace, client: Client) -> int:
 
 
 def logs(args: argparse.Namespace, client: Client) -> int:
-    """``logs RUN``: the raw output, stdout to stdout and stderr to stderr."""
+    """``logs RUN``: the raw output, stdout to stdout and stderr to stderr; where
+    output was dropped, a line saying how much, on the stream it was dropped from."""
+    line_open = {"stdout": False, "stderr": False}
     for chunk in client.tail_logs(args.run, attempt=args.attempt, follow=args.follow):
         target = sys.stdout if chunk.stream == "stdout" else sys.stderr
+        data = chunk.data
+        if chunk.dropped_bytes:
+            data = render.dropped_marker(chunk.dropped_bytes, line_open=line_open[chunk.stream])
+        if data:
+            line_open[chunk.stream] = not data.endswith(b"\n")
         target.flush()
-        target.buffer.write(chunk.data)
+        target.buffer.write(data)
         target.buffer.flush()
     return 0
 

@@ -35,7 +35,7 @@ from hydra.spec import format_duration, task_to_dict
 
 JSONObject = dict[str, Any]
 _NONE = "-"
-#: Spec fields in the order DESIGN §5 writes them, for people reading YAML.
+#: Spec fields in the order docs/interfaces.md writes them, for people reading YAML.
 _SPEC_ORDER = tuple(field.name for field in dataclasses.fields(TaskSpec))
 
 # --- values -------------------------------------------------------------------
@@ -473,3 +473,9 @@ def cluster_text(status: ClusterStatus, now: datetime | None = None) -> str:
     ]
     coordinators = table(["COORDINATOR", "ADDRESS", "VERSION", "HEARTBEAT", "AGENTS"], rows)
     return f"{coordinators}\n\n{agents_table(status.agents)}"
+
+
+def dropped_marker(dropped_bytes: int, *, line_open: bool = False) -> bytes:
+    """The line ``hydractl logs`` shows where output was dropped (on a line of its own)."""
+    start = b"\n" if line_open else b""
+    return start + f"... [hydra: {dropped_bytes:,} bytes dropped] ...\n".encode()

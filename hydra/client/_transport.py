@@ -16,6 +16,7 @@ from typing import Protocol, TypeVar
 import grpc
 
 from hydra.errors import ERRORS_BY_STATUS, HydraError, Unavailable
+from hydra.limits import message_size_options
 from hydra.retrying import grpc_retrying
 from hydra.v1.agent_service_pb2_grpc import AgentServiceStub
 from hydra.v1.cluster_service_pb2_grpc import ClusterServiceStub
@@ -31,7 +32,8 @@ CONNECT_TIMEOUT = 5.0
 
 # A channel that failed to connect is replaced by a fresh one; a local
 # subchannel pool keeps the fresh one from inheriting the old one's backoff.
-_CHANNEL_OPTIONS = (("grpc.use_local_subchannel_pool", 1),)
+# Messages are bounded as on the coordinator, both ways (hydra.limits).
+_CHANNEL_OPTIONS = (("grpc.use_local_subchannel_pool", 1), *message_size_options())
 
 _IDLE = grpc.ChannelConnectivity.IDLE
 _READY = grpc.ChannelConnectivity.READY

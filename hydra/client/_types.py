@@ -22,6 +22,9 @@ class LogChunk:
     stream: StreamName
     #: The raw bytes.
     data: bytes
+    #: Not zero: a marker, not output: this many bytes of the stream were dropped
+    #: here, between the head and the tail kept (``data`` is then empty).
+    dropped_bytes: int = 0
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

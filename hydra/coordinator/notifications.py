@@ -17,6 +17,8 @@ from collections.abc import AsyncIterator, Callable
 
 import psycopg
 
+from hydra.coordinator.store.connections import with_defaults
+
 log = logging.getLogger("hydra.coordinator.notifications")
 
 CHANNELS = (
@@ -34,7 +36,7 @@ class Listener:
     """Keeps one LISTEN connection and calls subscribers for every notification."""
 
     def __init__(self, conninfo: str) -> None:
-        self._conninfo = conninfo
+        self._conninfo = with_defaults(conninfo)
         self._subscribers: dict[str, list[Callback]] = defaultdict(list)
         self._task: asyncio.Task[None] | None = None
         self.connected = asyncio.Event()

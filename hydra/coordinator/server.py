@@ -19,6 +19,7 @@ import psycopg
 import tenacity
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from psycopg_pool import AsyncConnectionPool
 
 import hydra
 from hydra.config import DEFAULT_MAX_CONCURRENT_RPCS, DEFAULT_MAX_STREAMS
@@ -34,15 +35,19 @@ from hydra.coordinator.api.runs import RunApi
 from hydra.coordinator.api.tasks import TaskApi
 from hydra.coordinator.api.watch import RunWatchHub
 from hydra.coordinator.loops.dispatcher import Dispatcher
+from hydra.coordinator.loops.health import Reachability
 from hydra.coordinator.loops.presence import ALIVE_WINDOW, Presence
 from hydra.coordinator.loops.reaper import Reaper
 from hydra.coordinator.loops.timing import forever
 from hydra.coordinator.loops.triggers import TriggerLoop
-from hydra.coordinator.migrate import migrate
+from hydra.coordinator.migrate import check_current, migrate
 from hydra.coordinator.notifications import Listener
+from hydra.coordinator.rendering import WORKER_WAIT, RenderPool
+from hydra.coordinator.sandbox import DEFAULT_RENDER_TIMEOUT
 from hydra.coordinator.store import Database, open_pool
 from hydra.coordinator.store.records import LeaseTimes
 from hydra.errors import HydraError
+from hydra.limits import message_size_options
 from hydra.v1 import agent_service_pb2 as agent_pb
 from hydra.v1 import (
     agent_service_pb2_grpc,
@@ -56,10 +61,20 @@ from hydra.v1 import (
 
 log = logging.getLogger("hydra.coordinator")
 
-#: Requests may carry large specs; validation, not the transport, refuses oversized ones.
-MAX_MESSAGE_BYTES = 32 * 1024 * 1024
 #: How long a starting coordinator waits for its database before giving up.
 DATABASE_WAIT = timedelta(minutes=2)
+#: Connections of the control loops (dispatcher, trigger loop, reaper, heartbeats,
+#: presence, the agents' report batches), apart from the API's --pool.
+CONTROL_POOL = 4
+#: Seconds PostgreSQL lets one statement of an API call run.
+API_STATEMENT_TIMEOUT = 10.0
+#: Seconds PostgreSQL lets one statement of a control loop run.
+CONTROL_STATEMENT_TIMEOUT = 30.0
+#: The client-side deadline of a transaction is its statement timeout plus this:
+#: a live server's own timeout comes first; a frozen one's connection is severed.
+DEADLINE_MARGIN = 2.0
+#: Seconds a control loop waits for a free connection of its pool.
+CONTROL_POOL_WAIT = 10.0
 
 
 def _default_id() -> str:
@@ -81,6 +96,10 @@ class CoordinatorConfig:
     max_streams: int = DEFAULT_MAX_STREAMS
     #: Unary calls handled at once (agents' streams not counted).
     max_concurrent_rpcs: int = DEFAULT_MAX_CONCURRENT_RPCS
+    #: Apply pending migrations at start; else only check that the schema is current.
+    migrate: bool = True
+    #: Time limit of one run's templates (those that render in a worker).
+    render_timeout: timedelta = DEFAULT_RENDER_TIMEOUT
 
 
 class CoordinatorServer:
@@ -97,22 +116,39 @@ class CoordinatorServer:
         self.config = config
         self.port = 0
         self._sessions = SessionRegistry()
-        self._pool = open_pool(config.conninfo, config.pool_size)
-        self.database = Database(
-            self._pool,
-            coordinator_id=config.coordinator_id,
-            work_available=self._sessions.slots_changed,
+        self._api_pool = open_pool(
+            config.conninfo, config.pool_size, statement_timeout=API_STATEMENT_TIMEOUT
+        )
+        self._control_pool = open_pool(
+            config.conninfo,
+            CONTROL_POOL,
+            statement_timeout=CONTROL_STATEMENT_TIMEOUT,
+            wait=CONTROL_POOL_WAIT,
+            name="hydra-control",
+        )
+        #: The RPC handlers' database: API load cannot take the control loops' connections.
+        self.database = self._database(self._api_pool, API_STATEMENT_TIMEOUT)
+        #: The control loops' database.
+        self.control = self._database(self._control_pool, CONTROL_STATEMENT_TIMEOUT)
+        self._reachability = Reachability(
+            conninfo=config.conninfo, api=self.database, control=self.control
         )
         self._listener = Listener(config.conninfo)
         # Watchers and log followers read through the API's database, as RunApi does.
         self._watchers = RunWatchHub(self.database, self._listener)
         self._followers = LogFollowers(self.database, self._listener)
-        self._dispatcher = Dispatcher(self.database, self._sessions, config.times)
-        self._triggers = TriggerLoop(self.database, self._dispatcher)
-        self._reaper = Reaper(self.database, self._dispatcher, config.times.ttl)
+        # Waiting for a worker and rendering must end well before the lease does.
+        self._renderer = RenderPool(
+            timeout=config.render_timeout, worker_wait=min(WORKER_WAIT, config.times.ttl / 4)
+        )
+        self._dispatcher = Dispatcher(
+            self.control, self._sessions, config.times, renderer=self._renderer
+        )
+        self._triggers = TriggerLoop(self.control, self._dispatcher)
+        self._reaper = Reaper(self.control, self._dispatcher, config.times.ttl)
         self._presence: Presence | None = None
         self._streams = AgentStreams(
-            database=self.database,
+            database=self.control,
             dispatcher=self._dispatcher,
             sessions=self._sessions,
             times=config.times,
@@ -122,6 +158,14 @@ class CoordinatorServer:
         self._health = health.aio.HealthServicer()
         self._server: grpc.aio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
+
+    def _database(self, pool: AsyncConnectionPool, statement_timeout: float) -> Database:
+        return Database(
+            pool,
+            coordinator_id=self.config.coordinator_id,
+            work_available=self._sessions.slots_changed,
+            deadline=statement_timeout + DEADLINE_MARGIN,
+        )
 
     @property
     def address(self) -> str:
@@ -134,7 +178,8 @@ class CoordinatorServer:
         self._server = self._build_server()
         self.port = self._bind(self._server)
         await self._wait_for_database()
-        await self._pool.open(wait=True, timeout=30)
+        for pool in (self._api_pool, self._control_pool):
+            await pool.open(wait=True, timeout=30)
         self._listener.start()
         self._watchers.start()
         self._followers.start()
@@ -142,17 +187,25 @@ class CoordinatorServer:
             await asyncio.wait_for(self._listener.connected.wait(), timeout=10)
         # Present before any agent connects, so no peer takes its agents for orphans.
         self._presence = Presence(
-            self.database, self.config.coordinator_id, self.address, hydra.__version__
+            self.control, self.config.coordinator_id, self.address, hydra.__version__
         )
         await self._presence.announce()
+        await self._renderer.start()
         await self._server.start()
-        self._start_loops(self._presence)
         await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
+        self._reachability.on_change(self._database_reachable)
+        self._start_loops(self._presence)
         log.info("coordinator %s serving on %s", self.config.coordinator_id, self.address)
 
     async def _wait_for_database(self) -> None:
-        """Migrate, waiting (with backoff, up to DATABASE_WAIT) for a database that is
-        down or restarting: a coordinator started during an outage does not give up."""
+        """Migrate (or, with migrate off, check that the schema is current), waiting
+        (with backoff, up to DATABASE_WAIT) for a database that is down or
+        restarting: a coordinator started during an outage does not give up.
+
+        Raises:
+            MigrationError: the schema is older than this Hydra and migrate is
+                off, or newer than this Hydra: the message says what to do.
+        """
         retrying = tenacity.AsyncRetrying(
             retry=tenacity.retry_if_exception_type(psycopg.OperationalError),
             wait=tenacity.wait_random_exponential(multiplier=0.2, max=2.0),
@@ -163,7 +216,10 @@ class CoordinatorServer:
         applied: list[str] = []
         async for attempt in retrying:
             with attempt:
-                applied = await migrate(self.config.conninfo)
+                if self.config.migrate:
+                    applied = await migrate(self.config.conninfo)
+                else:
+                    await check_current(self.config.conninfo)
         if applied:
             log.info("applied migrations: %s", ", ".join(applied))
 
@@ -181,7 +237,8 @@ class CoordinatorServer:
         return port
 
     def _build_server(self) -> grpc.aio.Server:
-        options = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES), ("grpc.so_reuseport", 0)]
+        # The same message limit as agents and clients, both ways (hydra.limits).
+        options = [*message_size_options(), ("grpc.so_reuseport", 0)]
         limits = LoadLimits(
             max_streams=self.config.max_streams,
             max_concurrent_rpcs=self.config.max_concurrent_rpcs,
@@ -231,9 +288,15 @@ class CoordinatorServer:
         self._spawn("trigger loop", self._triggers.step)
         self._spawn("reaper", self._reaper.step)
         self._spawn("presence", presence.step)
+        self._spawn("database health", self._reachability.step)
 
     def _spawn(self, name: str, step: Callable[[], Awaitable[None]]) -> None:
         self._tasks.append(asyncio.create_task(forever(name, step), name=f"hydra-{name}"))
+
+    async def _database_reachable(self, reachable: bool) -> None:
+        """Health follows the database: NOT_SERVING while this coordinator cannot reach it."""
+        status = health_pb2.HealthCheckResponse
+        await self._health.set("", status.SERVING if reachable else status.NOT_SERVING)
 
     def _agent_command(self, payload: str) -> None:
         """Carry out a command of another coordinator (or ours) for an agent we hold."""
@@ -261,11 +324,14 @@ class CoordinatorServer:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._watchers.stop()
         self._followers.stop()
+        await self._renderer.stop()
         await self._listener.stop()
         if self._presence is not None:
             with contextlib.suppress(Exception):
                 await self._presence.withdraw()
-        await self._pool.close()
+        await self._reachability.close()
+        for pool in (self._api_pool, self._control_pool):
+            await pool.close()
 
 
 def _log_database_wait(state: tenacity.RetryCallState) -> None:

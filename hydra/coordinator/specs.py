@@ -9,7 +9,7 @@ from datetime import datetime
 from hydra.coordinator import schedule
 from hydra.coordinator.store import Database, tasks
 from hydra.coordinator.store.records import Applied, TriggerRow
-from hydra.coordinator.templates import check_templates
+from hydra.coordinator.template_checks import check_templates
 from hydra.domain import After, Catchup, Task, TaskSpec, TriggerKind
 from hydra.errors import FieldProblem, InvalidArgument
 from hydra.spec import task_to_dict

@@ -23,24 +23,35 @@ variables, all computed from the run, never from the wall clock:
 identifiers or that are also dict methods (``keys``, ``items``, ``get`` ...).
 Each command element is rendered on its own: rendering never splits or joins
 elements.
+
+Rendering is bounded (:mod:`hydra.coordinator.sandbox`: operators, ``range``,
+``lipsum`` and the size of every rendered field); a template that only outputs
+variables renders here, anything else in a worker process that a time limit can
+kill (:mod:`hydra.coordinator.rendering`, decided by :func:`needs_worker`).
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from types import MappingProxyType
-from typing import Any
+from typing import Any, NamedTuple
 
 import jinja2
-from jinja2 import meta, nodes
-from jinja2.sandbox import ImmutableSandboxedEnvironment
+from jinja2 import nodes
 
+from hydra.coordinator.sandbox import (
+    MAX_FIELD_BYTES,
+    MAX_RENDERED_BYTES,
+    BoundedSandbox,
+    size_text,
+    too_large_message,
+)
 from hydra.coordinator.schedule import zone_info
-from hydra.domain import After, CommandCheck, FileCheck, HttpCheck, Precondition, TaskSpec
-from hydra.errors import FieldProblem, HydraError, InvalidArgument
+from hydra.domain import CommandCheck, FileCheck, HttpCheck, Precondition, TaskSpec
+from hydra.errors import HydraError
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 #: The top-level names a template may use.
@@ -113,6 +124,24 @@ class Rendered:
     workdir: str
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RenderedRun:
+    """Everything of a run that is rendered: its command and its preconditions."""
+
+    command: Rendered
+    preconditions: list[Precondition]
+
+
+class TemplatedField(NamedTuple):
+    """One templated field of a spec."""
+
+    path: str  # as hydra.spec names it: ``command[1]``, ``env.DAY``, ``preconditions[0].file``
+    source: str
+    #: Rendered with the task's default params under the run's (command, env and
+    #: workdir); preconditions see the run's params as they are.
+    with_defaults: bool
+
+
 # --- the environment --------------------------------------------------------------
 
 
@@ -140,8 +169,16 @@ class _StrictUndefined(jinja2.StrictUndefined):
 
 
 # Immutable: a template must not change what the next field sees.
-_ENV = ImmutableSandboxedEnvironment(
-    undefined=_StrictUndefined, autoescape=False, keep_trailing_newline=True
+_ENV = BoundedSandbox(undefined=_StrictUndefined, autoescape=False, keep_trailing_newline=True)
+#: What a template that needs no worker may consist of: output of variable lookups.
+_INLINE_NODES = (
+    nodes.Template,
+    nodes.Output,
+    nodes.TemplateData,
+    nodes.Name,
+    nodes.Getattr,
+    nodes.Getitem,
+    nodes.Const,
 )
 
 
@@ -150,29 +187,96 @@ def _compile(source: str) -> jinja2.Template:
     return _ENV.from_string(source)
 
 
+def needs_rendering(source: str) -> bool:
+    """Whether a field has template syntax at all (else it is its own value)."""
+    return "{" in source or "\r" in source  # Jinja normalises newlines
+
+
+@functools.lru_cache(maxsize=4096)
+def needs_worker(source: str) -> bool:
+    """Whether rendering ``source`` may cost more than its inputs: anything but the
+    output of variable lookups (``{{ ds }}``, ``{{ params.x }}``) renders in a worker
+    process under the time limit. A syntax error renders (and fails) here."""
+    if not needs_rendering(source):
+        return False
+    try:
+        ast = _ENV.parse(source)
+    except jinja2.TemplateSyntaxError:
+        return False
+    return not all(isinstance(node, _INLINE_NODES) for node in _walk(ast))
+
+
+def _walk(node: nodes.Node) -> Iterator[nodes.Node]:
+    yield node
+    for child in node.iter_child_nodes():
+        yield from _walk(child)
+
+
 # --- rendering ------------------------------------------------------------------
 
 
-def render_command(spec: TaskSpec, ctx: RenderContext) -> Rendered:
+def render_run(
+    spec: TaskSpec, ctx: RenderContext, rendered: Mapping[str, str] = _EMPTY
+) -> RenderedRun:
+    """Render a run's command, env, workdir and preconditions, within the size limits.
+
+    Args:
+        spec: The task's spec.
+        ctx: The run.
+        rendered: Fields already rendered elsewhere (by a worker), by path.
+
+    Raises:
+        RenderError: naming the field, or the total size over MAX_RENDERED_BYTES.
+    """
+    result = RenderedRun(
+        command=render_command(spec, ctx, rendered),
+        preconditions=render_preconditions(spec, ctx, rendered),
+    )
+    _check_total(result)
+    return result
+
+
+def render_command(
+    spec: TaskSpec, ctx: RenderContext, rendered: Mapping[str, str] = _EMPTY
+) -> Rendered:
     """Render a task's command, env and workdir for one attempt.
 
     Each command element renders on its own; with ``shell`` the single element
-    becomes ``/bin/sh -c <element>``.
+    becomes ``/bin/sh -c <element>``. Fields in ``rendered`` (by path) are taken as
+    they are.
 
     Raises:
         RenderError: naming the field, e.g. ``command[2]: 'params' has no attribute 'region'``.
     """
-    variables = _variables(ctx, {**spec.params, **ctx.params})
-    argv = tuple(
-        _render(source, variables, f"command[{index}]") for index, source in enumerate(spec.command)
-    )
+    render = _field_renderer(ctx, {**spec.params, **ctx.params}, rendered)
+    argv = tuple(render(source, f"command[{index}]") for index, source in enumerate(spec.command))
     if spec.shell:
         if len(argv) != 1:
             raise RenderError("command", "with shell: true, command must be one element")
         argv = ("/bin/sh", "-c", argv[0])
-    env = {key: _render(value, variables, f"env.{key}") for key, value in spec.env.items()}
-    workdir = _render(spec.workdir, variables, "workdir")
+    env = {key: render(value, f"env.{key}") for key, value in spec.env.items()}
+    workdir = render(spec.workdir, "workdir")
     return Rendered(argv=argv, env=env, workdir=workdir)
+
+
+def _field_renderer(
+    ctx: RenderContext, params: Mapping[str, str], rendered: Mapping[str, str]
+) -> Callable[[str, str], str]:
+    """render(source, path) for the fields of one run: taken from ``rendered`` if there,
+    else rendered here, the variables computed once, when a field first needs them."""
+    variables: dict[str, Any] = {}
+
+    def render(source: str, path: str) -> str:
+        value = rendered.get(path)
+        if value is not None:
+            return value
+        if "{" not in source and "\r" not in source:  # needs_rendering, inline: the hot path
+            return source
+        if not variables:
+            variables.update(_variables(ctx, params))
+        return _render(source, variables, path)
+
+    return render
 
 
 def render_string(source: str, ctx: RenderContext, path: str) -> str:
@@ -182,6 +286,20 @@ def render_string(source: str, ctx: RenderContext, path: str) -> str:
         RenderError: naming ``path``.
     """
     return _render(source, _variables(ctx, ctx.params), path)
+
+
+def render_fields(
+    fields: Iterable[TemplatedField], ctx: RenderContext, defaults: Mapping[str, str]
+) -> Iterator[str]:
+    """Render fields one by one (what a render worker does), each with its params.
+
+    Raises:
+        RenderError: naming the field that failed; the fields before it were yielded.
+    """
+    with_defaults = _variables(ctx, {**defaults, **ctx.params})
+    as_given = _variables(ctx, ctx.params)
+    for path, source, defaulted in fields:
+        yield _render(source, with_defaults if defaulted else as_given, path)
 
 
 def _variables(ctx: RenderContext, params: Mapping[str, str]) -> dict[str, Any]:
@@ -210,157 +328,97 @@ def _render(source: str, variables: Mapping[str, Any], path: str) -> str:
     if "{" not in source and "\r" not in source:
         return source  # no template syntax: Jinja would give it back unchanged
     try:
-        return _compile(source).render(variables)
+        value = _compile(source).render(variables)
     except jinja2.TemplateSyntaxError as error:
-        raise RenderError(path, _syntax_message(error)) from error
-    except jinja2.TemplateError as error:  # undefined names, sandbox violations
+        raise RenderError(path, syntax_message(error)) from error
+    except jinja2.TemplateError as error:  # undefined names, sandbox violations, limits
         raise RenderError(path, error.message or type(error).__name__) from error
+    except MemoryError:
+        raise  # a render worker names its memory limit
     except Exception as error:  # whatever a method called by the template raised
         raise RenderError(path, f"{type(error).__name__}: {error}") from error
+    if len(value) * 4 > MAX_FIELD_BYTES:  # else short enough whatever it holds: no encoding
+        size = len(value.encode("utf-8", "surrogatepass"))
+        if size > MAX_FIELD_BYTES:
+            raise RenderError(path, too_large_message(size))
+    return value
 
 
-# --- apply-time checks ------------------------------------------------------------
+def _check_total(run: RenderedRun) -> None:
+    command = run.command
+    texts = [*command.argv, *command.env, *command.env.values(), command.workdir]
+    for check in run.preconditions:
+        texts += _check_texts(check)
+    if sum(map(len, texts)) * 4 <= MAX_RENDERED_BYTES:
+        return  # short enough whatever the texts hold: no encoding
+    total = sum(len(text.encode("utf-8", "surrogatepass")) for text in texts)
+    if total > MAX_RENDERED_BYTES:
+        raise RenderError(
+            "command, env, workdir and preconditions",
+            f"rendered to {total:,} bytes together; at most {size_text(MAX_RENDERED_BYTES)}",
+        )
 
 
-def check_templates(spec: TaskSpec) -> None:
-    """Refuse templates that cannot render, before any run needs them.
-
-    Checks every templated field (command elements, env values, workdir,
-    precondition argv, path and url) for syntax errors, unknown variables,
-    params the task does not declare, upstream tasks it does not depend on,
-    private attributes and includes.
-
-    Raises:
-        InvalidArgument: with one problem per finding, each naming its field.
-    """
-    declared = frozenset(spec.params)
-    upstream = frozenset(
-        name for trigger in spec.triggers if isinstance(trigger, After) for name in trigger.tasks
-    )
-    problems = [
-        problem
-        for path, source in _templated_fields(spec)
-        for problem in _check(path, source, declared, upstream)
-    ]
-    if problems:
-        raise InvalidArgument(problems)
+def _check_texts(check: Precondition) -> tuple[str, ...]:
+    match check:
+        case CommandCheck():
+            return check.argv
+        case FileCheck():
+            return (check.path,)
+        case HttpCheck():
+            return (check.url,)
+        case _:
+            return ()
 
 
-def _templated_fields(spec: TaskSpec) -> Iterator[tuple[str, str]]:
-    """(field path, source) of every templated field; paths use the YAML names, as hydra.spec."""
+def templated_fields(spec: TaskSpec) -> Iterator[TemplatedField]:
+    """Every templated field of a spec; paths use the YAML names, as hydra.spec."""
     for index, element in enumerate(spec.command):
-        yield f"command[{index}]", element
+        yield TemplatedField(f"command[{index}]", element, True)
     for key, value in spec.env.items():
-        yield f"env.{key}", value
-    yield "workdir", spec.workdir
+        yield TemplatedField(f"env.{key}", value, True)
+    yield TemplatedField("workdir", spec.workdir, True)
     for index, check in enumerate(spec.preconditions):
         prefix = f"preconditions[{index}]"
         if isinstance(check, CommandCheck):
             for position, element in enumerate(check.argv):
-                yield f"{prefix}.command[{position}]", element
+                yield TemplatedField(f"{prefix}.command[{position}]", element, False)
         elif isinstance(check, FileCheck):
-            yield f"{prefix}.file", check.path
+            yield TemplatedField(f"{prefix}.file", check.path, False)
         elif isinstance(check, HttpCheck):
-            yield f"{prefix}.http", check.url
+            yield TemplatedField(f"{prefix}.http", check.url, False)
 
 
-def _check(
-    path: str, source: str, declared: frozenset[str], upstream: frozenset[str]
-) -> list[FieldProblem]:
-    """Problems with one templated field."""
-    try:
-        ast = _ENV.parse(source)
-        _compile(source)  # some errors (unknown filters) only show when compiling
-        unknown = meta.find_undeclared_variables(ast)
-    except jinja2.TemplateSyntaxError as error:
-        return [FieldProblem(path=path, message=_syntax_message(error))]
-    messages = [f"unknown template variable {name!r}" for name in sorted(unknown - _known_names())]
-    if "params" in unknown:  # i.e. the template does not assign it itself
-        messages += _params_problems(ast, declared)
-    if "upstream" in unknown:
-        messages += _upstream_problems(ast, upstream)
-    messages += _unsafe_problems(ast)
-    return [FieldProblem(path=path, message=message) for message in messages]
-
-
-def _params_problems(ast: nodes.Template, declared: frozenset[str]) -> list[str]:
-    """``params.X`` / ``params['X']`` where the task declares no param X."""
-    declares = f"the task declares {', '.join(sorted(declared))}" if declared else "none declared"
+def render_preconditions(
+    spec: TaskSpec, context: RenderContext, rendered: Mapping[str, str] = _EMPTY
+) -> list[Precondition]:
+    """The spec's preconditions with their templated fields rendered for one run
+    (those in ``rendered``, by path, taken as they are)."""
+    if not spec.preconditions:
+        return []
+    render = _field_renderer(context, context.params, rendered)
     return [
-        f"unknown param {name!r} ({declares})"
-        for name in _keys_of(ast, "params")
-        if name not in declared and name not in _MAPPING_METHODS
-    ]
-
-
-def _upstream_problems(ast: nodes.Template, upstream: frozenset[str]) -> list[str]:
-    """``upstream['t']`` where t is not named in an ``after`` trigger."""
-    return [
-        f"{name!r} is not an upstream task (not named in an 'after' trigger)"
-        for name in _keys_of(ast, "upstream")
-        if name not in upstream and name not in _MAPPING_METHODS
-    ]
-
-
-def _unsafe_problems(ast: nodes.Template) -> list[str]:
-    messages = [
-        f"access to attribute {node.attr!r} is not allowed"
-        for node in ast.find_all(nodes.Getattr)
-        if node.attr.startswith("_")
-    ]
-    if any(True for _ in ast.find_all(_REFERENCES)):
-        messages.append("include, import and extends are not available")
-    return messages
-
-
-def _keys_of(ast: nodes.Template, variable: str) -> list[str]:
-    """Constant keys read from a top-level variable, in order, without repeats."""
-    keys: dict[str, None] = {}  # a dict keeps the order of first use
-    for node in ast.find_all((nodes.Getattr, nodes.Getitem)):
-        key = _constant_key(node)
-        target = getattr(node, "node", None)
-        if key is not None and isinstance(target, nodes.Name) and target.name == variable:
-            keys[key] = None
-    return list(keys)
-
-
-def _constant_key(node: nodes.Node) -> str | None:
-    """The key of ``x.key`` or ``x['key']``; None when computed at render time."""
-    if isinstance(node, nodes.Getattr):
-        return node.attr
-    if isinstance(node, nodes.Getitem) and isinstance(node.arg, nodes.Const):
-        return node.arg.value if isinstance(node.arg.value, str) else None
-    return None
-
-
-def _known_names() -> frozenset[str]:
-    return CONTEXT_NAMES | frozenset(_ENV.globals)
-
-
-def _syntax_message(error: jinja2.TemplateSyntaxError) -> str:
-    reason = (error.message or "invalid syntax").rstrip(".")
-    return f"template syntax error on line {error.lineno}: {reason}"
-
-
-def render_preconditions(spec: TaskSpec, context: RenderContext) -> list[Precondition]:
-    """The spec's preconditions with their templated fields rendered for one run."""
-    return [
-        _render_check(check, context, f"preconditions[{i}]")
+        _render_check(check, render, f"preconditions[{i}]")
         for i, check in enumerate(spec.preconditions)
     ]
 
 
-def _render_check(check: Precondition, context: RenderContext, path: str) -> Precondition:
+def _render_check(
+    check: Precondition, render: Callable[[str, str], str], path: str
+) -> Precondition:
     match check:
         case CommandCheck():
-            argv = tuple(
-                render_string(arg, context, f"{path}.command[{i}]")
-                for i, arg in enumerate(check.argv)
-            )
+            argv = tuple(render(arg, f"{path}.command[{i}]") for i, arg in enumerate(check.argv))
             return replace(check, argv=argv)
         case FileCheck():
-            return replace(check, path=render_string(check.path, context, f"{path}.file"))
+            return replace(check, path=render(check.path, f"{path}.file"))
         case HttpCheck():
-            return replace(check, url=render_string(check.url, context, f"{path}.http"))
+            return replace(check, url=render(check.url, f"{path}.http"))
         case _:
             return check
+
+
+def syntax_message(error: jinja2.TemplateSyntaxError) -> str:
+    """A template syntax error for people: its line and reason."""
+    reason = (error.message or "invalid syntax").rstrip(".")
+    return f"template syntax error on line {error.lineno}: {reason}"

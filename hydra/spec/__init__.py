@@ -1,4 +1,4 @@
-"""Task specs: parse the YAML shape of DESIGN §5, validate, and give the canonical form.
+"""Task specs: parse the YAML shape of docs/interfaces.md, validate, and give the canonical form.
 
 Shared by the client and the coordinator, so it imports nothing from either and
 needs only PyYAML. Every problem is reported at once, as one ``InvalidArgument``

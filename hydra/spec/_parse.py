@@ -1,4 +1,4 @@
-"""Parsing the YAML shape of a task (DESIGN §5) into a ``TaskSpec``.
+"""Parsing the YAML shape of a task (docs/interfaces.md) into a ``TaskSpec``.
 
 The parsers only convert shapes and types: a value that cannot be converted is
 a parse problem, and the spec gets ``None`` in its place.
@@ -44,7 +44,7 @@ _Parser = Callable[[Any, str, _Problems], Any]
 
 
 def task_from_dict(data: Mapping[str, Any], path: str = "") -> TaskSpec:
-    """Build and validate a spec from its YAML shape (DESIGN §5).
+    """Build and validate a spec from its YAML shape (docs/interfaces.md).
 
     Args:
         data: One task as loaded from YAML or JSON (``task_to_dict`` output too).

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from hydra.domain import (
+    MAX_CHECK_TIMEOUT,
     After,
     At,
     Catchup,
@@ -369,7 +370,14 @@ def _check_precondition(check: object, path: str, problems: _Problems) -> None:
             kinds = "a CommandCheck, FileCheck, HttpCheck or TcpCheck"
             problems.add(path, f"must be {kinds}, not {_type_name(check)}")
             return
-    _check_duration(check.timeout, _join(path, "timeout"), problems, _ZERO, positive=True)
+    timeout_path = _join(path, "timeout")
+    _check_duration(check.timeout, timeout_path, problems, _ZERO, positive=True)
+    if isinstance(check.timeout, timedelta) and MAX_CHECK_TIMEOUT < check.timeout <= MAX_DURATION:
+        problems.add(
+            timeout_path,
+            f"must be at most {format_duration(MAX_CHECK_TIMEOUT)}, "
+            f"got {format_duration(check.timeout)}",
+        )
 
 
 def _check_url(url: object, path: str, problems: _Problems) -> None:

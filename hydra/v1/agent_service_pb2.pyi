@@ -178,6 +178,7 @@ class Hello(_message.Message):
     VERSION_FIELD_NUMBER: _builtins.int
     HELD_LEASES_FIELD_NUMBER: _builtins.int
     DRAINING_FIELD_NUMBER: _builtins.int
+    INSTANCE_ID_FIELD_NUMBER: _builtins.int
     agent_id: _builtins.str
     """Stable id, unique in the cluster."""
     hostname: _builtins.str
@@ -188,6 +189,11 @@ class Hello(_message.Message):
     """Agent software version."""
     draining: _builtins.bool
     """The agent is draining: offer it nothing."""
+    instance_id: _builtins.str
+    """Random, chosen once per agent process and kept across its reconnects. A
+    Hello for an agent id whose live session belongs to another instance
+    (another process with the same id) is refused with ALREADY_EXISTS.
+    """
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Labels matched against task selectors."""
@@ -208,10 +214,11 @@ class Hello(_message.Message):
         version: _builtins.str = ...,
         held_leases: _abc.Iterable[Global___LeaseRef] | None = ...,
         draining: _builtins.bool = ...,
+        instance_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "capacity", b"capacity", "draining", b"draining", "held_leases", b"held_leases", "hostname", b"hostname", "labels", b"labels", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "capacity", b"capacity", "draining", b"draining", "held_leases", b"held_leases", "hostname", b"hostname", "instance_id", b"instance_id", "labels", b"labels", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -336,6 +343,7 @@ class AttemptFinished(_message.Message):
     MESSAGE_FIELD_NUMBER: _builtins.int
     ARGV_FIELD_NUMBER: _builtins.int
     OUTPUTS_JSON_FIELD_NUMBER: _builtins.int
+    OUTPUT_TAILS_FIELD_NUMBER: _builtins.int
     outcome: Global___AttemptOutcome.ValueType
     """How it ended."""
     exit_code: _builtins.int
@@ -364,6 +372,16 @@ class AttemptFinished(_message.Message):
     def argv(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """The argv actually run (repeated in case AttemptStarted was lost)."""
 
+    @_builtins.property
+    def output_tails(self) -> _containers.RepeatedCompositeFieldContainer[Global___OutputTail]:
+        """The true end of each output stream, whatever was sent live: the
+        coordinator stores what it lacks of it after the head it kept, with a
+        marker for the bytes in between. At most LeaseOffer.output_limit / 2
+        bytes for both streams together (so the report stays far below the
+        message limit). Empty from agents older than this field: the coordinator
+        then keeps the head only.
+        """
+
     def __init__(
         self,
         *,
@@ -376,10 +394,11 @@ class AttemptFinished(_message.Message):
         message: _builtins.str = ...,
         argv: _abc.Iterable[_builtins.str] | None = ...,
         outputs_json: _builtins.str = ...,
+        output_tails: _abc.Iterable[Global___OutputTail] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "_signal", b"_signal", "exit_code", b"exit_code", "finished_at", b"finished_at", "lease", b"lease", "signal", b"signal", "started_at", b"started_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "_signal", b"_signal", "argv", b"argv", "exit_code", b"exit_code", "finished_at", b"finished_at", "lease", b"lease", "message", b"message", "outcome", b"outcome", "outputs_json", b"outputs_json", "signal", b"signal", "started_at", b"started_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "_signal", b"_signal", "argv", b"argv", "exit_code", b"exit_code", "finished_at", b"finished_at", "lease", b"lease", "message", b"message", "outcome", b"outcome", "output_tails", b"output_tails", "outputs_json", b"outputs_json", "signal", b"signal", "started_at", b"started_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__exit_code: _TypeAlias = _typing.Literal["exit_code"]  # noqa: Y015
     _WhichOneofArgType__exit_code: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code"]  # noqa: Y015
@@ -391,6 +410,36 @@ class AttemptFinished(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__signal) -> _WhichOneofReturnType__signal | None: ...
 
 Global___AttemptFinished: _TypeAlias = AttemptFinished  # noqa: Y015
+
+@_typing.final
+class OutputTail(_message.Message):
+    """The end of one output stream of an attempt."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STREAM_FIELD_NUMBER: _builtins.int
+    TOTAL_BYTES_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    stream: _run_service_pb2.OutputStream.ValueType
+    """stdout or stderr."""
+    total_bytes: _builtins.int
+    """Bytes the process wrote to this stream in all."""
+    data: _builtins.bytes
+    """The last bytes of the stream: its bytes from total_bytes - len(data) on."""
+    def __init__(
+        self,
+        *,
+        stream: _run_service_pb2.OutputStream.ValueType = ...,
+        total_bytes: _builtins.int = ...,
+        data: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "stream", b"stream", "total_bytes", b"total_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OutputTail: _TypeAlias = OutputTail  # noqa: Y015
 
 @_typing.final
 class LeaseRejected(_message.Message):
@@ -555,12 +604,18 @@ class LeaseOffer(_message.Message):
     OCCURRENCE_FIELD_NUMBER: _builtins.int
     PRECONDITIONS_FIELD_NUMBER: _builtins.int
     START_IN_FIELD_NUMBER: _builtins.int
+    OUTPUT_LIMIT_FIELD_NUMBER: _builtins.int
     task: _builtins.str
     """Task name."""
     attempt: _builtins.int
     """Attempt number this would be."""
     workdir: _builtins.str
     """Rendered working directory; empty: the agent's."""
+    output_limit: _builtins.int
+    """Bytes of output the coordinator keeps for this attempt: the head, sent
+    live, up to half of it, and the tail, sent with AttemptFinished. Unset or
+    zero (a coordinator older than this field): the agent's default, 1 MiB.
+    """
     @_builtins.property
     def lease(self) -> Global___LeaseRef:
         """The lease."""
@@ -614,10 +669,11 @@ class LeaseOffer(_message.Message):
         occurrence: _timestamp_pb2.Timestamp | None = ...,
         preconditions: _abc.Iterable[_types_pb2.Precondition] | None = ...,
         start_in: _duration_pb2.Duration | None = ...,
+        output_limit: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["kill_grace", b"kill_grace", "lease", b"lease", "occurrence", b"occurrence", "start_in", b"start_in", "timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["argv", b"argv", "attempt", b"attempt", "env", b"env", "kill_grace", b"kill_grace", "lease", b"lease", "occurrence", b"occurrence", "preconditions", b"preconditions", "start_in", b"start_in", "task", b"task", "timeout", b"timeout", "workdir", b"workdir"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["argv", b"argv", "attempt", b"attempt", "env", b"env", "kill_grace", b"kill_grace", "lease", b"lease", "occurrence", b"occurrence", "output_limit", b"output_limit", "preconditions", b"preconditions", "start_in", b"start_in", "task", b"task", "timeout", b"timeout", "workdir", b"workdir"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

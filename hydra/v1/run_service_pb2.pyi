@@ -491,22 +491,28 @@ class LogChunk(_message.Message):
     ATTEMPT_FIELD_NUMBER: _builtins.int
     STREAM_FIELD_NUMBER: _builtins.int
     DATA_FIELD_NUMBER: _builtins.int
+    DROPPED_BYTES_FIELD_NUMBER: _builtins.int
     attempt: _builtins.int
     """Attempt number."""
     stream: Global___OutputStream.ValueType
     """stdout or stderr."""
     data: _builtins.bytes
     """Bytes as the process wrote them."""
+    dropped_bytes: _builtins.int
+    """Not zero: this many bytes of the stream were dropped here, between the
+    head and the tail the coordinator keeps (data is then empty).
+    """
     def __init__(
         self,
         *,
         attempt: _builtins.int = ...,
         stream: Global___OutputStream.ValueType = ...,
         data: _builtins.bytes = ...,
+        dropped_bytes: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "data", b"data", "stream", b"stream"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "data", b"data", "dropped_bytes", b"dropped_bytes", "stream", b"stream"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

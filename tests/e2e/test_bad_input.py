@@ -36,6 +36,7 @@ from support.processes import processes_in
 
 UNKNOWN_RUN = "00000000-0000-4000-8000-000000000000"
 TEN_MB = 10 * 1024 * 1024
+ONE_MB = 1024 * 1024
 #: Tables whose rows nothing but a request changes (agents and coordinators heartbeat).
 CONTENT_TABLES = (
     "hydra_tasks",
@@ -208,7 +209,13 @@ BAD_CALLS: dict[str, tuple[Callable[[Stubs, str], object], grpc.StatusCode, str]
     ),
     "empty command": (apply_spec(command=[]), INVALID, "spec.command"),
     "negative timeout": (apply_spec(timeout=Duration(seconds=-5)), INVALID, "spec.timeout"),
-    "10 MB argument": (apply_spec(command=["echo", "x" * TEN_MB]), INVALID, "spec.command[1]"),
+    "1 MB argument": (apply_spec(command=["echo", "x" * ONE_MB]), INVALID, "spec.command[1]"),
+    # Past the message limit (hydra.limits), gRPC refuses the request before Hydra sees it.
+    "10 MB request": (
+        apply_spec(command=["echo", "x" * TEN_MB]),
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "larger than max",
+    ),
     "unknown task": (
         lambda s, _: s.runs.Trigger(run_pb.TriggerRunRequest(task="nope"), timeout=30),
         NOT_FOUND,

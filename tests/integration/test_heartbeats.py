@@ -47,12 +47,14 @@ async def _leases(store: Database) -> dict[str, LeaseKey]:
         await store.run(
             agents.connect,
             agent_id=agent,
+            instance_id=agent,
             hostname="h",
             labels={},
             capacity=1,
             version="",
             draining=False,
             coordinator_id="c1",
+            ttl=SHORT,
         )
         await create_manual_run(
             store,

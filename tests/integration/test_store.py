@@ -11,8 +11,17 @@ import pytest
 from hydra.coordinator.loops.triggers import plan_fire
 from hydra.coordinator.specs import apply_spec
 from hydra.coordinator.store import Database, attempts, leases, runs, tasks, triggers
-from hydra.coordinator.store.records import AttemptReport, AttemptStart, NewRun
-from hydra.domain import AttemptOutcome, Concurrency, Cron, Retry, RunCause, RunState, TaskSpec
+from hydra.coordinator.store.records import AttemptReport, AttemptStart, NewRun, OutputTail
+from hydra.domain import (
+    After,
+    AttemptOutcome,
+    Concurrency,
+    Cron,
+    Retry,
+    RunCause,
+    RunState,
+    TaskSpec,
+)
 from hydra.errors import FailedPrecondition, NotFound
 
 from support.store import create_manual_run, finish_attempt, start_attempt
@@ -220,6 +229,22 @@ async def test_expired_lease_loses_the_attempt_and_requeues(store: Database) -> 
     assert "lost" in run.reason
 
 
+async def test_an_expired_lease_with_no_attempt_left_fails_the_run_and_skips_its_dependents(
+    store: Database,
+) -> None:
+    run_id = await _queued_run(store)  # one attempt
+    downstream = TaskSpec(name="after-t", command=("true",), triggers=(After(tasks=("t",)),))
+    await apply_spec(store, downstream, dry_run=False, now=NOW)
+    [lease] = await store.run(leases.claim, "a1", {}, 1, timedelta(milliseconds=1))
+    await start_attempt(store, run_id, lease.lease_token, "a1", ["true"], NOW)
+    await asyncio.sleep(0.01)  # let a 1 ms lease expire
+    assert await store.run(leases.reap_expired) == 1
+    run = await store.run(runs.get_run, run_id)
+    assert run.state is RunState.FAILED and run.attempts[0].state.value == "LOST"
+    [skipped] = await store.run(runs.list_runs, task="after-t", states=[], after=None, limit=10)
+    assert (skipped.state, skipped.reason) == (RunState.SKIPPED, "upstream t failed")
+
+
 async def test_renewal_only_extends_current_leases(store: Database) -> None:
     run_id = await _queued_run(store)
     [lease] = await store.run(leases.claim, "a1", {}, 1, TTL)
@@ -245,7 +270,7 @@ async def test_renewal_only_extends_current_leases(store: Database) -> None:
     )
 
 
-async def test_output_keeps_a_bounded_tail(store: Database) -> None:
+async def test_output_keeps_a_bounded_head(store: Database) -> None:
     run_id = await _queued_run(store)
     [lease] = await store.run(leases.claim, "a1", {}, 1, TTL)
     await start_attempt(store, run_id, lease.lease_token, "a1", ["true"], NOW)
@@ -254,7 +279,48 @@ async def test_output_keeps_a_bounded_tail(store: Database) -> None:
         await store.run(attempts.append_output, run_id, lease.lease_token, 1, data, limit=35)
     chunks = await store.run(runs.read_output, run_id, after_seq=0, attempt=0)
     kept = b"".join(c.data for c in chunks)
-    assert kept == b"7" * 10 + b"8" * 10 + b"9" * 10
+    assert kept == b"0" * 10 + b"1" * 10 + b"2" * 10 + b"3" * 5
+
+
+async def _output_after_end(
+    store: Database, head: dict[int, bytes], tails: list[OutputTail]
+) -> list[tuple[int, bytes, int]]:
+    """(stream, data, dropped) of what is stored after `head` was streamed and the
+    attempt ended reporting `tails`."""
+    run_id = await _queued_run(store)
+    [lease] = await store.run(leases.claim, "a1", {}, 1, TTL)
+    await start_attempt(store, run_id, lease.lease_token, "a1", ["true"], NOW)
+    for stream, data in head.items():
+        await store.run(attempts.append_output, run_id, lease.lease_token, stream, data, limit=100)
+    report = _report(run_id, lease.lease_token, "SUCCEEDED", output_tails=tuple(tails))
+    assert (await finish_attempt(store, report)).accepted
+    chunks = await store.run(runs.read_output, run_id, after_seq=0, attempt=0)
+    return [(c.stream, c.data, c.dropped_bytes) for c in chunks]
+
+
+async def test_the_end_of_the_output_is_stored_after_a_marker(store: Database) -> None:
+    stored = await _output_after_end(
+        store,
+        {1: b"0123", 2: b"ab"},
+        [
+            OutputTail(stream=1, total_bytes=1000, data=b"end of stdout"),
+            OutputTail(stream=2, total_bytes=5, data=b"bcde"),  # overlaps the head
+        ],
+    )
+    assert stored == [
+        (1, b"0123", 0),
+        (2, b"ab", 0),
+        (1, b"", 1000 - 4 - 13),
+        (1, b"end of stdout", 0),
+        (2, b"cde", 0),
+    ]
+
+
+async def test_output_that_fit_gets_no_marker_and_no_copy(store: Database) -> None:
+    stored = await _output_after_end(
+        store, {1: b"all of it"}, [OutputTail(stream=1, total_bytes=9, data=b"of it")]
+    )
+    assert stored == [(1, b"all of it", 0)]
 
 
 async def test_due_triggers_fire_once_however_many_loops_race(store: Database) -> None:

@@ -39,8 +39,10 @@ class ScriptedAgent:
         *,
         capacity: int = 1,
         labels: Mapping[str, str] | None = None,
+        instance_id: str = "",
     ) -> None:
         self.agent_id = agent_id
+        self.instance_id = instance_id
         self.capacity = capacity
         self.labels = dict(labels or {})
         #: Every message received so far, in order.
@@ -83,6 +85,7 @@ class ScriptedAgent:
         self.send(
             hello=pb.Hello(
                 agent_id=self.agent_id,
+                instance_id=self.instance_id,
                 hostname="scripted",
                 capacity=self.capacity,
                 labels=self.labels,
@@ -163,6 +166,18 @@ class ScriptedAgent:
                 return
             self._unread.append(item)
         raise AssertionError(f"the stream did not end within {timeout:g}s")
+
+    def refusal(self, timeout: float = 10.0) -> grpc.RpcError:
+        """The error the coordinator ended the stream with (e.g. after a refused Hello).
+
+        Raises:
+            AssertionError: the stream did not end within `timeout`, or ended without one.
+        """
+        self.expect_end(timeout)
+        item = self._incoming.get()
+        self._incoming.put(item)
+        assert isinstance(item, grpc.RpcError), f"the stream ended without an error: {item}"
+        return item
 
     def _requests(self) -> Iterator[pb.AgentMessage]:
         while (message := self._outgoing.get()) is not None:

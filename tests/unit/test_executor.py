@@ -26,7 +26,7 @@ import pytest
 
 from harness.processes import is_alive
 from hydra.agent import process
-from hydra.agent.attempt import AttemptResult, AttemptSpec, OutputStream
+from hydra.agent.attempt import AttemptResult, AttemptSpec, OutputStream, StreamTail
 from hydra.agent.executor import (
     PIPE_DRAIN_SECONDS,
     Execution,
@@ -34,12 +34,13 @@ from hydra.agent.executor import (
 )
 from hydra.agent.output import (
     OutputBatcher,
+    OutputRecorder,
     OutputsDirectory,
     OutputsError,
     memory_backed_tmp,
     read_outputs,
 )
-from hydra.domain import AttemptOutcome
+from hydra.domain import MAX_OUTPUT_TAIL, AttemptOutcome, OutputBudget, output_budget
 
 from support.proc import eventually, processes_with_run_id, unique_run_id
 
@@ -86,8 +87,9 @@ class Recorder:
     def __init__(self) -> None:
         self.batches: list[tuple[OutputStream, bytes, float]] = []
 
-    def __call__(self, stream: OutputStream, data: bytes) -> None:
+    def __call__(self, stream: OutputStream, data: bytes) -> bool:
         self.batches.append((stream, data, time.monotonic()))
+        return True
 
     def text(self, stream: OutputStream) -> str:
         return b"".join(data for s, data, _ in self.batches if s is stream).decode()
@@ -215,7 +217,7 @@ async def test_environment_and_workdir(
     assert cwd == str(tmp_path)
     assert hydra_vars == f"{run_id}|demo.task|2|2024-05-01T02:30:00+00:00"
     assert other_vars == "inherited|rendered|unset"
-    assert Path(output_file).parent == Path(str(outputs.path))
+    assert Path(output_file).parent.parent == Path(str(outputs.path))
     assert files_in(outputs) == []
 
 
@@ -396,6 +398,80 @@ async def test_an_empty_command_cannot_start(run_id: str, outputs: OutputsDirect
     )
 
 
+# --- what is streamed, and the tail --------------------------------------------------
+
+
+class Sink:
+    """A live sink that takes `accept` batches, then refuses."""
+
+    def __init__(self, accept: int = 1_000_000) -> None:
+        self.sent: list[tuple[OutputStream, bytes]] = []
+        self._accept = accept
+
+    def __call__(self, stream: OutputStream, data: bytes) -> bool:
+        if len(self.sent) >= self._accept:
+            return False
+        self.sent.append((stream, data))
+        return True
+
+
+def test_output_is_streamed_up_to_the_head_and_its_end_kept_per_stream() -> None:
+    sink = Sink()
+    recorder = OutputRecorder(sink, OutputBudget(head=10, tail=8))
+    for data in (b"abcd", b"efgh", b"ijkl", b"mnop"):
+        recorder.add(OutputStream.STDOUT, data)
+    recorder.add(OutputStream.STDERR, b"err")
+
+    assert sink.sent == [
+        (OutputStream.STDOUT, b"abcd"),
+        (OutputStream.STDOUT, b"efgh"),
+        (OutputStream.STDOUT, b"ij"),  # cut at the head; nothing after
+    ]
+    # Half the tail each; what stderr does not need, stdout may use.
+    assert recorder.tails() == (
+        StreamTail(stream=OutputStream.STDOUT, total_bytes=16, data=b"lmnop"),
+        StreamTail(stream=OutputStream.STDERR, total_bytes=3, data=b"err"),
+    )
+
+
+def test_after_a_batch_that_could_not_be_sent_nothing_more_is_streamed() -> None:
+    sink = Sink(accept=1)
+    recorder = OutputRecorder(sink, OutputBudget(head=100, tail=100))
+    for data in (b"one ", b"two ", b"three"):
+        recorder.add(OutputStream.STDOUT, data)
+
+    assert sink.sent == [(OutputStream.STDOUT, b"one ")]  # a prefix, never a gap
+    assert recorder.tails() == (
+        StreamTail(stream=OutputStream.STDOUT, total_bytes=13, data=b"one two three"),
+    )
+
+
+def test_no_output_has_no_tails() -> None:
+    assert OutputRecorder(Sink(), output_budget(1024)).tails() == ()
+
+
+def test_the_tail_of_a_big_limit_stays_far_below_the_message_limit() -> None:
+    assert output_budget(1024 * 1024) == OutputBudget(head=512 * 1024, tail=512 * 1024)
+    assert output_budget(64 * 1024 * 1024).tail == MAX_OUTPUT_TAIL
+    assert output_budget(0) == OutputBudget(head=0, tail=0)
+
+
+async def test_an_attempt_reports_the_true_end_of_a_flood(
+    run_id: str, outputs: OutputsDirectory
+) -> None:
+    recorder = Recorder()
+    attempt = spec(run_id, *sh("seq 1 200000; echo END"), output_limit=4096)
+
+    result = await run(outputs, attempt, recorder)
+
+    assert result.outcome is AttemptOutcome.SUCCEEDED
+    assert len(recorder.text(OutputStream.STDOUT)) == 2048  # the head
+    [tail] = result.output_tails
+    assert tail.total_bytes == len("".join(f"{n}\n" for n in range(1, 200_001))) + 4
+    assert len(tail.data) == 2048
+    assert tail.data.endswith(b"\n199999\n200000\nEND\n")
+
+
 # --- $HYDRA_OUTPUT ------------------------------------------------------------------
 
 
@@ -440,7 +516,7 @@ async def test_outputs_over_64_kib_fail_the_attempt(run_id: str, outputs: Output
     result = await run(outputs, spec(run_id, sys.executable, "-c", script))
 
     assert result.outcome is AttemptOutcome.FAILED
-    assert result.message == "$HYDRA_OUTPUT: over 65536 bytes"
+    assert result.message == "outputs file exceeded 64 KiB ($HYDRA_OUTPUT)"
 
 
 async def test_bad_outputs_of_a_failed_attempt_keep_the_exit_message(
@@ -488,9 +564,9 @@ async def test_the_output_file_is_in_the_agents_directory_and_goes_with_the_atte
 
     assert result.message.endswith(message)
     output_file = Path(recorder.text(OutputStream.STDOUT).strip())
-    assert output_file.parent == Path(str(outputs.path))
-    assert output_file.name.startswith(f"{run_id}-3-")
-    assert output_file.suffix == ".json"
+    assert output_file.parent.parent == Path(str(outputs.path))
+    assert output_file.parent.name.startswith(f"{run_id}-3-")
+    assert output_file.name == "outputs.json"
     assert files_in(outputs) == []
 
 
@@ -503,7 +579,7 @@ async def test_a_killed_attempt_leaves_no_output_file(
     await execution.start()
     await eventually(lambda: bool(recorder.batches))
     output_file = Path(recorder.text(OutputStream.STDOUT).strip())
-    assert files_in(outputs) == [output_file.name]
+    assert files_in(outputs) == [output_file.parent.name]
 
     execution.kill(AttemptOutcome.CANCELLED, "cancelled: by a test")
     await execution.wait()
@@ -570,18 +646,24 @@ async def test_through_pidfds_start_returns_without_letting_the_loop_turn(
 
 
 def test_the_outputs_directory_is_private_made_on_first_use_and_removed_by_close() -> None:
-    directory = OutputsDirectory()
+    directory = OutputsDirectory("agent/1")
     assert directory.path is None
     try:
         first = Path(directory.new_file(spec("run/../7", "true", attempt=2)))
         second = Path(directory.new_file(spec("run/../7", "true", attempt=2)))
         path = Path(str(directory.path))
-        assert path.name.startswith("hydra-agent-")
+        assert path.name == f"hydra-agent-agent_1.{os.getpid()}"
         assert stat.S_IMODE(path.stat().st_mode) == 0o700
-        assert first != second
-        assert first.parent == second.parent == path
-        assert first.name.startswith("run_.._7-2-")
+        # One directory per attempt, private too.
+        assert first.parent != second.parent
+        assert first.parent.parent == second.parent.parent == path
+        assert stat.S_IMODE(first.parent.stat().st_mode) == 0o700
+        assert first.parent.name.startswith("run_.._7-2-")
+        assert first.name == second.name == "outputs.json"
         assert first.read_bytes() == b""
+        directory.remove(str(first))
+        assert not first.parent.exists()
+        assert second.exists()
     finally:
         directory.close()
 
@@ -594,7 +676,7 @@ def test_an_outputs_directory_removed_under_the_agent_is_made_again() -> None:
     directory = OutputsDirectory()
     try:
         first = Path(directory.new_file(spec("r", "true")))
-        shutil.rmtree(first.parent)
+        shutil.rmtree(first.parent.parent)
 
         second = Path(directory.new_file(spec("r", "true")))
 
@@ -602,6 +684,23 @@ def test_an_outputs_directory_removed_under_the_agent_is_made_again() -> None:
         assert second.parent != first.parent
     finally:
         directory.close()
+
+
+def test_an_agent_removes_what_dead_processes_of_its_id_left(tmp_path: Path) -> None:
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    mine_dead = tmp_path / f"hydra-agent-a1.{dead.pid}"
+    mine_alive = tmp_path / f"hydra-agent-a1.{os.getppid()}"
+    other_agent = tmp_path / f"hydra-agent-a2.{dead.pid}"
+    for path in (mine_dead, mine_alive, other_agent):
+        (path / "r-1-x").mkdir(parents=True)
+        (path / "r-1-x" / "outputs.json").write_text("{}")
+
+    removed = OutputsDirectory("a1", base=str(tmp_path)).remove_stale()
+
+    assert removed == [str(mine_dead)]
+    assert not mine_dead.exists()
+    assert mine_alive.exists() and other_agent.exists()
 
 
 def test_read_outputs_refuses_what_is_not_a_regular_file(tmp_path: Path) -> None:

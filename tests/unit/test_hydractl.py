@@ -411,6 +411,21 @@ def test_logs_write_raw_bytes_by_stream(
     assert fake.calls == [("tail_logs", (RUN_ID,), {"attempt": 1, "follow": True})]
 
 
+def test_logs_show_where_output_was_dropped_on_a_line_of_its_own(
+    fake: FakeClient, capfdbinary: pytest.CaptureFixture[bytes]
+) -> None:
+    fake.chunks = [
+        LogChunk(attempt=1, stream="stdout", data=b"1\n2\n3"),
+        LogChunk(attempt=1, stream="stderr", data=b"warn\n"),
+        LogChunk(attempt=1, stream="stdout", data=b"", dropped_bytes=12_345_678),
+        LogChunk(attempt=1, stream="stdout", data=b"99\nEND\n"),
+    ]
+    assert hydractl.main(["logs", RUN_ID]) == 0
+    captured = capfdbinary.readouterr()
+    assert captured.out == b"1\n2\n3\n... [hydra: 12,345,678 bytes dropped] ...\n99\nEND\n"
+    assert captured.err == b"warn\n"
+
+
 # --- errors and exit codes ----------------------------------------------------
 
 

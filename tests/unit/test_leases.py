@@ -27,8 +27,9 @@ class Listener:
     def __init__(self) -> None:
         self.events: list[tuple[str, LeaseKey, Any]] = []
 
-    def attempt_output(self, lease: LeaseKey, stream: OutputStream, data: bytes) -> None:
+    def attempt_output(self, lease: LeaseKey, stream: OutputStream, data: bytes) -> bool:
         self.events.append(("output", lease, data))
+        return True
 
     def attempt_started(self, lease: LeaseKey, argv: Sequence[str], started: Started) -> None:
         self.events.append(("started", lease, started))
@@ -104,8 +105,8 @@ async def test_start_holds_the_lease_at_once_and_spawns_in_the_background(run_id
     assert listener.result(lease).outcome is AttemptOutcome.SUCCEEDED
     assert book.pending() == [(lease, listener.result(lease))]
     output_file = Path(listener.output(lease).decode().strip())
-    assert output_file.name.startswith(f"{run_id}-1-")
-    assert not output_file.parent.exists()  # close removed the agent's directory
+    assert output_file.parent.name.startswith(f"{run_id}-1-")  # the attempt's own directory
+    assert not output_file.parent.parent.exists()  # close removed the agent's directory
 
 
 async def test_a_spawn_failure_is_reported_and_keeps_the_lease_until_acknowledged(

@@ -18,10 +18,11 @@ import pytest
 from harness.net import free_port
 from harness.processes import is_alive
 from harness.wait import wait_until
-from hydra.agent import messages, process
+from hydra.agent import messages, preconditions, process
 from hydra.agent.preconditions import (
     MAX_MESSAGE_CHARS,
     Check,
+    FileCheckPool,
     UnsupportedCheck,
     evaluate,
     evaluate_all,
@@ -29,6 +30,7 @@ from hydra.agent.preconditions import (
 )
 from hydra.domain import (
     DEFAULT_CHECK_TIMEOUT,
+    MAX_CHECK_TIMEOUT,
     CommandCheck,
     FileCheck,
     HttpCheck,
@@ -291,6 +293,43 @@ async def test_a_file_older_than_min_age_is_ready(tmp_path: Path) -> None:
     assert verdict == (True, "modified 2m ago")
 
 
+class HungStat:
+    """A stat that hangs (a dead NFS server) until released."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.calls = 0
+
+    def __call__(self, path: str) -> os.stat_result:
+        self.calls += 1
+        self.release.wait(10)
+        return os.stat(path)
+
+
+async def test_hung_stats_hold_a_few_threads_then_checks_are_busy_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hung = HungStat()
+    pool = FileCheckPool(workers=2, stat=hung)
+    monkeypatch.setattr(preconditions, "FILE_CHECKS", pool)
+    ready = FileCheck(path=str(tmp_path), timeout=SHORT)
+    threads = threading.active_count()
+
+    assert (
+        await asyncio.gather(check(ready), check(ready)) == [(False, "timed out after 300ms")] * 2
+    )
+    started = time.monotonic()
+    assert await check(ready) == (False, "file checks busy (2 stat calls have not returned)")
+    assert time.monotonic() - started < 0.1  # refused at once, not queued
+    assert threading.active_count() == threads + 2
+    assert hung.calls == 2
+
+    hung.release.set()
+    await wait_until(lambda: pool.busy == 0, timeout=5)
+    assert (await check(ready))[0]
+    assert threading.active_count() == threads + 2  # the same threads, again
+
+
 # --- http -------------------------------------------------------------------------------
 
 
@@ -321,6 +360,52 @@ async def test_a_url_that_is_not_http_is_not_ready() -> None:
     verdict = await check(HttpCheck(url="file:///etc/passwd"))
 
     assert verdict == (False, "not an http(s) URL: file:///etc/passwd")
+
+
+async def test_a_slow_drip_answer_is_cut_off_at_the_timeout_without_a_thread() -> None:
+    closed = asyncio.Event()
+
+    async def drip(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(1024)
+        try:
+            while True:  # a status line that never ends
+                writer.write(b"X")
+                await writer.drain()
+                await asyncio.sleep(0.05)
+        except OSError:
+            closed.set()
+
+    server = await asyncio.start_server(drip, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    threads = threading.active_count()
+    try:
+        verdict = await check(HttpCheck(url=f"http://127.0.0.1:{port}/", timeout=SHORT))
+        assert verdict == (False, "timed out after 300ms")
+        assert threading.active_count() == threads
+        await asyncio.wait_for(closed.wait(), 5)  # the check hung up
+    finally:
+        server.close()
+
+
+async def test_http_redirects_are_followed(web: Web) -> None:
+    async def redirect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(1024)
+        writer.write(f"HTTP/1.1 302 Found\r\nLocation: {web.url('/ok')}\r\n\r\n".encode())
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(redirect, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        assert await check(HttpCheck(url=f"http://127.0.0.1:{port}/old")) == (True, "HTTP 200")
+    finally:
+        server.close()
+
+
+def test_a_timeout_longer_than_the_maximum_is_cut_to_it() -> None:
+    message = types_pb2.Precondition(tcp=types_pb2.TcpCheck(host="h", port=1))
+    message.timeout.FromTimedelta(timedelta(days=36500))
+    assert messages.precondition(message).timeout == MAX_CHECK_TIMEOUT
 
 
 # --- tcp --------------------------------------------------------------------------------

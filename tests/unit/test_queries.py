@@ -9,8 +9,9 @@ import hydra.coordinator.store
 from hydra.coordinator.store.queries import all_queries
 
 SOURCES = Path(hydra.coordinator.store.__file__).parent
-#: Named-query uses: tx.one("name", ...), tx.all(...), tx.execute(...), self.execute(...).
-_USE = re.compile(r'\b(?:tx|self)\.(?:one|all|execute)\(\s*"(\w+)"')
+#: Named-query uses: tx.one("name", ...), tx.all(...), tx.execute(...), self.execute(...),
+#: and query("name") on a connection of the store's own (the probe's).
+_USE = re.compile(r'\b(?:(?:tx|self)\.(?:one|all|execute)|query)\(\s*"(\w+)"')
 
 
 def _uses() -> set[str]:

@@ -23,6 +23,7 @@ class _Error(grpc.RpcError):
         (grpc.StatusCode.DEADLINE_EXCEEDED, True, True),
         (grpc.StatusCode.INTERNAL, False, True),  # a transport glitch as a coordinator dies
         (grpc.StatusCode.UNKNOWN, False, True),
+        (grpc.StatusCode.ALREADY_EXISTS, False, True),  # the agent id's old session may end
         (grpc.StatusCode.UNAUTHENTICATED, False, False),  # configuration: retrying cannot fix
         (grpc.StatusCode.INVALID_ARGUMENT, False, False),
         (grpc.StatusCode.UNIMPLEMENTED, False, False),

@@ -436,6 +436,11 @@ BIG = 10 * 1024 * 1024
             "preconditions[0].timeout",
             "must be positive",
         ),
+        (
+            valid(preconditions=[{"tcp": "db:5432"}, {"http": "http://x", "timeout": "36500d"}]),
+            "preconditions[1].timeout",
+            "must be at most 10m, got 36500d",
+        ),
         (valid(poke_interval="500ms"), "poke_interval", "must be at least 1s, got 500ms"),
         (valid(precondition_timeout="0s"), "precondition_timeout", "must be positive"),
         (valid(on_timeout="explode"), "on_timeout", "must be one of fail, skip"),

@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
+from hydra.coordinator.template_checks import check_templates
 from hydra.coordinator.templates import (
     RenderContext,
     RenderError,
-    check_templates,
     render_command,
     render_string,
 )

@@ -23,14 +23,14 @@ from typing import TYPE_CHECKING
 import grpc
 import psycopg
 
-from hydra.coordinator.agents import wire
+from hydra.coordinator.agents import protocol
 from hydra.coordinator.agents.sessions import AgentSession, SessionRegistry
 from hydra.coordinator.loops.heartbeats import HeartbeatRecorder, PendingHeartbeat
 from hydra.coordinator.loops.timing import utcnow
 from hydra.coordinator.store import CONFLICTS, Database, Transaction, agents, attempts, leases
 from hydra.coordinator.store import preconditions as precondition_checks
 from hydra.coordinator.store.records import Heartbeat, LeaseTimes, ReportVerdict
-from hydra.domain import LeaseKey
+from hydra.domain import LeaseKey, agent_id_problem, output_budget
 from hydra.errors import Unavailable
 from hydra.v1 import agent_service_pb2 as pb
 from hydra.wire import verdict_from_proto
@@ -46,6 +46,8 @@ INBOX_SIZE = 1000
 MAX_BATCH = 200
 #: How many times one message is tried when its transactions keep being deadlock victims.
 DEADLOCK_TRIES = 3
+#: Longest instance id an agent may send in its Hello.
+MAX_INSTANCE_ID_CHARS = 128
 
 #: The kinds of message recorded in a report batch (heartbeats are recorded apart).
 _RECORDED = frozenset(
@@ -75,6 +77,7 @@ class AgentStreams:
         self._times = times
         self._coordinator_id = coordinator_id
         self._output_limit = output_limit
+        self._output_head = output_budget(output_limit).head
         self._heartbeats = HeartbeatRecorder(database, ttl=times.ttl, coordinator_id=coordinator_id)
 
     async def close(self) -> None:
@@ -90,13 +93,19 @@ class AgentStreams:
         hello = await _read_hello(requests, context)
         session = AgentSession(
             agent_id=hello.agent_id,
+            instance_id=hello.instance_id,
             hostname=hello.hostname,
             labels=dict(hello.labels),
             capacity=hello.capacity,
             draining=hello.draining,
+            output_limit=self._output_limit,
         )
-        revoked = await self._greet(session, hello)
-        yield wire.welcome(self._coordinator_id, self._times, revoked)
+        try:
+            revoked = await self._greet(session, hello)
+        except agents.AgentIdInUse as error:
+            log.warning("refused a second agent with id %s: %s", session.agent_id, error)
+            await context.abort(grpc.StatusCode.ALREADY_EXISTS, error.message)
+        yield protocol.welcome(self._coordinator_id, self._times, revoked)
         self._sessions.open(session)
         reader = asyncio.create_task(
             self._read(session, requests), name=f"agent-{session.agent_id}"
@@ -111,17 +120,33 @@ class AgentStreams:
             await self._goodbye(session)
 
     async def _greet(self, session: AgentSession, hello: pb.Hello) -> set[LeaseKey]:
-        held = [wire.lease_key(lease) for lease in hello.held_leases]
+        """Record the agent connected here and reconcile the leases it holds.
+
+        Raises:
+            AgentIdInUse: another instance of the agent (another process with its
+                id) has a live session, here or on another coordinator; nothing
+                was changed: its leases and its stream are left alone.
+        """
+        held = [protocol.lease_key(lease) for lease in hello.held_leases]
+        current = self._sessions.get(session.agent_id)
+        if (
+            current is not None
+            and current.instance_id != session.instance_id
+            and current.live(self._times.ttl)
+        ):
+            raise agents.AgentIdInUse(session.agent_id, self._coordinator_id)
         async with self._db.transaction() as tx:
             await agents.connect(
                 tx,
                 agent_id=session.agent_id,
+                instance_id=session.instance_id,
                 hostname=session.hostname,
                 labels=session.labels,
                 capacity=session.capacity,
                 version=hello.version,
                 draining=session.draining,
                 coordinator_id=self._coordinator_id,
+                ttl=self._times.ttl,
             )
         revoked = await self._db.run(leases.reconcile, session.agent_id, held, self._times.ttl)
         session.held = set(held) - revoked
@@ -153,6 +178,7 @@ class AgentStreams:
             async for message in requests:
                 if worker.done():  # it failed, and closed the session
                     break
+                session.heard()
                 if message.WhichOneof("body") == "heartbeat":
                     self._heartbeat(session, message.heartbeat)  # with other streams' heartbeats
                     continue
@@ -282,7 +308,7 @@ class AgentStreams:
                 chunk.lease.lease_token,
                 int(chunk.stream),
                 chunk.data,
-                limit=self._output_limit,
+                limit=self._output_head,
             )
         if finished := by_kind.get("attempt_finished"):
             answers += await self._finished(session, tx, [m.attempt_finished for m in finished])
@@ -290,7 +316,7 @@ class AgentStreams:
 
     def _heartbeat(self, session: AgentSession, heartbeat: pb.Heartbeat) -> None:
         """Queues the heartbeat with those of other streams; the ack follows the commit."""
-        listed = tuple(wire.lease_key(lease) for lease in heartbeat.leases)
+        listed = tuple(protocol.lease_key(lease) for lease in heartbeat.leases)
         if heartbeat.draining and not session.draining:
             log.info("agent %s is draining", session.agent_id)
         session.draining = session.draining or heartbeat.draining
@@ -316,11 +342,11 @@ class AgentStreams:
         self, session: AgentSession, tx: Transaction, started: list[pb.AttemptStarted]
     ) -> list[Answer]:
         current = await attempts.start(
-            tx, session.agent_id, [wire.start_from_proto(each) for each in started]
+            tx, session.agent_id, [protocol.start_from_proto(each) for each in started]
         )
         return [
             self._stale_start_answer(session, key)
-            for key in (wire.lease_key(each.lease) for each in started)
+            for key in (protocol.lease_key(each.lease) for each in started)
             if key not in current
         ]
 
@@ -341,9 +367,9 @@ class AgentStreams:
     ) -> list[Answer]:
         for each in finished:
             # The slot is free already: this transaction may lease it again (inline dispatch).
-            session.held.discard(wire.lease_key(each.lease))
+            session.held.discard(protocol.lease_key(each.lease))
         verdicts = await attempts.finish(
-            tx, [wire.report_from_proto(session.agent_id, f) for f in finished]
+            tx, [protocol.report_from_proto(session.agent_id, f) for f in finished]
         )
         return [
             self._finished_answer(session, each, verdict)
@@ -354,7 +380,7 @@ class AgentStreams:
         self, session: AgentSession, finished: pb.AttemptFinished, verdict: ReportVerdict
     ) -> Answer:
         def answer() -> None:
-            key = wire.lease_key(finished.lease)
+            key = protocol.lease_key(finished.lease)
             if not verdict.accepted:
                 log.warning(
                     "refused report of agent %s on run %s (lease %d): %s",
@@ -373,7 +399,7 @@ class AgentStreams:
     async def _checked(
         self, session: AgentSession, tx: Transaction, checked: pb.PreconditionsChecked
     ) -> Answer | None:
-        key = wire.lease_key(checked.lease)
+        key = protocol.lease_key(checked.lease)
         await precondition_checks.record(
             tx,
             key[0],
@@ -394,7 +420,7 @@ class AgentStreams:
     async def _rejected(
         self, session: AgentSession, tx: Transaction, rejected: pb.LeaseRejected
     ) -> Answer:
-        key = wire.lease_key(rejected.lease)
+        key = protocol.lease_key(rejected.lease)
         log.info("agent %s rejected run %s: %s", session.agent_id, key[0], rejected.reason)
         await leases.release(tx, key[0], key[1], reason=f"agent rejected: {rejected.reason}")
         return lambda: session.held.discard(key)
@@ -411,6 +437,13 @@ async def _read_hello(
     hello = first.hello
     if not hello.agent_id:
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "hello.agent_id: required")
+    if (problem := agent_id_problem(hello.agent_id)) is not None:
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"hello.agent_id: {problem}")
+    if len(hello.instance_id) > MAX_INSTANCE_ID_CHARS:
+        await context.abort(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"hello.instance_id: at most {MAX_INSTANCE_ID_CHARS} characters",
+        )
     if hello.capacity < 1:
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "hello.capacity: at least 1")
     return hello

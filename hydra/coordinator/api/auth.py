@@ -31,25 +31,26 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):
 
 
 def _denying(handler: Any) -> Any:
-    """A handler of the same kind as `handler` that refuses the call."""
+    """A handler that refuses the call without reading its request.
 
-    async def deny_unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+    It takes the request as a stream whatever the method's kind (the wire is the
+    same), and never reads it: gRPC then neither receives nor parses the body, so
+    an unauthenticated caller cannot make the coordinator hold large requests.
+    """
+
+    async def deny_unary(requests: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong HYDRA_TOKEN")
 
-    async def deny_streaming(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        await deny_unary(request, context)
+    async def deny_streaming(requests: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        await deny_unary(requests, context)
         yield  # pragma: no cover - abort raises
 
-    kinds = {
-        (False, False): grpc.unary_unary_rpc_method_handler,
-        (False, True): grpc.unary_stream_rpc_method_handler,
-        (True, False): grpc.stream_unary_rpc_method_handler,
-        (True, True): grpc.stream_stream_rpc_method_handler,
-    }
-    make = kinds[(handler.request_streaming, handler.response_streaming)]
-    deny = deny_streaming if handler.response_streaming else deny_unary
-    return make(
-        deny,
-        request_deserializer=handler.request_deserializer,
-        response_serializer=handler.response_serializer,
-    )
+    if handler.response_streaming:
+        make, deny = grpc.stream_stream_rpc_method_handler, deny_streaming
+    else:
+        make, deny = grpc.stream_unary_rpc_method_handler, deny_unary
+    return make(deny, request_deserializer=_unread, response_serializer=handler.response_serializer)
+
+
+def _unread(data: bytes) -> None:
+    """Never called for a refused call (its request is not read); parses nothing if it were."""

@@ -147,7 +147,10 @@ class RunApi(pb_grpc.RunServiceServicer):
                 for chunk in chunks:
                     after = chunk.seq
                     yield pb.LogChunk(
-                        attempt=chunk.attempt, stream=_STREAMS[chunk.stream], data=chunk.data
+                        attempt=chunk.attempt,
+                        stream=_STREAMS[chunk.stream],
+                        data=chunk.data,
+                        dropped_bytes=chunk.dropped_bytes,
                     )
                 if chunks:
                     continue

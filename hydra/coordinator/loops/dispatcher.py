@@ -14,18 +14,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from hydra.coordinator.agents.sessions import AgentSession, SessionRegistry
+from hydra.coordinator.agents.sessions import AgentSession, OfferTooLarge, SessionRegistry
 from hydra.coordinator.loops.timing import seconds_until, utcnow, wait_event
+from hydra.coordinator.rendering import RenderingUnavailable, RenderPool
 from hydra.coordinator.store import Database, Transaction, attempts, leases
 from hydra.coordinator.store.records import LEASE_AHEAD, AttemptReport, ClaimedRun, LeaseTimes
-from hydra.coordinator.templates import (
-    RenderContext,
-    RenderError,
-    render_command,
-    render_preconditions,
-)
+from hydra.coordinator.templates import RenderContext, RenderError
 from hydra.domain import AttemptOutcome
 
 log = logging.getLogger("hydra.coordinator.dispatcher")
@@ -43,10 +40,18 @@ TIMER_REFRESH_DELAY_SECONDS = 0.01
 class Dispatcher:
     """Hands queued runs to connected agents."""
 
-    def __init__(self, database: Database, sessions: SessionRegistry, times: LeaseTimes) -> None:
+    def __init__(
+        self,
+        database: Database,
+        sessions: SessionRegistry,
+        times: LeaseTimes,
+        *,
+        renderer: RenderPool,
+    ) -> None:
         self._db = database
         self._sessions = sessions
         self._times = times
+        self._renderer = renderer
         self._refresh: asyncio.TimerHandle | None = None
 
     def wake(self) -> None:
@@ -96,23 +101,58 @@ class Dispatcher:
         sessions = list(self._sessions.with_free_slots())
         if len(sessions) >= ASK_FIRST_FROM and not await self._db.run(leases.runs_due):
             return False
-        for session in sessions:
-            free = session.free_slots
-            session.reserved += free
-            try:
-                claimed = await self._db.run(
-                    leases.claim, session.agent_id, session.labels, free, self._times.ttl
-                )
-            finally:
-                session.reserved -= free
-            for run in claimed:
-                await self.offer(session, run)
-            full_batch = full_batch or (len(claimed) == free and free > 0)
+        offers: list[asyncio.Task[None]] = []
+        try:
+            for session in sessions:
+                free = session.free_slots
+                session.reserved += free
+                try:
+                    claimed = await self._db.run(
+                        leases.claim, session.agent_id, session.labels, free, self._times.ttl
+                    )
+                    offers += self.start_offers((session, run) for run in claimed)
+                finally:
+                    session.reserved -= free
+                full_batch = full_batch or (len(claimed) == free and free > 0)
+        except asyncio.CancelledError:
+            for offer in offers:  # stopping: their leases expire
+                offer.cancel()
+            raise
+        finally:
+            await asyncio.gather(*offers, return_exceptions=True)
         return full_batch
+
+    def start_offers(
+        self, leased: Iterable[tuple[AgentSession, ClaimedRun]]
+    ) -> list[asyncio.Task[None]]:
+        """Render and offer leased runs concurrently, those of one task in order; each
+        holds a slot of its agent (reserved here, at once) until it is offered."""
+        by_task: dict[str, list[tuple[AgentSession, ClaimedRun]]] = {}
+        for session, run in leased:
+            session.reserved += 1
+            by_task.setdefault(run.task_name, []).append((session, run))
+        return [asyncio.create_task(self._offer_in_order(group)) for group in by_task.values()]
+
+    async def _offer_in_order(self, pending: list[tuple[AgentSession, ClaimedRun]]) -> None:
+        try:
+            while pending:
+                session, run = pending[0]
+                try:
+                    await self.offer(session, run)
+                except Exception:
+                    # The lease then expires and the run is offered again.
+                    log.exception("run %s: offering lease %d failed", run.run_id, run.lease_token)
+                finally:
+                    pending.pop(0)
+                    session.reserved -= 1
+        finally:
+            for session, _ in pending:  # cancelled: give back the slots not offered
+                session.reserved -= 1
 
     async def offer(self, session: AgentSession, run: ClaimedRun) -> None:
         """Render a leased run's command and preconditions and offer it to the agent;
-        a run that cannot be rendered fails that attempt."""
+        a run that cannot be rendered (an error, a limit), or whose offer is too large
+        to send, fails that attempt. The event loop serves others while a worker renders."""
         context = RenderContext(
             task_name=run.task_name,
             occurrence=run.occurrence,
@@ -123,10 +163,17 @@ class Dispatcher:
             upstream=run.upstream,
         )
         try:
-            rendered = render_command(run.task_spec, context)
-            checks = render_preconditions(run.task_spec, context)
+            rendered = await self._renderer.render(run.task_spec, context)
         except RenderError as error:
-            await self._fail_unrendered(session, run, str(error))
+            await self._fail_unrendered(session, run, f"cannot render the command: {error}")
+            return
+        except RenderingUnavailable as error:
+            log.warning("run %s: not offered (%s); its lease expires", run.run_id, error)
+            return
+        try:
+            session.offer(run, rendered.command, rendered.preconditions, self._times)
+        except OfferTooLarge as error:
+            await self._fail_unrendered(session, run, f"cannot offer the attempt: {error}")
             return
         log.info(
             "lease %s: run %s (%s attempt %d) -> agent %s",
@@ -136,7 +183,6 @@ class Dispatcher:
             run.attempt,
             session.agent_id,
         )
-        session.offer(run, rendered, checks, self._times)
 
     def _refresh_timer(self) -> None:
         """Ask for a round shortly, to learn when work queued for later becomes due.
@@ -153,8 +199,9 @@ class Dispatcher:
         self.wake()
 
     async def _fail_unrendered(self, session: AgentSession, run: ClaimedRun, message: str) -> None:
+        """Fail the attempt of a lease that never reached the agent, saying why."""
         now = utcnow()
-        log.warning("run %s: cannot render its command: %s", run.run_id, message)
+        log.warning("run %s: %s", run.run_id, message)
         report = AttemptReport(
             run_id=run.run_id,
             lease_token=run.lease_token,
@@ -163,7 +210,7 @@ class Dispatcher:
             argv=(),
             started_at=now,
             finished_at=now,
-            message=f"cannot render the command: {message}",
+            message=message,
         )
         await attempts.finish_alone(self._db, report)
 
@@ -181,14 +228,10 @@ class _Leased:
 
     async def committed(self) -> None:
         # The work that leased these runs is committed: an offer that fails
-        # must not make it look failed. The lease then expires and the run
-        # is offered again.
+        # must not make it look failed (start_offers logs it).
+        offers = self.dispatcher.start_offers(self.runs)  # their slots, before the release
         self.release()
-        for session, run in self.runs:
-            try:
-                await self.dispatcher.offer(session, run)
-            except Exception:
-                log.exception("run %s: offering lease %d failed", run.run_id, run.lease_token)
+        await asyncio.gather(*offers)
         if self.slots_left:
             self.dispatcher._refresh_timer()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import timedelta
 
 from psycopg.types.json import Jsonb
 
@@ -10,31 +11,55 @@ from hydra.coordinator.agents.commands import AgentCommand
 from hydra.coordinator.store.rows import agent_from_row
 from hydra.coordinator.store.transaction import Transaction
 from hydra.domain import Agent
-from hydra.errors import NotFound
+from hydra.errors import AlreadyExists, NotFound
 
 
 async def connect(
     tx: Transaction,
     *,
     agent_id: str,
+    instance_id: str,
     hostname: str,
     labels: Mapping[str, str],
     capacity: int,
     version: str,
     draining: bool,
     coordinator_id: str,
+    ttl: timedelta,
 ) -> None:
-    """Record an agent as connected to this coordinator."""
-    await tx.execute(
+    """Record an agent as connected to this coordinator.
+
+    Raises:
+        AgentIdInUse: another instance of the agent (another process with its id)
+            has a live session: not disconnected, and heard from within `ttl`.
+            Nothing was changed.
+    """
+    row = await tx.one(
         "upsert_agent",
         id=agent_id,
+        instance_id=instance_id,
         hostname=hostname,
         labels=Jsonb(dict(labels)),
         capacity=capacity,
         version=version,
         state="draining" if draining else "connected",
         coordinator_id=coordinator_id,
+        ttl=ttl,
     )
+    if row is None:
+        holder = await tx.one("agent_holder", id=agent_id)
+        assert holder is not None  # the conflicting row is locked by the upsert
+        raise AgentIdInUse(agent_id, holder["coordinator_id"] or "", holder["address"])
+
+
+class AgentIdInUse(AlreadyExists):
+    """Another agent process with this id is connected."""
+
+    def __init__(self, agent_id: str, coordinator_id: str, address: str | None = None) -> None:
+        where = f"{coordinator_id!r}" + (f" ({address})" if address else "")
+        super().__init__(f"agent id {agent_id!r} is already connected to coordinator {where}")
+        self.agent_id = agent_id
+        self.coordinator_id = coordinator_id
 
 
 async def disconnect(tx: Transaction, agent_id: str, coordinator_id: str) -> None:

@@ -88,6 +88,7 @@ async def _finish_locked(tx: Transaction, report: AttemptReport, row: Row) -> Re
             started_at=report.started_at,
         )
         await start(tx, report.agent_id, [begun])
+    await _append_tails(tx, report)
     if report.outcome is AttemptOutcome.SUCCEEDED:
         # Neither statement is waited for (pipeline mode): a success costs
         # one round trip, the lock, when no task runs after this one.
@@ -141,19 +142,35 @@ async def _close_attempt(tx: Transaction, report: AttemptReport) -> int:
 async def append_output(
     tx: Transaction, run_id: str, lease_token: int, stream: int, data: bytes, *, limit: int
 ) -> None:
-    """Store output of the attempt under this lease, keeping at most `limit` bytes."""
+    """Store output of the running attempt under this lease: its head, the first `limit`
+    bytes (both streams together); what comes later is dropped. The end of the output
+    arrives with the attempt's report (`_append_tails`)."""
     row = await tx.one(
         "append_output",
         run_id=run_uuid(run_id),
         lease_token=lease_token,
         stream=stream,
         data=data,
+        limit=limit,
     )
-    if row is None:
+    if row is not None:
+        await tx.execute("notify_output", run_id=run_id)
+
+
+async def _append_tails(tx: Transaction, report: AttemptReport) -> None:
+    """After the head stored of each stream: a marker for the bytes dropped, if any,
+    then what the head lacks of the true tail the agent sent (none if it fit)."""
+    tails = [tail for tail in report.output_tails if tail.total_bytes > 0]
+    if not tails:
         return
-    if row["output_bytes"] > limit:
-        await tx.execute("prune_output", run_id=run_id, attempt=row["number"], limit=limit)
-    await tx.execute("notify_output", run_id=run_id)
+    await tx.execute(
+        "append_output_tail",
+        lease_token=report.lease_token,
+        streams=[tail.stream for tail in tails],
+        totals=[tail.total_bytes for tail in tails],
+        datas=[tail.data for tail in tails],
+    )
+    await tx.execute("notify_output", run_id=report.run_id)
 
 
 def failure_reason(number: int, report: AttemptReport) -> str:
@@ -166,7 +183,7 @@ def failure_reason(number: int, report: AttemptReport) -> str:
         what = "was cancelled by its agent"
     elif report.signal is not None:
         what = f"was killed by signal {report.signal}"
-    elif report.exit_code is not None:
+    elif report.exit_code:  # not 0: an attempt can fail after exiting 0 (bad outputs)
         what = f"failed with exit code {report.exit_code}"
     else:
         what = "failed"

@@ -414,9 +414,12 @@ WHERE id = %(run_id)s AND lease_token = %(lease_token)s AND state IN ('LEASED', 
 RETURNING state;
 
 -- name: claim_expired_leases
--- Runs whose lease expired, locked; the reaper decides their fate.
+-- Runs whose lease expired, locked, each with whether a live task runs after its task; the reaper decides their fate.
 SELECT r.id, r.state, r.lease_token, r.lease_owner, r.attempts_used, r.max_attempts,
-       r.cancel_requested, r.occurrence, r.timezone, t.name AS task_name
+       r.cancel_requested, r.occurrence, r.timezone, t.name AS task_name, EXISTS (
+    SELECT 1 FROM hydra_triggers g JOIN hydra_tasks d ON d.id = g.task_id
+    WHERE g.kind = 'after' AND g.spec -> 'after' ? t.name AND d.deleted_at IS NULL
+) AS has_dependents
 FROM hydra_runs r
 JOIN hydra_tasks t ON t.id = r.task_id
 WHERE r.state IN ('LEASED', 'RUNNING') AND r.lease_expires_at < now()
@@ -441,30 +444,47 @@ WHERE state IN ('LEASED', 'RUNNING');
 -- --------------------------------------------------------------- output --
 
 -- name: append_output
--- Store a chunk of a running attempt's output under the current token.
+-- Store what fits of a chunk of a running attempt's output in the head of `limit` bytes.
 WITH attempt AS (
-    UPDATE hydra_attempts SET output_bytes = output_bytes + length(%(data)s::bytea)
+    SELECT run_id, number, least(length(%(data)s::bytea), %(limit)s - output_bytes)::int AS kept
+    FROM hydra_attempts
     WHERE run_id = %(run_id)s AND lease_token = %(lease_token)s AND state = 'RUNNING'
-    RETURNING run_id, number, output_bytes
+      AND output_bytes < %(limit)s
+    FOR UPDATE
+), counted AS (
+    UPDATE hydra_attempts a SET output_bytes = a.output_bytes + attempt.kept
+    FROM attempt WHERE a.run_id = attempt.run_id AND a.number = attempt.number
 ), chunk AS (
     INSERT INTO hydra_attempt_output (run_id, attempt, stream, data)
-    SELECT run_id, number, %(stream)s, %(data)s FROM attempt
+    SELECT run_id, number, %(stream)s, substring(%(data)s::bytea FROM 1 FOR kept) FROM attempt
 )
-SELECT number, output_bytes FROM attempt;
+SELECT number FROM attempt;
 
--- name: prune_output
--- Drop the oldest chunks of an attempt until at most `limit` bytes remain.
-WITH ranked AS (
-    SELECT seq, sum(length(data)) OVER (ORDER BY seq DESC) AS tail
-    FROM hydra_attempt_output WHERE run_id = %(run_id)s AND attempt = %(attempt)s
-), dropped AS (
-    DELETE FROM hydra_attempt_output o USING ranked
-    WHERE o.seq = ranked.seq AND ranked.tail > %(limit)s
-    RETURNING length(o.data) AS n
+-- name: append_output_tail
+-- At an attempt's end, per stream: a marker for the bytes dropped, then what the head lacks of the tail.
+WITH attempt AS (
+    SELECT run_id, number FROM hydra_attempts WHERE lease_token = %(lease_token)s
+), tail AS (
+    SELECT t.stream, t.total, t.data, coalesce((
+        SELECT sum(length(o.data)) FROM hydra_attempt_output o, attempt a
+        WHERE o.run_id = a.run_id AND o.attempt = a.number AND o.stream = t.stream
+    ), 0) AS head
+    FROM unnest(%(streams)s::smallint[], %(totals)s::bigint[], %(datas)s::bytea[])
+        AS t(stream, total, data)
+), pieces AS (
+    SELECT stream, 1 AS part, total - length(data) - head AS dropped, ''::bytea AS data
+    FROM tail WHERE total - length(data) > head
+    UNION ALL
+    SELECT stream, 2, 0, substring(data FROM (greatest(head - (total - length(data)), 0) + 1)::int)
+    FROM tail WHERE head < total
+), stored AS (
+    INSERT INTO hydra_attempt_output (run_id, attempt, stream, data, dropped_bytes)
+    SELECT a.run_id, a.number, p.stream, p.data, p.dropped
+    FROM pieces p, attempt a ORDER BY p.stream, p.part
+    RETURNING length(data) AS n
 )
-UPDATE hydra_attempts
-SET output_bytes = output_bytes - (SELECT coalesce(sum(n), 0) FROM dropped)
-WHERE run_id = %(run_id)s AND number = %(attempt)s;
+UPDATE hydra_attempts SET output_bytes = output_bytes + (SELECT coalesce(sum(n), 0) FROM stored)
+WHERE lease_token = %(lease_token)s;
 
 -- name: notify_output
 -- Tell log followers a run has new output: payload "<run id>".
@@ -472,7 +492,7 @@ SELECT pg_notify('hydra_output', %(run_id)s::text);
 
 -- name: read_output
 -- Output chunks of a run after a sequence number, oldest first.
-SELECT seq, attempt, stream, data FROM hydra_attempt_output
+SELECT seq, attempt, stream, data, dropped_bytes FROM hydra_attempt_output
 WHERE run_id = %(run_id)s AND seq > %(after_seq)s
   AND (%(attempt)s = 0 OR attempt = %(attempt)s)
 ORDER BY seq
@@ -481,15 +501,28 @@ LIMIT 1000;
 -- --------------------------------------------------------------- agents --
 
 -- name: upsert_agent
--- Record an agent as connected to this coordinator.
+-- Record an agent as connected to this coordinator; no row if another instance of it is live.
+-- Live: not disconnected and heard from within the TTL. The row stays locked to the end.
 INSERT INTO hydra_agents (id, hostname, labels, capacity, version, state, coordinator_id,
-                          connected_at, last_seen_at)
+                          connected_at, last_seen_at, instance_id)
 VALUES (%(id)s, %(hostname)s, %(labels)s, %(capacity)s, %(version)s, %(state)s,
-        %(coordinator_id)s, now(), now())
+        %(coordinator_id)s, now(), now(), %(instance_id)s)
 ON CONFLICT (id) DO UPDATE
 SET hostname = EXCLUDED.hostname, labels = EXCLUDED.labels, capacity = EXCLUDED.capacity,
     version = EXCLUDED.version, state = EXCLUDED.state,
-    coordinator_id = EXCLUDED.coordinator_id, connected_at = now(), last_seen_at = now();
+    coordinator_id = EXCLUDED.coordinator_id, connected_at = now(), last_seen_at = now(),
+    instance_id = EXCLUDED.instance_id
+WHERE hydra_agents.instance_id = EXCLUDED.instance_id
+   OR hydra_agents.state = 'disconnected'
+   OR hydra_agents.last_seen_at IS NULL
+   OR hydra_agents.last_seen_at <= now() - %(ttl)s::interval
+RETURNING id;
+
+-- name: agent_holder
+-- The coordinator an agent's session is recorded on, and its address if it is alive.
+SELECT a.coordinator_id, c.address FROM hydra_agents a
+LEFT JOIN hydra_coordinators c ON c.id = a.coordinator_id
+WHERE a.id = %(id)s;
 
 -- name: set_lock_timeout
 -- For the rest of the transaction, give up on a lock not granted within the timeout.
@@ -640,6 +673,10 @@ FOR UPDATE OF g;
 -- name: set_trigger_next_fire
 -- Move one trigger's next occurrence.
 UPDATE hydra_triggers SET next_fire_at = %(next_fire_at)s WHERE id = %(id)s;
+
+-- name: ping
+-- Nothing: the answer says the database is reachable.
+SELECT 1;
 
 -- name: list_coordinators
 -- Coordinators seen alive within a window, with the agents each holds.

@@ -100,6 +100,18 @@ class AttemptStart:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class OutputTail:
+    """The true end of one output stream of an attempt, as its agent reported it."""
+
+    #: 1 stdout, 2 stderr.
+    stream: int
+    #: Bytes the process wrote to the stream in all.
+    total_bytes: int
+    #: The stream's last bytes.
+    data: bytes
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class AttemptReport:
     """An agent's report that an attempt ended."""
 
@@ -114,6 +126,8 @@ class AttemptReport:
     signal: int | None = None
     message: str = ""
     outputs_json: str = ""
+    #: Empty from agents that send no tails (older ones).
+    output_tails: tuple[OutputTail, ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -141,6 +155,8 @@ class OutputRecord:
     attempt: int
     stream: int
     data: bytes
+    #: Not zero: a marker, this many bytes of the stream were dropped here.
+    dropped_bytes: int = 0
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

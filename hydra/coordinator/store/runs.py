@@ -183,7 +183,13 @@ async def read_output(
         "read_output", run_id=run_uuid(run_id), after_seq=after_seq, attempt=attempt
     )
     return [
-        OutputRecord(seq=r["seq"], attempt=r["attempt"], stream=r["stream"], data=bytes(r["data"]))
+        OutputRecord(
+            seq=r["seq"],
+            attempt=r["attempt"],
+            stream=r["stream"],
+            data=bytes(r["data"]),
+            dropped_bytes=r["dropped_bytes"],
+        )
         for r in rows
     ]
 

@@ -21,6 +21,7 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from hydra.coordinator.store.connections import Deadline, with_defaults
 from hydra.coordinator.store.queries import query
 from hydra.coordinator.store.rows import SpecCache
 from hydra.domain import TaskSpec
@@ -43,8 +44,24 @@ CONFLICTS = (
 _IDS_PER_NOTIFY = 200
 
 
-async def _configure(conn: psycopg.AsyncConnection[Any]) -> None:
-    await conn.execute("SET TIME ZONE 'UTC'")
+#: Set a connection's statement_timeout, unless the operator set one (in HYDRA_DB's
+#: ``options``, or for the role or the database): theirs wins.
+_SET_STATEMENT_TIMEOUT = (
+    "SELECT set_config('statement_timeout', %s, false)"
+    " WHERE current_setting('statement_timeout') = '0'"
+)
+
+
+def _configurer(
+    statement_timeout: float | None,
+) -> Callable[[psycopg.AsyncConnection[Any]], Awaitable[None]]:
+    async def configure(conn: psycopg.AsyncConnection[Any]) -> None:
+        await conn.execute("SET TIME ZONE 'UTC'")
+        if statement_timeout is not None:
+            milliseconds = f"{round(statement_timeout * 1000)}ms"
+            await conn.execute(_SET_STATEMENT_TIMEOUT, (milliseconds,))
+
+    return configure
 
 
 async def _check(conn: psycopg.AsyncConnection[Any]) -> None:
@@ -63,18 +80,31 @@ async def _check(conn: psycopg.AsyncConnection[Any]) -> None:
         await AsyncConnectionPool.check_connection(conn)
 
 
-def open_pool(conninfo: str, size: int) -> AsyncConnectionPool:
-    """A pool of autocommit connections in UTC; transactions are explicit."""
+def open_pool(
+    conninfo: str,
+    size: int,
+    *,
+    statement_timeout: float | None = None,
+    wait: float = 2.0,
+    name: str = "hydra",
+) -> AsyncConnectionPool:
+    """A pool of autocommit connections in UTC; transactions are explicit.
+
+    Args:
+        statement_timeout: seconds the server lets one statement run (None: the
+            server's setting); an operator's own setting wins.
+        wait: seconds a transaction waits for a free connection, then Unavailable.
+    """
     return AsyncConnectionPool(
-        conninfo,
+        with_defaults(conninfo),
         min_size=min(2, size),
         max_size=size,
         kwargs={"autocommit": True},
-        configure=_configure,
+        configure=_configurer(statement_timeout),
         check=_check,
         open=False,
-        timeout=2.0,  # a request waits this long for a connection, then UNAVAILABLE
-        name="hydra",
+        timeout=wait,
+        name=name,
     )
 
 
@@ -154,8 +184,17 @@ class Database:
         *,
         coordinator_id: str = "",
         work_available: asyncio.Event | None = None,
+        deadline: float | None = None,
     ) -> None:
+        """Transactions on `pool`.
+
+        Args:
+            deadline: seconds a transaction may take, from taking its connection
+                to its commit; then its connection is severed and it fails
+                with Unavailable (None: no deadline).
+        """
         self.pool = pool
+        self.deadline = deadline
         #: Sent with dispatch notifications, so that a coordinator can ignore its own.
         self.coordinator_id = coordinator_id
         #: Set when a committed transaction made work available that this
@@ -163,11 +202,37 @@ class Database:
         self._work_available = work_available
         #: time.monotonic() of the last failed transaction (the reaper waits a TTL after it).
         self.last_outage = float("-inf")
+        #: Why transactions are refused at once (the database is known unreachable).
+        self.refused: str | None = None
+        #: The severing step of each transaction in flight, by connection.
+        self._in_flight: dict[psycopg.AsyncConnection[Any], Callable[[], None]] = {}
         self._specs = SpecCache()
+
+    def refuse(self, reason: str) -> None:
+        """The database is unreachable: fail the transactions in flight now, and
+        refuse new ones at once until `accept` (instead of letting each wait out
+        its deadline)."""
+        self.refused = reason
+        for expire in list(self._in_flight.values()):
+            expire()
+
+    def accept(self) -> None:
+        """The database answers again: transactions may begin."""
+        self.refused = None
+
+    @contextlib.asynccontextmanager
+    async def _deadline(self, conn: psycopg.AsyncConnection[Any]) -> AsyncIterator[None]:
+        """The transaction's deadline; `refuse` expires it at once."""
+        with Deadline(conn, self.deadline) as deadline:
+            self._in_flight[conn] = lambda: deadline.expire(self.refused)
+            try:
+                yield
+            finally:
+                del self._in_flight[conn]
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[Transaction]:
-        """One transaction; database outages surface as Unavailable.
+        """One transaction; database outages and missed deadlines surface as Unavailable.
 
         It runs in pipeline mode: a statement whose rows are not fetched does
         not wait for its answer, so BEGIN, notifications and plain updates
@@ -176,9 +241,16 @@ class Database:
         its end (PostgreSQL delivers them at commit anyway); its after-commit
         steps run once it has committed.
         """
+        if self.refused is not None:
+            raise Unavailable(f"database unavailable: {self.refused}")
         tx: Transaction | None = None
         try:
-            async with self.pool.connection() as conn, conn.pipeline(), conn.transaction():
+            async with (
+                self.pool.connection() as conn,
+                self._deadline(conn),
+                conn.pipeline(),
+                conn.transaction(),
+            ):
                 tx = Transaction(conn.cursor(row_factory=dict_row), self._specs)
                 yield tx
                 await tx._announce(self.coordinator_id)

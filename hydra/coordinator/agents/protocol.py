@@ -11,17 +11,24 @@ from hydra.coordinator.store.records import (
     AttemptStart,
     ClaimedRun,
     LeaseTimes,
+    OutputTail,
     ReportVerdict,
 )
 from hydra.coordinator.templates import Rendered
-from hydra.domain import LeaseKey, Precondition
+from hydra.domain import DEFAULT_OUTPUT_LIMIT, LeaseKey, Precondition
 from hydra.v1 import agent_service_pb2 as pb
+from hydra.v1 import run_service_pb2
 from hydra.wire import (
     from_timestamp,
     outcome_from_proto,
     precondition_to_proto,
     to_duration,
     to_timestamp,
+)
+
+#: The streams output is stored for (the values of the stream column).
+_OUTPUT_STREAMS = frozenset(
+    {run_service_pb2.OUTPUT_STREAM_STDOUT, run_service_pb2.OUTPUT_STREAM_STDERR}
 )
 
 
@@ -50,9 +57,14 @@ def welcome(
 
 
 def offer(
-    run: ClaimedRun, rendered: Rendered, checks: Iterable[Precondition], times: LeaseTimes
+    run: ClaimedRun,
+    rendered: Rendered,
+    checks: Iterable[Precondition],
+    times: LeaseTimes,
+    *,
+    output_limit: int = DEFAULT_OUTPUT_LIMIT,
 ) -> pb.CoordinatorMessage:
-    """A lease offer: the rendered command, its preconditions and timing.
+    """A lease offer: the rendered command, its preconditions, timing and output limit.
     Its `start_in` is set as it leaves (see `with_start_in`)."""
     message = pb.LeaseOffer(
         lease=lease_ref(LeaseKey(run.run_id, run.lease_token)),
@@ -64,6 +76,7 @@ def offer(
         kill_grace=to_duration(times.kill_grace),
         occurrence=to_timestamp(run.occurrence),
         preconditions=[precondition_to_proto(check) for check in checks],
+        output_limit=output_limit,
     )
     if run.task_spec.timeout is not None:
         message.timeout.CopyFrom(to_duration(run.task_spec.timeout))
@@ -134,4 +147,9 @@ def report_from_proto(agent_id: str, finished: pb.AttemptFinished) -> AttemptRep
         signal=finished.signal if finished.HasField("signal") else None,
         message=finished.message,
         outputs_json=finished.outputs_json,
+        output_tails=tuple(
+            OutputTail(stream=int(tail.stream), total_bytes=tail.total_bytes, data=tail.data)
+            for tail in finished.output_tails
+            if tail.stream in _OUTPUT_STREAMS
+        ),
     )
