@@ -1,8 +1,9 @@
 """LISTEN/NOTIFY: one dedicated connection per coordinator, fanned out in memory.
 
 Channels: ``hydra_dispatch`` (work may be available), ``hydra_triggers`` (a
-trigger changed), ``hydra_run_changed`` (payload: run id), ``hydra_output``
-(payload: run id), ``hydra_agent_command`` (payload: ``verb:agent id``).
+trigger changed), ``hydra_run_changed`` (payload: comma-separated run ids), ``hydra_output``
+(payload: run id), ``hydra_agent_command`` (payload: an ``AgentCommand`` as JSON,
+see hydra/coordinator/agents/commands.py).
 Notifications are hints: every loop also wakes on a timer, so a notification
 lost while the connection was down delays work but never loses it.
 """
@@ -13,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 import psycopg
 
@@ -45,21 +46,6 @@ class Listener:
         """Call `callback(payload)` for each notification; returns an unsubscribe function."""
         self._subscribers[channel].append(callback)
         return lambda: self._subscribers[channel].remove(callback)
-
-    @contextlib.asynccontextmanager
-    async def queue(self, channel: str) -> AsyncIterator[asyncio.Queue[str]]:
-        """A queue of payloads for the duration of the block (for streaming RPCs)."""
-        payloads: asyncio.Queue[str] = asyncio.Queue(maxsize=10_000)
-
-        def put(payload: str) -> None:
-            with contextlib.suppress(asyncio.QueueFull):
-                payloads.put_nowait(payload)
-
-        unsubscribe = self.subscribe(channel, put)
-        try:
-            yield payloads
-        finally:
-            unsubscribe()
 
     def start(self) -> None:
         """Start listening in the background."""
