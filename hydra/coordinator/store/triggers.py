@@ -36,7 +36,7 @@ async def fire_due(
                 occurrence=occurrence,
                 cause=cause,
                 params=due.task_spec.params,
-                timezone=_zone(due),
+                timezone=_template_zone(due),
             )
             for occurrence in fire.occurrences
         )
@@ -67,7 +67,7 @@ def _due_trigger(tx: Transaction, row: Row) -> DueTrigger:
     )
 
 
-def _zone(due: DueTrigger) -> str:
+def _template_zone(due: DueTrigger) -> str:
     """The zone templates show the occurrence in: the cron trigger's own, else the task's."""
     trigger = due.task_spec.triggers[due.position]
     return trigger.timezone or "UTC" if isinstance(trigger, Cron) else due.task_spec.timezone
