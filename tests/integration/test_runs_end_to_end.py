@@ -3,6 +3,7 @@ processes running real commands, real PostgreSQL: the run lifecycle."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import signal
@@ -127,7 +128,10 @@ def test_agent_killed_mid_run_loses_the_attempt_and_the_run_succeeds_on_another(
     db_conninfo: str, tmp_path: Path
 ) -> None:
     marker, pidfile = tmp_path / "first-attempt-ran", tmp_path / "first.pid"
-    script = f"if [ -e {marker} ]; then exit 0; fi; touch {marker}; echo $$ > {pidfile}; sleep 300"
+    # exec: the pid written is the sleep's, so the test can kill what the dead agent left.
+    script = (
+        f"if [ -e {marker} ]; then exit 0; fi; touch {marker}; echo $$ > {pidfile}; exec sleep 300"
+    )
     db = Database(db_conninfo)
     with cluster(db_conninfo, tmp_path, agents=2, capacity=1) as (coordinators, agents):
         client = Client(coordinators[0].address)
@@ -148,7 +152,8 @@ def test_agent_killed_mid_run_loses_the_attempt_and_the_run_succeeds_on_another(
             final = client.wait(run.id, timeout=30)
             noticed = time.monotonic() - killed_at
         finally:
-            os.kill(orphan, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(orphan, signal.SIGKILL)
     assert final.state is RunState.SUCCEEDED
     lost, succeeded = final.attempts
     assert (lost.state, lost.agent) == (AttemptState.LOST, holder)
