@@ -21,30 +21,24 @@ def db_conninfo(environ: Mapping[str, str] = os.environ) -> str | None:
 
 def pool_size(environ: Mapping[str, str] = os.environ) -> int:
     """HYDRA_POOL: connections in the coordinator's pool (default 10)."""
-    raw = environ.get("HYDRA_POOL", "")
-    if not raw:
-        return DEFAULT_POOL
-    try:
-        size = int(raw)
-    except ValueError:
-        raise ValueError(f"HYDRA_POOL must be a whole number, got {raw!r}") from None
-    if size < 2:
-        raise ValueError(f"HYDRA_POOL must be at least 2, got {size}")
-    return size
+    return _whole_number(environ, "HYDRA_POOL", DEFAULT_POOL, minimum=2)
 
 
 def max_streams(environ: Mapping[str, str] = os.environ) -> int:
     """HYDRA_MAX_STREAMS: Watch and TailLogs streams a coordinator serves at once
     (default 1000)."""
-    return _positive(environ, "HYDRA_MAX_STREAMS", DEFAULT_MAX_STREAMS)
+    return _whole_number(environ, "HYDRA_MAX_STREAMS", DEFAULT_MAX_STREAMS, minimum=1)
 
 
 def max_concurrent_rpcs(environ: Mapping[str, str] = os.environ) -> int:
     """HYDRA_MAX_CONCURRENT_RPCS: unary calls a coordinator handles at once (default 100)."""
-    return _positive(environ, "HYDRA_MAX_CONCURRENT_RPCS", DEFAULT_MAX_CONCURRENT_RPCS)
+    return _whole_number(
+        environ, "HYDRA_MAX_CONCURRENT_RPCS", DEFAULT_MAX_CONCURRENT_RPCS, minimum=1
+    )
 
 
-def _positive(environ: Mapping[str, str], name: str, default: int) -> int:
+def _whole_number(environ: Mapping[str, str], name: str, default: int, *, minimum: int) -> int:
+    """The whole number in the variable `name` (at least `minimum`), or `default` if unset."""
     raw = environ.get(name, "")
     if not raw:
         return default
@@ -52,8 +46,8 @@ def _positive(environ: Mapping[str, str], name: str, default: int) -> int:
         value = int(raw)
     except ValueError:
         raise ValueError(f"{name} must be a whole number, got {raw!r}") from None
-    if value < 1:
-        raise ValueError(f"{name} must be at least 1, got {value}")
+    if value < minimum:
+        raise ValueError(f"{name} must be at least {minimum}, got {value}")
     return value
 
 
