@@ -20,7 +20,7 @@ import json
 import logging
 import signal
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Coroutine, Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -93,6 +93,7 @@ class RenderPool:
         self._idle: asyncio.Queue[_Worker] = asyncio.Queue()
         self._workers: set[_Worker] = set()
         self._replacing: set[asyncio.Task[None]] = set()
+        self._starting: list[asyncio.Task[None]] = []
         self._running = False
 
     @property
@@ -101,10 +102,15 @@ class RenderPool:
         return [worker.pid for worker in self._workers]
 
     async def start(self) -> None:
-        """Start the workers; returns once they are ready."""
+        """Start the workers in the background, so that a coordinator serves at once
+        (starting Python and Jinja2 takes a few tenths of a second): a render that
+        needs a worker meanwhile waits for the first one ready, at most worker_wait."""
         self._running = True
-        for worker in await asyncio.gather(*(self._spawn() for _ in range(self._size))):
-            self._idle.put_nowait(worker)
+        self._starting = [self._in_background(self._start_one()) for _ in range(self._size)]
+
+    async def ready(self) -> None:
+        """Wait until the workers `start` began are ready."""
+        await asyncio.gather(*self._starting)
 
     async def stop(self) -> None:
         """Kill the workers (they hold nothing worth waiting for) and reap them."""
@@ -187,13 +193,21 @@ class RenderPool:
     def _replace(self, worker: _Worker) -> None:
         """Kill a worker now; reap it and start another in its place in the background."""
         worker.signal_kill()
-        task = asyncio.create_task(self._respawn(worker), name="hydra-render-worker")
+        self._in_background(self._respawn(worker))
+
+    def _in_background(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.create_task(work, name="hydra-render-worker")
         self._replacing.add(task)
         task.add_done_callback(self._replacing.discard)
+        return task
 
     async def _respawn(self, worker: _Worker) -> None:
         await worker.kill()
         self._workers.discard(worker)
+        await self._start_one()
+
+    async def _start_one(self) -> None:
+        """Start a worker and make it available, trying again while it cannot start."""
         delay = 0.1
         while self._running:
             try:

@@ -43,6 +43,7 @@ def _context(**params: str) -> RenderContext:
 async def pool() -> AsyncIterator[RenderPool]:
     started = RenderPool(timeout=LIMIT, workers=1)
     await started.start()
+    await started.ready()
     try:
         yield started
     finally:
@@ -104,6 +105,7 @@ async def test_a_template_error_in_a_worker_fails_the_render_and_keeps_the_worke
 async def test_a_memory_bomb_dies_in_its_worker_naming_the_limit() -> None:
     pool = RenderPool(timeout=timedelta(seconds=10), workers=1, memory_limit=256 * 1024 * 1024)
     await pool.start()
+    await pool.ready()
     try:
         doubling = (
             "{% set ns = namespace(s='x' * 200000) %}"
