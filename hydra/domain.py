@@ -200,6 +200,23 @@ class TriggerKind(enum.StrEnum):
         return RunCause(self.value)
 
 
+class Role(enum.StrEnum):
+    """What a credential may do (docs/security.md, the role table). Each role may
+    do everything the one before it may, except AGENT, which may only connect."""
+
+    VIEWER = "viewer"  # get, list, watch, logs, cluster status
+    OPERATOR = "operator"  # + trigger, retry, cancel, pause, resume, backfill, drain
+    ADMIN = "admin"  # + apply, delete, credentials, audit
+    AGENT = "agent"  # Connect only, as the agent id its credential names
+
+    def includes(self, needed: Role) -> bool:
+        """True if this role may make a call that needs `needed`."""
+        if self is Role.AGENT or needed is Role.AGENT:
+            return self is needed
+        order = (Role.VIEWER, Role.OPERATOR, Role.ADMIN)
+        return order.index(self) >= order.index(needed)
+
+
 # --- triggers -----------------------------------------------------------------
 
 

@@ -92,6 +92,9 @@ class CoordinatorConfig:
     output_limit: int = 1024 * 1024
     coordinator_id: str = field(default_factory=_default_id)
     token: str | None = None
+    #: Serve without authentication, and allow plaintext beyond loopback
+    #: (`--insecure`; docs/security.md). Logged as a warning and shown by `cluster status`.
+    insecure: bool = False
     #: Watch and TailLogs streams served at once.
     max_streams: int = DEFAULT_MAX_STREAMS
     #: Unary calls handled at once (agents' streams not counted).
