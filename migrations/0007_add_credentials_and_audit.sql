@@ -1,0 +1,49 @@
+-- Trust (docs/security.md): credentials with roles and scopes, the audit log, and
+-- whether a coordinator serves without authentication.
+
+-- A credential: a random secret shown once at creation, stored only as its
+-- SHA-256 (the secret has 256 bits of entropy, so a fast hash is enough).
+CREATE TABLE hydra_credentials (
+    name          text PRIMARY KEY,
+    role          text NOT NULL CHECK (role IN ('viewer', 'operator', 'admin', 'agent')),
+    token_hash    bytea NOT NULL UNIQUE,
+    -- Task-name prefix every call of this credential is limited to; '' = every task.
+    scope         text NOT NULL DEFAULT '',
+    -- Agent credentials only: the agent id it connects as, the labels it must
+    -- announce (NULL: any) and the most capacity it may announce (NULL: any).
+    agent_id      text,
+    labels        jsonb,
+    max_capacity  integer CHECK (max_capacity IS NULL OR max_capacity > 0),
+    created_at    timestamptz NOT NULL DEFAULT now(),
+    created_by    text NOT NULL,
+    expires_at    timestamptz,
+    revoked_at    timestamptz,
+    last_used_at  timestamptz,
+    CHECK ((role = 'agent') = (agent_id IS NOT NULL))
+);
+CREATE UNIQUE INDEX hydra_credentials_one_live_per_agent
+    ON hydra_credentials (agent_id) WHERE agent_id IS NOT NULL AND revoked_at IS NULL;
+
+-- Every call that changes something, and every refused call: written in the same
+-- transaction as the change it records.
+CREATE TABLE hydra_audit (
+    id       bigserial PRIMARY KEY,
+    at       timestamptz NOT NULL DEFAULT now(),
+    -- The credential's name ('anonymous' without authentication, '' when the
+    -- caller presented no known credential) and its role then.
+    who      text NOT NULL,
+    role     text NOT NULL DEFAULT '',
+    -- The call, as Service/Method ('TaskService/Apply').
+    action   text NOT NULL,
+    task     text,
+    run_id   text,
+    peer     text NOT NULL DEFAULT '',
+    -- 'OK', or the gRPC status code name of a failed or refused call.
+    outcome  text NOT NULL,
+    detail   text NOT NULL DEFAULT ''
+);
+CREATE INDEX hydra_audit_by_time ON hydra_audit (at DESC, id DESC);
+CREATE INDEX hydra_audit_by_task ON hydra_audit (task, at DESC) WHERE task IS NOT NULL;
+CREATE INDEX hydra_audit_by_who ON hydra_audit (who, at DESC);
+
+ALTER TABLE hydra_coordinators ADD COLUMN insecure boolean NOT NULL DEFAULT false;
