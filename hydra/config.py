@@ -53,12 +53,17 @@ def _whole_number(environ: Mapping[str, str], name: str, default: int, *, minimu
 
 def no_migrate(environ: Mapping[str, str] = os.environ) -> bool:
     """HYDRA_NO_MIGRATE: a coordinator does not migrate at start, but checks (default off)."""
-    raw = environ.get("HYDRA_NO_MIGRATE", "").strip().lower()
+    return _switch(environ, "HYDRA_NO_MIGRATE")
+
+
+def _switch(environ: Mapping[str, str], name: str) -> bool:
+    """The on/off variable `name` (default off)."""
+    raw = environ.get(name, "").strip().lower()
     if raw in ("", "0", "false", "no", "off"):
         return False
     if raw in ("1", "true", "yes", "on"):
         return True
-    raise ValueError(f"HYDRA_NO_MIGRATE must be 1 or 0 (true or false), got {raw!r}")
+    raise ValueError(f"{name} must be 1 or 0 (true or false), got {raw!r}")
 
 
 def listen_address(environ: Mapping[str, str] = os.environ) -> str:
@@ -86,3 +91,69 @@ def token(environ: Mapping[str, str] = os.environ) -> str | None:
 def render_timeout(environ: Mapping[str, str] = os.environ) -> str:
     """HYDRA_RENDER_TIMEOUT: time limit of one run's templates, a duration (default 1s)."""
     return environ.get("HYDRA_RENDER_TIMEOUT") or DEFAULT_RENDER_TIMEOUT
+
+
+def coordinators_given(environ: Mapping[str, str] = os.environ) -> list[str]:
+    """HYDRA_COORDINATORS as set, without the default (empty when unset)."""
+    raw = environ.get("HYDRA_COORDINATORS", "")
+    return [part.strip() for part in raw.split(",") if part.strip()]
+
+
+def insecure(environ: Mapping[str, str] = os.environ) -> bool:
+    """HYDRA_INSECURE: serve without authentication, plaintext allowed beyond loopback."""
+    return _switch(environ, "HYDRA_INSECURE")
+
+
+def _path(environ: Mapping[str, str], name: str) -> Path | None:
+    raw = environ.get(name, "")
+    return Path(raw).expanduser() if raw else None
+
+
+def tls_cert(environ: Mapping[str, str] = os.environ) -> Path | None:
+    """HYDRA_TLS_CERT: the coordinator's PEM certificate (chain); TLS is served when set."""
+    return _path(environ, "HYDRA_TLS_CERT")
+
+
+def tls_key(environ: Mapping[str, str] = os.environ) -> Path | None:
+    """HYDRA_TLS_KEY: the PEM private key of HYDRA_TLS_CERT."""
+    return _path(environ, "HYDRA_TLS_KEY")
+
+
+def tls_client_ca(environ: Mapping[str, str] = os.environ) -> Path | None:
+    """HYDRA_TLS_CLIENT_CA: CA(s) of client certificates; when set, clients must present one."""
+    return _path(environ, "HYDRA_TLS_CLIENT_CA")
+
+
+def tls_ca(environ: Mapping[str, str] = os.environ) -> Path | None:
+    """HYDRA_TLS_CA: CA(s) agents and clients verify the coordinators against (TLS on)."""
+    return _path(environ, "HYDRA_TLS_CA")
+
+
+def tls(environ: Mapping[str, str] = os.environ) -> bool:
+    """HYDRA_TLS=1: agents and clients use TLS, verified against the system store."""
+    return _switch(environ, "HYDRA_TLS")
+
+
+def tls_client_cert(environ: Mapping[str, str] = os.environ) -> Path | None:
+    """HYDRA_TLS_CLIENT_CERT: the client certificate agents and clients present (mTLS)."""
+    return _path(environ, "HYDRA_TLS_CLIENT_CERT")
+
+
+def tls_client_key(environ: Mapping[str, str] = os.environ) -> Path | None:
+    """HYDRA_TLS_CLIENT_KEY: the PEM private key of HYDRA_TLS_CLIENT_CERT."""
+    return _path(environ, "HYDRA_TLS_CLIENT_KEY")
+
+
+def tls_server_name(environ: Mapping[str, str] = os.environ) -> str | None:
+    """HYDRA_TLS_SERVER_NAME: the name the coordinators' certificates carry, if not the host."""
+    return environ.get("HYDRA_TLS_SERVER_NAME") or None
+
+
+def context_name(environ: Mapping[str, str] = os.environ) -> str | None:
+    """HYDRA_CONTEXT: the context of the config file hydractl and the SDK use."""
+    return environ.get("HYDRA_CONTEXT") or None
+
+
+def config_file(environ: Mapping[str, str] = os.environ) -> Path:
+    """HYDRA_CONFIG: the contexts file (default $HYDRA_HOME/config.yaml)."""
+    return _path(environ, "HYDRA_CONFIG") or home(environ) / "config.yaml"

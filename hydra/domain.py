@@ -495,3 +495,7 @@ class Coordinator:
     started_at: datetime
     last_heartbeat_at: datetime
     agents_connected: int = 0
+    #: Started with --insecure: serves without authentication.
+    insecure: bool = False
+    #: Serves TLS.
+    tls: bool = False

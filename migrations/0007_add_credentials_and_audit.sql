@@ -47,3 +47,5 @@ CREATE INDEX hydra_audit_by_task ON hydra_audit (task, at DESC) WHERE task IS NO
 CREATE INDEX hydra_audit_by_who ON hydra_audit (who, at DESC);
 
 ALTER TABLE hydra_coordinators ADD COLUMN insecure boolean NOT NULL DEFAULT false;
+-- Whether it serves TLS (shown by `cluster status` beside insecure).
+ALTER TABLE hydra_coordinators ADD COLUMN tls boolean NOT NULL DEFAULT false;

@@ -9,7 +9,7 @@ from datetime import datetime
 from types import TracebackType
 from typing import Self
 
-from hydra import config, wire
+from hydra import contexts, wire
 from hydra.client._transport import Transport
 from hydra.client._types import (
     ApplyResult,
@@ -22,6 +22,7 @@ from hydra.client._types import (
 from hydra.domain import Agent, Run, RunState, Task, TaskSpec
 from hydra.errors import FieldProblem, HydraError, InvalidArgument
 from hydra.spec import validate_task
+from hydra.tls import ClientTls
 from hydra.v1 import agent_service_pb2 as agent_pb
 from hydra.v1 import cluster_service_pb2 as cluster_pb
 from hydra.v1 import run_service_pb2 as run_pb
@@ -43,7 +44,7 @@ _STREAM_NAMES: dict[run_pb.OutputStream.ValueType, StreamName] = {
 
 def _split_targets(targets: str | Sequence[str] | None) -> list[str]:
     if targets is None:
-        return config.coordinators()
+        return []
     items = [targets] if isinstance(targets, str) else list(targets)
     return [part.strip() for item in items for part in item.split(",") if part.strip()]
 
@@ -57,6 +58,11 @@ class Client:
             cannot reach one target goes to the next.
         token: Credential sent as ``authorization: Bearer <token>``. Default:
             ``HYDRA_TOKEN``.
+        tls: TLS settings (CA, client certificate for mTLS, server name).
+            Default: ``HYDRA_TLS_*``; None there too means plaintext.
+        context: A context of the contexts file (:mod:`hydra.contexts`) to take
+            what is not given from. Default: ``HYDRA_CONTEXT``, else the context
+            for the targets, else the current context.
         timeout: Deadline of each unary call, in seconds.
 
     Every method raises :class:`hydra.errors.HydraError` subclasses:
@@ -69,11 +75,17 @@ class Client:
         targets: str | Sequence[str] | None = None,
         *,
         token: str | None = None,
+        tls: ClientTls | None = None,
+        context: str | None = None,
         timeout: float = 30.0,
     ) -> None:
-        token = token if token is not None else config.token()
-        metadata = (("authorization", f"Bearer {token}"),) if token else ()
-        self._transport = Transport(_split_targets(targets), metadata=metadata, timeout=timeout)
+        settings = contexts.resolve(
+            targets=_split_targets(targets), token=token, tls=tls, context=context
+        )
+        metadata = (("authorization", f"Bearer {settings.token}"),) if settings.token else ()
+        self._transport = Transport(
+            settings.targets, metadata=metadata, timeout=timeout, tls=settings.tls
+        )
 
     @property
     def targets(self) -> tuple[str, ...]:

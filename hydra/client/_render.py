@@ -446,6 +446,8 @@ def coordinator_json(coordinator: Coordinator) -> JSONObject:
         "started_at": iso(coordinator.started_at),
         "last_heartbeat_at": iso(coordinator.last_heartbeat_at),
         "agents_connected": coordinator.agents_connected,
+        "insecure": coordinator.insecure,
+        "tls": coordinator.tls,
     }
 
 
@@ -468,11 +470,23 @@ def cluster_text(status: ClusterStatus, now: datetime | None = None) -> str:
             c.version,
             f"{human_duration(now - c.last_heartbeat_at)} ago",
             str(c.agents_connected),
+            "tls" if c.tls else "plaintext",
         ]
         for c in status.coordinators
     ]
-    coordinators = table(["COORDINATOR", "ADDRESS", "VERSION", "HEARTBEAT", "AGENTS"], rows)
-    return f"{coordinators}\n\n{agents_table(status.agents)}"
+    headers = ["COORDINATOR", "ADDRESS", "VERSION", "HEARTBEAT", "AGENTS", "TRANSPORT"]
+    coordinators = table(headers, rows)
+    warnings = "".join(f"\n{insecure_warning(c)}" for c in status.coordinators if c.insecure)
+    return f"{coordinators}{warnings}\n\n{agents_table(status.agents)}"
+
+
+def insecure_warning(coordinator: Coordinator) -> str:
+    """The line `cluster status` prints for a coordinator started with --insecure."""
+    plaintext = "" if coordinator.tls else " and in plaintext"
+    return (
+        f"WARNING: coordinator {coordinator.id} ({coordinator.address}) serves without "
+        f"authentication{plaintext} (started with --insecure)"
+    )
 
 
 def dropped_marker(dropped_bytes: int, *, line_open: bool = False) -> bytes:

@@ -14,10 +14,12 @@ from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from hydra.errors import ERRORS_BY_STATUS, HydraError, Unavailable
 from hydra.limits import message_size_options
 from hydra.retrying import grpc_retrying
+from hydra.tls import ClientTls, TlsProblem, connection_problem
 from hydra.v1.agent_service_pb2_grpc import AgentServiceStub
 from hydra.v1.cluster_service_pb2_grpc import ClusterServiceStub
 from hydra.v1.run_service_pb2_grpc import RunServiceStub
@@ -29,6 +31,8 @@ _Message_co = TypeVar("_Message_co", covariant=True)
 
 #: Longest wait for a target to accept a connection before trying the next.
 CONNECT_TIMEOUT = 5.0
+#: Longest wait for the health call that asks a failed channel why it failed.
+_PROBE_TIMEOUT = 2.0
 
 # A channel that failed to connect is replaced by a fresh one; a local
 # subchannel pool keeps the fresh one from inheriting the old one's backoff.
@@ -63,9 +67,10 @@ class _Connection:
     subscription, so there never is one.
     """
 
-    def __init__(self, target: str) -> None:
+    def __init__(self, target: str, tls: ClientTls | None) -> None:
         self.target = target
-        self.channel = grpc.insecure_channel(target, options=_CHANNEL_OPTIONS)
+        self.tls = tls
+        self.channel = _channel(target, tls)
         self.stubs = Stubs(
             tasks=TaskServiceStub(self.channel),
             runs=RunServiceStub(self.channel),
@@ -75,6 +80,8 @@ class _Connection:
         self._changed = threading.Condition()
         self._state: grpc.ChannelConnectivity | None = None
         self._has_connected = False
+        #: The last failure was TLS not agreeing (wait_ready said how).
+        self.tls_failed = False
         self.channel.subscribe(self._on_change, try_to_connect=True)
 
     def _on_change(self, state: grpc.ChannelConnectivity) -> None:
@@ -96,7 +103,32 @@ class _Connection:
             state = self._state
         if state is _READY:
             return None
-        return "connection failed" if state in _BROKEN else f"no connection within {timeout:g}s"
+        return self._why_failed() if state in _BROKEN else f"no connection within {timeout:g}s"
+
+    def _why_failed(self) -> str:
+        """What a call on the failed channel says: the connectivity state alone does not."""
+        try:
+            health_pb2_grpc.HealthStub(self.channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=_PROBE_TIMEOUT
+            )
+        except grpc.RpcError as error:
+            problem = connection_problem(self.target, error.details() or "", self.tls)
+            self.tls_failed = problem is not None
+            return problem or "connection failed"
+        return "connection failed"
+
+
+def _unreachable(reasons: list[str], *, tls: bool) -> str:
+    if len(reasons) > 1:
+        return f"cannot reach any coordinator ({'; '.join(reasons)})"
+    return reasons[0] if tls else f"cannot reach coordinator at {reasons[0]}"
+
+
+def _channel(target: str, tls: ClientTls | None) -> grpc.Channel:
+    if tls is None:
+        return grpc.insecure_channel(target, options=_CHANNEL_OPTIONS)
+    options = (*_CHANNEL_OPTIONS, *tls.channel_options())
+    return grpc.secure_channel(target, tls.credentials(), options=options)
 
 
 class CallError(grpc.RpcError):
@@ -105,12 +137,16 @@ class CallError(grpc.RpcError):
     It is a ``grpc.RpcError`` so that the shared retry predicate applies to it.
     """
 
-    def __init__(self, code: grpc.StatusCode, details: str, target: str, *, sent: bool) -> None:
+    def __init__(
+        self, code: grpc.StatusCode, details: str, target: str, *, sent: bool, tls: bool = False
+    ) -> None:
         super().__init__(details)
         self._code = code
         self._details = details
         self.target = target
         self.sent = sent
+        #: The connection failed because TLS did not agree.
+        self.tls = tls
 
     def code(self) -> grpc.StatusCode:
         return self._code
@@ -129,6 +165,8 @@ def to_hydra_error(error: CallError) -> HydraError:
     if name == "UNAVAILABLE":
         if error.sent:
             return Unavailable(f"coordinator at {error.target} is unavailable: {error.details()}")
+        if error.tls:
+            return TlsProblem(error.details())
         return Unavailable(error.details())  # _connect said which targets and why
     mapped = ERRORS_BY_STATUS.get(name)
     if mapped is not None:
@@ -148,10 +186,12 @@ class Transport:
         metadata: tuple[tuple[str, str], ...] = (),
         timeout: float | None = 30.0,
         connect_timeout: float = CONNECT_TIMEOUT,
+        tls: ClientTls | None = None,
     ) -> None:
         if not targets:
             raise ValueError("at least one coordinator target is needed")
         self.targets = tuple(targets)
+        self._tls = tls
         self._metadata = metadata
         self._timeout = timeout
         self._connect_timeout = connect_timeout
@@ -240,6 +280,7 @@ class Transport:
     def _connect(self) -> _Connection:
         """The first target, from the preferred one on, that accepts a connection."""
         reasons: list[str] = []
+        tls = False
         start = self._preferred
         for offset in range(len(self.targets)):
             target = self.targets[(start + offset) % len(self.targets)]
@@ -249,13 +290,16 @@ class Transport:
                 self._preferred = self.targets.index(target)
                 return connection
             self._discard(connection)
-            reasons.append(f"{target}: {reason}")
-        where = ", ".join(self.targets)
-        if len(self.targets) == 1:
-            message = f"cannot reach coordinator at {reasons[0]}"
-        else:
-            message = f"cannot reach any coordinator ({'; '.join(reasons)})"
-        raise CallError(grpc.StatusCode.UNAVAILABLE, message, where, sent=False)
+            tls |= connection.tls_failed
+            # A TLS problem's line names its target and says what to do.
+            reasons.append(reason if connection.tls_failed else f"{target}: {reason}")
+        raise CallError(
+            grpc.StatusCode.UNAVAILABLE,
+            _unreachable(reasons, tls=tls),
+            ", ".join(self.targets),
+            sent=False,
+            tls=tls,
+        )
 
     def _connection(self, target: str) -> _Connection:
         """The target's channel; a fresh one if the last one is worn out."""
@@ -263,7 +307,7 @@ class Transport:
             connection = self._connections.get(target)
             if connection is not None and not connection.worn_out:
                 return connection
-            self._connections[target] = fresh = _Connection(target)
+            self._connections[target] = fresh = _Connection(target, self._tls)
         if connection is not None:
             connection.channel.close()
         return fresh

@@ -12,6 +12,7 @@ import os
 import sys
 from collections.abc import Sequence
 from datetime import datetime
+from pathlib import Path
 from typing import Any, TypeAlias
 
 from hydra.client import _commands as commands
@@ -26,6 +27,7 @@ from hydra.errors import (
     Unavailable,
 )
 from hydra.spec import parse_duration
+from hydra.tls import TlsProblem, client_tls
 
 _Subcommands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
@@ -131,6 +133,37 @@ def _global_options(parser: argparse.ArgumentParser, defaults: dict[str, Any] | 
     parser.add_argument(
         "--token", default=default("token"), help="credential (default: $HYDRA_TOKEN)"
     )
+    _connection_options(parser, default)
+
+
+def _connection_options(parser: argparse.ArgumentParser, default: Any) -> None:
+    """--context and the TLS options."""
+    parser.add_argument(
+        "--context", default=default("context"), metavar="NAME",
+        help="context of the config file ($HYDRA_CONFIG) to use (default: $HYDRA_CONTEXT, "
+        "else the one for --coordinator, else the current one)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--tls-ca", type=Path, default=default("tls_ca"), metavar="PEM",
+        help="verify coordinators against this CA; turns TLS on ($HYDRA_TLS_CA)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--tls", action="store_true", default=default("tls"),
+        help="TLS verified against the system's CAs ($HYDRA_TLS=1)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--tls-cert", type=Path, default=default("tls_cert"), metavar="PEM",
+        help="client certificate, for coordinators that require one ($HYDRA_TLS_CLIENT_CERT)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--tls-key", type=Path, default=default("tls_key"), metavar="PEM",
+        help="private key of --tls-cert ($HYDRA_TLS_CLIENT_KEY)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--tls-server-name", default=default("tls_server_name"), metavar="NAME",
+        help="name the coordinators' certificates carry, if not the address's host "
+        "($HYDRA_TLS_SERVER_NAME)",
+    )  # fmt: skip
 
 
 class _Builder:
@@ -151,12 +184,25 @@ class _Builder:
         return parser
 
 
+_GLOBAL_DEFAULTS: dict[str, Any] = {
+    "coordinator": None,
+    "output": "table",
+    "token": None,
+    "context": None,
+    "tls_ca": None,
+    "tls": False,
+    "tls_cert": None,
+    "tls_key": None,
+    "tls_server_name": None,
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The hydractl argument parser."""
     parser = argparse.ArgumentParser(
         prog="hydractl", description="Operate a Hydra cluster: tasks, runs, logs, agents."
     )
-    _global_options(parser, {"coordinator": None, "output": "table", "token": None})
+    _global_options(parser, _GLOBAL_DEFAULTS)
     common = argparse.ArgumentParser(add_help=False)
     _global_options(common, None)
     build = _Builder(common)
@@ -271,6 +317,18 @@ def _targets(values: list[str] | None) -> list[str] | None:
     return [part.strip() for value in values for part in value.split(",") if part.strip()]
 
 
+def _client(args: argparse.Namespace) -> Client:
+    """The client the flags ask for (then the environment, then the contexts file)."""
+    tls = client_tls(
+        ca=args.tls_ca,
+        system_store=args.tls,
+        cert=args.tls_cert,
+        key=args.tls_key,
+        server_name=args.tls_server_name,
+    )
+    return Client(_targets(args.coordinator), token=args.token, tls=tls, context=args.context)
+
+
 def _report(error: HydraError) -> int:
     problems = error.problems if isinstance(error, InvalidArgument) else ()
     if len(problems) > 1:
@@ -278,7 +336,7 @@ def _report(error: HydraError) -> int:
         print("hydractl: error: " + "\n".join(lines), file=sys.stderr)
     else:
         print(f"hydractl: error: {error.message}", file=sys.stderr)
-    if isinstance(error, Unavailable):
+    if isinstance(error, Unavailable) and not isinstance(error, TlsProblem):
         print(
             "hydractl: is `hydra dev` running? "
             "Point --coordinator or HYDRA_COORDINATORS at a coordinator.",
@@ -300,7 +358,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if isinstance(args, int):
         return args
     try:
-        with Client(_targets(args.coordinator), token=args.token) as client:
+        with _client(args) as client:
             code: int = args.handler(args, client)
             return code
     except HydraError as error:

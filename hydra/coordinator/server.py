@@ -46,6 +46,7 @@ from hydra.coordinator.rendering import WORKER_WAIT, RenderPool
 from hydra.coordinator.sandbox import DEFAULT_RENDER_TIMEOUT
 from hydra.coordinator.store import Database, open_pool
 from hydra.coordinator.store.records import LeaseTimes
+from hydra.coordinator.tls import ServerTls, check_listen, server_credentials
 from hydra.errors import HydraError
 from hydra.limits import message_size_options
 from hydra.v1 import agent_service_pb2 as agent_pb
@@ -95,6 +96,9 @@ class CoordinatorConfig:
     #: Serve without authentication, and allow plaintext beyond loopback
     #: (`--insecure`; docs/security.md). Logged as a warning and shown by `cluster status`.
     insecure: bool = False
+    #: Serve TLS with these files (re-read when they change); None: plaintext, which
+    #: only loopback addresses allow unless ``insecure``.
+    tls: ServerTls | None = None
     #: Watch and TailLogs streams served at once.
     max_streams: int = DEFAULT_MAX_STREAMS
     #: Unary calls handled at once (agents' streams not counted).
@@ -178,6 +182,8 @@ class CoordinatorServer:
 
     async def start(self) -> None:
         """Bind, migrate, connect, start the loops and the gRPC server."""
+        config = self.config
+        check_listen(config.listen, tls=config.tls, insecure=config.insecure)
         self._server = self._build_server()
         self.port = self._bind(self._server)
         await self._wait_for_database()
@@ -190,7 +196,12 @@ class CoordinatorServer:
             await asyncio.wait_for(self._listener.connected.wait(), timeout=10)
         # Present before any agent connects, so no peer takes its agents for orphans.
         self._presence = Presence(
-            self.control, self.config.coordinator_id, self.address, hydra.__version__
+            self.control,
+            self.config.coordinator_id,
+            self.address,
+            hydra.__version__,
+            insecure=self.config.insecure,
+            tls=self.config.tls is not None,
         )
         await self._presence.announce()
         await self._renderer.start()
@@ -198,7 +209,18 @@ class CoordinatorServer:
         await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
         self._reachability.on_change(self._database_reachable)
         self._start_loops(self._presence)
-        log.info("coordinator %s serving on %s", self.config.coordinator_id, self.address)
+        log.info(
+            "coordinator %s serving %s on %s",
+            self.config.coordinator_id,
+            _transport_words(self.config.tls),
+            self.address,
+        )
+        if self.config.insecure:
+            log.warning(
+                "--insecure: serving WITHOUT authentication%s; `hydractl cluster status` "
+                "shows this coordinator as insecure",
+                "" if self.config.tls else " and in plaintext",
+            )
 
     async def _wait_for_database(self) -> None:
         """Migrate (or, with migrate off, check that the schema is current), waiting
@@ -228,8 +250,14 @@ class CoordinatorServer:
 
     def _bind(self, server: grpc.aio.Server) -> int:
         """Bind the listen address before anything else, so a taken port fails fast."""
+        tls = self.config.tls
+        # Bad certificate files raise InvalidArgument here, naming the flag.
+        credentials = server_credentials(tls) if tls is not None else None
         try:
-            port = server.add_insecure_port(self.config.listen)
+            if credentials is None:
+                port = server.add_insecure_port(self.config.listen)
+            else:
+                port = server.add_secure_port(self.config.listen, credentials)
         except RuntimeError:
             port = 0
         if port == 0:
@@ -335,6 +363,12 @@ class CoordinatorServer:
         await self._reachability.close()
         for pool in (self._api_pool, self._control_pool):
             await pool.close()
+
+
+def _transport_words(tls: ServerTls | None) -> str:
+    if tls is None:
+        return "plaintext"
+    return "TLS, client certificates required," if tls.mutual else "TLS"
 
 
 def _log_database_wait(state: tenacity.RetryCallState) -> None:

@@ -1198,6 +1198,8 @@ class Coordinator(_message.Message):
     STARTED_AT_FIELD_NUMBER: _builtins.int
     LAST_HEARTBEAT_AT_FIELD_NUMBER: _builtins.int
     AGENTS_CONNECTED_FIELD_NUMBER: _builtins.int
+    INSECURE_FIELD_NUMBER: _builtins.int
+    TLS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Coordinator id."""
     address: _builtins.str
@@ -1206,6 +1208,10 @@ class Coordinator(_message.Message):
     """Hydra version."""
     agents_connected: _builtins.int
     """Agents whose stream it holds."""
+    insecure: _builtins.bool
+    """Started with --insecure: serves without authentication."""
+    tls: _builtins.bool
+    """Serves TLS."""
     @_builtins.property
     def started_at(self) -> _timestamp_pb2.Timestamp:
         """When it started."""
@@ -1223,10 +1229,12 @@ class Coordinator(_message.Message):
         started_at: _timestamp_pb2.Timestamp | None = ...,
         last_heartbeat_at: _timestamp_pb2.Timestamp | None = ...,
         agents_connected: _builtins.int = ...,
+        insecure: _builtins.bool = ...,
+        tls: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["last_heartbeat_at", b"last_heartbeat_at", "started_at", b"started_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "agents_connected", b"agents_connected", "id", b"id", "last_heartbeat_at", b"last_heartbeat_at", "started_at", b"started_at", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "agents_connected", b"agents_connected", "id", b"id", "insecure", b"insecure", "last_heartbeat_at", b"last_heartbeat_at", "started_at", b"started_at", "tls", b"tls", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

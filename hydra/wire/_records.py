@@ -223,6 +223,8 @@ def coordinator_to_proto(coordinator: Coordinator) -> pb.Coordinator:
         started_at=to_timestamp(coordinator.started_at),
         last_heartbeat_at=to_timestamp(coordinator.last_heartbeat_at),
         agents_connected=coordinator.agents_connected,
+        insecure=coordinator.insecure,
+        tls=coordinator.tls,
     )
 
 
@@ -235,4 +237,6 @@ def coordinator_from_proto(message: pb.Coordinator) -> Coordinator:
         started_at=from_timestamp(message.started_at),
         last_heartbeat_at=from_timestamp(message.last_heartbeat_at),
         agents_connected=message.agents_connected,
+        insecure=message.insecure,
+        tls=message.tls,
     )

@@ -17,15 +17,33 @@ ALIVE_WINDOW = timedelta(seconds=10)
 class Presence:
     """Keeps this coordinator's row alive."""
 
-    def __init__(self, database: Database, coordinator_id: str, address: str, version: str) -> None:
+    def __init__(
+        self,
+        database: Database,
+        coordinator_id: str,
+        address: str,
+        version: str,
+        *,
+        insecure: bool = False,
+        tls: bool = False,
+    ) -> None:
         self._db = database
         self._id = coordinator_id
         self._address = address
         self._version = version
+        self._insecure = insecure
+        self._tls = tls
 
     async def announce(self) -> None:
-        """Record this coordinator as alive."""
-        await self._db.run(cluster.register, self._id, self._address, self._version)
+        """Record this coordinator as alive, and how it serves."""
+        await self._db.run(
+            cluster.register,
+            self._id,
+            self._address,
+            self._version,
+            insecure=self._insecure,
+            tls=self._tls,
+        )
 
     async def step(self) -> None:
         """Announce, forget the dead, then wait a beat."""

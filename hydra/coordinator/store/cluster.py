@@ -10,9 +10,24 @@ from hydra.coordinator.store.transaction import Transaction
 from hydra.domain import Coordinator
 
 
-async def register(tx: Transaction, coordinator_id: str, address: str, version: str) -> None:
-    """Record this coordinator as alive (called periodically)."""
-    await tx.execute("register_coordinator", id=coordinator_id, address=address, version=version)
+async def register(
+    tx: Transaction,
+    coordinator_id: str,
+    address: str,
+    version: str,
+    *,
+    insecure: bool = False,
+    tls: bool = False,
+) -> None:
+    """Record this coordinator as alive (called periodically), and how it serves."""
+    await tx.execute(
+        "register_coordinator",
+        id=coordinator_id,
+        address=address,
+        version=version,
+        insecure=insecure,
+        tls=tls,
+    )
 
 
 async def list_alive(tx: Transaction, window: timedelta) -> list[Coordinator]:

@@ -567,10 +567,11 @@ SELECT pg_notify('hydra_agent_command', %(payload)s::text);
 -- --------------------------------------------------------- coordinators --
 
 -- name: register_coordinator
--- Record this coordinator as alive.
-INSERT INTO hydra_coordinators (id, address, version)
-VALUES (%(id)s, %(address)s, %(version)s)
-ON CONFLICT (id) DO UPDATE SET last_heartbeat_at = now(), address = EXCLUDED.address;
+-- Record this coordinator as alive, and whether it serves TLS and without authentication.
+INSERT INTO hydra_coordinators (id, address, version, insecure, tls)
+VALUES (%(id)s, %(address)s, %(version)s, %(insecure)s, %(tls)s)
+ON CONFLICT (id) DO UPDATE SET last_heartbeat_at = now(), address = EXCLUDED.address,
+    insecure = EXCLUDED.insecure, tls = EXCLUDED.tls;
 
 -- name: unregister_coordinator
 -- This coordinator stops.

@@ -154,4 +154,6 @@ def coordinator_from_row(row: Mapping[str, Any]) -> Coordinator:
         started_at=row["started_at"],
         last_heartbeat_at=row["last_heartbeat_at"],
         agents_connected=row["agents_connected"],
+        insecure=row["insecure"],
+        tls=row["tls"],
     )
