@@ -23,6 +23,7 @@ from hydra import config
 from hydra.domain import agent_id_problem
 from hydra.errors import HydraError, InvalidArgument
 from hydra.spec import parse_duration
+from hydra.tls import ClientTls, client_tls
 
 log = logging.getLogger("hydra")
 
@@ -105,6 +106,27 @@ def _coordinator_flags(parser: argparse.ArgumentParser) -> None:
         help="unary calls handled at once; more wait 1s, then are refused "
         "(HYDRA_MAX_CONCURRENT_RPCS; default 100)",
     )
+    _server_tls_flags(parser)
+
+
+def _server_tls_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--tls-cert", type=Path, default=config.tls_cert(), metavar="PEM",
+        help="serve TLS with this certificate (chain); re-read when it changes (HYDRA_TLS_CERT)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--tls-key", type=Path, default=config.tls_key(), metavar="PEM",
+        help="private key of --tls-cert (HYDRA_TLS_KEY)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--tls-client-ca", type=Path, default=config.tls_client_ca(), metavar="PEM",
+        help="require client certificates signed by this CA: mTLS (HYDRA_TLS_CLIENT_CA)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--insecure", action="store_true", default=config.insecure(),
+        help="serve without authentication, and allow plaintext beyond loopback "
+        "(HYDRA_INSECURE=1); logged as a warning and shown by `hydractl cluster status`",
+    )  # fmt: skip
 
 
 def _coordinator_parser(commands: Any) -> None:
@@ -145,6 +167,30 @@ def _agent_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--drain-grace", default="5m", help="on SIGTERM, how long running attempts may finish"
     )
+    _client_tls_flags(parser)
+
+
+def _client_tls_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--tls-ca", type=Path, default=None, metavar="PEM",
+        help="verify coordinators against this CA; turns TLS on (HYDRA_TLS_CA)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--tls", action="store_true", help="TLS verified against the system's CAs (HYDRA_TLS=1)"
+    )
+    parser.add_argument(
+        "--tls-cert", type=Path, default=None, metavar="PEM",
+        help="client certificate, for coordinators that require one (HYDRA_TLS_CLIENT_CERT)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--tls-key", type=Path, default=None, metavar="PEM",
+        help="private key of --tls-cert (HYDRA_TLS_CLIENT_KEY)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--tls-server-name", default=None, metavar="NAME",
+        help="name the coordinators' certificates carry, if not the address's host "
+        "(HYDRA_TLS_SERVER_NAME)",
+    )  # fmt: skip
 
 
 def _agent_parser(commands: Any) -> None:
@@ -178,6 +224,7 @@ def coordinator_config(args: argparse.Namespace, conninfo: str) -> Any:
     """CoordinatorConfig from flags."""
     from hydra.coordinator.server import CoordinatorConfig
     from hydra.coordinator.store.records import LeaseTimes
+    from hydra.coordinator.tls import check_listen
 
     times = LeaseTimes(
         ttl=_duration(args.lease_ttl, "--lease-ttl"),
@@ -193,7 +240,11 @@ def coordinator_config(args: argparse.Namespace, conninfo: str) -> Any:
             "must be more than 0s and at most half of --lease-ttl", path="--render-timeout"
         )
     extra = {"coordinator_id": args.id} if args.id else {}
+    tls = _server_tls(args)
+    check_listen(args.listen, tls=tls, insecure=args.insecure)
     return CoordinatorConfig(
+        tls=tls,
+        insecure=args.insecure,
         max_streams=_limit(args.max_streams, "--max-streams", config.max_streams),
         max_concurrent_rpcs=_limit(
             args.max_concurrent_rpcs, "--max-concurrent-rpcs", config.max_concurrent_rpcs
@@ -208,6 +259,23 @@ def coordinator_config(args: argparse.Namespace, conninfo: str) -> Any:
         render_timeout=render_timeout,
         **extra,
     )
+
+
+def _server_tls(args: argparse.Namespace) -> Any:
+    """ServerTls from the flags, its files checked now (so a bad one is named before
+    anything starts); None without --tls-cert and --tls-key."""
+    from hydra.coordinator.tls import ServerTls, load_configuration
+
+    if args.tls_cert is None and args.tls_key is None:
+        if args.tls_client_ca is not None:
+            raise InvalidArgument("needs --tls-cert and --tls-key", path="--tls-client-ca")
+        return None
+    if args.tls_cert is None or args.tls_key is None:
+        missing = "--tls-cert" if args.tls_cert is None else "--tls-key"
+        raise InvalidArgument("TLS needs both --tls-cert and --tls-key", path=missing)
+    tls = ServerTls(cert=args.tls_cert, key=args.tls_key, client_ca=args.tls_client_ca)
+    load_configuration(tls)
+    return tls
 
 
 def _limit(flag: int | None, name: str, from_environment: Callable[[], int]) -> int:
@@ -266,8 +334,23 @@ def _agent(args: argparse.Namespace) -> int:
         capacity=args.capacity,
         drain_grace=_duration(args.drain_grace, "--drain-grace"),
         token=config.token(),
+        tls=_agent_tls(args),
     )
     return asyncio.run(run_agent(agent_config))
+
+
+def _agent_tls(args: argparse.Namespace) -> ClientTls | None:
+    """TLS from the flags, then HYDRA_TLS_*; its files are read once now to fail early."""
+    tls = client_tls(
+        ca=args.tls_ca,
+        system_store=args.tls,
+        cert=args.tls_cert,
+        key=args.tls_key,
+        server_name=args.tls_server_name,
+    )
+    if tls is not None:
+        tls.credentials()
+    return tls
 
 
 def _targets(flags: Sequence[str] | None) -> list[str]:
@@ -332,8 +415,17 @@ def _start_dev_agent(args: argparse.Namespace) -> subprocess.Popen[bytes]:
         str(args.agent_capacity),
         "--drain-grace",
         "10s",
+        *_dev_agent_tls(args),
     ]
     return subprocess.Popen(command)
+
+
+def _dev_agent_tls(args: argparse.Namespace) -> list[str]:
+    """The dev agent trusts HYDRA_TLS_CA, else the (self-signed) --tls-cert itself;
+    a client certificate it takes from HYDRA_TLS_CLIENT_CERT/KEY."""
+    if args.tls_cert is None or config.tls_ca() is not None:
+        return []
+    return ["--tls-ca", str(args.tls_cert)]
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:

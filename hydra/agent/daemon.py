@@ -39,6 +39,7 @@ from hydra.agent.session import AgentState, Session, SessionEnd
 from hydra.domain import AttemptOutcome, LeaseKey, PreconditionVerdict, agent_id_problem
 from hydra.retrying import async_grpc_retrying, is_reconnectable
 from hydra.spec import format_duration
+from hydra.tls import ClientTls, client_tls, connection_problem
 
 log = logging.getLogger("hydra.agent")
 
@@ -68,6 +69,8 @@ class AgentConfig:
     default_kill_grace: timedelta = timedelta(seconds=10)
     #: Sent as ``authorization: Bearer <token>`` when set.
     token: str | None = None
+    #: TLS to the coordinators (CA, client certificate for mTLS); None: plaintext.
+    tls: ClientTls | None = None
     #: Precondition checks evaluated at once, across all leases.
     max_concurrent_checks: int = MAX_CONCURRENT_CHECKS
 
@@ -86,8 +89,13 @@ class AgentConfig:
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] = os.environ, **overrides: Any) -> AgentConfig:
-        """Targets from ``HYDRA_COORDINATORS``, token from ``HYDRA_TOKEN``, then ``overrides``."""
-        base = cls(targets=hydra_config.coordinators(environ), token=hydra_config.token(environ))
+        """Targets from ``HYDRA_COORDINATORS``, token from ``HYDRA_TOKEN``, TLS from
+        ``HYDRA_TLS_*``, then ``overrides``."""
+        base = cls(
+            targets=hydra_config.coordinators(environ),
+            token=hydra_config.token(environ),
+            tls=client_tls(environ=environ),
+        )
         return replace(base, **overrides)
 
 
@@ -214,7 +222,7 @@ class AgentDaemon:
                 # Retried with the backoff: a restarted agent gets in once its old session ends.
                 log.error("%s; is another agent running with this id?", error.details())
             else:
-                log.warning("stream to %s: %s", session.target, _describe(error))
+                log.warning("%s", self._problem(session.target, error))
             if session.healthy and is_reconnectable(error):
                 return None
             raise
@@ -224,6 +232,11 @@ class AgentDaemon:
         if end is SessionEnd.RELOCATE:
             self._target_index += 1
         return end
+
+    def _problem(self, target: str, error: grpc.RpcError) -> str:
+        """One line: TLS problems say what to do; anything else gives its status."""
+        problem = connection_problem(target, error.details() or "", self.config.tls)
+        return problem or f"stream to {target}: {_describe(error)}"
 
     async def _shut_down(self, connection: asyncio.Task[None], *, immediately: bool) -> None:
         """Kills what still runs, lets the last reports out, closes the stream."""

@@ -27,6 +27,7 @@ from hydra.agent import messages
 from hydra.agent.attempt import AttemptResult, OutputStream, Started
 from hydra.agent.leases import LeaseBook
 from hydra.domain import AttemptOutcome, LeaseKey, PreconditionVerdict
+from hydra.errors import InvalidArgument
 from hydra.limits import message_size_options
 from hydra.v1 import agent_service_pb2 as pb
 from hydra.v1.agent_service_pb2_grpc import AgentServiceStub
@@ -148,8 +149,7 @@ class Session:
     async def run(self) -> SessionEnd:
         """Runs the stream until it ends; raises ``grpc.RpcError`` when it breaks."""
         # The coordinator's message limit, both ways (hydra.limits).
-        options = message_size_options()
-        async with grpc.aio.insecure_channel(self.target, options=options) as channel:
+        async with self._channel() as channel:
             call = AgentServiceStub(channel).Connect(
                 self._outbox.messages(self._hello()), metadata=self._metadata()
             )
@@ -168,6 +168,20 @@ class Session:
                 return reader.result()
             heartbeats.result()  # raises StreamLost
             raise StreamLost("heartbeats stopped")
+
+    def _channel(self) -> grpc.aio.Channel:
+        """A channel to the target; TLS files are read now, so rotated ones are used."""
+        # The coordinator's message limit, both ways (hydra.limits).
+        options: list[tuple[str, str | int]] = [*message_size_options()]
+        tls = self._config.tls
+        if tls is None:
+            return grpc.aio.insecure_channel(self.target, options=options)
+        options += tls.channel_options()
+        try:
+            credentials = tls.credentials()
+        except InvalidArgument as error:  # say, mid-rotation: retried like a lost stream
+            raise StreamLost(f"TLS files: {error}") from None
+        return grpc.aio.secure_channel(self.target, credentials, options=options)
 
     def close(self) -> None:
         """Ends the stream from the agent's side after what is queued."""

@@ -11,6 +11,7 @@ Example::
         triggers=(Cron(expression="30 2 * * *", timezone="Australia/Sydney"),),
         retry=Retry(max_attempts=3, backoff=timedelta(seconds=30)),
     )
+    # Over TLS: Client(tls=ClientTls(ca=Path("ca.pem"))), or HYDRA_TLS_CA, or a context.
     with Client() as client:
         client.apply(export)
         run, _ = client.trigger("billing.export", idempotency_key="2025-01-31")
@@ -55,6 +56,7 @@ from hydra.errors import (
     NotFound,
     Unavailable,
 )
+from hydra.tls import ClientTls, TlsProblem
 
 __all__ = [
     "After",
@@ -67,6 +69,7 @@ __all__ = [
     "BackfillResult",
     "Catchup",
     "Client",
+    "ClientTls",
     "ClusterStatus",
     "CommandCheck",
     "Concurrency",
@@ -92,5 +95,6 @@ __all__ = [
     "TaskDetails",
     "TaskVersion",
     "TcpCheck",
+    "TlsProblem",
     "Unavailable",
 ]

@@ -22,6 +22,7 @@ from harness.processes import Process
 from harness.wait import wait_for
 from hydra.coordinator.server import CoordinatorConfig, CoordinatorServer
 from hydra.coordinator.store.records import LeaseTimes
+from hydra.coordinator.tls import ServerTls
 
 #: Short lease timing so that failure tests finish in seconds.
 FAST_TIMES = LeaseTimes(
@@ -41,6 +42,7 @@ class CoordinatorThread:
         times: LeaseTimes = FAST_TIMES,
         name: str = "c",
         token: str | None = None,
+        tls: ServerTls | None = None,
     ) -> None:
         self.config = CoordinatorConfig(
             conninfo=conninfo,
@@ -49,6 +51,7 @@ class CoordinatorThread:
             times=times,
             coordinator_id=name,
             token=token,
+            tls=tls,
         )
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True, name=name)
@@ -88,10 +91,12 @@ class AgentProcess(Process):
         log_path: Path,
         capacity: int = 4,
         labels: Mapping[str, str] | None = None,
+        extra_args: Sequence[str] = (),
     ) -> None:
         argv = agent_argv(
             targets, agent_id, capacity=capacity, drain_grace="5s", labels=labels, log_level="debug"
         )
+        argv += extra_args  # e.g. --tls-ca
         # This environment as it is, HYDRA_TOKEN included (test_auth sets it).
         super().__init__(agent_id, argv, log_path, env=os.environ)
         self.agent_id = agent_id

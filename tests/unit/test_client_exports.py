@@ -18,6 +18,7 @@ def test_all_is_pinned() -> None:
         "BackfillResult",
         "Catchup",
         "Client",
+        "ClientTls",
         "ClusterStatus",
         "CommandCheck",
         "Concurrency",
@@ -43,6 +44,7 @@ def test_all_is_pinned() -> None:
         "TaskDetails",
         "TaskVersion",
         "TcpCheck",
+        "TlsProblem",
         "Unavailable",
     ]
 
