@@ -28,11 +28,15 @@ from bench import ceiling, failover, latency, peer, scale, throughput
 from bench.procfs import busy_percent, cpu_jiffies, machine
 from bench.results import RESULTS_DIR, Metric, Result, format_markdown, format_table, write_json
 from bench.stack import MARKER_ENV, Context, Postgres, sweep
+from bench.tls import make_tls
 
 #: In the order they run: the limits and the peer first, so others can refer to them.
 BENCHMARKS: dict[str, ModuleType] = {
     module.NAME: module for module in (ceiling, peer, throughput, latency, scale, failover)
 }
+
+#: The benchmarks that run over TLS under ``--tls``.
+TLS_AWARE = frozenset({throughput.NAME, latency.NAME})
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -56,6 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             marker=marker,
             smoke=args.smoke,
             runs=args.runs,
+            tls=make_tls() if args.tls else None,
         )
         try:
             for name in names:
@@ -96,6 +101,12 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="embedded server with fsync and synchronous_commit off (not durable)",
     )
+    parser.add_argument(
+        "--tls",
+        action="store_true",
+        help="coordinators serve TLS (certificates made in a temporary directory); "
+        "results are named NAME-tls (throughput and latency use it)",
+    )
     parser.add_argument("--results-dir", default=str(RESULTS_DIR), help="where JSON goes")
     return parser
 
@@ -117,6 +128,8 @@ def _run_one(ctx: Context, name: str) -> Result | None:
         print(f"{name}: FAILED (logs in {ctx.results_dir / 'logs'})", flush=True)
         return None
     result.duration_s = time.monotonic() - started
+    if ctx.tls is not None and name in TLS_AWARE:
+        result.name = f"{name}-tls"
     if not result.skipped:
         busy = busy_percent(jiffies, cpu_jiffies())
         result.metrics.append(
@@ -128,7 +141,7 @@ def _run_one(ctx: Context, name: str) -> Result | None:
             )
         )
     print(format_table([result]), f"\n({name} took {result.duration_s:.0f} s)\n", flush=True)
-    write_json(ctx.results_dir / f"{name}.json", result.to_json())
+    write_json(ctx.results_dir / f"{result.name}.json", result.to_json())
     return result
 
 

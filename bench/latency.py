@@ -54,11 +54,13 @@ def run(ctx: Context) -> Result:
     """Both latencies on one cluster: cron first, then Trigger on the idle cluster."""
     params = SMOKE if ctx.smoke else Params()
     with ctx.database(NAME) as conninfo, ctx.processes(NAME) as procs, Sql(conninfo) as db:
-        coordinator = start_coordinator(procs, conninfo)
-        agent = start_agent(procs, coordinator, "bench-latency", capacity=params.slots)
+        coordinator = start_coordinator(procs, conninfo, tls=ctx.tls)
+        agent = start_agent(
+            procs, coordinator, "bench-latency", capacity=params.slots, extra_args=ctx.agent_flags()
+        )
         wait_agents(conninfo, ["bench-latency"], watched=[agent])
         watched = [coordinator.process, agent]
-        with Client(coordinator.address, timeout=60) as client:
+        with Client(coordinator.address, tls=ctx.client_tls, timeout=60) as client:
             cron = _cron_latencies(client, db, watched, params)
             trigger = _trigger_latencies(client, db, watched, params)
     return _result(ctx, params, cron, trigger)

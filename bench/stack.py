@@ -25,10 +25,12 @@ from psycopg.rows import dict_row
 
 from bench.procfs import cpu_seconds, kill_pids, pids_with_env
 from bench.results import Result
+from bench.tls import BenchTls
 from harness import hydra
 from harness.hydra import Coordinator, LeaseTiming
 from harness.postgres import temporary_server
 from harness.processes import Process, Processes
+from hydra.tls import ClientTls
 
 #: Every process a benchmark run starts carries this variable, set to the run's
 #: id; attempts inherit it from their agent, so a final sweep finds leftovers.
@@ -135,6 +137,17 @@ class Context:
     runs: int | None = None
     #: Results of the benchmarks already run in this invocation (ceiling, peer).
     earlier: dict[str, Result] = field(default_factory=dict)
+    #: ``--tls``: coordinators serve TLS, agents and clients verify it.
+    tls: BenchTls | None = None
+
+    @property
+    def client_tls(self) -> ClientTls | None:
+        """How the SDK reaches the coordinators."""
+        return self.tls.client() if self.tls else None
+
+    def agent_flags(self) -> list[str]:
+        """Extra ``hydra agent`` flags (TLS)."""
+        return self.tls.agent_flags() if self.tls else []
 
     @contextlib.contextmanager
     def processes(self, name: str) -> Iterator[Processes]:
@@ -169,11 +182,20 @@ def start_coordinator(
     kill_grace: str = "10s",
     pool: int = 10,
     log_level: str = "info",
+    tls: BenchTls | None = None,
 ) -> Coordinator:
-    """A `hydra coordinator` with the benchmarks' lease timing and pool, once it serves."""
+    """A `hydra coordinator` with the benchmarks' lease timing and pool, once it
+    serves (TLS with ``tls``)."""
     timing = LeaseTiming(ttl=lease_ttl, heartbeat=heartbeat, kill_grace=kill_grace)
     return hydra.start_coordinator(
-        processes, conninfo, name=name, timing=timing, pool=pool, log_level=log_level
+        processes,
+        conninfo,
+        name=name,
+        timing=timing,
+        pool=pool,
+        log_level=log_level,
+        extra_args=tls.coordinator_flags() if tls else (),
+        tls=tls.client() if tls else None,
     )
 
 

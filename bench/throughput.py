@@ -57,15 +57,21 @@ def run(ctx: Context) -> Result:
     """Backfill N runs at once and time them to the last SUCCEEDED."""
     params = params_for(ctx)
     with ctx.database(NAME) as conninfo, ctx.processes(NAME) as procs, Sql(conninfo) as db:
-        coordinator = start_coordinator(procs, conninfo)
+        coordinator = start_coordinator(procs, conninfo, tls=ctx.tls)
         ids = [f"bench-tp-{i}" for i in range(params.agents)]
         agents = [
-            start_agent(procs, coordinator, agent_id, capacity=params.slots_per_agent)
+            start_agent(
+                procs,
+                coordinator,
+                agent_id,
+                capacity=params.slots_per_agent,
+                extra_args=ctx.agent_flags(),
+            )
             for agent_id in ids
         ]
         wait_agents(conninfo, ids, watched=agents)
         watched = [coordinator.process, *agents]
-        with Client(coordinator.address, timeout=120) as client:
+        with Client(coordinator.address, tls=ctx.client_tls, timeout=120) as client:
             day = _yesterday()
             client.apply(task_spec(day))
             cpu_before = [cpu_seconds(child.pid) for child in watched]

@@ -18,6 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from harness.net import free_port
 from harness.processes import Process, Processes, clean_env
 from harness.wait import HarnessError, wait_for
+from hydra.tls import ClientTls
 
 HYDRA = (sys.executable, "-m", "hydra")
 HYDRACTL = (sys.executable, "-m", "hydra.client.hydractl")
@@ -143,14 +144,21 @@ def start_coordinator(
     pool: int | None = None,
     log_level: str = "info",
     timeout: float = START_TIMEOUT_S,
+    extra_args: Sequence[str] = (),
+    tls: ClientTls | None = None,
 ) -> Coordinator:
-    """A ``hydra coordinator`` on a free local port, once gRPC health says SERVING."""
+    """A ``hydra coordinator`` on a free local port, once gRPC health says SERVING.
+
+    ``extra_args`` go on its command line (``--tls-cert ...``); ``tls`` is how
+    to reach it then.
+    """
     for attempt in range(3):  # another process may take the free port before we bind it
         address = f"127.0.0.1:{free_port()}"
         argv = coordinator_argv(conninfo, address, timing=timing, pool=pool, log_level=log_level)
+        argv += extra_args
         process = processes.start(f"{name}-{attempt}" if attempt else name, argv)
         try:
-            wait_serving(process, address, timeout)
+            wait_serving(process, address, timeout, tls=tls)
         except HarnessError:
             if process.running or not _lost_the_port(process.log()):
                 raise
@@ -172,8 +180,10 @@ def start_agent(
     drain_grace: str = "2s",
     labels: Mapping[str, str] | None = None,
     log_level: str = "info",
+    extra_args: Sequence[str] = (),
 ) -> Process:
-    """A ``hydra agent`` process, not waited for (see `wait_agents`, `wait_agent_state`)."""
+    """A ``hydra agent`` process, not waited for (see `wait_agents`, `wait_agent_state`);
+    ``extra_args`` go on its command line (``--tls-ca ...``)."""
     targets = [coordinators.address] if isinstance(coordinators, Coordinator) else coordinators
     argv = agent_argv(
         targets,
@@ -183,12 +193,19 @@ def start_agent(
         labels=labels,
         log_level=log_level,
     )
-    return processes.start(agent_id, argv)
+    return processes.start(agent_id, [*argv, *extra_args])
 
 
-def wait_serving(process: Process, address: str, timeout: float = START_TIMEOUT_S) -> None:
-    """Wait until gRPC health says SERVING at `address`; fail early if `process` exits."""
-    with grpc.insecure_channel(address) as channel:
+def wait_serving(
+    process: Process,
+    address: str,
+    timeout: float = START_TIMEOUT_S,
+    *,
+    tls: ClientTls | None = None,
+) -> None:
+    """Wait until gRPC health says SERVING at `address` (over `tls` if given); fail
+    early if `process` exits."""
+    with _channel(address, tls) as channel:
         health = health_pb2_grpc.HealthStub(channel)
 
         def serving() -> bool:
@@ -201,6 +218,12 @@ def wait_serving(process: Process, address: str, timeout: float = START_TIMEOUT_
 
         message = f"{process.name} serving on {address}"
         wait_for(serving, timeout=timeout, interval=0.1, message=message)
+
+
+def _channel(address: str, tls: ClientTls | None) -> grpc.Channel:
+    if tls is None:
+        return grpc.insecure_channel(address)
+    return grpc.secure_channel(address, tls.credentials(), options=tls.channel_options())
 
 
 def wait_agents(
