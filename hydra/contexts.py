@@ -212,15 +212,16 @@ def resolve(
             context's token file cannot be read.
     """
     targets = list(targets or config.coordinators_given(environ))
-    token = token or config.token(environ)
+    # An explicit empty token means "send none", whatever else is configured.
+    token = token if token is not None else config.token(environ)
     tls = tls or client_tls(environ=environ)
     name, chosen = _choose(targets, context or config.context_name(environ), environ)
     if chosen is None:
         fallback = tuple(targets or config.coordinators(environ))
-        return Resolved(targets=fallback, token=token, tls=tls)
+        return Resolved(targets=fallback, token=token or None, tls=tls)
     return Resolved(
         targets=tuple(targets or chosen.coordinators or config.coordinators(environ)),
-        token=token or chosen.token(),
+        token=(token if token is not None else chosen.token()) or None,
         tls=tls or chosen.client_tls(),
         context=name,
     )

@@ -88,6 +88,7 @@ def test_flags_then_environment_then_context(environ: dict[str, str]) -> None:
     environ["HYDRA_COORDINATORS"] = "x:1,y:2"
     assert resolve(environ=environ).targets == ("x:1", "y:2")
     assert resolve(context="dev", environ=environ).token == "from-env"
+    assert resolve(token="", environ=environ).token is None  # explicitly none
 
 
 @pytest.mark.usefixtures("two_contexts")

@@ -643,3 +643,21 @@ def test_apply_lines(changed: bool, previous: int, line: str) -> None:
     result = ApplyResult(task=REGISTERED, changed=changed, previous_version=previous)
     assert render.apply_line(result) == line
     assert render.apply_line(result, dry_run=True) == line + " (dry run)"
+
+
+def test_tls_options_before_or_after_the_command() -> None:
+    args = hydractl.build_parser().parse_args(
+        ["--tls-ca", "ca.pem", "tasks", "list", "--tls-cert", "me.pem", "--tls-key", "me.key"]
+    )
+    assert args.tls_ca == Path("ca.pem") and args.tls_cert == Path("me.pem")
+    assert args.tls_key == Path("me.key") and args.tls is False and args.context is None
+    args = hydractl.build_parser().parse_args(["tasks", "list", "--tls", "--context", "prod"])
+    assert args.tls is True and args.context == "prod" and args.tls_ca is None
+
+
+def test_a_client_certificate_without_its_key_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert hydractl.main(["tasks", "list", "--tls-cert", "me.pem"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("hydractl: error: --tls-key: a client certificate needs both")
