@@ -106,11 +106,17 @@ class _Connection:
         return self._why_failed() if state in _BROKEN else f"no connection within {timeout:g}s"
 
     def _why_failed(self) -> str:
-        """What a call on the failed channel says: the connectivity state alone does not."""
+        """What a call says: the connectivity state alone does not.
+
+        The call goes on a channel of its own, never subscribed: closing a
+        subscribed channel whose state is changing (as a call on it would make
+        it) can crash grpcio's connectivity poller.
+        """
         try:
-            health_pb2_grpc.HealthStub(self.channel).Check(
-                health_pb2.HealthCheckRequest(), timeout=_PROBE_TIMEOUT
-            )
+            with _channel(self.target, self.tls) as probe:
+                health_pb2_grpc.HealthStub(probe).Check(
+                    health_pb2.HealthCheckRequest(), timeout=_PROBE_TIMEOUT
+                )
         except grpc.RpcError as error:
             problem = connection_problem(self.target, error.details() or "", self.tls)
             self.tls_failed = problem is not None
