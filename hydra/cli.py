@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -300,11 +301,13 @@ def _coordinator(args: argparse.Namespace) -> int:
         return asyncio.run(run_coordinator(coordinator_config(args, args.db)))
     from hydra.coordinator.embedded import EmbeddedPostgres
 
+    # Checked before PostgreSQL starts, so a bad flag leaves nothing running.
+    settings = coordinator_config(args, "")
     embedded = EmbeddedPostgres.for_home(config.home())
     conninfo = embedded.start()
     log.info("no HYDRA_DB: using embedded PostgreSQL under %s", config.home())
     try:
-        return asyncio.run(run_coordinator(coordinator_config(args, conninfo)))
+        return asyncio.run(run_coordinator(replace(settings, conninfo=conninfo)))
     finally:
         embedded.stop()
 
@@ -384,9 +387,9 @@ def _dev(args: argparse.Namespace) -> int:
 
     home = Path(args.home).expanduser()
     home.mkdir(parents=True, exist_ok=True)
+    settings = coordinator_config(args, "")  # before PostgreSQL starts, as in _coordinator
     embedded = EmbeddedPostgres.for_home(home)
-    conninfo = embedded.start()
-    coordinator = coordinator_config(args, conninfo)
+    coordinator = replace(settings, conninfo=embedded.start())
     agent = _start_dev_agent(args)
     print(
         f"hydra dev: coordinator on {args.listen}, data in {home}; Ctrl-C stops everything",

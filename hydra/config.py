@@ -73,9 +73,7 @@ def listen_address(environ: Mapping[str, str] = os.environ) -> str:
 
 def coordinators(environ: Mapping[str, str] = os.environ) -> list[str]:
     """HYDRA_COORDINATORS: comma-separated targets for agents and clients."""
-    raw = environ.get("HYDRA_COORDINATORS", "")
-    targets = [part.strip() for part in raw.split(",") if part.strip()]
-    return targets or [listen_address(environ)]
+    return coordinators_given(environ) or [listen_address(environ)]
 
 
 def home(environ: Mapping[str, str] = os.environ) -> Path:

@@ -53,8 +53,8 @@ class ClientTls:
     def __post_init__(self) -> None:
         if (self.cert is None) != (self.key is None):
             missing = "--tls-key" if self.key is None else "--tls-cert"
-            raise InvalidArgument("a client certificate needs both --tls-cert and --tls-key",
-                                  path=missing)  # fmt: skip
+            message = "a client certificate needs both --tls-cert and --tls-key"
+            raise InvalidArgument(message, path=missing)
 
     @property
     def mutual(self) -> bool:
