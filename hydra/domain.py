@@ -495,3 +495,34 @@ class Coordinator:
     started_at: datetime
     last_heartbeat_at: datetime
     agents_connected: int = 0
+
+
+# --- the audit log ------------------------------------------------------------
+
+#: The outcome of a call that did what it was asked.
+AUDIT_OK = "OK"
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class AuditEntry:
+    """One line of the audit log: a call that changed something, failed to, or was
+    refused (docs/security.md)."""
+
+    #: The credential's name ("anonymous" without authentication; "" when the
+    #: caller presented no known credential) and its role then.
+    who: str
+    role: str
+    #: The call, as Service/Method ("TaskService/Apply").
+    action: str
+    task: str | None = None
+    run_id: str | None = None
+    #: The caller's address as gRPC reports it ("ipv4:127.0.0.1:53412").
+    peer: str = ""
+    #: AUDIT_OK, or the gRPC status code name of a failed or refused call.
+    outcome: str = AUDIT_OK
+    #: A few words: "version 3", "run <id>", or a failed call's message.
+    detail: str = ""
+    #: When it was recorded (its transaction's time); None until it is stored.
+    at: datetime | None = None
+    #: Its place in the log, in order of recording; None until it is stored.
+    id: int | None = None

@@ -19,10 +19,11 @@ from hydra.client._types import (
     StreamName,
     TaskDetails,
 )
-from hydra.domain import Agent, Run, RunState, Task, TaskSpec
+from hydra.domain import Agent, AuditEntry, Run, RunState, Task, TaskSpec
 from hydra.errors import FieldProblem, HydraError, InvalidArgument
 from hydra.spec import validate_task
 from hydra.v1 import agent_service_pb2 as agent_pb
+from hydra.v1 import audit_service_pb2 as audit_pb
 from hydra.v1 import cluster_service_pb2 as cluster_pb
 from hydra.v1 import run_service_pb2 as run_pb
 from hydra.v1 import task_service_pb2 as task_pb
@@ -387,6 +388,42 @@ class Client:
         request = agent_pb.DrainAgentRequest(agent_id=agent_id)
         response = self._transport.unary(lambda s: s.agents.Drain, request, idempotent=True)
         return wire.agent_from_proto(response.agent)
+
+    # --- audit ----------------------------------------------------------------
+
+    def list_audit(
+        self,
+        *,
+        since: datetime | None = None,
+        who: str = "",
+        task: str = "",
+        limit: int | None = 100,
+    ) -> list[AuditEntry]:
+        """Entries of the audit log, newest first (needs role admin).
+
+        Args:
+            since: Only entries recorded at or after this instant (aware).
+            who: Only entries of this credential name.
+            task: Only entries about this task.
+            limit: At most this many entries; None for all of them.
+        """
+        entries: list[AuditEntry] = []
+        page_token = ""
+        while limit is None or len(entries) < limit:
+            page_size = 1000 if limit is None else min(limit - len(entries), 1000)
+            request = audit_pb.ListAuditRequest(
+                since=wire.to_timestamp(since),
+                who=who,
+                task=task,
+                page_size=page_size,
+                page_token=page_token,
+            )
+            response = self._transport.unary(lambda s: s.audit.List, request, idempotent=True)
+            entries.extend(wire.audit_entry_from_proto(e) for e in response.entries)
+            page_token = response.next_page_token
+            if not page_token:
+                break
+        return entries if limit is None else entries[:limit]
 
 
 def _validate_all(specs: Sequence[TaskSpec]) -> None:

@@ -11,7 +11,7 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, TypeAlias
 
 from hydra.client import _commands as commands
@@ -66,6 +66,20 @@ def _instant(text: str) -> datetime:
             f"not a time: {text!r} (use ISO 8601, e.g. 2025-01-31T02:30 or 2025-01-31T02:30Z)"
         ) from None
     return value if value.tzinfo else value.astimezone()
+
+
+def _since(text: str) -> datetime:
+    """An instant (ISO 8601), or a duration before now (``90m``, ``2d``)."""
+    try:
+        return datetime.now(UTC) - parse_duration(text, "--since")
+    except InvalidArgument:
+        pass
+    try:
+        return _instant(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"not a time or a duration: {text!r} (e.g. 2025-01-31T02:30Z, 90m, 2d)"
+        ) from None
 
 
 def _seconds(text: str) -> float:
@@ -167,6 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_runs(build, build.group(top, "runs", "list and inspect runs"))
     _add_run_actions(build, top)
     _add_agents(build, build.group(top, "agents", "list and drain agents"))
+    _add_audit(build, build.group(top, "audit", "the audit log: who changed what"))
     cluster = build.group(top, "cluster", "the cluster as a whole")
     build.command(cluster, "status", commands.cluster_status, "coordinators and agents")
     return parser
@@ -260,6 +275,17 @@ def _add_agents(build: _Builder, agents: _Subcommands) -> None:
     p.add_argument("--all", action="store_true", help="include disconnected agents")
     p = build.command(agents, "drain", commands.agents_drain, "stop an agent taking new runs")
     p.add_argument("agent_id", metavar="ID")
+
+
+def _add_audit(build: _Builder, audit: _Subcommands) -> None:
+    p = build.command(audit, "list", commands.audit_list, "list audit entries, newest first")
+    p.add_argument(
+        "--since", type=_since, metavar="TIME|DURATION",
+        help="only entries since TIME (ISO 8601) or DURATION ago (e.g. 90m, 2d)",
+    )  # fmt: skip
+    p.add_argument("--who", default="", metavar="NAME", help="only entries of this credential")
+    p.add_argument("--task", default="", metavar="NAME", help="only entries about this task")
+    p.add_argument("--limit", type=_positive, default=100, metavar="N", help="at most N (100)")
 
 
 # --- main ---------------------------------------------------------------------

@@ -27,6 +27,7 @@ from hydra.coordinator.agents.commands import AgentCommand, Verb
 from hydra.coordinator.agents.sessions import SessionRegistry
 from hydra.coordinator.agents.stream import AgentStreams
 from hydra.coordinator.api.agents import AgentApi
+from hydra.coordinator.api.audit import AuditApi
 from hydra.coordinator.api.auth import TokenInterceptor
 from hydra.coordinator.api.cluster import ClusterApi
 from hydra.coordinator.api.limits import LoadLimits
@@ -38,6 +39,7 @@ from hydra.coordinator.loops.dispatcher import Dispatcher
 from hydra.coordinator.loops.health import Reachability
 from hydra.coordinator.loops.presence import ALIVE_WINDOW, Presence
 from hydra.coordinator.loops.reaper import Reaper
+from hydra.coordinator.loops.refusals import RefusalLog
 from hydra.coordinator.loops.timing import forever
 from hydra.coordinator.loops.triggers import TriggerLoop
 from hydra.coordinator.migrate import check_current, migrate
@@ -51,6 +53,8 @@ from hydra.limits import message_size_options
 from hydra.v1 import agent_service_pb2 as agent_pb
 from hydra.v1 import (
     agent_service_pb2_grpc,
+    audit_service_pb2,
+    audit_service_pb2_grpc,
     cluster_service_pb2,
     cluster_service_pb2_grpc,
     run_service_pb2,
@@ -75,6 +79,8 @@ CONTROL_STATEMENT_TIMEOUT = 30.0
 DEADLINE_MARGIN = 2.0
 #: Seconds a control loop waits for a free connection of its pool.
 CONTROL_POOL_WAIT = 10.0
+#: Seconds a stopping coordinator spends recording the refused calls still queued.
+REFUSALS_FLUSH_SECONDS = 5.0
 
 
 def _default_id() -> str:
@@ -158,6 +164,9 @@ class CoordinatorServer:
             coordinator_id=config.coordinator_id,
             output_limit=config.output_limit,
         )
+        #: The sink of refused calls (the credential interceptor calls its
+        #: ``on_refused``); its loop records them in the audit log in batches.
+        self.refusals = RefusalLog(self.control)
         self._health = health.aio.HealthServicer()
         self._server: grpc.aio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -262,6 +271,7 @@ class CoordinatorServer:
         cluster_service_pb2_grpc.add_ClusterServiceServicer_to_server(
             ClusterApi(db, self.config.coordinator_id, ALIVE_WINDOW), server
         )
+        audit_service_pb2_grpc.add_AuditServiceServicer_to_server(AuditApi(db), server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
             [
@@ -269,6 +279,7 @@ class CoordinatorServer:
                 run_service_pb2.DESCRIPTOR.services_by_name["RunService"].full_name,
                 agent_pb.DESCRIPTOR.services_by_name["AgentService"].full_name,
                 cluster_service_pb2.DESCRIPTOR.services_by_name["ClusterService"].full_name,
+                audit_service_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name,
                 health.SERVICE_NAME,
                 reflection.SERVICE_NAME,
             ],
@@ -292,6 +303,7 @@ class CoordinatorServer:
         self._spawn("reaper", self._reaper.step)
         self._spawn("presence", presence.step)
         self._spawn("database health", self._reachability.step)
+        self._spawn("refused calls", self.refusals.step)
 
     def _spawn(self, name: str, step: Callable[[], Awaitable[None]]) -> None:
         self._tasks.append(asyncio.create_task(forever(name, step), name=f"hydra-{name}"))
@@ -325,6 +337,7 @@ class CoordinatorServer:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._flush_refusals()
         await self._watchers.stop()
         self._followers.stop()
         await self._renderer.stop()
@@ -335,6 +348,12 @@ class CoordinatorServer:
         await self._reachability.close()
         for pool in (self._api_pool, self._control_pool):
             await pool.close()
+
+    async def _flush_refusals(self) -> None:
+        try:
+            await asyncio.wait_for(self.refusals.flush(), REFUSALS_FLUSH_SECONDS)
+        except Exception as error:
+            log.warning("refused calls not recorded at stop: %s", error)
 
 
 def _log_database_wait(state: tenacity.RetryCallState) -> None:

@@ -8,6 +8,7 @@ wire is validated with ``hydra.spec``.
 
 from __future__ import annotations
 
+from hydra.wire._audit import audit_entry_from_proto, audit_entry_to_proto
 from hydra.wire._records import (
     agent_from_proto,
     agent_to_proto,
@@ -49,6 +50,8 @@ __all__ = [
     "attempt_state_from_proto",
     "attempt_state_to_proto",
     "attempt_to_proto",
+    "audit_entry_from_proto",
+    "audit_entry_to_proto",
     "coordinator_from_proto",
     "coordinator_to_proto",
     "from_duration",

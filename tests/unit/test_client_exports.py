@@ -15,6 +15,7 @@ def test_all_is_pinned() -> None:
         "At",
         "Attempt",
         "AttemptState",
+        "AuditEntry",
         "BackfillResult",
         "Catchup",
         "Client",

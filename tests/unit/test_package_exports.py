@@ -30,6 +30,8 @@ def test_wire_all_is_pinned() -> None:
         "attempt_state_from_proto",
         "attempt_state_to_proto",
         "attempt_to_proto",
+        "audit_entry_from_proto",
+        "audit_entry_to_proto",
         "coordinator_from_proto",
         "coordinator_to_proto",
         "from_duration",

@@ -11,6 +11,7 @@ from typing import Any
 import grpc
 
 from hydra.coordinator import manual_runs
+from hydra.coordinator.api.audit import call_entry, failures_recorded
 from hydra.coordinator.api.errors import streaming, unary
 from hydra.coordinator.api.logs import LogFollowers
 from hydra.coordinator.api.paging import decode_token, encode_token, page_size
@@ -18,6 +19,7 @@ from hydra.coordinator.api.watch import RunWatchHub
 from hydra.coordinator.loops.dispatcher import Dispatcher
 from hydra.coordinator.loops.timing import utcnow
 from hydra.coordinator.store import Database, runs
+from hydra.domain import AuditEntry
 from hydra.errors import InvalidArgument
 from hydra.v1 import run_service_pb2 as pb
 from hydra.v1 import run_service_pb2_grpc as pb_grpc
@@ -50,16 +52,19 @@ class RunApi(pb_grpc.RunServiceServicer):
     async def Trigger(
         self, request: pb.TriggerRunRequest, context: Context
     ) -> pb.TriggerRunResponse:
+        entry = call_entry(context, "RunService/Trigger", task=request.task)
         occurrence = from_timestamp(request.occurrence) if request.HasField("occurrence") else None
-        run, created = await manual_runs.trigger(
-            self._db,
-            self._dispatcher,
-            _required(request.task, "task"),
-            params=dict(request.params),
-            idempotency_key=request.idempotency_key,
-            occurrence=occurrence,
-            now=utcnow(),
-        )
+        async with failures_recorded(self._db, entry):
+            run, created = await manual_runs.trigger(
+                self._db,
+                self._dispatcher,
+                _required(request.task, "task"),
+                params=dict(request.params),
+                idempotency_key=request.idempotency_key,
+                occurrence=occurrence,
+                now=utcnow(),
+                audit_entry=entry,
+            )
         return pb.TriggerRunResponse(run=run_to_proto(run), created=created)
 
     @unary
@@ -88,34 +93,50 @@ class RunApi(pb_grpc.RunServiceServicer):
 
     @unary
     async def Retry(self, request: pb.RetryRunRequest, context: Context) -> pb.RetryRunResponse:
-        run = await manual_runs.retry(self._db, self._dispatcher, _required(request.id, "id"))
+        entry = call_entry(context, "RunService/Retry", run_id=request.id)
+        async with failures_recorded(self._db, entry):
+            run = await manual_runs.retry(
+                self._db, self._dispatcher, _required(request.id, "id"), audit_entry=entry
+            )
         return pb.RetryRunResponse(run=run_to_proto(run))
 
     @unary
     async def Cancel(self, request: pb.CancelRunRequest, context: Context) -> pb.CancelRunResponse:
+        entry = call_entry(context, "RunService/Cancel", run_id=request.id)
         reason = request.reason or "cancelled by request"
-        run = await manual_runs.cancel(
-            self._db, self._dispatcher, _required(request.id, "id"), reason
-        )
+        async with failures_recorded(self._db, entry):
+            run = await manual_runs.cancel(
+                self._db, self._dispatcher, _required(request.id, "id"), reason, audit_entry=entry
+            )
         return pb.CancelRunResponse(run=run_to_proto(run))
 
     @unary
     async def Backfill(self, request: pb.BackfillRequest, context: Context) -> pb.BackfillResponse:
+        entry = None
+        if not request.dry_run:  # a dry run changes nothing: not recorded
+            entry = call_entry(context, "RunService/Backfill", task=request.task)
+        async with failures_recorded(self._db, entry):
+            result = await self._backfill(request, entry)
+        return pb.BackfillResponse(
+            occurrences=[to_timestamp(o) for o in result.occurrences],
+            created=[run_to_proto(r) for r in result.created],
+            existing=result.existing,
+        )
+
+    async def _backfill(
+        self, request: pb.BackfillRequest, entry: AuditEntry | None
+    ) -> manual_runs.BackfillResult:
         for field in ("from", "to"):
             if not request.HasField(field):
                 raise InvalidArgument("required", path=field)
-        result = await manual_runs.backfill(
+        return await manual_runs.backfill(
             self._db,
             self._dispatcher,
             _required(request.task, "task"),
             start=from_timestamp(getattr(request, "from")),
             end=from_timestamp(request.to),
             dry_run=request.dry_run,
-        )
-        return pb.BackfillResponse(
-            occurrences=[to_timestamp(o) for o in result.occurrences],
-            created=[run_to_proto(r) for r in result.created],
-            existing=result.existing,
+            audit_entry=entry,
         )
 
     @streaming

@@ -697,3 +697,27 @@ UPDATE hydra_agents SET state = 'disconnected'
 WHERE state <> 'disconnected'
   AND (coordinator_id IN (SELECT id FROM dead)
        OR coordinator_id NOT IN (SELECT id FROM hydra_coordinators));
+
+-- ---------------------------------------------------------------- audit --
+
+-- name: insert_audit_entry
+-- Record one entry of the audit log (in the transaction of the change it records).
+INSERT INTO hydra_audit (who, role, action, task, run_id, peer, outcome, detail)
+VALUES (%(who)s, %(role)s, %(action)s, %(task)s, %(run_id)s, %(peer)s, %(outcome)s, %(detail)s);
+
+-- name: insert_audit_entries
+-- Record many entries of the audit log in one statement (the refused calls of a round).
+INSERT INTO hydra_audit (who, role, action, task, run_id, peer, outcome, detail)
+SELECT * FROM unnest(%(who)s::text[], %(role)s::text[], %(action)s::text[], %(task)s::text[],
+                     %(run_id)s::text[], %(peer)s::text[], %(outcome)s::text[],
+                     %(detail)s::text[]);
+
+-- name: list_audit_entries
+-- A page of the audit log, newest first, keyset-paged by (at, id); '' and NULL filter nothing.
+SELECT * FROM hydra_audit
+WHERE (%(since)s::timestamptz IS NULL OR at >= %(since)s)
+  AND (%(who)s = '' OR who = %(who)s)
+  AND (%(task)s = '' OR task = %(task)s)
+  AND (%(after_at)s::timestamptz IS NULL OR (at, id) < (%(after_at)s, %(after_id)s::bigint))
+ORDER BY at DESC, id DESC
+LIMIT %(limit)s;

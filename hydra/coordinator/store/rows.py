@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
+from dataclasses import fields
 from datetime import datetime
 from typing import Any
 
@@ -12,6 +13,7 @@ from hydra.domain import (
     Agent,
     Attempt,
     AttemptState,
+    AuditEntry,
     Coordinator,
     PreconditionVerdict,
     Run,
@@ -155,3 +157,8 @@ def coordinator_from_row(row: Mapping[str, Any]) -> Coordinator:
         last_heartbeat_at=row["last_heartbeat_at"],
         agents_connected=row["agents_connected"],
     )
+
+
+def audit_entry_from_row(row: Mapping[str, Any]) -> AuditEntry:
+    """The audit entry a row of hydra_audit holds (its columns are the entry's fields)."""
+    return AuditEntry(**{f.name: row[f.name] for f in fields(AuditEntry)})
