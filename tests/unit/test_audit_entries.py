@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hydra.coordinator.api.audit import call_entry
+from hydra.coordinator.api.audit import MAX_NAME, call_entry, clipped
 from hydra.coordinator.api.caller import ANONYMOUS, Caller, bound
 from hydra.domain import AuditEntry, Role
 
@@ -34,3 +34,10 @@ def test_without_authentication_the_caller_is_anonymous_and_empty_fields_are_non
     entry = call_entry(_Call("ipv6:[::1]:5000"), "RunService/Retry", task="", run_id="")
     assert (entry.who, entry.role) == (ANONYMOUS.name, "admin")
     assert (entry.task, entry.run_id, entry.outcome) == (None, None, "OK")
+
+
+def test_an_invalid_requests_long_names_are_clipped() -> None:
+    entry = call_entry(_Call(""), "TaskService/Apply", task="x" * 100_000)
+    assert entry.task is not None and len(entry.task) == MAX_NAME
+    assert entry.task.endswith("...")
+    assert clipped("short", MAX_NAME) == "short" and clipped(None, 5) == ""

@@ -34,6 +34,11 @@ log = logging.getLogger("hydra.coordinator.api")
 Context = grpc.aio.ServicerContext[Any, Any]
 
 DEFAULT_PAGE = 100
+#: Longest task name or run id kept in an entry (valid ones are far shorter; an
+#: invalid request's may be anything).
+MAX_NAME = 256
+#: Longest detail kept in an entry (a failed call's message may list many problems).
+MAX_DETAIL = 2000
 #: What a failed call that was no HydraError is recorded with (it is logged).
 _INTERNAL = ("INTERNAL", "internal error; see coordinator log")
 
@@ -48,10 +53,16 @@ def call_entry(
         who=who.name,
         role=who.role.value,
         action=action,
-        task=task or None,
-        run_id=run_id or None,
+        task=clipped(task, MAX_NAME) or None,
+        run_id=clipped(run_id, MAX_NAME) or None,
         peer=context.peer() or who.peer,
     )
+
+
+def clipped(text: str | None, limit: int) -> str:
+    """`text` ('' for None), cut to `limit` characters with a marker if longer."""
+    text = text or ""
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
 
 
 @contextlib.asynccontextmanager
@@ -73,7 +84,8 @@ async def _record_failure(
     if entry is None:
         return
     try:
-        await database.run(audit.record, replace(entry, outcome=outcome, detail=detail))
+        failed = replace(entry, outcome=outcome, detail=clipped(detail, MAX_DETAIL))
+        await database.run(audit.record, failed)
     except HydraError as error:  # the database is down: the call's own error says so
         log.warning("could not record the failed %s in the audit log: %s", entry.action, error)
 

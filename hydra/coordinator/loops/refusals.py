@@ -18,6 +18,7 @@ import asyncio
 import collections
 import logging
 
+from hydra.coordinator.api.audit import MAX_DETAIL, MAX_NAME, clipped
 from hydra.coordinator.api.caller import RefusedCall
 from hydra.coordinator.store import Database, audit
 from hydra.domain import AuditEntry
@@ -41,10 +42,10 @@ def refusal_entry(refused: RefusedCall) -> AuditEntry:
     return AuditEntry(
         who=who.name if who is not None else "",
         role=who.role.value if who is not None else "",
-        action=refused.method.removeprefix("/").removeprefix("hydra.v1."),
-        peer=refused.peer,
+        action=clipped(refused.method.removeprefix("/").removeprefix("hydra.v1."), MAX_NAME),
+        peer=clipped(refused.peer, MAX_NAME),
         outcome=refused.code,
-        detail=refused.message,
+        detail=clipped(refused.message, MAX_DETAIL),
     )
 
 
