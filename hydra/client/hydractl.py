@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Any, TypeAlias
 
 from hydra.client import _commands as commands
+from hydra.client import _credentials as credentials
 from hydra.client._client import Client
 from hydra.domain import RunState
 from hydra.errors import (
@@ -167,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_runs(build, build.group(top, "runs", "list and inspect runs"))
     _add_run_actions(build, top)
     _add_agents(build, build.group(top, "agents", "list and drain agents"))
+    _add_credentials(build, build.group(top, "credentials", "create, list, revoke credentials"))
     cluster = build.group(top, "cluster", "the cluster as a whole")
     build.command(cluster, "status", commands.cluster_status, "coordinators and agents")
     return parser
@@ -260,6 +262,17 @@ def _add_agents(build: _Builder, agents: _Subcommands) -> None:
     p.add_argument("--all", action="store_true", help="include disconnected agents")
     p = build.command(agents, "drain", commands.agents_drain, "stop an agent taking new runs")
     p.add_argument("agent_id", metavar="ID")
+
+
+def _add_credentials(build: _Builder, group: _Subcommands) -> None:
+    p = build.command(
+        group, "create", credentials.hydractl_create, "create a credential; prints its secret once"
+    )
+    credentials.add_create_flags(p)
+    p = build.command(group, "list", credentials.hydractl_list, "list credentials (no secrets)")
+    p.add_argument("--all", action="store_true", help="include revoked credentials")
+    p = build.command(group, "revoke", credentials.hydractl_revoke, "revoke a credential")
+    p.add_argument("name", metavar="NAME")
 
 
 # --- main ---------------------------------------------------------------------

@@ -27,8 +27,10 @@ from hydra.coordinator.agents.commands import AgentCommand, Verb
 from hydra.coordinator.agents.sessions import SessionRegistry
 from hydra.coordinator.agents.stream import AgentStreams
 from hydra.coordinator.api.agents import AgentApi
-from hydra.coordinator.api.auth import TokenInterceptor
+from hydra.coordinator.api.auth import CredentialInterceptor, OnRefused
 from hydra.coordinator.api.cluster import ClusterApi
+from hydra.coordinator.api.credentials import CredentialApi
+from hydra.coordinator.api.identities import Identities
 from hydra.coordinator.api.limits import LoadLimits
 from hydra.coordinator.api.logs import LogFollowers
 from hydra.coordinator.api.runs import RunApi
@@ -53,6 +55,8 @@ from hydra.v1 import (
     agent_service_pb2_grpc,
     cluster_service_pb2,
     cluster_service_pb2_grpc,
+    credential_service_pb2,
+    credential_service_pb2_grpc,
     run_service_pb2,
     run_service_pb2_grpc,
     task_service_pb2,
@@ -91,7 +95,6 @@ class CoordinatorConfig:
     times: LeaseTimes = field(default_factory=LeaseTimes)
     output_limit: int = 1024 * 1024
     coordinator_id: str = field(default_factory=_default_id)
-    token: str | None = None
     #: Serve without authentication, and allow plaintext beyond loopback
     #: (`--insecure`; docs/security.md). Logged as a warning and shown by `cluster status`.
     insecure: bool = False
@@ -115,8 +118,11 @@ class CoordinatorServer:
     in their transactions (see docs/architecture.md).
     """
 
-    def __init__(self, config: CoordinatorConfig) -> None:
+    def __init__(self, config: CoordinatorConfig, *, on_refused: OnRefused | None = None) -> None:
+        """Wire a coordinator; `on_refused` is told of every call refused for its
+        credential (the audit log's sink)."""
         self.config = config
+        self._on_refused = on_refused
         self.port = 0
         self._sessions = SessionRegistry()
         self._api_pool = open_pool(
@@ -158,6 +164,8 @@ class CoordinatorServer:
             coordinator_id=config.coordinator_id,
             output_limit=config.output_limit,
         )
+        #: Who each presented secret stands for; None with `insecure` (nothing is checked).
+        self._identities = None if config.insecure else Identities(self.database)
         self._health = health.aio.HealthServicer()
         self._server: grpc.aio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -247,9 +255,10 @@ class CoordinatorServer:
             max_concurrent_rpcs=self.config.max_concurrent_rpcs,
         )
         # The credential first: a refused call takes no place under the limits.
-        interceptors: list[grpc.aio.ServerInterceptor] = [limits]
-        if self.config.token:
-            interceptors.insert(0, TokenInterceptor(self.config.token))
+        interceptors: list[grpc.aio.ServerInterceptor] = [
+            CredentialInterceptor(self._identities, on_refused=self._on_refused),
+            limits,
+        ]
         server = grpc.aio.server(options=options, interceptors=interceptors)
         db, dispatcher = self.database, self._dispatcher
         task_service_pb2_grpc.add_TaskServiceServicer_to_server(TaskApi(db), server)
@@ -262,6 +271,9 @@ class CoordinatorServer:
         cluster_service_pb2_grpc.add_ClusterServiceServicer_to_server(
             ClusterApi(db, self.config.coordinator_id, ALIVE_WINDOW), server
         )
+        credential_service_pb2_grpc.add_CredentialServiceServicer_to_server(
+            CredentialApi(db), server
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
             [
@@ -269,6 +281,7 @@ class CoordinatorServer:
                 run_service_pb2.DESCRIPTOR.services_by_name["RunService"].full_name,
                 agent_pb.DESCRIPTOR.services_by_name["AgentService"].full_name,
                 cluster_service_pb2.DESCRIPTOR.services_by_name["ClusterService"].full_name,
+                credential_service_pb2.DESCRIPTOR.services_by_name["CredentialService"].full_name,
                 health.SERVICE_NAME,
                 reflection.SERVICE_NAME,
             ],
@@ -287,6 +300,9 @@ class CoordinatorServer:
         self._listener.subscribe("hydra_dispatch", others_made_work)
         self._listener.subscribe("hydra_triggers", lambda _: self._triggers.wake.set())
         self._listener.subscribe("hydra_agent_command", self._agent_command)
+        if self._identities is not None:
+            self._listener.subscribe("hydra_credentials", self._identities.forget)
+            self._spawn("credentials last used", self._identities.write_last_used)
         self._spawn("dispatcher", self._dispatcher.step)
         self._spawn("trigger loop", self._triggers.step)
         self._spawn("reaper", self._reaper.step)
@@ -325,6 +341,9 @@ class CoordinatorServer:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._identities is not None:
+            with contextlib.suppress(Exception):
+                await self._identities.flush()
         await self._watchers.stop()
         self._followers.stop()
         await self._renderer.stop()

@@ -24,7 +24,9 @@ import grpc
 import psycopg
 
 from hydra.coordinator.agents import protocol
+from hydra.coordinator.agents.identity import identity_problem
 from hydra.coordinator.agents.sessions import AgentSession, SessionRegistry
+from hydra.coordinator.api import caller
 from hydra.coordinator.loops.heartbeats import HeartbeatRecorder, PendingHeartbeat
 from hydra.coordinator.loops.timing import utcnow
 from hydra.coordinator.store import CONFLICTS, Database, Transaction, agents, attempts, leases
@@ -91,6 +93,9 @@ class AgentStreams:
     ) -> AsyncIterator[pb.CoordinatorMessage]:
         """The Connect handler: Hello, Welcome, then messages both ways."""
         hello = await _read_hello(requests, context)
+        if (problem := identity_problem(caller.current(), hello)) is not None:
+            log.warning("refused agent %r: %s", hello.agent_id, problem)
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, problem)
         session = AgentSession(
             agent_id=hello.agent_id,
             instance_id=hello.instance_id,
