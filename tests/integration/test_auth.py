@@ -70,7 +70,8 @@ def test_expired_and_revoked_credentials_are_unauthenticated(
     soon = datetime.now(UTC) + timedelta(hours=1)
     expired = make_credential(db_conninfo, "old", "viewer", expires_at=soon)
     Database(db_conninfo).rows(
-        "UPDATE hydra_credentials SET expires_at = now() - interval '1 minute' WHERE name = 'old' RETURNING name"
+        "UPDATE hydra_credentials SET expires_at = now() - interval '1 minute' "
+        "WHERE name = 'old' RETURNING name"
     )
     assert "credential 'old' expired at" in _code(Client(secured.address, token=expired).list_tasks)
     admin = make_credential(db_conninfo, "root", "admin")

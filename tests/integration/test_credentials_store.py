@@ -124,4 +124,3 @@ async def test_agent_credentials_bind_an_id_labels_and_capacity(db_conninfo: str
     )
     revoked = await credentials.revoke_credential(db_conninfo, "agent-1")
     assert revoked.revoked_at is not None
-
