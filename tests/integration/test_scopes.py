@@ -62,7 +62,7 @@ def _refused(call: object) -> str:
 def test_calls_about_a_task_are_limited_to_the_scope(
     clients: tuple[Client, Client, Client],
 ) -> None:
-    admin, scoped_admin, scoped_operator = clients
+    _, scoped_admin, scoped_operator = clients
     assert SCOPE_REFUSAL in _refused(lambda: scoped_admin.apply(Task(name="hr.x", command=["x"])))
     upstream = Task(name="billing.after", command=["x"], triggers=(After(tasks=("hr.payroll",)),))
     assert "'hr.payroll'" in _refused(lambda: scoped_admin.apply(upstream))
