@@ -210,3 +210,26 @@ def test_a_flood_of_wrong_secrets_does_not_slow_a_good_caller(
     # The flood shares this process and 2 cores with the coordinator: it may cost
     # CPU, but the good caller never waits for the database behind it.
     assert flooded < max(10 * quiet, 0.1)
+
+
+def test_answers_are_cached_so_a_repeated_wrong_secret_does_not_reach_the_database(
+    secured: CoordinatorThread, db_conninfo: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lookups = []
+    real = table.by_secret
+
+    async def counted(tx: object, secret: str) -> object:
+        lookups.append(secret)
+        return await real(tx, secret)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(table, "by_secret", counted)
+    wrong = Client(secured.address, token=table.new_secret())
+    good = Client(secured.address, token=make_credential(db_conninfo, "v", "viewer"))
+    started = time.monotonic()
+    for _ in range(100):
+        with pytest.raises(HydraError):
+            wrong.list_tasks()
+        good.list_tasks()
+    seconds = time.monotonic() - started
+    # One lookup of each per cache lifetime (2 s), not one per call.
+    assert len(lookups) <= 2 * (1 + int(seconds / 2))
