@@ -301,7 +301,7 @@ class CoordinatorServer:
         self._listener.subscribe("hydra_triggers", lambda _: self._triggers.wake.set())
         self._listener.subscribe("hydra_agent_command", self._agent_command)
         if self._identities is not None:
-            self._listener.subscribe("hydra_credentials", self._identities.forget)
+            self._listener.subscribe("hydra_credentials", self._credential_revoked)
             self._spawn("credentials last used", self._identities.write_last_used)
         self._spawn("dispatcher", self._dispatcher.step)
         self._spawn("trigger loop", self._triggers.step)
@@ -316,6 +316,18 @@ class CoordinatorServer:
         """Health follows the database: NOT_SERVING while this coordinator cannot reach it."""
         status = health_pb2.HealthCheckResponse
         await self._health.set("", status.SERVING if reachable else status.NOT_SERVING)
+
+    def _credential_revoked(self, name: str) -> None:
+        """Forget a revoked credential ("": every credential), and end the streams
+        of agents connected with it (they are refused when they reconnect)."""
+        assert self._identities is not None
+        self._identities.forget(name)
+        for session in self._sessions:
+            if name and session.credential == name:
+                log.warning(
+                    "credential %r revoked: ending agent %s's stream", name, session.agent_id
+                )
+                session.close()
 
     def _agent_command(self, payload: str) -> None:
         """Carry out a command of another coordinator (or ours) for an agent we hold."""

@@ -92,3 +92,15 @@ def test_a_credential_of_another_role_cannot_connect(
     admin = make_credential(db_conninfo, "root", "admin")
     log = _refused(_agent(secured, tmp_path, "a", admin))
     assert "AgentService/Connect needs role agent; credential 'root' has role admin" in log
+
+
+def test_revoking_an_agent_credential_ends_its_stream(
+    secured: CoordinatorThread, db_conninfo: str, tmp_path: Path
+) -> None:
+    admin = Client(secured.address, token=make_credential(db_conninfo, "root", "admin"))
+    secret = make_credential(db_conninfo, "for-a", "agent", agent_id="a")
+    agent = _agent(secured, tmp_path, "a", secret)
+    wait_agents(db_conninfo, ["a"], watched=[agent], timeout=20)
+    admin.revoke_credential("for-a")
+    log = _refused(agent)
+    assert "credential 'for-a' was revoked" in log

@@ -93,7 +93,8 @@ class AgentStreams:
     ) -> AsyncIterator[pb.CoordinatorMessage]:
         """The Connect handler: Hello, Welcome, then messages both ways."""
         hello = await _read_hello(requests, context)
-        if (problem := identity_problem(caller.current(), hello)) is not None:
+        connecting_as = caller.current()
+        if (problem := identity_problem(connecting_as, hello)) is not None:
             log.warning("refused agent %r: %s", hello.agent_id, problem)
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, problem)
         session = AgentSession(
@@ -104,6 +105,7 @@ class AgentStreams:
             capacity=hello.capacity,
             draining=hello.draining,
             output_limit=self._output_limit,
+            credential=connecting_as.name if connecting_as.agent_id is not None else "",
         )
         try:
             revoked = await self._greet(session, hello)
