@@ -79,9 +79,7 @@ class Identities:
             raise Unauthenticated(f"no credential: {_ASK}")
         if not store.well_formed(secret):
             raise Unauthenticated(f"malformed credential: Hydra secrets start with hydra_; {_ASK}")
-        credential = await self._credential(secret)
-        _check_live(credential)
-        assert credential is not None
+        credential = _live(await self._credential(secret))
         self._record_use(credential.name)
         return credential
 
@@ -146,7 +144,8 @@ class Identities:
             raise
 
 
-def _check_live(credential: Credential | None) -> None:
+def _live(credential: Credential | None) -> Credential:
+    """The credential, if it is known, not revoked and not expired."""
     if credential is None:
         raise Unauthenticated(f"unknown credential: {_ASK} with a valid secret")
     if credential.revoked_at is not None:
@@ -157,6 +156,7 @@ def _check_live(credential: Credential | None) -> None:
         raise Unauthenticated(
             f"credential {credential.name!r} expired at {_when(credential.expires_at)}"
         )
+    return credential
 
 
 def _when(instant: datetime) -> str:
