@@ -61,6 +61,16 @@ def no_migrate(environ: Mapping[str, str] = os.environ) -> bool:
     raise ValueError(f"HYDRA_NO_MIGRATE must be 1 or 0 (true or false), got {raw!r}")
 
 
+def insecure(environ: Mapping[str, str] = os.environ) -> bool:
+    """HYDRA_INSECURE: a coordinator serves without authentication (default off)."""
+    raw = environ.get("HYDRA_INSECURE", "").strip().lower()
+    if raw in ("", "0", "false", "no", "off"):
+        return False
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    raise ValueError(f"HYDRA_INSECURE must be 1 or 0 (true or false), got {raw!r}")
+
+
 def listen_address(environ: Mapping[str, str] = os.environ) -> str:
     """HYDRA_LISTEN: where the coordinator binds (default 127.0.0.1:7070)."""
     return environ.get("HYDRA_LISTEN") or DEFAULT_LISTEN
@@ -79,7 +89,8 @@ def home(environ: Mapping[str, str] = os.environ) -> Path:
 
 
 def token(environ: Mapping[str, str] = os.environ) -> str | None:
-    """HYDRA_TOKEN: credential sent by agents and clients."""
+    """HYDRA_TOKEN: the credential's secret agents and clients send (coordinators
+    check calls against their credentials table, not against this)."""
     return environ.get("HYDRA_TOKEN") or None
 
 

@@ -526,3 +526,48 @@ class AuditEntry:
     at: datetime | None = None
     #: Its place in the log, in order of recording; None until it is stored.
     id: int | None = None
+
+
+# --- credentials --------------------------------------------------------------
+
+_CREDENTIAL_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+def credential_name_problem(name: str) -> str | None:
+    """What is wrong with a credential name, or None if it is a valid one."""
+    if _CREDENTIAL_NAME.fullmatch(name):
+        return None
+    shown = name if len(name) <= 40 else f"{name[:40]}..."
+    return f"{shown!r} is not a credential name; use 1-64 characters of [A-Za-z0-9._-]"
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Credential:
+    """A credential as stored: never its secret, only who it stands for."""
+
+    name: str
+    role: Role
+    #: Task-name prefix every call is limited to; "" means every task.
+    scope: str = ""
+    #: Agent credentials: the one agent id it may connect as.
+    agent_id: str | None = None
+    #: Agent credentials: the labels its agent must announce (None: any).
+    labels: Mapping[str, str] | None = None
+    #: Agent credentials: the most capacity its agent may announce (None: any).
+    max_capacity: int | None = None
+    created_by: str = ""
+    created_at: datetime | None = None
+    expires_at: datetime | None = None
+    revoked_at: datetime | None = None
+    last_used_at: datetime | None = None
+
+    def __post_init__(self) -> None:
+        _normalize(self, dicts=("labels",))
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class NewCredential:
+    """A credential just created, with its secret: the only time the secret is known."""
+
+    credential: Credential
+    secret: str

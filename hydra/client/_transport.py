@@ -21,6 +21,7 @@ from hydra.retrying import grpc_retrying
 from hydra.v1.agent_service_pb2_grpc import AgentServiceStub
 from hydra.v1.audit_service_pb2_grpc import AuditServiceStub
 from hydra.v1.cluster_service_pb2_grpc import ClusterServiceStub
+from hydra.v1.credential_service_pb2_grpc import CredentialServiceStub
 from hydra.v1.run_service_pb2_grpc import RunServiceStub
 from hydra.v1.task_service_pb2_grpc import TaskServiceStub
 
@@ -55,6 +56,7 @@ class Stubs:
     agents: AgentServiceStub
     cluster: ClusterServiceStub
     audit: AuditServiceStub
+    credentials: CredentialServiceStub
 
 
 class _Connection:
@@ -74,6 +76,7 @@ class _Connection:
             agents=AgentServiceStub(self.channel),
             cluster=ClusterServiceStub(self.channel),
             audit=AuditServiceStub(self.channel),
+            credentials=CredentialServiceStub(self.channel),
         )
         self._changed = threading.Condition()
         self._state: grpc.ChannelConnectivity | None = None

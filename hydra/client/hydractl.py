@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any, TypeAlias
 
 from hydra.client import _commands as commands
+from hydra.client import _credentials as credentials
 from hydra.client._client import Client
 from hydra.domain import RunState
 from hydra.errors import (
@@ -182,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_actions(build, top)
     _add_agents(build, build.group(top, "agents", "list and drain agents"))
     _add_audit(build, build.group(top, "audit", "the audit log: who changed what"))
+    _add_credentials(build, build.group(top, "credentials", "create, list, revoke credentials"))
     cluster = build.group(top, "cluster", "the cluster as a whole")
     build.command(cluster, "status", commands.cluster_status, "coordinators and agents")
     return parser
@@ -286,6 +288,17 @@ def _add_audit(build: _Builder, audit: _Subcommands) -> None:
     p.add_argument("--who", default="", metavar="NAME", help="only entries of this credential")
     p.add_argument("--task", default="", metavar="NAME", help="only entries about this task")
     p.add_argument("--limit", type=_positive, default=100, metavar="N", help="at most N (100)")
+
+
+def _add_credentials(build: _Builder, group: _Subcommands) -> None:
+    p = build.command(
+        group, "create", credentials.hydractl_create, "create a credential; prints its secret once"
+    )
+    credentials.add_create_flags(p)
+    p = build.command(group, "list", credentials.hydractl_list, "list credentials (no secrets)")
+    p.add_argument("--all", action="store_true", help="include revoked credentials")
+    p = build.command(group, "revoke", credentials.hydractl_revoke, "revoke a credential")
+    p.add_argument("name", metavar="NAME")
 
 
 # --- main ---------------------------------------------------------------------

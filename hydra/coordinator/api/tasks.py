@@ -7,6 +7,7 @@ from typing import Any
 import grpc
 
 from hydra.coordinator import specs
+from hydra.coordinator.api import scope
 from hydra.coordinator.api.audit import call_entry, failures_recorded
 from hydra.coordinator.api.errors import unary
 from hydra.coordinator.api.paging import decode_token, encode_token, page_size
@@ -37,6 +38,7 @@ class TaskApi(pb_grpc.TaskServiceServicer):
             if not request.HasField("spec"):
                 raise InvalidArgument("required", path="spec")
             spec = task_spec_from_proto(request.spec, "spec")
+            scope.check_spec(spec)
             applied = await specs.apply_spec(
                 self._db, spec, dry_run=request.dry_run, now=utcnow(), audit_entry=entry
             )
@@ -60,9 +62,10 @@ class TaskApi(pb_grpc.TaskServiceServicer):
     async def List(self, request: pb.ListTasksRequest, context: Context) -> pb.ListTasksResponse:
         limit = page_size(request.page_size, DEFAULT_PAGE)
         after = decode_token(request.page_token)
-        found = await self._db.run(
-            tasks.list_tasks, after=after, prefix=request.name_prefix, limit=limit + 1
-        )
+        prefix = scope.narrowed_prefix(request.name_prefix)
+        if prefix is None:  # the prefix asked for is outside the caller's scope
+            return pb.ListTasksResponse()
+        found = await self._db.run(tasks.list_tasks, after=after, prefix=prefix, limit=limit + 1)
         next_token = encode_token(found[limit - 1].name) if len(found) > limit else ""
         return pb.ListTasksResponse(
             tasks=[task_to_proto(t) for t in found[:limit]], next_page_token=next_token
@@ -97,6 +100,8 @@ class TaskApi(pb_grpc.TaskServiceServicer):
 
 
 def _name(name: str) -> str:
+    """The task a request names, within the caller's scope."""
     if not name:
         raise InvalidArgument("required", path="name")
+    scope.check_task(name)
     return name
