@@ -54,10 +54,15 @@ def coordinator_argv(
     coordinator_id: str | None = None,
     pool: int | None = None,
     log_level: str | None = "info",
+    insecure: bool = True,
 ) -> list[str]:
-    """The command line of a ``hydra coordinator``; None leaves a flag at its default."""
+    """The command line of a ``hydra coordinator``; None leaves a flag at its default.
+
+    `insecure` (the default, so that tests and benchmarks need no credentials)
+    serves without authentication; tests of security turn it off."""
     argv = [*HYDRA, *(["--log-level", log_level] if log_level else [])]
     argv += ["coordinator", "--db", conninfo, "--listen", listen]
+    argv += ["--insecure"] if insecure else []
     argv += ["--id", coordinator_id] if coordinator_id else []
     argv += ["--pool", str(pool)] if pool is not None else []
     return argv + (timing.flags() if timing else [])
@@ -144,17 +149,21 @@ def start_coordinator(
     pool: int | None = None,
     log_level: str = "info",
     timeout: float = START_TIMEOUT_S,
+    insecure: bool = True,
     extra_args: Sequence[str] = (),
     tls: ClientTls | None = None,
 ) -> Coordinator:
-    """A ``hydra coordinator`` on a free local port, once gRPC health says SERVING.
+    """A ``hydra coordinator`` on a free local port, once gRPC health says SERVING
+    (without authentication unless `insecure` is off).
 
     ``extra_args`` go on its command line (``--tls-cert ...``); ``tls`` is how
     to reach it then.
     """
     for attempt in range(3):  # another process may take the free port before we bind it
         address = f"127.0.0.1:{free_port()}"
-        argv = coordinator_argv(conninfo, address, timing=timing, pool=pool, log_level=log_level)
+        argv = coordinator_argv(
+            conninfo, address, timing=timing, pool=pool, log_level=log_level, insecure=insecure
+        )
         argv += extra_args
         process = processes.start(f"{name}-{attempt}" if attempt else name, argv)
         try:

@@ -1,4 +1,4 @@
-"""The `hydra` command: coordinator | agent | dev | migrate.
+"""The `hydra` command: coordinator | agent | dev | migrate | credentials.
 
 This is the processes' entry point, so unlike the rest of the top level it
 reaches into hydra.coordinator and hydra.agent — lazily, so that `hydra agent`
@@ -22,7 +22,7 @@ from typing import Any
 
 from hydra import config
 from hydra.domain import agent_id_problem
-from hydra.errors import HydraError, InvalidArgument
+from hydra.errors import HydraError, InvalidArgument, Unavailable
 from hydra.spec import parse_duration
 from hydra.tls import ClientTls, client_tls
 
@@ -64,6 +64,7 @@ def _parser() -> argparse.ArgumentParser:
     _coordinator_parser(commands)
     _agent_parser(commands)
     _dev_parser(commands)
+    _credentials_parser(commands)
     migrate = commands.add_parser("migrate", help="apply pending schema migrations")
     migrate.add_argument("--db", default=config.db_conninfo(), help="conninfo (HYDRA_DB)")
     migrate.set_defaults(func=_migrate)
@@ -92,6 +93,14 @@ def _coordinator_flags(parser: argparse.ArgumentParser) -> None:
         help="time limit of one run's templates (HYDRA_RENDER_TIMEOUT; default 1s)",
     )
     parser.add_argument("--id", default=None, help="coordinator id (default: host-pid-random)")
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        default=None,
+        help="serve WITHOUT authentication: every call may do everything; also allows "
+        "plaintext beyond loopback (HYDRA_INSECURE=1); logged as a warning and shown by "
+        "`hydractl cluster status`",
+    )
     parser.add_argument(
         "--max-streams",
         type=int,
@@ -122,11 +131,6 @@ def _server_tls_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--tls-client-ca", type=Path, default=config.tls_client_ca(), metavar="PEM",
         help="require client certificates signed by this CA: mTLS (HYDRA_TLS_CLIENT_CA)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--insecure", action="store_true", default=config.insecure(),
-        help="serve without authentication, and allow plaintext beyond loopback "
-        "(HYDRA_INSECURE=1); logged as a warning and shown by `hydractl cluster status`",
     )  # fmt: skip
 
 
@@ -242,10 +246,9 @@ def coordinator_config(args: argparse.Namespace, conninfo: str) -> Any:
         )
     extra = {"coordinator_id": args.id} if args.id else {}
     tls = _server_tls(args)
-    check_listen(args.listen, tls=tls, insecure=args.insecure)
+    check_listen(args.listen, tls=tls, insecure=_insecure(args))
     return CoordinatorConfig(
         tls=tls,
-        insecure=args.insecure,
         max_streams=_limit(args.max_streams, "--max-streams", config.max_streams),
         max_concurrent_rpcs=_limit(
             args.max_concurrent_rpcs, "--max-concurrent-rpcs", config.max_concurrent_rpcs
@@ -255,7 +258,7 @@ def coordinator_config(args: argparse.Namespace, conninfo: str) -> Any:
         pool_size=args.pool,
         times=times,
         output_limit=args.output_limit,
-        token=config.token(),
+        insecure=_insecure(args),
         migrate=not _no_migrate(args),
         render_timeout=render_timeout,
         **extra,
@@ -287,6 +290,14 @@ def _limit(flag: int | None, name: str, from_environment: Callable[[], int]) -> 
     if flag < 1:
         raise InvalidArgument("must be at least 1", path=name)
     return flag
+
+
+def _insecure(args: argparse.Namespace) -> bool:
+    """--insecure or HYDRA_INSECURE. `hydra dev` serves its laptop without
+    authentication until it makes its own credentials (issue 12)."""
+    if args.func is _dev:
+        return True
+    return bool(args.insecure) or config.insecure()
 
 
 def _no_migrate(args: argparse.Namespace) -> bool:
@@ -439,3 +450,83 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
+
+
+# --- credentials (with database access: the operator's bootstrap) --------------
+
+
+def _credentials_parser(commands: Any) -> None:
+    from hydra.client import _credentials as credentials
+
+    parser = commands.add_parser(
+        "credentials", help="create, list, revoke credentials with database access (bootstrap)"
+    )
+    actions = parser.add_subparsers(required=True, metavar="ACTION")
+    create = actions.add_parser("create", help="create a credential; prints its secret once")
+    credentials.add_create_flags(create)
+    create.set_defaults(func=_credentials_create)
+    listing = actions.add_parser("list", help="list credentials (no secrets)")
+    listing.add_argument("--all", action="store_true", help="include revoked credentials")
+    listing.set_defaults(func=_credentials_list)
+    revoke = actions.add_parser("revoke", help="revoke a credential")
+    revoke.add_argument("name", metavar="NAME")
+    revoke.set_defaults(func=_credentials_revoke)
+    for action in (create, listing, revoke):
+        action.add_argument(
+            "--db",
+            default=config.db_conninfo(),
+            help="libpq conninfo or URI (HYDRA_DB); default: the embedded PostgreSQL of HYDRA_HOME",
+        )
+        action.add_argument("-o", "--output", choices=("table", "json"), default="table")
+
+
+def _with_database(args: argparse.Namespace, work: Callable[[str], Any]) -> Any:
+    """`work(conninfo)` on a migrated database: --db, else the embedded one of HYDRA_HOME."""
+    import psycopg
+
+    from hydra.coordinator.migrate import check_current, migrate
+
+    async def migrated(conninfo: str) -> Any:
+        try:
+            await (check_current(conninfo) if config.no_migrate() else migrate(conninfo))
+            return await work(conninfo)
+        except psycopg.OperationalError as error:
+            raise Unavailable(f"cannot reach the database: {error}".strip()) from None
+
+    if args.db:
+        return asyncio.run(migrated(args.db))
+    from hydra.coordinator.embedded import EmbeddedPostgres
+
+    embedded = EmbeddedPostgres.for_home(config.home())
+    conninfo = embedded.start()
+    try:
+        return asyncio.run(migrated(conninfo))
+    finally:
+        embedded.stop()
+
+
+def _credentials_create(args: argparse.Namespace) -> int:
+    from hydra.client._credentials import create_arguments, report_created
+    from hydra.coordinator.credentials import create_credential
+
+    arguments = create_arguments(args)
+    created = _with_database(args, lambda db: create_credential(db, **arguments))
+    report_created(args, created)
+    return 0
+
+
+def _credentials_list(args: argparse.Namespace) -> int:
+    from hydra.client._credentials import report_list
+    from hydra.coordinator.credentials import list_credentials
+
+    found = _with_database(args, lambda db: list_credentials(db, include_revoked=args.all))
+    report_list(args, found)
+    return 0
+
+
+def _credentials_revoke(args: argparse.Namespace) -> int:
+    from hydra.client._credentials import report_revoked
+    from hydra.coordinator.credentials import revoke_credential
+
+    report_revoked(args, _with_database(args, lambda db: revoke_credential(db, args.name)))
+    return 0

@@ -82,7 +82,8 @@ def home(environ: Mapping[str, str] = os.environ) -> Path:
 
 
 def token(environ: Mapping[str, str] = os.environ) -> str | None:
-    """HYDRA_TOKEN: credential sent by agents and clients."""
+    """HYDRA_TOKEN: the credential's secret agents and clients send (coordinators
+    check calls against their credentials table, not against this)."""
     return environ.get("HYDRA_TOKEN") or None
 
 

@@ -499,3 +499,79 @@ class Coordinator:
     insecure: bool = False
     #: Serves TLS.
     tls: bool = False
+
+
+# --- the audit log ------------------------------------------------------------
+
+#: The outcome of a call that did what it was asked.
+AUDIT_OK = "OK"
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class AuditEntry:
+    """One line of the audit log: a call that changed something, failed to, or was
+    refused (docs/security.md)."""
+
+    #: The credential's name ("anonymous" without authentication; "" when the
+    #: caller presented no known credential) and its role then.
+    who: str
+    role: str
+    #: The call, as Service/Method ("TaskService/Apply").
+    action: str
+    task: str | None = None
+    run_id: str | None = None
+    #: The caller's address as gRPC reports it ("ipv4:127.0.0.1:53412").
+    peer: str = ""
+    #: AUDIT_OK, or the gRPC status code name of a failed or refused call.
+    outcome: str = AUDIT_OK
+    #: A few words: "version 3", "run <id>", or a failed call's message.
+    detail: str = ""
+    #: When it was recorded (its transaction's time); None until it is stored.
+    at: datetime | None = None
+    #: Its place in the log, in order of recording; None until it is stored.
+    id: int | None = None
+
+
+# --- credentials --------------------------------------------------------------
+
+_CREDENTIAL_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+def credential_name_problem(name: str) -> str | None:
+    """What is wrong with a credential name, or None if it is a valid one."""
+    if _CREDENTIAL_NAME.fullmatch(name):
+        return None
+    shown = name if len(name) <= 40 else f"{name[:40]}..."
+    return f"{shown!r} is not a credential name; use 1-64 characters of [A-Za-z0-9._-]"
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Credential:
+    """A credential as stored: never its secret, only who it stands for."""
+
+    name: str
+    role: Role
+    #: Task-name prefix every call is limited to; "" means every task.
+    scope: str = ""
+    #: Agent credentials: the one agent id it may connect as.
+    agent_id: str | None = None
+    #: Agent credentials: the labels its agent must announce (None: any).
+    labels: Mapping[str, str] | None = None
+    #: Agent credentials: the most capacity its agent may announce (None: any).
+    max_capacity: int | None = None
+    created_by: str = ""
+    created_at: datetime | None = None
+    expires_at: datetime | None = None
+    revoked_at: datetime | None = None
+    last_used_at: datetime | None = None
+
+    def __post_init__(self) -> None:
+        _normalize(self, dicts=("labels",))
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class NewCredential:
+    """A credential just created, with its secret: the only time the secret is known."""
+
+    credential: Credential
+    secret: str

@@ -77,6 +77,18 @@ class ResourceExhausted(HydraError):
     status_code_name = "RESOURCE_EXHAUSTED"
 
 
+class Unauthenticated(HydraError):
+    """No valid credential: send `authorization: Bearer <secret>` (HYDRA_TOKEN)."""
+
+    status_code_name = "UNAUTHENTICATED"
+
+
+class PermissionDenied(HydraError):
+    """The credential may not make this call."""
+
+    status_code_name = "PERMISSION_DENIED"
+
+
 ERRORS_BY_STATUS: dict[str, type[HydraError]] = {
     cls.status_code_name: cls
     for cls in (
@@ -86,5 +98,7 @@ ERRORS_BY_STATUS: dict[str, type[HydraError]] = {
         FailedPrecondition,
         Unavailable,
         ResourceExhausted,
+        Unauthenticated,
+        PermissionDenied,
     )
 }

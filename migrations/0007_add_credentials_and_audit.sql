@@ -21,8 +21,10 @@ CREATE TABLE hydra_credentials (
     last_used_at  timestamptz,
     CHECK ((role = 'agent') = (agent_id IS NOT NULL))
 );
-CREATE UNIQUE INDEX hydra_credentials_one_live_per_agent
-    ON hydra_credentials (agent_id) WHERE agent_id IS NOT NULL AND revoked_at IS NULL;
+-- Several live credentials may name one agent id, so that an agent's credential
+-- is rotated without downtime (create the new one, deploy it, revoke the old).
+CREATE INDEX hydra_credentials_by_agent ON hydra_credentials (agent_id)
+    WHERE agent_id IS NOT NULL;
 
 -- Every call that changes something, and every refused call: written in the same
 -- transaction as the change it records.

@@ -19,12 +19,24 @@ from hydra.client._types import (
     StreamName,
     TaskDetails,
 )
-from hydra.domain import Agent, Run, RunState, Task, TaskSpec
+from hydra.domain import (
+    Agent,
+    AuditEntry,
+    Credential,
+    NewCredential,
+    Role,
+    Run,
+    RunState,
+    Task,
+    TaskSpec,
+)
 from hydra.errors import FieldProblem, HydraError, InvalidArgument
 from hydra.spec import validate_task
 from hydra.tls import ClientTls
 from hydra.v1 import agent_service_pb2 as agent_pb
+from hydra.v1 import audit_service_pb2 as audit_pb
 from hydra.v1 import cluster_service_pb2 as cluster_pb
+from hydra.v1 import credential_service_pb2 as credential_pb
 from hydra.v1 import run_service_pb2 as run_pb
 from hydra.v1 import task_service_pb2 as task_pb
 
@@ -399,6 +411,99 @@ class Client:
         request = agent_pb.DrainAgentRequest(agent_id=agent_id)
         response = self._transport.unary(lambda s: s.agents.Drain, request, idempotent=True)
         return wire.agent_from_proto(response.agent)
+
+    # --- audit ----------------------------------------------------------------
+
+    def list_audit(
+        self,
+        *,
+        since: datetime | None = None,
+        who: str = "",
+        task: str = "",
+        limit: int | None = 100,
+    ) -> list[AuditEntry]:
+        """Entries of the audit log, newest first (needs role admin).
+
+        Args:
+            since: Only entries recorded at or after this instant (aware).
+            who: Only entries of this credential name.
+            task: Only entries about this task.
+            limit: At most this many entries; None for all of them.
+        """
+        entries: list[AuditEntry] = []
+        page_token = ""
+        while limit is None or len(entries) < limit:
+            page_size = 1000 if limit is None else min(limit - len(entries), 1000)
+            request = audit_pb.ListAuditRequest(
+                since=wire.to_timestamp(since),
+                who=who,
+                task=task,
+                page_size=page_size,
+                page_token=page_token,
+            )
+            response = self._transport.unary(lambda s: s.audit.List, request, idempotent=True)
+            entries.extend(wire.audit_entry_from_proto(e) for e in response.entries)
+            page_token = response.next_page_token
+            if not page_token:
+                break
+        return entries if limit is None else entries[:limit]
+
+    # --- credentials (unscoped admins only) ---------------------------------
+
+    def create_credential(
+        self,
+        name: str,
+        role: Role | str,
+        *,
+        scope: str = "",
+        expires_at: datetime | None = None,
+        agent_id: str | None = None,
+        labels: Mapping[str, str] | None = None,
+        max_capacity: int | None = None,
+    ) -> NewCredential:
+        """Create a credential; its secret is in the result, and shown only this once.
+
+        Args:
+            name: Unique name.
+            role: ``viewer``, ``operator``, ``admin`` or ``agent``.
+            scope: Task-name prefix every call of the credential is limited to.
+            expires_at: When it stops working (aware datetime). Default: never.
+            agent_id: Role agent only (required): the agent id it connects as.
+            labels: Role agent only: the labels its agent must announce. Default: any.
+            max_capacity: Role agent only: the most capacity its agent may announce.
+        """
+        request = credential_pb.CreateCredentialRequest(
+            name=name,
+            role=Role(role).value,
+            scope=scope,
+            expires_at=wire.to_timestamp(expires_at),
+            agent_id=agent_id or "",
+            labels=dict(labels or {}),
+            has_labels=labels is not None,
+            max_capacity=max_capacity,
+        )
+        response = self._transport.unary(lambda s: s.credentials.Create, request, idempotent=False)
+        credential = wire.credential_from_proto(response.credential)
+        return NewCredential(credential=credential, secret=response.secret)
+
+    def list_credentials(self, *, include_revoked: bool = False) -> list[Credential]:
+        """Every credential (never a secret), ordered by name."""
+        found: list[Credential] = []
+        page_token = ""
+        while True:
+            request = credential_pb.ListCredentialsRequest(
+                page_token=page_token, include_revoked=include_revoked
+            )
+            response = self._transport.unary(lambda s: s.credentials.List, request, idempotent=True)
+            found.extend(wire.credential_from_proto(c) for c in response.credentials)
+            if not (page_token := response.next_page_token):
+                return found
+
+    def revoke_credential(self, name: str) -> Credential:
+        """Revoke a credential: every coordinator refuses it within seconds."""
+        request = credential_pb.RevokeCredentialRequest(name=name)
+        response = self._transport.unary(lambda s: s.credentials.Revoke, request, idempotent=True)
+        return wire.credential_from_proto(response.credential)
 
 
 def _validate_all(specs: Sequence[TaskSpec]) -> None:

@@ -223,6 +223,15 @@ def agents_drain(args: argparse.Namespace, client: Client) -> int:
     return 0
 
 
+def audit_list(args: argparse.Namespace, client: Client) -> int:
+    """``audit list``: newest first."""
+    entries = client.list_audit(since=args.since, who=args.who, task=args.task, limit=args.limit)
+    _emit(
+        args, lambda: render.audit_table(entries), lambda: [render.audit_json(e) for e in entries]
+    )
+    return 0
+
+
 def _diff(specs: list[TaskSpec], client: Client) -> int:
     """``apply --diff``: what applying would change; exit 1 when anything would."""
     changed = False

@@ -22,6 +22,7 @@ from hydra.domain import (
     Agent,
     At,
     Attempt,
+    AuditEntry,
     Coordinator,
     Cron,
     Interval,
@@ -219,6 +220,22 @@ def agent_json(agent: Agent) -> JSONObject:
     }
 
 
+def audit_json(entry: AuditEntry) -> JSONObject:
+    """An audit log entry as JSON."""
+    return {
+        "id": entry.id,
+        "at": iso(entry.at),
+        "who": entry.who,
+        "role": entry.role,
+        "action": entry.action,
+        "task": entry.task,
+        "run_id": entry.run_id,
+        "peer": entry.peer,
+        "outcome": entry.outcome,
+        "detail": entry.detail,
+    }
+
+
 # --- tables -------------------------------------------------------------------
 
 
@@ -247,6 +264,26 @@ def runs_table(runs: Iterable[Run]) -> str:
         for run in runs
     ]
     headers = ["ID", "TASK", "STATE", "OCCURRENCE", "ATTEMPTS", "CAUSE", "DURATION"]
+    return table(headers, rows)
+
+
+def audit_table(entries: Iterable[AuditEntry]) -> str:
+    """Audit log entries, one per line, newest first."""
+    rows = [
+        [
+            local(entry.at),
+            entry.who or _NONE,
+            entry.role or _NONE,
+            entry.action,
+            entry.task or _NONE,
+            entry.run_id or _NONE,
+            entry.peer or _NONE,
+            entry.outcome,
+            entry.detail,
+        ]
+        for entry in entries
+    ]
+    headers = ["TIME", "WHO", "ROLE", "ACTION", "TASK", "RUN", "PEER", "OUTCOME", "DETAIL"]
     return table(headers, rows)
 
 

@@ -21,7 +21,9 @@ from hydra.limits import message_size_options
 from hydra.retrying import grpc_retrying
 from hydra.tls import ClientTls, TlsProblem, connection_problem
 from hydra.v1.agent_service_pb2_grpc import AgentServiceStub
+from hydra.v1.audit_service_pb2_grpc import AuditServiceStub
 from hydra.v1.cluster_service_pb2_grpc import ClusterServiceStub
+from hydra.v1.credential_service_pb2_grpc import CredentialServiceStub
 from hydra.v1.run_service_pb2_grpc import RunServiceStub
 from hydra.v1.task_service_pb2_grpc import TaskServiceStub
 
@@ -57,6 +59,8 @@ class Stubs:
     runs: RunServiceStub
     agents: AgentServiceStub
     cluster: ClusterServiceStub
+    audit: AuditServiceStub
+    credentials: CredentialServiceStub
 
 
 class _Connection:
@@ -76,6 +80,8 @@ class _Connection:
             runs=RunServiceStub(self.channel),
             agents=AgentServiceStub(self.channel),
             cluster=ClusterServiceStub(self.channel),
+            audit=AuditServiceStub(self.channel),
+            credentials=CredentialServiceStub(self.channel),
         )
         self._changed = threading.Condition()
         self._state: grpc.ChannelConnectivity | None = None

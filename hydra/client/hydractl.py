@@ -11,11 +11,12 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeAlias
 
 from hydra.client import _commands as commands
+from hydra.client import _credentials as credentials
 from hydra.client._client import Client
 from hydra.domain import RunState
 from hydra.errors import (
@@ -68,6 +69,20 @@ def _instant(text: str) -> datetime:
             f"not a time: {text!r} (use ISO 8601, e.g. 2025-01-31T02:30 or 2025-01-31T02:30Z)"
         ) from None
     return value if value.tzinfo else value.astimezone()
+
+
+def _since(text: str) -> datetime:
+    """An instant (ISO 8601), or a duration before now (``90m``, ``2d``)."""
+    try:
+        return datetime.now(UTC) - parse_duration(text, "--since")
+    except InvalidArgument:
+        pass
+    try:
+        return _instant(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"not a time or a duration: {text!r} (e.g. 2025-01-31T02:30Z, 90m, 2d)"
+        ) from None
 
 
 def _seconds(text: str) -> float:
@@ -213,6 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_runs(build, build.group(top, "runs", "list and inspect runs"))
     _add_run_actions(build, top)
     _add_agents(build, build.group(top, "agents", "list and drain agents"))
+    _add_audit(build, build.group(top, "audit", "the audit log: who changed what"))
+    _add_credentials(build, build.group(top, "credentials", "create, list, revoke credentials"))
     cluster = build.group(top, "cluster", "the cluster as a whole")
     build.command(cluster, "status", commands.cluster_status, "coordinators and agents")
     return parser
@@ -306,6 +323,28 @@ def _add_agents(build: _Builder, agents: _Subcommands) -> None:
     p.add_argument("--all", action="store_true", help="include disconnected agents")
     p = build.command(agents, "drain", commands.agents_drain, "stop an agent taking new runs")
     p.add_argument("agent_id", metavar="ID")
+
+
+def _add_audit(build: _Builder, audit: _Subcommands) -> None:
+    p = build.command(audit, "list", commands.audit_list, "list audit entries, newest first")
+    p.add_argument(
+        "--since", type=_since, metavar="TIME|DURATION",
+        help="only entries since TIME (ISO 8601) or DURATION ago (e.g. 90m, 2d)",
+    )  # fmt: skip
+    p.add_argument("--who", default="", metavar="NAME", help="only entries of this credential")
+    p.add_argument("--task", default="", metavar="NAME", help="only entries about this task")
+    p.add_argument("--limit", type=_positive, default=100, metavar="N", help="at most N (100)")
+
+
+def _add_credentials(build: _Builder, group: _Subcommands) -> None:
+    p = build.command(
+        group, "create", credentials.hydractl_create, "create a credential; prints its secret once"
+    )
+    credentials.add_create_flags(p)
+    p = build.command(group, "list", credentials.hydractl_list, "list credentials (no secrets)")
+    p.add_argument("--all", action="store_true", help="include revoked credentials")
+    p = build.command(group, "revoke", credentials.hydractl_revoke, "revoke a credential")
+    p.add_argument("name", metavar="NAME")
 
 
 # --- main ---------------------------------------------------------------------

@@ -1,18 +1,20 @@
 """Runs on request: manual triggers, retries, cancels and backfills. Each is one
-transaction, in which the dispatcher leases what it made available."""
+transaction, in which the dispatcher leases what it made available, and in
+which the audit entry of the call that asked for it is recorded (None: not
+recorded, e.g. a dry run)."""
 
 from __future__ import annotations
 
 import itertools
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 from hydra.coordinator import schedule
 from hydra.coordinator.loops.dispatcher import Dispatcher
-from hydra.coordinator.store import Database, runs, tasks
+from hydra.coordinator.store import Database, Transaction, audit, runs, tasks
 from hydra.coordinator.store.records import NewRun
-from hydra.domain import After, Run, RunCause, TaskSpec
+from hydra.domain import After, AuditEntry, Run, RunCause, TaskSpec
 from hydra.errors import FailedPrecondition, FieldProblem, InvalidArgument
 
 #: Most occurrences one backfill may cover.
@@ -39,6 +41,7 @@ async def trigger(
     idempotency_key: str,
     occurrence: datetime | None,
     now: datetime,
+    audit_entry: AuditEntry | None = None,
 ) -> tuple[Run, bool]:
     """A manual run, or the run an earlier call with the same key (or occurrence) made.
     The live task is read, and the run created and leased, in one transaction."""
@@ -57,24 +60,57 @@ async def trigger(
             timezone=task.spec.timezone,
         )
         run_id, created = await runs.create_or_find(tx, new_run)
+        detail = f"run {run_id}" if created else f"run {run_id} (existing)"
+        await _audit(tx, audit_entry, task=task_name, run_id=run_id, detail=detail)
         await dispatcher.lease_available(tx)
     return await database.run(runs.get_run, run_id), created
 
 
-async def retry(database: Database, dispatcher: Dispatcher, run_id: str) -> Run:
+async def retry(
+    database: Database,
+    dispatcher: Dispatcher,
+    run_id: str,
+    *,
+    audit_entry: AuditEntry | None = None,
+) -> Run:
     """Queue a finished run for one more attempt (never a succeeded one)."""
     async with database.transaction() as tx:
         await runs.retry_run(tx, run_id)
         await dispatcher.lease_available(tx)
-    return await database.run(runs.get_run, run_id)
+        run = await runs.get_run(tx, run_id)
+        detail = f"now {run.state.value}"
+        await _audit(tx, audit_entry, task=run.task, run_id=run.id, detail=detail)
+        return run
 
 
-async def cancel(database: Database, dispatcher: Dispatcher, run_id: str, reason: str) -> Run:
+async def cancel(
+    database: Database,
+    dispatcher: Dispatcher,
+    run_id: str,
+    reason: str,
+    *,
+    audit_entry: AuditEntry | None = None,
+) -> Run:
     """Cancel a queued or active run; its agent is told to kill the attempt."""
     async with database.transaction() as tx:
         await runs.cancel_run(tx, run_id, reason)
         await dispatcher.lease_available(tx)
-    return await database.run(runs.get_run, run_id)
+        run = await runs.get_run(tx, run_id)
+        await _audit(tx, audit_entry, task=run.task, run_id=run.id, detail=reason)
+        return run
+
+
+async def _audit(
+    tx: Transaction,
+    entry: AuditEntry | None,
+    *,
+    task: str,
+    run_id: str | None = None,
+    detail: str,
+) -> None:
+    """Record the call's entry in `tx`, with what only the change knows."""
+    if entry is not None:
+        await audit.record(tx, replace(entry, task=task, run_id=run_id, detail=detail))
 
 
 def merge_params(spec: TaskSpec, overrides: Mapping[str, str]) -> dict[str, str]:
@@ -102,6 +138,7 @@ async def backfill(
     start: datetime,
     end: datetime,
     dry_run: bool,
+    audit_entry: AuditEntry | None = None,
 ) -> BackfillResult:
     """Runs for every occurrence of the task's time triggers in [start, end];
     occurrences that already have a run are left alone."""
@@ -125,6 +162,8 @@ async def backfill(
     ]
     async with database.transaction() as tx:
         created_ids = await runs.insert_runs(tx, new_runs)
+        detail = f"{len(created_ids)} runs, {len(found) - len(created_ids)} existing"
+        await _audit(tx, audit_entry, task=task_name, detail=detail)
         await dispatcher.lease_available(tx)
     created = await database.run(runs.get_runs, created_ids)
     return BackfillResult(occurrences=found, created=created, existing=len(found) - len(created))

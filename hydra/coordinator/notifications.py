@@ -3,7 +3,8 @@
 Channels: ``hydra_dispatch`` (work may be available), ``hydra_triggers`` (a
 trigger changed), ``hydra_run_changed`` (payload: comma-separated run ids), ``hydra_output``
 (payload: run id), ``hydra_agent_command`` (payload: an ``AgentCommand`` as JSON,
-see hydra/coordinator/agents/commands.py).
+see hydra/coordinator/agents/commands.py), ``hydra_credentials`` (payload: the
+name of a revoked credential, which every coordinator drops from its cache).
 Notifications are hints: every loop also wakes on a timer, so a notification
 lost while the connection was down delays work but never loses it.
 """
@@ -28,6 +29,7 @@ CHANNELS = (
     "hydra_run_changed",
     "hydra_output",
     "hydra_agent_command",
+    "hydra_credentials",
 )
 
 Callback = Callable[[str], None]
@@ -86,5 +88,6 @@ class Listener:
                 log.exception("notification subscriber failed")
 
     def _wake_everyone(self) -> None:
-        for channel in ("hydra_dispatch", "hydra_triggers"):
+        # An empty hydra_credentials payload: forget every cached credential.
+        for channel in ("hydra_dispatch", "hydra_triggers", "hydra_credentials"):
             self._deliver(channel, "")

@@ -27,8 +27,12 @@ from hydra.coordinator.agents.commands import AgentCommand, Verb
 from hydra.coordinator.agents.sessions import SessionRegistry
 from hydra.coordinator.agents.stream import AgentStreams
 from hydra.coordinator.api.agents import AgentApi
-from hydra.coordinator.api.auth import TokenInterceptor
+from hydra.coordinator.api.audit import AuditApi
+from hydra.coordinator.api.auth import CredentialInterceptor, OnRefused
+from hydra.coordinator.api.caller import RefusedCall
 from hydra.coordinator.api.cluster import ClusterApi
+from hydra.coordinator.api.credentials import CredentialApi
+from hydra.coordinator.api.identities import Identities
 from hydra.coordinator.api.limits import LoadLimits
 from hydra.coordinator.api.logs import LogFollowers
 from hydra.coordinator.api.runs import RunApi
@@ -38,6 +42,7 @@ from hydra.coordinator.loops.dispatcher import Dispatcher
 from hydra.coordinator.loops.health import Reachability
 from hydra.coordinator.loops.presence import ALIVE_WINDOW, Presence
 from hydra.coordinator.loops.reaper import Reaper
+from hydra.coordinator.loops.refusals import RefusalLog
 from hydra.coordinator.loops.timing import forever
 from hydra.coordinator.loops.triggers import TriggerLoop
 from hydra.coordinator.migrate import check_current, migrate
@@ -52,8 +57,12 @@ from hydra.limits import message_size_options
 from hydra.v1 import agent_service_pb2 as agent_pb
 from hydra.v1 import (
     agent_service_pb2_grpc,
+    audit_service_pb2,
+    audit_service_pb2_grpc,
     cluster_service_pb2,
     cluster_service_pb2_grpc,
+    credential_service_pb2,
+    credential_service_pb2_grpc,
     run_service_pb2,
     run_service_pb2_grpc,
     task_service_pb2,
@@ -76,6 +85,8 @@ CONTROL_STATEMENT_TIMEOUT = 30.0
 DEADLINE_MARGIN = 2.0
 #: Seconds a control loop waits for a free connection of its pool.
 CONTROL_POOL_WAIT = 10.0
+#: Seconds a stopping coordinator spends recording the refused calls still queued.
+REFUSALS_FLUSH_SECONDS = 5.0
 
 
 def _default_id() -> str:
@@ -92,7 +103,6 @@ class CoordinatorConfig:
     times: LeaseTimes = field(default_factory=LeaseTimes)
     output_limit: int = 1024 * 1024
     coordinator_id: str = field(default_factory=_default_id)
-    token: str | None = None
     #: Serve without authentication, and allow plaintext beyond loopback
     #: (`--insecure`; docs/security.md). Logged as a warning and shown by `cluster status`.
     insecure: bool = False
@@ -119,8 +129,11 @@ class CoordinatorServer:
     in their transactions (see docs/architecture.md).
     """
 
-    def __init__(self, config: CoordinatorConfig) -> None:
+    def __init__(self, config: CoordinatorConfig, *, on_refused: OnRefused | None = None) -> None:
+        """Wire a coordinator; `on_refused` is told of every call refused for its
+        credential (the audit log's sink)."""
         self.config = config
+        self._on_refused = on_refused
         self.port = 0
         self._sessions = SessionRegistry()
         self._api_pool = open_pool(
@@ -162,6 +175,11 @@ class CoordinatorServer:
             coordinator_id=config.coordinator_id,
             output_limit=config.output_limit,
         )
+        #: The sink of refused calls (the credential interceptor calls its
+        #: ``on_refused``); its loop records them in the audit log in batches.
+        self.refusals = RefusalLog(self.control)
+        #: Who each presented secret stands for; None with `insecure` (nothing is checked).
+        self._identities = None if config.insecure else Identities(self.database)
         self._health = health.aio.HealthServicer()
         self._server: grpc.aio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -275,9 +293,10 @@ class CoordinatorServer:
             max_concurrent_rpcs=self.config.max_concurrent_rpcs,
         )
         # The credential first: a refused call takes no place under the limits.
-        interceptors: list[grpc.aio.ServerInterceptor] = [limits]
-        if self.config.token:
-            interceptors.insert(0, TokenInterceptor(self.config.token))
+        interceptors: list[grpc.aio.ServerInterceptor] = [
+            CredentialInterceptor(self._identities, on_refused=self._refused),
+            limits,
+        ]
         server = grpc.aio.server(options=options, interceptors=interceptors)
         db, dispatcher = self.database, self._dispatcher
         task_service_pb2_grpc.add_TaskServiceServicer_to_server(TaskApi(db), server)
@@ -290,6 +309,10 @@ class CoordinatorServer:
         cluster_service_pb2_grpc.add_ClusterServiceServicer_to_server(
             ClusterApi(db, self.config.coordinator_id, ALIVE_WINDOW), server
         )
+        audit_service_pb2_grpc.add_AuditServiceServicer_to_server(AuditApi(db), server)
+        credential_service_pb2_grpc.add_CredentialServiceServicer_to_server(
+            CredentialApi(db), server
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
             [
@@ -297,6 +320,8 @@ class CoordinatorServer:
                 run_service_pb2.DESCRIPTOR.services_by_name["RunService"].full_name,
                 agent_pb.DESCRIPTOR.services_by_name["AgentService"].full_name,
                 cluster_service_pb2.DESCRIPTOR.services_by_name["ClusterService"].full_name,
+                audit_service_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name,
+                credential_service_pb2.DESCRIPTOR.services_by_name["CredentialService"].full_name,
                 health.SERVICE_NAME,
                 reflection.SERVICE_NAME,
             ],
@@ -315,11 +340,15 @@ class CoordinatorServer:
         self._listener.subscribe("hydra_dispatch", others_made_work)
         self._listener.subscribe("hydra_triggers", lambda _: self._triggers.wake.set())
         self._listener.subscribe("hydra_agent_command", self._agent_command)
+        if self._identities is not None:
+            self._listener.subscribe("hydra_credentials", self._credential_revoked)
+            self._spawn("credentials last used", self._identities.write_last_used)
         self._spawn("dispatcher", self._dispatcher.step)
         self._spawn("trigger loop", self._triggers.step)
         self._spawn("reaper", self._reaper.step)
         self._spawn("presence", presence.step)
         self._spawn("database health", self._reachability.step)
+        self._spawn("refused calls", self.refusals.step)
 
     def _spawn(self, name: str, step: Callable[[], Awaitable[None]]) -> None:
         self._tasks.append(asyncio.create_task(forever(name, step), name=f"hydra-{name}"))
@@ -328,6 +357,23 @@ class CoordinatorServer:
         """Health follows the database: NOT_SERVING while this coordinator cannot reach it."""
         status = health_pb2.HealthCheckResponse
         await self._health.set("", status.SERVING if reachable else status.NOT_SERVING)
+
+    def _refused(self, refused: RefusedCall) -> Awaitable[None] | None:
+        """A call refused for its credential: into the audit log, and to `on_refused`."""
+        self.refusals.on_refused(refused)
+        return None if self._on_refused is None else self._on_refused(refused)
+
+    def _credential_revoked(self, name: str) -> None:
+        """Forget a revoked credential ("": every credential), and end the streams
+        of agents connected with it (they are refused when they reconnect)."""
+        assert self._identities is not None
+        self._identities.forget(name)
+        for session in self._sessions:
+            if name and session.credential == name:
+                log.warning(
+                    "credential %r revoked: ending agent %s's stream", name, session.agent_id
+                )
+                session.close()
 
     def _agent_command(self, payload: str) -> None:
         """Carry out a command of another coordinator (or ours) for an agent we hold."""
@@ -353,6 +399,10 @@ class CoordinatorServer:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._flush_refusals()
+        if self._identities is not None:
+            with contextlib.suppress(Exception):
+                await self._identities.flush()
         await self._watchers.stop()
         self._followers.stop()
         await self._renderer.stop()
@@ -363,6 +413,12 @@ class CoordinatorServer:
         await self._reachability.close()
         for pool in (self._api_pool, self._control_pool):
             await pool.close()
+
+    async def _flush_refusals(self) -> None:
+        try:
+            await asyncio.wait_for(self.refusals.flush(), REFUSALS_FLUSH_SECONDS)
+        except Exception as error:
+            log.warning("refused calls not recorded at stop: %s", error)
 
 
 def _transport_words(tls: ServerTls | None) -> str:

@@ -1,16 +1,21 @@
-"""Applying task specs: validation that needs the coordinator's libraries
-(croniter, Jinja2), initial fire times, then one store transaction; and
-resuming a task, which applies its catch-up policy to the paused stretch."""
+"""Changing tasks. Applying a spec: validation that needs the coordinator's
+libraries (croniter, Jinja2), initial fire times, then one store transaction;
+resuming a task, which applies its catch-up policy to the paused stretch;
+pausing and deleting one.
+
+Each change takes the audit entry of the call that asks for it (None: not
+recorded, e.g. a dry run) and records it in the change's own transaction."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime
 
 from hydra.coordinator import schedule
-from hydra.coordinator.store import Database, tasks
+from hydra.coordinator.store import Database, Transaction, audit, tasks
 from hydra.coordinator.store.records import Applied, TriggerRow
 from hydra.coordinator.template_checks import check_templates
-from hydra.domain import After, Catchup, Task, TaskSpec, TriggerKind
+from hydra.domain import After, AuditEntry, Catchup, Task, TaskSpec, TriggerKind
 from hydra.errors import FieldProblem, InvalidArgument
 from hydra.spec import task_to_dict
 
@@ -51,27 +56,76 @@ def trigger_rows(spec: TaskSpec, now: datetime) -> list[TriggerRow]:
 
 
 async def apply_spec(
-    database: Database, spec: TaskSpec, *, dry_run: bool, now: datetime
+    database: Database,
+    spec: TaskSpec,
+    *,
+    dry_run: bool,
+    now: datetime,
+    audit_entry: AuditEntry | None = None,
 ) -> Applied:
-    """Validate and store a spec; an identical spec changes nothing."""
+    """Validate and store a spec; an identical spec changes nothing. A dry run
+    stores nothing and records no audit entry."""
     check_spec(spec)
     rows = trigger_rows(spec, now)
-    return await database.run(tasks.apply_task, spec, rows, dry_run=dry_run, now=now)
-
-
-async def resume(database: Database, name: str, now: datetime) -> Task:
-    """Resume a task. With catchup none, the paused stretch is skipped: each time
-    trigger moves to its first occurrence after now; otherwise the trigger loop
-    finds the missed occurrences and applies the catch-up policy."""
     async with database.transaction() as tx:
-        _, task = await tasks.task_ref(tx, name)
-        if task.spec.catchup is not Catchup.NONE:
-            return await tasks.set_paused(tx, name, False)
+        applied = await tasks.apply_task(tx, spec, rows, dry_run=dry_run, now=now)
+        if not dry_run:
+            await _audit(tx, audit_entry, task=spec.name, detail=_applied_detail(applied))
+        return applied
 
-        def skip_paused_stretch(position: int, next_fire_at: datetime | None) -> datetime | None:
-            trigger = schedule.time_trigger(task.spec, position, anchor=next_fire_at or now)
-            if next_fire_at is None or next_fire_at > now:
-                return next_fire_at
-            return schedule.next_fire(trigger, now)
 
-        return await tasks.set_paused(tx, name, False, reschedule=skip_paused_stretch)
+def _applied_detail(applied: Applied) -> str:
+    version = f"version {applied.task.version}"
+    if not applied.changed:
+        return f"{version} (unchanged)"
+    return f"{version} (created)" if applied.previous_version == 0 else version
+
+
+async def pause(database: Database, name: str, *, audit_entry: AuditEntry | None = None) -> Task:
+    """Pause a task's triggers (its runs go on)."""
+    async with database.transaction() as tx:
+        task = await tasks.set_paused(tx, name, True)
+        await _audit(tx, audit_entry, task=name, detail=f"version {task.version}")
+        return task
+
+
+async def delete(
+    database: Database, name: str, *, force: bool, audit_entry: AuditEntry | None = None
+) -> int:
+    """Delete a task, cancelling its queued runs; returns how many were cancelled."""
+    async with database.transaction() as tx:
+        cancelled = await tasks.delete_task(tx, name, force=force)
+        await _audit(tx, audit_entry, task=name, detail=f"{cancelled} queued runs cancelled")
+        return cancelled
+
+
+async def resume(
+    database: Database, name: str, now: datetime, *, audit_entry: AuditEntry | None = None
+) -> Task:
+    """Resume a task (see `_resume_in`)."""
+    async with database.transaction() as tx:
+        task = await _resume_in(tx, name, now)
+        await _audit(tx, audit_entry, task=name, detail=f"version {task.version}")
+        return task
+
+
+async def _audit(tx: Transaction, entry: AuditEntry | None, *, task: str, detail: str) -> None:
+    if entry is not None:
+        await audit.record(tx, replace(entry, task=task, detail=detail))
+
+
+async def _resume_in(tx: Transaction, name: str, now: datetime) -> Task:
+    """Resume a task in `tx`. With catchup none, the paused stretch is skipped: each
+    time trigger moves to its first occurrence after now; otherwise the trigger
+    loop finds the missed occurrences and applies the catch-up policy."""
+    _, task = await tasks.task_ref(tx, name)
+    if task.spec.catchup is not Catchup.NONE:
+        return await tasks.set_paused(tx, name, False)
+
+    def skip_paused_stretch(position: int, next_fire_at: datetime | None) -> datetime | None:
+        trigger = schedule.time_trigger(task.spec, position, anchor=next_fire_at or now)
+        if next_fire_at is None or next_fire_at > now:
+            return next_fire_at
+        return schedule.next_fire(trigger, now)
+
+    return await tasks.set_paused(tx, name, False, reschedule=skip_paused_stretch)

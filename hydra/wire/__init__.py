@@ -8,6 +8,8 @@ wire is validated with ``hydra.spec``.
 
 from __future__ import annotations
 
+from hydra.wire._audit import audit_entry_from_proto, audit_entry_to_proto
+from hydra.wire._credentials import credential_from_proto, credential_to_proto, role_from_wire
 from hydra.wire._records import (
     agent_from_proto,
     agent_to_proto,
@@ -49,8 +51,12 @@ __all__ = [
     "attempt_state_from_proto",
     "attempt_state_to_proto",
     "attempt_to_proto",
+    "audit_entry_from_proto",
+    "audit_entry_to_proto",
     "coordinator_from_proto",
     "coordinator_to_proto",
+    "credential_from_proto",
+    "credential_to_proto",
     "from_duration",
     "from_timestamp",
     "optional_duration",
@@ -58,6 +64,7 @@ __all__ = [
     "outcome_from_proto",
     "outcome_to_proto",
     "precondition_to_proto",
+    "role_from_wire",
     "run_from_proto",
     "run_state_from_proto",
     "run_state_to_proto",

@@ -70,7 +70,7 @@ def test_coordinator_without_a_database_uses_the_embedded_server_of_hydra_home(
     home_processes: Processes, hydra_home: Path, tmp_path: Path
 ) -> None:
     address = f"127.0.0.1:{free_port()}"
-    argv = [*HYDRA, "coordinator", "--listen", address]
+    argv = [*HYDRA, "coordinator", "--listen", address, "--insecure"]
     coordinator = home_processes.start("coordinator", argv, env={"HYDRA_HOME": str(hydra_home)})
     wait_serving(coordinator, address, timeout=EMBEDDED_START_S)
     postgres = postmaster_pid(hydra_home)

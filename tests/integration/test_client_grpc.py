@@ -31,9 +31,11 @@ from hydra.client import (
     InvalidArgument,
     LogChunk,
     NotFound,
+    PermissionDenied,
     Run,
     RunState,
     Task,
+    Unauthenticated,
     Unavailable,
     hydractl,
 )
@@ -357,7 +359,9 @@ def test_task_steering_backfill_and_drain(double: Double, client: Client) -> Non
         (grpc.StatusCode.NOT_FOUND, NotFound),
         (grpc.StatusCode.FAILED_PRECONDITION, FailedPrecondition),
         (grpc.StatusCode.ALREADY_EXISTS, AlreadyExists),
-        (grpc.StatusCode.PERMISSION_DENIED, HydraError),
+        (grpc.StatusCode.PERMISSION_DENIED, PermissionDenied),
+        (grpc.StatusCode.UNAUTHENTICATED, Unauthenticated),
+        (grpc.StatusCode.DATA_LOSS, HydraError),
     ],
 )
 def test_statuses_map_to_errors_with_the_servers_message(

@@ -20,6 +20,7 @@ from psycopg.rows import dict_row
 from harness.hydra import agent_argv, wait_agents
 from harness.processes import Process
 from harness.wait import wait_for
+from hydra.coordinator.api.auth import OnRefused
 from hydra.coordinator.server import CoordinatorConfig, CoordinatorServer
 from hydra.coordinator.store.records import LeaseTimes
 from hydra.coordinator.tls import ServerTls
@@ -41,21 +42,24 @@ class CoordinatorThread:
         *,
         times: LeaseTimes = FAST_TIMES,
         name: str = "c",
-        token: str | None = None,
+        insecure: bool = True,
+        on_refused: OnRefused | None = None,
         tls: ServerTls | None = None,
     ) -> None:
+        """`insecure` (the default, so that tests need no credentials) serves without
+        authentication; tests of security turn it off (see support.credentials)."""
         self.config = CoordinatorConfig(
             conninfo=conninfo,
             listen="127.0.0.1:0",
             pool_size=4,
             times=times,
             coordinator_id=name,
-            token=token,
+            insecure=insecure,
             tls=tls,
         )
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True, name=name)
-        self.coordinator = CoordinatorServer(self.config)
+        self.coordinator = CoordinatorServer(self.config, on_refused=on_refused)
 
     def start(self) -> CoordinatorThread:
         self._thread.start()
@@ -91,14 +95,16 @@ class AgentProcess(Process):
         log_path: Path,
         capacity: int = 4,
         labels: Mapping[str, str] | None = None,
+        token: str | None = None,
         extra_args: Sequence[str] = (),
     ) -> None:
         argv = agent_argv(
             targets, agent_id, capacity=capacity, drain_grace="5s", labels=labels, log_level="debug"
         )
         argv += extra_args  # e.g. --tls-ca
-        # This environment as it is, HYDRA_TOKEN included (test_auth sets it).
-        super().__init__(agent_id, argv, log_path, env=os.environ)
+        # This environment as it is, and HYDRA_TOKEN when a token is given.
+        env = {**os.environ, **({"HYDRA_TOKEN": token} if token is not None else {})}
+        super().__init__(agent_id, argv, log_path, env=env)
         self.agent_id = agent_id
 
 

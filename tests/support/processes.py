@@ -24,8 +24,11 @@ class Processes(processes.Processes):
     """The harness's `Processes`, starting coordinators and agents as tests want them;
     `close` prints every log (pytest shows them if the test failed)."""
 
-    def coordinator(self, conninfo: str, name: str = "coordinator") -> Coordinator:
-        """A `hydra coordinator` on `conninfo` and a free local port, once it serves."""
+    def coordinator(
+        self, conninfo: str, name: str = "coordinator", *, insecure: bool = True
+    ) -> Coordinator:
+        """A `hydra coordinator` on `conninfo` and a free local port, once it serves
+        (without authentication unless `insecure` is off)."""
         return hydra.start_coordinator(
             self,
             conninfo,
@@ -33,6 +36,7 @@ class Processes(processes.Processes):
             timing=FAST_TIMING,
             log_level="debug",
             timeout=START_TIMEOUT_S,
+            insecure=insecure,
         )
 
     def agent(

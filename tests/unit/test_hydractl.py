@@ -23,6 +23,7 @@ from hydra.domain import (
     After,
     Attempt,
     AttemptState,
+    AuditEntry,
     Cron,
     FileCheck,
     Interval,
@@ -217,6 +218,17 @@ LOCAL_MIDNIGHT = datetime(2025, 1, 1).astimezone()
         ),
         ("agents list --all", {"handler": commands.agents_list, "all": True}),
         ("agents drain a-1", {"handler": commands.agents_drain, "agent_id": "a-1"}),
+        (
+            "audit list --since 2025-01-31T02:30Z --who ci --task t --limit 5",
+            {
+                "handler": commands.audit_list,
+                "since": T0,
+                "who": "ci",
+                "task": "t",
+                "limit": 5,
+            },
+        ),
+        ("audit list", {"since": None, "who": "", "task": "", "limit": 100}),
     ],
 )
 def test_every_command_parses(command: str, expected: dict[str, Any]) -> None:
@@ -244,6 +256,8 @@ def test_global_options_go_before_or_after_the_command() -> None:
         ("runs list --state bogus", "argument --state: unknown state 'bogus'"),
         ("runs list --limit 0", "argument --limit: expected a positive whole number"),
         ("run t --wait --timeout soon", "argument --timeout: not a duration: 'soon'"),
+        ("audit list --since soon", "argument --since: not a time or a duration: 'soon'"),
+        ("audit list --limit 0", "argument --limit: expected a positive whole number"),
         ("-o yaml tasks list", "argument -o/--output: invalid choice: 'yaml'"),
         ("tasks", "the following arguments are required: COMMAND"),
         ("", "the following arguments are required: COMMAND"),
@@ -257,6 +271,12 @@ def test_bad_arguments_exit_2_with_a_clear_message(
     assert message in err
     assert "Traceback" not in err
     assert fake.calls == []
+
+
+def test_audit_since_a_duration_is_that_long_before_now() -> None:
+    since = parse("audit list --since 90m")["since"]
+    expected = datetime.now(UTC) - timedelta(minutes=90)
+    assert abs((since - expected).total_seconds()) < 5
 
 
 def test_help_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
@@ -319,6 +339,39 @@ def test_run_json_without_outputs_or_times() -> None:
     assert data["outputs"] is None
     assert data["started_at"] is None
     assert data["attempts"] == []
+
+
+def test_audit_json_shape() -> None:
+    entry = AuditEntry(
+        id=7,
+        at=T0,
+        who="ci",
+        role="operator",
+        action="RunService/Trigger",
+        task="billing.export",
+        run_id=RUN_ID,
+        peer="ipv4:127.0.0.1:5000",
+        detail=f"run {RUN_ID}",
+    )
+    assert render.audit_json(entry) == {
+        "id": 7,
+        "at": "2025-01-31T02:30:00Z",
+        "who": "ci",
+        "role": "operator",
+        "action": "RunService/Trigger",
+        "task": "billing.export",
+        "run_id": RUN_ID,
+        "peer": "ipv4:127.0.0.1:5000",
+        "outcome": "OK",
+        "detail": f"run {RUN_ID}",
+    }
+    table = render.audit_table([entry, replace(entry, task=None, run_id=None, outcome="NOT_FOUND")])
+    header, first, second = table.splitlines()
+    assert header.split() == [
+        "TIME", "WHO", "ROLE", "ACTION", "TASK", "RUN", "PEER", "OUTCOME", "DETAIL"
+    ]  # fmt: skip
+    assert "RunService/Trigger  billing.export" in first
+    assert "NOT_FOUND" in second and " - " in second
 
 
 def test_runs_get_json(fake: FakeClient, capsys: pytest.CaptureFixture[str]) -> None:

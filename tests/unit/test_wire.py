@@ -17,6 +17,7 @@ from hydra.domain import (
     Attempt,
     AttemptOutcome,
     AttemptState,
+    AuditEntry,
     Catchup,
     CommandCheck,
     Concurrency,
@@ -44,6 +45,8 @@ from hydra.wire import (
     attempt_state_from_proto,
     attempt_state_to_proto,
     attempt_to_proto,
+    audit_entry_from_proto,
+    audit_entry_to_proto,
     from_duration,
     from_timestamp,
     optional_duration,
@@ -469,3 +472,20 @@ def test_attempt_round_trip() -> None:
         exit_code=-15,
     )
     assert attempt_from_proto(attempt_to_proto(attempt)) == attempt
+
+
+@pytest.mark.parametrize("task", ["billing.export", None])
+def test_audit_entry_round_trip(task: str | None) -> None:
+    entry = AuditEntry(
+        id=12,
+        at=datetime(2025, 1, 31, 2, 30, 0, 123456, tzinfo=UTC),
+        who="ci",
+        role="operator",
+        action="RunService/Trigger",
+        task=task,
+        run_id=None if task is None else "0b9c3c55-8a0e-4d7e-9a43-5f1c2d7e8a10",
+        peer="ipv4:127.0.0.1:5000",
+        outcome="NOT_FOUND",
+        detail="task 'x' not found",
+    )
+    assert audit_entry_from_proto(audit_entry_to_proto(entry)) == entry

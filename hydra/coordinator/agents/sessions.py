@@ -42,6 +42,9 @@ class AgentSession:
     labels: Mapping[str, str]
     capacity: int
     draining: bool = False
+    #: The name of the credential the agent connected with ("" without authentication):
+    #: revoking it ends the stream.
+    credential: str = ""
     #: Bytes of output kept per attempt, told to the agent with each offer.
     output_limit: int = DEFAULT_OUTPUT_LIMIT
     held: set[LeaseKey] = field(default_factory=set)

@@ -24,7 +24,9 @@ import grpc
 import psycopg
 
 from hydra.coordinator.agents import protocol
+from hydra.coordinator.agents.identity import identity_problem
 from hydra.coordinator.agents.sessions import AgentSession, SessionRegistry
+from hydra.coordinator.api import caller
 from hydra.coordinator.loops.heartbeats import HeartbeatRecorder, PendingHeartbeat
 from hydra.coordinator.loops.timing import utcnow
 from hydra.coordinator.store import CONFLICTS, Database, Transaction, agents, attempts, leases
@@ -91,6 +93,10 @@ class AgentStreams:
     ) -> AsyncIterator[pb.CoordinatorMessage]:
         """The Connect handler: Hello, Welcome, then messages both ways."""
         hello = await _read_hello(requests, context)
+        connecting_as = caller.current()
+        if (problem := identity_problem(connecting_as, hello)) is not None:
+            log.warning("refused agent %r: %s", hello.agent_id, problem)
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, problem)
         session = AgentSession(
             agent_id=hello.agent_id,
             instance_id=hello.instance_id,
@@ -99,6 +105,7 @@ class AgentStreams:
             capacity=hello.capacity,
             draining=hello.draining,
             output_limit=self._output_limit,
+            credential=connecting_as.name if connecting_as.agent_id is not None else "",
         )
         try:
             revoked = await self._greet(session, hello)

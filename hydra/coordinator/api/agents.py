@@ -7,7 +7,9 @@ from typing import Any
 
 import grpc
 
+from hydra.coordinator.agents import draining
 from hydra.coordinator.agents.stream import AgentStreams
+from hydra.coordinator.api.audit import call_entry, failures_recorded
 from hydra.coordinator.api.errors import status_of, unary
 from hydra.coordinator.store import Database, agents
 from hydra.errors import HydraError, InvalidArgument
@@ -43,7 +45,9 @@ class AgentApi(pb_grpc.AgentServiceServicer):
 
     @unary
     async def Drain(self, request: pb.DrainAgentRequest, context: Context) -> pb.DrainAgentResponse:
-        if not request.agent_id:
-            raise InvalidArgument("required", path="agent_id")
-        agent = await self._db.run(agents.drain, request.agent_id)
+        entry = call_entry(context, "AgentService/Drain")
+        async with failures_recorded(self._db, entry):
+            if not request.agent_id:
+                raise InvalidArgument("required", path="agent_id")
+            agent = await draining.drain(self._db, request.agent_id, audit_entry=entry)
         return pb.DrainAgentResponse(agent=agent_to_proto(agent))

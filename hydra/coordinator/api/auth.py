@@ -1,20 +1,49 @@
-"""Credentials: one interceptor checks every call before its handler runs."""
+"""Credentials: one interceptor checks every call against the role table before
+its handler runs, and binds the caller for the handler (api/caller.py).
+
+Health is open; reflection needs any valid credential; every other method
+needs the role the table (api/roles.py) gives it, and some an unscoped
+credential. A refused call never reads its request. With ``insecure`` nothing
+is checked and every call runs as ``ANONYMOUS``.
+"""
 
 from __future__ import annotations
 
-import hmac
-from collections.abc import Awaitable, Callable
+import dataclasses
+import inspect
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
 
+from hydra.coordinator.api.caller import ANONYMOUS, Caller, RefusedCall, bound
+from hydra.coordinator.api.errors import status_of
+from hydra.coordinator.api.identities import Identities
+from hydra.coordinator.api.roles import (
+    ANY_CREDENTIAL_SERVICES,
+    OPEN_SERVICES,
+    ROLES,
+    UNSCOPED_ONLY,
+    service_of,
+    short_name,
+)
+from hydra.domain import Credential, Role
+from hydra.errors import HydraError, PermissionDenied, Unauthenticated
 
-class TokenInterceptor(grpc.aio.ServerInterceptor):
-    """Refuses calls without `authorization: Bearer <HYDRA_TOKEN>` (health checks and
-    reflection excepted), with UNAUTHENTICATED, whatever the kind of the method."""
+log = logging.getLogger("hydra.coordinator.auth")
 
-    def __init__(self, token: str) -> None:
-        self._expected = f"Bearer {token}"
+Context = grpc.aio.ServicerContext[Any, Any]
+#: Told of every call refused for its credential (the audit log's sink).
+OnRefused = Callable[[RefusedCall], Awaitable[None] | None]
+
+
+class CredentialInterceptor(grpc.aio.ServerInterceptor):
+    """Authenticates and authorizes every call (None `identities`: insecure, no check)."""
+
+    def __init__(self, identities: Identities | None, *, on_refused: OnRefused | None = None):
+        self._identities = identities
+        self._on_refused = on_refused
 
     async def intercept_service(
         self,
@@ -22,15 +51,128 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> Any:
         handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None or service_of(method) in OPEN_SERVICES:
+            return handler
+        if self._identities is None:
+            return _binding(handler, ANONYMOUS)
         metadata = dict(handler_call_details.invocation_metadata or ())
-        if handler is None or handler_call_details.method.startswith("/grpc."):
-            return handler
-        if hmac.compare_digest(str(metadata.get("authorization", "")), self._expected):
-            return handler
-        return _denying(handler)
+        try:
+            secret = _bearer(str(metadata.get("authorization", "")))
+            credential = await self._identities.authenticate(secret)
+        except HydraError as error:  # Unauthenticated, or Unavailable
+            return self._denying(handler, method, error, None)
+        caller = caller_of(credential)
+        try:
+            if service_of(method) not in ANY_CREDENTIAL_SERVICES:
+                authorize(caller, method)
+        except PermissionDenied as error:
+            return self._denying(handler, method, error, caller)
+        return _binding(handler, caller)
+
+    def _denying(self, handler: Any, method: str, error: HydraError, caller: Caller | None) -> Any:
+        code = status_of(error)
+        refused = code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
+
+        async def deny(context: Context) -> None:
+            if refused:
+                peer = context.peer()
+                await self._report(
+                    RefusedCall(
+                        method=method,
+                        caller=caller,
+                        peer=peer,
+                        code=code.name,
+                        message=error.message,
+                    )
+                )
+            await context.abort(code, error.message)
+
+        return _denying(handler, deny)
+
+    async def _report(self, refused: RefusedCall) -> None:
+        if self._on_refused is None:
+            return
+        try:
+            result = self._on_refused(refused)
+            if result is not None:
+                await result
+        except Exception:  # the refusal stands whatever its record does
+            log.exception("recording a refused call failed")
 
 
-def _denying(handler: Any) -> Any:
+def caller_of(credential: Credential) -> Caller:
+    """The caller a credential makes."""
+    return Caller(
+        name=credential.name,
+        role=credential.role,
+        scope=credential.scope,
+        agent_id=credential.agent_id,
+        labels=None if credential.labels is None else dict(credential.labels),
+        max_capacity=credential.max_capacity,
+    )
+
+
+def authorize(caller: Caller, method: str) -> None:
+    """Refuse `caller` a call of `method` unless the role table allows it.
+
+    Raises:
+        PermissionDenied: naming the role needed and the credential's role (or scope).
+    """
+    needed = ROLES.get(method)
+    if needed is None:
+        raise PermissionDenied(f"{short_name(method)} is not in the role table")
+    if not caller.role.includes(needed):
+        raise PermissionDenied(
+            f"{short_name(method)} needs role {needed.value}; "
+            f"credential {caller.name!r} has role {caller.role.value}"
+            + (" (agent credentials may only connect)" if caller.role is Role.AGENT else ""),
+        )
+    if caller.scope and method in UNSCOPED_ONLY:
+        raise PermissionDenied(
+            f"{short_name(method)} needs an unscoped credential; credential "
+            f"{caller.name!r} is limited to tasks under scope {caller.scope!r}",
+        )
+
+
+def _bearer(authorization: str) -> str:
+    scheme, _, secret = authorization.partition(" ")
+    if authorization and scheme.lower() != "bearer":
+        raise Unauthenticated("the authorization header must be `Bearer <secret>`")
+    return secret.strip()
+
+
+def _binding(handler: Any, caller: Caller) -> Any:
+    """The handler, each of its behaviours running as `caller` (its peer filled in)."""
+    kind = (
+        "stream" if handler.request_streaming else "unary",
+        "stream" if handler.response_streaming else "unary",
+    )
+    name = f"{kind[0]}_{kind[1]}"
+    return handler._replace(**{name: _bind(getattr(handler, name), caller)})
+
+
+def _bind(behaviour: Callable[..., Any], caller: Caller) -> Callable[..., Any]:
+    def who(context: Context) -> Caller:
+        return dataclasses.replace(caller, peer=context.peer())
+
+    if inspect.isasyncgenfunction(behaviour):
+
+        async def streaming(request: Any, context: Context) -> AsyncIterator[Any]:
+            with bound(who(context)):
+                async for response in behaviour(request, context):
+                    yield response
+
+        return streaming
+
+    async def single(request: Any, context: Context) -> Any:
+        with bound(who(context)):
+            return await behaviour(request, context)
+
+    return single
+
+
+def _denying(handler: Any, deny: Callable[[Context], Awaitable[None]]) -> Any:
     """A handler that refuses the call without reading its request.
 
     It takes the request as a stream whatever the method's kind (the wire is the
@@ -38,18 +180,20 @@ def _denying(handler: Any) -> Any:
     an unauthenticated caller cannot make the coordinator hold large requests.
     """
 
-    async def deny_unary(requests: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong HYDRA_TOKEN")
+    async def deny_unary(requests: Any, context: Context) -> None:
+        await deny(context)
 
-    async def deny_streaming(requests: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        await deny_unary(requests, context)
+    async def deny_streaming(requests: Any, context: Context) -> Any:
+        await deny(context)
         yield  # pragma: no cover - abort raises
 
     if handler.response_streaming:
-        make, deny = grpc.stream_stream_rpc_method_handler, deny_streaming
+        make, refuse = grpc.stream_stream_rpc_method_handler, deny_streaming
     else:
-        make, deny = grpc.stream_unary_rpc_method_handler, deny_unary
-    return make(deny, request_deserializer=_unread, response_serializer=handler.response_serializer)
+        make, refuse = grpc.stream_unary_rpc_method_handler, deny_unary
+    return make(
+        refuse, request_deserializer=_unread, response_serializer=handler.response_serializer
+    )
 
 
 def _unread(data: bytes) -> None:

@@ -11,6 +11,8 @@ from typing import Any
 import grpc
 
 from hydra.coordinator import manual_runs
+from hydra.coordinator.api import scope
+from hydra.coordinator.api.audit import call_entry, failures_recorded
 from hydra.coordinator.api.errors import streaming, unary
 from hydra.coordinator.api.logs import LogFollowers
 from hydra.coordinator.api.paging import decode_token, encode_token, page_size
@@ -18,6 +20,7 @@ from hydra.coordinator.api.watch import RunWatchHub
 from hydra.coordinator.loops.dispatcher import Dispatcher
 from hydra.coordinator.loops.timing import utcnow
 from hydra.coordinator.store import Database, runs
+from hydra.domain import AuditEntry
 from hydra.errors import InvalidArgument
 from hydra.v1 import run_service_pb2 as pb
 from hydra.v1 import run_service_pb2_grpc as pb_grpc
@@ -50,30 +53,37 @@ class RunApi(pb_grpc.RunServiceServicer):
     async def Trigger(
         self, request: pb.TriggerRunRequest, context: Context
     ) -> pb.TriggerRunResponse:
+        entry = call_entry(context, "RunService/Trigger", task=request.task)
         occurrence = from_timestamp(request.occurrence) if request.HasField("occurrence") else None
-        run, created = await manual_runs.trigger(
-            self._db,
-            self._dispatcher,
-            _required(request.task, "task"),
-            params=dict(request.params),
-            idempotency_key=request.idempotency_key,
-            occurrence=occurrence,
-            now=utcnow(),
-        )
+        async with failures_recorded(self._db, entry):
+            run, created = await manual_runs.trigger(
+                self._db,
+                self._dispatcher,
+                _task(request.task),
+                params=dict(request.params),
+                idempotency_key=request.idempotency_key,
+                occurrence=occurrence,
+                now=utcnow(),
+                audit_entry=entry,
+            )
         return pb.TriggerRunResponse(run=run_to_proto(run), created=created)
 
     @unary
     async def Get(self, request: pb.GetRunRequest, context: Context) -> pb.GetRunResponse:
         run = await self._db.run(runs.get_run, _required(request.id, "id"))
+        scope.check_task(run.task)
         return pb.GetRunResponse(run=run_to_proto(run))
 
     @unary
     async def List(self, request: pb.ListRunsRequest, context: Context) -> pb.ListRunsResponse:
         limit = page_size(request.page_size, DEFAULT_PAGE)
         states = [run_state_from_proto(s, "states") for s in request.states if s]
+        if request.task:
+            scope.check_task(request.task)
         found = await self._db.run(
             runs.list_runs,
             task=request.task,
+            task_prefix=scope.scope(),
             states=states,
             after=_cursor(request.page_token),
             limit=limit + 1,
@@ -88,34 +98,50 @@ class RunApi(pb_grpc.RunServiceServicer):
 
     @unary
     async def Retry(self, request: pb.RetryRunRequest, context: Context) -> pb.RetryRunResponse:
-        run = await manual_runs.retry(self._db, self._dispatcher, _required(request.id, "id"))
+        entry = call_entry(context, "RunService/Retry", run_id=request.id)
+        async with failures_recorded(self._db, entry):
+            run_id = await self._run_in_scope(request.id)
+            run = await manual_runs.retry(self._db, self._dispatcher, run_id, audit_entry=entry)
         return pb.RetryRunResponse(run=run_to_proto(run))
 
     @unary
     async def Cancel(self, request: pb.CancelRunRequest, context: Context) -> pb.CancelRunResponse:
+        entry = call_entry(context, "RunService/Cancel", run_id=request.id)
         reason = request.reason or "cancelled by request"
-        run = await manual_runs.cancel(
-            self._db, self._dispatcher, _required(request.id, "id"), reason
-        )
+        async with failures_recorded(self._db, entry):
+            run_id = await self._run_in_scope(request.id)
+            run = await manual_runs.cancel(
+                self._db, self._dispatcher, run_id, reason, audit_entry=entry
+            )
         return pb.CancelRunResponse(run=run_to_proto(run))
 
     @unary
     async def Backfill(self, request: pb.BackfillRequest, context: Context) -> pb.BackfillResponse:
-        for field in ("from", "to"):
-            if not request.HasField(field):
-                raise InvalidArgument("required", path=field)
-        result = await manual_runs.backfill(
-            self._db,
-            self._dispatcher,
-            _required(request.task, "task"),
-            start=from_timestamp(getattr(request, "from")),
-            end=from_timestamp(request.to),
-            dry_run=request.dry_run,
-        )
+        entry = None
+        if not request.dry_run:  # a dry run changes nothing: not recorded
+            entry = call_entry(context, "RunService/Backfill", task=request.task)
+        async with failures_recorded(self._db, entry):
+            result = await self._backfill(request, entry)
         return pb.BackfillResponse(
             occurrences=[to_timestamp(o) for o in result.occurrences],
             created=[run_to_proto(r) for r in result.created],
             existing=result.existing,
+        )
+
+    async def _backfill(
+        self, request: pb.BackfillRequest, entry: AuditEntry | None
+    ) -> manual_runs.BackfillResult:
+        for field in ("from", "to"):
+            if not request.HasField(field):
+                raise InvalidArgument("required", path=field)
+        return await manual_runs.backfill(
+            self._db,
+            self._dispatcher,
+            _task(request.task),
+            start=from_timestamp(getattr(request, "from")),
+            end=from_timestamp(request.to),
+            dry_run=request.dry_run,
+            audit_entry=entry,
         )
 
     @streaming
@@ -124,8 +150,12 @@ class RunApi(pb_grpc.RunServiceServicer):
     ) -> AsyncIterator[pb.RunEvent]:
         # Fed by the hub: a changed run is read once for every watcher of this
         # coordinator; a run_id watcher's first event is the run's current state.
+        if request.task:
+            scope.check_task(request.task)
+        if request.run_id and scope.scoped():
+            await self._run_in_scope(request.run_id)
         async with self._watchers.watch(
-            run_id=request.run_id, task=request.task, context=context
+            run_id=request.run_id, task=request.task, scope=scope.scope(), context=context
         ) as watcher:
             await context.send_initial_metadata(())  # the client may now rely on it
             while True:
@@ -135,7 +165,7 @@ class RunApi(pb_grpc.RunServiceServicer):
     async def TailLogs(
         self, request: pb.TailLogsRequest, context: Context
     ) -> AsyncIterator[pb.LogChunk]:
-        run_id = runs.run_uuid(_required(request.run_id, "run_id"))
+        run_id = runs.run_uuid(await self._run_in_scope(request.run_id, "run_id"))
         await self._followers.finished(run_id)  # NOT_FOUND before anything else
         after = 0
         async with self._followers.follow(run_id) as new_output:
@@ -164,6 +194,21 @@ class RunApi(pb_grpc.RunServiceServicer):
                     continue
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(new_output.wait(), FOLLOW_POLL_SECONDS)
+
+    async def _run_in_scope(self, run_id: str, path: str = "id") -> str:
+        """The run id a request names, once its run is known to be in the caller's scope
+        (read only for a scoped caller)."""
+        _required(run_id, path)
+        if scope.scoped():
+            run = await self._db.run(runs.get_run, run_id)
+            scope.check_task(run.task)
+        return run_id
+
+
+def _task(task: str) -> str:
+    """The task a request names, within the caller's scope."""
+    scope.check_task(_required(task, "task"))
+    return task
 
 
 def _required(value: str, path: str) -> str:

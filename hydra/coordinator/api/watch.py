@@ -49,9 +49,11 @@ FELL_BEHIND = "watch fell behind; resubscribe"
 class RunWatcher:
     """One Watch stream: what it wants, and the events waiting for it."""
 
-    def __init__(self, *, run_id: str, task: str, context: Context | None) -> None:
+    def __init__(self, *, run_id: str, task: str, context: Context | None, scope: str = "") -> None:
         self.run_id = run_id
         self.task = task
+        #: Only runs of tasks whose name starts with this (the caller's scope).
+        self.scope = scope
         #: A run_id watcher's first event is the run's current state.
         self.needs_current = bool(run_id)
         self._context = context
@@ -64,8 +66,10 @@ class RunWatcher:
 
     def wants(self, run: Run) -> bool:
         """Whether a change of `run` is for this watcher."""
-        return (not self.run_id or run.id == self.run_id) and (
-            not self.task or run.task == self.task
+        return (
+            (not self.run_id or run.id == self.run_id)
+            and (not self.task or run.task == self.task)
+            and run.task.startswith(self.scope)
         )
 
     def offer(self, event: pb.RunEvent) -> bool:
@@ -163,12 +167,12 @@ class RunWatchHub:
 
     @contextlib.asynccontextmanager
     async def watch(
-        self, *, run_id: str, task: str, context: Context | None = None
+        self, *, run_id: str, task: str, scope: str = "", context: Context | None = None
     ) -> AsyncIterator[RunWatcher]:
         """A watcher for the duration of the block."""
         if run_id:
             run_id = runs.run_uuid(run_id)  # a malformed id is NOT_FOUND at once
-        watcher = RunWatcher(run_id=run_id, task=task, context=context)
+        watcher = RunWatcher(run_id=run_id, task=task, context=context, scope=scope)
         self._watchers.add(watcher)
         self._wake.set()
         try:

@@ -3,7 +3,7 @@
 One :class:`Database` (a pool and its transactions) and plain per-area modules
 whose functions take the caller's :class:`Transaction`: ``tasks``,
 ``triggers``, ``runs`` (dependents and overlap included), ``leases``, ``attempts``,
-``preconditions``, ``agents``, ``cluster``. Every query is a named block of
+``preconditions``, ``agents``, ``cluster``, ``audit``. Every query is a named block of
 ``queries.sql``; rows become domain types in ``rows``.
 """
 

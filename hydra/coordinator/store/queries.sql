@@ -194,6 +194,7 @@ SELECT * FROM hydra_attempts WHERE run_id = ANY(%(run_ids)s::uuid[]) ORDER BY ru
 SELECT r.*, t.name AS task_name FROM hydra_runs r
 JOIN hydra_tasks t ON t.id = r.task_id
 WHERE (%(task)s = '' OR (t.name = %(task)s AND t.deleted_at IS NULL))
+  AND t.name LIKE %(task_prefix)s
   AND (cardinality(%(states)s::hydra_run_state[]) = 0 OR r.state = ANY(%(states)s))
   AND (%(after_occurrence)s::timestamptz IS NULL
        OR (r.occurrence, r.id) < (%(after_occurrence)s, %(after_id)s::uuid))
@@ -698,3 +699,72 @@ UPDATE hydra_agents SET state = 'disconnected'
 WHERE state <> 'disconnected'
   AND (coordinator_id IN (SELECT id FROM dead)
        OR coordinator_id NOT IN (SELECT id FROM hydra_coordinators));
+
+-- ---------------------------------------------------------------- audit --
+
+-- name: insert_audit_entry
+-- Record one entry of the audit log (in the transaction of the change it records).
+INSERT INTO hydra_audit (who, role, action, task, run_id, peer, outcome, detail)
+VALUES (%(who)s, %(role)s, %(action)s, %(task)s, %(run_id)s, %(peer)s, %(outcome)s, %(detail)s);
+
+-- name: insert_audit_entries
+-- Record many entries of the audit log in one statement (the refused calls of a round).
+INSERT INTO hydra_audit (who, role, action, task, run_id, peer, outcome, detail)
+SELECT * FROM unnest(%(who)s::text[], %(role)s::text[], %(action)s::text[], %(task)s::text[],
+                     %(run_id)s::text[], %(peer)s::text[], %(outcome)s::text[],
+                     %(detail)s::text[]);
+
+-- name: list_audit_entries
+-- A page of the audit log, newest first, keyset-paged by (at, id); '' and NULL filter nothing.
+SELECT * FROM hydra_audit
+WHERE (%(since)s::timestamptz IS NULL OR at >= %(since)s)
+  AND (%(who)s = '' OR who = %(who)s)
+  AND (%(task)s = '' OR task = %(task)s)
+  AND (%(after_at)s::timestamptz IS NULL OR (at, id) < (%(after_at)s, %(after_id)s::bigint))
+ORDER BY at DESC, id DESC
+LIMIT %(limit)s;
+
+-- ---------------------------------------------------------- credentials --
+
+-- name: insert_credential
+-- Store a new credential (its secret's hash only); nothing when the name is taken.
+INSERT INTO hydra_credentials
+    (name, role, token_hash, scope, agent_id, labels, max_capacity, created_by, expires_at)
+VALUES (%(name)s, %(role)s, %(token_hash)s, %(scope)s, %(agent_id)s, %(labels)s,
+        %(max_capacity)s, %(created_by)s, %(expires_at)s)
+ON CONFLICT (name) DO NOTHING
+RETURNING name, role, token_hash, scope, agent_id, labels, max_capacity, created_by,
+          created_at, expires_at, revoked_at, last_used_at;
+
+-- name: list_credentials
+-- A page of credentials ordered by name, after a name, revoked ones if asked.
+SELECT name, role, token_hash, scope, agent_id, labels, max_capacity, created_by,
+       created_at, expires_at, revoked_at, last_used_at
+FROM hydra_credentials
+WHERE name > %(after)s AND (%(include_revoked)s OR revoked_at IS NULL)
+ORDER BY name
+LIMIT %(limit)s;
+
+-- name: revoke_credential
+-- Revoke a credential (the first revocation's time stays); the credential after it.
+UPDATE hydra_credentials SET revoked_at = coalesce(revoked_at, now())
+WHERE name = %(name)s
+RETURNING name, role, token_hash, scope, agent_id, labels, max_capacity, created_by,
+          created_at, expires_at, revoked_at, last_used_at;
+
+-- name: notify_credential_revoked
+-- Tell every coordinator to forget what it cached of a credential (payload: its name).
+SELECT pg_notify('hydra_credentials', %(name)s);
+
+-- name: credential_by_token_hash
+-- The credential whose secret has this SHA-256, revoked or expired ones included.
+SELECT name, role, token_hash, scope, agent_id, labels, max_capacity, created_by,
+       created_at, expires_at, revoked_at, last_used_at
+FROM hydra_credentials
+WHERE token_hash = %(token_hash)s;
+
+-- name: touch_credentials
+-- Record when credentials were last used (never moving a time back).
+UPDATE hydra_credentials c SET last_used_at = greatest(c.last_used_at, u.used_at)
+FROM unnest(%(names)s::text[], %(used_at)s::timestamptz[]) AS u (name, used_at)
+WHERE c.name = u.name;

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
+from dataclasses import fields
 from datetime import datetime
 from typing import Any
 
@@ -12,6 +13,7 @@ from hydra.domain import (
     Agent,
     Attempt,
     AttemptState,
+    AuditEntry,
     Coordinator,
     PreconditionVerdict,
     Run,
@@ -157,3 +159,8 @@ def coordinator_from_row(row: Mapping[str, Any]) -> Coordinator:
         insecure=row["insecure"],
         tls=row["tls"],
     )
+
+
+def audit_entry_from_row(row: Mapping[str, Any]) -> AuditEntry:
+    """The audit entry a row of hydra_audit holds (its columns are the entry's fields)."""
+    return AuditEntry(**{f.name: row[f.name] for f in fields(AuditEntry)})

@@ -107,11 +107,13 @@ async def list_runs(
     states: Sequence[RunState],
     after: tuple[datetime, str] | None,
     limit: int,
+    task_prefix: str = "",
 ) -> list[Run]:
-    """A page of runs, newest occurrence first."""
+    """A page of runs, newest occurrence first (of tasks named with `task_prefix`)."""
     rows = await tx.all(
         "list_runs",
         task=task,
+        task_prefix=_like_prefix(task_prefix),
         states=[s.value for s in states],
         after_occurrence=after[0] if after else None,
         after_id=after[1] if after else None,
@@ -369,3 +371,8 @@ def _run_columns(new_runs: Sequence[NewRun]) -> dict[str, list[Any]]:
         "idempotency_keys": [r.idempotency_key for r in new_runs],
         "timezones": [r.timezone for r in new_runs],
     }
+
+
+def _like_prefix(prefix: str) -> str:
+    """A LIKE pattern matching every text that starts with `prefix`."""
+    return prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
