@@ -1,6 +1,7 @@
 """docs/security.md, followed as written: its openssl commands make a CA and
 certificates, then two `hydra coordinator` processes on one database and an
-agent run a task over mTLS on loopback, driven by hydractl. The docs cannot rot."""
+agent run a task over mTLS on loopback, driven by hydractl (with credentials
+from `hydra credentials create`: authentication is on). The docs cannot rot."""
 
 from __future__ import annotations
 
@@ -10,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from harness.hydra import HYDRA, HYDRACTL
+from harness.hydra import HYDRA, HYDRACTL, wait_serving
 from harness.net import free_port
-from harness.processes import Process, clean_env
+from harness.processes import clean_env
 from harness.wait import wait_for
-from hydra.client import Client, ClientTls, HydraError
+from hydra.client import ClientTls
 
 from support.processes import FAST_TIMING, Processes
 
@@ -51,7 +52,7 @@ def start_coordinator(processes: Processes, certs: Path, name: str, conninfo: st
     argv += ["--tls-key", str(certs / "coordinator.key")]
     argv += ["--tls-client-ca", str(certs / "ca.pem"), *FAST_TIMING.flags()]
     process = processes.start(name, argv, env={"HYDRA_DB": conninfo})
-    wait_serving(process, address, person(certs))
+    wait_serving(process, address, timeout=60, tls=person(certs))  # health needs no credential
     return address
 
 
@@ -59,21 +60,28 @@ def person(certs: Path) -> ClientTls:
     return ClientTls(ca=certs / "ca.pem", cert=certs / "alice.pem", key=certs / "alice.key")
 
 
-def wait_serving(process: Process, address: str, tls: ClientTls) -> None:
-    def serving() -> bool:
-        process.check_running()
-        try:
-            with Client(address, tls=tls, timeout=2) as client:
-                client.cluster_status()
-        except HydraError:
-            return False
-        return True
-
-    wait_for(serving, timeout=60, interval=0.2, message=f"{process.name} serving TLS")
+def credential(conninfo: str, directory: Path, name: str, *args: str) -> str:
+    """The secret of a new credential, made with database access (the bootstrap)."""
+    path = directory / f"{name}.token"
+    done = subprocess.run(
+        [*HYDRA, "credentials", "create", "--name", name, *args, "--output-file", str(path)],
+        capture_output=True,
+        text=True,
+        env=clean_env(HYDRA_DB=conninfo),
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return path.read_text().strip()
 
 
 def hydractl(certs: Path, targets: str, *args: str) -> str:
-    flags = ["--tls-ca", str(certs / "ca.pem")]
+    flags = [
+        "--token",
+        (certs / "alice.token").read_text().strip(),
+        "--tls-ca",
+        str(certs / "ca.pem"),
+    ]
     flags += ["--tls-cert", str(certs / "alice.pem"), "--tls-key", str(certs / "alice.key")]
     done = subprocess.run(
         [*HYDRACTL, "--coordinator", targets, *flags, *args],
@@ -91,6 +99,10 @@ def hydractl(certs: Path, targets: str, *args: str) -> str:
 def test_the_tls_section_works_as_written(db_conninfo: str, tmp_path: Path) -> None:
     certs = tmp_path / "pki"
     make_certificates(certs)
+    credential(db_conninfo, certs, "alice", "--role", "admin")
+    agent_token = credential(
+        db_conninfo, certs, "agent-1", "--role", "agent", "--agent-id", "agent-1"
+    )
     task = tmp_path / "task.yaml"
     task.write_text('name: docs.tls\ncommand: ["echo", "over mTLS"]\n')
     with Processes(tmp_path / "logs") as processes:
@@ -100,7 +112,7 @@ def test_the_tls_section_works_as_written(db_conninfo: str, tmp_path: Path) -> N
         argv = [*HYDRA, "--log-level", "debug", "agent", "--coordinator", targets]
         argv += ["--id", "agent-1", "--capacity", "2", "--tls-ca", str(certs / "ca.pem")]
         argv += ["--tls-cert", str(certs / "agent-1.pem"), "--tls-key", str(certs / "agent-1.key")]
-        agent = processes.start("agent-1", argv)
+        agent = processes.start("agent-1", argv, env={"HYDRA_TOKEN": agent_token})
 
         def connected() -> bool:
             agent.check_running()
