@@ -41,6 +41,7 @@ from hydra.domain import (
     Retry,
     Run,
     RunState,
+    SecretRef,
     TaskVersion,
     TcpCheck,
 )
@@ -88,6 +89,7 @@ __all__ = [
     "Retry",
     "Run",
     "RunState",
+    "SecretRef",
     "Task",
     "TaskDetails",
     "TaskVersion",

@@ -39,6 +39,7 @@ def test_all_is_pinned() -> None:
         "Retry",
         "Run",
         "RunState",
+        "SecretRef",
         "Task",
         "TaskDetails",
         "TaskVersion",
