@@ -159,8 +159,11 @@ def _parse_secret_ref(value: Mapping[Any, Any], path: str, problems: _Problems) 
     if set(value) != {"secret"}:
         problems.add(path, "a mapping here must be a secret reference: {secret: NAME}")
         return None
-    name = _parse_str(value["secret"], _join(path, "secret"), problems)
-    return None if name is None else SecretRef(name=name)
+    name = value["secret"]
+    if not isinstance(name, str):  # at the variable: it gets None in the spec
+        problems.add(path, f"the secret's name must be a string, not {_type_name(name)}")
+        return None
+    return SecretRef(name=name)
 
 
 def _parse_duration(value: object, path: str, problems: _Problems) -> timedelta | None:

@@ -88,12 +88,23 @@ class AgentProcess(Process):
         log_path: Path,
         capacity: int = 4,
         labels: Mapping[str, str] | None = None,
+        token_file: Path | None = None,
+        extra_args: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
     ) -> None:
+        """Args:
+        token_file: passed as ``--token-file`` (the credential is then not in its environment).
+        extra_args: more ``hydra agent`` flags, e.g. ``--run-as nobody``.
+        env: added to this process's environment (which it otherwise gets as it is).
+        """
         argv = agent_argv(
             targets, agent_id, capacity=capacity, drain_grace="5s", labels=labels, log_level="debug"
         )
+        argv += ["--token-file", str(token_file)] if token_file is not None else []
         # This environment as it is, HYDRA_TOKEN included (test_auth sets it).
-        super().__init__(agent_id, argv, log_path, env=os.environ)
+        super().__init__(
+            agent_id, [*argv, *extra_args], log_path, env={**os.environ, **(env or {})}
+        )
         self.agent_id = agent_id
 
 

@@ -156,7 +156,7 @@ def test_a_secret_name_cannot_leave_the_directory(secrets_dir: Path, name: str) 
 
 def test_a_fifo_in_the_secrets_directory_does_not_block(secrets_dir: Path) -> None:
     os.mkfifo(secrets_dir / "fifo")
-    with pytest.raises(SecretError, match="'fifo' in .*not a regular file"):
+    with pytest.raises(SecretError, match=r"'fifo' in .*not a regular file"):
         read_secret(str(secrets_dir), "fifo")
 
 
@@ -239,7 +239,7 @@ def test_a_token_file_is_read_stripped(tmp_path: Path) -> None:
 
 def test_an_agent_does_not_start_without_its_token_file(tmp_path: Path) -> None:
     config = AgentConfig(targets=["127.0.0.1:1"], token_file=str(tmp_path / "missing"))
-    with pytest.raises(TokenFileError, match="--token-file .*missing: No such file"):
+    with pytest.raises(TokenFileError, match=r"--token-file .*missing: No such file"):
         AgentDaemon(config)
 
 
