@@ -232,7 +232,7 @@ def test_a_secret_is_resolved_on_the_agent_masked_and_absent_from_every_stored_r
         if PASSWORD in text or in_hex in text
     ]
     assert not leaks, "the secret's value was stored"
-    masked = "connecting with ***".encode().hex()
+    masked = b"connecting with ***".hex()
     assert any(masked in text for text in rows["hydra_attempt_output"])  # the output, masked
     specs = Database(db_conninfo).rows("SELECT spec::text AS spec FROM hydra_task_versions")
     assert '"DB_PASSWORD": {"secret": "warehouse-db"}' in specs[0]["spec"]

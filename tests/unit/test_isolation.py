@@ -317,3 +317,83 @@ def tempfile_base() -> str:
     from hydra.agent.output import memory_backed_tmp
 
     return memory_backed_tmp() or "/tmp"
+
+
+# --- configuration and start errors ----------------------------------------------------
+
+
+def test_the_environment_configures_isolation(tmp_path: Path) -> None:
+    environ = {
+        "HYDRA_COORDINATORS": "a:7070",
+        "HYDRA_TOKEN_FILE": "/etc/hydra/token",
+        "HYDRA_PASS_ENV": "AWS_REGION, PIP_*,",
+        "HYDRA_RUN_AS": "nobody",
+        "HYDRA_SECRETS_DIR": "/run/secrets",
+    }
+    config = AgentConfig.from_environ(environ)
+    assert config.token_file == "/etc/hydra/token"
+    assert config.pass_env == ("AWS_REGION", "PIP_*")
+    assert (config.run_as, config.secrets_dir) == ("nobody", "/run/secrets")
+
+
+def test_the_token_file_is_read_again_at_each_connection(tmp_path: Path) -> None:
+    from hydra.agent.leases import LeaseBook
+    from hydra.agent.session import AgentState
+
+    path = tmp_path / "token"
+    path.write_text("first\n")
+    config = AgentConfig(targets=["a:1"], token="from-env", token_file=str(path))
+    state = AgentState(config=config, book=LeaseBook(None), request_drain=lambda reason: None)  # type: ignore[arg-type]
+    assert state.token() == "first"
+    path.write_text("rotated\n")
+    assert state.token() == "rotated"
+    path.unlink()  # unreadable for a moment: the last one read is used, and logged
+    assert state.token() == "rotated"
+
+
+def test_a_token_file_others_can_read_is_warned_of(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from hydra.agent.token_file import check_token_file
+
+    path = tmp_path / "token"
+    path.write_text("t")
+    path.chmod(0o644)
+    check_token_file(str(path))
+    assert "can be read by its group or others (mode 0644); chmod 600 it" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--run-as", "no-such-user-here"], "--run-as no-such-user-here: no such user"),
+        (["--token-file", "/nonexistent/token"], "--token-file /nonexistent/token: No such file"),
+        (["--pass-env", "HYDRA_TOKEN"], "--pass-env HYDRA_TOKEN: the agent's credential"),
+    ],
+)
+def test_hydra_agent_refuses_to_start_with_a_clear_message(flags: list[str], message: str) -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "hydra", "agent", "--coordinator", "127.0.0.1:1", *flags],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    assert f"hydra: error: {message}" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_run_as_another_user_when_not_root_is_a_start_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # This machine's Python is out of an unprivileged user's reach: pretend to be one.
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    with pytest.raises(IsolationError, match=r"the agent must run as root .* uid 1000"):
+        RunAs.lookup("nobody")
+    monkeypatch.setattr(os, "geteuid", lambda: 65534)
+    assert not RunAs.lookup("nobody").switches  # already that user: nothing to switch
+    assert RunAs.lookup("nobody").popen_options() == {}
