@@ -11,7 +11,7 @@ bytes becomes one ``***``. Once a chunk is passed on, its last bytes are kept
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from hydra.agent.attempt import OutputStream
@@ -61,21 +61,23 @@ class StreamMasker:
 
     def _hold_point(self, text: bytes) -> int:
         """Where the end that may still become a secret begins (``len(text)`` if none)."""
-        for start in range(max(0, len(text) - self._longest + 1), len(text)):
-            tail = text[start:]
-            if any(len(secret) > len(tail) and secret.startswith(tail) for secret in self._secrets):
-                return start
-        return len(text)
+        return min((_partial_start(text, secret) for secret in self._secrets), default=len(text))
+
+
+def _partial_start(text: bytes, secret: bytes) -> int:
+    """The first position from which the rest of ``text`` is a proper prefix of ``secret``."""
+    end = len(text)
+    start = text.find(secret[:1], max(0, end - len(secret) + 1))
+    while start != -1:
+        if text.endswith(secret[: end - start]):
+            return start
+        start = text.find(secret[:1], start + 1)
+    return end
 
 
 def _covered(text: bytes, secrets: Iterable[bytes], start: int, end: int) -> list[tuple[int, int]]:
     """The runs of [start, end) that occurrences of secrets cover, merged, in order."""
-    spans = []
-    for secret in secrets:
-        found = text.find(secret, max(0, start - len(secret) + 1))
-        while found != -1 and found < end:
-            spans.append((max(found, start), min(found + len(secret), end)))
-            found = text.find(secret, found + 1)
+    spans = [span for secret in secrets for span in _occurrences(text, secret, start, end)]
     merged: list[tuple[int, int]] = []
     for span_start, span_stop in sorted(spans):
         if merged and span_start <= merged[-1][1]:
@@ -83,6 +85,22 @@ def _covered(text: bytes, secrets: Iterable[bytes], start: int, end: int) -> lis
         else:
             merged.append((span_start, span_stop))
     return merged
+
+
+def _occurrences(text: bytes, secret: bytes, start: int, end: int) -> Iterator[tuple[int, int]]:
+    """What the occurrences of one secret cover of [start, end), overlapping ones joined.
+
+    Of the occurrences that overlap one, only the last matters (it reaches
+    furthest), so each step jumps to it: linear even for ``aaaa`` in ``aaaaaaaa``.
+    """
+    size = len(secret)
+    found = text.find(secret, max(0, start - size + 1), end + size - 1)
+    while found != -1:
+        first = found
+        while (later := text.rfind(secret, found + 1, found + 2 * size - 1)) != -1:
+            found = later
+        yield max(first, start), min(found + size, end)
+        found = text.find(secret, found + size, end + size - 1)
 
 
 class OutputMasker:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 import random
+import time
 
 import pytest
 
@@ -131,3 +132,15 @@ def test_mask_text_and_outputs() -> None:
     assert masked == {"dsn": "u:***@h", "***": [1, "x"], "pin": "***"}
     unchanged = '{"a":  1}'
     assert mask_outputs(unchanged, ["hunter2"]) == unchanged
+
+
+@pytest.mark.parametrize(
+    ("secret", "chunk"),
+    [(b"a" * 16384, b"a" * 65536), (b"ab" * 8000, b"ab" * 32768), (b"x" * 64, b"y" * 65536)],
+)
+def test_masking_stays_linear_for_self_overlapping_secrets(secret: bytes, chunk: bytes) -> None:
+    masker = StreamMasker([secret, b"hunter2"])
+    started = time.monotonic()
+    shown = b"".join(masker.feed(chunk) for _ in range(16)) + masker.flush()
+    assert time.monotonic() - started < 5  # quadratic took close to a minute
+    assert shown == (b"***" if chunk.startswith(secret[:2]) else chunk * 16)
