@@ -21,7 +21,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from harness.hydra import wait_agents
+from harness.hydra import Hydractl, wait_agents
+from harness.wait import wait_for
 from hydra.client import Client, CommandCheck, Retry, RunState, SecretRef, Task
 
 from support.cluster import AgentProcess, CoordinatorThread, Database
@@ -286,3 +287,52 @@ def every_stored_row(conninfo: str) -> dict[str, list[str]]:
             query = f'SELECT t::text FROM "{table}" t'  # names from the catalog
             found[table] = [text for (text,) in conn.execute(query).fetchall()]
     return found
+
+
+SECRET_YAML = """\
+name: warehouse.check
+command: ["sh", "-c", 'echo "pw=$DB_PASSWORD region=$REGION"']
+env:
+  REGION: eu
+  DB_PASSWORD: {secret: warehouse-db}
+"""
+
+
+def test_a_secret_reference_in_yaml_through_hydractl(
+    db_conninfo: str,
+    coordinator: CoordinatorThread,
+    token_file: Path,
+    secrets_dir: Path,
+    tmp_path: Path,
+) -> None:
+    agent = start_agent(
+        db_conninfo,
+        coordinator,
+        tmp_path,
+        token_file=token_file,
+        extra_args=["--secrets-dir", str(secrets_dir)],
+    )
+    hydractl = Hydractl(coordinator.address)
+    spec_file = tmp_path / "task.yaml"
+    spec_file.write_text(SECRET_YAML)
+    bad_file = tmp_path / "bad.yaml"
+    bad_file.write_text(SECRET_YAML.replace("{secret: warehouse-db}", "{secret: ../shadow}"))
+    try:
+        hydractl.ok("--token", TOKEN, "apply", "-f", str(spec_file))
+        shown = hydractl.json("--token", TOKEN, "tasks", "get", "warehouse.check")
+        run_id = hydractl.ok("--token", TOKEN, "run", "warehouse.check").split()[-1]
+        wait_for(
+            lambda: hydractl.json("--token", TOKEN, "runs", "get", run_id)["state"] == "SUCCEEDED",
+            timeout=30,
+            message="the run to succeed",
+        )
+        printed = hydractl.ok("--token", TOKEN, "logs", run_id)
+        refused = hydractl.run("--token", TOKEN, "apply", "-f", str(bad_file))
+    finally:
+        agent.stop()
+
+    assert json.dumps(shown).count('"DB_PASSWORD": {"secret": "warehouse-db"}') == 1, shown
+    assert PASSWORD not in json.dumps(shown)
+    assert printed == "pw=*** region=eu\n"
+    assert refused.returncode != 0
+    assert "env.DB_PASSWORD.secret" in refused.stderr and "not a secret name" in refused.stderr
