@@ -186,11 +186,10 @@ class Execution:
             self._spec, output_file, isolation=isolation, secrets=self._secrets
         )
         return await spawn(
-            self._spec.argv,
+            isolation.command(self._spec.argv),
             cwd=self._spec.workdir or default_workdir,
             env=env,
             on_output=self._masker.add,
-            options=isolation.popen_options(),
         )
 
     def _flush_output(self) -> None:

@@ -205,12 +205,11 @@ async def _command(check: CommandCheck, isolation: Isolation) -> str:
     tail = _Tail()
     try:
         process = await spawn(
-            check.argv,
+            isolation.command(check.argv),
             cwd=None,
             env=isolation.environment(),
             on_output=tail.add,
             stderr_to_stdout=True,
-            options=isolation.popen_options(),
         )
     except (OSError, ValueError, subprocess.SubprocessError) as error:
         raise NotReady(f"cannot start: {describe_error(error)}") from None

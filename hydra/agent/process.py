@@ -33,8 +33,7 @@ import signal
 import subprocess
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from types import MappingProxyType
-from typing import IO, Any
+from typing import IO
 
 from hydra.agent.attempt import OutputStream
 
@@ -49,7 +48,6 @@ _READ_SIZE = 64 * 1024
 _UNKNOWN_RETURNCODE = 255
 #: How often a dying group is checked during the kill grace.
 POLL_SECONDS = 0.05
-_NO_OPTIONS: Mapping[str, Any] = MappingProxyType({})
 #: Linux: zombies can be told apart from the living.
 _HAVE_PROC = os.path.isdir("/proc")
 
@@ -104,13 +102,11 @@ async def spawn(
     env: Mapping[str, str],
     on_output: OnOutput,
     stderr_to_stdout: bool = False,
-    options: Mapping[str, Any] = _NO_OPTIONS,
 ) -> Process:
     """Starts ``argv`` in a new session; what it writes goes to ``on_output``.
 
     With ``stderr_to_stdout``, both go into one pipe, in the order written, all
-    as ``STDOUT``. ``options`` are more ``subprocess.Popen`` arguments: the
-    ``user``, ``group`` and ``extra_groups`` to run as.
+    as ``STDOUT``.
 
     Through pidfds, nothing is awaited: the process is watched from the moment
     this returns, and a cancel cannot come between. Through asyncio's
@@ -121,11 +117,9 @@ async def spawn(
     """
     stderr = subprocess.STDOUT if stderr_to_stdout else subprocess.PIPE
     if USE_PIDFDS:
-        return _spawn_watched(
-            argv, cwd=cwd, env=env, on_output=on_output, stderr=stderr, options=options
-        )
+        return _spawn_watched(argv, cwd=cwd, env=env, on_output=on_output, stderr=stderr)
     return await _spawn_through_transport(
-        argv, cwd=cwd, env=env, on_output=on_output, stderr=stderr, options=options
+        argv, cwd=cwd, env=env, on_output=on_output, stderr=stderr
     )
 
 
@@ -204,7 +198,6 @@ def _spawn_watched(
     env: Mapping[str, str],
     on_output: OnOutput,
     stderr: int,
-    options: Mapping[str, Any],
 ) -> Process:
     popen = subprocess.Popen(
         argv,
@@ -215,7 +208,6 @@ def _spawn_watched(
         env=env,
         start_new_session=True,
         close_fds=True,
-        **options,
     )
     started_at = _now()  # right after the spawn: the program is exec'd
     try:
@@ -326,7 +318,6 @@ async def _spawn_through_transport(
     env: Mapping[str, str],
     on_output: OnOutput,
     stderr: int,
-    options: Mapping[str, Any],
 ) -> Process:
     # loop.subprocess_exec rather than create_subprocess_exec: owning the
     # transport lets us close pipes that an escaped process keeps open,
@@ -343,7 +334,6 @@ async def _spawn_through_transport(
             env=env,
             start_new_session=True,
             close_fds=True,
-            **options,
         )
     )
     try:

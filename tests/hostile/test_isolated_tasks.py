@@ -23,7 +23,7 @@ import pytest
 
 from harness.hydra import Hydractl, wait_agents
 from harness.wait import wait_for
-from hydra.client import Client, CommandCheck, Retry, RunState, SecretRef, Task
+from hydra.client import Client, CommandCheck, Concurrency, Retry, RunState, SecretRef, Task
 
 from support.cluster import AgentProcess, CoordinatorThread, Database
 
@@ -169,6 +169,7 @@ def test_run_as_nobody_runs_attempts_and_command_checks_as_nobody(
     )
     task = Task(
         name="as.nobody",
+        concurrency=Concurrency(max_active_runs=4),
         command=("sh", "-c", 'id -u; echo "{\\"uid\\": $(id -u)}" > "$HYDRA_OUTPUT"'),
         # Not ready (and never run) unless the check runs as nobody too.
         preconditions=(CommandCheck(argv=("sh", "-c", 'test "$(id -u)" = 65534')),),
@@ -177,10 +178,15 @@ def test_run_as_nobody_runs_attempts_and_command_checks_as_nobody(
         with Client(coordinator.address, token=TOKEN) as client:
             run_id, state, printed = run_once(client, task)
             run = client.get_run(run_id)
+            # Switching user by subprocess's user= forked the agent, and with its gRPC
+            # threads running a fork died of SIGSEGV or SIGABRT now and then: many runs.
+            many = [client.trigger(task.name)[0].id for _ in range(20)]
+            ends = [client.wait(run_id, timeout=30) for run_id in many]
     finally:
         agent.stop()
 
     assert state is RunState.SUCCEEDED, (printed, run.reason, run.precondition_verdicts)
+    assert [end.reason for end in ends if end.state is not RunState.SUCCEEDED] == []
     assert printed == "65534\n"
     assert json.loads(run.outputs_json) == {"uid": 65534}
     assert run.precondition_verdicts[0].ready

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import shutil
 import stat
 from collections.abc import Iterator
 from datetime import timedelta
@@ -251,11 +252,21 @@ def test_an_unknown_run_as_user_is_a_start_error() -> None:
 # --- run as ----------------------------------------------------------------------------
 
 
+@pytest.fixture(params=["setpriv", "python launcher"])
+def nobody(request: pytest.FixtureRequest) -> RunAs:
+    """nobody, switched to by setpriv or, where it is missing, by hydra.agent._run_as."""
+    if request.param == "setpriv":
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            pytest.skip("no setpriv here")
+        return RunAs.lookup("nobody", setpriv=setpriv)
+    return RunAs.lookup("nobody", setpriv=None)
+
+
 @AS_ROOT
 async def test_run_as_nobody_runs_the_attempt_as_nobody_in_a_directory_of_its_own(
-    run_id: str,
+    run_id: str, nobody: RunAs
 ) -> None:
-    nobody = RunAs.lookup("nobody")
     script = 'id -u; id -g; echo "$HOME|$USER|$LOGNAME"; pwd; echo \'{"ok": 1}\' > "$HYDRA_OUTPUT"'
     recorder = Recorder()
 
@@ -273,8 +284,7 @@ async def test_run_as_nobody_runs_the_attempt_as_nobody_in_a_directory_of_its_ow
 
 
 @AS_ROOT
-async def test_a_command_check_runs_as_the_user_too() -> None:
-    nobody = RunAs.lookup("nobody")
+async def test_a_command_check_runs_as_the_user_too(nobody: RunAs) -> None:
     check = CommandCheck(argv=("sh", "-c", f'test "$(id -u)" = {nobody.uid} && echo as-nobody'))
 
     verdict = await evaluate(check, isolation=Isolation(run_as=nobody))
@@ -284,12 +294,11 @@ async def test_a_command_check_runs_as_the_user_too() -> None:
 
 @AS_ROOT
 async def test_under_run_as_a_link_put_in_place_of_the_outputs_file_is_not_followed(
-    run_id: str, tmp_path: Path
+    run_id: str, tmp_path: Path, nobody: RunAs
 ) -> None:
     private = tmp_path / "agent-only.json"
     private.write_text('{"root": "only"}')
     private.chmod(0o600)
-    nobody = RunAs.lookup("nobody")
     script = f'rm "$HYDRA_OUTPUT"; ln -s {private} "$HYDRA_OUTPUT"'
 
     result = await run(
@@ -396,4 +405,32 @@ def test_run_as_another_user_when_not_root_is_a_start_error(
         RunAs.lookup("nobody")
     monkeypatch.setattr(os, "geteuid", lambda: 65534)
     assert not RunAs.lookup("nobody").switches  # already that user: nothing to switch
-    assert RunAs.lookup("nobody").popen_options() == {}
+    assert RunAs.lookup("nobody").command(["id"]) == ["id"]
+
+
+@AS_ROOT
+async def test_run_as_keeps_the_process_group_and_drops_every_group_and_capability(
+    run_id: str, nobody: RunAs
+) -> None:
+    script = "id -G; grep -E '^(CapEff|CapPrm):' /proc/self/status; ps -o pgid= -p $$"
+    recorder = Recorder()
+
+    result = await run(attempt(run_id, script), Isolation(run_as=nobody), recorder, (65534, 65534))
+
+    groups, cap_effective, cap_permitted, pgid = recorder.text().splitlines()
+    assert result.outcome is AttemptOutcome.SUCCEEDED
+    assert set(groups.split()) == {str(group) for group in nobody.groups}
+    assert cap_effective.split()[1] == cap_permitted.split()[1] == "0000000000000000"
+    assert result.output_tails and int(pgid) > 0
+
+
+@AS_ROOT
+async def test_a_missing_program_under_run_as_fails_saying_so(run_id: str, nobody: RunAs) -> None:
+    spec = AttemptSpec(run_id=run_id, task="t", attempt=1, argv=("no-such-program-xyz",))
+    recorder = Recorder()
+
+    result = await run(spec, Isolation(run_as=nobody), recorder, (65534, 65534))
+
+    assert result.outcome is AttemptOutcome.FAILED
+    assert result.message == "exited with code 127"
+    assert "no-such-program-xyz" in recorder.text(OutputStream.STDERR)
