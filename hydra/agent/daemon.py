@@ -195,6 +195,10 @@ class AgentDaemon:
                 run_as.gid,
             )
         switches = run_as is not None and run_as.switches
+        if not switches and os.geteuid() == 0:
+            log.warning(
+                "the agent runs as root and attempts with it; --run-as USER runs them as USER"
+            )
         warn_of_token_in_environment(os.environ, tasks_run_as_agent=not switches)
 
     # --- LeaseListener: relay attempt events to the current stream ---------------
