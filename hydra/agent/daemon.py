@@ -186,20 +186,19 @@ class AgentDaemon:
         return self._exit_code(connection)
 
     def _log_isolation(self) -> None:
+        """Says whom attempts run as; warns of what would expose the agent to them."""
         run_as = self.isolation.run_as
-        if run_as is not None and run_as.switches:
-            log.info(
-                "attempts and command checks run as %s (uid %d, gid %d)",
-                run_as.user,
-                run_as.uid,
-                run_as.gid,
-            )
         switches = run_as is not None and run_as.switches
-        if not switches and os.geteuid() == 0:
-            log.warning(
-                "the agent runs as root and attempts with it; --run-as USER runs them as USER"
-            )
+        if run_as is not None and switches:
+            log.info("attempts and command checks run as %s (uid %d)", run_as.user, run_as.uid)
+        elif os.geteuid() == 0:
+            log.warning("the agent runs as root, and attempts with it; --run-as USER changes that")
         warn_of_token_in_environment(os.environ, tasks_run_as_agent=not switches)
+        secrets_dir = self.isolation.secrets_dir
+        if secrets_dir is not None and not os.path.isdir(secrets_dir):
+            log.warning(
+                "--secrets-dir %s is no directory: attempts needing secrets fail", secrets_dir
+            )
 
     # --- LeaseListener: relay attempt events to the current stream ---------------
 
