@@ -45,6 +45,7 @@ from hydra.domain import (
     Role,
     Run,
     RunState,
+    SecretRef,
     TaskVersion,
     TcpCheck,
 )
@@ -99,6 +100,7 @@ __all__ = [
     "Role",
     "Run",
     "RunState",
+    "SecretRef",
     "Task",
     "TaskDetails",
     "TaskVersion",

@@ -44,6 +44,7 @@ def test_all_is_pinned() -> None:
         "Role",
         "Run",
         "RunState",
+        "SecretRef",
         "Task",
         "TaskDetails",
         "TaskVersion",
