@@ -154,7 +154,9 @@ class Context:
         """Children of one benchmark, marked with the run's id and logging to
         ``<results>/logs/<name>/`` (emptied first); all stopped when the block ends,
         then whatever still carries the marker."""
-        env = {**os.environ, MARKER_ENV: self.marker}
+        # Agents pass the marker on to their attempts (they pass little of their own
+        # environment), so that the sweep finds attempts a killed agent left behind.
+        env = {**os.environ, MARKER_ENV: self.marker, "HYDRA_PASS_ENV": MARKER_ENV}
         log_dir = self.results_dir / "logs" / name
         try:
             with Processes(log_dir, env=env, fresh_logs=True) as started:

@@ -208,7 +208,41 @@ def _agent_parser(commands: Any) -> None:
         help="coordinator address (repeatable; HYDRA_COORDINATORS)",
     )
     _agent_flags(parser)
+    _isolation_flags(parser)
     parser.set_defaults(func=_agent)
+
+
+def _isolation_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--token-file",
+        default=config.token_file(),
+        metavar="PATH",
+        help="file holding the agent's credential, re-read at each reconnect "
+        "(HYDRA_TOKEN_FILE; instead of HYDRA_TOKEN, which tasks could read from /proc)",
+    )
+    parser.add_argument(
+        "--pass-env",
+        action="append",
+        default=None,
+        metavar="NAME",
+        help="pass this variable of the agent's environment to tasks; a pattern such as "
+        "'AWS_*' is allowed (repeatable; HYDRA_PASS_ENV, comma-separated; always passed: "
+        "PATH HOME LANG LC_* TZ)",
+    )
+    parser.add_argument(
+        "--run-as",
+        default=config.run_as(),
+        metavar="USER",
+        help="run attempts and command checks as this user and its groups; the agent "
+        "must run as root (HYDRA_RUN_AS)",
+    )
+    parser.add_argument(
+        "--secrets-dir",
+        default=config.secrets_dir(),
+        metavar="DIR",
+        help="directory of secrets, one file per secret, for env values {secret: NAME} "
+        "(HYDRA_SECRETS_DIR)",
+    )
 
 
 def _dev_parser(commands: Any) -> None:
@@ -349,6 +383,10 @@ def _agent(args: argparse.Namespace) -> int:
         drain_grace=_duration(args.drain_grace, "--drain-grace"),
         token=config.token(),
         tls=_agent_tls(args),
+        token_file=args.token_file,
+        pass_env=config.pass_env() if args.pass_env is None else args.pass_env,
+        run_as=args.run_as,
+        secrets_dir=args.secrets_dir,
     )
     return asyncio.run(run_agent(agent_config))
 

@@ -87,6 +87,26 @@ def token(environ: Mapping[str, str] = os.environ) -> str | None:
     return environ.get("HYDRA_TOKEN") or None
 
 
+def token_file(environ: Mapping[str, str] = os.environ) -> str | None:
+    """HYDRA_TOKEN_FILE: a file holding the agent's credential (read at each connection)."""
+    return environ.get("HYDRA_TOKEN_FILE") or None
+
+
+def pass_env(environ: Mapping[str, str] = os.environ) -> list[str]:
+    """HYDRA_PASS_ENV: comma-separated variables (or patterns) an agent passes to tasks."""
+    return [part.strip() for part in environ.get("HYDRA_PASS_ENV", "").split(",") if part.strip()]
+
+
+def run_as(environ: Mapping[str, str] = os.environ) -> str | None:
+    """HYDRA_RUN_AS: the user an agent runs attempts and command checks as."""
+    return environ.get("HYDRA_RUN_AS") or None
+
+
+def secrets_dir(environ: Mapping[str, str] = os.environ) -> str | None:
+    """HYDRA_SECRETS_DIR: where an agent reads secrets, one file per secret."""
+    return environ.get("HYDRA_SECRETS_DIR") or None
+
+
 def render_timeout(environ: Mapping[str, str] = os.environ) -> str:
     """HYDRA_RENDER_TIMEOUT: time limit of one run's templates, a duration (default 1s)."""
     return environ.get("HYDRA_RENDER_TIMEOUT") or DEFAULT_RENDER_TIMEOUT

@@ -339,6 +339,31 @@ class Concurrency:
 
 # --- task ---------------------------------------------------------------------
 
+#: What a secret's name may be: a file name in an agent's secrets directory
+#: (``.`` and ``..`` excepted).
+SECRET_NAME_PATTERN = r"[A-Za-z0-9._-]{1,128}"
+_SECRET_NAME = re.compile(SECRET_NAME_PATTERN)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SecretRef:
+    """An env value that is a secret, by name: ``env: {DB_PASSWORD: {secret: warehouse-db}}``.
+
+    Coordinators store and send the name only; the agent that runs the attempt
+    reads the value from the file of that name in its secrets directory
+    (``--secrets-dir``) and masks it in the output it reports.
+    """
+
+    name: str
+
+
+def secret_name_problem(name: str) -> str | None:
+    """What is wrong with a secret's name, or None if it is a valid one."""
+    if _SECRET_NAME.fullmatch(name) and name not in (".", ".."):
+        return None
+    shown = name if len(name) <= 40 else f"{name[:40]}..."
+    return f"{shown!r} is not a secret name; use 1-128 characters of [A-Za-z0-9._-], not . or .."
+
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class TaskSpec:
@@ -348,7 +373,8 @@ class TaskSpec:
     command: tuple[str, ...]
     description: str = ""
     shell: bool = False
-    env: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
+    #: Plain values are templated per run; a ``SecretRef`` is resolved on the agent.
+    env: Mapping[str, str | SecretRef] = field(default_factory=lambda: _EMPTY)
     params: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
     workdir: str = ""
     timeout: timedelta | None = None
@@ -368,6 +394,16 @@ class TaskSpec:
     def timezone(self) -> str:
         """The zone this task's occurrences are shown in: its first cron trigger's, else UTC."""
         return next((t.timezone or "UTC" for t in self.triggers if isinstance(t, Cron)), "UTC")
+
+    @property
+    def plain_env(self) -> dict[str, str]:
+        """The env variables with plain (templated) values."""
+        return {key: value for key, value in self.env.items() if not isinstance(value, SecretRef)}
+
+    @property
+    def secret_env(self) -> dict[str, str]:
+        """The env variables that are secrets: variable name to secret name."""
+        return {key: value.name for key, value in self.env.items() if isinstance(value, SecretRef)}
 
     def __post_init__(self) -> None:
         _normalize(

@@ -33,7 +33,9 @@ class AttemptSpec:
     attempt: int
     argv: tuple[str, ...]
     env: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
-    #: Empty: the agent's working directory.
+    #: Variables whose values are secrets: variable name to secret name (read here).
+    secret_env: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
+    #: Empty: the agent's working directory (with ``--run-as``, the attempt's own).
     workdir: str = ""
     #: None: no time limit.
     timeout: timedelta | None = None

@@ -32,10 +32,12 @@ import grpc
 
 from hydra import config as hydra_config
 from hydra.agent.attempt import AttemptResult, OutputStream, Started
+from hydra.agent.isolation import Isolation, RunAs
 from hydra.agent.leases import LeaseBook
 from hydra.agent.output import OutputsDirectory
 from hydra.agent.preconditions import MAX_CONCURRENT_CHECKS
 from hydra.agent.session import AgentState, Session, SessionEnd
+from hydra.agent.token_file import check_token_file, warn_of_token_in_environment
 from hydra.domain import AttemptOutcome, LeaseKey, PreconditionVerdict, agent_id_problem
 from hydra.retrying import async_grpc_retrying, is_reconnectable
 from hydra.spec import format_duration
@@ -67,8 +69,16 @@ class AgentConfig:
     reconnect_max_backoff: timedelta = timedelta(seconds=5)
     #: SIGTERM → SIGKILL delay when an offer does not set one.
     default_kill_grace: timedelta = timedelta(seconds=10)
-    #: Sent as ``authorization: Bearer <token>`` when set.
+    #: Sent as ``authorization: Bearer <token>`` when set (and no ``token_file``).
     token: str | None = None
+    #: A file holding the credential, read at every connection; wins over ``token``.
+    token_file: str | None = None
+    #: More variables (names or patterns) passed from the agent's environment to tasks.
+    pass_env: Sequence[str] = ()
+    #: The user attempts and command checks run as; None: the agent's.
+    run_as: str | None = None
+    #: Where secrets are read from, one file per secret.
+    secrets_dir: str | None = None
     #: TLS to the coordinators (CA, client certificate for mTLS); None: plaintext.
     tls: ClientTls | None = None
     #: Precondition checks evaluated at once, across all leases.
@@ -76,6 +86,7 @@ class AgentConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "targets", tuple(self.targets))
+        object.__setattr__(self, "pass_env", tuple(self.pass_env))
         if not self.targets:
             raise ValueError("an agent needs at least one coordinator target")
         if self.capacity < 1:
@@ -89,12 +100,17 @@ class AgentConfig:
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] = os.environ, **overrides: Any) -> AgentConfig:
-        """Targets from ``HYDRA_COORDINATORS``, token from ``HYDRA_TOKEN``, TLS from
-        ``HYDRA_TLS_*``, then ``overrides``."""
+        """Targets from ``HYDRA_COORDINATORS``, token from ``HYDRA_TOKEN`` or
+        ``HYDRA_TOKEN_FILE``, TLS from ``HYDRA_TLS_*``, isolation from ``HYDRA_PASS_ENV``,
+        ``HYDRA_RUN_AS`` and ``HYDRA_SECRETS_DIR``, then ``overrides``."""
         base = cls(
             targets=hydra_config.coordinators(environ),
             token=hydra_config.token(environ),
+            token_file=hydra_config.token_file(environ),
             tls=client_tls(environ=environ),
+            pass_env=hydra_config.pass_env(environ),
+            run_as=hydra_config.run_as(environ),
+            secrets_dir=hydra_config.secrets_dir(environ),
         )
         return replace(base, **overrides)
 
@@ -103,10 +119,22 @@ class AgentDaemon:
     """One agent: :meth:`run` until drained or stopped."""
 
     def __init__(self, config: AgentConfig) -> None:
+        """Checks what isolation and the token file need.
+
+        Raises:
+            IsolationError: ``run_as`` is no user, or one the agent cannot run as.
+            TokenFileError: ``token_file`` is missing, unreadable or empty.
+        """
         self.config = config
-        self._outputs = OutputsDirectory(config.agent_id)
+        self.isolation = isolation(config)
+        if config.token_file is not None:
+            check_token_file(config.token_file)
+        self._outputs = OutputsDirectory(config.agent_id, owner=self.isolation.owner)
         self._book = LeaseBook(
-            self, max_concurrent_checks=config.max_concurrent_checks, outputs=self._outputs
+            self,
+            max_concurrent_checks=config.max_concurrent_checks,
+            outputs=self._outputs,
+            isolation=self.isolation,
         )
         self._state = AgentState(config=config, book=self._book, request_drain=self.request_drain)
         self._session: Session | None = None
@@ -144,6 +172,7 @@ class AgentDaemon:
             self.config.capacity,
             ", ".join(self.config.targets),
         )
+        self._log_isolation()
         self._outputs.remove_stale()
         connection = asyncio.create_task(self._stay_connected())
         fencing = asyncio.create_task(self._fence_expired_leases())
@@ -159,6 +188,21 @@ class AgentDaemon:
             await asyncio.gather(fencing, drained, stopped, return_exceptions=True)
             await self._shut_down(connection, immediately=immediately)
         return self._exit_code(connection)
+
+    def _log_isolation(self) -> None:
+        """Says whom attempts run as; warns of what would expose the agent to them."""
+        run_as = self.isolation.run_as
+        switches = run_as is not None and run_as.switches
+        if run_as is not None and switches:
+            log.info("attempts and command checks run as %s (uid %d)", run_as.user, run_as.uid)
+        elif os.geteuid() == 0:
+            log.warning("the agent runs as root, and attempts with it; --run-as USER changes that")
+        warn_of_token_in_environment(os.environ, tasks_run_as_agent=not switches)
+        secrets_dir = self.isolation.secrets_dir
+        if secrets_dir is not None and not os.path.isdir(secrets_dir):
+            log.warning(
+                "--secrets-dir %s is no directory: attempts needing secrets fail", secrets_dir
+            )
 
     # --- LeaseListener: relay attempt events to the current stream ---------------
 
@@ -291,6 +335,16 @@ class AgentDaemon:
         if not await book.wait_until(lambda: book.idle, flush):
             log.warning("exiting with %d unacknowledged reports", len(book.pending()))
         log.info("drained")
+
+
+def isolation(config: AgentConfig) -> Isolation:
+    """How the agent's processes are isolated, as configured.
+
+    Raises:
+        IsolationError: see :meth:`RunAs.lookup`, and an agent-only variable in ``pass_env``.
+    """
+    run_as = RunAs.lookup(config.run_as) if config.run_as else None
+    return Isolation(pass_env=tuple(config.pass_env), run_as=run_as, secrets_dir=config.secrets_dir)
 
 
 async def run_agent(config: AgentConfig) -> int:

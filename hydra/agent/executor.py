@@ -31,9 +31,12 @@ import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from types import MappingProxyType
 from typing import Any
 
 from hydra.agent.attempt import AttemptResult, AttemptSpec, Started
+from hydra.agent.isolation import Isolation
+from hydra.agent.masking import OutputMasker, mask_outputs
 from hydra.agent.output import (
     MAX_OUTPUTS_BYTES,
     OUTPUTS_EXCEEDED,
@@ -54,6 +57,7 @@ from hydra.agent.process import (
     spawn,
     terminate_group,
 )
+from hydra.agent.secrets import SecretError, resolve_secrets
 from hydra.domain import AttemptOutcome, output_budget
 from hydra.spec import format_duration
 
@@ -65,8 +69,8 @@ PIPE_DRAIN_SECONDS = 1.0
 _TIMER_SLACK_SECONDS = 0.001
 #: How often a running attempt's ``$HYDRA_OUTPUT`` is measured.
 OUTPUTS_POLL_SECONDS = 0.1
-#: Agent settings that the processes it runs (attempts and checks) must not see.
-AGENT_ONLY_VARIABLES = frozenset({"HYDRA_TOKEN"})
+#: The agent's own user, the default allow-listed environment, no secrets.
+NO_ISOLATION = Isolation()
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,13 +87,25 @@ class Execution:
         execution = Execution(spec, on_output=sink, outputs=directory)
         started = await execution.start()  # None: it could not start
         result = await execution.wait()  # always an AttemptResult
+
+    Output passes a masker (the attempt's secret values become ``***``), then a
+    batcher, then the recorder that sends it and keeps its tails.
     """
 
-    def __init__(self, spec: AttemptSpec, on_output: OutputSink, outputs: OutputsDirectory) -> None:
+    def __init__(
+        self,
+        spec: AttemptSpec,
+        on_output: OutputSink,
+        outputs: OutputsDirectory,
+        isolation: Isolation = NO_ISOLATION,
+    ) -> None:
         self._spec = spec
         self._outputs = outputs
+        self._isolation = isolation
         self._recorder = OutputRecorder(on_output, output_budget(spec.output_limit))
         self._batcher = OutputBatcher(self._recorder.add)
+        self._masker = OutputMasker((), self._batcher.add)
+        self._secrets: dict[str, bytes] = {}
         self._outputs_exceeded = False
         self._started: Started | None = None
         self._failed_start: AttemptResult | None = None
@@ -134,18 +150,19 @@ class Execution:
             self._fail_to_start("empty command")
             return None
         try:
+            self._secrets = resolve_secrets(self._spec.secret_env, self._isolation.secrets_dir)
+        except SecretError as error:
+            self._fail_to_start(str(error))
+            return None
+        self._masker = OutputMasker(self._secrets.values(), self._batcher.add)
+        try:
             output_file = self._outputs.new_file(self._spec)
         except OSError as error:
             self._fail_to_start(str(error))
             return None
         spawned = False
         try:
-            process = await spawn(
-                self._spec.argv,
-                cwd=self._spec.workdir or None,
-                env=attempt_environment(self._spec, output_file),
-                on_output=self._batcher.add,
-            )
+            process = await self._spawn(output_file)
             spawned = True
         except (OSError, ValueError, subprocess.SubprocessError) as error:
             self._fail_to_start(str(error))
@@ -159,6 +176,26 @@ class Execution:
         # announce the start (synchronously after this returns) before any of it.
         asyncio.get_running_loop().call_soon(self._batcher.release)
         return self._started
+
+    async def _spawn(self, output_file: str) -> Process:
+        isolation = self._isolation
+        # Run as another user, the attempt starts in its own directory (the agent's may be
+        # out of that user's reach) unless the task says where.
+        default_workdir = os.path.dirname(output_file) if isolation.owner else None
+        env = attempt_environment(
+            self._spec, output_file, isolation=isolation, secrets=self._secrets
+        )
+        return await spawn(
+            isolation.command(self._spec.argv),
+            cwd=self._spec.workdir or default_workdir,
+            env=env,
+            on_output=self._masker.add,
+        )
+
+    def _flush_output(self) -> None:
+        """Sends what the masker and the batcher hold: the output has ended."""
+        self._masker.flush()
+        self._batcher.flush()
 
     async def wait(self) -> AttemptResult:
         """Waits for the end; cancelling the wait does not stop the process."""
@@ -216,13 +253,13 @@ class Execution:
         try:
             kill = await self._wait_for_leader(process)
             leftovers = await self._finish_group(process)
-            self._batcher.flush()  # the tails taken with the result end with it
+            self._flush_output()  # the tails taken with the result end with it
             return self._result(process, kill, leftovers, output_file)
         finally:
             watcher.cancel()
             if process.returncode is None:  # cancelled: leave nothing behind
                 signal_group(process.pid, signal.SIGKILL)
-            self._batcher.flush()
+            self._flush_output()
             process.close()
             self._outputs.remove(output_file)
 
@@ -302,17 +339,25 @@ class Execution:
         if self._outputs_exceeded:  # emptied when it was caught
             return "", OUTPUTS_EXCEEDED
         try:
-            return read_outputs(output_file), ""
+            outputs_json = read_outputs(output_file)
+            return mask_outputs(outputs_json, [os.fsdecode(v) for v in self._secrets.values()]), ""
         except OutputsError as error:
             return "", str(error)
 
 
 def attempt_environment(
-    spec: AttemptSpec, output_file: str, base: Mapping[str, str] = os.environ
+    spec: AttemptSpec,
+    output_file: str,
+    *,
+    isolation: Isolation = NO_ISOLATION,
+    secrets: Mapping[str, bytes] = MappingProxyType({}),
+    base: Mapping[str, str] = os.environ,
 ) -> dict[str, str]:
-    """The agent's environment, then the task's, then the ``HYDRA_*`` variables."""
-    env = {name: value for name, value in base.items() if name not in AGENT_ONLY_VARIABLES}
+    """What of the agent's environment is passed (see :class:`Isolation`), then the
+    task's env, its secrets, and the ``HYDRA_*`` variables."""
+    env = isolation.environment(base)
     env.update(spec.env)
+    env.update((name, os.fsdecode(value)) for name, value in secrets.items())
     env["HYDRA_RUN_ID"] = spec.run_id
     env["HYDRA_TASK"] = spec.task
     env["HYDRA_ATTEMPT"] = str(spec.attempt)

@@ -20,7 +20,8 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 from hydra.agent.attempt import AttemptResult, AttemptSpec, OutputStream, Started
-from hydra.agent.executor import Execution
+from hydra.agent.executor import NO_ISOLATION, Execution
+from hydra.agent.isolation import Isolation
 from hydra.agent.output import OutputsDirectory
 from hydra.agent.preconditions import MAX_CONCURRENT_CHECKS, Check, evaluate_all
 from hydra.domain import AttemptOutcome, LeaseKey, PreconditionVerdict
@@ -75,9 +76,11 @@ class LeaseBook:
         clock: Callable[[], float] = time.monotonic,
         max_concurrent_checks: int = MAX_CONCURRENT_CHECKS,
         outputs: OutputsDirectory | None = None,
+        isolation: Isolation = NO_ISOLATION,
     ) -> None:
         self._listener = listener
         self._clock = clock
+        self._isolation = isolation
         self._outputs = outputs or OutputsDirectory()
         self._checking: dict[LeaseKey, _Checking] = {}
         self._running: dict[LeaseKey, _Running] = {}
@@ -166,6 +169,7 @@ class LeaseBook:
             spec,
             on_output=lambda stream, data: self._output(lease, stream, data),
             outputs=self._outputs,
+            isolation=self._isolation,
         )
         entry = _Running(execution, renewed_at=renewed_at)
         self._running[lease] = entry  # held, and using a slot, while it spawns
@@ -287,7 +291,7 @@ class LeaseBook:
         try:
             if at is not None:
                 await asyncio.sleep(at - asyncio.get_running_loop().time())
-            verdicts = await evaluate_all(checks, self._check_turns)
+            verdicts = await evaluate_all(checks, self._check_turns, self._isolation)
         except Exception:  # a bug must not hold the slot forever
             log.exception("lease %s: evaluating preconditions failed; lease forgotten", lease)
             return

@@ -76,6 +76,7 @@ def attempt_spec(offer: pb.LeaseOffer, *, default_kill_grace: timedelta) -> Atte
         attempt=offer.attempt,
         argv=tuple(offer.argv),
         env=dict(offer.env),
+        secret_env=dict(offer.secret_env),
         workdir=offer.workdir,
         timeout=timeout if timeout and timeout > timedelta(0) else None,
         kill_grace=(

@@ -197,6 +197,8 @@ def read_outputs(path: str) -> str:
         raw = _read_regular_file(path, MAX_OUTPUTS_BYTES + 1)
     except FileNotFoundError:
         return ""
+    except OSError as error:  # ELOOP: a link
+        raise OutputsError(f"$HYDRA_OUTPUT: cannot be read ({error.strerror})") from None
     if len(raw) > MAX_OUTPUTS_BYTES:
         raise OutputsError(OUTPUTS_EXCEEDED)
     if not raw.strip():
@@ -213,7 +215,9 @@ def read_outputs(path: str) -> str:
 
 def _read_regular_file(path: str, limit: int) -> bytes:
     """Up to ``limit`` bytes of ``path``; refuses what is not a regular file."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    # No link followed: run as another user, the process owns its directory and
+    # could put a link to a file of the agent's in the file's place.
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
         raise OutputsError("$HYDRA_OUTPUT: not a regular file")
@@ -257,15 +261,26 @@ class OutputsDirectory:
     can be (see :func:`memory_backed_tmp`), created on first use with mode
     0700 and removed by :meth:`close`; each attempt gets a directory of its own
     in it (also 0700), holding its ``outputs.json``, removed with the attempt.
+    With an ``owner`` (the user attempts run as, ``--run-as``), each attempt's
+    directory and file belong to that user, and the agent's directory is 0711:
+    the user can reach the attempt's directory, whose name it is told, but not
+    list the others.
     An agent that died leaves its directory behind: :meth:`remove_stale`
     (called when an agent starts) removes those of its own id whose process is
     gone. Every operation is a syscall or two on a local file system, so they
     are made on the event loop, not through threads.
     """
 
-    def __init__(self, agent_id: str = "agent", *, base: str | None = None) -> None:
+    def __init__(
+        self,
+        agent_id: str = "agent",
+        *,
+        base: str | None = None,
+        owner: tuple[int, int] | None = None,
+    ) -> None:
         self._prefix = f"hydra-agent-{_file_safe(agent_id)}."
         self._base = base
+        self._owner = owner
         self._path: str | None = None
         self._closed = False
 
@@ -337,6 +352,9 @@ class OutputsDirectory:
         directory = tempfile.mkdtemp(prefix=prefix, dir=self._path)
         path = os.path.join(directory, OUTPUTS_FILE_NAME)
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        if self._owner is not None:
+            os.chown(path, *self._owner)
+            os.chown(directory, *self._owner)
         return path
 
     def _make_own_directory(self) -> str:
@@ -348,6 +366,8 @@ class OutputsDirectory:
                 raise
             shutil.rmtree(path)
             os.mkdir(path, 0o700)
+        if self._owner is not None:
+            os.chmod(path, 0o711)  # mkdir's mode is cut by the umask; this is not
         return path
 
     def _base_dir(self) -> str:

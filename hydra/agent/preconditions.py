@@ -39,7 +39,7 @@ from typing import assert_never
 
 from hydra import __version__
 from hydra.agent.attempt import OutputStream
-from hydra.agent.executor import AGENT_ONLY_VARIABLES
+from hydra.agent.isolation import Isolation
 from hydra.agent.process import Process, signal_group, spawn
 from hydra.domain import (
     DEFAULT_CHECK_TIMEOUT,
@@ -87,21 +87,30 @@ class NotReady(Exception):
     """The precondition does not hold (yet); the message says what was seen."""
 
 
+#: Command checks run as the agent's user, with the default allow-listed environment.
+_NO_ISOLATION = Isolation()
+
+
 async def evaluate_all(
-    checks: Sequence[Check], semaphore: asyncio.Semaphore
+    checks: Sequence[Check], semaphore: asyncio.Semaphore, isolation: Isolation = _NO_ISOLATION
 ) -> list[PreconditionVerdict]:
     """Evaluates the checks of one lease concurrently; verdicts in the checks' order.
 
     ``semaphore`` bounds the checks running at once across the agent; a check's
-    timeout starts when it gets its turn.
+    timeout starts when it gets its turn. Command checks run as attempts do
+    (``isolation``: the environment passed and the user), without the task's env.
     """
-    verdicts = [_evaluate_in_turn(index, check, semaphore) for index, check in enumerate(checks)]
+    verdicts = [
+        _evaluate_in_turn(index, check, semaphore, isolation) for index, check in enumerate(checks)
+    ]
     return list(await asyncio.gather(*verdicts))
 
 
-async def evaluate(check: Check, *, index: int = 0) -> PreconditionVerdict:
+async def evaluate(
+    check: Check, *, index: int = 0, isolation: Isolation = _NO_ISOLATION
+) -> PreconditionVerdict:
     """Evaluates one check within its timeout; raises only when cancelled."""
-    ready, message = await _outcome(check)
+    ready, message = await _outcome(check, isolation)
     log.debug(
         "precondition %d (%s): %s: %s",
         index,
@@ -137,18 +146,18 @@ def time_limit(check: Check) -> timedelta:
 
 
 async def _evaluate_in_turn(
-    index: int, check: Check, semaphore: asyncio.Semaphore
+    index: int, check: Check, semaphore: asyncio.Semaphore, isolation: Isolation
 ) -> PreconditionVerdict:
     async with semaphore:
-        return await evaluate(check, index=index)
+        return await evaluate(check, index=index, isolation=isolation)
 
 
-async def _outcome(check: Check) -> tuple[bool, str]:
+async def _outcome(check: Check, isolation: Isolation) -> tuple[bool, str]:
     """(ready, message); every failure of the check itself is "not ready"."""
     timeout = time_limit(check)
     try:
         async with asyncio.timeout(timeout.total_seconds()):
-            return True, one_line(await _run(check))
+            return True, one_line(await _run(check, isolation))
     except NotReady as error:
         return False, one_line(str(error))
     except TimeoutError:
@@ -158,11 +167,11 @@ async def _outcome(check: Check) -> tuple[bool, str]:
         return False, one_line(describe_error(error))
 
 
-async def _run(check: Check) -> str:
+async def _run(check: Check, isolation: Isolation) -> str:
     """The message of a check that holds; raises ``NotReady`` when it does not."""
     match check:
         case CommandCheck():
-            return await _command(check)
+            return await _command(check, isolation)
         case FileCheck():
             return await _file(check)
         case HttpCheck():
@@ -189,16 +198,16 @@ class _Tail:
         del self.data[:-_OUTPUT_TAIL_BYTES]
 
 
-async def _command(check: CommandCheck) -> str:
+async def _command(check: CommandCheck, isolation: Isolation) -> str:
     """Exit code 0 is ready. The group is SIGKILLed afterwards, and on timeout or cancel."""
     if not check.argv:
         raise NotReady("empty command")
     tail = _Tail()
     try:
         process = await spawn(
-            check.argv,
+            isolation.command(check.argv),
             cwd=None,
-            env=_environment(),
+            env=isolation.environment(),
             on_output=tail.add,
             stderr_to_stdout=True,
         )
@@ -211,11 +220,6 @@ async def _command(check: CommandCheck) -> str:
     finally:
         await _end_group(process)
     return _exit_message(process.returncode, bytes(tail.data))
-
-
-def _environment() -> dict[str, str]:
-    """The agent's environment, less what only the agent may see."""
-    return {name: value for name, value in os.environ.items() if name not in AGENT_ONLY_VARIABLES}
 
 
 async def _end_group(process: Process) -> None:

@@ -26,6 +26,7 @@ from hydra import __version__
 from hydra.agent import messages
 from hydra.agent.attempt import AttemptResult, OutputStream, Started
 from hydra.agent.leases import LeaseBook
+from hydra.agent.token_file import TokenFileError, read_token_file
 from hydra.domain import AttemptOutcome, LeaseKey, PreconditionVerdict
 from hydra.errors import InvalidArgument
 from hydra.limits import message_size_options
@@ -85,6 +86,19 @@ class AgentState:
     lease_ttl: float | None = None
     #: Sent in every Hello: tells this process from another one with the same agent id.
     instance_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    #: The credential last read from ``--token-file``: used when the file cannot be read.
+    last_token: str | None = None
+
+    def token(self) -> str | None:
+        """The credential to connect with: ``--token-file`` read now, else ``HYDRA_TOKEN``."""
+        path = self.config.token_file
+        if path is None:
+            return self.config.token
+        try:
+            self.last_token = read_token_file(path)
+        except TokenFileError as error:
+            log.error("%s; connecting with the credential read before", error)
+        return self.last_token
 
 
 class Outbox:
@@ -236,7 +250,7 @@ class Session:
         )
 
     def _metadata(self) -> tuple[tuple[str, str], ...] | None:
-        token = self._config.token
+        token = self._state.token()
         return (("authorization", f"Bearer {token}"),) if token else None
 
     async def _welcome(

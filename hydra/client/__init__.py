@@ -46,6 +46,7 @@ from hydra.domain import (
     Role,
     Run,
     RunState,
+    SecretRef,
     TaskVersion,
     TcpCheck,
 )
@@ -102,6 +103,7 @@ __all__ = [
     "Role",
     "Run",
     "RunState",
+    "SecretRef",
     "Task",
     "TaskDetails",
     "TaskVersion",

@@ -222,7 +222,7 @@ class RenderPool:
 def _worker_fields(spec: TaskSpec) -> list[TemplatedField]:
     """The fields of a spec that render in a worker (most specs have none: checked
     first without building the fields' paths)."""
-    sources = (*spec.command, *spec.env.values(), spec.workdir)
+    sources = (*spec.command, *spec.plain_env.values(), spec.workdir)
     if not spec.preconditions and not any(map(needs_worker, sources)):
         return []
     return [field for field in templated_fields(spec) if needs_worker(field.source)]

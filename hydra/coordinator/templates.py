@@ -254,7 +254,7 @@ def render_command(
         if len(argv) != 1:
             raise RenderError("command", "with shell: true, command must be one element")
         argv = ("/bin/sh", "-c", argv[0])
-    env = {key: render(value, f"env.{key}") for key, value in spec.env.items()}
+    env = {key: render(value, f"env.{key}") for key, value in spec.plain_env.items()}
     workdir = render(spec.workdir, "workdir")
     return Rendered(argv=argv, env=env, workdir=workdir)
 
@@ -375,7 +375,7 @@ def templated_fields(spec: TaskSpec) -> Iterator[TemplatedField]:
     """Every templated field of a spec; paths use the YAML names, as hydra.spec."""
     for index, element in enumerate(spec.command):
         yield TemplatedField(f"command[{index}]", element, True)
-    for key, value in spec.env.items():
+    for key, value in spec.plain_env.items():  # secret references are not templates
         yield TemplatedField(f"env.{key}", value, True)
     yield TemplatedField("workdir", spec.workdir, True)
     for index, check in enumerate(spec.preconditions):

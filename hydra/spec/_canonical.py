@@ -19,6 +19,7 @@ from hydra.domain import (
     Overlap,
     Precondition,
     Retry,
+    SecretRef,
     TaskSpec,
     TcpCheck,
     Trigger,
@@ -41,7 +42,7 @@ def task_to_dict(spec: TaskSpec) -> dict[str, Any]:
         "description": spec.description,
         "command": list(spec.command),
         "shell": spec.shell,
-        "env": dict(spec.env),
+        "env": {key: _env_value(value) for key, value in spec.env.items()},
         "params": dict(spec.params),
         "workdir": spec.workdir,
         "timeout": _duration_text(spec.timeout),
@@ -58,6 +59,11 @@ def task_to_dict(spec: TaskSpec) -> dict[str, Any]:
         "starting_deadline": _duration_text(spec.starting_deadline),
     }
     return {key: _sorted(shape[key]) for key in sorted(shape)}
+
+
+def _env_value(value: str | SecretRef) -> str | dict[str, str]:
+    """A plain value as it is; a secret reference as ``{secret: NAME}``, never its value."""
+    return {"secret": value.name} if isinstance(value, SecretRef) else value
 
 
 def _sorted(value: Any) -> Any:

@@ -26,6 +26,7 @@ from hydra.domain import (
     OnTimeout,
     Overlap,
     Retry,
+    SecretRef,
     TaskSpec,
     TcpCheck,
 )
@@ -134,6 +135,35 @@ def _parse_map(value: object, path: str, problems: _Problems) -> dict[str, str |
         else:
             problems.add(_join(path, str(key)), f"keys must be strings, not {_type_name(key)}")
     return parsed
+
+
+def _parse_env(
+    value: object, path: str, problems: _Problems
+) -> dict[str, str | SecretRef | None] | None:
+    """Like a map, but a value may also be a secret reference: ``{secret: NAME}``."""
+    if not isinstance(value, Mapping):
+        problems.add(path, f"must be a mapping, not {_type_name(value)}")
+        return None
+    parsed: dict[str, str | SecretRef | None] = {}
+    for key, item in value.items():
+        if not isinstance(key, str):
+            problems.add(_join(path, str(key)), f"keys must be strings, not {_type_name(key)}")
+        elif isinstance(item, Mapping):
+            parsed[key] = _parse_secret_ref(item, _join(path, key), problems)
+        else:
+            parsed[key] = _parse_scalar(item, _join(path, key), problems)
+    return parsed
+
+
+def _parse_secret_ref(value: Mapping[Any, Any], path: str, problems: _Problems) -> SecretRef | None:
+    if set(value) != {"secret"}:
+        problems.add(path, "a mapping here must be a secret reference: {secret: NAME}")
+        return None
+    name = value["secret"]
+    if not isinstance(name, str):  # at the variable: it gets None in the spec
+        problems.add(path, f"the secret's name must be a string, not {_type_name(name)}")
+        return None
+    return SecretRef(name=name)
 
 
 def _parse_duration(value: object, path: str, problems: _Problems) -> timedelta | None:
@@ -281,7 +311,7 @@ _TASK_FIELDS: dict[str, _Parser] = {
     "description": _parse_str,
     "command": _list_of(_parse_str),
     "shell": _parse_bool,
-    "env": _parse_map,
+    "env": _parse_env,
     "params": _parse_map,
     "workdir": _parse_str,
     "timeout": _parse_duration,

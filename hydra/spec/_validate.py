@@ -28,8 +28,10 @@ from hydra.domain import (
     OnTimeout,
     Overlap,
     Retry,
+    SecretRef,
     TaskSpec,
     TcpCheck,
+    secret_name_problem,
 )
 from hydra.errors import FieldProblem, InvalidArgument
 from hydra.spec._durations import _ZERO, format_duration
@@ -231,6 +233,24 @@ def _check_map(
         _check_str(item, _join(path, key), problems)
 
 
+def _check_env(value: object, path: str, problems: _Problems) -> None:
+    """A map of variable names to strings or secret references."""
+    if not isinstance(value, Mapping):
+        problems.add(path, f"must be a mapping of strings, not {_type_name(value)}")
+        return
+    plain = {key: item for key, item in value.items() if not isinstance(item, SecretRef)}
+    _check_map(plain, path, problems, _env_key)
+    for key, item in value.items():
+        if isinstance(item, SecretRef):
+            _env_key(str(key), path, problems)
+            _check_secret_name(item.name, _join(_join(path, str(key)), "secret"), problems)
+
+
+def _check_secret_name(name: object, path: str, problems: _Problems) -> None:
+    if _is(name, str, "a string", path, problems) and (problem := secret_name_problem(name)):
+        problems.add(path, problem)
+
+
 def _env_key(key: str, path: str, problems: _Problems) -> None:
     if not _ENV_NAME.fullmatch(key):
         problems.add(_join(path, key), "is not a variable name; use [A-Za-z_][A-Za-z0-9_]*")
@@ -404,7 +424,7 @@ _FIELD_CHECKS: tuple[tuple[str, _Check], ...] = (
     ("description", _check_str),
     ("command", _check_command),
     ("shell", _check_bool),
-    ("env", _map_check(_env_key)),
+    ("env", _check_env),
     ("params", _map_check(_non_empty_key)),
     ("workdir", _check_str),
     ("timeout", _duration_check(positive=True, optional=True)),

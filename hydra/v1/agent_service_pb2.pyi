@@ -593,6 +593,26 @@ class LeaseOffer(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class SecretEnvEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     LEASE_FIELD_NUMBER: _builtins.int
     TASK_FIELD_NUMBER: _builtins.int
     ATTEMPT_FIELD_NUMBER: _builtins.int
@@ -605,6 +625,7 @@ class LeaseOffer(_message.Message):
     PRECONDITIONS_FIELD_NUMBER: _builtins.int
     START_IN_FIELD_NUMBER: _builtins.int
     OUTPUT_LIMIT_FIELD_NUMBER: _builtins.int
+    SECRET_ENV_FIELD_NUMBER: _builtins.int
     task: _builtins.str
     """Task name."""
     attempt: _builtins.int
@@ -655,6 +676,15 @@ class LeaseOffer(_message.Message):
         agent's clock does not matter.
         """
 
+    @_builtins.property
+    def secret_env(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Environment variables whose values are secrets: variable name to secret
+        name, as in the task's spec. The agent reads each value from the file of
+        that name in its secrets directory (--secrets-dir), and masks the values
+        in the output it reports; an attempt whose secret it cannot read fails to
+        start. An agent older than this field starts the attempt without them.
+        """
+
     def __init__(
         self,
         *,
@@ -670,10 +700,11 @@ class LeaseOffer(_message.Message):
         preconditions: _abc.Iterable[_types_pb2.Precondition] | None = ...,
         start_in: _duration_pb2.Duration | None = ...,
         output_limit: _builtins.int = ...,
+        secret_env: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["kill_grace", b"kill_grace", "lease", b"lease", "occurrence", b"occurrence", "start_in", b"start_in", "timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["argv", b"argv", "attempt", b"attempt", "env", b"env", "kill_grace", b"kill_grace", "lease", b"lease", "occurrence", b"occurrence", "output_limit", b"output_limit", "preconditions", b"preconditions", "start_in", b"start_in", "task", b"task", "timeout", b"timeout", "workdir", b"workdir"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["argv", b"argv", "attempt", b"attempt", "env", b"env", "kill_grace", b"kill_grace", "lease", b"lease", "occurrence", b"occurrence", "output_limit", b"output_limit", "preconditions", b"preconditions", "secret_env", b"secret_env", "start_in", b"start_in", "task", b"task", "timeout", b"timeout", "workdir", b"workdir"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

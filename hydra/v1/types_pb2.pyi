@@ -647,6 +647,26 @@ class TaskSpec(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class SecretEnvEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     NAME_FIELD_NUMBER: _builtins.int
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     COMMAND_FIELD_NUMBER: _builtins.int
@@ -666,6 +686,7 @@ class TaskSpec(_message.Message):
     CATCHUP_FIELD_NUMBER: _builtins.int
     MAX_CATCHUP_FIELD_NUMBER: _builtins.int
     STARTING_DEADLINE_FIELD_NUMBER: _builtins.int
+    SECRET_ENV_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Unique name: [a-z0-9][a-z0-9._-]{0,127}."""
     description: _builtins.str
@@ -730,6 +751,14 @@ class TaskSpec(_message.Message):
     def starting_deadline(self) -> _duration_pb2.Duration:
         """Occurrences older than this when found are dropped. Unset: none dropped."""
 
+    @_builtins.property
+    def secret_env(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Environment variables whose values are secrets: variable name to secret
+        name ([A-Za-z0-9._-]{1,128}, not . or ..). Not templated, never resolved
+        on a coordinator: the agent reads the value from its secrets directory.
+        A variable is in env or here, not both.
+        """
+
     def __init__(
         self,
         *,
@@ -752,10 +781,11 @@ class TaskSpec(_message.Message):
         catchup: Global___Catchup.ValueType = ...,
         max_catchup: _builtins.int | None = ...,
         starting_deadline: _duration_pb2.Duration | None = ...,
+        secret_env: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_max_catchup", b"_max_catchup", "concurrency", b"concurrency", "max_catchup", b"max_catchup", "poke_interval", b"poke_interval", "precondition_timeout", b"precondition_timeout", "retry", b"retry", "starting_deadline", b"starting_deadline", "timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_catchup", b"_max_catchup", "catchup", b"catchup", "command", b"command", "concurrency", b"concurrency", "description", b"description", "env", b"env", "max_catchup", b"max_catchup", "name", b"name", "on_timeout", b"on_timeout", "params", b"params", "poke_interval", b"poke_interval", "precondition_timeout", b"precondition_timeout", "preconditions", b"preconditions", "retry", b"retry", "selector", b"selector", "shell", b"shell", "starting_deadline", b"starting_deadline", "timeout", b"timeout", "triggers", b"triggers", "workdir", b"workdir"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_catchup", b"_max_catchup", "catchup", b"catchup", "command", b"command", "concurrency", b"concurrency", "description", b"description", "env", b"env", "max_catchup", b"max_catchup", "name", b"name", "on_timeout", b"on_timeout", "params", b"params", "poke_interval", b"poke_interval", "precondition_timeout", b"precondition_timeout", "preconditions", b"preconditions", "retry", b"retry", "secret_env", b"secret_env", "selector", b"selector", "shell", b"shell", "starting_deadline", b"starting_deadline", "timeout", b"timeout", "triggers", b"triggers", "workdir", b"workdir"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__max_catchup: _TypeAlias = _typing.Literal["max_catchup"]  # noqa: Y015
     _WhichOneofArgType__max_catchup: _TypeAlias = _typing.Literal["_max_catchup", b"_max_catchup"]  # noqa: Y015

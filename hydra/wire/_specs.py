@@ -22,6 +22,7 @@ from hydra.domain import (
     Overlap,
     Precondition,
     Retry,
+    SecretRef,
     TaskSpec,
     TcpCheck,
     Trigger,
@@ -49,7 +50,8 @@ def task_spec_to_proto(spec: TaskSpec) -> pb.TaskSpec:
         description=spec.description,
         command=spec.command,
         shell=spec.shell,
-        env=spec.env,
+        env=spec.plain_env,
+        secret_env=spec.secret_env,
         params=spec.params,
         workdir=spec.workdir,
         timeout=to_duration(spec.timeout),
@@ -128,7 +130,7 @@ def task_spec_from_proto(message: pb.TaskSpec, path: str = "spec") -> TaskSpec:
         "description": message.description,
         "command": tuple(message.command),
         "shell": message.shell,
-        "env": dict(message.env),
+        "env": decoder.env(message, _join(path, "secret_env")),
         "params": dict(message.params),
         "workdir": message.workdir,
         "selector": dict(message.selector),
@@ -217,6 +219,16 @@ class _Decoder:
                 self.add(_join(path, name), f"unknown value {number}")
                 found[name] = None
         return found
+
+    def env(self, message: pb.TaskSpec, secret_path: str) -> dict[str, str | SecretRef]:
+        """The plain env and the secret references in one mapping; a variable in both
+        is a problem."""
+        env: dict[str, str | SecretRef] = dict(message.env)
+        for key, name in message.secret_env.items():
+            if key in env:
+                self.add(_join(secret_path, key), "is also in env; a variable is plain or secret")
+            env[key] = SecretRef(name=name)
+        return env
 
     def retry(self, message: pb.RetryPolicy, path: str) -> Retry:
         fields = _present(message, "max_attempts", "multiplier")

@@ -96,15 +96,25 @@ class AgentProcess(Process):
         capacity: int = 4,
         labels: Mapping[str, str] | None = None,
         token: str | None = None,
+        token_file: Path | None = None,
         extra_args: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
     ) -> None:
+        """Args:
+        token: set as ``HYDRA_TOKEN`` in its environment.
+        token_file: passed as ``--token-file`` (the credential is then not in its environment).
+        extra_args: more ``hydra agent`` flags, e.g. ``--run-as nobody``.
+        env: added to this process's environment (which it otherwise gets as it is).
+        """
         argv = agent_argv(
             targets, agent_id, capacity=capacity, drain_grace="5s", labels=labels, log_level="debug"
         )
-        argv += extra_args  # e.g. --tls-ca
-        # This environment as it is, and HYDRA_TOKEN when a token is given.
-        env = {**os.environ, **({"HYDRA_TOKEN": token} if token is not None else {})}
-        super().__init__(agent_id, argv, log_path, env=env)
+        argv += ["--token-file", str(token_file)] if token_file is not None else []
+        # This environment as it is, HYDRA_TOKEN when a token is given, and `env`.
+        environment = {**os.environ, **({"HYDRA_TOKEN": token} if token is not None else {})}
+        super().__init__(
+            agent_id, [*argv, *extra_args], log_path, env={**environment, **(env or {})}
+        )
         self.agent_id = agent_id
 
 

@@ -45,6 +45,7 @@ def test_all_is_pinned() -> None:
         "Role",
         "Run",
         "RunState",
+        "SecretRef",
         "Task",
         "TaskDetails",
         "TaskVersion",

@@ -193,7 +193,7 @@ async def test_environment_and_workdir(
     run_id: str, outputs: OutputsDirectory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("HYDRA_TOKEN", "agent-secret")
-    monkeypatch.setenv("FROM_AGENT", "inherited")
+    monkeypatch.setenv("FROM_AGENT", "not passed")  # only an allow-list is (test_isolation)
     recorder = Recorder()
     occurrence = datetime(2024, 5, 1, 12, 30, tzinfo=timezone(timedelta(hours=10)))
     script = (
@@ -216,7 +216,7 @@ async def test_environment_and_workdir(
     cwd, hydra_vars, other_vars, output_file = recorder.text(OutputStream.STDOUT).splitlines()
     assert cwd == str(tmp_path)
     assert hydra_vars == f"{run_id}|demo.task|2|2024-05-01T02:30:00+00:00"
-    assert other_vars == "inherited|rendered|unset"
+    assert other_vars == "|rendered|unset"
     assert Path(output_file).parent.parent == Path(str(outputs.path))
     assert files_in(outputs) == []
 

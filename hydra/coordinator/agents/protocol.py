@@ -72,6 +72,7 @@ def offer(
         attempt=run.attempt,
         argv=list(rendered.argv),
         env=dict(rendered.env),
+        secret_env=run.task_spec.secret_env,  # names only: the agent holds the values
         workdir=rendered.workdir,
         kill_grace=to_duration(times.kill_grace),
         occurrence=to_timestamp(run.occurrence),

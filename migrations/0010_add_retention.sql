@@ -1,0 +1,2 @@
+-- Reserved while issue 13 is built on branches (replaced by the real migration).
+SELECT 1;
