@@ -100,9 +100,7 @@ def test_the_tls_section_works_as_written(db_conninfo: str, tmp_path: Path) -> N
     certs = tmp_path / "pki"
     make_certificates(certs)
     credential(db_conninfo, certs, "alice", "--role", "admin")
-    agent_token = credential(
-        db_conninfo, certs, "agent-1", "--role", "agent", "--agent-id", "agent-1"
-    )
+    credential(db_conninfo, certs, "agent-1", "--role", "agent", "--agent-id", "agent-1")
     task = tmp_path / "task.yaml"
     task.write_text('name: docs.tls\ncommand: ["echo", "over mTLS"]\n')
     with Processes(tmp_path / "logs") as processes:
@@ -110,9 +108,10 @@ def test_the_tls_section_works_as_written(db_conninfo: str, tmp_path: Path) -> N
         second = start_coordinator(processes, certs, "coordinator-2", db_conninfo)
         targets = f"{first},{second}"
         argv = [*HYDRA, "--log-level", "debug", "agent", "--coordinator", targets]
-        argv += ["--id", "agent-1", "--capacity", "2", "--tls-ca", str(certs / "ca.pem")]
+        argv += ["--id", "agent-1", "--capacity", "2", "--token-file", str(certs / "agent-1.token")]
+        argv += ["--tls-ca", str(certs / "ca.pem")]
         argv += ["--tls-cert", str(certs / "agent-1.pem"), "--tls-key", str(certs / "agent-1.key")]
-        agent = processes.start("agent-1", argv, env={"HYDRA_TOKEN": agent_token})
+        agent = processes.start("agent-1", argv)
 
         def connected() -> bool:
             agent.check_running()
