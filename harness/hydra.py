@@ -8,7 +8,7 @@ import json
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -89,6 +89,9 @@ class Hydractl:
 
     address: str
     timeout: float = 60.0
+    #: ``HYDRA_*`` settings it runs with (none of the developer's own are kept),
+    #: e.g. the HYDRA_HOME whose contexts file names its credential.
+    env: Mapping[str, str] = field(default_factory=dict)
 
     def run(self, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
         """The finished ``hydractl --coordinator ADDRESS ARGS...``, output captured."""
@@ -96,7 +99,7 @@ class Hydractl:
             [*HYDRACTL, "--coordinator", self.address, *args],
             capture_output=True,
             text=True,
-            env=clean_env(),
+            env=clean_env(**self.env),
             timeout=self.timeout,
             check=False,
         )

@@ -327,10 +327,7 @@ def _limit(flag: int | None, name: str, from_environment: Callable[[], int]) -> 
 
 
 def _insecure(args: argparse.Namespace) -> bool:
-    """--insecure or HYDRA_INSECURE. `hydra dev` serves its laptop without
-    authentication until it makes its own credentials (issue 12)."""
-    if args.func is _dev:
-        return True
+    """--insecure or HYDRA_INSECURE (`hydra dev` too: it authenticates unless told)."""
     return bool(args.insecure) or config.insecure()
 
 
@@ -431,6 +428,7 @@ def _migrate(args: argparse.Namespace) -> int:
 
 
 def _dev(args: argparse.Namespace) -> int:
+    from hydra.coordinator import dev_cluster
     from hydra.coordinator.embedded import EmbeddedPostgres
     from hydra.coordinator.server import run_coordinator
 
@@ -439,19 +437,37 @@ def _dev(args: argparse.Namespace) -> int:
     settings = coordinator_config(args, "")  # before PostgreSQL starts, as in _coordinator
     embedded = EmbeddedPostgres.for_home(home)
     coordinator = replace(settings, conninfo=embedded.start())
-    agent = _start_dev_agent(args)
-    print(
-        f"hydra dev: coordinator on {args.listen}, data in {home}; Ctrl-C stops everything",
-        flush=True,
-    )
+    agent: subprocess.Popen[bytes] | None = None
     try:
+        credentials = None
+        if not settings.insecure:
+            credentials = dev_cluster.prepare(coordinator.conninfo, home, agent_id=_dev_agent_id())
+        contexts = config.config_file_given() or home / "config.yaml"
+        dev_cluster.write_context(contexts, args.listen, credentials, _dev_tls_ca(args))
+        agent = _start_dev_agent(args, credentials.agent if credentials else None)
+        print(_dev_banner(args.listen, home, contexts), flush=True)
         return asyncio.run(run_coordinator(coordinator))
     finally:
-        _stop(agent)
+        if agent is not None:
+            _stop(agent)
         embedded.stop()
 
 
-def _start_dev_agent(args: argparse.Namespace) -> subprocess.Popen[bytes]:
+def _dev_banner(address: str, home: Path, contexts: Path) -> str:
+    """What `hydra dev` prints once it is set up: where, and how hydractl finds it."""
+    lines = [f"hydra dev: coordinator on {address}, data in {home}; Ctrl-C stops everything"]
+    if contexts != config.config_file():
+        lines.append(f"hydra dev: for hydractl and the SDK: export HYDRA_CONFIG={contexts}")
+    else:
+        lines.append(f"hydra dev: hydractl and the SDK find it through {contexts} (context dev)")
+    return "\n".join(lines)
+
+
+def _dev_agent_id() -> str:
+    return f"{socket.gethostname()}-dev"
+
+
+def _start_dev_agent(args: argparse.Namespace, token_file: Path | None) -> subprocess.Popen[bytes]:
     command = [
         sys.executable,
         "-m",
@@ -462,22 +478,29 @@ def _start_dev_agent(args: argparse.Namespace) -> subprocess.Popen[bytes]:
         "--coordinator",
         args.listen,
         "--id",
-        f"{socket.gethostname()}-dev",
+        _dev_agent_id(),
         "--capacity",
         str(args.agent_capacity),
         "--drain-grace",
         "10s",
+        *(["--token-file", str(token_file)] if token_file else []),
         *_dev_agent_tls(args),
     ]
     return subprocess.Popen(command)
 
 
+def _dev_tls_ca(args: argparse.Namespace) -> Path | None:
+    """What the dev agent and the dev context trust: HYDRA_TLS_CA, else the
+    (self-signed) --tls-cert itself; None without TLS."""
+    if args.tls_cert is None:
+        return None
+    return config.tls_ca() or Path(args.tls_cert).resolve()
+
+
 def _dev_agent_tls(args: argparse.Namespace) -> list[str]:
-    """The dev agent trusts HYDRA_TLS_CA, else the (self-signed) --tls-cert itself;
-    a client certificate it takes from HYDRA_TLS_CLIENT_CERT/KEY."""
-    if args.tls_cert is None or config.tls_ca() is not None:
-        return []
-    return ["--tls-ca", str(args.tls_cert)]
+    """The dev agent's trust (a client certificate it takes from HYDRA_TLS_CLIENT_CERT/KEY)."""
+    ca = _dev_tls_ca(args)
+    return [] if ca is None or config.tls_ca() is not None else ["--tls-ca", str(ca)]
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:

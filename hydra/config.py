@@ -175,4 +175,9 @@ def context_name(environ: Mapping[str, str] = os.environ) -> str | None:
 
 def config_file(environ: Mapping[str, str] = os.environ) -> Path:
     """HYDRA_CONFIG: the contexts file (default $HYDRA_HOME/config.yaml)."""
-    return _path(environ, "HYDRA_CONFIG") or home(environ) / "config.yaml"
+    return config_file_given(environ) or home(environ) / "config.yaml"
+
+
+def config_file_given(environ: Mapping[str, str] = os.environ) -> Path | None:
+    """HYDRA_CONFIG if it is set (`hydra dev` writes its context there, else in its home)."""
+    return _path(environ, "HYDRA_CONFIG")

@@ -2,7 +2,8 @@
 
 Exit codes: 0 ok; 1 the run failed (``run --wait``) or another error; 2 invalid
 argument or usage; 3 not found; 4 failed precondition or already exists;
-5 coordinator unavailable; 124 ``run --wait --timeout`` ran out; 130 Ctrl-C.
+5 coordinator unavailable; 6 refused for the credential (none, unknown,
+expired, revoked, or its role or scope too small); 124 ``run --wait --timeout`` ran out; 130 Ctrl-C.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from hydra.errors import (
     HydraError,
     InvalidArgument,
     NotFound,
+    PermissionDenied,
+    Unauthenticated,
     Unavailable,
 )
 from hydra.spec import parse_duration
@@ -38,6 +41,7 @@ EXIT_USAGE = 2
 EXIT_NOT_FOUND = 3
 EXIT_CONFLICT = 4
 EXIT_UNAVAILABLE = 5
+EXIT_DENIED = 6
 EXIT_TIMEOUT = 124
 EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 141
@@ -48,6 +52,8 @@ _EXIT_CODES: tuple[tuple[type[HydraError], int], ...] = (
     (FailedPrecondition, EXIT_CONFLICT),
     (AlreadyExists, EXIT_CONFLICT),
     (Unavailable, EXIT_UNAVAILABLE),
+    (Unauthenticated, EXIT_DENIED),
+    (PermissionDenied, EXIT_DENIED),
 )
 
 # --- argument types -----------------------------------------------------------

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.hydra import HYDRA, Hydractl, wait_agent_state, wait_serving
+from harness.hydra import HYDRA, HYDRACTL, Hydractl, wait_agent_state, wait_serving
 from harness.net import free_port
 from harness.processes import Process, children_of, clean_env, is_alive, processes_mentioning
 
@@ -28,7 +28,8 @@ def start_dev(processes: Processes, home: Path, name: str) -> tuple[Process, Hyd
     address = f"127.0.0.1:{free_port()}"
     dev = processes.start(name, [*HYDRA, "dev", "--home", str(home), "--listen", address])
     wait_serving(dev, address, timeout=EMBEDDED_START_S)
-    hydractl = Hydractl(address)
+    # The context `hydra dev` wrote in its home names the admin credential for this address.
+    hydractl = Hydractl(address, env={"HYDRA_HOME": str(home)})
     wait_agent_state(hydractl, DEV_AGENT, "connected", START_TIMEOUT_S)
     return dev, hydractl
 
@@ -60,8 +61,11 @@ def test_dev_runs_a_task_stops_cleanly_on_ctrl_c_and_keeps_its_data(
     # The agent names the coordinator's address; the trailing space stops a longer port matching.
     assert processes_mentioning(str(hydra_home), f"{hydractl.address} ") == []
 
+    admin_secret = (hydra_home / "credentials" / "admin.token").read_text()
     _, again = start_dev(home_processes, hydra_home, "dev-again")
     assert [t["name"] for t in again.json("tasks", "list")] == ["hello"]
+    # A restart reuses the live credentials it made.
+    assert (hydra_home / "credentials" / "admin.token").read_text() == admin_secret
     [kept] = again.json("runs", "list", "--task", "hello")
     assert (kept["id"], kept["state"]) == (run_id, "SUCCEEDED")
 
@@ -112,3 +116,48 @@ def test_migrate_applies_every_migration_once(
     again = migrate(empty_db_conninfo)
     assert again.returncode == 0, again.stderr
     assert again.stdout.strip() == "schema is up to date"
+
+
+def test_dev_authenticates_and_hydractl_finds_its_credential_without_a_flag(
+    home_processes: Processes, hydra_home: Path, tmp_path: Path
+) -> None:
+    """issue 12: `hydra dev` stays one command with authentication on; then
+    `hydractl apply -f examples/hello.yaml` works with no flag at all."""
+    _, hydractl = start_dev(home_processes, hydra_home, "dev")
+    credentials = hydra_home / "credentials"
+    for path in (credentials / "admin.token", credentials / "agent.token"):
+        assert path.stat().st_mode & 0o777 == 0o600, path
+    assert (hydra_home / "config.yaml").stat().st_mode & 0o777 == 0o600
+    examples = Path(__file__).parents[2] / "examples" / "hello.yaml"
+
+    def hydractl_bare(*args: str, home: Path = hydra_home) -> subprocess.CompletedProcess[str]:
+        """hydractl with nothing but HYDRA_HOME: no --coordinator, no token."""
+        return subprocess.run(
+            [*HYDRACTL, *args],
+            capture_output=True,
+            text=True,
+            env=clean_env(HYDRA_HOME=str(home)),
+            timeout=60,
+            check=False,
+        )
+
+    applied = hydractl_bare("apply", "-f", str(examples))
+    assert applied.returncode == 0, applied.stderr
+    assert applied.stdout.strip() == "created hello v1"
+    [entry] = hydractl.json("audit", "list", "--task", "hello")
+    assert entry["who"].startswith("dev-admin-") and entry["role"] == "admin"
+
+    # Without the context there is no credential: refused, exit code 6, one line.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    refused = subprocess.run(
+        [*HYDRACTL, "--coordinator", hydractl.address, "tasks", "list"],
+        capture_output=True,
+        text=True,
+        env=clean_env(HYDRA_HOME=str(elsewhere)),
+        timeout=60,
+        check=False,
+    )
+    assert refused.returncode == 6
+    assert refused.stderr.startswith("hydractl: error: no credential")
+    assert "Traceback" not in refused.stderr
