@@ -124,3 +124,23 @@ async def test_agent_credentials_bind_an_id_labels_and_capacity(db_conninfo: str
     )
     revoked = await credentials.revoke_credential(db_conninfo, "agent-1")
     assert revoked.revoked_at is not None
+
+
+async def test_live_agent_credential_is_the_newest_live_one_of_the_id(store: Database) -> None:
+    await store.run(table.create, name="old", role=Role.AGENT, agent_id="web-1", created_by="t")
+    await store.run(table.create, name="new", role=Role.AGENT, agent_id="web-1", created_by="t")
+    await store.run(
+        table.create,
+        name="lapsed",
+        role=Role.AGENT,
+        agent_id="web-2",
+        created_by="t",
+        expires_at=datetime.now(UTC) - timedelta(seconds=1),
+    )
+    found = await store.run(table.live_for_agent, "web-1")
+    assert found is not None and found.name == "new"
+    await store.run(table.revoke, "new")
+    found = await store.run(table.live_for_agent, "web-1")
+    assert found is not None and found.name == "old"
+    assert await store.run(table.live_for_agent, "web-2") is None  # expired
+    assert await store.run(table.live_for_agent, "nobody") is None

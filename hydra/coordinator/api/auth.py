@@ -34,6 +34,8 @@ from hydra.errors import HydraError, PermissionDenied, Unauthenticated
 log = logging.getLogger("hydra.coordinator.auth")
 
 Context = grpc.aio.ServicerContext[Any, Any]
+#: The agents' stream: the one call a client certificate may authenticate.
+CONNECT = "/hydra.v1.AgentService/Connect"
 #: Told of every call refused for its credential (the audit log's sink).
 OnRefused = Callable[[RefusedCall], Awaitable[None] | None]
 
@@ -59,6 +61,8 @@ class CredentialInterceptor(grpc.aio.ServerInterceptor):
         metadata = dict(handler_call_details.invocation_metadata or ())
         try:
             secret = _bearer(str(metadata.get("authorization", "")))
+            if not secret and method == CONNECT:
+                return self._by_certificate(handler, method)
             credential = await self._identities.authenticate(secret)
         except HydraError as error:  # Unauthenticated, or Unavailable
             return self._denying(handler, method, error, None)
@@ -71,24 +75,43 @@ class CredentialInterceptor(grpc.aio.ServerInterceptor):
         return _binding(handler, caller)
 
     def _denying(self, handler: Any, method: str, error: HydraError, caller: Caller | None) -> Any:
-        code = status_of(error)
-        refused = code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
-
         async def deny(context: Context) -> None:
-            if refused:
-                peer = context.peer()
-                await self._report(
-                    RefusedCall(
-                        method=method,
-                        caller=caller,
-                        peer=peer,
-                        code=code.name,
-                        message=error.message,
-                    )
-                )
-            await context.abort(code, error.message)
+            await self._refuse(context, method, error, caller)
 
         return _denying(handler, deny)
+
+    async def _refuse(
+        self, context: Context, method: str, error: HydraError, caller: Caller | None
+    ) -> None:
+        """Report a refusal for the audit log, then end the call with its status."""
+        code = status_of(error)
+        if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+            refused = RefusedCall(
+                method=method, caller=caller, peer=context.peer(), code=code.name,
+                message=error.message,
+            )  # fmt: skip
+            await self._report(refused)
+        await context.abort(code, error.message)
+
+    def _by_certificate(self, handler: Any, method: str) -> Any:
+        """An agent's Connect without a token: under mTLS its client certificate's
+        Common Name names the agent id, and stands for the live agent credential
+        of that id (docs/security.md). The stream is read only once it is known."""
+        assert self._identities is not None
+        identities, behaviour = self._identities, handler.stream_stream
+
+        async def connect(requests: Any, context: Context) -> AsyncIterator[Any]:
+            try:
+                credential = await identities.for_certificate(_common_name(context))
+            except HydraError as error:
+                await self._refuse(context, method, error, None)
+                return
+            caller = dataclasses.replace(caller_of(credential), peer=context.peer())
+            with bound(caller):
+                async for response in behaviour(requests, context):
+                    yield response
+
+        return handler._replace(stream_stream=connect)
 
     async def _report(self, refused: RefusedCall) -> None:
         if self._on_refused is None:
@@ -133,6 +156,12 @@ def authorize(caller: Caller, method: str) -> None:
             f"{short_name(method)} needs an unscoped credential; credential "
             f"{caller.name!r} is limited to tasks under scope {caller.scope!r}",
         )
+
+
+def _common_name(context: Context) -> str:
+    """The Common Name of the peer's verified client certificate ("" without one)."""
+    name = next(iter(context.auth_context().get("x509_common_name") or ()), b"")
+    return name.decode(errors="replace")
 
 
 def _bearer(authorization: str) -> str:

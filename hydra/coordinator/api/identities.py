@@ -83,6 +83,26 @@ class Identities:
         self._record_use(credential.name)
         return credential
 
+    async def for_certificate(self, agent_id: str) -> Credential:
+        """The live agent credential a verified client certificate for `agent_id`
+        stands for (not cached: agents connect seldom).
+
+        Raises:
+            Unauthenticated: no certificate, or no live agent credential names the id.
+            Unavailable: the database could not be asked.
+        """
+        if not agent_id:
+            raise Unauthenticated(f"no credential: {_ASK}, or a client certificate under mTLS")
+        credential = await self._db.run(store.live_for_agent, agent_id)
+        if credential is None:
+            raise Unauthenticated(
+                f"the client certificate names agent {agent_id!r}, but no live agent "
+                f"credential does; create one: hydractl credentials create --role agent "
+                f"--agent-id {agent_id} --name NAME"
+            )
+        self._record_use(credential.name)
+        return credential
+
     def forget(self, name: str) -> None:
         """Drop what is cached of credential `name` ("": of every credential)."""
         self._generation += 1

@@ -107,6 +107,13 @@ async def by_secret(tx: Transaction, secret: str) -> Credential | None:
     return credential_from_row(row)
 
 
+async def live_for_agent(tx: Transaction, agent_id: str) -> Credential | None:
+    """The newest live agent credential naming `agent_id` (what a client
+    certificate for that id stands for under mTLS), or None."""
+    row = await tx.one("live_agent_credential", agent_id=agent_id)
+    return None if row is None else credential_from_row(row)
+
+
 async def touch(tx: Transaction, used: Mapping[str, datetime]) -> None:
     """Record when each credential was last used."""
     names = list(used)

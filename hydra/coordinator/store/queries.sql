@@ -756,6 +756,16 @@ RETURNING name, role, token_hash, scope, agent_id, labels, max_capacity, created
 -- Tell every coordinator to forget what it cached of a credential (payload: its name).
 SELECT pg_notify('hydra_credentials', %(name)s);
 
+-- name: live_agent_credential
+-- The newest live (not revoked, not expired) agent credential naming this agent id.
+SELECT name, role, token_hash, scope, agent_id, labels, max_capacity, created_by,
+       created_at, expires_at, revoked_at, last_used_at
+FROM hydra_credentials
+WHERE agent_id = %(agent_id)s AND role = 'agent' AND revoked_at IS NULL
+  AND (expires_at IS NULL OR expires_at > now())
+ORDER BY created_at DESC
+LIMIT 1;
+
 -- name: credential_by_token_hash
 -- The credential whose secret has this SHA-256, revoked or expired ones included.
 SELECT name, role, token_hash, scope, agent_id, labels, max_capacity, created_by,
