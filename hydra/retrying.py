@@ -42,7 +42,10 @@ RECONNECT_CODES: frozenset[grpc.StatusCode] = RETRYABLE_CODES | frozenset(
 
 
 def is_retryable(error: BaseException) -> bool:
-    """True for gRPC errors whose code is in RETRYABLE_CODES."""
+    """True for gRPC errors whose code is in RETRYABLE_CODES, except a connection
+    that TLS refused (the client's ``CallError.tls``): it fails the same way again."""
+    if getattr(error, "tls", False):
+        return False
     return isinstance(error, grpc.RpcError) and error.code() in RETRYABLE_CODES
 
 

@@ -36,3 +36,12 @@ def test_codes(code: grpc.StatusCode, retry: bool, reconnect: bool) -> None:
 
 def test_other_exceptions_are_never_retried() -> None:
     assert not is_retryable(ValueError()) and not is_reconnectable(ValueError())
+
+
+def test_a_connection_tls_refused_is_not_retried() -> None:
+    from hydra.client._transport import CallError
+
+    refused = CallError(grpc.StatusCode.UNAVAILABLE, "wrong CA", "x:1", sent=False, tls=True)
+    unreachable = CallError(grpc.StatusCode.UNAVAILABLE, "refused", "x:1", sent=False)
+    assert not is_retryable(refused)
+    assert is_retryable(unreachable)
