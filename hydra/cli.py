@@ -24,7 +24,7 @@ from hydra import config
 from hydra.domain import agent_id_problem
 from hydra.errors import HydraError, InvalidArgument, Unavailable
 from hydra.spec import parse_duration
-from hydra.tls import ClientTls, client_tls
+from hydra.tls import ClientTls, client_tls_from_flags
 
 log = logging.getLogger("hydra")
 
@@ -354,16 +354,6 @@ def _coordinator(args: argparse.Namespace) -> int:
         embedded.stop()
 
 
-def _labels(pairs: Sequence[str]) -> dict[str, str]:
-    labels = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise InvalidArgument(f"expected KEY=VALUE, got {pair!r}", path="--label")
-        labels[key] = value
-    return labels
-
-
 def _agent(args: argparse.Namespace) -> int:
     from hydra.agent import AgentConfig, run_agent
 
@@ -375,7 +365,7 @@ def _agent(args: argparse.Namespace) -> int:
         targets=_targets(args.coordinator),
         agent_id=args.id,
         hostname=socket.gethostname(),
-        labels=_labels(args.label),
+        labels=config.labels(args.label),
         capacity=args.capacity,
         drain_grace=_duration(args.drain_grace, "--drain-grace"),
         token=config.token(),
@@ -390,13 +380,7 @@ def _agent(args: argparse.Namespace) -> int:
 
 def _agent_tls(args: argparse.Namespace) -> ClientTls | None:
     """TLS from the flags, then HYDRA_TLS_*; its files are read once now to fail early."""
-    tls = client_tls(
-        ca=args.tls_ca,
-        system_store=args.tls,
-        cert=args.tls_cert,
-        key=args.tls_key,
-        server_name=args.tls_server_name,
-    )
+    tls = client_tls_from_flags(args)
     if tls is not None:
         tls.credentials()
     return tls

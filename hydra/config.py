@@ -4,8 +4,10 @@ flags override them."""
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+
+from hydra.errors import InvalidArgument
 
 DEFAULT_LISTEN = "127.0.0.1:7070"
 DEFAULT_POOL = 10
@@ -181,3 +183,14 @@ def config_file(environ: Mapping[str, str] = os.environ) -> Path:
 def config_file_given(environ: Mapping[str, str] = os.environ) -> Path | None:
     """HYDRA_CONFIG if it is set (`hydra dev` writes its context there, else in its home)."""
     return _path(environ, "HYDRA_CONFIG")
+
+
+def labels(pairs: Iterable[str], flag: str = "--label") -> dict[str, str]:
+    """Agent labels from ``KEY=VALUE`` flags (``hydra agent``, ``hydra credentials``)."""
+    found = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise InvalidArgument(f"expected KEY=VALUE, got {pair!r}", path=flag)
+        found[key] = value
+    return found

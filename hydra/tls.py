@@ -6,6 +6,7 @@ Shared by the agent and the client, so it imports nothing from either.
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 from collections.abc import Mapping
@@ -104,6 +105,18 @@ def client_tls(
     )
     wanted = system_store or config.tls(environ)
     return settings if wanted or settings != ClientTls() else None
+
+
+def client_tls_from_flags(args: argparse.Namespace) -> ClientTls | None:
+    """TLS from the flags `hydra agent` and hydractl share (``--tls-ca``, ``--tls``,
+    ``--tls-cert``, ``--tls-key``, ``--tls-server-name``), then HYDRA_TLS_*."""
+    return client_tls(
+        ca=args.tls_ca,
+        system_store=args.tls,
+        cert=args.tls_cert,
+        key=args.tls_key,
+        server_name=args.tls_server_name,
+    )
 
 
 def _read(path: Path, flag: str) -> bytes:

@@ -11,9 +11,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from hydra import config
 from hydra.client._render import JSONObject, _pairs, dumps, iso, local, table
 from hydra.domain import Credential, NewCredential, Role
-from hydra.errors import InvalidArgument
 from hydra.spec import parse_duration
 
 _NONE = "-"
@@ -55,19 +55,9 @@ def create_arguments(args: argparse.Namespace) -> dict[str, Any]:
         "scope": args.scope,
         "expires_at": expires_at,
         "agent_id": args.agent_id,
-        "labels": None if args.label is None else _labels(args.label),
+        "labels": None if args.label is None else config.labels(args.label),
         "max_capacity": args.max_capacity,
     }
-
-
-def _labels(pairs: Iterable[str]) -> dict[str, str]:
-    labels = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise InvalidArgument(f"expected KEY=VALUE, got {pair!r}", path="--label")
-        labels[key] = value
-    return labels
 
 
 def report_created(args: argparse.Namespace, created: NewCredential) -> None:

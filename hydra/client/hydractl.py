@@ -31,7 +31,7 @@ from hydra.errors import (
     Unavailable,
 )
 from hydra.spec import parse_duration
-from hydra.tls import TlsProblem, client_tls
+from hydra.tls import TlsProblem, client_tls_from_flags
 
 _Subcommands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
@@ -364,13 +364,7 @@ def _targets(values: list[str] | None) -> list[str] | None:
 
 def _client(args: argparse.Namespace) -> Client:
     """The client the flags ask for (then the environment, then the contexts file)."""
-    tls = client_tls(
-        ca=args.tls_ca,
-        system_store=args.tls,
-        cert=args.tls_cert,
-        key=args.tls_key,
-        server_name=args.tls_server_name,
-    )
+    tls = client_tls_from_flags(args)
     return Client(_targets(args.coordinator), token=args.token, tls=tls, context=args.context)
 
 
