@@ -1,9 +1,11 @@
 -- Trust (docs/security.md): credentials with roles and scopes, the audit log, and
--- whether a coordinator serves without authentication.
+-- whether a coordinator serves without authentication. Every statement may run again
+-- (IF NOT EXISTS): tests/hostile/test_online_migrations.py re-applies it to a schema
+-- that already has it.
 
 -- A credential: a random secret shown once at creation, stored only as its
 -- SHA-256 (the secret has 256 bits of entropy, so a fast hash is enough).
-CREATE TABLE hydra_credentials (
+CREATE TABLE IF NOT EXISTS hydra_credentials (
     name          text PRIMARY KEY,
     role          text NOT NULL CHECK (role IN ('viewer', 'operator', 'admin', 'agent')),
     token_hash    bytea NOT NULL UNIQUE,
@@ -23,12 +25,12 @@ CREATE TABLE hydra_credentials (
 );
 -- Several live credentials may name one agent id, so that an agent's credential
 -- is rotated without downtime (create the new one, deploy it, revoke the old).
-CREATE INDEX hydra_credentials_by_agent ON hydra_credentials (agent_id)
+CREATE INDEX IF NOT EXISTS hydra_credentials_by_agent ON hydra_credentials (agent_id)
     WHERE agent_id IS NOT NULL;
 
 -- Every call that changes something, and every refused call: written in the same
 -- transaction as the change it records.
-CREATE TABLE hydra_audit (
+CREATE TABLE IF NOT EXISTS hydra_audit (
     id       bigserial PRIMARY KEY,
     at       timestamptz NOT NULL DEFAULT now(),
     -- The credential's name ('anonymous' without authentication, '' when the
@@ -44,10 +46,10 @@ CREATE TABLE hydra_audit (
     outcome  text NOT NULL,
     detail   text NOT NULL DEFAULT ''
 );
-CREATE INDEX hydra_audit_by_time ON hydra_audit (at DESC, id DESC);
-CREATE INDEX hydra_audit_by_task ON hydra_audit (task, at DESC) WHERE task IS NOT NULL;
-CREATE INDEX hydra_audit_by_who ON hydra_audit (who, at DESC);
+CREATE INDEX IF NOT EXISTS hydra_audit_by_time ON hydra_audit (at DESC, id DESC);
+CREATE INDEX IF NOT EXISTS hydra_audit_by_task ON hydra_audit (task, at DESC) WHERE task IS NOT NULL;
+CREATE INDEX IF NOT EXISTS hydra_audit_by_who ON hydra_audit (who, at DESC);
 
-ALTER TABLE hydra_coordinators ADD COLUMN insecure boolean NOT NULL DEFAULT false;
+ALTER TABLE hydra_coordinators ADD COLUMN IF NOT EXISTS insecure boolean NOT NULL DEFAULT false;
 -- Whether it serves TLS (shown by `cluster status` beside insecure).
-ALTER TABLE hydra_coordinators ADD COLUMN tls boolean NOT NULL DEFAULT false;
+ALTER TABLE hydra_coordinators ADD COLUMN IF NOT EXISTS tls boolean NOT NULL DEFAULT false;

@@ -22,7 +22,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from harness.wait import wait_for
-from hydra.client import Client, RunState, Task
+from hydra.client import Client, Role, RunState, Task
 from hydra.coordinator.agents import protocol
 from hydra.limits import MAX_MESSAGE_BYTES
 from hydra.spec import MAX_STRING_BYTES
@@ -31,6 +31,7 @@ from hydra.v1 import task_service_pb2_grpc as task_grpc
 from hydra.v1 import types_pb2 as pb
 
 from support.cluster import AgentProcess, CoordinatorThread, Database
+from support.credentials import make_credential
 from support.processes import processes_in
 
 #: A run that must still work while (and after) the hostile one is handled.
@@ -40,7 +41,6 @@ BIG_CALLS = 8
 BIG_CALL_BYTES = 30 * 1000 * 1000
 #: How much a coordinator's memory may grow while refusing them all.
 RSS_GROWTH_BOUND_MB = 64
-TOKEN = "s3cret"
 
 
 @pytest.fixture
@@ -159,9 +159,9 @@ def _rss_mb(pid: int) -> int:
 
 
 def test_big_unauthenticated_calls_are_refused_unread(db_conninfo: str, tmp_path: Path) -> None:
+    admin = make_credential(db_conninfo, "admin", Role.ADMIN)
     with processes_in(tmp_path) as processes:
-        processes.env["HYDRA_TOKEN"] = TOKEN
-        started = processes.coordinator(db_conninfo)
+        started = processes.coordinator(db_conninfo, insecure=False)
         pid = started.process.pid
         request = task_pb.ApplyTaskRequest(
             spec=pb.TaskSpec(name="big", command=["true"], description="x" * BIG_CALL_BYTES)
@@ -195,6 +195,6 @@ def test_big_unauthenticated_calls_are_refused_unread(db_conninfo: str, tmp_path
             assert grown < RSS_GROWTH_BOUND_MB, f"RSS grew by {grown} MB"
             health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
             assert health.status == health_pb2.HealthCheckResponse.SERVING
-        with Client(started.address, token=TOKEN) as client:
+        with Client(started.address, token=admin) as client:
             client.apply(Task(name="small", command=("true",)))
             assert client.get_task("small").task.version == 1

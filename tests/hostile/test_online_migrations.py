@@ -40,8 +40,10 @@ def _execute(db: Database, statement: LiteralString, *params: object) -> None:
 
 
 def _at_0003(db: Database) -> None:
-    """Undo 0004 and what came after it: the state of a database that was migrated by
-    the release before 0004."""
+    """Undo 0004 to 0006: the state of a database that was migrated by the release
+    before 0004, as far as those three are concerned. Later migrations are only
+    forgotten, not undone (the coordinators under test use their tables), so each
+    must be re-appliable (IF NOT EXISTS), as 0007 onwards are."""
     _execute(db, "ALTER TABLE hydra_attempt_output DROP COLUMN dropped_bytes")  # 0005
     _execute(db, "ALTER TABLE hydra_agents DROP COLUMN instance_id")  # 0006
     _execute(db, "DROP INDEX hydra_runs_queued_by_task, hydra_runs_in_flight_by_task")
