@@ -26,6 +26,10 @@ from hydra.spec import parse_duration
 
 log = logging.getLogger("hydra")
 
+#: Where `hydra dev` serves its coordinator's and its agent's metrics by default.
+DEV_METRICS_LISTEN = "127.0.0.1:9464"
+DEV_AGENT_METRICS_LISTEN = "127.0.0.1:9465"
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the `hydra` command; returns the exit code."""
@@ -112,6 +116,14 @@ def _coordinator_flags(parser: argparse.ArgumentParser) -> None:
         help="unary calls handled at once; more wait 1s, then are refused "
         "(HYDRA_MAX_CONCURRENT_RPCS; default 100)",
     )
+    parser.add_argument(
+        "--metrics-listen",
+        default=None,
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics on http://HOST:PORT/metrics; beyond loopback only "
+        "with --insecure; scrapes need a credential unless insecure (HYDRA_METRICS_LISTEN; "
+        f"default off, `hydra dev`: {DEV_METRICS_LISTEN}; 'off' turns it off)",
+    )
 
 
 def _coordinator_parser(commands: Any) -> None:
@@ -151,6 +163,18 @@ def _agent_flags(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--drain-grace", default="5m", help="on SIGTERM, how long running attempts may finish"
+    )
+    parser.add_argument(
+        "--metrics-listen",
+        default=config.metrics_listen(),
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics on http://HOST:PORT/metrics (HYDRA_METRICS_LISTEN; "
+        "default off)",
+    )
+    parser.add_argument(
+        "--metrics-insecure",
+        action="store_true",
+        help="allow --metrics-listen beyond loopback in plaintext, without authentication",
     )
 
 
@@ -208,6 +232,13 @@ def _dev_parser(commands: Any) -> None:
     parser.add_argument("--home", default=str(config.home()), help="data directory (HYDRA_HOME)")
     _coordinator_flags(parser)
     parser.add_argument("--agent-capacity", type=int, default=os.cpu_count() or 1)
+    parser.add_argument(
+        "--agent-metrics-listen",
+        default=DEV_AGENT_METRICS_LISTEN,
+        metavar="HOST:PORT",
+        help=f"where the agent serves its metrics (default {DEV_AGENT_METRICS_LISTEN}; "
+        "'off' turns it off)",
+    )
     parser.set_defaults(func=_dev)
 
 
@@ -219,6 +250,7 @@ def coordinator_config(args: argparse.Namespace, conninfo: str) -> Any:
     """CoordinatorConfig from flags."""
     from hydra.coordinator.server import CoordinatorConfig
     from hydra.coordinator.store.records import LeaseTimes
+    from hydra.metrics_http import check_metrics_listen
 
     times = LeaseTimes(
         ttl=_duration(args.lease_ttl, "--lease-ttl"),
@@ -234,7 +266,11 @@ def coordinator_config(args: argparse.Namespace, conninfo: str) -> Any:
             "must be more than 0s and at most half of --lease-ttl", path="--render-timeout"
         )
     extra = {"coordinator_id": args.id} if args.id else {}
+    metrics_listen = _metrics_listen(args)
+    if metrics_listen is not None:
+        check_metrics_listen(metrics_listen, tls=None, insecure=_insecure(args))
     return CoordinatorConfig(
+        metrics_listen=metrics_listen,
         max_streams=_limit(args.max_streams, "--max-streams", config.max_streams),
         max_concurrent_rpcs=_limit(
             args.max_concurrent_rpcs, "--max-concurrent-rpcs", config.max_concurrent_rpcs
@@ -249,6 +285,16 @@ def coordinator_config(args: argparse.Namespace, conninfo: str) -> Any:
         render_timeout=render_timeout,
         **extra,
     )
+
+
+def _metrics_listen(args: argparse.Namespace) -> str | None:
+    """--metrics-listen, else HYDRA_METRICS_LISTEN, else off (`hydra dev`: on, loopback)."""
+    default = DEV_METRICS_LISTEN if args.func is _dev else None
+    return _off_is_none(args.metrics_listen or config.metrics_listen() or default)
+
+
+def _off_is_none(address: str | None) -> str | None:
+    return None if address is None or address.strip().lower() == "off" else address.strip()
 
 
 def _limit(flag: int | None, name: str, from_environment: Callable[[], int]) -> int:
@@ -319,6 +365,8 @@ def _agent(args: argparse.Namespace) -> int:
         pass_env=config.pass_env() if args.pass_env is None else args.pass_env,
         run_as=args.run_as,
         secrets_dir=args.secrets_dir,
+        metrics_listen=_off_is_none(args.metrics_listen),
+        metrics_insecure=args.metrics_insecure,
     )
     return asyncio.run(run_agent(agent_config))
 
@@ -362,6 +410,7 @@ def _dev(args: argparse.Namespace) -> int:
         f"hydra dev: coordinator on {args.listen}, data in {home}; Ctrl-C stops everything",
         flush=True,
     )
+    print(_dev_metrics_line(coordinator.metrics_listen, args.agent_metrics_listen), flush=True)
     try:
         return asyncio.run(run_coordinator(coordinator))
     finally:
@@ -386,7 +435,18 @@ def _start_dev_agent(args: argparse.Namespace) -> subprocess.Popen[bytes]:
         "--drain-grace",
         "10s",
     ]
+    # Always passed ('off' included): HYDRA_METRICS_LISTEN is the coordinator's here.
+    command += ["--metrics-listen", args.agent_metrics_listen]
     return subprocess.Popen(command)
+
+
+def _dev_metrics_line(coordinator: str | None, agent: str | None) -> str:
+    where = [
+        f"{name} http://{address}/metrics"
+        for name, address in (("coordinator", coordinator), ("agent", _off_is_none(agent)))
+        if address is not None
+    ]
+    return "hydra dev: metrics: " + (", ".join(where) if where else "off")
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:
