@@ -404,6 +404,10 @@ def _dev(args: argparse.Namespace) -> int:
     home.mkdir(parents=True, exist_ok=True)
     embedded = EmbeddedPostgres.for_home(home)
     conninfo = embedded.start()
+    args.metrics_listen = _dev_metrics_address(args.metrics_listen, DEV_METRICS_LISTEN)
+    args.agent_metrics_listen = _dev_metrics_address(
+        args.agent_metrics_listen, DEV_AGENT_METRICS_LISTEN
+    )
     coordinator = coordinator_config(args, conninfo)
     agent = _start_dev_agent(args)
     print(
@@ -438,6 +442,23 @@ def _start_dev_agent(args: argparse.Namespace) -> subprocess.Popen[bytes]:
     # Always passed ('off' included): HYDRA_METRICS_LISTEN is the coordinator's here.
     command += ["--metrics-listen", args.agent_metrics_listen]
     return subprocess.Popen(command)
+
+
+def _dev_metrics_address(given: str | None, default: str) -> str | None:
+    """`hydra dev`'s metrics address: as given; else the default if its port is free,
+    else a free loopback port (two `hydra dev` on one machine both start)."""
+    if given is not None and given != default:
+        return given
+    if config.metrics_listen() and default == DEV_METRICS_LISTEN and given is None:
+        return None  # HYDRA_METRICS_LISTEN applies (coordinator_config reads it)
+    host, _, port = default.rpartition(":")
+    with socket.socket() as probe:
+        try:
+            probe.bind((host, int(port)))
+        except OSError:
+            probe.bind((host, 0))
+            port = str(probe.getsockname()[1])
+    return f"{host}:{port}"
 
 
 def _dev_metrics_line(coordinator: str | None, agent: str | None) -> str:

@@ -43,9 +43,11 @@ class CoordinatorThread:
         name: str = "c",
         insecure: bool = True,
         on_refused: OnRefused | None = None,
+        metrics_listen: str | None = None,
     ) -> None:
         """`insecure` (the default, so that tests need no credentials) serves without
-        authentication; tests of security turn it off (see support.credentials)."""
+        authentication; tests of security turn it off (see support.credentials).
+        `metrics_listen` serves `/metrics` there (e.g. ``127.0.0.1:0``)."""
         self.config = CoordinatorConfig(
             conninfo=conninfo,
             listen="127.0.0.1:0",
@@ -53,6 +55,7 @@ class CoordinatorThread:
             times=times,
             coordinator_id=name,
             insecure=insecure,
+            metrics_listen=metrics_listen,
         )
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True, name=name)
