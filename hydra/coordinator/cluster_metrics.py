@@ -55,13 +55,7 @@ class ClusterCollector(Collector):
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         figures = self._current()
-        yield GaugeMetricFamily(
-            "hydra_cluster_metrics_up", "1 if the cluster-wide figures below were read from "
-            "the database within the last few seconds, 0 if the last read failed.",
-            value=1 if self._up else 0,
-        )  # fmt: skip
-        if figures is not None:
-            yield from _families(figures)
+        return families(figures, up=self._up)
 
     def describe(self) -> Iterable[GaugeMetricFamily]:
         return []
@@ -82,7 +76,19 @@ class ClusterCollector(Collector):
         self._read_at = time.monotonic()
 
 
-def _families(figures: ClusterFigures) -> Iterator[GaugeMetricFamily]:
+def families(figures: ClusterFigures | None, *, up: bool) -> Iterator[GaugeMetricFamily]:
+    """The cluster-wide metric families: `up` says whether `figures` are fresh;
+    without figures (never read) only that."""
+    yield GaugeMetricFamily(
+        "hydra_cluster_metrics_up", "1 if the cluster-wide figures below were read from "
+        "the database within the last few seconds, 0 if the last read failed.",
+        value=1 if up else 0,
+    )  # fmt: skip
+    if figures is not None:
+        yield from _figure_families(figures)
+
+
+def _figure_families(figures: ClusterFigures) -> Iterator[GaugeMetricFamily]:
     depth = GaugeMetricFamily(
         "hydra_runs_in_state", "Runs queued, leased or running now, cluster-wide (the queue "
         "depth; max by (state) across coordinators).", labels=["state"],

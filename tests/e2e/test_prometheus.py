@@ -14,13 +14,14 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from test_dev_command import DEV_AGENT, EMBEDDED_START_S, wait_agent_state, wait_serving
+
 from harness.hydra import HYDRA, Hydractl
 from harness.net import free_port
 from harness.wait import wait_for
 
 from support.metrics import prometheus_binary
 from support.processes import Processes
-from test_dev_command import DEV_AGENT, EMBEDDED_START_S, wait_agent_state, wait_serving
 
 SCRAPE_CONFIG = """\
 global:

@@ -169,6 +169,6 @@ async def test_metrics_beyond_loopback_are_refused_without_insecure(db_conninfo:
         conninfo=db_conninfo, listen="127.0.0.1:0", metrics_listen="0.0.0.0:0"
     )
     coordinator = CoordinatorServer(config)
-    with pytest.raises(InvalidArgument, match="--metrics-listen: 0.0.0.0 is not a loopback"):
+    with pytest.raises(InvalidArgument, match=r"--metrics-listen: 0\.0\.0\.0 is not a loopback"):
         await coordinator.start()
     await coordinator.stop()

@@ -57,7 +57,8 @@ def scrape(address: str, *, token: str | None = None) -> Scrape:
         with urllib.request.urlopen(request, timeout=10) as response:
             return Scrape(response.status, response.read().decode())
     except urllib.error.HTTPError as error:
-        return Scrape(error.code, error.read().decode())
+        with error:
+            return Scrape(error.code, error.read().decode())
 
 
 def promtool_check(body: str) -> subprocess.CompletedProcess[str]:
