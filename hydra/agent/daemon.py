@@ -150,6 +150,7 @@ class AgentDaemon:
         self._target_index = 0
         self._drain_requested = asyncio.Event()
         self._stop_requested = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._closing = False
 
     @property
@@ -159,7 +160,18 @@ class AgentDaemon:
         return None if server is None or not server.port else server.address
 
     def _now(self) -> AgentNow:
-        """What the agent holds now (read by a scrape, on the metrics thread)."""
+        """What the agent holds now: a scrape (on the metrics thread) reads it on the
+        event loop, which owns the lease book."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return self._snapshot()
+
+        async def snapshot() -> AgentNow:
+            return self._snapshot()
+
+        return asyncio.run_coroutine_threadsafe(snapshot(), loop).result(timeout=5)
+
+    def _snapshot(self) -> AgentNow:
         return AgentNow(
             attempts_running=self._book.processes(),
             slots_used=self._book.active(),
@@ -199,6 +211,7 @@ class AgentDaemon:
         )
         self._log_isolation()
         self._outputs.remove_stale()
+        self._loop = asyncio.get_running_loop()
         if self._metrics_server is not None:
             self._metrics_server.start()
         connection = asyncio.create_task(self._stay_connected())

@@ -23,7 +23,7 @@ from hydra.coordinator.api.identities import CredentialNotLive, Identities
 from hydra.coordinator.store import Database
 from hydra.coordinator.store import figures as store
 from hydra.coordinator.store.figures import ClusterFigures
-from hydra.errors import HydraError, Unauthenticated
+from hydra.errors import Unauthenticated
 
 log = logging.getLogger("hydra.coordinator.metrics")
 
@@ -156,6 +156,6 @@ class ScrapeAuthorizer:
             return 403, error.message
         except Unauthenticated as error:
             return 401, error.message
-        except (HydraError, TimeoutError) as error:
-            return 503, f"cannot check the credential now: {error}"
+        except Exception as error:  # Unavailable, a timeout, a stopping loop
+            return 503, f"cannot check the credential now: {error or type(error).__name__}"
         return None
