@@ -40,6 +40,7 @@ class CoordinatorMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         registry = self.registry
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         ProcessCollector(registry=registry)
         self.runs_created = Counter(
             "hydra_runs_created", "Runs created, by task and cause (cron, interval, at, "
@@ -86,6 +87,15 @@ class CoordinatorMetrics:
             "connection to the commit, by pool (api, control).", ["pool"],
             buckets=LATENCY_BUCKETS, registry=registry,
         )  # fmt: skip
+
+    def child(self, metric: Any, labels: tuple[str, ...]) -> Any:
+        """`metric.labels(*labels)`, remembered: `labels()` validates and locks each
+        time, a dict lookup does not (as many entries as the metric has series)."""
+        key = (id(metric), labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels) if labels else metric
+        return found
 
     def register(self, collector: Collector) -> None:
         """Add a collector of figures read when scraped (pools, the cluster's)."""
@@ -141,10 +151,11 @@ class TransactionMetrics:
 
     def commit(self) -> None:
         """Record everything counted (the transaction committed)."""
+        child = self._metrics.child
         for counter, labels, amount in self._counts:
-            (counter.labels(*labels) if labels else counter).inc(amount)
+            child(counter, labels).inc(amount)
         for histogram, task, value in self._observations:
-            histogram.labels(task).observe(value)
+            child(histogram, (task,)).observe(value)
 
 
 class PoolCollector(Collector):
