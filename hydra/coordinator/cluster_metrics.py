@@ -14,6 +14,7 @@ import logging
 import threading
 import time
 from collections.abc import Coroutine, Iterable, Iterator
+from datetime import datetime
 from typing import Any, TypeVar
 
 from prometheus_client.core import GaugeMetricFamily
@@ -22,7 +23,7 @@ from prometheus_client.registry import Collector
 from hydra.coordinator.api.identities import CredentialNotLive, Identities
 from hydra.coordinator.store import Database
 from hydra.coordinator.store import figures as store
-from hydra.coordinator.store.figures import ClusterFigures
+from hydra.coordinator.store.figures import ClusterFigures, TaskFinishes
 from hydra.errors import Unauthenticated
 
 log = logging.getLogger("hydra.coordinator.metrics")
@@ -68,12 +69,39 @@ class ClusterCollector(Collector):
 
     def _refresh(self) -> None:
         try:
-            self._figures = _on_loop(self._loop, self._db.run(store.read))
+            figures = _on_loop(self._loop, self._db.run(store.read))
+            self._figures = remembered(self._figures, figures)
             self._up = True
         except Exception as error:  # the figures are stale; the scrape still answers
             log.warning("cluster metrics not read: %s", error or type(error).__name__)
             self._up = False
         self._read_at = time.monotonic()
+
+
+def remembered(before: ClusterFigures | None, now: ClusterFigures) -> ClusterFigures:
+    """`now`, each task's last success and failure no older than what `before` knew:
+    a read sees only each task's latest runs (store.figures.RECENT_RUNS), so a
+    failure further back is still shown if this coordinator saw it. Deleted tasks go."""
+    if before is None:
+        return now
+    known = {task.task: task for task in before.tasks}
+    tasks = tuple(_latest(known.get(task.task), task) for task in now.tasks)
+    return ClusterFigures(runs_by_state=now.runs_by_state, tasks=tasks, agents=now.agents)
+
+
+def _latest(before: TaskFinishes | None, now: TaskFinishes) -> TaskFinishes:
+    if before is None:
+        return now
+    return TaskFinishes(
+        task=now.task,
+        last_success=_max(before.last_success, now.last_success),
+        last_failure=_max(before.last_failure, now.last_failure),
+    )
+
+
+def _max(first: datetime | None, second: datetime | None) -> datetime | None:
+    present = [instant for instant in (first, second) if instant is not None]
+    return max(present) if present else None
 
 
 def families(figures: ClusterFigures | None, *, up: bool) -> Iterator[GaugeMetricFamily]:

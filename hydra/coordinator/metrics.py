@@ -149,6 +149,11 @@ class TransactionMetrics:
         verdict = "ready" if ready else "not_ready"
         self._counts.append((self._metrics.precondition_checks, (verdict,), 1))
 
+    def notification(self, outcome: str) -> None:
+        """A delivery of a notification ended: ``delivered``, ``retried`` or ``failed``
+        (the transaction records the outbox row's new state)."""
+        self._counts.append((self._metrics.notifications, (outcome,), 1))
+
     def commit(self) -> None:
         """Record everything counted (the transaction committed)."""
         child = self._metrics.child

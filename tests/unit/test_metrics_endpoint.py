@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import urllib.error
 import urllib.request
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from hydra import cli
+from hydra.coordinator.cluster_metrics import remembered
 from hydra.coordinator.metrics import CoordinatorMetrics
+from hydra.coordinator.store.figures import ClusterFigures, TaskFinishes
 from hydra.errors import InvalidArgument
 from hydra.metrics_http import (
     CannotServeMetrics,
@@ -65,7 +68,9 @@ def test_a_transaction_counts_only_once_committed() -> None:
 def test_notifications_are_counted_by_outcome() -> None:
     metrics = CoordinatorMetrics()
     metrics.notification("delivered")
-    metrics.notification("delivered")
+    tx = metrics.transaction()
+    tx.notification("delivered")
+    tx.commit()
     found = metrics.registry.get_sample_value("hydra_notifications_total", {"outcome": "delivered"})
     assert found == 2
 
@@ -146,3 +151,18 @@ def test_hydra_refuses_a_bad_metrics_address_naming_the_flag(
     error = capsys.readouterr().err
     assert error.startswith("hydra: error: --metrics-listen: ")
     assert "Traceback" not in error
+
+
+def test_a_task_keeps_the_last_success_this_coordinator_saw() -> None:
+    """A read sees only each task's latest runs: what an earlier read found stays."""
+    earlier = datetime(2026, 1, 1, tzinfo=UTC)
+    later = earlier + timedelta(hours=1)
+    before = ClusterFigures(
+        tasks=(
+            TaskFinishes(task="kept", last_success=later, last_failure=earlier),
+            TaskFinishes(task="deleted", last_success=earlier, last_failure=None),
+        )
+    )
+    now = ClusterFigures(tasks=(TaskFinishes(task="kept", last_success=None, last_failure=later),))
+    [kept] = remembered(before, now).tasks
+    assert (kept.last_success, kept.last_failure) == (later, later)

@@ -8,6 +8,10 @@ from datetime import datetime
 
 from hydra.coordinator.store.transaction import Transaction
 
+#: Runs per task (the latest occurrences) searched for its last success and failure:
+#: the read costs at most this many index entries per task, however long the history.
+RECENT_RUNS = 200
+
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class TaskFinishes:
@@ -37,12 +41,13 @@ class ClusterFigures:
     agents: tuple[AgentFigures, ...] = ()
 
 
-async def read(tx: Transaction) -> ClusterFigures:
-    """Queue depth by state, each task's last success and failure, agents and slots."""
+async def read(tx: Transaction, *, window: int = RECENT_RUNS) -> ClusterFigures:
+    """Queue depth by state, each task's last success and failure among its latest
+    `window` runs, agents and slots."""
     runs = {r["state"]: int(r["runs"]) for r in await tx.all("metrics_runs_by_state")}
     tasks = tuple(
         TaskFinishes(task=r["name"], last_success=r["last_success"], last_failure=r["last_failure"])
-        for r in await tx.all("metrics_task_last_finished")
+        for r in await tx.all("metrics_task_last_finished", window=window)
     )
     agents = tuple(
         AgentFigures(

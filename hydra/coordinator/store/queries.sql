@@ -783,16 +783,19 @@ WHERE state IN ('QUEUED', 'LEASED', 'RUNNING')
 GROUP BY state;
 
 -- name: metrics_task_last_finished
--- Each live task's latest success and failure (of its latest-occurrence runs in those states).
+-- Each live task's latest success and failure among its latest runs (a bounded walk of hydra_runs_by_task).
 SELECT t.name,
-       (SELECT r.finished_at FROM hydra_runs r
-        WHERE r.task_id = t.id AND r.state = 'SUCCEEDED'
-        ORDER BY r.occurrence DESC LIMIT 1) AS last_success,
-       (SELECT r.finished_at FROM hydra_runs r
-        WHERE r.task_id = t.id AND r.state = 'FAILED'
-        ORDER BY r.occurrence DESC LIMIT 1) AS last_failure
+       max(r.finished_at) FILTER (WHERE r.state = 'SUCCEEDED') AS last_success,
+       max(r.finished_at) FILTER (WHERE r.state = 'FAILED') AS last_failure
 FROM hydra_tasks t
-WHERE t.deleted_at IS NULL;
+LEFT JOIN LATERAL (
+    SELECT state, finished_at FROM hydra_runs
+    WHERE task_id = t.id
+    ORDER BY occurrence DESC
+    LIMIT %(window)s
+) r ON true
+WHERE t.deleted_at IS NULL
+GROUP BY t.name;
 
 -- name: metrics_agents
 -- Agents connected or draining, with their slots and the leases they hold.
