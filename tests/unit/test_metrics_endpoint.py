@@ -3,9 +3,13 @@ the endpoint's paths and refusals, the flags of `hydra coordinator | agent | dev
 
 from __future__ import annotations
 
+import socket
+import ssl
+import subprocess
 import urllib.error
 import urllib.request
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -17,6 +21,7 @@ from hydra.errors import InvalidArgument
 from hydra.metrics_http import (
     CannotServeMetrics,
     MetricsServer,
+    MetricsTls,
     check_metrics_listen,
     is_loopback,
     parse_listen,
@@ -166,3 +171,35 @@ def test_a_task_keeps_the_last_success_this_coordinator_saw() -> None:
     now = ClusterFigures(tasks=(TaskFinishes(task="kept", last_success=None, last_failure=later),))
     [kept] = remembered(before, now).tasks
     assert (kept.last_success, kept.last_failure) == (later, later)
+
+
+def test_the_endpoint_serves_tls_with_the_certificate_given(tmp_path: Path) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    tls = MetricsTls(cert=cert, key=key)
+    assert check_metrics_listen("0.0.0.0:1", tls=tls, insecure=False) == ("0.0.0.0", 1)
+    server = MetricsServer(CoordinatorMetrics().registry, "127.0.0.1", 0, tls=tls)
+    server.start()
+    try:
+        context = ssl.create_default_context(cafile=str(cert))
+        url = f"https://{server.address}/metrics"
+        with urllib.request.urlopen(url, timeout=10, context=context) as response:
+            assert response.status == 200 and b"hydra_runs_created_total" in response.read()
+    finally:
+        server.stop()
+
+
+def test_hydra_dev_moves_off_a_taken_default_port() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        default = f"127.0.0.1:{taken.getsockname()[1]}"
+        moved = cli._dev_metrics_address(None, default)
+    assert moved is not None and moved != default and moved.startswith("127.0.0.1:")
+    assert cli._dev_metrics_address("127.0.0.1:5", default) == "127.0.0.1:5"
+    assert cli._dev_metrics_address("off", default) == "off"
