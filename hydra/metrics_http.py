@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import socket
 import ssl
 import threading
 from collections.abc import Callable, Iterable
@@ -159,8 +160,6 @@ class MetricsServer:
 
 
 def _server_class(host: str) -> type[WSGIServer]:
-    import socket
-
     class Server(ThreadingWSGIServer):
         address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
 
