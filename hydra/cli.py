@@ -28,6 +28,10 @@ from hydra.tls import ClientTls, client_tls_from_flags
 
 log = logging.getLogger("hydra")
 
+#: Where `hydra dev` serves its coordinator's and its agent's metrics by default.
+DEV_METRICS_LISTEN = "127.0.0.1:9464"
+DEV_AGENT_METRICS_LISTEN = "127.0.0.1:9465"
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the `hydra` command; returns the exit code."""
@@ -116,6 +120,14 @@ def _coordinator_flags(parser: argparse.ArgumentParser) -> None:
         help="unary calls handled at once; more wait 1s, then are refused "
         "(HYDRA_MAX_CONCURRENT_RPCS; default 100)",
     )
+    parser.add_argument(
+        "--metrics-listen",
+        default=None,
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics on http://HOST:PORT/metrics; beyond loopback only "
+        "with --insecure; scrapes need a credential unless insecure (HYDRA_METRICS_LISTEN; "
+        f"default off, `hydra dev`: {DEV_METRICS_LISTEN}; 'off' turns it off)",
+    )
     _server_tls_flags(parser)
 
 
@@ -171,6 +183,18 @@ def _agent_flags(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--drain-grace", default="5m", help="on SIGTERM, how long running attempts may finish"
+    )
+    parser.add_argument(
+        "--metrics-listen",
+        default=config.metrics_listen(),
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics on http://HOST:PORT/metrics (HYDRA_METRICS_LISTEN; "
+        "default off)",
+    )
+    parser.add_argument(
+        "--metrics-insecure",
+        action="store_true",
+        help="allow --metrics-listen beyond loopback in plaintext, without authentication",
     )
     _client_tls_flags(parser)
 
@@ -252,6 +276,13 @@ def _dev_parser(commands: Any) -> None:
     parser.add_argument("--home", default=str(config.home()), help="data directory (HYDRA_HOME)")
     _coordinator_flags(parser)
     parser.add_argument("--agent-capacity", type=int, default=os.cpu_count() or 1)
+    parser.add_argument(
+        "--agent-metrics-listen",
+        default=DEV_AGENT_METRICS_LISTEN,
+        metavar="HOST:PORT",
+        help=f"where the agent serves its metrics (default {DEV_AGENT_METRICS_LISTEN}; "
+        "'off' turns it off)",
+    )
     parser.set_defaults(func=_dev)
 
 
@@ -264,6 +295,7 @@ def coordinator_config(args: argparse.Namespace, conninfo: str) -> Any:
     from hydra.coordinator.server import CoordinatorConfig
     from hydra.coordinator.store.records import LeaseTimes
     from hydra.coordinator.tls import check_listen
+    from hydra.metrics_http import MetricsTls, check_metrics_listen
 
     times = LeaseTimes(
         ttl=_duration(args.lease_ttl, "--lease-ttl"),
@@ -281,8 +313,14 @@ def coordinator_config(args: argparse.Namespace, conninfo: str) -> Any:
     extra = {"coordinator_id": args.id} if args.id else {}
     tls = _server_tls(args)
     check_listen(args.listen, tls=tls, insecure=_insecure(args))
+    metrics_listen = _metrics_listen(args)
+    metrics_tls = None if tls is None else MetricsTls(cert=tls.cert, key=tls.key)
+    if metrics_listen is not None:
+        check_metrics_listen(metrics_listen, tls=metrics_tls, insecure=_insecure(args))
     return CoordinatorConfig(
         tls=tls,
+        metrics_listen=metrics_listen,
+        metrics_tls=metrics_tls,
         max_streams=_limit(args.max_streams, "--max-streams", config.max_streams),
         max_concurrent_rpcs=_limit(
             args.max_concurrent_rpcs, "--max-concurrent-rpcs", config.max_concurrent_rpcs
@@ -314,6 +352,16 @@ def _server_tls(args: argparse.Namespace) -> Any:
     tls = ServerTls(cert=args.tls_cert, key=args.tls_key, client_ca=args.tls_client_ca)
     load_configuration(tls)
     return tls
+
+
+def _metrics_listen(args: argparse.Namespace) -> str | None:
+    """--metrics-listen, else HYDRA_METRICS_LISTEN, else off (`hydra dev`: on, loopback)."""
+    default = DEV_METRICS_LISTEN if args.func is _dev else None
+    return _off_is_none(args.metrics_listen or config.metrics_listen() or default)
+
+
+def _off_is_none(address: str | None) -> str | None:
+    return None if address is None or address.strip().lower() == "off" else address.strip()
 
 
 def _limit(flag: int | None, name: str, from_environment: Callable[[], int]) -> int:
@@ -374,6 +422,8 @@ def _agent(args: argparse.Namespace) -> int:
         pass_env=config.pass_env() if args.pass_env is None else args.pass_env,
         run_as=args.run_as,
         secrets_dir=args.secrets_dir,
+        metrics_listen=_off_is_none(args.metrics_listen),
+        metrics_insecure=args.metrics_insecure,
     )
     return asyncio.run(run_agent(agent_config))
 
@@ -418,8 +468,12 @@ def _dev(args: argparse.Namespace) -> int:
 
     home = Path(args.home).expanduser()
     home.mkdir(parents=True, exist_ok=True)
-    settings = coordinator_config(args, "")  # before PostgreSQL starts, as in _coordinator
     embedded = EmbeddedPostgres.for_home(home)
+    args.metrics_listen = _dev_metrics_address(args.metrics_listen, DEV_METRICS_LISTEN)
+    args.agent_metrics_listen = _dev_metrics_address(
+        args.agent_metrics_listen, DEV_AGENT_METRICS_LISTEN
+    )
+    settings = coordinator_config(args, "")  # before PostgreSQL starts, as in _coordinator
     coordinator = replace(settings, conninfo=embedded.start())
     agent: subprocess.Popen[bytes] | None = None
     try:
@@ -430,6 +484,7 @@ def _dev(args: argparse.Namespace) -> int:
         dev_cluster.write_context(contexts, args.listen, credentials, _dev_tls_ca(args))
         agent = _start_dev_agent(args, credentials.agent if credentials else None)
         print(_dev_banner(args.listen, home, contexts), flush=True)
+        print(_dev_metrics_line(coordinator.metrics_listen, args.agent_metrics_listen), flush=True)
         return asyncio.run(run_coordinator(coordinator))
     finally:
         if agent is not None:
@@ -470,6 +525,8 @@ def _start_dev_agent(args: argparse.Namespace, token_file: Path | None) -> subpr
         *(["--token-file", str(token_file)] if token_file else []),
         *_dev_agent_tls(args),
     ]
+    # Always passed ('off' included): HYDRA_METRICS_LISTEN is the coordinator's here.
+    command += ["--metrics-listen", args.agent_metrics_listen]
     return subprocess.Popen(command)
 
 
@@ -485,6 +542,32 @@ def _dev_agent_tls(args: argparse.Namespace) -> list[str]:
     """The dev agent's trust (a client certificate it takes from HYDRA_TLS_CLIENT_CERT/KEY)."""
     ca = _dev_tls_ca(args)
     return [] if ca is None or config.tls_ca() is not None else ["--tls-ca", str(ca)]
+
+
+def _dev_metrics_address(given: str | None, default: str) -> str | None:
+    """`hydra dev`'s metrics address: as given; else the default if its port is free,
+    else a free loopback port (two `hydra dev` on one machine both start)."""
+    if given is not None and given != default:
+        return given
+    if config.metrics_listen() and default == DEV_METRICS_LISTEN and given is None:
+        return None  # HYDRA_METRICS_LISTEN applies (coordinator_config reads it)
+    host, _, port = default.rpartition(":")
+    with socket.socket() as probe:
+        try:
+            probe.bind((host, int(port)))
+        except OSError:
+            probe.bind((host, 0))
+            port = str(probe.getsockname()[1])
+    return f"{host}:{port}"
+
+
+def _dev_metrics_line(coordinator: str | None, agent: str | None) -> str:
+    where = [
+        f"{name} http://{address}/metrics"
+        for name, address in (("coordinator", coordinator), ("agent", _off_is_none(agent)))
+        if address is not None
+    ]
+    return "hydra dev: metrics: " + (", ".join(where) if where else "off")
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:

@@ -68,6 +68,11 @@ def _switch(environ: Mapping[str, str], name: str) -> bool:
     raise ValueError(f"{name} must be 1 or 0 (true or false), got {raw!r}")
 
 
+def metrics_listen(environ: Mapping[str, str] = os.environ) -> str | None:
+    """HYDRA_METRICS_LISTEN: host:port of the Prometheus endpoint (default: not served)."""
+    return environ.get("HYDRA_METRICS_LISTEN") or None
+
+
 def listen_address(environ: Mapping[str, str] = os.environ) -> str:
     """HYDRA_LISTEN: where the coordinator binds (default 127.0.0.1:7070)."""
     return environ.get("HYDRA_LISTEN") or DEFAULT_LISTEN

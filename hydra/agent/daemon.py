@@ -34,11 +34,13 @@ from hydra import config as hydra_config
 from hydra.agent.attempt import AttemptResult, OutputStream, Started
 from hydra.agent.isolation import Isolation, RunAs
 from hydra.agent.leases import LeaseBook
+from hydra.agent.metrics import AgentMetrics, AgentNow
 from hydra.agent.output import OutputsDirectory
 from hydra.agent.preconditions import MAX_CONCURRENT_CHECKS
 from hydra.agent.session import AgentState, Session, SessionEnd
 from hydra.agent.token_file import check_token_file, warn_of_token_in_environment
 from hydra.domain import AttemptOutcome, LeaseKey, PreconditionVerdict, agent_id_problem
+from hydra.metrics_http import MetricsServer, MetricsTls, check_metrics_listen
 from hydra.retrying import async_grpc_retrying, is_reconnectable
 from hydra.spec import format_duration
 from hydra.tls import ClientTls, client_tls, connection_problem
@@ -83,6 +85,12 @@ class AgentConfig:
     tls: ClientTls | None = None
     #: Precondition checks evaluated at once, across all leases.
     max_concurrent_checks: int = MAX_CONCURRENT_CHECKS
+    #: host:port of the Prometheus endpoint (`--metrics-listen`); None: not served.
+    metrics_listen: str | None = None
+    #: The certificate `/metrics` serves TLS with (None: plaintext).
+    metrics_tls: MetricsTls | None = None
+    #: Serve `/metrics` in plaintext beyond loopback (`--metrics-insecure`).
+    metrics_insecure: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "targets", tuple(self.targets))
@@ -130,18 +138,51 @@ class AgentDaemon:
         if config.token_file is not None:
             check_token_file(config.token_file)
         self._outputs = OutputsDirectory(config.agent_id, owner=self.isolation.owner)
+        #: Every metric of this agent, in a registry of its own (docs/metrics.md).
+        self.metrics = AgentMetrics()
+        self._metrics_server = _metrics_server(config, self.metrics)
         self._book = LeaseBook(
             self,
             max_concurrent_checks=config.max_concurrent_checks,
             outputs=self._outputs,
             isolation=self.isolation,
+            metrics=self.metrics,
         )
+        self.metrics.watch(self._now)
         self._state = AgentState(config=config, book=self._book, request_drain=self.request_drain)
         self._session: Session | None = None
         self._target_index = 0
         self._drain_requested = asyncio.Event()
         self._stop_requested = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._closing = False
+
+    @property
+    def metrics_address(self) -> str | None:
+        """host:port `/metrics` is served on, once running (None: not served)."""
+        server = self._metrics_server
+        return None if server is None or not server.port else server.address
+
+    def _now(self) -> AgentNow:
+        """What the agent holds now: a scrape (on the metrics thread) reads it on the
+        event loop, which owns the lease book."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return self._snapshot()
+
+        async def snapshot() -> AgentNow:
+            return self._snapshot()
+
+        return asyncio.run_coroutine_threadsafe(snapshot(), loop).result(timeout=5)
+
+    def _snapshot(self) -> AgentNow:
+        return AgentNow(
+            attempts_running=self._book.processes(),
+            slots_used=self._book.active(),
+            capacity=self.config.capacity,
+            connected=self._ready_session() is not None,
+            draining=self._state.draining,
+        )
 
     @property
     def draining(self) -> bool:
@@ -174,6 +215,9 @@ class AgentDaemon:
         )
         self._log_isolation()
         self._outputs.remove_stale()
+        self._loop = asyncio.get_running_loop()
+        if self._metrics_server is not None:
+            self._metrics_server.start()
         connection = asyncio.create_task(self._stay_connected())
         fencing = asyncio.create_task(self._fence_expired_leases())
         drained = asyncio.create_task(self._drain_when_asked())
@@ -187,6 +231,8 @@ class AgentDaemon:
                 helper.cancel()
             await asyncio.gather(fencing, drained, stopped, return_exceptions=True)
             await self._shut_down(connection, immediately=immediately)
+            if self._metrics_server is not None:
+                await asyncio.to_thread(self._metrics_server.stop)
         return self._exit_code(connection)
 
     def _log_isolation(self) -> None:
@@ -335,6 +381,24 @@ class AgentDaemon:
         if not await book.wait_until(lambda: book.idle, flush):
             log.warning("exiting with %d unacknowledged reports", len(book.pending()))
         log.info("drained")
+
+
+def _metrics_server(config: AgentConfig, metrics: AgentMetrics) -> MetricsServer | None:
+    """The agent's `/metrics` server (not started), if configured.
+
+    Raises:
+        InvalidArgument: `metrics_listen` is no HOST:PORT, or beyond loopback without
+            TLS or `metrics_insecure`.
+    """
+    if config.metrics_listen is None:
+        return None
+    host, port = check_metrics_listen(
+        config.metrics_listen,
+        tls=config.metrics_tls,
+        insecure=config.metrics_insecure,
+        insecure_flag="--metrics-insecure",
+    )
+    return MetricsServer(metrics.registry, host, port, tls=config.metrics_tls)
 
 
 def isolation(config: AgentConfig) -> Isolation:

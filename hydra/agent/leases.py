@@ -22,6 +22,7 @@ from typing import Protocol
 from hydra.agent.attempt import AttemptResult, AttemptSpec, OutputStream, Started
 from hydra.agent.executor import NO_ISOLATION, Execution
 from hydra.agent.isolation import Isolation
+from hydra.agent.metrics import AgentMetrics
 from hydra.agent.output import OutputsDirectory
 from hydra.agent.preconditions import MAX_CONCURRENT_CHECKS, Check, evaluate_all
 from hydra.domain import AttemptOutcome, LeaseKey, PreconditionVerdict
@@ -77,8 +78,10 @@ class LeaseBook:
         max_concurrent_checks: int = MAX_CONCURRENT_CHECKS,
         outputs: OutputsDirectory | None = None,
         isolation: Isolation = NO_ISOLATION,
+        metrics: AgentMetrics | None = None,
     ) -> None:
         self._listener = listener
+        self._metrics = metrics if metrics is not None else AgentMetrics()
         self._clock = clock
         self._isolation = isolation
         self._outputs = outputs or OutputsDirectory()
@@ -355,6 +358,8 @@ class LeaseBook:
 
     def _end(self, lease: LeaseKey, entry: _Running, result: AttemptResult) -> None:
         del self._running[lease]
+        spawned = entry.execution.started is not None
+        self._metrics.attempt_finished(result.outcome.value, spawned=spawned)
         if entry.reported:
             self._pending[lease] = result
             log.info("lease %s: %s %s", lease, result.outcome, result.message or "")
@@ -364,6 +369,7 @@ class LeaseBook:
         self._notify()
 
     def _output(self, lease: LeaseKey, stream: OutputStream, data: bytes) -> bool:
+        self._metrics.output(stream.value, len(data))
         entry = self._running.get(lease)
         if entry is not None and entry.reported:
             return self._listener.attempt_output(lease, stream, data)

@@ -33,11 +33,13 @@ from hydra.coordinator.api.caller import RefusedCall
 from hydra.coordinator.api.cluster import ClusterApi
 from hydra.coordinator.api.credentials import CredentialApi
 from hydra.coordinator.api.identities import Identities
+from hydra.coordinator.api.instrumentation import MetricsInterceptor
 from hydra.coordinator.api.limits import LoadLimits
 from hydra.coordinator.api.logs import LogFollowers
 from hydra.coordinator.api.runs import RunApi
 from hydra.coordinator.api.tasks import TaskApi
 from hydra.coordinator.api.watch import RunWatchHub
+from hydra.coordinator.cluster_metrics import ClusterCollector, ScrapeAuthorizer
 from hydra.coordinator.loops.dispatcher import Dispatcher
 from hydra.coordinator.loops.health import Reachability
 from hydra.coordinator.loops.presence import ALIVE_WINDOW, Presence
@@ -45,6 +47,7 @@ from hydra.coordinator.loops.reaper import Reaper
 from hydra.coordinator.loops.refusals import RefusalLog
 from hydra.coordinator.loops.timing import forever
 from hydra.coordinator.loops.triggers import TriggerLoop
+from hydra.coordinator.metrics import CoordinatorMetrics, PoolCollector
 from hydra.coordinator.migrate import check_current, migrate
 from hydra.coordinator.notifications import Listener
 from hydra.coordinator.rendering import WORKER_WAIT, RenderPool
@@ -54,6 +57,7 @@ from hydra.coordinator.store.records import LeaseTimes
 from hydra.coordinator.tls import ServerTls, check_listen, server_credentials
 from hydra.errors import HydraError
 from hydra.limits import message_size_options
+from hydra.metrics_http import MetricsServer, MetricsTls, check_metrics_listen
 from hydra.v1 import agent_service_pb2 as agent_pb
 from hydra.v1 import (
     agent_service_pb2_grpc,
@@ -117,6 +121,10 @@ class CoordinatorConfig:
     migrate: bool = True
     #: Time limit of one run's templates (those that render in a worker).
     render_timeout: timedelta = DEFAULT_RENDER_TIMEOUT
+    #: host:port of the Prometheus endpoint (`--metrics-listen`); None: not served.
+    metrics_listen: str | None = None
+    #: The certificate `/metrics` serves TLS with (None: plaintext, loopback unless insecure).
+    metrics_tls: MetricsTls | None = None
 
 
 class CoordinatorServer:
@@ -135,6 +143,9 @@ class CoordinatorServer:
         self.config = config
         self._on_refused = on_refused
         self.port = 0
+        #: Every metric of this coordinator, in a registry of its own (docs/metrics.md).
+        self.metrics = CoordinatorMetrics()
+        self._metrics_server: MetricsServer | None = None
         self._sessions = SessionRegistry()
         self._api_pool = open_pool(
             config.conninfo, config.pool_size, statement_timeout=API_STATEMENT_TIMEOUT
@@ -147,9 +158,10 @@ class CoordinatorServer:
             name="hydra-control",
         )
         #: The RPC handlers' database: API load cannot take the control loops' connections.
-        self.database = self._database(self._api_pool, API_STATEMENT_TIMEOUT)
+        self.database = self._database(self._api_pool, API_STATEMENT_TIMEOUT, "api")
         #: The control loops' database.
-        self.control = self._database(self._control_pool, CONTROL_STATEMENT_TIMEOUT)
+        self.control = self._database(self._control_pool, CONTROL_STATEMENT_TIMEOUT, "control")
+        self.metrics.register(PoolCollector({"api": self._api_pool, "control": self._control_pool}))
         self._reachability = Reachability(
             conninfo=config.conninfo, api=self.database, control=self.control
         )
@@ -184,13 +196,35 @@ class CoordinatorServer:
         self._server: grpc.aio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
-    def _database(self, pool: AsyncConnectionPool, statement_timeout: float) -> Database:
+    def _database(self, pool: AsyncConnectionPool, statement_timeout: float, name: str) -> Database:
         return Database(
             pool,
             coordinator_id=self.config.coordinator_id,
             work_available=self._sessions.slots_changed,
             deadline=statement_timeout + DEADLINE_MARGIN,
+            metrics=self.metrics,
+            name=name,
         )
+
+    @property
+    def metrics_address(self) -> str | None:
+        """host:port `/metrics` is served on, once started (None: not served)."""
+        return None if self._metrics_server is None else self._metrics_server.address
+
+    def _serve_metrics(self) -> None:
+        """Bind `/metrics` (if configured): the cluster's figures and the scrape's
+        credential check run on this event loop."""
+        listen = self.config.metrics_listen
+        if listen is None:
+            return
+        tls = self.config.metrics_tls
+        host, port = check_metrics_listen(listen, tls=tls, insecure=self.config.insecure)
+        loop = asyncio.get_running_loop()
+        self.metrics.register(ClusterCollector(self.database, loop))
+        authorize = None if self._identities is None else ScrapeAuthorizer(self._identities, loop)
+        server = MetricsServer(self.metrics.registry, host, port, authorize=authorize, tls=tls)
+        server.start()
+        self._metrics_server = server
 
     @property
     def address(self) -> str:
@@ -204,6 +238,7 @@ class CoordinatorServer:
         check_listen(config.listen, tls=config.tls, insecure=config.insecure)
         self._server = self._build_server()
         self.port = self._bind(self._server)
+        self._serve_metrics()
         await self._wait_for_database()
         for pool in (self._api_pool, self._control_pool):
             await pool.open(wait=True, timeout=30)
@@ -293,7 +328,9 @@ class CoordinatorServer:
             max_concurrent_rpcs=self.config.max_concurrent_rpcs,
         )
         # The credential first: a refused call takes no place under the limits.
+        # Metrics first of all: refused calls are counted with their code.
         interceptors: list[grpc.aio.ServerInterceptor] = [
+            MetricsInterceptor(self.metrics),
             CredentialInterceptor(self._identities, on_refused=self._refused),
             limits,
         ]
@@ -413,6 +450,8 @@ class CoordinatorServer:
         await self._reachability.close()
         for pool in (self._api_pool, self._control_pool):
             await pool.close()
+        if self._metrics_server is not None:
+            await asyncio.to_thread(self._metrics_server.stop)
 
     async def _flush_refusals(self) -> None:
         try:

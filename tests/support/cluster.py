@@ -45,9 +45,11 @@ class CoordinatorThread:
         insecure: bool = True,
         on_refused: OnRefused | None = None,
         tls: ServerTls | None = None,
+        metrics_listen: str | None = None,
     ) -> None:
         """`insecure` (the default, so that tests need no credentials) serves without
-        authentication; tests of security turn it off (see support.credentials)."""
+        authentication; tests of security turn it off (see support.credentials).
+        `metrics_listen` serves `/metrics` there (e.g. ``127.0.0.1:0``)."""
         self.config = CoordinatorConfig(
             conninfo=conninfo,
             listen="127.0.0.1:0",
@@ -56,6 +58,7 @@ class CoordinatorThread:
             coordinator_id=name,
             insecure=insecure,
             tls=tls,
+            metrics_listen=metrics_listen,
         )
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True, name=name)

@@ -169,14 +169,19 @@ def _live(credential: Credential | None) -> Credential:
     if credential is None:
         raise Unauthenticated(f"unknown credential: {_ASK} with a valid secret")
     if credential.revoked_at is not None:
-        raise Unauthenticated(
+        raise CredentialNotLive(
             f"credential {credential.name!r} was revoked at {_when(credential.revoked_at)}"
         )
     if credential.expires_at is not None and credential.expires_at <= utcnow():
-        raise Unauthenticated(
+        raise CredentialNotLive(
             f"credential {credential.name!r} expired at {_when(credential.expires_at)}"
         )
     return credential
+
+
+class CredentialNotLive(Unauthenticated):
+    """The credential is known but revoked or expired (still UNAUTHENTICATED on the
+    wire; `/metrics` answers it 403)."""
 
 
 def _when(instant: datetime) -> str:

@@ -34,6 +34,9 @@ async def start(tx: Transaction, agent_id: str, starts: Sequence[AttemptStart]) 
     )
     current = {LeaseKey(str(row["run_id"]), row["lease_token"]) for row in rows}
     tx.runs_changed([run_id for run_id, _ in current])
+    for row in rows:
+        if row["number"] == 1:  # retries wait for their backoff: no schedule lag
+            tx.metrics.attempt_started(row["task_name"], row["lag_seconds"])
     return current
 
 
@@ -89,6 +92,8 @@ async def _finish_locked(tx: Transaction, report: AttemptReport, row: Row) -> Re
         )
         await start(tx, report.agent_id, [begun])
     await _append_tails(tx, report)
+    seconds = (report.finished_at - report.started_at).total_seconds()
+    tx.metrics.attempt_finished(row["task_name"], report.outcome.value, seconds)
     if report.outcome is AttemptOutcome.SUCCEEDED:
         # Neither statement is waited for (pipeline mode): a success costs
         # one round trip, the lock, when no task runs after this one.
@@ -99,6 +104,7 @@ async def _finish_locked(tx: Transaction, report: AttemptReport, row: Row) -> Re
             lease_token=report.lease_token,
             outputs=_outputs(report.outputs_json),
         )
+        tx.metrics.run_finished(row["task_name"], RunState.SUCCEEDED.value)
         await _after_terminal(tx, row)
     else:
         await fail_or_requeue(
@@ -124,6 +130,7 @@ async def fail_or_requeue(
         backoff_factor=backoff_factor,
     )
     if outcome is not None and outcome["state"] == RunState.FAILED.value:
+        tx.metrics.run_finished(row["task_name"], RunState.FAILED.value)
         await _after_terminal(tx, row)
 
 

@@ -181,6 +181,7 @@ async def reap_expired(
         await _reap(tx, row)
     if rows:
         tx.work_available()
+    tx.metrics.leases_expired(len(rows))
     return len(rows)
 
 
@@ -198,6 +199,7 @@ async def _reap(tx: Transaction, row: Row) -> None:
         number = row["attempts_used"]
         message = f"lease expired: agent {agent} stopped heartbeating"
         await tx.execute("lose_attempt", run_id=run_id, lease_token=token, message=message)
+        tx.metrics.attempt_finished(row["task_name"], "LOST", None)
         await attempts.fail_or_requeue(
             tx, row, token, reason=f"attempt {number} lost: {message}", backoff_factor=0.0
         )

@@ -37,6 +37,7 @@ async def record(
     )
     if row is None:
         return  # stale lease: the run moved on
+    tx.metrics.preconditions_checked(ready)
     if not ready:
         await _not_ready(tx, run_id, lease_token, verdicts, now - row["first_checked_at"])
     tx.runs_changed([run_id])
@@ -72,4 +73,5 @@ async def _not_ready(
         state=state.value,
         reason=f"preconditions not ready after {format_duration(timeout)}: {waiting}",
     )
+    tx.metrics.run_finished(task["task_name"], state.value)
     await runs.after_terminal(tx, task["task_name"], task["occurrence"], task["timezone"])

@@ -364,7 +364,7 @@ FROM unnest(%(run_ids)s::uuid[], %(lease_tokens)s::bigint[]) AS u(run_id, lease_
 WHERE r.id = u.run_id AND r.lease_token = u.lease_token AND r.state IN ('LEASED', 'RUNNING');
 
 -- name: start_attempts
--- LEASED -> RUNNING under the current tokens, recording the attempts; returns the started leases.
+-- LEASED -> RUNNING under the current tokens, recording the attempts; returns the started leases, each attempt's number, task and schedule lag (for metrics).
 WITH u AS (
     SELECT * FROM unnest(%(run_ids)s::uuid[], %(lease_tokens)s::bigint[], %(argvs)s::jsonb[],
                          %(started_ats)s::timestamptz[]) AS u(run_id, lease_token, argv, started_at)
@@ -374,13 +374,19 @@ WITH u AS (
         started_at = coalesce(r.started_at, u.started_at), updated_at = now()
     FROM u
     WHERE r.id = u.run_id AND r.lease_token = u.lease_token AND r.state = 'LEASED'
-    RETURNING r.id, r.attempts_used, u.lease_token, u.argv, u.started_at
+    RETURNING r.id, r.attempts_used, u.lease_token, u.argv, u.started_at, r.task_id, r.occurrence
+), inserted AS (
+    INSERT INTO hydra_attempts (run_id, number, agent_id, lease_token, argv, started_at)
+    SELECT id, attempts_used, %(agent_id)s, lease_token,
+           ARRAY(SELECT jsonb_array_elements_text(argv)), started_at
+    FROM started
+    RETURNING run_id, lease_token, number
 )
-INSERT INTO hydra_attempts (run_id, number, agent_id, lease_token, argv, started_at)
-SELECT id, attempts_used, %(agent_id)s, lease_token,
-       ARRAY(SELECT jsonb_array_elements_text(argv)), started_at
-FROM started
-RETURNING run_id, lease_token;
+SELECT i.run_id, i.lease_token, i.number, t.name AS task_name,
+       extract(epoch FROM s.started_at - s.occurrence)::float8 AS lag_seconds
+FROM inserted i
+JOIN started s ON s.id = i.run_id
+JOIN hydra_tasks t ON t.id = s.task_id;
 
 -- name: finish_attempt
 -- End the running attempt of a lease with the agent's outcome.
@@ -778,3 +784,36 @@ WHERE token_hash = %(token_hash)s;
 UPDATE hydra_credentials c SET last_used_at = greatest(c.last_used_at, u.used_at)
 FROM unnest(%(names)s::text[], %(used_at)s::timestamptz[]) AS u (name, used_at)
 WHERE c.name = u.name;
+
+-- --------------------------------------------------------------- metrics --
+
+-- name: metrics_runs_by_state
+-- Runs queued, leased and running, by state (the cluster's queue depth).
+SELECT state::text AS state, count(*) AS runs FROM hydra_runs
+WHERE state IN ('QUEUED', 'LEASED', 'RUNNING')
+GROUP BY state;
+
+-- name: metrics_task_last_finished
+-- Each live task's latest success and failure among its latest runs (a bounded walk of hydra_runs_by_task).
+SELECT t.name,
+       max(r.finished_at) FILTER (WHERE r.state = 'SUCCEEDED') AS last_success,
+       max(r.finished_at) FILTER (WHERE r.state = 'FAILED') AS last_failure
+FROM hydra_tasks t
+LEFT JOIN LATERAL (
+    SELECT state, finished_at FROM hydra_runs
+    WHERE task_id = t.id
+    ORDER BY occurrence DESC
+    LIMIT %(window)s
+) r ON true
+WHERE t.deleted_at IS NULL
+GROUP BY t.name;
+
+-- name: metrics_agents
+-- Agents connected or draining, with their slots and the leases they hold.
+SELECT a.state, count(*) AS agents, coalesce(sum(a.capacity), 0) AS capacity,
+       coalesce(sum((SELECT count(*) FROM hydra_runs r
+                      WHERE r.lease_owner = a.id AND r.state IN ('LEASED', 'RUNNING'))), 0)
+           AS used
+FROM hydra_agents a
+WHERE a.state IN ('connected', 'draining')
+GROUP BY a.state;

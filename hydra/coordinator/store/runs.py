@@ -47,6 +47,7 @@ async def insert_runs(tx: Transaction, new_runs: Sequence[NewRun]) -> list[str]:
     by_key = {(r.task_id, r.occurrence): r for r in new_runs}
     for row in rows:
         new_run = by_key[(row["task_id"], row["occurrence"])]
+        tx.metrics.run_created(new_run.spec.name, new_run.cause.value)
         if new_run.cause.scheduled:
             await apply_overlap(tx, str(row["id"]), new_run.task_id, new_run.spec)
     created = [str(row["id"]) for row in rows]
@@ -160,6 +161,9 @@ async def cancel_locked(tx: Transaction, run: Row, reason: str) -> None:
         await tx.execute("notify_agent_command", payload=command.encode())
     task = await tx.one("run_spec", run_id=run_id)
     assert task is not None
+    tx.metrics.run_finished(task["task_name"], RunState.CANCELLED.value)
+    if run["state"] == RunState.RUNNING.value:
+        tx.metrics.attempt_finished(task["task_name"], RunState.CANCELLED.value, None)
     await after_terminal(tx, task["task_name"], task["occurrence"], task["timezone"])
 
 
@@ -171,10 +175,11 @@ async def lock_run(tx: Transaction, run_id: str) -> Row:
     return row
 
 
-async def skip(tx: Transaction, run_id: str, reason: str) -> None:
-    """End a run that never ran as SKIPPED."""
+async def skip(tx: Transaction, run_id: str, reason: str, *, task: str) -> None:
+    """End a queued run of `task` that never ran as SKIPPED."""
     await tx.execute("skip_run", id=run_id, reason=reason)
     tx.runs_changed([run_id])
+    tx.metrics.run_finished(task, RunState.SKIPPED.value)
 
 
 async def read_output(
@@ -267,7 +272,7 @@ async def _skip_dependent(
         run_id = str(existing["id"])
     else:
         return
-    await skip(tx, run_id, reason)
+    await skip(tx, run_id, reason, task=task["name"])
     await after_terminal(tx, task["name"], occurrence.instant, occurrence.timezone)
 
 
@@ -307,6 +312,7 @@ async def apply_overlap(tx: Transaction, run_id: str, task_id: int, spec: TaskSp
             tx,
             run_id,
             f"overlap: {len(others)} run(s) already queued or active (max_active_runs {limit})",
+            task=spec.name,
         )
         return
     for other in others[: len(others) - limit + 1]:

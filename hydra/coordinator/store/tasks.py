@@ -139,5 +139,7 @@ async def delete_task(tx: Transaction, name: str, *, force: bool) -> int:
             f"task {name!r} is a dependency of {', '.join(dependents)}; delete those first or force"
         )
     cancelled = await tx.all("cancel_queued_runs_of_task", task_id=row["id"], reason="task deleted")
+    for _ in cancelled:
+        tx.metrics.run_finished(name, "CANCELLED")
     await tx.execute("delete_task", task_id=row["id"])
     return len(cancelled)

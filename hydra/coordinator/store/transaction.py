@@ -21,6 +21,7 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from hydra.coordinator.metrics import CoordinatorMetrics, TransactionMetrics
 from hydra.coordinator.store.connections import Deadline, with_defaults
 from hydra.coordinator.store.queries import query
 from hydra.coordinator.store.rows import SpecCache
@@ -111,9 +112,13 @@ def open_pool(
 class Transaction:
     """One open transaction: named queries, and what happens when it ends."""
 
-    def __init__(self, cursor: Cursor, specs: SpecCache) -> None:
+    def __init__(
+        self, cursor: Cursor, specs: SpecCache, metrics: TransactionMetrics | None = None
+    ) -> None:
         self.cursor = cursor
         self._specs = specs
+        #: What this transaction counts; recorded once it commits.
+        self.metrics = metrics if metrics is not None else CoordinatorMetrics().transaction()
         #: Some change made work available: dispatchers should look for it.
         self.made_work_available = False
         #: This coordinator's dispatcher leased in this transaction already.
@@ -185,6 +190,8 @@ class Database:
         coordinator_id: str = "",
         work_available: asyncio.Event | None = None,
         deadline: float | None = None,
+        metrics: CoordinatorMetrics | None = None,
+        name: str = "api",
     ) -> None:
         """Transactions on `pool`.
 
@@ -192,9 +199,15 @@ class Database:
             deadline: seconds a transaction may take, from taking its connection
                 to its commit; then its connection is severed and it fails
                 with Unavailable (None: no deadline).
+            metrics: where its transactions count what they do (None: a registry
+                of its own, served by nobody).
+            name: the pool's label on the transaction latency metric.
         """
         self.pool = pool
         self.deadline = deadline
+        #: The coordinator's metrics (docs/metrics.md).
+        self.metrics = metrics if metrics is not None else CoordinatorMetrics()
+        self._latency = self.metrics.transaction_duration.labels(name)
         #: Sent with dispatch notifications, so that a coordinator can ignore its own.
         self.coordinator_id = coordinator_id
         #: Set when a committed transaction made work available that this
@@ -244,6 +257,7 @@ class Database:
         if self.refused is not None:
             raise Unavailable(f"database unavailable: {self.refused}")
         tx: Transaction | None = None
+        began = time.perf_counter()
         try:
             async with (
                 self.pool.connection() as conn,
@@ -251,7 +265,9 @@ class Database:
                 conn.pipeline(),
                 conn.transaction(),
             ):
-                tx = Transaction(conn.cursor(row_factory=dict_row), self._specs)
+                tx = Transaction(
+                    conn.cursor(row_factory=dict_row), self._specs, self.metrics.transaction()
+                )
                 yield tx
                 await tx._announce(self.coordinator_id)
         except BaseException as error:
@@ -262,6 +278,8 @@ class Database:
                     self.last_outage = time.monotonic()
                 raise Unavailable(f"database unavailable: {error}") from error
             raise
+        self._latency.observe(time.perf_counter() - began)
+        tx.metrics.commit()
         if tx.made_work_available and not tx.dispatched and self._work_available is not None:
             self._work_available.set()
         await tx._committed()
