@@ -110,19 +110,18 @@ async def set_paused(
     name: str,
     paused: bool,
     *,
-    reschedule: Callable[[int, datetime | None], datetime | None] | None = None,
+    reschedule: Callable[[Row], datetime | None] | None = None,
 ) -> Task:
-    """Pause or resume a task's triggers; `reschedule(position, next_fire_at)` may
-    move each time trigger's next occurrence in the same transaction."""
+    """Pause or resume a task's triggers; `reschedule(trigger)` may move each time
+    trigger's next occurrence in the same transaction (it gets the trigger's
+    `task_id`, `position`, `next_fire_at` and `paused_at`)."""
+    if reschedule is not None:  # read before the pause ends: `paused_at` is kept
+        triggers = await tx.all("time_triggers_of_task", name=name)
     if await tx.one("set_task_paused", name=name, paused=paused) is None:
         raise NotFound(f"task {name!r} not found")
     if reschedule is not None:
-        for row in await tx.all("time_triggers_of_task", name=name):
-            await tx.execute(
-                "set_trigger_next_fire",
-                id=row["id"],
-                next_fire_at=reschedule(row["position"], row["next_fire_at"]),
-            )
+        for row in triggers:
+            await tx.execute("set_trigger_next_fire", id=row["id"], next_fire_at=reschedule(row))
     await tx.execute("notify_triggers")
     return await get_task(tx, name)
 
