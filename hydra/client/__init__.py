@@ -62,6 +62,7 @@ from hydra.errors import (
     Unauthenticated,
     Unavailable,
 )
+from hydra.occurrences import Explanation, Fact, FactKind, SkipReason
 
 __all__ = [
     "After",
@@ -81,6 +82,9 @@ __all__ = [
     "Coordinator",
     "Credential",
     "Cron",
+    "Explanation",
+    "Fact",
+    "FactKind",
     "FailedPrecondition",
     "FieldProblem",
     "FileCheck",
@@ -101,6 +105,7 @@ __all__ = [
     "Run",
     "RunState",
     "SecretRef",
+    "SkipReason",
     "Task",
     "TaskDetails",
     "TaskVersion",

@@ -19,7 +19,9 @@ from hydra.domain import Attempt, Run, RunState, Task
 from hydra.occurrences import Explanation, Fact, FactKind
 
 
-async def explain(tx: Transaction, task_name: str, occurrence: datetime, now: datetime) -> Explanation:
+async def explain(
+    tx: Transaction, task_name: str, occurrence: datetime, now: datetime
+) -> Explanation:
     """Explain `occurrence` of the live task `task_name` (NOT_FOUND if unknown)."""
     task_id, task = await tasks.task_ref(tx, task_name)
     run_id = await occurrences.run_id_at(tx, task_id, occurrence)
@@ -105,7 +107,9 @@ async def _agent_fact(tx: Transaction, run: Run) -> Fact:
         message = f"it is due and waits for an agent: no connected agent has {wanted}"
     elif all(a.active_runs >= a.capacity or a.state == "draining" for a in matching):
         names = ", ".join(a.id for a in matching)
-        message = f"it is due and waits for a free slot: every agent with {wanted} is busy ({names})"
+        message = (
+            f"it is due and waits for a free slot: every agent with {wanted} is busy ({names})"
+        )
     else:
         message = f"it is due and an agent with {wanted} has a free slot: it is about to be leased"
     return Fact(kind=FactKind.AGENT, message=message)

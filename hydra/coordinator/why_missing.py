@@ -27,14 +27,18 @@ async def facts(
     """Facts about an occurrence of `task` that has no run."""
     if occurrence < task.created_at:
         when = task.created_at.isoformat()
-        return [Fact(kind=FactKind.BEFORE_TASK, message=f"no run: before the task existed ({when})")]
+        return [
+            Fact(kind=FactKind.BEFORE_TASK, message=f"no run: before the task existed ({when})")
+        ]
     dropped = await occurrences.skipped_covering(tx, task_id, occurrence)
     if dropped:
         return [_dropped_fact(task, skipped) for skipped in dropped]
     schedules = {row["position"]: row for row in await occurrences.trigger_schedules(tx, task_id)}
     found: list[Fact] = []
     for position, trigger in enumerate(task.spec.triggers):
-        found += await _trigger_facts(tx, task, position, trigger, schedules.get(position), occurrence, now)
+        found += await _trigger_facts(
+            tx, task, position, trigger, schedules.get(position), occurrence, now
+        )
     return found or [_not_an_occurrence(task, schedules)]
 
 
@@ -104,7 +108,9 @@ def _not_an_occurrence(task: Task, schedules: dict[int, Row]) -> Fact:
     described = "; ".join(_describe(task, p) for p in range(len(task.spec.triggers))) or "none"
     nexts = [r["next_fire_at"] for r in schedules.values() if r["next_fire_at"] and r["active"]]
     upcoming = f"; next fire at {min(nexts).isoformat()}" if nexts else ""
-    message = f"no run: not an occurrence of any trigger of the task (triggers: {described}){upcoming}"
+    message = (
+        f"no run: not an occurrence of any trigger of the task (triggers: {described}){upcoming}"
+    )
     return Fact(kind=FactKind.NOT_AN_OCCURRENCE, message=message)
 
 
@@ -133,7 +139,9 @@ async def upstream_facts(tx: Transaction, task: Task, occurrence: datetime) -> l
 
 def _upstream_fact(name: str, row: Row | None) -> Fact:
     if row is None:
-        return Fact(kind=FactKind.UPSTREAM, message=f"upstream {name} has no run for this occurrence")
+        return Fact(
+            kind=FactKind.UPSTREAM, message=f"upstream {name} has no run for this occurrence"
+        )
     state = str(row["state"])
     reason = f" ({row['reason']})" if row["reason"] else ""
     return Fact(
