@@ -25,14 +25,14 @@ async def facts(
     tx: Transaction, task_id: int, task: Task, occurrence: datetime, now: datetime
 ) -> list[Fact]:
     """Facts about an occurrence of `task` that has no run."""
+    dropped = await occurrences.skipped_covering(tx, task_id, occurrence)
+    if dropped:
+        return [_dropped_fact(task, skipped) for skipped in dropped]
     if occurrence < task.created_at:
         when = task.created_at.isoformat()
         return [
             Fact(kind=FactKind.BEFORE_TASK, message=f"no run: before the task existed ({when})")
         ]
-    dropped = await occurrences.skipped_covering(tx, task_id, occurrence)
-    if dropped:
-        return [_dropped_fact(task, skipped) for skipped in dropped]
     schedules = {row["position"]: row for row in await occurrences.trigger_schedules(tx, task_id)}
     found: list[Fact] = []
     for position, trigger in enumerate(task.spec.triggers):
