@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from types import MappingProxyType
 
-from hydra.domain import Run
+from hydra.domain import After, At, Cron, Interval, Run, Trigger
 
 _NO_IDS: Mapping[str, str] = MappingProxyType({})
 
@@ -30,6 +30,8 @@ class SkipReason(enum.StrEnum):
     #: Fell while the task was paused (dropped at resume, or by the catch-up
     #: policy after it; the detail says which).
     PAUSED = "paused"
+    #: Pending when a new version of the task changed or removed the trigger.
+    TRIGGER_CHANGED = "trigger_changed"
 
 
 class FactKind(enum.StrEnum):
@@ -86,3 +88,15 @@ class Explanation:
     #: The run of the occurrence, with its attempts; None when it has none.
     run: Run | None
     facts: tuple[Fact, ...]
+
+
+def describe_trigger(trigger: Trigger) -> str:
+    """A trigger as people write it: "cron '0 2 * * *' UTC", "interval 0:15:00", ..."""
+    if isinstance(trigger, Cron):
+        return f"cron {trigger.expression!r} {trigger.timezone or 'UTC'}"
+    if isinstance(trigger, Interval):
+        return f"interval {trigger.every}"
+    if isinstance(trigger, At):
+        return f"at {trigger.at.isoformat()}"
+    assert isinstance(trigger, After)
+    return f"after {', '.join(trigger.tasks)}"

@@ -1,4 +1,4 @@
--- No occurrence without a trace (docs/why.md): every occurrence of a time
+-- No occurrence without a trace (hydra/occurrences.py, `hydractl why`): every occurrence of a time
 -- trigger that gets no run is recorded with why, in the transaction that
 -- decided to drop it. Contiguous dropped occurrences of one trigger for one
 -- reason are one row (first, last, count), so a per-second cron paused for a

@@ -17,9 +17,9 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from hydra.coordinator import schedule
-from hydra.coordinator.store.records import DueTrigger, SkippedRange
+from hydra.coordinator.store.records import DueTrigger, ReplacedTrigger, SkippedRange
 from hydra.domain import Catchup, Interval, TaskSpec, TimeTrigger
-from hydra.occurrences import SkipReason
+from hydra.occurrences import SkipReason, describe_trigger
 
 #: Occurrences counted one by one at most; a longer range of a calendar trigger is
 #: recorded with no count (an interval's is computed, whatever its length).
@@ -70,6 +70,28 @@ def resume_drops(
         last=last,
         count=count(trigger, first, last),
         detail=f"{since}, resumed at {now.isoformat()}; catchup none skips the paused stretch",
+    )
+
+
+def replaced_drops(replaced: ReplacedTrigger, version: int, now: datetime) -> SkippedRange | None:
+    """What applying `version` drops of a time trigger it replaced while behind: every
+    pending occurrence from the old trigger's next fire time to now."""
+    trigger = schedule.time_trigger(replaced.spec, replaced.position, replaced.next_fire_at)
+    first = _first_from(trigger, replaced.next_fire_at, now)
+    if first is None:
+        return None
+    last = _previous(trigger, now + _MICROSECOND, floor=first)
+    return SkippedRange(
+        task_id=replaced.task_id,
+        trigger_position=replaced.position,
+        reason=SkipReason.TRIGGER_CHANGED,
+        first=first,
+        last=last,
+        count=count(trigger, first, last),
+        detail=(
+            f"it was {describe_trigger(trigger)}; version {version}, applied at "
+            f"{now.isoformat()}, changed or removed it"
+        ),
     )
 
 

@@ -70,8 +70,15 @@ async def apply_spec(
     async with database.transaction() as tx:
         applied = await tasks.apply_task(tx, spec, rows, dry_run=dry_run, now=now)
         if not dry_run:
+            await occurrences.record_skipped(tx, _replaced_drops(applied, now))
             await _audit(tx, audit_entry, task=spec.name, detail=_applied_detail(applied))
         return applied
+
+
+def _replaced_drops(applied: Applied, now: datetime) -> list[SkippedRange]:
+    """The pending occurrences of the time triggers a new version replaced."""
+    drops = (dropped.replaced_drops(r, applied.task.version, now) for r in applied.replaced)
+    return [drop for drop in drops if drop is not None]
 
 
 def _applied_detail(applied: Applied) -> str:

@@ -51,7 +51,8 @@ async def _state_facts(
     if run.state is RunState.SKIPPED:
         return [_reason_fact(run), *await _skipped_facts(tx, task_id, task, run)]
     facts = [_attempt_fact(run, run.attempts[-1])] if run.attempts else []
-    if run.reason and run.state is not RunState.SUCCEEDED:
+    # A failed attempt's reason repeats what the attempt fact says.
+    if run.reason and (run.state is RunState.CANCELLED or not run.attempts):
         facts.append(_reason_fact(run))
     return facts
 
@@ -63,7 +64,7 @@ async def _queued_facts(
     if run.attempts_used > 0 and run.attempts:
         facts += [_attempt_fact(run, run.attempts[-1]), _retrying_fact(run, now)]
     facts += _precondition_facts(run)
-    if run.not_before > now and run.attempts_used == 0:
+    if run.not_before > now and run.attempts_used == 0 and run.precondition_checks == 0:
         facts.append(_not_before_fact(run))
     if run.not_before <= now:
         facts += await _waiting_facts(tx, task_id, task, run)

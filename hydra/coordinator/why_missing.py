@@ -8,16 +8,17 @@ from datetime import datetime, timedelta
 from hydra.coordinator import schedule
 from hydra.coordinator.store import Row, Transaction, occurrences
 from hydra.coordinator.store.records import SkippedRange
-from hydra.domain import After, At, Cron, Interval, Task, Trigger
-from hydra.occurrences import Fact, FactKind, SkipReason
+from hydra.domain import After, Task, Trigger
+from hydra.occurrences import Fact, FactKind, SkipReason, describe_trigger
 
 _MICROSECOND = timedelta(microseconds=1)
 _REASONS = {
-    SkipReason.CATCHUP_NONE: "it was missed and the task's catchup is none",
-    SkipReason.CATCHUP_LATEST: "it was missed and the task's catchup is latest",
-    SkipReason.MAX_CATCHUP: "it was missed beyond max_catchup",
-    SkipReason.STARTING_DEADLINE: "it was found after its starting_deadline",
+    SkipReason.CATCHUP_NONE: "it was missed, and dropped by the catch-up policy",
+    SkipReason.CATCHUP_LATEST: "it was missed, and dropped by the catch-up policy",
+    SkipReason.MAX_CATCHUP: "it was missed, and dropped by the catch-up policy",
+    SkipReason.STARTING_DEADLINE: "it was missed past its starting deadline",
     SkipReason.PAUSED: "it fell while the task was paused",
+    SkipReason.TRIGGER_CHANGED: "it was pending when a new version changed its trigger",
 }
 
 
@@ -43,12 +44,14 @@ async def facts(
 
 
 def _dropped_fact(task: Task, skipped: SkippedRange) -> Fact:
-    span = f"{skipped.first.isoformat()} to {skipped.last.isoformat()}"
-    count = f"{skipped.count}" if skipped.count is not None else "many"
+    span = f"from {skipped.first.isoformat()} to {skipped.last.isoformat()}"
+    count = "many" if skipped.count is None else str(skipped.count)
     trigger = _describe(task, skipped.trigger_position)
+    if skipped.reason is SkipReason.TRIGGER_CHANGED:
+        trigger = f"trigger {skipped.trigger_position} as it was then"
     message = (
-        f"no run: {_REASONS[skipped.reason]} ({skipped.reason.value}); {skipped.detail}; "
-        f"one of {count} occurrence(s) of {trigger} dropped from {span}"
+        f"no run: {_REASONS[skipped.reason]} ({skipped.detail}); it is one of {count} "
+        f"occurrence(s) of {trigger} dropped {span}"
     )
     return Fact(
         kind=FactKind.DROPPED,
@@ -118,16 +121,7 @@ def _describe(task: Task, position: int) -> str:
     """A trigger as people write it, e.g. "trigger 0 (cron '0 2 * * *' UTC)"."""
     if position >= len(task.spec.triggers):
         return f"trigger {position} (no longer in the spec)"
-    trigger = task.spec.triggers[position]
-    if isinstance(trigger, Cron):
-        what = f"cron {trigger.expression!r} {trigger.timezone or 'UTC'}"
-    elif isinstance(trigger, Interval):
-        what = f"interval {trigger.every}"
-    elif isinstance(trigger, At):
-        what = f"at {trigger.at.isoformat()}"
-    else:
-        what = f"after {', '.join(trigger.tasks)}"
-    return f"trigger {position} ({what})"
+    return f"trigger {position} ({describe_trigger(task.spec.triggers[position])})"
 
 
 async def upstream_facts(tx: Transaction, task: Task, occurrence: datetime) -> list[Fact]:

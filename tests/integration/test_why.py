@@ -397,3 +397,22 @@ def test_bad_input_gets_a_clear_error(db_conninfo: str) -> None:
             assert "task" in (error.value.details() or "")
     finally:
         coordinator.stop()
+
+
+def test_a_new_version_that_replaces_a_trigger_behind_records_its_pending_occurrences(
+    served: tuple[Client, Hydractl, Database],
+) -> None:
+    client, hydractl, db = served
+    client.apply(Task(name="moved", command=["true"], triggers=[EVERY_SECOND]))
+    _wait_state(db, "moved", {"SUCCEEDED"})
+    client.pause("moved")
+    paused = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=2)
+    wait_for(lambda: datetime.now(UTC) > paused + timedelta(seconds=1), timeout=10, message="")
+    client.apply(Task(name="moved", command=["true"], triggers=[Cron(expression="0 3 * * *")]))
+    client.apply(Task(name="moved", command=["true"], triggers=[Cron(expression="0 3 * * *")]))
+    (row,) = _skip_rows(db, "moved")  # the unchanged second apply drops nothing more
+    assert row["reason"] == "trigger_changed" and row["first_occurrence"] <= paused
+    dropped = _fact(_why(hydractl, "moved", paused), "dropped")
+    assert dropped["ids"]["reason"] == "trigger_changed"
+    assert "it was cron '* * * * * *' UTC; version 2" in dropped["message"]
+    assert "trigger 0 as it was then" in dropped["message"]

@@ -839,3 +839,9 @@ SELECT id, state, occurrence FROM (
 WHERE created_at <= %(at)s AND (finished_at IS NULL OR finished_at >= %(at)s)
 ORDER BY occurrence DESC
 LIMIT %(limit)s;
+
+-- name: time_triggers_behind
+-- A task's active time triggers whose next fire time has passed (locked: a new version replaces them).
+SELECT position, kind, spec, next_fire_at FROM hydra_triggers
+WHERE task_id = %(task_id)s AND kind <> 'after' AND next_fire_at <= %(now)s
+FOR UPDATE;

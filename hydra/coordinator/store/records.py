@@ -7,7 +7,14 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from hydra.domain import AttemptOutcome, LeaseKey, RunCause, Task, TaskSpec, TriggerKind
+from hydra.domain import (
+    AttemptOutcome,
+    LeaseKey,
+    RunCause,
+    Task,
+    TaskSpec,
+    TriggerKind,
+)
 from hydra.occurrences import SkipReason
 
 #: Runs due this soon may be leased already; the agent starts them at their time.
@@ -33,6 +40,21 @@ class Applied:
     task: Task
     changed: bool
     previous_version: int
+    #: Time triggers the new version replaced or removed while they were behind
+    #: (next fire time passed: the task paused, or every coordinator down).
+    replaced: tuple[ReplacedTrigger, ...] = ()
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ReplacedTrigger:
+    """A time trigger a new version replaced before it caught up: its pending
+    occurrences, from `next_fire_at` on, get no run."""
+
+    task_id: int
+    position: int
+    #: The previous version's spec, which has the trigger at `position`.
+    spec: TaskSpec
+    next_fire_at: datetime
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
