@@ -74,24 +74,17 @@ async def _queued_facts(
 async def _waiting_facts(tx: Transaction, task_id: int, task: Task, run: Run) -> list[Fact]:
     """A due queued run waits for a slot of its task, or for an agent."""
     limit = task.spec.concurrency.max_active_runs
-    ahead = [h for h in await occurrences.slot_holders(tx, task_id, run.id) if _ahead(h, run)]
-    if len(ahead) >= limit:
+    ahead = await occurrences.slot_holders(tx, task_id, run.id, run.occurrence)
+    if ahead and ahead[0]["ahead"] >= limit:
         return [_overlap_fact(ahead, limit, "is waiting behind")]
     return [await _agent_fact(tx, run)]
-
-
-def _ahead(holder: Row, run: Run) -> bool:
-    """Whether a queued-or-active run takes a slot before `run` (claim_runs' order)."""
-    in_flight = holder["state"] != "QUEUED" or bool(holder["attempts_used"])
-    in_flight = in_flight or bool(holder["precondition_checks"])
-    occurrence = holder["occurrence"]
-    assert isinstance(occurrence, datetime)
-    return in_flight or occurrence < run.occurrence
 
 
 def _overlap_fact(holders: list[Row], limit: int, verb: str) -> Fact:
     shown = holders[: occurrences.SLOT_HOLDERS_SHOWN]
     named = ", ".join(f"run {h['id']} ({h['state']})" for h in shown)
+    total = int(holders[0].get("ahead", len(holders))) if holders else 0
+    named += f" and {total - len(shown)} more" if total > len(shown) else ""
     return Fact(
         kind=FactKind.OVERLAP,
         message=f"it {verb} {named}: max_active_runs {limit}",

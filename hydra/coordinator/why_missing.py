@@ -100,6 +100,9 @@ def _time_trigger_fact(
         if next_fire <= now:
             timing = f"was due at {next_fire.isoformat()} and fires in a moment"
         return Fact(kind=FactKind.NOT_DUE, message=f"not due yet: {described} {timing}")
+    if next_fire is None and stored["last_fired_at"] is None:
+        message = f"no run: {described} never fired (its time had passed when it was applied)"
+        return Fact(kind=FactKind.NOT_AN_OCCURRENCE, message=message)
     message = (
         f"no run and no record: {described} passed this occurrence without creating a run "
         "(before drops were recorded, or its record was pruned)"

@@ -77,10 +77,17 @@ async def run_id_at(tx: Transaction, task_id: int, occurrence: datetime) -> str 
     return None if row is None else str(row["id"])
 
 
-async def slot_holders(tx: Transaction, task_id: int, run_id: str) -> list[Row]:
-    """The task's queued or active runs other than `run_id`, oldest first (a few)."""
+async def slot_holders(
+    tx: Transaction, task_id: int, run_id: str, occurrence: datetime
+) -> list[Row]:
+    """The runs that take the task's slots before the queued run `run_id` (a few,
+    oldest first; each row's `ahead` says how many there are in all)."""
     return await tx.all(
-        "runs_holding_slots", task_id=task_id, except_id=run_id, limit=SLOT_HOLDERS_SHOWN + 1
+        "runs_holding_slots",
+        task_id=task_id,
+        except_id=run_id,
+        occurrence=occurrence,
+        limit=SLOT_HOLDERS_SHOWN,
     )
 
 

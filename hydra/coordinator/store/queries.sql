@@ -810,10 +810,12 @@ LIMIT 10;
 SELECT id FROM hydra_runs WHERE task_id = %(task_id)s AND occurrence = %(occurrence)s;
 
 -- name: runs_holding_slots
--- A task's leased, running or queued runs other than one, oldest occurrence first.
-SELECT id, state, occurrence, attempts_used, precondition_checks FROM hydra_runs
+-- The runs that take a task's slots before a queued run (claim_runs' order), oldest first, and how many.
+SELECT id, state, occurrence, count(*) OVER () AS ahead FROM hydra_runs
 WHERE task_id = %(task_id)s AND id <> %(except_id)s
-  AND state IN ('QUEUED', 'LEASED', 'RUNNING')
+  AND (state IN ('LEASED', 'RUNNING')
+       OR (state = 'QUEUED' AND (attempts_used > 0 OR precondition_checks > 0
+                                 OR occurrence < %(occurrence)s)))
 ORDER BY occurrence
 LIMIT %(limit)s;
 
