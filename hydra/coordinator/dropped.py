@@ -25,6 +25,9 @@ from hydra.occurrences import SkipReason, describe_trigger
 #: recorded with no count (an interval's is computed, whatever its length).
 COUNT_LIMIT = 1000
 _MICROSECOND = timedelta(microseconds=1)
+#: An occurrence this close before a pause may still have been unfired when the
+#: pause began (the loop lagging): it counts as fallen in the pause.
+PAUSE_SLACK = timedelta(seconds=5)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -155,7 +158,7 @@ def _ranges(due: DueTrigger, segments: Sequence[_Segment]) -> list[SkippedRange]
 def _reason_and_detail(due: DueTrigger, segment: _Segment) -> tuple[SkipReason, str]:
     detail = _policy_detail(due.task_spec, segment.reason)
     paused, resumed = due.paused_at, due.resumed_at
-    if paused and resumed and paused <= segment.first and segment.last <= resumed:
+    if paused and resumed and paused - PAUSE_SLACK <= segment.first and segment.last <= resumed:
         stretch = f"paused at {paused.isoformat()}, resumed at {resumed.isoformat()}"
         return SkipReason.PAUSED, f"{stretch}; {detail}"
     return segment.reason, detail
