@@ -27,6 +27,7 @@ from hydra.client import (
     Cron,
     HydraError,
     Overlap,
+    Retry,
     Task,
 )
 from hydra.v1 import run_service_pb2 as run_pb
@@ -179,6 +180,31 @@ def test_why_explains_a_queued_run_waiting_behind_max_active_runs_and_for_an_age
 
     agent = _fact(_why(hydractl, "gpu", T), "agent")
     assert "no connected agent has labels {'gpu': 'yes'}" in agent["message"]
+
+    running = _why(hydractl, "one", T)
+    assert running["run"]["state"] == "RUNNING"
+    assert "attempt 1 of 1 is running on agent a since" in _fact(running, "attempt")["message"]
+
+
+def test_why_explains_a_run_waiting_to_retry(served: tuple[Client, Hydractl, Database]) -> None:
+    client, hydractl, db = served
+    retry = Retry(max_attempts=3, backoff=timedelta(minutes=5))
+    client.apply(Task(name="flaky", command=["sh", "-c", "exit 7"], retry=retry))
+    run = client.trigger("flaky", occurrence=T)[0]
+    wait_for(
+        lambda: (
+            db.value("SELECT attempts_used FROM hydra_runs WHERE id = %s", run.id) == 1
+            and db.value("SELECT state FROM hydra_runs WHERE id = %s", run.id) == "QUEUED"
+        ),
+        timeout=30,
+        message="the first attempt failed and the run waits to retry",
+    )
+    answer = _why(hydractl, "flaky", T)
+    assert _kinds(answer) == ["run", "attempt", "retrying"]
+    assert (
+        "attempt 1 of 3 failed on agent a with exit code 7" in _fact(answer, "attempt")["message"]
+    )
+    assert "retrying: attempt 2 of 3 at " in _fact(answer, "retrying")["message"]
 
 
 def _move_back(db: Database, task: str, by: timedelta) -> None:
