@@ -98,3 +98,13 @@ async def test_why_answers_for_an_occurrence_inside_a_range(store: Database) -> 
     assert fact.kind is FactKind.DROPPED
     assert fact.ids == {"reason": "catchup_none", "trigger": "0"}
     assert "one of many occurrence(s)" in fact.message
+
+
+async def test_recording_returns_only_what_it_recorded(store: Database) -> None:
+    task_id = await _task_id(store)
+    start = NOW - timedelta(minutes=10)
+    first = _range(task_id, start, start + 9 * SECOND)
+    later = _range(task_id, start + 10 * SECOND, start + 19 * SECOND, previous=start + 9 * SECOND)
+    assert await store.run(occurrences.record_skipped, [first]) == [first]
+    assert await store.run(occurrences.record_skipped, [first]) == []  # recorded already
+    assert await store.run(occurrences.record_skipped, [later]) == [later]  # extended

@@ -22,12 +22,19 @@ from hydra.occurrences import SkipReason
 SLOT_HOLDERS_SHOWN = 5
 
 
-async def record_skipped(tx: Transaction, ranges: Sequence[SkippedRange]) -> None:
-    """Record occurrences that get no run, in the transaction that drops them."""
+async def record_skipped(tx: Transaction, ranges: Sequence[SkippedRange]) -> list[SkippedRange]:
+    """Record occurrences that get no run, in the transaction that drops them.
+
+    Every drop goes through here. Returns the ranges this call recorded: a drop
+    another coordinator (or another upstream of an `after` task) recorded already
+    is left out, so what reacts to drops does so once.
+    """
+    recorded = []
     for skipped in ranges:
         if skipped.previous is not None and await _extend(tx, skipped):
+            recorded.append(skipped)
             continue
-        await tx.execute(
+        row = await tx.one(
             "insert_skipped_occurrences",
             task_id=skipped.task_id,
             position=skipped.trigger_position,
@@ -37,6 +44,9 @@ async def record_skipped(tx: Transaction, ranges: Sequence[SkippedRange]) -> Non
             count=skipped.count,
             detail=skipped.detail,
         )
+        if row is not None:
+            recorded.append(skipped)
+    return recorded
 
 
 async def _extend(tx: Transaction, skipped: SkippedRange) -> bool:

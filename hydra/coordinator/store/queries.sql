@@ -793,7 +793,8 @@ RETURNING id;
 INSERT INTO hydra_skipped_occurrences
     (task_id, trigger_position, reason, first_occurrence, last_occurrence, occurrence_count, detail)
 VALUES (%(task_id)s, %(position)s, %(reason)s, %(first)s, %(last)s, %(count)s, %(detail)s)
-ON CONFLICT (task_id, trigger_position, first_occurrence) DO NOTHING;
+ON CONFLICT (task_id, trigger_position, first_occurrence) DO NOTHING
+RETURNING id;
 
 -- name: skipped_ranges_covering
 -- The recorded ranges of dropped occurrences of a task that hold an instant.
