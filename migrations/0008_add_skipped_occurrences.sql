@@ -3,7 +3,7 @@
 -- decided to drop it. Contiguous dropped occurrences of one trigger for one
 -- reason are one row (first, last, count), so a per-second cron paused for a
 -- month writes one row, not 2.6 million.
-CREATE TABLE hydra_skipped_occurrences (
+CREATE TABLE IF NOT EXISTS hydra_skipped_occurrences (
     id                bigserial PRIMARY KEY,
     task_id           bigint NOT NULL REFERENCES hydra_tasks (id),
     -- The trigger's index in the spec's triggers list when it was dropped.
@@ -23,12 +23,12 @@ CREATE TABLE hydra_skipped_occurrences (
     UNIQUE (task_id, trigger_position, first_occurrence)
 );
 -- Why: the range holding an occurrence is the last one starting at or before it.
-CREATE INDEX hydra_skipped_occurrences_lookup
+CREATE INDEX IF NOT EXISTS hydra_skipped_occurrences_lookup
     ON hydra_skipped_occurrences (task_id, first_occurrence DESC);
 
 -- When a task was last paused and resumed, kept on its triggers (which the
 -- trigger loop reads anyway), so that occurrences the catch-up policy drops
 -- after a resume are recorded as having fallen in the pause.
 ALTER TABLE hydra_triggers
-    ADD COLUMN paused_at   timestamptz,
-    ADD COLUMN resumed_at  timestamptz;
+    ADD COLUMN IF NOT EXISTS paused_at   timestamptz,
+    ADD COLUMN IF NOT EXISTS resumed_at  timestamptz;
