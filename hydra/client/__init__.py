@@ -63,6 +63,7 @@ from hydra.errors import (
     Unauthenticated,
     Unavailable,
 )
+from hydra.occurrences import Explanation, Fact, FactKind, SkipReason
 from hydra.tls import ClientTls, TlsProblem
 
 __all__ = [
@@ -84,6 +85,9 @@ __all__ = [
     "Coordinator",
     "Credential",
     "Cron",
+    "Explanation",
+    "Fact",
+    "FactKind",
     "FailedPrecondition",
     "FieldProblem",
     "FileCheck",
@@ -104,6 +108,7 @@ __all__ = [
     "Run",
     "RunState",
     "SecretRef",
+    "SkipReason",
     "Task",
     "TaskDetails",
     "TaskVersion",

@@ -31,6 +31,7 @@ from hydra.domain import (
     TaskSpec,
 )
 from hydra.errors import FieldProblem, HydraError, InvalidArgument
+from hydra.occurrences import Explanation
 from hydra.spec import validate_task
 from hydra.tls import ClientTls
 from hydra.v1 import agent_service_pb2 as agent_pb
@@ -293,6 +294,22 @@ class Client:
             created=[wire.run_from_proto(r) for r in response.created],
             existing=response.existing,
         )
+
+    def why(self, task: str, occurrence: datetime) -> Explanation:
+        """What became of one occurrence of a task: its run and why it is in its
+        state, or why it has none.
+
+        Args:
+            task: Task name.
+            occurrence: The occurrence (aware; the logical time, e.g. a cron tick).
+
+        Raises:
+            NotFound: the task is unknown.
+        """
+        request = run_pb.WhyRequest(task=task)
+        request.occurrence.CopyFrom(wire.to_timestamp(occurrence))
+        response = self._transport.unary(lambda s: s.runs.Why, request, idempotent=True)
+        return wire.explanation_from_proto(response)
 
     def watch(self, *, task: str = "", run_id: str = "") -> Iterator[Run]:
         """Every change of the matching runs as it happens, until the iterator is closed."""

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from hydra.client import _render as render
+from hydra.client import _render_why as render_why
 from hydra.client._client import Client
 from hydra.domain import RunState, TaskSpec
 from hydra.errors import FieldProblem, InvalidArgument, NotFound
@@ -206,6 +207,13 @@ def backfill(args: argparse.Namespace, client: Client) -> int:
         lambda: render.backfill_text(result, dry_run=args.dry_run),
         lambda: render.backfill_json(result),
     )
+    return 0
+
+
+def why(args: argparse.Namespace, client: Client) -> int:
+    """``why TASK --occurrence T``."""
+    explanation = client.why(args.task, args.occurrence)
+    _emit(args, lambda: render_why.why_text(explanation), lambda: render_why.why_json(explanation))
     return 0
 
 

@@ -322,6 +322,14 @@ def _add_run_actions(build: _Builder, top: _Subcommands) -> None:
     p.add_argument("--from", dest="start", type=_instant, required=True, metavar="T")
     p.add_argument("--to", dest="end", type=_instant, required=True, metavar="T")
     p.add_argument("--dry-run", action="store_true", help="list the occurrences only")
+    p = build.command(
+        top, "why", commands.why, "explain an occurrence: its run and why, or why it has none"
+    )
+    p.add_argument("task", metavar="TASK")
+    p.add_argument(
+        "--occurrence", type=_instant, required=True, metavar="T",
+        help="the occurrence (ISO 8601; without a zone, local time)",
+    )  # fmt: skip
 
 
 def _add_agents(build: _Builder, agents: _Subcommands) -> None:

@@ -11,9 +11,9 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import datetime
 
-from hydra.coordinator import schedule
-from hydra.coordinator.store import Database, Transaction, audit, tasks
-from hydra.coordinator.store.records import Applied, TriggerRow
+from hydra.coordinator import dropped, schedule
+from hydra.coordinator.store import Database, Row, Transaction, audit, occurrences, tasks
+from hydra.coordinator.store.records import Applied, SkippedRange, TriggerRow
 from hydra.coordinator.template_checks import check_templates
 from hydra.domain import After, AuditEntry, Catchup, Task, TaskSpec, TriggerKind
 from hydra.errors import FieldProblem, InvalidArgument
@@ -70,8 +70,15 @@ async def apply_spec(
     async with database.transaction() as tx:
         applied = await tasks.apply_task(tx, spec, rows, dry_run=dry_run, now=now)
         if not dry_run:
+            await occurrences.record_skipped(tx, _replaced_drops(applied, now))
             await _audit(tx, audit_entry, task=spec.name, detail=_applied_detail(applied))
         return applied
+
+
+def _replaced_drops(applied: Applied, now: datetime) -> list[SkippedRange]:
+    """The pending occurrences of the time triggers a new version replaced."""
+    drops = (dropped.replaced_drops(r, applied.task.version, now) for r in applied.replaced)
+    return [drop for drop in drops if drop is not None]
 
 
 def _applied_detail(applied: Applied) -> str:
@@ -116,16 +123,30 @@ async def _audit(tx: Transaction, entry: AuditEntry | None, *, task: str, detail
 
 async def _resume_in(tx: Transaction, name: str, now: datetime) -> Task:
     """Resume a task in `tx`. With catchup none, the paused stretch is skipped: each
-    time trigger moves to its first occurrence after now; otherwise the trigger
-    loop finds the missed occurrences and applies the catch-up policy."""
+    time trigger moves to its first occurrence after now, and the occurrences it
+    skips are recorded as paused; otherwise the trigger loop finds the missed
+    occurrences and applies the catch-up policy (and records what it drops)."""
     _, task = await tasks.task_ref(tx, name)
-    if task.spec.catchup is not Catchup.NONE:
+    if task.spec.catchup is not Catchup.NONE or not task.paused:
         return await tasks.set_paused(tx, name, False)
+    skipped: list[SkippedRange] = []
 
-    def skip_paused_stretch(position: int, next_fire_at: datetime | None) -> datetime | None:
-        trigger = schedule.time_trigger(task.spec, position, anchor=next_fire_at or now)
+    def skip_paused_stretch(row: Row) -> datetime | None:
+        next_fire_at: datetime | None = row["next_fire_at"]
+        trigger = schedule.time_trigger(task.spec, row["position"], anchor=next_fire_at or now)
         if next_fire_at is None or next_fire_at > now:
             return next_fire_at
+        drop = dropped.resume_drops(
+            task_id=row["task_id"],
+            position=row["position"],
+            trigger=trigger,
+            next_fire_at=next_fire_at,
+            paused_at=row["paused_at"],
+            now=now,
+        )
+        skipped.extend([drop] if drop else [])
         return schedule.next_fire(trigger, now)
 
-    return await tasks.set_paused(tx, name, False, reschedule=skip_paused_stretch)
+    resumed = await tasks.set_paused(tx, name, False, reschedule=skip_paused_stretch)
+    await occurrences.record_skipped(tx, skipped)
+    return resumed

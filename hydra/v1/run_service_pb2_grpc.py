@@ -75,6 +75,11 @@ class RunServiceStub:
                 request_serializer=hydra_dot_v1_dot_run__service__pb2.TailLogsRequest.SerializeToString,
                 response_deserializer=hydra_dot_v1_dot_run__service__pb2.LogChunk.FromString,
                 _registered_method=True)
+        self.Why = channel.unary_unary(
+                '/hydra.v1.RunService/Why',
+                request_serializer=hydra_dot_v1_dot_run__service__pb2.WhyRequest.SerializeToString,
+                response_deserializer=hydra_dot_v1_dot_run__service__pb2.WhyResponse.FromString,
+                _registered_method=True)
 
 
 class RunServiceServicer:
@@ -141,6 +146,14 @@ class RunServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Why(self, request, context):
+        """What became of one occurrence of a task: its run and why it is in its
+        state, or why it has none. NOT_FOUND for an unknown task.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RunServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -183,6 +196,11 @@ def add_RunServiceServicer_to_server(servicer, server):
                     servicer.TailLogs,
                     request_deserializer=hydra_dot_v1_dot_run__service__pb2.TailLogsRequest.FromString,
                     response_serializer=hydra_dot_v1_dot_run__service__pb2.LogChunk.SerializeToString,
+            ),
+            'Why': grpc.unary_unary_rpc_method_handler(
+                    servicer.Why,
+                    request_deserializer=hydra_dot_v1_dot_run__service__pb2.WhyRequest.FromString,
+                    response_serializer=hydra_dot_v1_dot_run__service__pb2.WhyResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -402,6 +420,33 @@ class RunService:
             '/hydra.v1.RunService/TailLogs',
             hydra_dot_v1_dot_run__service__pb2.TailLogsRequest.SerializeToString,
             hydra_dot_v1_dot_run__service__pb2.LogChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Why(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hydra.v1.RunService/Why',
+            hydra_dot_v1_dot_run__service__pb2.WhyRequest.SerializeToString,
+            hydra_dot_v1_dot_run__service__pb2.WhyResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -57,6 +57,10 @@ class RunServiceStub:
     """Streams a run's output: what is stored, then (with follow) new output
     until the run is terminal.
     """
+    Why: _grpc.UnaryUnaryMultiCallable[_run_service_pb2.WhyRequest, _run_service_pb2.WhyResponse]
+    """What became of one occurrence of a task: its run and why it is in its
+    state, or why it has none. NOT_FOUND for an unknown task.
+    """
 
 @_typing.type_check_only
 class RunServiceAsyncStub(RunServiceStub):
@@ -86,6 +90,10 @@ class RunServiceAsyncStub(RunServiceStub):
     TailLogs: _aio.UnaryStreamMultiCallable[_run_service_pb2.TailLogsRequest, _run_service_pb2.LogChunk]  # type: ignore[assignment]
     """Streams a run's output: what is stored, then (with follow) new output
     until the run is terminal.
+    """
+    Why: _aio.UnaryUnaryMultiCallable[_run_service_pb2.WhyRequest, _run_service_pb2.WhyResponse]  # type: ignore[assignment]
+    """What became of one occurrence of a task: its run and why it is in its
+    state, or why it has none. NOT_FOUND for an unknown task.
     """
 
 class RunServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -161,6 +169,16 @@ class RunServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_run_service_pb2.LogChunk], _abc.AsyncIterator[_run_service_pb2.LogChunk]]:
         """Streams a run's output: what is stored, then (with follow) new output
         until the run is terminal.
+        """
+
+    @_abc_1.abstractmethod
+    def Why(
+        self,
+        request: _run_service_pb2.WhyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_run_service_pb2.WhyResponse, _abc.Awaitable[_run_service_pb2.WhyResponse]]:
+        """What became of one occurrence of a task: its run and why it is in its
+        state, or why it has none. NOT_FOUND for an unknown task.
         """
 
 def add_RunServiceServicer_to_server(servicer: RunServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from hydra.domain import Agent, Attempt, Coordinator, PreconditionVerdict, Run, Task, TaskVersion
+from hydra.occurrences import Explanation, Fact, FactKind
+from hydra.v1 import run_service_pb2 as run_pb
 from hydra.v1 import types_pb2 as pb
 from hydra.wire._specs import task_spec_from_proto, task_spec_to_proto
 from hydra.wire._states import (
@@ -240,3 +242,42 @@ def coordinator_from_proto(message: pb.Coordinator) -> Coordinator:
         insecure=message.insecure,
         tls=message.tls,
     )
+
+
+# --- why ----------------------------------------------------------------------------
+
+
+def explanation_to_proto(explanation: Explanation) -> run_pb.WhyResponse:
+    """The proto of the answer to "why" for one occurrence."""
+    message = run_pb.WhyResponse(
+        task=explanation.task,
+        occurrence=to_timestamp(explanation.occurrence),
+        facts=[
+            run_pb.WhyFact(kind=fact.kind.value, message=fact.message, ids=dict(fact.ids))
+            for fact in explanation.facts
+        ],
+    )
+    if explanation.run is not None:
+        message.run.CopyFrom(run_to_proto(explanation.run))
+    return message
+
+
+def explanation_from_proto(message: run_pb.WhyResponse) -> Explanation:
+    """The answer to "why" from its proto; a fact kind this client does not know
+    reads as "unknown", its message intact."""
+    return Explanation(
+        task=message.task,
+        occurrence=from_timestamp(message.occurrence),
+        run=run_from_proto(message.run) if message.HasField("run") else None,
+        facts=tuple(
+            Fact(kind=_fact_kind(fact.kind), message=fact.message, ids=dict(fact.ids))
+            for fact in message.facts
+        ),
+    )
+
+
+def _fact_kind(kind: str) -> FactKind:
+    try:
+        return FactKind(kind)
+    except ValueError:
+        return FactKind.UNKNOWN

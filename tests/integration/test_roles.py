@@ -65,6 +65,7 @@ DOCUMENTED = {
             "RunService/List",
             "RunService/Watch",
             "RunService/TailLogs",
+            "RunService/Why",
             "AgentService/List",
             "ClusterService/Status",
         ],

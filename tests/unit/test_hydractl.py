@@ -229,6 +229,10 @@ LOCAL_MIDNIGHT = datetime(2025, 1, 1).astimezone()
             },
         ),
         ("audit list", {"since": None, "who": "", "task": "", "limit": 100}),
+        (
+            "why billing.export --occurrence 2025-01-31T02:30Z",
+            {"handler": commands.why, "task": "billing.export", "occurrence": T0},
+        ),
     ],
 )
 def test_every_command_parses(command: str, expected: dict[str, Any]) -> None:
@@ -258,6 +262,8 @@ def test_global_options_go_before_or_after_the_command() -> None:
         ("run t --wait --timeout soon", "argument --timeout: not a duration: 'soon'"),
         ("audit list --since soon", "argument --since: not a time or a duration: 'soon'"),
         ("audit list --limit 0", "argument --limit: expected a positive whole number"),
+        ("why t --occurrence soon", "argument --occurrence: not a time: 'soon'"),
+        ("why t", "the following arguments are required: --occurrence"),
         ("-o yaml tasks list", "argument -o/--output: invalid choice: 'yaml'"),
         ("tasks", "the following arguments are required: COMMAND"),
         ("", "the following arguments are required: COMMAND"),

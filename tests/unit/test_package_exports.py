@@ -36,6 +36,8 @@ def test_wire_all_is_pinned() -> None:
         "coordinator_to_proto",
         "credential_from_proto",
         "credential_to_proto",
+        "explanation_from_proto",
+        "explanation_to_proto",
         "from_duration",
         "from_timestamp",
         "optional_duration",

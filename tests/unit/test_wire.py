@@ -36,6 +36,7 @@ from hydra.domain import (
     TcpCheck,
 )
 from hydra.errors import InvalidArgument
+from hydra.occurrences import Explanation, Fact, FactKind
 from hydra.v1 import agent_service_pb2
 from hydra.v1 import types_pb2 as pb
 from hydra.wire import (
@@ -47,6 +48,8 @@ from hydra.wire import (
     attempt_to_proto,
     audit_entry_from_proto,
     audit_entry_to_proto,
+    explanation_from_proto,
+    explanation_to_proto,
     from_duration,
     from_timestamp,
     optional_duration,
@@ -489,3 +492,17 @@ def test_audit_entry_round_trip(task: str | None) -> None:
         detail="task 'x' not found",
     )
     assert audit_entry_from_proto(audit_entry_to_proto(entry)) == entry
+
+
+def test_an_explanation_round_trips_and_an_unknown_fact_kind_reads_as_unknown() -> None:
+    occurrence = datetime(2026, 3, 1, 2, 30, tzinfo=UTC)
+    facts = (
+        Fact(kind=FactKind.DROPPED, message="no run: ...", ids={"reason": "paused"}),
+        Fact(kind=FactKind.NOT_DUE, message="not due yet"),
+    )
+    explanation = Explanation(task="t", occurrence=occurrence, run=None, facts=facts)
+    message = explanation_to_proto(explanation)
+    assert not message.HasField("run")
+    assert explanation_from_proto(message) == explanation
+    message.facts.add(kind="from_a_newer_coordinator", message="m")
+    assert explanation_from_proto(message).facts[-1].kind is FactKind.UNKNOWN

@@ -30,6 +30,7 @@ ROLES: Mapping[str, Role] = MappingProxyType(
         _RUNS + "List": Role.VIEWER,
         _RUNS + "Watch": Role.VIEWER,
         _RUNS + "TailLogs": Role.VIEWER,
+        _RUNS + "Why": Role.VIEWER,
         _AGENTS + "List": Role.VIEWER,
         _CLUSTER + "Status": Role.VIEWER,
         # operator: steer what exists

@@ -10,7 +10,7 @@ from typing import Any
 
 import grpc
 
-from hydra.coordinator import manual_runs
+from hydra.coordinator import manual_runs, why
 from hydra.coordinator.api import scope
 from hydra.coordinator.api.audit import call_entry, failures_recorded
 from hydra.coordinator.api.errors import streaming, unary
@@ -24,7 +24,13 @@ from hydra.domain import AuditEntry
 from hydra.errors import InvalidArgument
 from hydra.v1 import run_service_pb2 as pb
 from hydra.v1 import run_service_pb2_grpc as pb_grpc
-from hydra.wire import from_timestamp, run_state_from_proto, run_to_proto, to_timestamp
+from hydra.wire import (
+    explanation_to_proto,
+    from_timestamp,
+    run_state_from_proto,
+    run_to_proto,
+    to_timestamp,
+)
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -194,6 +200,15 @@ class RunApi(pb_grpc.RunServiceServicer):
                     continue
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(new_output.wait(), FOLLOW_POLL_SECONDS)
+
+    @unary
+    async def Why(self, request: pb.WhyRequest, context: Context) -> pb.WhyResponse:
+        task = _task(request.task)
+        if not request.HasField("occurrence"):
+            raise InvalidArgument("required", path="occurrence")
+        occurrence = from_timestamp(request.occurrence)
+        explanation = await self._db.run(why.explain, task, occurrence, utcnow())
+        return explanation_to_proto(explanation)
 
     async def _run_in_scope(self, run_id: str, path: str = "id") -> str:
         """The run id a request names, once its run is known to be in the caller's scope

@@ -6,7 +6,8 @@ runs (`ON CONFLICT DO NOTHING` on task + occurrence, so any number of
 coordinators firing at once make one run) and advances them, in one
 transaction, in which the dispatcher leases them to this coordinator's agents
 (the runs are due within 50 ms, LEASE_AHEAD). Which missed occurrences get runs
-follows the task's catch-up policy; see :func:`plan_fire`.
+follows the task's catch-up policy; see :func:`plan_fire`. The occurrences it
+drops are recorded, with why, in the same transaction (`coordinator/dropped.py`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import logging
 from collections import deque
 from datetime import datetime, timedelta
 
-from hydra.coordinator import schedule
+from hydra.coordinator import dropped, schedule
 from hydra.coordinator.loops.dispatcher import Dispatcher
 from hydra.coordinator.loops.timing import seconds_until, utcnow, wait_event
 from hydra.coordinator.store import Database, triggers
@@ -77,6 +78,7 @@ def plan_fire(due: DueTrigger) -> FirePlan:
         occurrences=(*chosen, *upcoming),
         next_fire_at=schedule.next_fire(trigger, max(now + LEASE_AHEAD, last)),
         last_fired_at=last,
+        skipped=dropped.fire_drops(due, trigger, past, len(chosen), now),
     )
 
 

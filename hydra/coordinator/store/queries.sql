@@ -80,7 +80,12 @@ WITH task AS (
     WHERE name = %(name)s AND deleted_at IS NULL
     RETURNING id
 ), triggers AS (
-    UPDATE hydra_triggers SET active = NOT %(paused)s
+    UPDATE hydra_triggers SET active = NOT %(paused)s,
+        -- (the old `active` says whether this call changes anything)
+        paused_at = CASE WHEN NOT %(paused)s THEN paused_at
+                         WHEN active THEN now() ELSE coalesce(paused_at, now()) END,
+        resumed_at = CASE WHEN %(paused)s THEN NULL
+                          WHEN active THEN resumed_at ELSE now() END
     WHERE task_id = (SELECT id FROM task)
 )
 SELECT id FROM task;
@@ -114,7 +119,7 @@ ORDER BY t.name;
 -- name: claim_due_triggers
 -- Due time triggers of live, unpaused tasks, locked; others skip them.
 SELECT g.id, g.task_id, g.position, g.kind, g.spec, g.next_fire_at, g.last_fired_at,
-       t.name, t.version, v.spec AS task_spec
+       g.paused_at, g.resumed_at, t.name, t.version, v.spec AS task_spec
 FROM hydra_triggers g
 JOIN hydra_tasks t ON t.id = g.task_id
 JOIN hydra_task_versions v ON v.task_id = t.id AND v.version = t.version
@@ -673,7 +678,7 @@ WHERE id = %(run_id)s AND lease_token = %(lease_token)s AND state = 'LEASED';
 
 -- name: time_triggers_of_task
 -- A live task's time triggers, locked (to reschedule them on resume).
-SELECT g.id, g.position, g.next_fire_at FROM hydra_triggers g
+SELECT g.id, g.task_id, g.position, g.next_fire_at, g.paused_at FROM hydra_triggers g
 JOIN hydra_tasks t ON t.id = g.task_id
 WHERE t.name = %(name)s AND t.deleted_at IS NULL AND g.kind <> 'after'
 FOR UPDATE OF g;
@@ -817,3 +822,79 @@ SELECT a.state, count(*) AS agents, coalesce(sum(a.capacity), 0) AS capacity,
 FROM hydra_agents a
 WHERE a.state IN ('connected', 'draining')
 GROUP BY a.state;
+
+-- ---------------------------------------------------------- occurrences --
+
+-- name: extend_skipped_occurrences
+-- Grow a trigger's range of dropped occurrences that ends right before the new ones (same reason).
+UPDATE hydra_skipped_occurrences
+SET last_occurrence = %(last)s,
+    occurrence_count = occurrence_count + %(count)s::bigint,
+    recorded_at = now()
+WHERE id = (
+    SELECT id FROM hydra_skipped_occurrences
+    WHERE task_id = %(task_id)s AND trigger_position = %(position)s AND reason = %(reason)s
+      AND last_occurrence = %(previous)s
+    ORDER BY first_occurrence DESC LIMIT 1)
+RETURNING id;
+
+-- name: insert_skipped_occurrences
+-- Record a range of dropped occurrences; the same drop recorded twice is one row.
+INSERT INTO hydra_skipped_occurrences
+    (task_id, trigger_position, reason, first_occurrence, last_occurrence, occurrence_count, detail)
+VALUES (%(task_id)s, %(position)s, %(reason)s, %(first)s, %(last)s, %(count)s, %(detail)s)
+ON CONFLICT (task_id, trigger_position, first_occurrence) DO NOTHING
+RETURNING id;
+
+-- name: skipped_ranges_covering
+-- The recorded ranges of dropped occurrences of a task that hold an instant.
+SELECT trigger_position, reason, first_occurrence, last_occurrence, occurrence_count,
+       detail, recorded_at
+FROM hydra_skipped_occurrences
+WHERE task_id = %(task_id)s AND first_occurrence <= %(occurrence)s
+  AND last_occurrence >= %(occurrence)s
+ORDER BY first_occurrence DESC
+LIMIT 10;
+
+-- name: run_id_at
+-- The id of a task's run for an occurrence, if it has one (no lock: for reading).
+SELECT id FROM hydra_runs WHERE task_id = %(task_id)s AND occurrence = %(occurrence)s;
+
+-- name: runs_holding_slots
+-- The runs that take a task's slots before a queued run (claim_runs' order), oldest first, and how many.
+SELECT id, state, occurrence, count(*) OVER () AS ahead FROM hydra_runs
+WHERE task_id = %(task_id)s AND id <> %(except_id)s
+  AND (state IN ('LEASED', 'RUNNING')
+       OR (state = 'QUEUED' AND (attempts_used > 0 OR precondition_checks > 0
+                                 OR occurrence < %(occurrence)s)))
+ORDER BY occurrence
+LIMIT %(limit)s;
+
+-- name: upstream_runs_at
+-- The runs of named live tasks for one occurrence: id, state and reason.
+SELECT t.name, r.id, r.state, r.reason FROM hydra_tasks t
+JOIN hydra_runs r ON r.task_id = t.id AND r.occurrence = %(occurrence)s
+WHERE t.name = ANY(%(names)s) AND t.deleted_at IS NULL;
+
+-- name: trigger_schedules_of_task
+-- A task's triggers with their next fire time and pause, for explaining an occurrence.
+SELECT position, kind, next_fire_at, last_fired_at, paused_at, resumed_at, active
+FROM hydra_triggers WHERE task_id = %(task_id)s ORDER BY position;
+
+-- name: runs_active_at
+-- A task's runs for earlier occurrences that were queued or active at an instant (newest first).
+SELECT id, state, occurrence FROM (
+    SELECT id, state, occurrence, created_at, finished_at FROM hydra_runs
+    WHERE task_id = %(task_id)s AND occurrence < %(occurrence)s
+    ORDER BY occurrence DESC
+    LIMIT 100
+) recent
+WHERE created_at <= %(at)s AND (finished_at IS NULL OR finished_at >= %(at)s)
+ORDER BY occurrence DESC
+LIMIT %(limit)s;
+
+-- name: time_triggers_behind
+-- A task's active time triggers whose next fire time has passed (locked: a new version replaces them).
+SELECT position, kind, spec, next_fire_at FROM hydra_triggers
+WHERE task_id = %(task_id)s AND kind <> 'after' AND next_fire_at <= %(now)s
+FOR UPDATE;

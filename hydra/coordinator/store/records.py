@@ -7,7 +7,15 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from hydra.domain import AttemptOutcome, LeaseKey, RunCause, Task, TaskSpec, TriggerKind
+from hydra.domain import (
+    AttemptOutcome,
+    LeaseKey,
+    RunCause,
+    Task,
+    TaskSpec,
+    TriggerKind,
+)
+from hydra.occurrences import SkipReason
 
 #: Runs due this soon may be leased already; the agent starts them at their time.
 #: Long enough to cover leasing and the offer's trip, short enough that a run
@@ -32,6 +40,21 @@ class Applied:
     task: Task
     changed: bool
     previous_version: int
+    #: Time triggers the new version replaced or removed while they were behind
+    #: (next fire time passed: the task paused, or every coordinator down).
+    replaced: tuple[ReplacedTrigger, ...] = ()
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ReplacedTrigger:
+    """A time trigger a new version replaced before it caught up: its pending
+    occurrences, from `next_fire_at` on, get no run."""
+
+    task_id: int
+    position: int
+    #: The previous version's spec, which has the trigger at `position`.
+    spec: TaskSpec
+    next_fire_at: datetime
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -46,6 +69,26 @@ class DueTrigger:
     position: int
     next_fire_at: datetime
     last_fired_at: datetime | None
+    #: When the task was last paused and resumed (None: never, or not since).
+    paused_at: datetime | None = None
+    resumed_at: datetime | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SkippedRange:
+    """Contiguous occurrences of one trigger dropped for one reason (no run for any)."""
+
+    task_id: int
+    trigger_position: int
+    reason: SkipReason
+    first: datetime
+    last: datetime
+    #: Occurrences in [first, last]; None when too many to count cheaply.
+    count: int | None
+    detail: str = ""
+    #: The trigger's last fired occurrence before `first`: a recorded range of the
+    #: same reason ending there is extended instead of a new row (None: never).
+    previous: datetime | None = None
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -55,6 +98,8 @@ class FirePlan:
     occurrences: tuple[datetime, ...]
     next_fire_at: datetime | None
     last_fired_at: datetime
+    #: Occurrences that get no run, and why.
+    skipped: tuple[SkippedRange, ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

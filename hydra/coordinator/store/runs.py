@@ -19,11 +19,13 @@ from typing import Any, NamedTuple
 from psycopg.types.json import Jsonb
 
 from hydra.coordinator.agents.commands import AgentCommand
-from hydra.coordinator.store.records import NewRun, OutputRecord
+from hydra.coordinator.store import occurrences
+from hydra.coordinator.store.records import NewRun, OutputRecord, SkippedRange
 from hydra.coordinator.store.rows import run_from_row
 from hydra.coordinator.store.transaction import Row, Transaction
 from hydra.domain import After, LeaseKey, Overlap, Run, RunCause, RunState, TaskSpec
 from hydra.errors import FailedPrecondition, NotFound, Unavailable
+from hydra.occurrences import SkipReason
 
 log = logging.getLogger("hydra.coordinator.runs")
 
@@ -217,16 +219,19 @@ async def after_terminal(
     """A run of `task_name` ended: create, skip or re-open its dependents' runs.
     Dependents show the occurrence in the upstream run's zone: a pipeline sees one day."""
     for row in await tx.all("lock_dependents", name=task_name):
-        if row["paused"]:
-            continue
         spec = tx.spec(row["id"], row["version"], row["spec"])
-        for upstreams in _after_groups(spec, task_name):
-            await _resolve(tx, row, spec, upstreams, Occurrence(occurrence, timezone))
+        for position, upstreams in _after_groups(spec, task_name):
+            await _resolve(tx, row, spec, (position, upstreams), Occurrence(occurrence, timezone))
 
 
 async def _resolve(
-    tx: Transaction, task: Row, spec: TaskSpec, upstreams: Sequence[str], occurrence: Occurrence
+    tx: Transaction,
+    task: Row,
+    spec: TaskSpec,
+    trigger: tuple[int, Sequence[str]],
+    occurrence: Occurrence,
 ) -> None:
+    position, upstreams = trigger
     rows = await tx.all(
         "run_states_for_occurrence", names=list(upstreams), occurrence=occurrence.instant
     )
@@ -235,6 +240,11 @@ async def _resolve(
     if broken is None and any(states.get(n) != "SUCCEEDED" for n in upstreams):
         return  # still waiting for an upstream
     existing = await tx.one("run_of_task_at", task_id=task["id"], occurrence=occurrence.instant)
+    if task["paused"]:  # a paused task's `after` trigger drops the occurrence
+        if existing is None:
+            drop = _paused_drop(task, position, occurrence.instant)
+            await occurrences.record_skipped(tx, [drop])
+        return
     if broken is not None:
         reason = f"upstream {broken} {states[broken].lower()}"
         await _skip_dependent(tx, task, spec, existing, occurrence, reason)
@@ -335,8 +345,25 @@ async def check_no_cycle(tx: Transaction, spec: TaskSpec) -> None:
         raise FailedPrecondition(f"dependency cycle: {' -> '.join(reversed(cycle))}")
 
 
-def _after_groups(spec: TaskSpec, upstream: str) -> Iterable[tuple[str, ...]]:
-    return (t.tasks for t in spec.triggers if isinstance(t, After) and upstream in t.tasks)
+def _after_groups(spec: TaskSpec, upstream: str) -> Iterable[tuple[int, tuple[str, ...]]]:
+    """The `after` triggers naming `upstream`: their position and upstream tasks."""
+    return (
+        (position, t.tasks)
+        for position, t in enumerate(spec.triggers)
+        if isinstance(t, After) and upstream in t.tasks
+    )
+
+
+def _paused_drop(task: Row, position: int, occurrence: datetime) -> SkippedRange:
+    return SkippedRange(
+        task_id=task["id"],
+        trigger_position=position,
+        reason=SkipReason.PAUSED,
+        first=occurrence,
+        last=occurrence,
+        count=1,
+        detail="its upstreams finished while the task was paused",
+    )
 
 
 def find_cycle(upstreams_of: Mapping[str, Iterable[str]], start: str) -> list[str]:

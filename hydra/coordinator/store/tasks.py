@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import json
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
+from typing import Any
 
 from psycopg.types.json import Jsonb
 
 from hydra.coordinator.store import runs
-from hydra.coordinator.store.records import Applied, TriggerRow
+from hydra.coordinator.store.records import Applied, ReplacedTrigger, TriggerRow
 from hydra.coordinator.store.rows import task_from_row
 from hydra.coordinator.store.transaction import Row, Transaction
 from hydra.domain import Task, TaskSpec, TaskVersion, TriggerKind
@@ -38,8 +40,34 @@ async def apply_task(
         )
         return Applied(task=task, changed=True, previous_version=previous)
     assert row is not None
+    replaced = await _replaced_behind(tx, row, triggers, now)
     await _store_version(tx, row, previous + 1, spec_json, triggers)
-    return Applied(task=await get_task(tx, spec.name), changed=True, previous_version=previous)
+    task = await get_task(tx, spec.name)
+    return Applied(task=task, changed=True, previous_version=previous, replaced=replaced)
+
+
+async def _replaced_behind(
+    tx: Transaction, row: Row, triggers: Sequence[TriggerRow], now: datetime
+) -> tuple[ReplacedTrigger, ...]:
+    """The previous version's time triggers that are behind and that this version
+    changes or removes (an unchanged trigger keeps its schedule)."""
+    if row.get("new"):
+        return ()
+    old_spec = tx.spec(row["id"], row["version"], row["spec"])
+    replaced = []
+    for old in await tx.all("time_triggers_behind", task_id=row["id"], now=now):
+        position = old["position"]
+        new = triggers[position] if position < len(triggers) else None
+        if new is None or (new.kind.value, _as_json(new.spec)) != (old["kind"], old["spec"]):
+            replaced.append(
+                ReplacedTrigger(
+                    task_id=row["id"],
+                    position=position,
+                    spec=old_spec,
+                    next_fire_at=old["next_fire_at"],
+                )
+            )
+    return tuple(replaced)
 
 
 async def _lock_or_create(tx: Transaction, name: str, *, dry_run: bool) -> Row | None:
@@ -110,19 +138,18 @@ async def set_paused(
     name: str,
     paused: bool,
     *,
-    reschedule: Callable[[int, datetime | None], datetime | None] | None = None,
+    reschedule: Callable[[Row], datetime | None] | None = None,
 ) -> Task:
-    """Pause or resume a task's triggers; `reschedule(position, next_fire_at)` may
-    move each time trigger's next occurrence in the same transaction."""
+    """Pause or resume a task's triggers; `reschedule(trigger)` may move each time
+    trigger's next occurrence in the same transaction (it gets the trigger's
+    `task_id`, `position`, `next_fire_at` and `paused_at`)."""
+    if reschedule is not None:  # read before the pause ends: `paused_at` is kept
+        triggers = await tx.all("time_triggers_of_task", name=name)
     if await tx.one("set_task_paused", name=name, paused=paused) is None:
         raise NotFound(f"task {name!r} not found")
     if reschedule is not None:
-        for row in await tx.all("time_triggers_of_task", name=name):
-            await tx.execute(
-                "set_trigger_next_fire",
-                id=row["id"],
-                next_fire_at=reschedule(row["position"], row["next_fire_at"]),
-            )
+        for row in triggers:
+            await tx.execute("set_trigger_next_fire", id=row["id"], next_fire_at=reschedule(row))
     await tx.execute("notify_triggers")
     return await get_task(tx, name)
 
@@ -143,3 +170,8 @@ async def delete_task(tx: Transaction, name: str, *, force: bool) -> int:
         tx.metrics.run_finished(name, "CANCELLED")
     await tx.execute("delete_task", task_id=row["id"])
     return len(cancelled)
+
+
+def _as_json(value: Mapping[str, Any]) -> Any:
+    """`value` as it reads back from a jsonb column (what upsert_trigger compares)."""
+    return json.loads(json.dumps(dict(value)))

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime
 
-from hydra.coordinator.store import runs
-from hydra.coordinator.store.records import DueTrigger, FirePlan, NewRun
+from hydra.coordinator.store import occurrences, runs
+from hydra.coordinator.store.records import DueTrigger, FirePlan, NewRun, SkippedRange
 from hydra.coordinator.store.transaction import Row, Transaction
 from hydra.domain import Cron, TriggerKind
 
@@ -15,7 +15,8 @@ async def fire_due(
     tx: Transaction, now: datetime, limit: int, plan: Callable[[DueTrigger], FirePlan]
 ) -> int:
     """Lock the triggers due by `now` (SKIP LOCKED), create the runs `plan` chooses
-    (ON CONFLICT DO NOTHING on task + occurrence) and advance the triggers.
+    (ON CONFLICT DO NOTHING on task + occurrence), record the occurrences it drops
+    and advance the triggers.
 
     Returns how many triggers were due (the caller loops while it is `limit`).
     """
@@ -23,10 +24,12 @@ async def fire_due(
     if not rows:
         return 0
     new_runs: list[NewRun] = []
+    skipped: list[SkippedRange] = []
     ids, nexts, lasts = [], [], []
     for row in rows:
         due = _due_trigger(tx, row)
         fire = plan(due)
+        skipped.extend(fire.skipped)
         cause = TriggerKind(row["kind"]).cause
         new_runs.extend(
             NewRun(
@@ -45,6 +48,7 @@ async def fire_due(
         lasts.append(fire.last_fired_at)
     await tx.execute("advance_triggers", ids=ids, next_fire_ats=nexts, last_fired_ats=lasts)
     await runs.insert_runs(tx, new_runs)
+    await occurrences.record_skipped(tx, skipped)
     return len(rows)
 
 
@@ -64,6 +68,8 @@ def _due_trigger(tx: Transaction, row: Row) -> DueTrigger:
         position=row["position"],
         next_fire_at=row["next_fire_at"],
         last_fired_at=row["last_fired_at"],
+        paused_at=row["paused_at"],
+        resumed_at=row["resumed_at"],
     )
 
 
