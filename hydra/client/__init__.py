@@ -38,6 +38,9 @@ from hydra.domain import (
     HttpCheck,
     Interval,
     NewCredential,
+    Notification,
+    NotificationState,
+    NotifyEvent,
     OnTimeout,
     Overlap,
     PreconditionVerdict,
@@ -48,6 +51,7 @@ from hydra.domain import (
     SecretRef,
     TaskVersion,
     TcpCheck,
+    Webhook,
 )
 from hydra.domain import Task as RegisteredTask
 from hydra.domain import TaskSpec as Task
@@ -91,6 +95,9 @@ __all__ = [
     "LogChunk",
     "NewCredential",
     "NotFound",
+    "Notification",
+    "NotificationState",
+    "NotifyEvent",
     "OnTimeout",
     "Overlap",
     "PermissionDenied",
@@ -107,4 +114,5 @@ __all__ = [
     "TcpCheck",
     "Unauthenticated",
     "Unavailable",
+    "Webhook",
 ]

@@ -35,6 +35,9 @@ def test_all_is_pinned() -> None:
         "LogChunk",
         "NewCredential",
         "NotFound",
+        "Notification",
+        "NotificationState",
+        "NotifyEvent",
         "OnTimeout",
         "Overlap",
         "PermissionDenied",
@@ -51,6 +54,7 @@ def test_all_is_pinned() -> None:
         "TcpCheck",
         "Unauthenticated",
         "Unavailable",
+        "Webhook",
     ]
 
 

@@ -19,6 +19,9 @@ def test_spec_all_is_pinned() -> None:
         "task_to_dict",
         "validate_parsed_task",
         "validate_task",
+        "validate_webhooks",
+        "webhook_to_dict",
+        "webhooks_from_list",
     ]
 
 
