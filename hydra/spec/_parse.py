@@ -182,9 +182,7 @@ def _parse_secret_ref(value: Mapping[Any, Any], path: str, problems: _Problems) 
     return SecretRef(name=name)
 
 
-def _parse_text_or_secret(
-    value: object, path: str, problems: _Problems
-) -> str | SecretRef | None:
+def _parse_text_or_secret(value: object, path: str, problems: _Problems) -> str | SecretRef | None:
     """A string, or a secret reference ``{secret: NAME}`` (a webhook's URL)."""
     if isinstance(value, Mapping):
         return _parse_secret_ref(value, path, problems)
@@ -199,9 +197,8 @@ def _parse_secret(value: object, path: str, problems: _Problems) -> SecretRef | 
 
 
 def _webhook(fields: dict[str, Any]) -> Webhook:
-    return Webhook(
-        on=fields.get("on") or (), url=fields.get("webhook"), **_some(fields, "headers", "body", "sign")
-    )
+    url: Any = fields.get("webhook")  # None when missing or unusable: a problem already
+    return Webhook(on=fields.get("on") or (), url=url, **_some(fields, "headers", "body", "sign"))
 
 
 def _parse_webhook(value: object, path: str, problems: _Problems) -> Webhook | None:

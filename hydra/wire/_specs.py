@@ -258,7 +258,7 @@ class _Decoder:
         return tuple(self.webhook(m, _join(path, i)) for i, m in enumerate(messages))
 
     def webhook(self, message: pb.Webhook, path: str) -> Webhook:
-        on = []
+        on: list[Any] = []  # None for an unknown event: a problem already
         for index, number in enumerate(message.on):
             if number not in _NOTIFY_EVENTS_BACK:
                 self.add(_join(_join(path, "on"), index), f"unknown event {number}")

@@ -67,6 +67,7 @@ DOCUMENTED = {
             "RunService/TailLogs",
             "AgentService/List",
             "ClusterService/Status",
+            "NotificationService/List",
         ],
         Role.VIEWER,
     ),

@@ -41,6 +41,10 @@ def test_wire_all_is_pinned() -> None:
         "credential_to_proto",
         "from_duration",
         "from_timestamp",
+        "notification_from_proto",
+        "notification_state_from_proto",
+        "notification_state_to_proto",
+        "notification_to_proto",
         "optional_duration",
         "optional_timestamp",
         "outcome_from_proto",
@@ -61,6 +65,7 @@ def test_wire_all_is_pinned() -> None:
         "to_timestamp",
         "verdict_from_proto",
         "verdict_to_proto",
+        "webhook_to_proto",
     ]
 
 

@@ -73,11 +73,24 @@ def plan_fire(due: DueTrigger) -> FirePlan:
     soon = max(due.next_fire_at, now + timedelta(microseconds=1))
     upcoming = list(schedule.occurrences(trigger, soon, now + LEASE_AHEAD))
     last = (upcoming or past or [due.next_fire_at])[-1]
+    dropped = tuple(o for o in past if o not in chosen)
     return FirePlan(
         occurrences=(*chosen, *upcoming),
         next_fire_at=schedule.next_fire(trigger, max(now + LEASE_AHEAD, last)),
         last_fired_at=last,
+        missed_since=_missed_since(due, past, dropped),
+        dropped=dropped,
     )
+
+
+def _missed_since(
+    due: DueTrigger, past: list[datetime], dropped: tuple[datetime, ...]
+) -> datetime | None:
+    """The first occurrence the policies dropped, or None: older than the ones
+    found when the trigger was behind by more than the policy keeps."""
+    if past and due.next_fire_at < past[0]:
+        return due.next_fire_at
+    return min(dropped) if dropped else None
 
 
 def _keep(spec: TaskSpec) -> int:

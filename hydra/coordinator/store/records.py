@@ -7,7 +7,16 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from hydra.domain import AttemptOutcome, LeaseKey, RunCause, Task, TaskSpec, TriggerKind
+from hydra.domain import (
+    AttemptOutcome,
+    LeaseKey,
+    NotifyEvent,
+    RunCause,
+    Task,
+    TaskSpec,
+    TriggerKind,
+    Webhook,
+)
 
 #: Runs due this soon may be leased already; the agent starts them at their time.
 #: Long enough to cover leasing and the offer's trip, short enough that a run
@@ -55,6 +64,10 @@ class FirePlan:
     occurrences: tuple[datetime, ...]
     next_fire_at: datetime | None
     last_fired_at: datetime
+    #: The first occurrence missed (dropped by the catch-up policy or
+    #: starting_deadline), None if none was; `dropped` lists those found.
+    missed_since: datetime | None = None
+    dropped: tuple[datetime, ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -166,3 +179,17 @@ class LeaseTimes:
     ttl: timedelta = timedelta(seconds=10)
     heartbeat_interval: timedelta = timedelta(seconds=2)
     kill_grace: timedelta = timedelta(seconds=10)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Outgoing:
+    """A notification leased to this coordinator for delivery."""
+
+    id: int
+    event_id: str
+    event: NotifyEvent
+    webhook: Webhook
+    #: The event as recorded, with the attempt it is about (exit code...) if any.
+    payload: Mapping[str, Any]
+    #: Tries made so far (by any coordinator).
+    attempts: int

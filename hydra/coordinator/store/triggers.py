@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime
 
-from hydra.coordinator.store import runs
+from hydra.coordinator.store import outbox, runs
 from hydra.coordinator.store.records import DueTrigger, FirePlan, NewRun
 from hydra.coordinator.store.transaction import Row, Transaction
 from hydra.domain import Cron, TriggerKind
@@ -27,6 +27,8 @@ async def fire_due(
     for row in rows:
         due = _due_trigger(tx, row)
         fire = plan(due)
+        if fire.missed_since is not None:
+            await outbox.occurrences_missed(tx, due, fire.dropped, fire.missed_since)
         cause = TriggerKind(row["kind"]).cause
         new_runs.extend(
             NewRun(
