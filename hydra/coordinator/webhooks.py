@@ -74,6 +74,9 @@ class DeliveryConfig:
     max_tries: int = 8
     backoff: timedelta = timedelta(seconds=1)
     max_backoff: timedelta = timedelta(minutes=5)
+    #: How long past a try's time limit its lease lasts (then another coordinator
+    #: takes the notification over: a dead one's are delivered after this).
+    lease_margin: timedelta = timedelta(seconds=10)
     #: Deliveries in flight per coordinator (threads of its own).
     concurrency: int = 4
     #: How often the deadline loop looks for late occurrences.

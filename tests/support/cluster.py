@@ -23,6 +23,7 @@ from harness.wait import wait_for
 from hydra.coordinator.api.auth import OnRefused
 from hydra.coordinator.server import CoordinatorConfig, CoordinatorServer
 from hydra.coordinator.store.records import LeaseTimes
+from hydra.coordinator.webhooks import DeliveryConfig
 
 #: Short lease timing so that failure tests finish in seconds.
 FAST_TIMES = LeaseTimes(
@@ -43,9 +44,11 @@ class CoordinatorThread:
         name: str = "c",
         insecure: bool = True,
         on_refused: OnRefused | None = None,
+        notify: DeliveryConfig | None = None,
     ) -> None:
         """`insecure` (the default, so that tests need no credentials) serves without
-        authentication; tests of security turn it off (see support.credentials)."""
+        authentication; tests of security turn it off (see support.credentials).
+        `notify`: how it delivers notifications (default: DeliveryConfig's)."""
         self.config = CoordinatorConfig(
             conninfo=conninfo,
             listen="127.0.0.1:0",
@@ -53,6 +56,7 @@ class CoordinatorThread:
             times=times,
             coordinator_id=name,
             insecure=insecure,
+            notify=notify or DeliveryConfig(),
         )
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True, name=name)

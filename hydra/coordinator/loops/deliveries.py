@@ -41,8 +41,6 @@ log = logging.getLogger("hydra.coordinator.deliveries")
 
 #: Upper bound of the loop's sleep when nothing wakes it (leases expire, tries come due).
 POLL_SECONDS = 1.0
-#: Beyond a try's time limit and the longest backoff, before a lease may be taken over.
-LEASE_MARGIN = timedelta(seconds=10)
 
 
 class Deliveries:
@@ -63,16 +61,16 @@ class Deliveries:
         self._renderer_started = False
         self.wake = asyncio.Event()
 
-    @property
-    def lease(self) -> timedelta:
-        """How long a claim holds a notification without news of its tries."""
-        return self._config.timeout + self._config.max_backoff + LEASE_MARGIN
+    def _lease(self, pause: timedelta = timedelta(0)) -> timedelta:
+        """How long a claim holds a notification: its next try's time limit, the
+        pause before it, and a margin; then another coordinator may take it over."""
+        return pause + self._config.timeout + timedelta(seconds=1) + self._config.lease_margin
 
     async def step(self) -> None:
         """Claim what there is room for, start delivering it, then wait for news."""
         free = self._config.concurrency - len(self._in_flight)
         if free > 0:
-            for outgoing in await self._db.run(outbox.claim, self._owner, self.lease, free):
+            for outgoing in await self._db.run(outbox.claim, self._owner, self._lease(), free):
                 self._start(outgoing)
         await wait_event(self.wake, POLL_SECONDS)
 
@@ -119,43 +117,46 @@ class Deliveries:
                 await asyncio.sleep(POLL_SECONDS)
 
     async def _tries(self, outgoing: Outgoing, body: bytes) -> int:
-        """POST until it is delivered; returns the tries made in all.
+        """POST until it is delivered; returns the tries made in all. Each failed
+        try is counted in the row, its lease extended over the backoff, before the next.
 
         Raises:
             _GaveUp: after the last try allowed.
         """
         tries = outgoing.attempts
+
+        async def counted(state: tenacity.RetryCallState) -> None:
+            error = state.outcome.exception() if state.outcome else None
+            pause = state.next_action.sleep if state.next_action else 0.0
+            log.info("notification %d: try %d failed: %s", outgoing.id, tries, error)
+            lease = self._lease(timedelta(seconds=pause))
+            await self._db.run(outbox.record_try, outgoing, self._owner, tries, str(error), lease)
+
         retrying = tenacity.AsyncRetrying(
             stop=tenacity.stop_after_attempt(max(1, self._config.max_tries - outgoing.attempts)),
             wait=tenacity.wait_exponential_jitter(
-                initial=self._config.backoff.total_seconds(),
+                multiplier=self._config.backoff.total_seconds(),
                 max=self._config.max_backoff.total_seconds(),
+                jitter=self._config.backoff.total_seconds(),
             ),
             retry=tenacity.retry_if_exception_type(DeliveryFailed),
+            before_sleep=counted,
             reraise=True,
         )
         try:
             async for attempt in retrying:
                 with attempt:
                     tries += 1
-                    await self._try(outgoing, body, tries)
+                    await self._try(outgoing, body)
         except DeliveryFailed as error:
             raise _GaveUp(tries, str(error)) from None
         return tries
 
-    async def _try(self, outgoing: Outgoing, body: bytes, number: int) -> None:
-        """One POST; a failure is counted in the row before it is retried."""
-        try:
-            request = build_request(
-                outgoing.webhook, outgoing.event_id, outgoing.event.value, body, self._secrets
-            )
-            await self._post(request)
-        except DeliveryFailed as error:
-            log.info("notification %d: try %d failed: %s", outgoing.id, number, error)
-            await self._db.run(
-                outbox.record_try, outgoing, self._owner, number, str(error), self.lease
-            )
-            raise
+    async def _try(self, outgoing: Outgoing, body: bytes) -> None:
+        """One POST (its secrets read now: a secret added meanwhile is used)."""
+        webhook, event = outgoing.webhook, outgoing.event.value
+        request = build_request(webhook, outgoing.event_id, event, body, self._secrets)
+        await self._post(request)
 
     async def _post(self, request: Request) -> None:
         loop = asyncio.get_running_loop()
