@@ -252,6 +252,7 @@ def post(request: Request, timeout: timedelta) -> int:
             answer.read(64 * 1024)
             return int(answer.status)
     except urllib.error.HTTPError as error:
+        error.close()  # it holds the answer's connection
         raise DeliveryFailed(request.masked(f"HTTP {error.code} {error.reason}")) from None
     except (urllib.error.URLError, OSError, ValueError) as error:
         reason = getattr(error, "reason", error)
