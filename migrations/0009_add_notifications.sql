@@ -70,7 +70,7 @@ DECLARE
     hooks jsonb;
     defaults boolean := false;
     recorded integer;
-BEGIN
+BEGIN  -- a PL/pgSQL block, not a transaction
     SELECT v.spec -> 'notify' INTO hooks
     FROM hydra_task_versions v WHERE v.task_id = p_task_id AND v.version = p_task_version;
     IF hooks IS NULL OR jsonb_array_length(hooks) = 0 THEN
@@ -101,7 +101,7 @@ END $$;
 CREATE FUNCTION hydra_run_event() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
     kind text;
-BEGIN
+BEGIN  -- a PL/pgSQL block, not a transaction
     kind := CASE
         WHEN NEW.state = 'SUCCEEDED' THEN 'succeeded'
         WHEN NEW.state = 'FAILED' THEN 'failed'

@@ -18,8 +18,9 @@ from typing import Any
 
 import pytest
 
-from harness.hydra import wait_agents
+from harness.hydra import coordinator_argv, wait_agents, wait_serving
 from harness.net import free_port
+from harness.processes import Processes
 from harness.wait import wait_for
 from hydra.client import (
     Client,
@@ -339,3 +340,44 @@ def test_missed_is_sent_once_when_catch_up_drops_occurrences(
     assert missed_before == 0 and len(receiver.requests) == 1 and len(rows) == 1
     assert event["event"] == "missed" and event["catchup"] == "latest"
     assert event["missed_since"] == event["occurrence"]
+
+
+@pytest.mark.slow
+def test_a_coordinator_sigkilled_mid_delivery_loses_no_event(
+    db_conninfo: str, tmp_path: Path, receiver: Receiver
+) -> None:
+    """A real `hydra coordinator` is SIGKILLed while its POST is in flight: once its
+    lease expires another coordinator delivers the event again, with the same id."""
+    address = f"127.0.0.1:{free_port()}"
+    argv = coordinator_argv(db_conninfo, address, coordinator_id="doomed")
+    with Processes(tmp_path / "logs") as processes:
+        doomed = processes.start("doomed", [*argv, "--notify-timeout", "3s"])
+        wait_serving(doomed, address)
+        agent = AgentProcess("agent-0", [address], log_path=tmp_path / "agent.log").start()
+        try:
+            wait_agents(db_conninfo, ["agent-0"], watched=[agent], timeout=30)
+            receiver.hang.set()
+            with Client([address]) as client:
+                client.apply(
+                    Task(
+                        name="t",
+                        command=["true"],
+                        notify=[_hook(receiver.url, NotifyEvent.SUCCEEDED)],
+                    )
+                )
+                run, _ = client.trigger("t")
+                (first,) = receiver.received(1)
+            doomed.kill()
+        finally:
+            agent.stop()
+        receiver.released.set()
+        survivor = CoordinatorThread(db_conninfo, name="survivor", notify=FAST).start()
+        try:
+            with Client([survivor.address]) as client:
+                requests = receiver.received(2, timeout=60)
+                (row,) = _delivered(client, "t")
+        finally:
+            survivor.stop()
+    assert first.json()["run_id"] == run.id
+    assert {r.headers["Hydra-Event-Id"] for r in requests} == {row.event_id}
+    assert len(requests) == 2 and requests[1].body == first.body
