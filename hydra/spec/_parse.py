@@ -202,6 +202,8 @@ def _webhook(fields: dict[str, Any]) -> Webhook:
 
 
 def _parse_webhook(value: object, path: str, problems: _Problems) -> Webhook | None:
+    if isinstance(value, Mapping) and True in value:  # YAML 1.1 reads a bare `on:` as true
+        value = {"on" if key is True else key: item for key, item in value.items()}
     fields = _parse_fields(value, path, problems, _WEBHOOK_FIELDS)
     if isinstance(value, Mapping):
         for required in ("on", "webhook"):
