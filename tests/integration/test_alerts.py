@@ -5,6 +5,7 @@ at least once, with their id, payload and signature."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import hmac
@@ -12,7 +13,7 @@ import statistics
 import time
 from collections.abc import Iterator
 from dataclasses import replace
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from harness.wait import wait_for
 from hydra.client import (
     Client,
     FileCheck,
+    HydraError,
     Interval,
     NotificationState,
     NotifyEvent,
@@ -33,9 +35,13 @@ from hydra.client import (
     Task,
     Webhook,
 )
+from hydra.coordinator.specs import apply_spec
+from hydra.coordinator.store import Database as Store
+from hydra.coordinator.store import open_pool, outbox
 from hydra.coordinator.webhooks import DeliveryConfig
 
 from support.cluster import AgentProcess, CoordinatorThread, Database
+from support.credentials import make_credential
 from support.receiver import Receiver
 
 FAST = DeliveryConfig(
@@ -381,3 +387,80 @@ def test_a_coordinator_sigkilled_mid_delivery_loses_no_event(
     assert first.json()["run_id"] == run.id
     assert {r.headers["Hydra-Event-Id"] for r in requests} == {row.event_id}
     assert len(requests) == 2 and requests[1].body == first.body
+
+
+def test_cluster_defaults_serve_tasks_without_notify_and_scoped_viewers_see_their_own(
+    db_conninfo: str, tmp_path: Path, receiver: Receiver
+) -> None:
+    defaults = (_hook(receiver.url, NotifyEvent.SUCCEEDED),)
+    coordinator = CoordinatorThread(
+        db_conninfo, name="secured", insecure=False, notify=replace(FAST, defaults=defaults)
+    ).start()
+    token = make_credential(db_conninfo, "agent-a", "agent", agent_id="a")
+    agent = AgentProcess("a", [coordinator.address], log_path=tmp_path / "a.log", token=token)
+    try:
+        agent.start()
+        wait_agents(db_conninfo, ["a"], watched=[agent], timeout=30)
+        admin = Client(coordinator.address, token=make_credential(db_conninfo, "root", "admin"))
+        viewer = Client(coordinator.address, token=make_credential(db_conninfo, "v", "viewer"))
+        scoped = Client(
+            coordinator.address,
+            token=make_credential(db_conninfo, "bv", "viewer", scope="billing."),
+        )
+        own = _hook(receiver.url, NotifyEvent.SUCCEEDED, NotifyEvent.FAILED)
+        admin.apply(
+            [
+                Task(name="billing.export", command=["true"]),
+                Task(name="hr.payroll", command=["true"], notify=[own]),
+            ]
+        )
+        for name in ("billing.export", "hr.payroll"):
+            admin.wait(admin.trigger(name)[0].id, timeout=30)
+        receiver.received(2)
+        _delivered(admin, "billing.export")
+        _delivered(admin, "hr.payroll")
+        everything = {n.task: n for n in viewer.list_notifications()}
+        mine = scoped.list_notifications()
+        with pytest.raises(HydraError) as refused:
+            scoped.list_notifications(task="hr.payroll")
+    finally:
+        agent.stop()
+        coordinator.stop()
+    assert sorted(everything) == ["billing.export", "hr.payroll"]
+    assert everything["billing.export"].from_defaults
+    assert not everything["hr.payroll"].from_defaults
+    assert [n.task for n in mine] == ["billing.export"]
+    assert refused.value.status_code_name == "PERMISSION_DENIED"
+
+
+def test_late_is_sent_for_an_occurrence_whose_run_was_never_created(db_conninfo: str) -> None:
+    """The trigger of a task is behind by more than the deadline (no coordinator
+    fired it): the deadline loop's query finds the occurrence and records it once."""
+    db = Database(db_conninfo)
+    hook = _hook("http://127.0.0.1:9/hook", NotifyEvent.LATE)
+    spec = Task(
+        name="nightly",
+        command=["true"],
+        triggers=[Interval(every=timedelta(hours=1))],
+        deadline=timedelta(minutes=10),
+        notify=[hook],
+    )
+
+    async def scenario() -> list[int]:
+        pool = open_pool(db_conninfo, 2)
+        await pool.open()
+        store = Store(pool)
+        try:
+            await apply_spec(store, spec, dry_run=False, now=datetime.now(UTC))
+            db.rows(
+                "UPDATE hydra_triggers SET next_fire_at = now() - interval '1 hour' RETURNING id"
+            )
+            now = datetime.now(UTC)
+            return [await store.run(outbox.record_late, now, 500) for _ in range(3)]
+        finally:
+            await pool.close()
+
+    assert asyncio.run(scenario()) == [1, 0, 0]
+    rows = db.rows("SELECT event, run_id, payload FROM hydra_notifications")
+    assert [(r["event"], r["run_id"]) for r in rows] == [("late", None)]
+    assert rows[0]["payload"]["state"] == "NOT_CREATED"
