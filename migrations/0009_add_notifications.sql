@@ -113,7 +113,8 @@ BEGIN  -- a PL/pgSQL block, not a transaction
     END IF;
     PERFORM hydra_record_event(
         kind, NEW.task_id, NEW.task_version, NEW.id, NEW.occurrence,
-        md5(NEW.id::text || ':' || kind || ':' || NEW.attempts_used)::uuid,
+        -- Its change, once: a run skipped, retried and skipped again has two events.
+        md5(NEW.id::text || ':' || kind || ':' || NEW.attempts_used || ':' || now()::text)::uuid,
         jsonb_build_object(
             'task', (SELECT t.name FROM hydra_tasks t WHERE t.id = NEW.task_id),
             'run_id', NEW.id,
