@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from harness.hydra import coordinator_argv, wait_agents, wait_serving
+from harness.hydra import Hydractl, coordinator_argv, wait_agents, wait_serving
 from harness.net import free_port
 from harness.processes import Processes
 from harness.wait import wait_for
@@ -186,7 +186,7 @@ def test_a_notification_is_failed_after_its_tries_with_the_last_error(
     db_conninfo: str, tmp_path: Path, receiver: Receiver
 ) -> None:
     receiver.status = 500
-    with alerting_cluster(db_conninfo, tmp_path, replace(FAST, max_tries=3)) as (_, client):
+    with alerting_cluster(db_conninfo, tmp_path, replace(FAST, max_tries=3)) as (c, client):
         client.apply(
             Task(name="t", command=["true"], notify=[_hook(receiver.url, NotifyEvent.SUCCEEDED)])
         )
@@ -196,7 +196,15 @@ def test_a_notification_is_failed_after_its_tries_with_the_last_error(
             timeout=30,
             message="the notification failed",
         )
+        hydractl = Hydractl(c.address)
+        listed = hydractl.json("notifications", "list", "--task", "t", "--state", "failed")
+        table = hydractl.ok("notifications", "list")
+        refused = hydractl.run("notifications", "list", "--state", "lost")
     assert len(receiver.requests) == 3
+    assert [(n["event"], n["state"], n["attempts"]) for n in listed] == [("succeeded", "failed", 3)]
+    assert listed[0]["url"] == receiver.url and listed[0]["last_error"].startswith("HTTP 500")
+    assert "TRIES" in table and "HTTP 500" in table
+    assert refused.returncode != 0 and "--state" in refused.stderr
     assert failed[0].attempts == 3 and failed[0].last_error.startswith("HTTP 500")
     assert len({r.headers["Hydra-Event-Id"] for r in receiver.requests}) == 1
 
