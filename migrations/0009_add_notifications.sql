@@ -59,6 +59,11 @@ CREATE TABLE hydra_late_occurrences (
     PRIMARY KEY (task_id, occurrence)
 );
 
+-- A version's webhooks apart from its spec, so that a run's state change reads them
+-- without reading (and detoasting) the whole spec.
+ALTER TABLE hydra_task_versions
+    ADD COLUMN notify jsonb GENERATED ALWAYS AS (spec -> 'notify') STORED;
+
 -- Record one event for every webhook of the task version (or the defaults, when
 -- its notify is empty) that listens for it; an event recorded already is not
 -- recorded again. Wakes the coordinators' deliveries.
@@ -71,7 +76,7 @@ DECLARE
     defaults boolean := false;
     recorded integer;
 BEGIN  -- a PL/pgSQL block, not a transaction
-    SELECT v.spec -> 'notify' INTO hooks
+    SELECT v.notify INTO hooks
     FROM hydra_task_versions v WHERE v.task_id = p_task_id AND v.version = p_task_version;
     IF hooks IS NULL OR jsonb_array_length(hooks) = 0 THEN
         SELECT d.webhooks INTO hooks FROM hydra_notify_defaults d;
@@ -94,6 +99,16 @@ BEGIN  -- a PL/pgSQL block, not a transaction
     RETURN recorded;
 END $$;
 
+-- Whether a task version has webhooks, its own or the defaults.
+CREATE FUNCTION hydra_notifies(p_task_id bigint, p_task_version integer)
+RETURNS boolean LANGUAGE sql STABLE AS $$
+    SELECT EXISTS (
+        SELECT 1 FROM hydra_task_versions v
+        WHERE v.task_id = p_task_id AND v.version = p_task_version
+          AND jsonb_array_length(coalesce(v.notify, '[]')) > 0
+    ) OR EXISTS (SELECT 1 FROM hydra_notify_defaults d WHERE jsonb_array_length(d.webhooks) > 0)
+$$;
+
 -- A run's state change into SUCCEEDED, FAILED or SKIPPED, or from RUNNING back to
 -- QUEUED (a retry), records its event: in a trigger so that every path that
 -- changes a run (attempt reports, the reaper, precondition timeouts, overlap and
@@ -108,7 +123,8 @@ BEGIN  -- a PL/pgSQL block, not a transaction
         WHEN NEW.state = 'SKIPPED' THEN 'skipped'
         WHEN NEW.state = 'QUEUED' AND TG_OP = 'UPDATE' AND OLD.state = 'RUNNING' THEN 'retrying'
     END;
-    IF kind IS NULL THEN
+    -- Most tasks notify nobody: then nothing more is read or built.
+    IF kind IS NULL OR NOT hydra_notifies(NEW.task_id, NEW.task_version) THEN
         RETURN NULL;
     END IF;
     PERFORM hydra_record_event(
