@@ -61,8 +61,10 @@ CREATE TABLE hydra_late_occurrences (
 
 -- A version's webhooks apart from its spec, so that a run's state change reads them
 -- without reading (and detoasting) the whole spec.
+-- The same for its deadline (text, e.g. '1h30m'), which the deadline loop reads.
 ALTER TABLE hydra_task_versions
-    ADD COLUMN notify jsonb GENERATED ALWAYS AS (spec -> 'notify') STORED;
+    ADD COLUMN notify jsonb GENERATED ALWAYS AS (spec -> 'notify') STORED,
+    ADD COLUMN deadline text GENERATED ALWAYS AS (spec ->> 'deadline') STORED;
 
 -- Record one event for every webhook of the task version (or the defaults, when
 -- its notify is empty) that listens for it; an event recorded already is not

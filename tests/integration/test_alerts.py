@@ -24,6 +24,7 @@ from harness.net import free_port
 from harness.processes import Processes
 from harness.wait import wait_for
 from hydra.client import (
+    After,
     Client,
     FileCheck,
     HydraError,
@@ -472,3 +473,35 @@ def test_late_is_sent_for_an_occurrence_whose_run_was_never_created(db_conninfo:
     rows = db.rows("SELECT event, run_id, payload FROM hydra_notifications")
     assert [(r["event"], r["run_id"]) for r in rows] == [("late", None)]
     assert rows[0]["payload"]["state"] == "NOT_CREATED"
+
+
+def test_retrying_and_skipped_are_recorded_with_their_run(
+    db_conninfo: str, tmp_path: Path, receiver: Receiver
+) -> None:
+    events = (NotifyEvent.RETRYING, NotifyEvent.FAILED, NotifyEvent.SKIPPED)
+    with alerting_cluster(db_conninfo, tmp_path) as (_, client):
+        client.apply(
+            [
+                Task(
+                    name="up",
+                    command=["false"],
+                    retry=Retry(max_attempts=2, backoff=timedelta(0)),
+                    notify=[_hook(receiver.url, *events)],
+                ),
+                Task(
+                    name="down",
+                    command=["true"],
+                    triggers=[After(tasks=("up",))],
+                    notify=[_hook(receiver.url, *events)],
+                ),
+            ]
+        )
+        run, _ = client.trigger("up")
+        requests = receiver.received(3)
+        time.sleep(1.0)
+    got = sorted((r.json()["task"], r.json()["event"], r.json()["attempts"]) for r in requests)
+    assert got == [("down", "skipped", 0), ("up", "failed", 2), ("up", "retrying", 1)]
+    retrying = next(r.json() for r in requests if r.json()["event"] == "retrying")
+    assert retrying["run_id"] == run.id and retrying["next_try_at"] is not None
+    assert retrying["exit_code"] == 1
+    assert len({r.headers["Hydra-Event-Id"] for r in requests}) == 3

@@ -788,21 +788,21 @@ SELECT hydra_record_event(
 -- Record once the late event of each occurrence past its deadline without success: its run queued, leased or running, or never created.
 WITH candidates AS (
     SELECT r.task_id, r.task_version, r.id AS run_id, r.occurrence, r.state::text AS state,
-           r.reason, r.attempts_used, v.spec ->> 'deadline' AS deadline
+           r.reason, r.attempts_used, v.deadline AS deadline
     FROM hydra_runs r
     JOIN hydra_task_versions v ON v.task_id = r.task_id AND v.version = r.task_version
     WHERE r.state IN ('QUEUED', 'LEASED', 'RUNNING')
-      AND v.spec ->> 'deadline' IS NOT NULL
-      AND r.occurrence + (v.spec ->> 'deadline')::interval <= %(now)s
+      AND v.deadline IS NOT NULL
+      AND r.occurrence + (v.deadline)::interval <= %(now)s
     UNION ALL
     SELECT tr.task_id, t.version, NULL, tr.next_fire_at, 'NOT_CREATED', '', 0,
-           v.spec ->> 'deadline'
+           v.deadline
     FROM hydra_triggers tr
     JOIN hydra_tasks t ON t.id = tr.task_id AND t.deleted_at IS NULL
     JOIN hydra_task_versions v ON v.task_id = t.id AND v.version = t.version
     WHERE tr.active AND tr.next_fire_at IS NOT NULL
-      AND v.spec ->> 'deadline' IS NOT NULL
-      AND tr.next_fire_at + (v.spec ->> 'deadline')::interval <= %(now)s
+      AND v.deadline IS NOT NULL
+      AND tr.next_fire_at + (v.deadline)::interval <= %(now)s
       AND NOT EXISTS (
           SELECT 1 FROM hydra_runs r WHERE r.task_id = tr.task_id AND r.occurrence = tr.next_fire_at
       )
