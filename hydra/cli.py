@@ -144,6 +144,35 @@ def _server_tls_flags(parser: argparse.ArgumentParser) -> None:
         "--tls-client-ca", type=Path, default=config.tls_client_ca(), metavar="PEM",
         help="require client certificates signed by this CA: mTLS (HYDRA_TLS_CLIENT_CA)",
     )  # fmt: skip
+    _notify_flags(parser)
+
+
+def _notify_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--notify-defaults",
+        default=config.notify_defaults(),
+        metavar="FILE",
+        help="YAML list of webhooks for tasks without notify; the same on every coordinator "
+        "(HYDRA_NOTIFY_DEFAULTS)",
+    )
+    parser.add_argument(
+        "--secrets-dir",
+        dest="coordinator_secrets_dir",
+        default=config.secrets_dir(),
+        metavar="DIR",
+        help="directory of secrets, one file per secret, for webhook URLs, headers and "
+        "signing keys {secret: NAME} (HYDRA_SECRETS_DIR)",
+    )
+    parser.add_argument(
+        "--notify-timeout", default="10s", help="time limit of one webhook POST (default 10s)"
+    )
+    parser.add_argument(
+        "--notify-tries",
+        type=int,
+        default=8,
+        metavar="N",
+        help="tries of a notification before it is failed, with backoff (default 8)",
+    )
 
 
 def _coordinator_parser(commands: Any) -> None:
@@ -333,6 +362,7 @@ def coordinator_config(args: argparse.Namespace, conninfo: str) -> Any:
         insecure=_insecure(args),
         migrate=not _no_migrate(args),
         render_timeout=render_timeout,
+        notify=_delivery_config(args),
         **extra,
     )
 
@@ -362,6 +392,24 @@ def _metrics_listen(args: argparse.Namespace) -> str | None:
 
 def _off_is_none(address: str | None) -> str | None:
     return None if address is None or address.strip().lower() == "off" else address.strip()
+
+
+def _delivery_config(args: argparse.Namespace) -> Any:
+    """DeliveryConfig from the --notify-* flags and --secrets-dir."""
+    from hydra.coordinator.webhooks import DeliveryConfig, load_defaults
+
+    if args.notify_tries < 1:
+        raise InvalidArgument("must be at least 1", path="--notify-tries")
+    timeout = _duration(args.notify_timeout, "--notify-timeout")
+    if timeout <= timedelta(0):
+        raise InvalidArgument("must be more than 0s", path="--notify-timeout")
+    secrets = args.coordinator_secrets_dir
+    return DeliveryConfig(
+        defaults=load_defaults(Path(args.notify_defaults)) if args.notify_defaults else (),
+        secrets_dir=Path(secrets) if secrets else None,
+        timeout=timeout,
+        max_tries=args.notify_tries,
+    )
 
 
 def _limit(flag: int | None, name: str, from_environment: Callable[[], int]) -> int:

@@ -110,8 +110,14 @@ def run_as(environ: Mapping[str, str] = os.environ) -> str | None:
 
 
 def secrets_dir(environ: Mapping[str, str] = os.environ) -> str | None:
-    """HYDRA_SECRETS_DIR: where an agent reads secrets, one file per secret."""
+    """HYDRA_SECRETS_DIR: where an agent reads secrets (and a coordinator its
+    webhooks' secrets), one file per secret."""
     return environ.get("HYDRA_SECRETS_DIR") or None
+
+
+def notify_defaults(environ: Mapping[str, str] = os.environ) -> str | None:
+    """HYDRA_NOTIFY_DEFAULTS: a YAML file of the cluster's default webhooks."""
+    return environ.get("HYDRA_NOTIFY_DEFAULTS") or None
 
 
 def render_timeout(environ: Mapping[str, str] = os.environ) -> str:

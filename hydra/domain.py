@@ -365,6 +365,43 @@ def secret_name_problem(name: str) -> str | None:
     return f"{shown!r} is not a secret name; use 1-128 characters of [A-Za-z0-9._-], not . or .."
 
 
+class NotifyEvent(enum.StrEnum):
+    """What a webhook can be told of (``notify[].on``); docs/alerting.md has the rules."""
+
+    #: The run failed with no attempts left.
+    FAILED = "failed"
+    SUCCEEDED = "succeeded"
+    #: An attempt failed (or was lost) and the run is queued again.
+    RETRYING = "retrying"
+    #: The run was skipped (overlap, an upstream that did not succeed, on_timeout skip).
+    SKIPPED = "skipped"
+    #: Occurrence + ``deadline`` passed and the run had not succeeded (once per occurrence).
+    LATE = "late"
+    #: Occurrences dropped by the catch-up policy or ``starting_deadline``.
+    MISSED = "missed"
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Webhook:
+    """Where to POST an event: ``notify: [{on: [failed], webhook: URL, ...}]``.
+
+    The URL and header values may be secret references: a coordinator reads them
+    from its secrets directory (``--secrets-dir``) when it delivers, so no secret is
+    stored. ``body`` is a template over the event (docs/alerting.md); empty, the
+    event's JSON is sent. With ``sign``, the body is signed with HMAC-SHA256 under
+    that secret (the ``Hydra-Signature`` header).
+    """
+
+    on: tuple[NotifyEvent, ...]
+    url: str | SecretRef
+    headers: Mapping[str, str | SecretRef] = field(default_factory=lambda: _EMPTY)
+    body: str = ""
+    sign: SecretRef | None = None
+
+    def __post_init__(self) -> None:
+        _normalize(self, tuples=("on",), dicts=("headers",))
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class TaskSpec:
     """Everything a user says about a task; applying a changed one makes a new version."""
@@ -389,6 +426,10 @@ class TaskSpec:
     catchup: Catchup = Catchup.LATEST
     max_catchup: int = 100
     starting_deadline: timedelta | None = None
+    #: Webhooks to tell of this task's events; empty: the cluster's defaults.
+    notify: tuple[Webhook, ...] = ()
+    #: A run must have succeeded by its occurrence + this, else it is ``late``.
+    deadline: timedelta | None = None
 
     @property
     def timezone(self) -> str:
@@ -408,7 +449,7 @@ class TaskSpec:
     def __post_init__(self) -> None:
         _normalize(
             self,
-            tuples=("command", "triggers", "preconditions"),
+            tuples=("command", "triggers", "preconditions", "notify"),
             dicts=("env", "params", "selector"),
         )
 
@@ -566,6 +607,43 @@ class AuditEntry:
     at: datetime | None = None
     #: Its place in the log, in order of recording; None until it is stored.
     id: int | None = None
+
+
+# --- notifications ------------------------------------------------------------
+
+
+class NotificationState(enum.StrEnum):
+    """Where one event's delivery to one webhook is (``hydra_notifications.state``)."""
+
+    #: Not delivered yet. Into: creation.
+    PENDING = "pending"
+    #: The receiver answered 2xx. Final. Into: PENDING.
+    DELIVERED = "delivered"
+    #: Every try failed, or the body could not be rendered. Final. Into: PENDING.
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Notification:
+    """One event for one webhook, as the outbox holds it."""
+
+    id: int
+    #: The same for every webhook the event goes to; sent as ``Hydra-Event-Id``.
+    event_id: str
+    event: NotifyEvent
+    task: str
+    occurrence: datetime
+    #: Position of the webhook in the task's ``notify`` (or the cluster's defaults).
+    webhook: int
+    from_defaults: bool
+    #: The URL, or ``{secret: NAME}`` for a secret one.
+    url: str
+    state: NotificationState
+    attempts: int
+    created_at: datetime
+    run_id: str | None = None
+    last_error: str = ""
+    finished_at: datetime | None = None
 
 
 # --- credentials --------------------------------------------------------------

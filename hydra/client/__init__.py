@@ -39,6 +39,9 @@ from hydra.domain import (
     HttpCheck,
     Interval,
     NewCredential,
+    Notification,
+    NotificationState,
+    NotifyEvent,
     OnTimeout,
     Overlap,
     PreconditionVerdict,
@@ -49,6 +52,7 @@ from hydra.domain import (
     SecretRef,
     TaskVersion,
     TcpCheck,
+    Webhook,
 )
 from hydra.domain import Task as RegisteredTask
 from hydra.domain import TaskSpec as Task
@@ -98,6 +102,9 @@ __all__ = [
     "LogChunk",
     "NewCredential",
     "NotFound",
+    "Notification",
+    "NotificationState",
+    "NotifyEvent",
     "OnTimeout",
     "Overlap",
     "PermissionDenied",
@@ -116,4 +123,5 @@ __all__ = [
     "TlsProblem",
     "Unauthenticated",
     "Unavailable",
+    "Webhook",
 ]

@@ -24,6 +24,8 @@ from hydra.domain import (
     AuditEntry,
     Credential,
     NewCredential,
+    Notification,
+    NotificationState,
     Role,
     Run,
     RunState,
@@ -38,6 +40,7 @@ from hydra.v1 import agent_service_pb2 as agent_pb
 from hydra.v1 import audit_service_pb2 as audit_pb
 from hydra.v1 import cluster_service_pb2 as cluster_pb
 from hydra.v1 import credential_service_pb2 as credential_pb
+from hydra.v1 import notification_service_pb2 as notification_pb
 from hydra.v1 import run_service_pb2 as run_pb
 from hydra.v1 import task_service_pb2 as task_pb
 
@@ -465,6 +468,42 @@ class Client:
                 break
         return entries if limit is None else entries[:limit]
 
+    # --- notifications --------------------------------------------------------
+
+    def list_notifications(
+        self,
+        *,
+        task: str = "",
+        state: NotificationState | str | None = None,
+        limit: int | None = 100,
+    ) -> list[Notification]:
+        """Notifications (one per event and webhook), newest first (role viewer; a
+        scoped credential sees its tasks' only).
+
+        Args:
+            task: Only this task's.
+            state: Only those in this state (pending, delivered, failed).
+            limit: At most this many; None for all of them.
+        """
+        wanted = wire.notification_state_to_proto(
+            None if state is None else _notification_state(state)
+        )
+        found: list[Notification] = []
+        page_token = ""
+        while limit is None or len(found) < limit:
+            page_size = 1000 if limit is None else min(limit - len(found), 1000)
+            request = notification_pb.ListNotificationsRequest(
+                task=task, state=wanted, page_size=page_size, page_token=page_token
+            )
+            response = self._transport.unary(
+                lambda s: s.notifications.List, request, idempotent=True
+            )
+            found.extend(wire.notification_from_proto(n) for n in response.notifications)
+            page_token = response.next_page_token
+            if not page_token:
+                break
+        return found if limit is None else found[:limit]
+
     # --- credentials (unscoped admins only) ---------------------------------
 
     def create_credential(
@@ -540,3 +579,11 @@ def _remaining(run_id: str, deadline: float) -> float:
     if remaining <= 0:
         raise TimeoutError(f"run {run_id} is not finished yet")
     return remaining
+
+
+def _notification_state(state: NotificationState | str) -> NotificationState:
+    try:
+        return NotificationState(str(state).lower())
+    except ValueError:
+        choices = ", ".join(member.value for member in NotificationState)
+        raise InvalidArgument(f"must be one of {choices}, got {state!r}", path="state") from None

@@ -240,6 +240,17 @@ def audit_list(args: argparse.Namespace, client: Client) -> int:
     return 0
 
 
+def notifications_list(args: argparse.Namespace, client: Client) -> int:
+    """``notifications list``: newest first."""
+    found = client.list_notifications(task=args.task, state=args.state, limit=args.limit)
+    _emit(
+        args,
+        lambda: render.notifications_table(found),
+        lambda: [render.notification_json(n) for n in found],
+    )
+    return 0
+
+
 def _diff(specs: list[TaskSpec], client: Client) -> int:
     """``apply --diff``: what applying would change; exit 1 when anything would."""
     changed = False

@@ -26,6 +26,7 @@ from hydra.domain import (
     Coordinator,
     Cron,
     Interval,
+    Notification,
     Run,
     Task,
     TaskSpec,
@@ -236,6 +237,26 @@ def audit_json(entry: AuditEntry) -> JSONObject:
     }
 
 
+def notification_json(notification: Notification) -> JSONObject:
+    """A notification as JSON."""
+    return {
+        "id": notification.id,
+        "event_id": notification.event_id,
+        "event": notification.event.value,
+        "task": notification.task,
+        "run_id": notification.run_id,
+        "occurrence": iso(notification.occurrence),
+        "webhook": notification.webhook,
+        "from_defaults": notification.from_defaults,
+        "url": notification.url,
+        "state": notification.state.value,
+        "attempts": notification.attempts,
+        "last_error": notification.last_error,
+        "created_at": iso(notification.created_at),
+        "finished_at": iso(notification.finished_at),
+    }
+
+
 # --- tables -------------------------------------------------------------------
 
 
@@ -285,6 +306,27 @@ def audit_table(entries: Iterable[AuditEntry]) -> str:
     ]
     headers = ["TIME", "WHO", "ROLE", "ACTION", "TASK", "RUN", "PEER", "OUTCOME", "DETAIL"]
     return table(headers, rows)
+
+
+def notifications_table(notifications: Iterable[Notification]) -> str:
+    """Notifications, one per line, newest first."""
+    rows = [
+        [
+            str(n.id),
+            local(n.created_at),
+            n.event.value,
+            n.task,
+            n.run_id or _NONE,
+            local(n.occurrence),
+            f"{'default' if n.from_defaults else 'notify'}[{n.webhook}]",
+            n.state.value,
+            str(n.attempts),
+            n.last_error or _NONE,
+        ]
+        for n in notifications
+    ]
+    headers = ["ID", "TIME", "EVENT", "TASK", "RUN", "OCCURRENCE", "WEBHOOK", "STATE"]
+    return table([*headers, "TRIES", "LAST ERROR"], rows)
 
 
 def _exit(attempt: Attempt) -> str:

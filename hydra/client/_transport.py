@@ -24,6 +24,7 @@ from hydra.v1.agent_service_pb2_grpc import AgentServiceStub
 from hydra.v1.audit_service_pb2_grpc import AuditServiceStub
 from hydra.v1.cluster_service_pb2_grpc import ClusterServiceStub
 from hydra.v1.credential_service_pb2_grpc import CredentialServiceStub
+from hydra.v1.notification_service_pb2_grpc import NotificationServiceStub
 from hydra.v1.run_service_pb2_grpc import RunServiceStub
 from hydra.v1.task_service_pb2_grpc import TaskServiceStub
 
@@ -61,6 +62,7 @@ class Stubs:
     cluster: ClusterServiceStub
     audit: AuditServiceStub
     credentials: CredentialServiceStub
+    notifications: NotificationServiceStub
 
 
 class _Connection:
@@ -82,6 +84,7 @@ class _Connection:
             cluster=ClusterServiceStub(self.channel),
             audit=AuditServiceStub(self.channel),
             credentials=CredentialServiceStub(self.channel),
+            notifications=NotificationServiceStub(self.channel),
         )
         self._changed = threading.Condition()
         self._state: grpc.ChannelConnectivity | None = None

@@ -235,6 +235,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_actions(build, top)
     _add_agents(build, build.group(top, "agents", "list and drain agents"))
     _add_audit(build, build.group(top, "audit", "the audit log: who changed what"))
+    _add_notifications(
+        build, build.group(top, "notifications", "webhook notifications and their delivery")
+    )
     _add_credentials(build, build.group(top, "credentials", "create, list, revoke credentials"))
     cluster = build.group(top, "cluster", "the cluster as a whole")
     build.command(cluster, "status", commands.cluster_status, "coordinators and agents")
@@ -347,6 +350,18 @@ def _add_audit(build: _Builder, audit: _Subcommands) -> None:
     )  # fmt: skip
     p.add_argument("--who", default="", metavar="NAME", help="only entries of this credential")
     p.add_argument("--task", default="", metavar="NAME", help="only entries about this task")
+    p.add_argument("--limit", type=_positive, default=100, metavar="N", help="at most N (100)")
+
+
+def _add_notifications(build: _Builder, group: _Subcommands) -> None:
+    p = build.command(
+        group, "list", commands.notifications_list, "list notifications, newest first"
+    )
+    p.add_argument("--task", default="", metavar="NAME", help="only this task's")
+    p.add_argument(
+        "--state", choices=("pending", "delivered", "failed"), default=None,
+        help="only those in this state",
+    )  # fmt: skip
     p.add_argument("--limit", type=_positive, default=100, metavar="N", help="at most N (100)")
 
 

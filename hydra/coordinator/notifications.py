@@ -4,7 +4,8 @@ Channels: ``hydra_dispatch`` (work may be available), ``hydra_triggers`` (a
 trigger changed), ``hydra_run_changed`` (payload: comma-separated run ids), ``hydra_output``
 (payload: run id), ``hydra_agent_command`` (payload: an ``AgentCommand`` as JSON,
 see hydra/coordinator/agents/commands.py), ``hydra_credentials`` (payload: the
-name of a revoked credential, which every coordinator drops from its cache).
+name of a revoked credential, which every coordinator drops from its cache),
+``hydra_outbox`` (a notification was recorded: the deliveries look).
 Notifications are hints: every loop also wakes on a timer, so a notification
 lost while the connection was down delays work but never loses it.
 """
@@ -30,6 +31,7 @@ CHANNELS = (
     "hydra_output",
     "hydra_agent_command",
     "hydra_credentials",
+    "hydra_outbox",
 )
 
 Callback = Callable[[str], None]

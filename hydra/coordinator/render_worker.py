@@ -8,6 +8,8 @@ stdout in frames: a 4-byte big-endian length, then that many bytes of UTF-8 JSON
 - The worker first sends ``{"ready": PID}``.
 - A request is ``{"context": ..., "defaults": {...}, "fields": [[path, source,
   with_defaults], ...]}`` (see :func:`encode_request`).
+- A text request is ``{"text": [path, source], "variables": {...}}`` (a
+  notification's body); it is answered like one field.
 - The worker answers each field in turn with ``{"value": TEXT}``, or stops the
   request at the first field that fails with ``{"path": PATH, "error": REASON}``.
 
@@ -29,7 +31,13 @@ from datetime import datetime
 from typing import Any, BinaryIO
 
 from hydra.coordinator.sandbox import size_text
-from hydra.coordinator.templates import RenderContext, RenderError, TemplatedField, render_fields
+from hydra.coordinator.templates import (
+    RenderContext,
+    RenderError,
+    TemplatedField,
+    render_fields,
+    render_text,
+)
 
 _HEADER = struct.Struct(">I")
 #: Bytes of a frame's header.
@@ -63,6 +71,9 @@ def main(argv: Sequence[str]) -> int:
 
 
 def _serve(request: dict[str, Any], answers: BinaryIO, memory_limit: int) -> None:
+    if "text" in request:
+        _serve_text(request, answers, memory_limit)
+        return
     fields = [TemplatedField(*item) for item in request["fields"]]
     context = decode_context(request["context"])
     done = 0
@@ -75,6 +86,17 @@ def _serve(request: dict[str, Any], answers: BinaryIO, memory_limit: int) -> Non
     except MemoryError:
         reason = f"rendering exceeded its memory limit of {size_text(memory_limit)}"
         answers.write(frame({"path": fields[done].path, "error": reason}))
+
+
+def _serve_text(request: dict[str, Any], answers: BinaryIO, memory_limit: int) -> None:
+    path, source = request["text"]
+    try:
+        answers.write(frame({"value": render_text(source, request["variables"], path)}))
+    except RenderError as error:
+        answers.write(frame({"path": error.path, "error": error.reason}))
+    except MemoryError:
+        reason = f"rendering exceeded its memory limit of {size_text(memory_limit)}"
+        answers.write(frame({"path": path, "error": reason}))
 
 
 def encode_context(context: RenderContext) -> dict[str, Any]:

@@ -37,6 +37,7 @@ from hydra.coordinator.templates import (
     TemplatedField,
     needs_worker,
     render_run,
+    render_text,
     templated_fields,
 )
 from hydra.domain import TaskSpec
@@ -133,6 +134,20 @@ class RenderPool:
         rendered = await self._render_in_worker(heavy, spec, context) if heavy else _EMPTY
         return render_run(spec, context, rendered)
 
+    async def render_text(self, source: str, variables: Mapping[str, Any], path: str) -> str:
+        """Render one template over plain JSON values (a notification's body): inline
+        when it only outputs variables, else in a worker under the time limit.
+
+        Raises:
+            RenderError: as `render`, naming `path`.
+            RenderingUnavailable: no worker became free in time.
+        """
+        if not needs_worker(source):
+            return render_text(source, variables, path)
+        request = frame({"text": [path, source], "variables": dict(variables)})
+        values = await self._in_worker(request, [path])
+        return values[path]
+
     async def _render_in_worker(
         self, fields: Sequence[TemplatedField], spec: TaskSpec, context: RenderContext
     ) -> dict[str, str]:
@@ -143,9 +158,12 @@ class RenderPool:
                 "fields": [list(field) for field in fields],
             }
         )
+        return await self._in_worker(request, [field.path for field in fields])
+
+    async def _in_worker(self, request: bytes, paths: Sequence[str]) -> dict[str, str]:
         worker = await self._acquire()
         try:
-            values = await worker.render(request, [field.path for field in fields], self.timeout)
+            values = await worker.render(request, paths, self.timeout)
         except _WorkerFailed as error:
             self._replace(worker)
             if not self._running:  # killed by stop(): not the template's fault

@@ -36,10 +36,13 @@ from hydra.coordinator.api.identities import Identities
 from hydra.coordinator.api.instrumentation import MetricsInterceptor
 from hydra.coordinator.api.limits import LoadLimits
 from hydra.coordinator.api.logs import LogFollowers
+from hydra.coordinator.api.notifications import NotificationApi
 from hydra.coordinator.api.runs import RunApi
 from hydra.coordinator.api.tasks import TaskApi
 from hydra.coordinator.api.watch import RunWatchHub
 from hydra.coordinator.cluster_metrics import ClusterCollector, ScrapeAuthorizer
+from hydra.coordinator.loops.deadlines import DeadlineLoop
+from hydra.coordinator.loops.deliveries import Deliveries
 from hydra.coordinator.loops.dispatcher import Dispatcher
 from hydra.coordinator.loops.health import Reachability
 from hydra.coordinator.loops.presence import ALIVE_WINDOW, Presence
@@ -52,9 +55,10 @@ from hydra.coordinator.migrate import check_current, migrate
 from hydra.coordinator.notifications import Listener
 from hydra.coordinator.rendering import WORKER_WAIT, RenderPool
 from hydra.coordinator.sandbox import DEFAULT_RENDER_TIMEOUT
-from hydra.coordinator.store import Database, open_pool
+from hydra.coordinator.store import Database, open_pool, outbox
 from hydra.coordinator.store.records import LeaseTimes
 from hydra.coordinator.tls import ServerTls, check_listen, server_credentials
+from hydra.coordinator.webhooks import DeliveryConfig
 from hydra.errors import HydraError
 from hydra.limits import message_size_options
 from hydra.metrics_http import MetricsServer, MetricsTls, check_metrics_listen
@@ -67,6 +71,8 @@ from hydra.v1 import (
     cluster_service_pb2_grpc,
     credential_service_pb2,
     credential_service_pb2_grpc,
+    notification_service_pb2,
+    notification_service_pb2_grpc,
     run_service_pb2,
     run_service_pb2_grpc,
     task_service_pb2,
@@ -89,6 +95,9 @@ CONTROL_STATEMENT_TIMEOUT = 30.0
 DEADLINE_MARGIN = 2.0
 #: Seconds a control loop waits for a free connection of its pool.
 CONTROL_POOL_WAIT = 10.0
+#: Connections of the deliveries of notifications: a flood of events cannot take
+#: the connections of the control loops or of the API.
+DELIVERY_POOL = 2
 #: Seconds a stopping coordinator spends recording the refused calls still queued.
 REFUSALS_FLUSH_SECONDS = 5.0
 
@@ -125,6 +134,8 @@ class CoordinatorConfig:
     metrics_listen: str | None = None
     #: The certificate `/metrics` serves TLS with (None: plaintext, loopback unless insecure).
     metrics_tls: MetricsTls | None = None
+    #: Notifications: default webhooks, secrets, time limits and tries.
+    notify: DeliveryConfig = field(default_factory=DeliveryConfig)
 
 
 class CoordinatorServer:
@@ -157,11 +168,19 @@ class CoordinatorServer:
             wait=CONTROL_POOL_WAIT,
             name="hydra-control",
         )
+        self._delivery_pool = open_pool(
+            config.conninfo,
+            DELIVERY_POOL,
+            statement_timeout=CONTROL_STATEMENT_TIMEOUT,
+            wait=CONTROL_POOL_WAIT,
+            name="hydra-deliveries",
+        )
         #: The RPC handlers' database: API load cannot take the control loops' connections.
         self.database = self._database(self._api_pool, API_STATEMENT_TIMEOUT, "api")
         #: The control loops' database.
         self.control = self._database(self._control_pool, CONTROL_STATEMENT_TIMEOUT, "control")
-        self.metrics.register(PoolCollector({"api": self._api_pool, "control": self._control_pool}))
+        pools = {"api": self._api_pool, "control": self._control_pool}
+        self.metrics.register(PoolCollector({**pools, "deliveries": self._delivery_pool}))
         self._reachability = Reachability(
             conninfo=config.conninfo, api=self.database, control=self.control
         )
@@ -178,6 +197,14 @@ class CoordinatorServer:
         )
         self._triggers = TriggerLoop(self.control, self._dispatcher)
         self._reaper = Reaper(self.control, self._dispatcher, config.times.ttl)
+        self._deadlines = DeadlineLoop(self.control, config.notify.deadline_interval)
+        # Bodies render in a worker of their own: a runaway one cannot hold dispatch's.
+        self._deliveries = Deliveries(
+            self._database(self._delivery_pool, CONTROL_STATEMENT_TIMEOUT, "deliveries"),
+            config.coordinator_id,
+            config.notify,
+            RenderPool(timeout=config.render_timeout, workers=1),
+        )
         self._presence: Presence | None = None
         self._streams = AgentStreams(
             database=self.control,
@@ -240,8 +267,11 @@ class CoordinatorServer:
         self.port = self._bind(self._server)
         self._serve_metrics()
         await self._wait_for_database()
-        for pool in (self._api_pool, self._control_pool):
+        for pool in (self._api_pool, self._control_pool, self._delivery_pool):
             await pool.open(wait=True, timeout=30)
+        await self.control.run(
+            outbox.write_defaults, self.config.notify.defaults, self.config.coordinator_id
+        )
         self._listener.start()
         self._watchers.start()
         self._followers.start()
@@ -347,6 +377,9 @@ class CoordinatorServer:
             ClusterApi(db, self.config.coordinator_id, ALIVE_WINDOW), server
         )
         audit_service_pb2_grpc.add_AuditServiceServicer_to_server(AuditApi(db), server)
+        notification_service_pb2_grpc.add_NotificationServiceServicer_to_server(
+            NotificationApi(db), server
+        )
         credential_service_pb2_grpc.add_CredentialServiceServicer_to_server(
             CredentialApi(db), server
         )
@@ -358,6 +391,9 @@ class CoordinatorServer:
                 agent_pb.DESCRIPTOR.services_by_name["AgentService"].full_name,
                 cluster_service_pb2.DESCRIPTOR.services_by_name["ClusterService"].full_name,
                 audit_service_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name,
+                notification_service_pb2.DESCRIPTOR.services_by_name[
+                    "NotificationService"
+                ].full_name,
                 credential_service_pb2.DESCRIPTOR.services_by_name["CredentialService"].full_name,
                 health.SERVICE_NAME,
                 reflection.SERVICE_NAME,
@@ -377,6 +413,7 @@ class CoordinatorServer:
         self._listener.subscribe("hydra_dispatch", others_made_work)
         self._listener.subscribe("hydra_triggers", lambda _: self._triggers.wake.set())
         self._listener.subscribe("hydra_agent_command", self._agent_command)
+        self._listener.subscribe("hydra_outbox", lambda _: self._deliveries.wake.set())
         if self._identities is not None:
             self._listener.subscribe("hydra_credentials", self._credential_revoked)
             self._spawn("credentials last used", self._identities.write_last_used)
@@ -386,6 +423,8 @@ class CoordinatorServer:
         self._spawn("presence", presence.step)
         self._spawn("database health", self._reachability.step)
         self._spawn("refused calls", self.refusals.step)
+        self._spawn("deadlines", self._deadlines.step)
+        self._spawn("deliveries", self._deliveries.step)
 
     def _spawn(self, name: str, step: Callable[[], Awaitable[None]]) -> None:
         self._tasks.append(asyncio.create_task(forever(name, step), name=f"hydra-{name}"))
@@ -436,6 +475,7 @@ class CoordinatorServer:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._deliveries.stop()
         await self._flush_refusals()
         if self._identities is not None:
             with contextlib.suppress(Exception):
@@ -448,7 +488,7 @@ class CoordinatorServer:
             with contextlib.suppress(Exception):
                 await self._presence.withdraw()
         await self._reachability.close()
-        for pool in (self._api_pool, self._control_pool):
+        for pool in (self._api_pool, self._control_pool, self._delivery_pool):
             await pool.close()
         if self._metrics_server is not None:
             await asyncio.to_thread(self._metrics_server.stop)

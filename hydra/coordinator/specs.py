@@ -15,13 +15,14 @@ from hydra.coordinator import dropped, schedule
 from hydra.coordinator.store import Database, Row, Transaction, audit, occurrences, tasks
 from hydra.coordinator.store.records import Applied, SkippedRange, TriggerRow
 from hydra.coordinator.template_checks import check_templates
+from hydra.coordinator.webhooks import check_spec_bodies
 from hydra.domain import After, AuditEntry, Catchup, Task, TaskSpec, TriggerKind
 from hydra.errors import FieldProblem, InvalidArgument
 from hydra.spec import task_to_dict
 
 
 def check_spec(spec: TaskSpec) -> None:
-    """Checks beyond hydra.spec.validate_task: cron syntax and templates."""
+    """Checks beyond hydra.spec.validate_task: cron syntax, templates, webhook bodies."""
     problems: list[FieldProblem] = []
     for position, trigger in enumerate(spec.triggers):
         if isinstance(trigger, After):
@@ -37,6 +38,9 @@ def check_spec(spec: TaskSpec) -> None:
             FieldProblem(path=f"spec.{p.path}" if p.path else "spec", message=p.message)
             for p in error.problems
         )
+    problems.extend(
+        FieldProblem(path=f"spec.{p.path}", message=p.message) for p in check_spec_bodies(spec)
+    )
     if problems:
         raise InvalidArgument(problems)
 

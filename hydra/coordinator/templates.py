@@ -288,6 +288,16 @@ def render_string(source: str, ctx: RenderContext, path: str) -> str:
     return _render(source, _variables(ctx, ctx.params), path)
 
 
+def render_text(source: str, variables: Mapping[str, Any], path: str) -> str:
+    """Render one template over plain JSON values (a notification's body), within
+    the sandbox and the size limit of one field.
+
+    Raises:
+        RenderError: naming ``path``.
+    """
+    return _render(source, variables, path)
+
+
 def render_fields(
     fields: Iterable[TemplatedField], ctx: RenderContext, defaults: Mapping[str, str]
 ) -> Iterator[str]:

@@ -13,12 +13,18 @@ problems about a field that failed to parse are left out (they would repeat it).
 
 from __future__ import annotations
 
-from hydra.spec._canonical import task_to_dict
+from hydra.spec._canonical import task_to_dict, webhook_to_dict
 from hydra.spec._documents import load_task_documents
 from hydra.spec._durations import format_duration, parse_duration
-from hydra.spec._parse import task_from_dict
+from hydra.spec._parse import task_from_dict, webhooks_from_list
 from hydra.spec._strings import MAX_SPEC_BYTES, MAX_STRING_BYTES
-from hydra.spec._validate import MAX_DURATION, NAME_PATTERN, validate_parsed_task, validate_task
+from hydra.spec._validate import (
+    MAX_DURATION,
+    NAME_PATTERN,
+    validate_parsed_task,
+    validate_task,
+    validate_webhooks,
+)
 
 __all__ = [
     "MAX_DURATION",
@@ -32,4 +38,7 @@ __all__ = [
     "task_to_dict",
     "validate_parsed_task",
     "validate_task",
+    "validate_webhooks",
+    "webhook_to_dict",
+    "webhooks_from_list",
 ]

@@ -23,6 +23,7 @@ from hydra.domain import (
     TaskSpec,
     TcpCheck,
     Trigger,
+    Webhook,
 )
 from hydra.spec._durations import format_duration
 
@@ -57,6 +58,8 @@ def task_to_dict(spec: TaskSpec) -> dict[str, Any]:
         "catchup": Catchup(spec.catchup).value,
         "max_catchup": spec.max_catchup,
         "starting_deadline": _duration_text(spec.starting_deadline),
+        "notify": [webhook_to_dict(webhook) for webhook in spec.notify],
+        "deadline": _duration_text(spec.deadline),
     }
     return {key: _sorted(shape[key]) for key in sorted(shape)}
 
@@ -64,6 +67,18 @@ def task_to_dict(spec: TaskSpec) -> dict[str, Any]:
 def _env_value(value: str | SecretRef) -> str | dict[str, str]:
     """A plain value as it is; a secret reference as ``{secret: NAME}``, never its value."""
     return {"secret": value.name} if isinstance(value, SecretRef) else value
+
+
+def webhook_to_dict(webhook: Webhook) -> dict[str, Any]:
+    """The canonical YAML shape of a webhook: secrets by name only."""
+    shape = {
+        "on": [event.value for event in webhook.on],
+        "webhook": _env_value(webhook.url),
+        "headers": {key: _env_value(value) for key, value in webhook.headers.items()},
+        "body": webhook.body,
+        "sign": None if webhook.sign is None else _env_value(webhook.sign),
+    }
+    return {key: _sorted(shape[key]) for key in sorted(shape)}
 
 
 def _sorted(value: Any) -> Any:

@@ -23,17 +23,19 @@ from hydra.domain import (
     FileCheck,
     HttpCheck,
     Interval,
+    NotifyEvent,
     OnTimeout,
     Overlap,
     Retry,
     SecretRef,
     TaskSpec,
     TcpCheck,
+    Webhook,
 )
 from hydra.errors import InvalidArgument
 from hydra.spec._durations import parse_duration
 from hydra.spec._problems import _join, _Problems, _show, _type_name
-from hydra.spec._validate import _is, validate_parsed_task
+from hydra.spec._validate import _is, validate_parsed_task, validate_webhooks
 
 _T = TypeVar("_T")
 _E = TypeVar("_E", bound=enum.Enum)
@@ -62,6 +64,20 @@ def task_from_dict(data: Mapping[str, Any], path: str = "") -> TaskSpec:
     spec = _parse_task(data, path, problems)
     validate_parsed_task(spec, path, problems.items)
     return spec
+
+
+def webhooks_from_list(data: object, path: str = "notify") -> tuple[Webhook, ...]:
+    """Build and validate a list of webhooks (the cluster's ``--notify-defaults``).
+
+    Raises:
+        InvalidArgument: With one ``FieldProblem`` per problem.
+    """
+    problems = _Problems()
+    webhooks = _list_of(_parse_webhook)(data, path, problems)
+    if problems.items:
+        raise InvalidArgument(problems.items)
+    validate_webhooks(webhooks, path)
+    return tuple(webhooks)
 
 
 def _parse_task(data: object, path: str, problems: _Problems) -> TaskSpec:
@@ -164,6 +180,36 @@ def _parse_secret_ref(value: Mapping[Any, Any], path: str, problems: _Problems) 
         problems.add(path, f"the secret's name must be a string, not {_type_name(name)}")
         return None
     return SecretRef(name=name)
+
+
+def _parse_text_or_secret(value: object, path: str, problems: _Problems) -> str | SecretRef | None:
+    """A string, or a secret reference ``{secret: NAME}`` (a webhook's URL)."""
+    if isinstance(value, Mapping):
+        return _parse_secret_ref(value, path, problems)
+    return _parse_str(value, path, problems)
+
+
+def _parse_secret(value: object, path: str, problems: _Problems) -> SecretRef | None:
+    if isinstance(value, Mapping):
+        return _parse_secret_ref(value, path, problems)
+    problems.add(path, f"must be a secret reference {{secret: NAME}}, not {_type_name(value)}")
+    return None
+
+
+def _webhook(fields: dict[str, Any]) -> Webhook:
+    url: Any = fields.get("webhook")  # None when missing or unusable: a problem already
+    return Webhook(on=fields.get("on") or (), url=url, **_some(fields, "headers", "body", "sign"))
+
+
+def _parse_webhook(value: object, path: str, problems: _Problems) -> Webhook | None:
+    if isinstance(value, Mapping) and True in value:  # YAML 1.1 reads a bare `on:` as true
+        value = {"on" if key is True else key: item for key, item in value.items()}
+    fields = _parse_fields(value, path, problems, _WEBHOOK_FIELDS)
+    if isinstance(value, Mapping):
+        for required in ("on", "webhook"):
+            if value.get(required) is None:
+                problems.add(_join(path, required), "is required")
+    return _webhook(fields) if isinstance(value, Mapping) else None
 
 
 def _parse_duration(value: object, path: str, problems: _Problems) -> timedelta | None:
@@ -306,6 +352,14 @@ _PRECONDITION_KINDS: dict[str, _Kind] = {
     "tcp": ({"tcp": _parse_host_port, "timeout": _parse_duration}, _tcp_check),
 }
 
+_WEBHOOK_FIELDS: dict[str, _Parser] = {
+    "on": _list_of(_enum_parser(NotifyEvent)),
+    "webhook": _parse_text_or_secret,
+    "headers": _parse_env,
+    "body": _parse_str,
+    "sign": _parse_secret,
+}
+
 _TASK_FIELDS: dict[str, _Parser] = {
     "name": _parse_str,
     "description": _parse_str,
@@ -336,4 +390,6 @@ _TASK_FIELDS: dict[str, _Parser] = {
     "catchup": _enum_parser(Catchup),
     "max_catchup": _parse_int,
     "starting_deadline": _parse_duration,
+    "notify": _list_of(_parse_webhook),
+    "deadline": _parse_duration,
 }

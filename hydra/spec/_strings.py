@@ -14,6 +14,7 @@ from hydra.domain import (
     Interval,
     TaskSpec,
     TcpCheck,
+    Webhook,
 )
 from hydra.spec._problems import _join, _Problems
 
@@ -34,6 +35,7 @@ _YAML_NAMES = {
     FileCheck: {"path": "file"},
     HttpCheck: {"url": "http"},
     TcpCheck: {"host": "tcp"},
+    Webhook: {"url": "webhook"},
 }
 
 

@@ -25,12 +25,14 @@ from hydra.domain import (
     FileCheck,
     HttpCheck,
     Interval,
+    NotifyEvent,
     OnTimeout,
     Overlap,
     Retry,
     SecretRef,
     TaskSpec,
     TcpCheck,
+    Webhook,
     secret_name_problem,
 )
 from hydra.errors import FieldProblem, InvalidArgument
@@ -50,6 +52,11 @@ _CRON_ALIASES = frozenset(
     {"@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly"}
 )
 _SECOND = timedelta(seconds=1)
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,128}")
+#: Headers a delivery sets itself.
+_RESERVED_HEADERS = frozenset(
+    {"hydra-event-id", "hydra-signature", "content-length", "host", "transfer-encoding"}
+)
 
 _T = TypeVar("_T")
 #: Checks one field of a typed spec: (value, path, problems).
@@ -107,6 +114,7 @@ def _check_task(spec: object, path: str, problems: _Problems) -> None:
     # These need more than one field.
     _check_shell(spec, path, problems)
     _check_triggers(spec.triggers, _join(path, "triggers"), problems, spec.name)
+    _check_late_needs_deadline(spec, _join(path, "notify"), problems)
     _check_strings(spec, path, problems)
 
 
@@ -419,6 +427,85 @@ def _check_tcp(check: TcpCheck, path: str, problems: _Problems) -> None:
         problems.add(path, f"the port must be between 1 and 65535, got {check.port}")
 
 
+# --- notifications ----------------------------------------------------------------
+
+
+def validate_webhooks(webhooks: object, path: str = "notify") -> None:
+    """Check a list of webhooks (a task's ``notify``, or the cluster's defaults).
+
+    Raises:
+        InvalidArgument: With one ``FieldProblem`` per problem found.
+    """
+    problems = _Problems()
+    _check_notify(webhooks, path, problems)
+    if problems.items:
+        raise InvalidArgument(problems.items)
+
+
+def _check_notify(value: object, path: str, problems: _Problems) -> None:
+    if _is(value, tuple, "a list", path, problems):
+        for index, webhook in enumerate(value):
+            _check_webhook(webhook, _join(path, index), problems)
+
+
+def _check_webhook(webhook: object, path: str, problems: _Problems) -> None:
+    if not _is(webhook, Webhook, "a Webhook", path, problems):
+        return
+    _check_events(webhook.on, _join(path, "on"), problems)
+    url_path = _join(path, "webhook")
+    if isinstance(webhook.url, SecretRef):
+        _check_secret_name(webhook.url.name, _join(url_path, "secret"), problems)
+    else:
+        _check_url(webhook.url, url_path, problems)
+    _check_headers(webhook.headers, _join(path, "headers"), problems)
+    _check_str(webhook.body, _join(path, "body"), problems)
+    if webhook.sign is not None and _is(
+        webhook.sign, SecretRef, "a secret reference", _join(path, "sign"), problems
+    ):
+        _check_secret_name(webhook.sign.name, _join(path, "sign.secret"), problems)
+
+
+def _check_events(value: object, path: str, problems: _Problems) -> None:
+    if not _is(value, tuple, "a list of events", path, problems):
+        return
+    if not value:
+        problems.add(path, "must name at least one event")
+    seen: set[object] = set()
+    for index, event in enumerate(value):
+        _check_enum(event, _join(path, index), problems, NotifyEvent)
+        if event in seen:
+            problems.add(_join(path, index), f"{_show(event)} is listed twice")
+        seen.add(event)
+
+
+def _check_headers(value: object, path: str, problems: _Problems) -> None:
+    if not isinstance(value, Mapping):
+        problems.add(path, f"must be a mapping of strings, not {_type_name(value)}")
+        return
+    for name, item in value.items():
+        item_path = _join(path, str(name))
+        if not isinstance(name, str) or not _HEADER_NAME.fullmatch(name):
+            problems.add(item_path, "is not a header name")
+        elif name.lower() in _RESERVED_HEADERS:
+            problems.add(item_path, "is set by Hydra itself")
+        if isinstance(item, SecretRef):
+            _check_secret_name(item.name, _join(item_path, "secret"), problems)
+        elif _is(item, str, "a string or {secret: NAME}", item_path, problems) and (
+            "\r" in item or "\n" in item
+        ):
+            problems.add(item_path, "must not contain line breaks")
+
+
+def _check_late_needs_deadline(spec: TaskSpec, path: str, problems: _Problems) -> None:
+    if spec.deadline is not None or not isinstance(spec.notify, tuple):
+        return
+    for index, webhook in enumerate(spec.notify):
+        events = webhook.on if isinstance(webhook, Webhook) else ()
+        if isinstance(events, tuple) and NotifyEvent.LATE in events:
+            at = _join(_join(path, index), "on")
+            problems.add(at, "'late' needs the task's deadline: set deadline")
+
+
 _FIELD_CHECKS: tuple[tuple[str, _Check], ...] = (
     ("name", _check_name),
     ("description", _check_str),
@@ -438,4 +525,6 @@ _FIELD_CHECKS: tuple[tuple[str, _Check], ...] = (
     ("catchup", _enum(Catchup)),
     ("max_catchup", _int_range(1, 100_000)),
     ("starting_deadline", _duration_check(positive=True, optional=True)),
+    ("notify", _check_notify),
+    ("deadline", _duration_check(_SECOND, positive=True, optional=True)),
 )

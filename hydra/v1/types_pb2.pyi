@@ -204,6 +204,145 @@ ON_TIMEOUT_SKIP: OnTimeout.ValueType  # 2
 """The run ends SKIPPED."""
 Global___OnTimeout: _TypeAlias = OnTimeout  # noqa: Y015
 
+class _NotifyEvent:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _NotifyEventEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_NotifyEvent.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    NOTIFY_EVENT_UNSPECIFIED: _NotifyEvent.ValueType  # 0
+    NOTIFY_EVENT_FAILED: _NotifyEvent.ValueType  # 1
+    """The run failed with no attempts left."""
+    NOTIFY_EVENT_SUCCEEDED: _NotifyEvent.ValueType  # 2
+    """The run succeeded."""
+    NOTIFY_EVENT_RETRYING: _NotifyEvent.ValueType  # 3
+    """An attempt failed or was lost and the run is queued again."""
+    NOTIFY_EVENT_SKIPPED: _NotifyEvent.ValueType  # 4
+    """The run was skipped."""
+    NOTIFY_EVENT_LATE: _NotifyEvent.ValueType  # 5
+    """Occurrence + deadline passed and the run had not succeeded."""
+    NOTIFY_EVENT_MISSED: _NotifyEvent.ValueType  # 6
+    """Occurrences were dropped by the catch-up policy or starting_deadline."""
+
+class NotifyEvent(_NotifyEvent, metaclass=_NotifyEventEnumTypeWrapper):
+    """What a webhook is told of (docs/alerting.md has the rules)."""
+
+NOTIFY_EVENT_UNSPECIFIED: NotifyEvent.ValueType  # 0
+NOTIFY_EVENT_FAILED: NotifyEvent.ValueType  # 1
+"""The run failed with no attempts left."""
+NOTIFY_EVENT_SUCCEEDED: NotifyEvent.ValueType  # 2
+"""The run succeeded."""
+NOTIFY_EVENT_RETRYING: NotifyEvent.ValueType  # 3
+"""An attempt failed or was lost and the run is queued again."""
+NOTIFY_EVENT_SKIPPED: NotifyEvent.ValueType  # 4
+"""The run was skipped."""
+NOTIFY_EVENT_LATE: NotifyEvent.ValueType  # 5
+"""Occurrence + deadline passed and the run had not succeeded."""
+NOTIFY_EVENT_MISSED: NotifyEvent.ValueType  # 6
+"""Occurrences were dropped by the catch-up policy or starting_deadline."""
+Global___NotifyEvent: _TypeAlias = NotifyEvent  # noqa: Y015
+
+@_typing.final
+class Webhook(_message.Message):
+    """Where to POST a task's events. The URL and header values may name secrets
+    instead: a coordinator reads them from its secrets directory when it
+    delivers; no secret value is ever stored or sent over this API.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class HeadersEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class SecretHeadersEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    ON_FIELD_NUMBER: _builtins.int
+    URL_FIELD_NUMBER: _builtins.int
+    URL_SECRET_FIELD_NUMBER: _builtins.int
+    HEADERS_FIELD_NUMBER: _builtins.int
+    SECRET_HEADERS_FIELD_NUMBER: _builtins.int
+    BODY_FIELD_NUMBER: _builtins.int
+    SIGN_SECRET_FIELD_NUMBER: _builtins.int
+    url: _builtins.str
+    """The http:// or https:// URL; or empty, and url_secret set."""
+    url_secret: _builtins.str
+    """The name of the secret whose value is the URL ([A-Za-z0-9._-]{1,128})."""
+    body: _builtins.str
+    """A Jinja2 template over the event giving the request body; empty: the
+    event's JSON (docs/alerting.md).
+    """
+    sign_secret: _builtins.str
+    """The name of the secret to sign bodies with (HMAC-SHA256, the
+    Hydra-Signature header); empty: unsigned.
+    """
+    @_builtins.property
+    def on(self) -> _containers.RepeatedScalarFieldContainer[Global___NotifyEvent.ValueType]:
+        """The events to send; at least one, each once."""
+
+    @_builtins.property
+    def headers(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Extra request headers, plain values."""
+
+    @_builtins.property
+    def secret_headers(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Extra request headers whose values are secrets: header name to secret name.
+        A header is in headers or here, not both.
+        """
+
+    def __init__(
+        self,
+        *,
+        on: _abc.Iterable[Global___NotifyEvent.ValueType] | None = ...,
+        url: _builtins.str = ...,
+        url_secret: _builtins.str = ...,
+        headers: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        secret_headers: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        body: _builtins.str = ...,
+        sign_secret: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "headers", b"headers", "on", b"on", "secret_headers", b"secret_headers", "sign_secret", b"sign_secret", "url", b"url", "url_secret", b"url_secret"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Webhook: _TypeAlias = Webhook  # noqa: Y015
+
 @_typing.final
 class CronTrigger(_message.Message):
     """A cron schedule in an IANA time zone."""
@@ -687,6 +826,8 @@ class TaskSpec(_message.Message):
     MAX_CATCHUP_FIELD_NUMBER: _builtins.int
     STARTING_DEADLINE_FIELD_NUMBER: _builtins.int
     SECRET_ENV_FIELD_NUMBER: _builtins.int
+    NOTIFY_FIELD_NUMBER: _builtins.int
+    DEADLINE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Unique name: [a-z0-9][a-z0-9._-]{0,127}."""
     description: _builtins.str
@@ -759,6 +900,16 @@ class TaskSpec(_message.Message):
         A variable is in env or here, not both.
         """
 
+    @_builtins.property
+    def notify(self) -> _containers.RepeatedCompositeFieldContainer[Global___Webhook]:
+        """Webhooks told of this task's runs; empty: the cluster's defaults."""
+
+    @_builtins.property
+    def deadline(self) -> _duration_pb2.Duration:
+        """A run must have succeeded by occurrence + deadline, else it is late.
+        Unset: no deadline.
+        """
+
     def __init__(
         self,
         *,
@@ -782,10 +933,12 @@ class TaskSpec(_message.Message):
         max_catchup: _builtins.int | None = ...,
         starting_deadline: _duration_pb2.Duration | None = ...,
         secret_env: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        notify: _abc.Iterable[Global___Webhook] | None = ...,
+        deadline: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_catchup", b"_max_catchup", "concurrency", b"concurrency", "max_catchup", b"max_catchup", "poke_interval", b"poke_interval", "precondition_timeout", b"precondition_timeout", "retry", b"retry", "starting_deadline", b"starting_deadline", "timeout", b"timeout"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_catchup", b"_max_catchup", "concurrency", b"concurrency", "deadline", b"deadline", "max_catchup", b"max_catchup", "poke_interval", b"poke_interval", "precondition_timeout", b"precondition_timeout", "retry", b"retry", "starting_deadline", b"starting_deadline", "timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_catchup", b"_max_catchup", "catchup", b"catchup", "command", b"command", "concurrency", b"concurrency", "description", b"description", "env", b"env", "max_catchup", b"max_catchup", "name", b"name", "on_timeout", b"on_timeout", "params", b"params", "poke_interval", b"poke_interval", "precondition_timeout", b"precondition_timeout", "preconditions", b"preconditions", "retry", b"retry", "secret_env", b"secret_env", "selector", b"selector", "shell", b"shell", "starting_deadline", b"starting_deadline", "timeout", b"timeout", "triggers", b"triggers", "workdir", b"workdir"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_catchup", b"_max_catchup", "catchup", b"catchup", "command", b"command", "concurrency", b"concurrency", "deadline", b"deadline", "description", b"description", "env", b"env", "max_catchup", b"max_catchup", "name", b"name", "notify", b"notify", "on_timeout", b"on_timeout", "params", b"params", "poke_interval", b"poke_interval", "precondition_timeout", b"precondition_timeout", "preconditions", b"preconditions", "retry", b"retry", "secret_env", b"secret_env", "selector", b"selector", "shell", b"shell", "starting_deadline", b"starting_deadline", "timeout", b"timeout", "triggers", b"triggers", "workdir", b"workdir"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__max_catchup: _TypeAlias = _typing.Literal["max_catchup"]  # noqa: Y015
     _WhichOneofArgType__max_catchup: _TypeAlias = _typing.Literal["_max_catchup", b"_max_catchup"]  # noqa: Y015

@@ -10,6 +10,12 @@ from __future__ import annotations
 
 from hydra.wire._audit import audit_entry_from_proto, audit_entry_to_proto
 from hydra.wire._credentials import credential_from_proto, credential_to_proto, role_from_wire
+from hydra.wire._notifications import (
+    notification_from_proto,
+    notification_state_from_proto,
+    notification_state_to_proto,
+    notification_to_proto,
+)
 from hydra.wire._records import (
     agent_from_proto,
     agent_to_proto,
@@ -28,7 +34,12 @@ from hydra.wire._records import (
     verdict_from_proto,
     verdict_to_proto,
 )
-from hydra.wire._specs import precondition_to_proto, task_spec_from_proto, task_spec_to_proto
+from hydra.wire._specs import (
+    precondition_to_proto,
+    task_spec_from_proto,
+    task_spec_to_proto,
+    webhook_to_proto,
+)
 from hydra.wire._states import (
     attempt_state_from_proto,
     attempt_state_to_proto,
@@ -63,6 +74,10 @@ __all__ = [
     "explanation_to_proto",
     "from_duration",
     "from_timestamp",
+    "notification_from_proto",
+    "notification_state_from_proto",
+    "notification_state_to_proto",
+    "notification_to_proto",
     "optional_duration",
     "optional_timestamp",
     "outcome_from_proto",
@@ -83,4 +98,5 @@ __all__ = [
     "to_timestamp",
     "verdict_from_proto",
     "verdict_to_proto",
+    "webhook_to_proto",
 ]

@@ -18,6 +18,7 @@ from hydra.domain import (
     FileCheck,
     HttpCheck,
     Interval,
+    NotifyEvent,
     OnTimeout,
     Overlap,
     Precondition,
@@ -26,6 +27,7 @@ from hydra.domain import (
     TaskSpec,
     TcpCheck,
     Trigger,
+    Webhook,
 )
 from hydra.errors import FieldProblem
 from hydra.spec import validate_parsed_task
@@ -33,6 +35,8 @@ from hydra.v1 import types_pb2 as pb
 from hydra.wire._states import (
     _CATCHUPS,
     _CATCHUPS_BACK,
+    _NOTIFY_EVENTS,
+    _NOTIFY_EVENTS_BACK,
     _ON_TIMEOUTS,
     _ON_TIMEOUTS_BACK,
     _OVERLAPS,
@@ -69,6 +73,23 @@ def task_spec_to_proto(spec: TaskSpec) -> pb.TaskSpec:
         catchup=_CATCHUPS[Catchup(spec.catchup)],
         max_catchup=spec.max_catchup,
         starting_deadline=to_duration(spec.starting_deadline),
+        notify=[webhook_to_proto(webhook) for webhook in spec.notify],
+        deadline=to_duration(spec.deadline),
+    )
+
+
+def webhook_to_proto(webhook: Webhook) -> pb.Webhook:
+    """The proto of a webhook: secrets by name."""
+    plain = {k: v for k, v in webhook.headers.items() if not isinstance(v, SecretRef)}
+    secret = {k: v.name for k, v in webhook.headers.items() if isinstance(v, SecretRef)}
+    return pb.Webhook(
+        on=[_NOTIFY_EVENTS[NotifyEvent(event)] for event in webhook.on],
+        url="" if isinstance(webhook.url, SecretRef) else webhook.url,
+        url_secret=webhook.url.name if isinstance(webhook.url, SecretRef) else "",
+        headers=plain,
+        secret_headers=secret,
+        body=webhook.body,
+        sign_secret="" if webhook.sign is None else webhook.sign.name,
     )
 
 
@@ -136,7 +157,10 @@ def task_spec_from_proto(message: pb.TaskSpec, path: str = "spec") -> TaskSpec:
         "selector": dict(message.selector),
         "triggers": decoder.triggers(message.triggers, _join(path, "triggers")),
         "preconditions": decoder.preconditions(message.preconditions, _join(path, "preconditions")),
-        **decoder.durations(message, path, "timeout", "precondition_timeout", "starting_deadline"),
+        **decoder.durations(
+            message, path, "timeout", "precondition_timeout", "starting_deadline", "deadline"
+        ),
+        "notify": decoder.webhooks(message.notify, _join(path, "notify")),
         **decoder.durations(message, path, "poke_interval", default_when_unset=True),
         **decoder.enums(message, path, on_timeout=_ON_TIMEOUTS_BACK, catchup=_CATCHUPS_BACK),
         **_present(message, "max_catchup"),
@@ -229,6 +253,26 @@ class _Decoder:
                 self.add(_join(secret_path, key), "is also in env; a variable is plain or secret")
             env[key] = SecretRef(name=name)
         return env
+
+    def webhooks(self, messages: Any, path: str) -> tuple[Webhook, ...]:
+        return tuple(self.webhook(m, _join(path, i)) for i, m in enumerate(messages))
+
+    def webhook(self, message: pb.Webhook, path: str) -> Webhook:
+        on: list[Any] = []  # None for an unknown event: a problem already
+        for index, number in enumerate(message.on):
+            if number not in _NOTIFY_EVENTS_BACK:
+                self.add(_join(_join(path, "on"), index), f"unknown event {number}")
+            on.append(_NOTIFY_EVENTS_BACK.get(number))
+        if message.url and message.url_secret:
+            self.add(_join(path, "url_secret"), "give url or url_secret, not both")
+        url = SecretRef(name=message.url_secret) if message.url_secret else message.url
+        headers: dict[str, str | SecretRef] = dict(message.headers)
+        for key, name in message.secret_headers.items():
+            if key in headers:
+                self.add(_join(_join(path, "secret_headers"), key), "is also in headers")
+            headers[key] = SecretRef(name=name)
+        sign = SecretRef(name=message.sign_secret) if message.sign_secret else None
+        return Webhook(on=tuple(on), url=url, headers=headers, body=message.body, sign=sign)
 
     def retry(self, message: pb.RetryPolicy, path: str) -> Retry:
         fields = _present(message, "max_attempts", "multiplier")

@@ -5,7 +5,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TypeVar
 
-from hydra.domain import AttemptOutcome, AttemptState, Catchup, OnTimeout, Overlap, RunState
+from hydra.domain import (
+    AttemptOutcome,
+    AttemptState,
+    Catchup,
+    NotifyEvent,
+    OnTimeout,
+    Overlap,
+    RunState,
+)
 from hydra.errors import InvalidArgument
 from hydra.v1 import agent_service_pb2 as agent_pb
 from hydra.v1 import types_pb2 as pb
@@ -25,6 +33,9 @@ _OUTCOMES = {
     for outcome in AttemptOutcome
 }
 _ON_TIMEOUTS = {choice: pb.OnTimeout.Value(f"ON_TIMEOUT_{choice.name}") for choice in OnTimeout}
+_NOTIFY_EVENTS = {
+    event: pb.NotifyEvent.Value(f"NOTIFY_EVENT_{event.name}") for event in NotifyEvent
+}
 
 
 def _inverse(mapping: Mapping[_D, int]) -> dict[int, _D]:
@@ -37,6 +48,7 @@ _OVERLAPS_BACK = _inverse(_OVERLAPS)
 _CATCHUPS_BACK = _inverse(_CATCHUPS)
 _ON_TIMEOUTS_BACK = _inverse(_ON_TIMEOUTS)
 _OUTCOMES_BACK = _inverse(_OUTCOMES)
+_NOTIFY_EVENTS_BACK = _inverse(_NOTIFY_EVENTS)
 
 
 def outcome_to_proto(outcome: AttemptOutcome) -> agent_pb.AttemptOutcome.ValueType:

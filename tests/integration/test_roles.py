@@ -68,6 +68,7 @@ DOCUMENTED = {
             "RunService/Why",
             "AgentService/List",
             "ClusterService/Status",
+            "NotificationService/List",
         ],
         Role.VIEWER,
     ),

@@ -24,6 +24,7 @@ from hydra.coordinator.api.auth import OnRefused
 from hydra.coordinator.server import CoordinatorConfig, CoordinatorServer
 from hydra.coordinator.store.records import LeaseTimes
 from hydra.coordinator.tls import ServerTls
+from hydra.coordinator.webhooks import DeliveryConfig
 
 #: Short lease timing so that failure tests finish in seconds.
 FAST_TIMES = LeaseTimes(
@@ -46,10 +47,12 @@ class CoordinatorThread:
         on_refused: OnRefused | None = None,
         tls: ServerTls | None = None,
         metrics_listen: str | None = None,
+        notify: DeliveryConfig | None = None,
     ) -> None:
         """`insecure` (the default, so that tests need no credentials) serves without
         authentication; tests of security turn it off (see support.credentials).
-        `metrics_listen` serves `/metrics` there (e.g. ``127.0.0.1:0``)."""
+        `metrics_listen` serves `/metrics` there (e.g. ``127.0.0.1:0``).
+        `notify`: how it delivers notifications (default: DeliveryConfig's)."""
         self.config = CoordinatorConfig(
             conninfo=conninfo,
             listen="127.0.0.1:0",
@@ -59,6 +62,7 @@ class CoordinatorThread:
             insecure=insecure,
             tls=tls,
             metrics_listen=metrics_listen,
+            notify=notify or DeliveryConfig(),
         )
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True, name=name)

@@ -39,6 +39,9 @@ def test_all_is_pinned() -> None:
         "LogChunk",
         "NewCredential",
         "NotFound",
+        "Notification",
+        "NotificationState",
+        "NotifyEvent",
         "OnTimeout",
         "Overlap",
         "PermissionDenied",
@@ -57,6 +60,7 @@ def test_all_is_pinned() -> None:
         "TlsProblem",
         "Unauthenticated",
         "Unavailable",
+        "Webhook",
     ]
 
 

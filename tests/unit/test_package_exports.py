@@ -19,6 +19,9 @@ def test_spec_all_is_pinned() -> None:
         "task_to_dict",
         "validate_parsed_task",
         "validate_task",
+        "validate_webhooks",
+        "webhook_to_dict",
+        "webhooks_from_list",
     ]
 
 
@@ -40,6 +43,10 @@ def test_wire_all_is_pinned() -> None:
         "explanation_to_proto",
         "from_duration",
         "from_timestamp",
+        "notification_from_proto",
+        "notification_state_from_proto",
+        "notification_state_to_proto",
+        "notification_to_proto",
         "optional_duration",
         "optional_timestamp",
         "outcome_from_proto",
@@ -60,6 +67,7 @@ def test_wire_all_is_pinned() -> None:
         "to_timestamp",
         "verdict_from_proto",
         "verdict_to_proto",
+        "webhook_to_proto",
     ]
 
 

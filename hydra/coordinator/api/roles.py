@@ -19,6 +19,7 @@ _AGENTS = "/hydra.v1.AgentService/"
 _CLUSTER = "/hydra.v1.ClusterService/"
 _CREDENTIALS = "/hydra.v1.CredentialService/"
 _AUDIT = "/hydra.v1.AuditService/"
+_NOTIFICATIONS = "/hydra.v1.NotificationService/"
 
 #: Full gRPC method name -> the role a credential needs to call it.
 ROLES: Mapping[str, Role] = MappingProxyType(
@@ -33,6 +34,7 @@ ROLES: Mapping[str, Role] = MappingProxyType(
         _RUNS + "Why": Role.VIEWER,
         _AGENTS + "List": Role.VIEWER,
         _CLUSTER + "Status": Role.VIEWER,
+        _NOTIFICATIONS + "List": Role.VIEWER,
         # operator: steer what exists
         _TASKS + "Pause": Role.OPERATOR,
         _TASKS + "Resume": Role.OPERATOR,

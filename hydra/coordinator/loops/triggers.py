@@ -23,6 +23,7 @@ from hydra.coordinator.loops.timing import seconds_until, utcnow, wait_event
 from hydra.coordinator.store import Database, triggers
 from hydra.coordinator.store.records import LEASE_AHEAD, DueTrigger, FirePlan
 from hydra.domain import Catchup, TaskSpec, TimeTrigger
+from hydra.occurrences import SkipReason
 
 log = logging.getLogger("hydra.coordinator.triggers")
 
@@ -74,12 +75,28 @@ def plan_fire(due: DueTrigger) -> FirePlan:
     soon = max(due.next_fire_at, now + timedelta(microseconds=1))
     upcoming = list(schedule.occurrences(trigger, soon, now + LEASE_AHEAD))
     last = (upcoming or past or [due.next_fire_at])[-1]
+    missed = tuple(o for o in past if o not in chosen)
+    skipped = dropped.fire_drops(due, trigger, past, len(chosen), now)
+    # Occurrences that fell in a pause were not missed: the task was paused on purpose.
+    paused_only = bool(skipped) and all(r.reason is SkipReason.PAUSED for r in skipped)
     return FirePlan(
         occurrences=(*chosen, *upcoming),
         next_fire_at=schedule.next_fire(trigger, max(now + LEASE_AHEAD, last)),
         last_fired_at=last,
-        skipped=dropped.fire_drops(due, trigger, past, len(chosen), now),
+        skipped=skipped,
+        missed_since=None if paused_only else _missed_since(due, past, missed),
+        dropped=() if paused_only else missed,
     )
+
+
+def _missed_since(
+    due: DueTrigger, past: list[datetime], dropped: tuple[datetime, ...]
+) -> datetime | None:
+    """The first occurrence the policies dropped, or None: older than the ones
+    found when the trigger was behind by more than the policy keeps."""
+    if past and due.next_fire_at < past[0]:
+        return due.next_fire_at
+    return min(dropped) if dropped else None
 
 
 def _keep(spec: TaskSpec) -> int:

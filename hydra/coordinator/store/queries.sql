@@ -898,3 +898,128 @@ LIMIT %(limit)s;
 SELECT position, kind, spec, next_fire_at FROM hydra_triggers
 WHERE task_id = %(task_id)s AND kind <> 'after' AND next_fire_at <= %(now)s
 FOR UPDATE;
+
+-- -------------------------------------------------------- notifications --
+
+-- name: write_notify_defaults
+-- Store the cluster's default webhooks (the last coordinator started wins).
+UPDATE hydra_notify_defaults
+SET webhooks = %(webhooks)s, written_by = %(written_by)s, written_at = now();
+
+-- name: record_missed_event
+-- Record the missed event of occurrences a trigger dropped, once per trigger and first missed occurrence.
+SELECT hydra_record_event(
+    'missed', %(task_id)s, %(task_version)s, NULL, %(occurrence)s,
+    md5(%(task_id)s::text || ':' || %(position)s::text || ':missed:'
+        || %(occurrence)s::timestamptz::text)::uuid,
+    %(payload)s
+) AS recorded;
+
+-- name: record_late_events
+-- Record once the late event of each occurrence past its deadline without success: its run queued, leased or running, or never created.
+WITH candidates AS (
+    SELECT r.task_id, r.task_version, r.id AS run_id, r.occurrence, r.state::text AS state,
+           r.reason, r.attempts_used, v.deadline AS deadline
+    FROM hydra_runs r
+    JOIN hydra_task_versions v ON v.task_id = r.task_id AND v.version = r.task_version
+    WHERE r.state IN ('QUEUED', 'LEASED', 'RUNNING')
+      AND v.deadline IS NOT NULL
+      AND r.occurrence + (v.deadline)::interval <= %(now)s
+    UNION ALL
+    SELECT tr.task_id, t.version, NULL, tr.next_fire_at, 'NOT_CREATED', '', 0,
+           v.deadline
+    FROM hydra_triggers tr
+    JOIN hydra_tasks t ON t.id = tr.task_id AND t.deleted_at IS NULL
+    JOIN hydra_task_versions v ON v.task_id = t.id AND v.version = t.version
+    WHERE tr.active AND tr.next_fire_at IS NOT NULL
+      AND v.deadline IS NOT NULL
+      AND tr.next_fire_at + (v.deadline)::interval <= %(now)s
+      AND NOT EXISTS (
+          SELECT 1 FROM hydra_runs r WHERE r.task_id = tr.task_id AND r.occurrence = tr.next_fire_at
+      )
+),
+due AS (
+    SELECT DISTINCT ON (c.task_id, c.occurrence) c.*
+    FROM candidates c
+    WHERE NOT EXISTS (
+        SELECT 1 FROM hydra_late_occurrences l
+        WHERE l.task_id = c.task_id AND l.occurrence = c.occurrence
+    )
+    ORDER BY c.task_id, c.occurrence, c.run_id NULLS LAST
+    LIMIT %(limit)s
+),
+fresh AS (
+    INSERT INTO hydra_late_occurrences (task_id, occurrence)
+    SELECT task_id, occurrence FROM due
+    ON CONFLICT DO NOTHING
+    RETURNING task_id, occurrence
+)
+SELECT d.task_id, d.occurrence, hydra_record_event(
+    'late', d.task_id, d.task_version, d.run_id, d.occurrence,
+    md5(d.task_id::text || ':late:' || d.occurrence::text)::uuid,
+    jsonb_build_object(
+        'task', (SELECT t.name FROM hydra_tasks t WHERE t.id = d.task_id),
+        'run_id', d.run_id,
+        'occurrence', d.occurrence,
+        'state', d.state,
+        'reason', d.reason,
+        'attempts', d.attempts_used,
+        'deadline', d.deadline,
+        'due_at', d.occurrence + d.deadline::interval,
+        'recorded_at', now()
+    )
+) AS recorded
+FROM due d JOIN fresh f ON f.task_id = d.task_id AND f.occurrence = d.occurrence;
+
+-- name: claim_notifications
+-- Lease up to limit pending notifications that are due and free (SKIP LOCKED), with the attempt their event is about.
+WITH due AS (
+    SELECT id FROM hydra_notifications
+    WHERE state = 'pending' AND next_attempt_at <= now()
+      AND (lease_expires_at IS NULL OR lease_expires_at <= now())
+    ORDER BY next_attempt_at
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE hydra_notifications n
+SET lease_owner = %(owner)s, lease_expires_at = now() + %(lease)s
+FROM due
+WHERE n.id = due.id
+RETURNING n.id, n.event_id, n.event, n.target, n.payload, n.attempts,
+    (SELECT jsonb_build_object(
+                'exit_code', a.exit_code, 'signal', a.signal, 'message', a.message,
+                'agent', a.agent_id, 'started_at', a.started_at, 'finished_at', a.finished_at)
+     FROM hydra_attempts a
+     WHERE a.run_id = n.run_id AND a.number = (n.payload ->> 'attempts')::integer) AS attempt;
+
+-- name: record_notification_try
+-- Count a failed try of a notification this coordinator holds, and extend its lease.
+UPDATE hydra_notifications
+SET attempts = %(attempts)s, last_error = %(error)s, lease_expires_at = now() + %(lease)s
+WHERE id = %(id)s AND state = 'pending' AND lease_owner = %(owner)s;
+
+-- name: finish_notification
+-- Record a notification's final state (delivered or failed); a final one stays as it is.
+UPDATE hydra_notifications
+SET state = %(state)s, attempts = GREATEST(attempts, %(attempts)s), last_error = %(error)s,
+    finished_at = now(), lease_owner = NULL, lease_expires_at = NULL
+WHERE id = %(id)s AND state = 'pending';
+
+-- name: release_notifications
+-- Give back the leases of a stopping coordinator's undelivered notifications.
+UPDATE hydra_notifications SET lease_expires_at = NULL
+WHERE lease_owner = %(owner)s AND state = 'pending' AND id = ANY(%(ids)s);
+
+-- name: list_notifications
+-- A page of notifications, newest first, keyset-paged by id; '' and NULL filter nothing, prefix limits task names.
+SELECT n.id, n.event_id, n.event, t.name AS task, n.run_id, n.occurrence, n.webhook,
+       n.from_defaults, n.target, n.state::text AS state, n.attempts, n.last_error,
+       n.created_at, n.finished_at
+FROM hydra_notifications n
+JOIN hydra_tasks t ON t.id = n.task_id
+WHERE (%(task)s = '' OR t.name = %(task)s)
+  AND (%(prefix)s = '' OR starts_with(t.name, %(prefix)s))
+  AND (%(state)s = '' OR n.state = %(state)s::hydra_notification_state)
+  AND (%(before)s::bigint IS NULL OR n.id < %(before)s)
+ORDER BY n.id DESC
+LIMIT %(limit)s;

@@ -10,10 +10,12 @@ from typing import Any
 from hydra.domain import (
     AttemptOutcome,
     LeaseKey,
+    NotifyEvent,
     RunCause,
     Task,
     TaskSpec,
     TriggerKind,
+    Webhook,
 )
 from hydra.occurrences import SkipReason
 
@@ -100,6 +102,10 @@ class FirePlan:
     last_fired_at: datetime
     #: Occurrences that get no run, and why.
     skipped: tuple[SkippedRange, ...] = ()
+    #: The first occurrence missed (dropped by the catch-up policy or
+    #: starting_deadline, not by a pause), None if none was; `dropped` lists those found.
+    missed_since: datetime | None = None
+    dropped: tuple[datetime, ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -211,3 +217,17 @@ class LeaseTimes:
     ttl: timedelta = timedelta(seconds=10)
     heartbeat_interval: timedelta = timedelta(seconds=2)
     kill_grace: timedelta = timedelta(seconds=10)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Outgoing:
+    """A notification leased to this coordinator for delivery."""
+
+    id: int
+    event_id: str
+    event: NotifyEvent
+    webhook: Webhook
+    #: The event as recorded, with the attempt it is about (exit code...) if any.
+    payload: Mapping[str, Any]
+    #: Tries made so far (by any coordinator).
+    attempts: int

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime
 
-from hydra.coordinator.store import occurrences, runs
+from hydra.coordinator.store import occurrences, outbox, runs
 from hydra.coordinator.store.records import DueTrigger, FirePlan, NewRun, SkippedRange
 from hydra.coordinator.store.transaction import Row, Transaction
 from hydra.domain import Cron, TriggerKind
@@ -30,6 +30,8 @@ async def fire_due(
         due = _due_trigger(tx, row)
         fire = plan(due)
         skipped.extend(fire.skipped)
+        if fire.missed_since is not None:
+            await outbox.occurrences_missed(tx, due, fire.dropped, fire.missed_since)
         cause = TriggerKind(row["kind"]).cause
         new_runs.extend(
             NewRun(
