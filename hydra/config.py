@@ -117,3 +117,14 @@ def secrets_dir(environ: Mapping[str, str] = os.environ) -> str | None:
 def render_timeout(environ: Mapping[str, str] = os.environ) -> str:
     """HYDRA_RENDER_TIMEOUT: time limit of one run's templates, a duration (default 1s)."""
     return environ.get("HYDRA_RENDER_TIMEOUT") or DEFAULT_RENDER_TIMEOUT
+
+
+def retention(environ: Mapping[str, str] = os.environ) -> str:
+    """HYDRA_RETENTION: the cluster's default retention of runs, e.g.
+    ``max_age=30d,keep_last=100,output_max_age=7d`` (default: kept forever)."""
+    return environ.get("HYDRA_RETENTION", "")
+
+
+def audit_retention(environ: Mapping[str, str] = os.environ) -> str:
+    """HYDRA_AUDIT_RETENTION: how long audit entries are kept, a duration (default: forever)."""
+    return environ.get("HYDRA_AUDIT_RETENTION", "")

@@ -41,6 +41,7 @@ from hydra.coordinator.api.watch import RunWatchHub
 from hydra.coordinator.loops.dispatcher import Dispatcher
 from hydra.coordinator.loops.health import Reachability
 from hydra.coordinator.loops.presence import ALIVE_WINDOW, Presence
+from hydra.coordinator.loops.pruner import PRUNE_BATCH, PRUNE_INTERVAL, Pruner
 from hydra.coordinator.loops.reaper import Reaper
 from hydra.coordinator.loops.refusals import RefusalLog
 from hydra.coordinator.loops.timing import forever
@@ -51,6 +52,7 @@ from hydra.coordinator.rendering import WORKER_WAIT, RenderPool
 from hydra.coordinator.sandbox import DEFAULT_RENDER_TIMEOUT
 from hydra.coordinator.store import Database, open_pool
 from hydra.coordinator.store.records import LeaseTimes
+from hydra.domain import Retention
 from hydra.errors import HydraError
 from hydra.limits import message_size_options
 from hydra.v1 import agent_service_pb2 as agent_pb
@@ -113,6 +115,14 @@ class CoordinatorConfig:
     migrate: bool = True
     #: Time limit of one run's templates (those that render in a worker).
     render_timeout: timedelta = DEFAULT_RENDER_TIMEOUT
+    #: The retention of tasks that say nothing (`--retention`; the same on every coordinator).
+    retention: Retention = field(default_factory=Retention)
+    #: How long audit entries are kept (`--audit-retention`); None: forever.
+    audit_retention: timedelta | None = None
+    #: Pause between two pruning passes (`--prune-interval`).
+    prune_interval: timedelta = PRUNE_INTERVAL
+    #: Runs deleted per pruning transaction at most.
+    prune_batch: int = PRUNE_BATCH
 
 
 class CoordinatorServer:
@@ -142,6 +152,14 @@ class CoordinatorServer:
             wait=CONTROL_POOL_WAIT,
             name="hydra-control",
         )
+        # The pruner's own connection: its batches never take one the loops need.
+        self._prune_pool = open_pool(
+            config.conninfo,
+            1,
+            statement_timeout=CONTROL_STATEMENT_TIMEOUT,
+            wait=CONTROL_POOL_WAIT,
+            name="hydra-pruner",
+        )
         #: The RPC handlers' database: API load cannot take the control loops' connections.
         self.database = self._database(self._api_pool, API_STATEMENT_TIMEOUT)
         #: The control loops' database.
@@ -162,6 +180,16 @@ class CoordinatorServer:
         )
         self._triggers = TriggerLoop(self.control, self._dispatcher)
         self._reaper = Reaper(self.control, self._dispatcher, config.times.ttl)
+        #: Deletes what is past retention, one coordinator at a time; its ``stats``
+        #: count what this coordinator pruned (for the metrics).
+        self.pruner = Pruner(
+            self._database(self._prune_pool, CONTROL_STATEMENT_TIMEOUT),
+            config.coordinator_id,
+            defaults=config.retention,
+            audit_retention=config.audit_retention,
+            interval=config.prune_interval,
+            batch=config.prune_batch,
+        )
         self._presence: Presence | None = None
         self._streams = AgentStreams(
             database=self.control,
@@ -199,7 +227,7 @@ class CoordinatorServer:
         self._server = self._build_server()
         self.port = self._bind(self._server)
         await self._wait_for_database()
-        for pool in (self._api_pool, self._control_pool):
+        for pool in (self._api_pool, self._control_pool, self._prune_pool):
             await pool.open(wait=True, timeout=30)
         self._listener.start()
         self._watchers.start()
@@ -271,7 +299,9 @@ class CoordinatorServer:
         ]
         server = grpc.aio.server(options=options, interceptors=interceptors)
         db, dispatcher = self.database, self._dispatcher
-        task_service_pb2_grpc.add_TaskServiceServicer_to_server(TaskApi(db), server)
+        task_service_pb2_grpc.add_TaskServiceServicer_to_server(
+            TaskApi(db, self.config.retention), server
+        )
         run_service_pb2_grpc.add_RunServiceServicer_to_server(
             RunApi(db, dispatcher, self._watchers, self._followers), server
         )
@@ -318,6 +348,7 @@ class CoordinatorServer:
         self._spawn("dispatcher", self._dispatcher.step)
         self._spawn("trigger loop", self._triggers.step)
         self._spawn("reaper", self._reaper.step)
+        self._spawn("pruner", self.pruner.step)
         self._spawn("presence", presence.step)
         self._spawn("database health", self._reachability.step)
         self._spawn("refused calls", self.refusals.step)
@@ -383,7 +414,7 @@ class CoordinatorServer:
             with contextlib.suppress(Exception):
                 await self._presence.withdraw()
         await self._reachability.close()
-        for pool in (self._api_pool, self._control_pool):
+        for pool in (self._api_pool, self._control_pool, self._prune_pool):
             await pool.close()
 
     async def _flush_refusals(self) -> None:

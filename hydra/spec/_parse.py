@@ -25,6 +25,7 @@ from hydra.domain import (
     Interval,
     OnTimeout,
     Overlap,
+    Retention,
     Retry,
     SecretRef,
     TaskSpec,
@@ -336,4 +337,8 @@ _TASK_FIELDS: dict[str, _Parser] = {
     "catchup": _enum_parser(Catchup),
     "max_catchup": _parse_int,
     "starting_deadline": _parse_duration,
+    "retention": _object_parser(
+        Retention,
+        {"max_age": _parse_duration, "keep_last": _parse_int, "output_max_age": _parse_duration},
+    ),
 }

@@ -21,6 +21,7 @@ from hydra.domain import (
     OnTimeout,
     Overlap,
     Precondition,
+    Retention,
     Retry,
     SecretRef,
     TaskSpec,
@@ -69,6 +70,16 @@ def task_spec_to_proto(spec: TaskSpec) -> pb.TaskSpec:
         catchup=_CATCHUPS[Catchup(spec.catchup)],
         max_catchup=spec.max_catchup,
         starting_deadline=to_duration(spec.starting_deadline),
+        retention=retention_to_proto(spec.retention),
+    )
+
+
+def retention_to_proto(retention: Retention) -> pb.Retention:
+    """The proto of a retention (a spec's, or the effective one of a task)."""
+    return pb.Retention(
+        max_age=to_duration(retention.max_age),
+        keep_last=retention.keep_last,
+        output_max_age=to_duration(retention.output_max_age),
     )
 
 
@@ -145,6 +156,8 @@ def task_spec_from_proto(message: pb.TaskSpec, path: str = "spec") -> TaskSpec:
         fields["retry"] = decoder.retry(message.retry, _join(path, "retry"))
     if message.HasField("concurrency"):
         fields["concurrency"] = decoder.concurrency(message.concurrency, _join(path, "concurrency"))
+    if message.HasField("retention"):
+        fields["retention"] = decoder.retention(message.retention, _join(path, "retention"))
     spec = TaskSpec(**fields)
     validate_parsed_task(spec, path, decoder.problems)
     return spec
@@ -234,6 +247,10 @@ class _Decoder:
         fields = _present(message, "max_attempts", "multiplier")
         fields |= self.durations(message, path, "backoff", "max_backoff", default_when_unset=True)
         return Retry(**fields)
+
+    def retention(self, message: pb.Retention, path: str) -> Retention:
+        fields = _present(message, "keep_last")
+        return Retention(**fields, **self.durations(message, path, "max_age", "output_max_age"))
 
     def concurrency(self, message: pb.Concurrency, path: str) -> Concurrency:
         fields = _present(message, "max_active_runs")

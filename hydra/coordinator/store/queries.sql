@@ -767,3 +767,195 @@ WHERE token_hash = %(token_hash)s;
 UPDATE hydra_credentials c SET last_used_at = greatest(c.last_used_at, u.used_at)
 FROM unnest(%(names)s::text[], %(used_at)s::timestamptz[]) AS u (name, used_at)
 WHERE c.name = u.name;
+
+-- ------------------------------------------------------------ retention --
+
+-- name: claim_pruner
+-- Take or renew the pruner's lease for a coordinator; no row while another holds it.
+WITH free AS (
+    SELECT singleton FROM hydra_pruner
+    WHERE singleton AND (holder = %(holder)s OR lease_expires_at < now())
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE hydra_pruner p SET holder = %(holder)s, lease_expires_at = now() + %(ttl)s
+FROM free WHERE p.singleton
+RETURNING p.holder;
+
+-- name: record_prune_pass
+-- A pass ended: its figures, and the lease kept until the next pass is due.
+UPDATE hydra_pruner
+SET last_pass_started_at = %(started_at)s, last_pass_finished_at = now(),
+    last_pass_runs = %(runs)s, lease_expires_at = now() + %(ttl)s
+WHERE singleton AND holder = %(holder)s;
+
+-- name: retention_policies
+-- Every task (deleted ones too) with the retention of its current version and its dependents.
+SELECT t.id, t.name, t.deleted_at IS NOT NULL AS deleted, v.spec -> 'retention' AS retention,
+       ARRAY(SELECT d.id FROM hydra_triggers g JOIN hydra_tasks d ON d.id = g.task_id
+             WHERE t.deleted_at IS NULL AND d.deleted_at IS NULL AND g.kind = 'after'
+               AND g.spec -> 'after' ? t.name) AS dependent_ids
+FROM hydra_tasks t
+JOIN hydra_task_versions v ON v.task_id = t.id AND v.version = t.version
+ORDER BY t.id;
+
+-- name: upstreams_of
+-- The live tasks some tasks run after (the other upstreams of a task's dependents).
+SELECT DISTINCT u.id FROM hydra_triggers g
+JOIN hydra_tasks u ON u.name IN (SELECT jsonb_array_elements_text(g.spec -> 'after'))
+WHERE g.task_id = ANY(%(task_ids)s::bigint[]) AND g.kind = 'after' AND u.deleted_at IS NULL;
+
+-- name: tasks_with_old_runs
+-- Of some tasks, those with a run after an occurrence and older than their max_age (one probe each).
+SELECT p.task_id
+FROM unnest(%(task_ids)s::bigint[], %(max_ages)s::float8[], %(afters)s::timestamptz[])
+     AS p(task_id, max_age, after)
+WHERE EXISTS (SELECT 1 FROM hydra_runs r
+              WHERE r.task_id = p.task_id AND r.occurrence > p.after
+                AND r.occurrence < now() - make_interval(secs => p.max_age));
+
+-- name: lock_prunable_runs
+-- The next `limit` runs of a task after an occurrence, in occurrence order and
+-- within retention's reach (older than max_age, not among the keep_last newest);
+-- of them, those that may go are locked: finished longer than max_age ago, and
+-- (for a live task) not its latest success nor a run a dependent still waits on
+-- (a dependent's run for the occurrence is active, or it has none yet while
+-- another upstream's run for it is active). Others' locks are skipped.
+WITH bound AS (
+    SELECT now() - make_interval(secs => %(max_age)s) AS cutoff,
+           coalesce((SELECT r.occurrence FROM hydra_runs r WHERE r.task_id = %(task_id)s
+                     ORDER BY r.occurrence DESC OFFSET %(keep_last)s LIMIT 1),
+                    '-infinity') AS last
+), scanned AS (
+    SELECT r.id, r.occurrence FROM hydra_runs r, bound b
+    WHERE r.task_id = %(task_id)s AND r.occurrence > %(after)s
+      AND r.occurrence <= b.last AND r.occurrence < b.cutoff
+    ORDER BY r.occurrence
+    LIMIT %(limit)s
+), locked AS (
+    SELECT r.id FROM hydra_runs r
+    JOIN scanned s ON s.id = r.id
+    WHERE r.state IN ('SUCCEEDED', 'FAILED', 'CANCELLED', 'SKIPPED')
+      AND coalesce(r.finished_at, r.updated_at) < now() - make_interval(secs => %(max_age)s)
+      AND NOT (%(protect)s AND r.state = 'SUCCEEDED' AND NOT EXISTS (
+          SELECT 1 FROM hydra_runs n
+          WHERE n.task_id = r.task_id AND n.state = 'SUCCEEDED' AND n.occurrence > r.occurrence))
+      AND NOT (%(protect)s AND EXISTS (
+          SELECT 1 FROM hydra_runs d
+          WHERE d.task_id = ANY(%(dependent_ids)s::bigint[]) AND d.occurrence = r.occurrence
+            AND d.state IN ('QUEUED', 'LEASED', 'RUNNING')))
+      AND NOT (%(protect)s
+          AND EXISTS (
+              SELECT 1 FROM unnest(%(dependent_ids)s::bigint[]) AS w(task_id)
+              WHERE NOT EXISTS (SELECT 1 FROM hydra_runs d
+                                WHERE d.task_id = w.task_id AND d.occurrence = r.occurrence))
+          AND EXISTS (
+              SELECT 1 FROM hydra_runs u
+              WHERE u.task_id = ANY(%(upstream_ids)s::bigint[]) AND u.occurrence = r.occurrence
+                AND u.state IN ('QUEUED', 'LEASED', 'RUNNING')))
+    FOR UPDATE OF r SKIP LOCKED
+)
+SELECT (SELECT max(occurrence) FROM scanned) AS scanned_until,
+       (SELECT count(*) FROM scanned) AS scanned,
+       ARRAY(SELECT id FROM locked) AS run_ids;
+
+-- name: lock_runs_with_old_output
+-- The next `limit` runs of a task after an occurrence that ended before the
+-- output's max_age; those that ended longer ago and still have output are
+-- locked, and the first that has not ended that long ago is named (the next
+-- scan starts there).
+WITH scanned AS (
+    SELECT r.id, r.occurrence, r.state, r.finished_at FROM hydra_runs r
+    WHERE r.task_id = %(task_id)s AND r.occurrence > %(after)s
+      AND r.occurrence < now() - make_interval(secs => %(max_age)s)
+    ORDER BY r.occurrence
+    LIMIT %(limit)s
+), pending AS (
+    SELECT min(occurrence) AS occurrence FROM scanned
+    WHERE state NOT IN ('SUCCEEDED', 'FAILED', 'CANCELLED', 'SKIPPED')
+       OR coalesce(finished_at, now()) >= now() - make_interval(secs => %(max_age)s)
+), locked AS (
+    SELECT r.id FROM hydra_runs r
+    JOIN scanned s ON s.id = r.id
+    WHERE r.state IN ('SUCCEEDED', 'FAILED', 'CANCELLED', 'SKIPPED')
+      AND r.finished_at < now() - make_interval(secs => %(max_age)s)
+      AND EXISTS (SELECT 1 FROM hydra_attempt_output o WHERE o.run_id = r.id)
+    FOR UPDATE OF r SKIP LOCKED
+)
+SELECT (SELECT max(occurrence) FROM scanned) AS scanned_until,
+       (SELECT count(*) FROM scanned) AS scanned,
+       (SELECT occurrence FROM pending) AS pending_from,
+       ARRAY(SELECT id FROM locked) AS run_ids;
+
+-- name: delete_output_of_runs
+-- Delete the output of some runs; how many chunks went.
+WITH gone AS (
+    DELETE FROM hydra_attempt_output WHERE run_id = ANY(%(run_ids)s::uuid[]) RETURNING 1
+)
+SELECT count(*) AS deleted FROM gone;
+
+-- name: forget_output_bytes
+-- The attempts of some runs keep no output any more.
+UPDATE hydra_attempts SET output_bytes = 0
+WHERE run_id = ANY(%(run_ids)s::uuid[]) AND output_bytes <> 0;
+
+-- name: delete_attempts_of_runs
+-- Delete the attempts of some runs (their output first); how many went.
+WITH gone AS (
+    DELETE FROM hydra_attempts WHERE run_id = ANY(%(run_ids)s::uuid[]) RETURNING 1
+)
+SELECT count(*) AS deleted FROM gone;
+
+-- name: delete_runs
+-- Delete some runs (their attempts, output and other rows first); how many went.
+WITH gone AS (
+    DELETE FROM hydra_runs WHERE id = ANY(%(run_ids)s::uuid[]) RETURNING 1
+)
+SELECT count(*) AS deleted FROM gone;
+
+-- name: delete_old_audit_entries
+-- Delete up to `limit` audit entries older than max_age, oldest first; how many went.
+WITH old AS (
+    SELECT id FROM hydra_audit WHERE at < now() - make_interval(secs => %(max_age)s)
+    ORDER BY at LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+), gone AS (
+    DELETE FROM hydra_audit a USING old WHERE a.id = old.id RETURNING 1
+)
+SELECT count(*) AS deleted FROM gone;
+
+-- name: delete_unused_versions
+-- Delete up to `limit` versions that are not their task's current one and that no run points to.
+WITH unused AS (
+    SELECT v.task_id, v.version FROM hydra_task_versions v
+    JOIN hydra_tasks t ON t.id = v.task_id
+    WHERE v.version <> t.version
+      AND NOT EXISTS (SELECT 1 FROM hydra_runs r
+                      WHERE r.task_id = v.task_id AND r.task_version = v.version)
+    LIMIT %(limit)s
+    FOR UPDATE OF v SKIP LOCKED
+), gone AS (
+    DELETE FROM hydra_task_versions v USING unused u
+    WHERE v.task_id = u.task_id AND v.version = u.version
+    RETURNING 1
+)
+SELECT count(*) AS deleted FROM gone;
+
+-- name: lock_emptied_tasks
+-- Up to `limit` deleted tasks that have no run left, locked.
+SELECT t.id FROM hydra_tasks t
+WHERE t.deleted_at IS NOT NULL
+  AND NOT EXISTS (SELECT 1 FROM hydra_runs r WHERE r.task_id = t.id)
+ORDER BY t.id
+LIMIT %(limit)s
+FOR UPDATE OF t SKIP LOCKED;
+
+-- name: delete_tasks
+-- Delete some tasks with their triggers and versions (other rows of theirs first); how many went.
+WITH triggers AS (
+    DELETE FROM hydra_triggers WHERE task_id = ANY(%(task_ids)s::bigint[])
+), versions AS (
+    DELETE FROM hydra_task_versions WHERE task_id = ANY(%(task_ids)s::bigint[])
+), gone AS (
+    DELETE FROM hydra_tasks WHERE id = ANY(%(task_ids)s::bigint[]) RETURNING 1
+)
+SELECT count(*) AS deleted FROM gone;

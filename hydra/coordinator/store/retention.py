@@ -1,0 +1,229 @@
+"""Pruning what is past retention (docs/retention.md), in small batches.
+
+Every function works in the caller's transaction and deletes or locks at most
+one batch: the pruner (``loops/pruner.py``) runs each in a transaction of its
+own, after renewing its lease in it (``claim``).
+
+Rows of other tables that belong to a run or to a task are deleted before it:
+the queries named in ``RUN_ROW_DELETES`` (given ``run_ids``) and
+``TASK_ROW_DELETES`` (given ``task_ids``). A table keyed by run (an outbox of
+notifications) or by task (records of skipped occurrences) adds its own query
+there; ``AGE_DELETES`` holds queries that prune a table by age alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from hydra.coordinator.store.transaction import Transaction
+from hydra.domain import Retention
+from hydra.spec import parse_duration
+
+#: Deletes of the rows that belong to runs, in order, before the runs themselves.
+RUN_ROW_DELETES: tuple[str, ...] = ("delete_output_of_runs", "delete_attempts_of_runs")
+#: Deletes of the rows that belong to emptied deleted tasks, before the tasks
+#: (their triggers and versions go with them in ``delete_tasks``).
+TASK_ROW_DELETES: tuple[str, ...] = ()
+#: Deletes by age alone of tables that belong to no run (given the cluster's
+#: default ``max_age`` in seconds and ``limit``; returning ``deleted``).
+AGE_DELETES: tuple[str, ...] = ()
+
+#: The start of every scan: before any occurrence.
+BEGINNING = datetime(1, 1, 1, tzinfo=UTC)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Policy:
+    """A task's effective retention, and who depends on its runs."""
+
+    task_id: int
+    name: str
+    deleted: bool
+    retention: Retention
+    #: Live tasks that run after this one, and their upstreams (this one included).
+    dependent_ids: tuple[int, ...] = ()
+    upstream_ids: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Scan:
+    """One batch of a scan over a task's runs in occurrence order."""
+
+    #: The last occurrence read (None: nothing read), and how many runs were read.
+    scanned_until: datetime | None
+    scanned: int
+    #: The runs locked for deletion (of themselves or of their output).
+    run_ids: tuple[str, ...]
+    #: Output scans: the first run read that has not ended long enough ago.
+    pending_from: datetime | None = None
+
+
+async def claim(tx: Transaction, holder: str, ttl: timedelta) -> bool:
+    """Take or renew the pruner's lease; False while another coordinator holds it."""
+    return await tx.one("claim_pruner", holder=holder, ttl=ttl) is not None
+
+
+async def record_pass(
+    tx: Transaction, holder: str, *, started_at: datetime, runs: int, ttl: timedelta
+) -> None:
+    """Record a finished pass, keeping the lease for `ttl`."""
+    await tx.execute("record_prune_pass", holder=holder, started_at=started_at, runs=runs, ttl=ttl)
+
+
+async def policies(tx: Transaction, defaults: Retention) -> list[Policy]:
+    """Every task's effective retention (deleted tasks too), its dependents and their upstreams."""
+    rows = await tx.all("retention_policies")
+    dependents = {int(row["id"]): tuple(row["dependent_ids"]) for row in rows}
+    wanted = sorted({d for ids in dependents.values() for d in ids})
+    upstreams = await _upstreams(tx, wanted)
+    return [_policy(row, defaults, upstreams) for row in rows]
+
+
+async def _upstreams(tx: Transaction, dependent_ids: Sequence[int]) -> dict[int, tuple[int, ...]]:
+    """For each dependent, its upstreams (one query per dependent with several)."""
+    found: dict[int, tuple[int, ...]] = {}
+    for task_id in dependent_ids:
+        rows = await tx.all("upstreams_of", task_ids=[task_id])
+        found[task_id] = tuple(int(row["id"]) for row in rows)
+    return found
+
+
+def _policy(row: Mapping[str, Any], defaults: Retention, upstreams: Mapping[int, Any]) -> Policy:
+    dependent_ids = tuple(int(d) for d in row["dependent_ids"])
+    upstream_ids = {u for d in dependent_ids for u in upstreams.get(d, ())} - {int(row["id"])}
+    return Policy(
+        task_id=int(row["id"]),
+        name=row["name"],
+        deleted=bool(row["deleted"]),
+        retention=stored_retention(row["retention"]).over(defaults),
+        dependent_ids=dependent_ids,
+        upstream_ids=tuple(sorted(upstream_ids)),
+    )
+
+
+def stored_retention(stored: Mapping[str, Any] | None) -> Retention:
+    """The retention of a stored spec (canonical text); older versions have none."""
+    if not stored:
+        return Retention()
+    return Retention(
+        max_age=_stored_duration(stored.get("max_age"), "retention.max_age"),
+        keep_last=stored.get("keep_last"),
+        output_max_age=_stored_duration(stored.get("output_max_age"), "retention.output_max_age"),
+    )
+
+
+def _stored_duration(text: str | None, path: str) -> timedelta | None:
+    return None if text is None else parse_duration(text, path)
+
+
+async def tasks_with_old_runs(
+    tx: Transaction, ages: Mapping[int, timedelta], after: Mapping[int, datetime]
+) -> set[int]:
+    """The tasks among `ages` with a run whose occurrence is older than their age
+    (and later than their occurrence in `after`, if any)."""
+    rows = await tx.all(
+        "tasks_with_old_runs",
+        task_ids=list(ages),
+        max_ages=[age.total_seconds() for age in ages.values()],
+        afters=[after.get(task_id, BEGINNING) for task_id in ages],
+    )
+    return {int(row["task_id"]) for row in rows}
+
+
+async def lock_prunable_runs(
+    tx: Transaction, policy: Policy, *, after: datetime | None, limit: int
+) -> Scan:
+    """Read the task's next `limit` runs within retention's reach after `after`;
+    lock those that may be deleted."""
+    retention = policy.retention
+    assert retention.max_age is not None, "runs kept forever are never scanned"
+    row = await tx.one(
+        "lock_prunable_runs",
+        task_id=policy.task_id,
+        after=after or BEGINNING,
+        max_age=retention.max_age.total_seconds(),
+        keep_last=retention.keep_last or 0,
+        limit=limit,
+        protect=not policy.deleted,
+        dependent_ids=list(policy.dependent_ids),
+        upstream_ids=list(policy.upstream_ids),
+    )
+    return _scan(row)
+
+
+async def lock_runs_with_old_output(
+    tx: Transaction, policy: Policy, *, after: datetime | None, limit: int
+) -> Scan:
+    """Read the task's next `limit` runs that may have output past its max_age;
+    lock those whose output may be deleted."""
+    max_age = policy.retention.output_max_age
+    assert max_age is not None, "output kept as long as its run is never scanned"
+    row = await tx.one(
+        "lock_runs_with_old_output",
+        task_id=policy.task_id,
+        after=after or BEGINNING,
+        max_age=max_age.total_seconds(),
+        limit=limit,
+    )
+    return _scan(row)
+
+
+def _scan(row: Mapping[str, Any] | None) -> Scan:
+    assert row is not None
+    return Scan(
+        scanned_until=row["scanned_until"],
+        scanned=int(row["scanned"]),
+        run_ids=tuple(str(run_id) for run_id in row["run_ids"]),
+        pending_from=row.get("pending_from"),
+    )
+
+
+async def delete_runs(tx: Transaction, run_ids: Sequence[str]) -> dict[str, int]:
+    """Delete locked runs with every row that belongs to them; rows deleted by query."""
+    deleted = {}
+    for name in (*RUN_ROW_DELETES, "delete_runs"):
+        deleted[name] = await _count(tx, name, run_ids=list(run_ids))
+    return deleted
+
+
+async def delete_output(tx: Transaction, run_ids: Sequence[str]) -> int:
+    """Delete the output of locked runs; chunks deleted."""
+    chunks = await _count(tx, "delete_output_of_runs", run_ids=list(run_ids))
+    await tx.execute("forget_output_bytes", run_ids=list(run_ids))
+    return chunks
+
+
+async def delete_old_audit_entries(tx: Transaction, max_age: timedelta, limit: int) -> int:
+    """Delete up to `limit` of the oldest audit entries past `max_age`."""
+    return await _count(
+        tx, "delete_old_audit_entries", max_age=max_age.total_seconds(), limit=limit
+    )
+
+
+async def delete_by_age(tx: Transaction, query_name: str, max_age: timedelta, limit: int) -> int:
+    """One batch of an ``AGE_DELETES`` query."""
+    return await _count(tx, query_name, max_age=max_age.total_seconds(), limit=limit)
+
+
+async def delete_unused_versions(tx: Transaction, limit: int) -> int:
+    """Delete up to `limit` old task versions no run points to."""
+    return await _count(tx, "delete_unused_versions", limit=limit)
+
+
+async def delete_emptied_tasks(tx: Transaction, limit: int) -> int:
+    """Delete up to `limit` deleted tasks that have no run left."""
+    rows = await tx.all("lock_emptied_tasks", limit=limit)
+    task_ids = [int(row["id"]) for row in rows]
+    if not task_ids:
+        return 0
+    for name in TASK_ROW_DELETES:
+        await _count(tx, name, task_ids=task_ids)
+    return await _count(tx, "delete_tasks", task_ids=task_ids)
+
+
+async def _count(tx: Transaction, query_name: str, **params: Any) -> int:
+    row = await tx.one(query_name, **params)
+    return int(row["deleted"]) if row is not None else 0
