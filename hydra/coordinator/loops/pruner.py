@@ -57,8 +57,6 @@ class PruneStats:
     audit_entries: int = 0
     task_versions: int = 0
     tasks: int = 0
-    #: Rows deleted by the ``AGE_DELETES`` queries of other tables.
-    other_rows: int = 0
     #: Seconds the last pass took, and when it ended (time.time()); 0 before the first.
     last_pass_seconds: float = 0.0
     last_pass_finished_at: float = 0.0
@@ -71,7 +69,7 @@ class PruneStats:
 
 _COUNTS = (
     *("batches", "runs", "attempts", "output_chunks"),
-    *("audit_entries", "task_versions", "tasks", "other_rows"),
+    *("audit_entries", "task_versions", "tasks"),
 )
 
 
@@ -132,9 +130,6 @@ class Pruner:
         await self._prune_output(policies)
         if self._audit_retention is not None:
             await self._drain(retention.delete_old_audit_entries, self._audit_retention, "audit")
-        if self._defaults.max_age is not None:
-            for name in retention.AGE_DELETES:
-                await self._drain_age(name, self._defaults.max_age)
         await self._drain(retention.delete_unused_versions, None, "task_versions")
         await self._drain(retention.delete_emptied_tasks, None, "tasks")
 
@@ -197,9 +192,9 @@ class Pruner:
         scan = await retention.lock_prunable_runs(tx, policy, after=after, limit=self._batch_size)
         if scan.run_ids:
             deleted = await retention.delete_runs(tx, scan.run_ids)
-            self.pass_stats.runs += deleted["delete_runs"]
-            self.pass_stats.attempts += deleted.get("delete_attempts_of_runs", 0)
-            self.pass_stats.output_chunks += deleted.get("delete_output_of_runs", 0)
+            self.pass_stats.runs += deleted["runs"]
+            self.pass_stats.attempts += deleted["attempts"]
+            self.pass_stats.output_chunks += deleted["output_chunks"]
         return scan
 
     # --- output ----------------------------------------------------------------------
@@ -250,15 +245,6 @@ class Pruner:
                 lambda tx: delete(tx, *args, self._batch_size)  # awaited at once
             )
             setattr(self.pass_stats, name, getattr(self.pass_stats, name) + deleted)
-            if deleted < self._batch_size:
-                return
-
-    async def _drain_age(self, query_name: str, max_age: timedelta) -> None:
-        while True:
-            deleted = await self._batch(
-                lambda tx: retention.delete_by_age(tx, query_name, max_age, self._batch_size)
-            )
-            self.pass_stats.other_rows += deleted
             if deleted < self._batch_size:
                 return
 

@@ -4,11 +4,12 @@ Every function works in the caller's transaction and deletes or locks at most
 one batch: the pruner (``loops/pruner.py``) runs each in a transaction of its
 own, after renewing its lease in it (``claim``).
 
-Rows of other tables that belong to a run or to a task are deleted before it:
-the queries named in ``RUN_ROW_DELETES`` (given ``run_ids``) and
-``TASK_ROW_DELETES`` (given ``task_ids``). A table keyed by run (an outbox of
-notifications) or by task (records of skipped occurrences) adds its own query
-there; ``AGE_DELETES`` holds queries that prune a table by age alone.
+Rows of other tables that belong to a run or to a task are deleted before it,
+in ``delete_runs`` and ``delete_emptied_tasks``: a table keyed by run (an outbox
+of notifications) or by task (records of skipped occurrences) adds one line
+there, at the place marked "other tables"; a table pruned by age alone (given
+``max_age`` seconds and ``limit``) adds a function like
+``delete_old_audit_entries`` and a drain of it in the pruner's ``_pass``.
 """
 
 from __future__ import annotations
@@ -21,15 +22,6 @@ from typing import Any
 from hydra.coordinator.store.transaction import Transaction
 from hydra.domain import Retention
 from hydra.spec import parse_duration
-
-#: Deletes of the rows that belong to runs, in order, before the runs themselves.
-RUN_ROW_DELETES: tuple[str, ...] = ("delete_output_of_runs", "delete_attempts_of_runs")
-#: Deletes of the rows that belong to emptied deleted tasks, before the tasks
-#: (their triggers and versions go with them in ``delete_tasks``).
-TASK_ROW_DELETES: tuple[str, ...] = ()
-#: Deletes by age alone of tables that belong to no run (given the cluster's
-#: default ``max_age`` in seconds and ``limit``; returning ``deleted``).
-AGE_DELETES: tuple[str, ...] = ()
 
 #: The start of every scan: before any occurrence.
 BEGINNING = datetime(1, 1, 1, tzinfo=UTC)
@@ -182,35 +174,31 @@ def _scan(row: Mapping[str, Any] | None) -> Scan:
 
 
 async def delete_runs(tx: Transaction, run_ids: Sequence[str]) -> dict[str, int]:
-    """Delete locked runs with every row that belongs to them; rows deleted by query."""
-    deleted = {}
-    for name in (*RUN_ROW_DELETES, "delete_runs"):
-        deleted[name] = await _count(tx, name, run_ids=list(run_ids))
-    return deleted
+    """Delete locked runs with every row that belongs to them; rows deleted, by table."""
+    ids = list(run_ids)
+    output = _deleted(await tx.one("delete_output_of_runs", run_ids=ids))
+    attempts = _deleted(await tx.one("delete_attempts_of_runs", run_ids=ids))
+    # Other tables keyed by run delete theirs here (the outbox of notifications).
+    runs = _deleted(await tx.one("delete_runs", run_ids=ids))
+    return {"runs": runs, "attempts": attempts, "output_chunks": output}
 
 
 async def delete_output(tx: Transaction, run_ids: Sequence[str]) -> int:
     """Delete the output of locked runs; chunks deleted."""
-    chunks = await _count(tx, "delete_output_of_runs", run_ids=list(run_ids))
+    chunks = _deleted(await tx.one("delete_output_of_runs", run_ids=list(run_ids)))
     await tx.execute("forget_output_bytes", run_ids=list(run_ids))
     return chunks
 
 
 async def delete_old_audit_entries(tx: Transaction, max_age: timedelta, limit: int) -> int:
     """Delete up to `limit` of the oldest audit entries past `max_age`."""
-    return await _count(
-        tx, "delete_old_audit_entries", max_age=max_age.total_seconds(), limit=limit
-    )
-
-
-async def delete_by_age(tx: Transaction, query_name: str, max_age: timedelta, limit: int) -> int:
-    """One batch of an ``AGE_DELETES`` query."""
-    return await _count(tx, query_name, max_age=max_age.total_seconds(), limit=limit)
+    seconds = max_age.total_seconds()
+    return _deleted(await tx.one("delete_old_audit_entries", max_age=seconds, limit=limit))
 
 
 async def delete_unused_versions(tx: Transaction, limit: int) -> int:
     """Delete up to `limit` old task versions no run points to."""
-    return await _count(tx, "delete_unused_versions", limit=limit)
+    return _deleted(await tx.one("delete_unused_versions", limit=limit))
 
 
 async def delete_emptied_tasks(tx: Transaction, limit: int) -> int:
@@ -219,11 +207,9 @@ async def delete_emptied_tasks(tx: Transaction, limit: int) -> int:
     task_ids = [int(row["id"]) for row in rows]
     if not task_ids:
         return 0
-    for name in TASK_ROW_DELETES:
-        await _count(tx, name, task_ids=task_ids)
-    return await _count(tx, "delete_tasks", task_ids=task_ids)
+    # Other tables keyed by task delete theirs here (records of skipped occurrences).
+    return _deleted(await tx.one("delete_tasks", task_ids=task_ids))
 
 
-async def _count(tx: Transaction, query_name: str, **params: Any) -> int:
-    row = await tx.one(query_name, **params)
+def _deleted(row: Mapping[str, Any] | None) -> int:
     return int(row["deleted"]) if row is not None else 0
