@@ -15,10 +15,14 @@ from typing import Any
 import psycopg
 import pytest
 
+from harness.wait import wait_for
+from hydra.client import Client, hydractl
 from hydra.coordinator.loops.pruner import Pruner
 from hydra.coordinator.specs import apply_spec
 from hydra.coordinator.store import Database
 from hydra.domain import After, Concurrency, Retention, TaskSpec
+
+from support.cluster import CoordinatorThread
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 DAY = timedelta(days=1)
@@ -322,3 +326,39 @@ async def test_a_dead_pruners_lease_is_taken_over(store: Database, history: Hist
 
 def _ids(rows: Sequence[Any]) -> set[str]:
     return {str(r[0]) for r in rows}
+
+
+async def test_reapplying_a_spec_stored_before_retention_makes_no_version(
+    store: Database, history: History
+) -> None:
+    await _apply(store, "old")
+    history.conn.execute("UPDATE hydra_task_versions SET spec = spec - 'retention'")
+    await _apply(store, "old")
+    assert history.value("SELECT version FROM hydra_tasks WHERE name = 'old'") == 1
+
+
+def test_a_coordinator_prunes_and_shows_each_tasks_effective_retention(
+    db_conninfo: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    defaults = Retention(max_age=timedelta(days=30), keep_last=10)
+    history = History(db_conninfo)
+    coordinator = CoordinatorThread(
+        db_conninfo, retention=defaults, prune_interval=timedelta(milliseconds=100)
+    ).start()
+    try:
+        with Client(coordinator.address) as client:
+            client.apply(TaskSpec(name="own", command=("true",), retention=Retention(keep_last=0)))
+            client.apply(TaskSpec(name="plain", command=("true",)))
+            assert client.get_task("plain").task.effective_retention == defaults
+            own = client.get_task("own").task.effective_retention
+            assert own == Retention(max_age=timedelta(days=30), keep_last=0)
+        latest = history.run("own", 60)
+        for days in range(40, 50):
+            history.run("own", days, "FAILED")
+        wait_for(lambda: history.run_ids() == {latest}, timeout=30, message="old runs pruned")
+        assert hydractl.main(["--coordinator", coordinator.address, "tasks", "get", "own"]) == 0
+        shown = capsys.readouterr().out
+        assert "# retention: runs kept 30d after they end, their output as long as" in shown
+    finally:
+        coordinator.stop()
+        history.close()

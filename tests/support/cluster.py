@@ -43,9 +43,11 @@ class CoordinatorThread:
         name: str = "c",
         insecure: bool = True,
         on_refused: OnRefused | None = None,
+        **settings: Any,
     ) -> None:
         """`insecure` (the default, so that tests need no credentials) serves without
-        authentication; tests of security turn it off (see support.credentials)."""
+        authentication; tests of security turn it off (see support.credentials).
+        `settings` are more fields of the CoordinatorConfig (retention, ...)."""
         self.config = CoordinatorConfig(
             conninfo=conninfo,
             listen="127.0.0.1:0",
@@ -53,6 +55,7 @@ class CoordinatorThread:
             times=times,
             coordinator_id=name,
             insecure=insecure,
+            **settings,
         )
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True, name=name)
