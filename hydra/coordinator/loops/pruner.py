@@ -1,8 +1,9 @@
 """The pruner: deletes what is past retention, online, one coordinator at a time.
 
-Every coordinator runs one; the one holding the pruner's lease (a row of
-``hydra_pruner``, renewed in every batch's transaction) does the work, the others
-find it held and wait for their next pass. A pass deletes, in batches of at most
+Every coordinator runs one; a pass is made by the one holding the pruner's lease
+(a row of ``hydra_pruner``, renewed in every batch's transaction and given up when
+the pass ends): another coordinator whose pass comes meanwhile finds it held and
+waits for its next one. A pass deletes, in batches of at most
 ``batch`` rows per transaction that lock only what they delete (``SKIP
 LOCKED``): finished runs past their task's retention with their attempts and
 output (``store.retention``), then output past ``output_max_age``, audit entries
@@ -138,11 +139,8 @@ class Pruner:
         stats.last_pass_seconds = self.stats.last_pass_seconds = elapsed
         self.stats.last_pass_finished_at = time.time()
         self.stats.passes += 1
-        ttl = self._interval * 2 + LEASE_TTL
         async with self._db.transaction() as tx:
-            await retention.record_pass(
-                tx, self._holder, started_at=started, runs=stats.runs, ttl=ttl
-            )
+            await retention.record_pass(tx, self._holder, started_at=started, runs=stats.runs)
         if any(getattr(stats, name) for name in _COUNTS if name != "batches"):
             log.info("pruned %s in %.1fs", _summary(stats), elapsed)
 

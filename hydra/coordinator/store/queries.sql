@@ -782,10 +782,10 @@ FROM free WHERE p.singleton
 RETURNING p.holder;
 
 -- name: record_prune_pass
--- A pass ended: its figures, and the lease kept until the next pass is due.
+-- A pass ended: its figures; the lease is given up (the next pass is anyone's).
 UPDATE hydra_pruner
 SET last_pass_started_at = %(started_at)s, last_pass_finished_at = now(),
-    last_pass_runs = %(runs)s, lease_expires_at = now() + %(ttl)s
+    last_pass_runs = %(runs)s, lease_expires_at = now()
 WHERE singleton AND holder = %(holder)s;
 
 -- name: retention_policies

@@ -58,11 +58,9 @@ async def claim(tx: Transaction, holder: str, ttl: timedelta) -> bool:
     return await tx.one("claim_pruner", holder=holder, ttl=ttl) is not None
 
 
-async def record_pass(
-    tx: Transaction, holder: str, *, started_at: datetime, runs: int, ttl: timedelta
-) -> None:
-    """Record a finished pass, keeping the lease for `ttl`."""
-    await tx.execute("record_prune_pass", holder=holder, started_at=started_at, runs=runs, ttl=ttl)
+async def record_pass(tx: Transaction, holder: str, *, started_at: datetime, runs: int) -> None:
+    """Record a finished pass and give the lease up."""
+    await tx.execute("record_prune_pass", holder=holder, started_at=started_at, runs=runs)
 
 
 async def policies(tx: Transaction, defaults: Retention) -> list[Policy]:
