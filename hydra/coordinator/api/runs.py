@@ -24,7 +24,13 @@ from hydra.domain import AuditEntry
 from hydra.errors import InvalidArgument
 from hydra.v1 import run_service_pb2 as pb
 from hydra.v1 import run_service_pb2_grpc as pb_grpc
-from hydra.wire import from_timestamp, run_state_from_proto, run_to_proto, to_timestamp
+from hydra.wire import (
+    from_timestamp,
+    optional_timestamp,
+    run_state_from_proto,
+    run_to_proto,
+    to_timestamp,
+)
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -87,6 +93,8 @@ class RunApi(pb_grpc.RunServiceServicer):
             states=states,
             after=_cursor(request.page_token),
             limit=limit + 1,
+            occurrence_from=optional_timestamp(request, "occurrence_from"),
+            occurrence_to=optional_timestamp(request, "occurrence_to"),
         )
         token = ""
         if len(found) > limit:

@@ -190,15 +190,51 @@ SELECT * FROM hydra_attempts WHERE run_id = %(run_id)s ORDER BY number;
 SELECT * FROM hydra_attempts WHERE run_id = ANY(%(run_ids)s::uuid[]) ORDER BY run_id, number;
 
 -- name: list_runs
--- A page of runs, newest occurrence first, keyset-paged by (occurrence, id).
+-- A page of runs, newest occurrence first, keyset-paged by (occurrence, id), in a
+-- range of occurrences [from, to); read from the newest (never through history).
 SELECT r.*, t.name AS task_name FROM hydra_runs r
 JOIN hydra_tasks t ON t.id = r.task_id
-WHERE (%(task)s = '' OR (t.name = %(task)s AND t.deleted_at IS NULL))
+WHERE t.name LIKE %(task_prefix)s
+  AND r.occurrence >= coalesce(%(occurrence_from)s::timestamptz, '-infinity')
+  AND r.occurrence < coalesce(%(occurrence_to)s::timestamptz, 'infinity')
+  AND r.occurrence <= coalesce(%(after_occurrence)s::timestamptz, 'infinity')
+  AND (r.occurrence, r.id) < (coalesce(%(after_occurrence)s::timestamptz, 'infinity'),
+                              coalesce(%(after_id)s::uuid, 'ffffffff-ffff-ffff-ffff-ffffffffffff'))
+ORDER BY r.occurrence DESC, r.id DESC
+LIMIT %(limit)s;
+
+-- name: list_runs_of_task
+-- The same page of one live task's runs (in some states, if any), read from its own newest.
+SELECT r.*, t.name AS task_name FROM hydra_runs r
+JOIN hydra_tasks t ON t.id = r.task_id
+WHERE r.task_id = (SELECT id FROM hydra_tasks WHERE name = %(task)s AND deleted_at IS NULL)
   AND t.name LIKE %(task_prefix)s
   AND (cardinality(%(states)s::hydra_run_state[]) = 0 OR r.state = ANY(%(states)s))
-  AND (%(after_occurrence)s::timestamptz IS NULL
-       OR (r.occurrence, r.id) < (%(after_occurrence)s, %(after_id)s::uuid))
+  AND r.occurrence >= coalesce(%(occurrence_from)s::timestamptz, '-infinity')
+  AND r.occurrence < coalesce(%(occurrence_to)s::timestamptz, 'infinity')
+  AND r.occurrence <= coalesce(%(after_occurrence)s::timestamptz, 'infinity')
+  AND (r.occurrence, r.id) < (coalesce(%(after_occurrence)s::timestamptz, 'infinity'),
+                              coalesce(%(after_id)s::uuid, 'ffffffff-ffff-ffff-ffff-ffffffffffff'))
 ORDER BY r.occurrence DESC, r.id DESC
+LIMIT %(limit)s;
+
+-- name: list_runs_in_states
+-- The same page of runs in some states: each state's newest (hydra_runs_by_state), merged.
+SELECT p.* FROM unnest(%(states)s::hydra_run_state[]) AS s(state)
+CROSS JOIN LATERAL (
+    SELECT r.*, t.name AS task_name FROM hydra_runs r
+    JOIN hydra_tasks t ON t.id = r.task_id
+    WHERE r.state = s.state AND t.name LIKE %(task_prefix)s
+      AND r.occurrence >= coalesce(%(occurrence_from)s::timestamptz, '-infinity')
+      AND r.occurrence < coalesce(%(occurrence_to)s::timestamptz, 'infinity')
+      AND r.occurrence <= coalesce(%(after_occurrence)s::timestamptz, 'infinity')
+      AND (r.occurrence, r.id) < (coalesce(%(after_occurrence)s::timestamptz, 'infinity'),
+                                  coalesce(%(after_id)s::uuid,
+                                           'ffffffff-ffff-ffff-ffff-ffffffffffff'))
+    ORDER BY r.occurrence DESC, r.id DESC
+    LIMIT %(limit)s
+) p
+ORDER BY p.occurrence DESC, p.id DESC
 LIMIT %(limit)s;
 
 -- name: lock_runs
