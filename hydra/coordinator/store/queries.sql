@@ -835,8 +835,8 @@ JOIN hydra_task_versions v ON v.task_id = t.id AND v.version = t.version
 ORDER BY t.id;
 
 -- name: upstreams_of
--- The live tasks some tasks run after (the other upstreams of a task's dependents).
-SELECT DISTINCT u.id FROM hydra_triggers g
+-- The live tasks each of some tasks runs after: (dependent, upstream) pairs.
+SELECT DISTINCT g.task_id AS dependent_id, u.id FROM hydra_triggers g
 JOIN hydra_tasks u ON u.name IN (SELECT jsonb_array_elements_text(g.spec -> 'after'))
 WHERE g.task_id = ANY(%(task_ids)s::bigint[]) AND g.kind = 'after' AND u.deleted_at IS NULL;
 

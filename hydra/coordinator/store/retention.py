@@ -73,11 +73,13 @@ async def policies(tx: Transaction, defaults: Retention) -> list[Policy]:
 
 
 async def _upstreams(tx: Transaction, dependent_ids: Sequence[int]) -> dict[int, tuple[int, ...]]:
-    """For each dependent, its upstreams (one query per dependent with several)."""
+    """For each dependent, its upstreams."""
     found: dict[int, tuple[int, ...]] = {}
-    for task_id in dependent_ids:
-        rows = await tx.all("upstreams_of", task_ids=[task_id])
-        found[task_id] = tuple(int(row["id"]) for row in rows)
+    if not dependent_ids:
+        return found
+    for row in await tx.all("upstreams_of", task_ids=list(dependent_ids)):
+        dependent = int(row["dependent_id"])
+        found[dependent] = (*found.get(dependent, ()), int(row["id"]))
     return found
 
 
