@@ -363,3 +363,18 @@ def test_a_coordinator_prunes_and_shows_each_tasks_effective_retention(
     finally:
         coordinator.stop()
         history.close()
+
+
+async def test_a_run_locked_by_a_coordinator_is_left_for_the_next_pass(
+    store: Database, history: History, db_conninfo: str
+) -> None:
+    await _apply(store, "busy", retention=MONTH)
+    locked = history.run("busy", 40, "FAILED")
+    other = history.run("busy", 39, "FAILED")
+    with psycopg.connect(db_conninfo) as holder:  # a transaction changing the run
+        holder.execute("SELECT 1 FROM hydra_runs WHERE id = %s FOR UPDATE", (locked,))
+        await _pruner(store).prune_once()
+        assert history.run_ids() == {locked}
+        assert other not in history.run_ids()
+    await _pruner(store).prune_once()
+    assert history.run_ids() == set()
