@@ -159,11 +159,15 @@ class Pruner:
     # --- runs ------------------------------------------------------------------------
 
     async def _prune_runs(self, policies: list[Policy]) -> None:
-        ages = {p.task_id: p.retention.max_age for p in policies if p.retention.max_age}
-        due = await self._with_old_runs(ages, {})
-        for policy in policies:
-            if policy.task_id in due:
-                await self._prune_task_runs(policy)
+        """Runs past retention, oldest first across every task (the order they were
+        written in, so that a batch deletes neighbouring rows)."""
+        aged = [p for p in policies if p.retention.max_age is not None]
+        after = retention.START
+        while aged:
+            scan = await self._batch(lambda tx, a=after: self._delete_runs(tx, aged, a))  # type: ignore[misc]
+            if scan.scanned < self._batch_size or scan.scanned_until is None:
+                return
+            after = (scan.scanned_until, scan.scanned_id or "")
 
     async def _with_old_runs(
         self, ages: dict[int, timedelta], after: dict[int, datetime]
@@ -178,16 +182,10 @@ class Pruner:
             )
         return found
 
-    async def _prune_task_runs(self, policy: Policy) -> None:
-        after: datetime | None = None
-        while True:
-            scan = await self._batch(lambda tx, a=after: self._delete_runs(tx, policy, a))  # type: ignore[misc]
-            after = scan.scanned_until
-            if scan.scanned < self._batch_size:
-                return
-
-    async def _delete_runs(self, tx: Transaction, policy: Policy, after: datetime | None) -> Scan:
-        scan = await retention.lock_prunable_runs(tx, policy, after=after, limit=self._batch_size)
+    async def _delete_runs(
+        self, tx: Transaction, policies: list[Policy], after: tuple[datetime, str]
+    ) -> Scan:
+        scan = await retention.lock_prunable_runs(tx, policies, after=after, limit=self._batch_size)
         if scan.run_ids:
             deleted = await retention.delete_runs(tx, scan.run_ids)
             self.pass_stats.runs += deleted["runs"]

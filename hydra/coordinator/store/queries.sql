@@ -850,47 +850,63 @@ WHERE EXISTS (SELECT 1 FROM hydra_runs r
                 AND r.occurrence < now() - make_interval(secs => p.max_age));
 
 -- name: lock_prunable_runs
--- The next `limit` runs of a task after an occurrence, in occurrence order and
--- within retention's reach (older than max_age, not among the keep_last newest);
--- of them, those that may go are locked: finished longer than max_age ago, and
--- (for a live task) not its latest success nor a run a dependent still waits on
--- (a dependent's run for the occurrence is active, or it has none yet while
--- another upstream's run for it is active). Others' locks are skipped.
-WITH bound AS (
-    SELECT now() - make_interval(secs => %(max_age)s) AS cutoff,
-           coalesce((SELECT r.occurrence FROM hydra_runs r WHERE r.task_id = %(task_id)s
-                     ORDER BY r.occurrence DESC OFFSET %(keep_last)s LIMIT 1),
-                    '-infinity') AS last
+-- The next `limit` runs after (occurrence, id), oldest first across every task,
+-- whose occurrence is older than the shortest max_age; of them, those that may go
+-- are locked: their task has a policy, they are finished, ended longer than its
+-- max_age ago, are not among its keep_last newest, and (for a live task) are not
+-- its latest success nor a run a dependent still waits on (a dependent's run for
+-- the occurrence is active, or it has none yet while another upstream's run for
+-- it is active). Oldest first across tasks, the way runs were written, so that a
+-- batch reads and deletes neighbouring rows. Others' locks are skipped.
+WITH policy AS (
+    SELECT * FROM unnest(%(task_ids)s::bigint[], %(max_ages)s::float8[],
+                         %(keep_lasts)s::int[], %(protects)s::boolean[])
+        AS p(task_id, max_age, keep_last, protect)
 ), scanned AS (
-    SELECT r.id, r.occurrence FROM hydra_runs r, bound b
-    WHERE r.task_id = %(task_id)s AND r.occurrence > %(after)s
-      AND r.occurrence <= b.last AND r.occurrence < b.cutoff
-    ORDER BY r.occurrence
+    SELECT r.id, r.occurrence, r.task_id FROM hydra_runs r
+    WHERE r.occurrence >= %(after_occurrence)s
+      AND (r.occurrence > %(after_occurrence)s OR r.id < %(after_id)s::uuid)
+      AND r.occurrence < now() - make_interval(secs => %(min_age)s)
+    ORDER BY r.occurrence, r.id DESC
     LIMIT %(limit)s
+), bounds AS (
+    SELECT p.task_id, p.protect, now() - make_interval(secs => p.max_age) AS cutoff,
+           coalesce((SELECT k.occurrence FROM hydra_runs k WHERE k.task_id = p.task_id
+                     ORDER BY k.occurrence DESC OFFSET p.keep_last LIMIT 1),
+                    '-infinity') AS last
+    FROM policy p WHERE p.task_id IN (SELECT task_id FROM scanned)
 ), locked AS (
     SELECT r.id FROM hydra_runs r
     JOIN scanned s ON s.id = r.id
-    WHERE r.state IN ('SUCCEEDED', 'FAILED', 'CANCELLED', 'SKIPPED')
-      AND coalesce(r.finished_at, r.updated_at) < now() - make_interval(secs => %(max_age)s)
-      AND NOT (%(protect)s AND r.state = 'SUCCEEDED' AND NOT EXISTS (
+    JOIN bounds b ON b.task_id = r.task_id
+    WHERE r.occurrence <= b.last AND r.occurrence < b.cutoff
+      AND r.state IN ('SUCCEEDED', 'FAILED', 'CANCELLED', 'SKIPPED')
+      AND coalesce(r.finished_at, r.updated_at) < b.cutoff
+      AND NOT (b.protect AND r.state = 'SUCCEEDED' AND NOT EXISTS (
           SELECT 1 FROM hydra_runs n
           WHERE n.task_id = r.task_id AND n.state = 'SUCCEEDED' AND n.occurrence > r.occurrence))
-      AND NOT (%(protect)s AND EXISTS (
-          SELECT 1 FROM hydra_runs d
-          WHERE d.task_id = ANY(%(dependent_ids)s::bigint[]) AND d.occurrence = r.occurrence
-            AND d.state IN ('QUEUED', 'LEASED', 'RUNNING')))
-      AND NOT (%(protect)s
+      AND NOT (b.protect AND EXISTS (
+          SELECT 1 FROM unnest(%(dependent_of)s::bigint[], %(dependent_ids)s::bigint[])
+              AS e(task_id, dependent_id)
+          JOIN hydra_runs d ON d.task_id = e.dependent_id AND d.occurrence = r.occurrence
+          WHERE e.task_id = r.task_id AND d.state IN ('QUEUED', 'LEASED', 'RUNNING')))
+      AND NOT (b.protect
           AND EXISTS (
-              SELECT 1 FROM unnest(%(dependent_ids)s::bigint[]) AS w(task_id)
-              WHERE NOT EXISTS (SELECT 1 FROM hydra_runs d
-                                WHERE d.task_id = w.task_id AND d.occurrence = r.occurrence))
+              SELECT 1 FROM unnest(%(dependent_of)s::bigint[], %(dependent_ids)s::bigint[])
+                  AS e(task_id, dependent_id)
+              WHERE e.task_id = r.task_id
+                AND NOT EXISTS (SELECT 1 FROM hydra_runs d
+                                WHERE d.task_id = e.dependent_id AND d.occurrence = r.occurrence))
           AND EXISTS (
-              SELECT 1 FROM hydra_runs u
-              WHERE u.task_id = ANY(%(upstream_ids)s::bigint[]) AND u.occurrence = r.occurrence
-                AND u.state IN ('QUEUED', 'LEASED', 'RUNNING')))
+              SELECT 1 FROM unnest(%(upstream_of)s::bigint[], %(upstream_ids)s::bigint[])
+                  AS e(task_id, upstream_id)
+              JOIN hydra_runs u ON u.task_id = e.upstream_id AND u.occurrence = r.occurrence
+              WHERE e.task_id = r.task_id AND u.state IN ('QUEUED', 'LEASED', 'RUNNING')))
     FOR UPDATE OF r SKIP LOCKED
+), last AS (
+    SELECT occurrence, id FROM scanned ORDER BY occurrence DESC, id LIMIT 1
 )
-SELECT (SELECT max(occurrence) FROM scanned) AS scanned_until,
+SELECT (SELECT occurrence FROM last) AS scanned_until, (SELECT id FROM last) AS scanned_id,
        (SELECT count(*) FROM scanned) AS scanned,
        ARRAY(SELECT id FROM locked) AS run_ids;
 

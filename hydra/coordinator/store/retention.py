@@ -47,6 +47,8 @@ class Scan:
     #: The last occurrence read (None: nothing read), and how many runs were read.
     scanned_until: datetime | None
     scanned: int
+    #: Scans across tasks: the id of the last run read (runs are read in (occurrence, id) order).
+    scanned_id: str | None = None
     #: The runs locked for deletion (of themselves or of their output).
     run_ids: tuple[str, ...]
     #: Output scans: the first run read that has not ended long enough ago.
@@ -125,25 +127,40 @@ async def tasks_with_old_runs(
     return {int(row["task_id"]) for row in rows}
 
 
+#: Where a scan in (occurrence, id) order starts: before every run.
+START = (BEGINNING, "ffffffff-ffff-ffff-ffff-ffffffffffff")
+
+
 async def lock_prunable_runs(
-    tx: Transaction, policy: Policy, *, after: datetime | None, limit: int
+    tx: Transaction, policies: Sequence[Policy], *, after: tuple[datetime, str], limit: int
 ) -> Scan:
-    """Read the task's next `limit` runs within retention's reach after `after`;
-    lock those that may be deleted."""
-    retention = policy.retention
-    assert retention.max_age is not None, "runs kept forever are never scanned"
+    """Read the next `limit` runs after `after` (occurrence, id), oldest first across
+    every task, that are older than the shortest max_age of `policies`; lock those
+    that may be deleted. Every policy must have a max_age."""
+    ages = [_max_age(policy) for policy in policies]
+    dependents = [(p.task_id, d) for p in policies for d in p.dependent_ids]
+    upstreams = [(p.task_id, u) for p in policies for u in p.upstream_ids]
     row = await tx.one(
         "lock_prunable_runs",
-        task_id=policy.task_id,
-        after=after or BEGINNING,
-        max_age=retention.max_age.total_seconds(),
-        keep_last=retention.keep_last or 0,
+        task_ids=[p.task_id for p in policies],
+        max_ages=ages,
+        keep_lasts=[p.retention.keep_last or 0 for p in policies],
+        protects=[not p.deleted for p in policies],
+        dependent_of=[task for task, _ in dependents],
+        dependent_ids=[dependent for _, dependent in dependents],
+        upstream_of=[task for task, _ in upstreams],
+        upstream_ids=[upstream for _, upstream in upstreams],
+        after_occurrence=after[0],
+        after_id=after[1],
+        min_age=min(ages),
         limit=limit,
-        protect=not policy.deleted,
-        dependent_ids=list(policy.dependent_ids),
-        upstream_ids=list(policy.upstream_ids),
     )
     return _scan(row)
+
+
+def _max_age(policy: Policy) -> float:
+    assert policy.retention.max_age is not None, "runs kept forever are never scanned"
+    return policy.retention.max_age.total_seconds()
 
 
 async def lock_runs_with_old_output(
@@ -168,6 +185,7 @@ def _scan(row: Mapping[str, Any] | None) -> Scan:
     return Scan(
         scanned_until=row["scanned_until"],
         scanned=int(row["scanned"]),
+        scanned_id=None if row.get("scanned_id") is None else str(row["scanned_id"]),
         run_ids=tuple(str(run_id) for run_id in row["run_ids"]),
         pending_from=row.get("pending_from"),
     )
