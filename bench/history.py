@@ -16,13 +16,14 @@ One database, three phases (:mod:`bench.history_load` has the parts):
    time comes from the ``hydra_pruner`` row it records.
 
 The machine's other work weighs on every phase: the figures are one run's.
+``HYDRA_BENCH_HISTORY_RUNS`` sets another number of old runs.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -36,6 +37,8 @@ from harness.wait import wait_for
 from hydra.client import Client
 
 NAME = "history"
+#: Overrides the number of old runs (default 5,000,000; smoke 3,000).
+SIZE_ENV = "HYDRA_BENCH_HISTORY_RUNS"
 RETENTION = "max_age=30d"
 WITHIN = Target(op="<=", bound=1.5, text="<= 1.5x")
 
@@ -63,6 +66,8 @@ SMOKE = Params(
 def run(ctx: Context) -> Result:
     """Fresh, loaded, then pruning, on one database."""
     params = SMOKE if ctx.smoke else Params()
+    if SIZE_ENV in os.environ:  # a smaller (or bigger) history than 5 million runs
+        params = replace(params, old_runs=int(os.environ[SIZE_ENV]))
     with ctx.database(NAME) as conninfo, Sql(conninfo) as db:
         with ctx.processes(f"{NAME}-measure") as procs:
             client, watched = _cluster(procs, conninfo, "bench-history")
