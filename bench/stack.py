@@ -57,6 +57,10 @@ class Sql:
         """Run a statement for its effect."""
         self._conn.execute(query, params or None)
 
+    def execute_params(self, query: str, params: dict[str, Any]) -> None:
+        """Run a statement with named parameters for its effect."""
+        self._conn.execute(query, params)
+
     def close(self) -> None:
         """Close the connection."""
         self._conn.close()

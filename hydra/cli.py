@@ -23,7 +23,7 @@ from typing import Any
 from hydra import config
 from hydra.domain import agent_id_problem
 from hydra.errors import HydraError, InvalidArgument, Unavailable
-from hydra.spec import parse_duration
+from hydra.spec import parse_duration, retention_from_text
 from hydra.tls import ClientTls, client_tls_from_flags
 
 log = logging.getLogger("hydra")
@@ -97,6 +97,25 @@ def _coordinator_flags(parser: argparse.ArgumentParser) -> None:
         help="time limit of one run's templates (HYDRA_RENDER_TIMEOUT; default 1s)",
     )
     parser.add_argument("--id", default=None, help="coordinator id (default: host-pid-random)")
+    parser.add_argument(
+        "--retention",
+        default=config.retention(),
+        metavar="max_age=D,keep_last=N,output_max_age=D",
+        help="default retention of finished runs for tasks that say nothing; give every "
+        "coordinator the same (HYDRA_RETENTION; default: kept forever)",
+    )
+    parser.add_argument(
+        "--audit-retention",
+        default=config.audit_retention(),
+        metavar="DURATION",
+        help="how long audit entries are kept (HYDRA_AUDIT_RETENTION; default: forever)",
+    )
+    parser.add_argument(
+        "--prune-interval",
+        default="1m",
+        metavar="DURATION",
+        help="pause between two pruning passes (default 1m)",
+    )
     parser.add_argument(
         "--insecure",
         action="store_true",
@@ -339,7 +358,7 @@ def coordinator_config(args: argparse.Namespace, conninfo: str) -> Any:
         raise InvalidArgument(
             "must be more than 0s and at most half of --lease-ttl", path="--render-timeout"
         )
-    extra = {"coordinator_id": args.id} if args.id else {}
+    extra: dict[str, Any] = {"coordinator_id": args.id} if args.id else {}
     tls = _server_tls(args)
     check_listen(args.listen, tls=tls, insecure=_insecure(args))
     metrics_listen = _metrics_listen(args)
@@ -350,6 +369,9 @@ def coordinator_config(args: argparse.Namespace, conninfo: str) -> Any:
         tls=tls,
         metrics_listen=metrics_listen,
         metrics_tls=metrics_tls,
+        retention=retention_from_text(args.retention, "--retention"),
+        audit_retention=_optional_duration(args.audit_retention, "--audit-retention"),
+        prune_interval=_positive_duration(args.prune_interval, "--prune-interval"),
         max_streams=_limit(args.max_streams, "--max-streams", config.max_streams),
         max_concurrent_rpcs=_limit(
             args.max_concurrent_rpcs, "--max-concurrent-rpcs", config.max_concurrent_rpcs
@@ -410,6 +432,18 @@ def _delivery_config(args: argparse.Namespace) -> Any:
         timeout=timeout,
         max_tries=args.notify_tries,
     )
+
+
+def _optional_duration(text: str, flag: str) -> timedelta | None:
+    """A positive duration, or None for ""."""
+    return _positive_duration(text, flag) if text else None
+
+
+def _positive_duration(text: str, flag: str) -> timedelta:
+    duration = _duration(text, flag)
+    if duration <= timedelta(0):
+        raise InvalidArgument("must be more than 0s", path=flag)
+    return duration
 
 
 def _limit(flag: int | None, name: str, from_environment: Callable[[], int]) -> int:

@@ -205,3 +205,14 @@ def labels(pairs: Iterable[str], flag: str = "--label") -> dict[str, str]:
             raise InvalidArgument(f"expected KEY=VALUE, got {pair!r}", path=flag)
         found[key] = value
     return found
+
+
+def retention(environ: Mapping[str, str] = os.environ) -> str:
+    """HYDRA_RETENTION: the cluster's default retention of runs, e.g.
+    ``max_age=30d,keep_last=100,output_max_age=7d`` (default: kept forever)."""
+    return environ.get("HYDRA_RETENTION", "")
+
+
+def audit_retention(environ: Mapping[str, str] = os.environ) -> str:
+    """HYDRA_AUDIT_RETENTION: how long audit entries are kept, a duration (default: forever)."""
+    return environ.get("HYDRA_AUDIT_RETENTION", "")

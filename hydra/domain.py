@@ -337,6 +337,31 @@ class Concurrency:
     overlap: Overlap = Overlap.QUEUE
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Retention:
+    """How long a task's finished runs are kept (docs/retention.md); ``None`` = the
+    cluster's default (``hydra coordinator --retention``).
+
+    A finished run is pruned once it ended more than ``max_age`` ago and is not one
+    of the task's ``keep_last`` newest runs. Its output may go sooner: once the run
+    ended more than ``output_max_age`` ago.
+    """
+
+    max_age: timedelta | None = None
+    keep_last: int | None = None
+    output_max_age: timedelta | None = None
+
+    def over(self, defaults: Retention) -> Retention:
+        """This retention, with ``defaults`` where it says nothing."""
+        return Retention(
+            max_age=self.max_age if self.max_age is not None else defaults.max_age,
+            keep_last=self.keep_last if self.keep_last is not None else defaults.keep_last,
+            output_max_age=(
+                self.output_max_age if self.output_max_age is not None else defaults.output_max_age
+            ),
+        )
+
+
 # --- task ---------------------------------------------------------------------
 
 #: What a secret's name may be: a file name in an agent's secrets directory
@@ -430,6 +455,7 @@ class TaskSpec:
     notify: tuple[Webhook, ...] = ()
     #: A run must have succeeded by its occurrence + this, else it is ``late``.
     deadline: timedelta | None = None
+    retention: Retention = field(default_factory=Retention)
 
     @property
     def timezone(self) -> str:
@@ -465,6 +491,8 @@ class Task:
     created_at: datetime
     updated_at: datetime
     next_fire_at: datetime | None = None
+    #: The spec's retention over the cluster's defaults (filled by TaskService.Get).
+    effective_retention: Retention | None = None
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

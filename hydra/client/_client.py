@@ -242,6 +242,8 @@ class Client:
         task: str = "",
         states: Iterable[RunState | str] = (),
         limit: int | None = 50,
+        occurrence_from: datetime | None = None,
+        occurrence_to: datetime | None = None,
     ) -> list[Run]:
         """Runs, newest occurrence first, without their attempts.
 
@@ -249,6 +251,8 @@ class Client:
             task: Only runs of this task.
             states: Only runs in these states.
             limit: At most this many runs; None for all of them.
+            occurrence_from: Only runs whose occurrence is at or after this (aware).
+            occurrence_to: Only runs whose occurrence is before this (aware).
         """
         wanted = [wire.run_state_to_proto(RunState(state)) for state in states]
         runs: list[Run] = []
@@ -256,7 +260,12 @@ class Client:
         while limit is None or len(runs) < limit:
             page_size = 1000 if limit is None else min(limit - len(runs), 1000)
             request = run_pb.ListRunsRequest(
-                task=task, states=wanted, page_size=page_size, page_token=page_token
+                task=task,
+                states=wanted,
+                page_size=page_size,
+                page_token=page_token,
+                occurrence_from=wire.to_timestamp(occurrence_from),
+                occurrence_to=wire.to_timestamp(occurrence_to),
             )
             response = self._transport.unary(lambda s: s.runs.List, request, idempotent=True)
             runs.extend(wire.run_from_proto(r) for r in response.runs)

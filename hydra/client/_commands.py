@@ -145,7 +145,13 @@ def runs_list(args: argparse.Namespace, client: Client) -> int:
     """``runs list``; with ``--watch`` a line per change until interrupted."""
     if args.watch:
         return _watch(args, client)
-    runs = client.list_runs(task=args.task, states=args.state, limit=args.limit)
+    runs = client.list_runs(
+        task=args.task,
+        states=args.state,
+        limit=args.limit,
+        occurrence_from=args.occurrence_from,
+        occurrence_to=args.occurrence_to,
+    )
     _emit(args, lambda: render.runs_table(runs), lambda: [render.run_json(r) for r in runs])
     return 0
 

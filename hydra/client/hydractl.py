@@ -305,6 +305,14 @@ def _add_runs(build: _Builder, runs: _Subcommands) -> None:
         help="only runs in this state; repeatable",
     )  # fmt: skip
     p.add_argument("--limit", type=_positive, default=50, metavar="N", help="at most N (50)")
+    p.add_argument(
+        "--from", dest="occurrence_from", type=_instant, metavar="T",
+        help="only runs whose occurrence is at or after T (ISO 8601)",
+    )  # fmt: skip
+    p.add_argument(
+        "--to", dest="occurrence_to", type=_instant, metavar="T",
+        help="only runs whose occurrence is before T (ISO 8601)",
+    )  # fmt: skip
     p.add_argument("--watch", action="store_true", help="print each change until Ctrl-C")
     p = build.command(runs, "get", commands.runs_get, "show a run and every attempt")
     p.add_argument("run", metavar="RUN")

@@ -20,7 +20,7 @@ from prometheus_client import (
     ProcessCollector,
     disable_created_metrics,
 )
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 # `_created` samples double every counter's series for a figure nobody alerts on.
@@ -186,6 +186,46 @@ class PoolCollector(Collector):
             size.add_metric([name, "idle"], idle)
             waiting.add_metric([name], stats.get("requests_waiting", 0))
         yield from (size, waiting)
+
+    def describe(self) -> Iterable[GaugeMetricFamily]:
+        return []
+
+
+#: The pruner's counters (loops/pruner.py PruneStats) by the table label they get.
+PRUNED_TABLES = {
+    "runs": "runs",
+    "attempts": "attempts",
+    "output_chunks": "output_chunks",
+    "notifications": "notifications",
+    "audit_entries": "audit_entries",
+    "task_versions": "task_versions",
+    "tasks": "tasks",
+}
+
+
+class PrunerCollector(Collector):
+    """What this coordinator's pruner deleted, read from its stats when scraped."""
+
+    def __init__(self, stats: Any) -> None:
+        """`stats`: the pruner's PruneStats (attributes named as PRUNED_TABLES' keys)."""
+        self._stats = stats
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        pruned = CounterMetricFamily(
+            "hydra_pruned_rows", "Rows this coordinator's pruner deleted, by table.",
+            labels=["table"],
+        )  # fmt: skip
+        for attribute, table in PRUNED_TABLES.items():
+            pruned.add_metric([table], getattr(self._stats, attribute))
+        passes = CounterMetricFamily(
+            "hydra_prune_passes", "Pruning passes this coordinator made.", labels=[]
+        )
+        passes.add_metric([], self._stats.passes)
+        seconds = GaugeMetricFamily(
+            "hydra_prune_last_pass_seconds", "How long this coordinator's last pruning pass took."
+        )
+        seconds.add_metric([], self._stats.last_pass_seconds)
+        yield from (pruned, passes, seconds)
 
     def describe(self) -> Iterable[GaugeMetricFamily]:
         return []

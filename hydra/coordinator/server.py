@@ -46,11 +46,12 @@ from hydra.coordinator.loops.deliveries import Deliveries
 from hydra.coordinator.loops.dispatcher import Dispatcher
 from hydra.coordinator.loops.health import Reachability
 from hydra.coordinator.loops.presence import ALIVE_WINDOW, Presence
+from hydra.coordinator.loops.pruner import PRUNE_BATCH, PRUNE_INTERVAL, Pruner
 from hydra.coordinator.loops.reaper import Reaper
 from hydra.coordinator.loops.refusals import RefusalLog
 from hydra.coordinator.loops.timing import forever
 from hydra.coordinator.loops.triggers import TriggerLoop
-from hydra.coordinator.metrics import CoordinatorMetrics, PoolCollector
+from hydra.coordinator.metrics import CoordinatorMetrics, PoolCollector, PrunerCollector
 from hydra.coordinator.migrate import check_current, migrate
 from hydra.coordinator.notifications import Listener
 from hydra.coordinator.rendering import WORKER_WAIT, RenderPool
@@ -59,6 +60,7 @@ from hydra.coordinator.store import Database, open_pool, outbox
 from hydra.coordinator.store.records import LeaseTimes
 from hydra.coordinator.tls import ServerTls, check_listen, server_credentials
 from hydra.coordinator.webhooks import DeliveryConfig
+from hydra.domain import Retention
 from hydra.errors import HydraError
 from hydra.limits import message_size_options
 from hydra.metrics_http import MetricsServer, MetricsTls, check_metrics_listen
@@ -136,6 +138,14 @@ class CoordinatorConfig:
     metrics_tls: MetricsTls | None = None
     #: Notifications: default webhooks, secrets, time limits and tries.
     notify: DeliveryConfig = field(default_factory=DeliveryConfig)
+    #: The retention of tasks that say nothing (`--retention`; the same on every coordinator).
+    retention: Retention = field(default_factory=Retention)
+    #: How long audit entries are kept (`--audit-retention`); None: forever.
+    audit_retention: timedelta | None = None
+    #: Pause between two pruning passes (`--prune-interval`).
+    prune_interval: timedelta = PRUNE_INTERVAL
+    #: Runs deleted per pruning transaction at most.
+    prune_batch: int = PRUNE_BATCH
 
 
 class CoordinatorServer:
@@ -175,12 +185,23 @@ class CoordinatorServer:
             wait=CONTROL_POOL_WAIT,
             name="hydra-deliveries",
         )
+        # The pruner's own connection: its batches never take one the loops need.
+        self._prune_pool = open_pool(
+            config.conninfo,
+            1,
+            statement_timeout=CONTROL_STATEMENT_TIMEOUT,
+            wait=CONTROL_POOL_WAIT,
+            name="hydra-pruner",
+        )
         #: The RPC handlers' database: API load cannot take the control loops' connections.
         self.database = self._database(self._api_pool, API_STATEMENT_TIMEOUT, "api")
         #: The control loops' database.
         self.control = self._database(self._control_pool, CONTROL_STATEMENT_TIMEOUT, "control")
         pools = {"api": self._api_pool, "control": self._control_pool}
-        self.metrics.register(PoolCollector({**pools, "deliveries": self._delivery_pool}))
+        self.metrics.register(
+            PoolCollector({**pools, "deliveries": self._delivery_pool, "pruner": self._prune_pool})
+        )
+        self._pools = (self._api_pool, self._control_pool, self._delivery_pool, self._prune_pool)
         self._reachability = Reachability(
             conninfo=config.conninfo, api=self.database, control=self.control
         )
@@ -205,6 +226,17 @@ class CoordinatorServer:
             config.notify,
             RenderPool(timeout=config.render_timeout, workers=1),
         )
+        #: Deletes what is past retention, one coordinator at a time; its ``stats``
+        #: count what this coordinator pruned (for the metrics).
+        self.pruner = Pruner(
+            self._database(self._prune_pool, CONTROL_STATEMENT_TIMEOUT, "pruner"),
+            config.coordinator_id,
+            defaults=config.retention,
+            audit_retention=config.audit_retention,
+            interval=config.prune_interval,
+            batch=config.prune_batch,
+        )
+        self.metrics.register(PrunerCollector(self.pruner.stats))
         self._presence: Presence | None = None
         self._streams = AgentStreams(
             database=self.control,
@@ -267,7 +299,7 @@ class CoordinatorServer:
         self.port = self._bind(self._server)
         self._serve_metrics()
         await self._wait_for_database()
-        for pool in (self._api_pool, self._control_pool, self._delivery_pool):
+        for pool in self._pools:
             await pool.open(wait=True, timeout=30)
         await self.control.run(
             outbox.write_defaults, self.config.notify.defaults, self.config.coordinator_id
@@ -366,7 +398,9 @@ class CoordinatorServer:
         ]
         server = grpc.aio.server(options=options, interceptors=interceptors)
         db, dispatcher = self.database, self._dispatcher
-        task_service_pb2_grpc.add_TaskServiceServicer_to_server(TaskApi(db), server)
+        task_service_pb2_grpc.add_TaskServiceServicer_to_server(
+            TaskApi(db, self.config.retention), server
+        )
         run_service_pb2_grpc.add_RunServiceServicer_to_server(
             RunApi(db, dispatcher, self._watchers, self._followers), server
         )
@@ -420,6 +454,7 @@ class CoordinatorServer:
         self._spawn("dispatcher", self._dispatcher.step)
         self._spawn("trigger loop", self._triggers.step)
         self._spawn("reaper", self._reaper.step)
+        self._spawn("pruner", self.pruner.step)
         self._spawn("presence", presence.step)
         self._spawn("database health", self._reachability.step)
         self._spawn("refused calls", self.refusals.step)
@@ -488,7 +523,7 @@ class CoordinatorServer:
             with contextlib.suppress(Exception):
                 await self._presence.withdraw()
         await self._reachability.close()
-        for pool in (self._api_pool, self._control_pool, self._delivery_pool):
+        for pool in self._pools:
             await pool.close()
         if self._metrics_server is not None:
             await asyncio.to_thread(self._metrics_server.stop)

@@ -13,10 +13,11 @@ problems about a field that failed to parse are left out (they would repeat it).
 
 from __future__ import annotations
 
-from hydra.spec._canonical import task_to_dict, webhook_to_dict
+from hydra.spec._canonical import retention_to_dict, task_to_dict, webhook_to_dict
 from hydra.spec._documents import load_task_documents
 from hydra.spec._durations import format_duration, parse_duration
 from hydra.spec._parse import task_from_dict, webhooks_from_list
+from hydra.spec._retention import retention_from_text
 from hydra.spec._strings import MAX_SPEC_BYTES, MAX_STRING_BYTES
 from hydra.spec._validate import (
     MAX_DURATION,
@@ -34,6 +35,8 @@ __all__ = [
     "format_duration",
     "load_task_documents",
     "parse_duration",
+    "retention_from_text",
+    "retention_to_dict",
     "task_from_dict",
     "task_to_dict",
     "validate_parsed_task",

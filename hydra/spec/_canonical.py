@@ -18,6 +18,7 @@ from hydra.domain import (
     OnTimeout,
     Overlap,
     Precondition,
+    Retention,
     Retry,
     SecretRef,
     TaskSpec,
@@ -60,6 +61,7 @@ def task_to_dict(spec: TaskSpec) -> dict[str, Any]:
         "starting_deadline": _duration_text(spec.starting_deadline),
         "notify": [webhook_to_dict(webhook) for webhook in spec.notify],
         "deadline": _duration_text(spec.deadline),
+        "retention": retention_to_dict(spec.retention),
     }
     return {key: _sorted(shape[key]) for key in sorted(shape)}
 
@@ -106,6 +108,15 @@ def _retry_to_dict(retry: Retry) -> dict[str, Any]:
         "backoff": format_duration(retry.backoff),
         "max_backoff": format_duration(retry.max_backoff),
         "multiplier": float(retry.multiplier),
+    }
+
+
+def retention_to_dict(retention: Retention) -> dict[str, Any]:
+    """A retention's canonical shape; ``None`` where it says nothing."""
+    return {
+        "max_age": _duration_text(retention.max_age),
+        "keep_last": retention.keep_last,
+        "output_max_age": _duration_text(retention.output_max_age),
     }
 
 

@@ -26,6 +26,7 @@ from hydra.domain import (
     NotifyEvent,
     OnTimeout,
     Overlap,
+    Retention,
     Retry,
     SecretRef,
     TaskSpec,
@@ -392,4 +393,8 @@ _TASK_FIELDS: dict[str, _Parser] = {
     "starting_deadline": _parse_duration,
     "notify": _list_of(_parse_webhook),
     "deadline": _parse_duration,
+    "retention": _object_parser(
+        Retention,
+        {"max_age": _parse_duration, "keep_last": _parse_int, "output_max_age": _parse_duration},
+    ),
 }

@@ -28,6 +28,7 @@ from hydra.domain import (
     NotifyEvent,
     OnTimeout,
     Overlap,
+    Retention,
     Retry,
     SecretRef,
     TaskSpec,
@@ -307,6 +308,20 @@ def _check_concurrency(value: object, path: str, problems: _Problems) -> None:
         _check_enum(value.overlap, _join(path, "overlap"), problems, Overlap)
 
 
+#: Most runs a task may keep regardless of age.
+MAX_KEEP_LAST = 1_000_000
+
+
+def _check_retention(value: object, path: str, problems: _Problems) -> None:
+    if not _is(value, Retention, "a Retention", path, problems):
+        return
+    for name in ("max_age", "output_max_age"):
+        check = _duration_check(positive=True, optional=True)
+        check(getattr(value, name), _join(path, name), problems)
+    if value.keep_last is not None:
+        _check_int(value.keep_last, _join(path, "keep_last"), problems, 0, MAX_KEEP_LAST)
+
+
 def _check_preconditions(value: object, path: str, problems: _Problems) -> None:
     if _is(value, tuple, "a list", path, problems):
         for index, check in enumerate(value):
@@ -527,4 +542,5 @@ _FIELD_CHECKS: tuple[tuple[str, _Check], ...] = (
     ("starting_deadline", _duration_check(positive=True, optional=True)),
     ("notify", _check_notify),
     ("deadline", _duration_check(_SECOND, positive=True, optional=True)),
+    ("retention", _check_retention),
 )

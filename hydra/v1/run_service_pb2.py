@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from hydra.v1 import types_pb2 as hydra_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ahydra/v1/run_service.proto\x12\x08hydra.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x14hydra/v1/types.proto\"\xd2\x01\n\x11TriggerRunRequest\x12\x0c\n\x04task\x18\x01 \x01(\t\x12\x37\n\x06params\x18\x02 \x03(\x0b\x32\'.hydra.v1.TriggerRunRequest.ParamsEntry\x12\x17\n\x0fidempotency_key\x18\x03 \x01(\t\x12.\n\noccurrence\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a-\n\x0bParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"A\n\x12TriggerRunResponse\x12\x1a\n\x03run\x18\x01 \x01(\x0b\x32\r.hydra.v1.Run\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"\x1b\n\rGetRunRequest\x12\n\n\x02id\x18\x01 \x01(\t\",\n\x0eGetRunResponse\x12\x1a\n\x03run\x18\x01 \x01(\x0b\x32\r.hydra.v1.Run\"j\n\x0fListRunsRequest\x12\x0c\n\x04task\x18\x01 \x01(\t\x12\"\n\x06states\x18\x02 \x03(\x0e\x32\x12.hydra.v1.RunState\x12\x11\n\tpage_size\x18\x03 \x01(\r\x12\x12\n\npage_token\x18\x04 \x01(\t\"H\n\x10ListRunsResponse\x12\x1b\n\x04runs\x18\x01 \x03(\x0b\x32\r.hydra.v1.Run\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x1d\n\x0fRetryRunRequest\x12\n\n\x02id\x18\x01 \x01(\t\".\n\x10RetryRunResponse\x12\x1a\n\x03run\x18\x01 \x01(\x0b\x32\r.hydra.v1.Run\".\n\x10\x43\x61ncelRunRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"/\n\x11\x43\x61ncelRunResponse\x12\x1a\n\x03run\x18\x01 \x01(\x0b\x32\r.hydra.v1.Run\"\x82\x01\n\x0f\x42\x61\x63kfillRequest\x12\x0c\n\x04task\x18\x01 \x01(\t\x12(\n\x04\x66rom\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12&\n\x02to\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07\x64ry_run\x18\x04 \x01(\x08\"u\n\x10\x42\x61\x63kfillResponse\x12/\n\x0boccurrences\x18\x01 \x03(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1e\n\x07\x63reated\x18\x02 \x03(\x0b\x32\r.hydra.v1.Run\x12\x10\n\x08\x65xisting\x18\x03 \x01(\r\"0\n\x10WatchRunsRequest\x12\x0c\n\x04task\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\"&\n\x08RunEvent\x12\x1a\n\x03run\x18\x01 \x01(\x0b\x32\r.hydra.v1.Run\"B\n\x0fTailLogsRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x0e\n\x06\x66ollow\x18\x03 \x01(\x08\"h\n\x08LogChunk\x12\x0f\n\x07\x61ttempt\x18\x01 \x01(\r\x12&\n\x06stream\x18\x02 \x01(\x0e\x32\x16.hydra.v1.OutputStream\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\x15\n\rdropped_bytes\x18\x04 \x01(\x04\"J\n\nWhyRequest\x12\x0c\n\x04task\x18\x01 \x01(\t\x12.\n\noccurrence\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"}\n\x07WhyFact\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\'\n\x03ids\x18\x03 \x03(\x0b\x32\x1a.hydra.v1.WhyFact.IdsEntry\x1a*\n\x08IdsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x89\x01\n\x0bWhyResponse\x12\x0c\n\x04task\x18\x01 \x01(\t\x12.\n\noccurrence\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1a\n\x03run\x18\x03 \x01(\x0b\x32\r.hydra.v1.Run\x12 \n\x05\x66\x61\x63ts\x18\x04 \x03(\x0b\x32\x11.hydra.v1.WhyFact*a\n\x0cOutputStream\x12\x1d\n\x19OUTPUT_STREAM_UNSPECIFIED\x10\x00\x12\x18\n\x14OUTPUT_STREAM_STDOUT\x10\x01\x12\x18\n\x14OUTPUT_STREAM_STDERR\x10\x02\x32\xbd\x04\n\nRunService\x12\x44\n\x07Trigger\x12\x1b.hydra.v1.TriggerRunRequest\x1a\x1c.hydra.v1.TriggerRunResponse\x12\x38\n\x03Get\x12\x17.hydra.v1.GetRunRequest\x1a\x18.hydra.v1.GetRunResponse\x12=\n\x04List\x12\x19.hydra.v1.ListRunsRequest\x1a\x1a.hydra.v1.ListRunsResponse\x12>\n\x05Retry\x12\x19.hydra.v1.RetryRunRequest\x1a\x1a.hydra.v1.RetryRunResponse\x12\x41\n\x06\x43\x61ncel\x12\x1a.hydra.v1.CancelRunRequest\x1a\x1b.hydra.v1.CancelRunResponse\x12\x41\n\x08\x42\x61\x63kfill\x12\x19.hydra.v1.BackfillRequest\x1a\x1a.hydra.v1.BackfillResponse\x12\x39\n\x05Watch\x12\x1a.hydra.v1.WatchRunsRequest\x1a\x12.hydra.v1.RunEvent0\x01\x12;\n\x08TailLogs\x12\x19.hydra.v1.TailLogsRequest\x1a\x12.hydra.v1.LogChunk0\x01\x12\x32\n\x03Why\x12\x14.hydra.v1.WhyRequest\x1a\x15.hydra.v1.WhyResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ahydra/v1/run_service.proto\x12\x08hydra.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x14hydra/v1/types.proto\"\xd2\x01\n\x11TriggerRunRequest\x12\x0c\n\x04task\x18\x01 \x01(\t\x12\x37\n\x06params\x18\x02 \x03(\x0b\x32\'.hydra.v1.TriggerRunRequest.ParamsEntry\x12\x17\n\x0fidempotency_key\x18\x03 \x01(\t\x12.\n\noccurrence\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a-\n\x0bParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"A\n\x12TriggerRunResponse\x12\x1a\n\x03run\x18\x01 \x01(\x0b\x32\r.hydra.v1.Run\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"\x1b\n\rGetRunRequest\x12\n\n\x02id\x18\x01 \x01(\t\",\n\x0eGetRunResponse\x12\x1a\n\x03run\x18\x01 \x01(\x0b\x32\r.hydra.v1.Run\"\xd2\x01\n\x0fListRunsRequest\x12\x0c\n\x04task\x18\x01 \x01(\t\x12\"\n\x06states\x18\x02 \x03(\x0e\x32\x12.hydra.v1.RunState\x12\x11\n\tpage_size\x18\x03 \x01(\r\x12\x12\n\npage_token\x18\x04 \x01(\t\x12\x33\n\x0foccurrence_from\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\roccurrence_to\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"H\n\x10ListRunsResponse\x12\x1b\n\x04runs\x18\x01 \x03(\x0b\x32\r.hydra.v1.Run\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x1d\n\x0fRetryRunRequest\x12\n\n\x02id\x18\x01 \x01(\t\".\n\x10RetryRunResponse\x12\x1a\n\x03run\x18\x01 \x01(\x0b\x32\r.hydra.v1.Run\".\n\x10\x43\x61ncelRunRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"/\n\x11\x43\x61ncelRunResponse\x12\x1a\n\x03run\x18\x01 \x01(\x0b\x32\r.hydra.v1.Run\"\x82\x01\n\x0f\x42\x61\x63kfillRequest\x12\x0c\n\x04task\x18\x01 \x01(\t\x12(\n\x04\x66rom\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12&\n\x02to\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07\x64ry_run\x18\x04 \x01(\x08\"u\n\x10\x42\x61\x63kfillResponse\x12/\n\x0boccurrences\x18\x01 \x03(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1e\n\x07\x63reated\x18\x02 \x03(\x0b\x32\r.hydra.v1.Run\x12\x10\n\x08\x65xisting\x18\x03 \x01(\r\"0\n\x10WatchRunsRequest\x12\x0c\n\x04task\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\"&\n\x08RunEvent\x12\x1a\n\x03run\x18\x01 \x01(\x0b\x32\r.hydra.v1.Run\"B\n\x0fTailLogsRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x0e\n\x06\x66ollow\x18\x03 \x01(\x08\"h\n\x08LogChunk\x12\x0f\n\x07\x61ttempt\x18\x01 \x01(\r\x12&\n\x06stream\x18\x02 \x01(\x0e\x32\x16.hydra.v1.OutputStream\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\x15\n\rdropped_bytes\x18\x04 \x01(\x04\"J\n\nWhyRequest\x12\x0c\n\x04task\x18\x01 \x01(\t\x12.\n\noccurrence\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"}\n\x07WhyFact\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\'\n\x03ids\x18\x03 \x03(\x0b\x32\x1a.hydra.v1.WhyFact.IdsEntry\x1a*\n\x08IdsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x89\x01\n\x0bWhyResponse\x12\x0c\n\x04task\x18\x01 \x01(\t\x12.\n\noccurrence\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1a\n\x03run\x18\x03 \x01(\x0b\x32\r.hydra.v1.Run\x12 \n\x05\x66\x61\x63ts\x18\x04 \x03(\x0b\x32\x11.hydra.v1.WhyFact*a\n\x0cOutputStream\x12\x1d\n\x19OUTPUT_STREAM_UNSPECIFIED\x10\x00\x12\x18\n\x14OUTPUT_STREAM_STDOUT\x10\x01\x12\x18\n\x14OUTPUT_STREAM_STDERR\x10\x02\x32\xbd\x04\n\nRunService\x12\x44\n\x07Trigger\x12\x1b.hydra.v1.TriggerRunRequest\x1a\x1c.hydra.v1.TriggerRunResponse\x12\x38\n\x03Get\x12\x17.hydra.v1.GetRunRequest\x1a\x18.hydra.v1.GetRunResponse\x12=\n\x04List\x12\x19.hydra.v1.ListRunsRequest\x1a\x1a.hydra.v1.ListRunsResponse\x12>\n\x05Retry\x12\x19.hydra.v1.RetryRunRequest\x1a\x1a.hydra.v1.RetryRunResponse\x12\x41\n\x06\x43\x61ncel\x12\x1a.hydra.v1.CancelRunRequest\x1a\x1b.hydra.v1.CancelRunResponse\x12\x41\n\x08\x42\x61\x63kfill\x12\x19.hydra.v1.BackfillRequest\x1a\x1a.hydra.v1.BackfillResponse\x12\x39\n\x05Watch\x12\x1a.hydra.v1.WatchRunsRequest\x1a\x12.hydra.v1.RunEvent0\x01\x12;\n\x08TailLogs\x12\x19.hydra.v1.TailLogsRequest\x1a\x12.hydra.v1.LogChunk0\x01\x12\x32\n\x03Why\x12\x14.hydra.v1.WhyRequest\x1a\x15.hydra.v1.WhyResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,8 +37,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TRIGGERRUNREQUEST_PARAMSENTRY']._serialized_options = b'8\001'
   _globals['_WHYFACT_IDSENTRY']._loaded_options = None
   _globals['_WHYFACT_IDSENTRY']._serialized_options = b'8\001'
-  _globals['_OUTPUTSTREAM']._serialized_start=1667
-  _globals['_OUTPUTSTREAM']._serialized_end=1764
+  _globals['_OUTPUTSTREAM']._serialized_start=1772
+  _globals['_OUTPUTSTREAM']._serialized_end=1869
   _globals['_TRIGGERRUNREQUEST']._serialized_start=96
   _globals['_TRIGGERRUNREQUEST']._serialized_end=306
   _globals['_TRIGGERRUNREQUEST_PARAMSENTRY']._serialized_start=261
@@ -49,38 +49,38 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETRUNREQUEST']._serialized_end=402
   _globals['_GETRUNRESPONSE']._serialized_start=404
   _globals['_GETRUNRESPONSE']._serialized_end=448
-  _globals['_LISTRUNSREQUEST']._serialized_start=450
-  _globals['_LISTRUNSREQUEST']._serialized_end=556
-  _globals['_LISTRUNSRESPONSE']._serialized_start=558
-  _globals['_LISTRUNSRESPONSE']._serialized_end=630
-  _globals['_RETRYRUNREQUEST']._serialized_start=632
-  _globals['_RETRYRUNREQUEST']._serialized_end=661
-  _globals['_RETRYRUNRESPONSE']._serialized_start=663
-  _globals['_RETRYRUNRESPONSE']._serialized_end=709
-  _globals['_CANCELRUNREQUEST']._serialized_start=711
-  _globals['_CANCELRUNREQUEST']._serialized_end=757
-  _globals['_CANCELRUNRESPONSE']._serialized_start=759
-  _globals['_CANCELRUNRESPONSE']._serialized_end=806
-  _globals['_BACKFILLREQUEST']._serialized_start=809
-  _globals['_BACKFILLREQUEST']._serialized_end=939
-  _globals['_BACKFILLRESPONSE']._serialized_start=941
-  _globals['_BACKFILLRESPONSE']._serialized_end=1058
-  _globals['_WATCHRUNSREQUEST']._serialized_start=1060
-  _globals['_WATCHRUNSREQUEST']._serialized_end=1108
-  _globals['_RUNEVENT']._serialized_start=1110
-  _globals['_RUNEVENT']._serialized_end=1148
-  _globals['_TAILLOGSREQUEST']._serialized_start=1150
-  _globals['_TAILLOGSREQUEST']._serialized_end=1216
-  _globals['_LOGCHUNK']._serialized_start=1218
-  _globals['_LOGCHUNK']._serialized_end=1322
-  _globals['_WHYREQUEST']._serialized_start=1324
-  _globals['_WHYREQUEST']._serialized_end=1398
-  _globals['_WHYFACT']._serialized_start=1400
-  _globals['_WHYFACT']._serialized_end=1525
-  _globals['_WHYFACT_IDSENTRY']._serialized_start=1483
-  _globals['_WHYFACT_IDSENTRY']._serialized_end=1525
-  _globals['_WHYRESPONSE']._serialized_start=1528
-  _globals['_WHYRESPONSE']._serialized_end=1665
-  _globals['_RUNSERVICE']._serialized_start=1767
-  _globals['_RUNSERVICE']._serialized_end=2340
+  _globals['_LISTRUNSREQUEST']._serialized_start=451
+  _globals['_LISTRUNSREQUEST']._serialized_end=661
+  _globals['_LISTRUNSRESPONSE']._serialized_start=663
+  _globals['_LISTRUNSRESPONSE']._serialized_end=735
+  _globals['_RETRYRUNREQUEST']._serialized_start=737
+  _globals['_RETRYRUNREQUEST']._serialized_end=766
+  _globals['_RETRYRUNRESPONSE']._serialized_start=768
+  _globals['_RETRYRUNRESPONSE']._serialized_end=814
+  _globals['_CANCELRUNREQUEST']._serialized_start=816
+  _globals['_CANCELRUNREQUEST']._serialized_end=862
+  _globals['_CANCELRUNRESPONSE']._serialized_start=864
+  _globals['_CANCELRUNRESPONSE']._serialized_end=911
+  _globals['_BACKFILLREQUEST']._serialized_start=914
+  _globals['_BACKFILLREQUEST']._serialized_end=1044
+  _globals['_BACKFILLRESPONSE']._serialized_start=1046
+  _globals['_BACKFILLRESPONSE']._serialized_end=1163
+  _globals['_WATCHRUNSREQUEST']._serialized_start=1165
+  _globals['_WATCHRUNSREQUEST']._serialized_end=1213
+  _globals['_RUNEVENT']._serialized_start=1215
+  _globals['_RUNEVENT']._serialized_end=1253
+  _globals['_TAILLOGSREQUEST']._serialized_start=1255
+  _globals['_TAILLOGSREQUEST']._serialized_end=1321
+  _globals['_LOGCHUNK']._serialized_start=1323
+  _globals['_LOGCHUNK']._serialized_end=1427
+  _globals['_WHYREQUEST']._serialized_start=1429
+  _globals['_WHYREQUEST']._serialized_end=1503
+  _globals['_WHYFACT']._serialized_start=1505
+  _globals['_WHYFACT']._serialized_end=1630
+  _globals['_WHYFACT_IDSENTRY']._serialized_start=1588
+  _globals['_WHYFACT_IDSENTRY']._serialized_end=1630
+  _globals['_WHYRESPONSE']._serialized_start=1633
+  _globals['_WHYRESPONSE']._serialized_end=1770
+  _globals['_RUNSERVICE']._serialized_start=1872
+  _globals['_RUNSERVICE']._serialized_end=2445
 # @@protoc_insertion_point(module_scope)

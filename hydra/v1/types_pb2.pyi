@@ -828,6 +828,7 @@ class TaskSpec(_message.Message):
     SECRET_ENV_FIELD_NUMBER: _builtins.int
     NOTIFY_FIELD_NUMBER: _builtins.int
     DEADLINE_FIELD_NUMBER: _builtins.int
+    RETENTION_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Unique name: [a-z0-9][a-z0-9._-]{0,127}."""
     description: _builtins.str
@@ -910,6 +911,12 @@ class TaskSpec(_message.Message):
         Unset: no deadline.
         """
 
+    @_builtins.property
+    def retention(self) -> Global___Retention:
+        """How long finished runs are kept; unset fields take the cluster's defaults
+        (hydra coordinator --retention). Numbered 25 to leave 21-24 to other fields.
+        """
+
     def __init__(
         self,
         *,
@@ -935,16 +942,59 @@ class TaskSpec(_message.Message):
         secret_env: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         notify: _abc.Iterable[Global___Webhook] | None = ...,
         deadline: _duration_pb2.Duration | None = ...,
+        retention: Global___Retention | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_catchup", b"_max_catchup", "concurrency", b"concurrency", "deadline", b"deadline", "max_catchup", b"max_catchup", "poke_interval", b"poke_interval", "precondition_timeout", b"precondition_timeout", "retry", b"retry", "starting_deadline", b"starting_deadline", "timeout", b"timeout"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_catchup", b"_max_catchup", "concurrency", b"concurrency", "deadline", b"deadline", "max_catchup", b"max_catchup", "poke_interval", b"poke_interval", "precondition_timeout", b"precondition_timeout", "retention", b"retention", "retry", b"retry", "starting_deadline", b"starting_deadline", "timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_catchup", b"_max_catchup", "catchup", b"catchup", "command", b"command", "concurrency", b"concurrency", "deadline", b"deadline", "description", b"description", "env", b"env", "max_catchup", b"max_catchup", "name", b"name", "notify", b"notify", "on_timeout", b"on_timeout", "params", b"params", "poke_interval", b"poke_interval", "precondition_timeout", b"precondition_timeout", "preconditions", b"preconditions", "retry", b"retry", "secret_env", b"secret_env", "selector", b"selector", "shell", b"shell", "starting_deadline", b"starting_deadline", "timeout", b"timeout", "triggers", b"triggers", "workdir", b"workdir"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_catchup", b"_max_catchup", "catchup", b"catchup", "command", b"command", "concurrency", b"concurrency", "deadline", b"deadline", "description", b"description", "env", b"env", "max_catchup", b"max_catchup", "name", b"name", "notify", b"notify", "on_timeout", b"on_timeout", "params", b"params", "poke_interval", b"poke_interval", "precondition_timeout", b"precondition_timeout", "preconditions", b"preconditions", "retention", b"retention", "retry", b"retry", "secret_env", b"secret_env", "selector", b"selector", "shell", b"shell", "starting_deadline", b"starting_deadline", "timeout", b"timeout", "triggers", b"triggers", "workdir", b"workdir"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__max_catchup: _TypeAlias = _typing.Literal["max_catchup"]  # noqa: Y015
     _WhichOneofArgType__max_catchup: _TypeAlias = _typing.Literal["_max_catchup", b"_max_catchup"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType__max_catchup) -> _WhichOneofReturnType__max_catchup | None: ...
 
 Global___TaskSpec: _TypeAlias = TaskSpec  # noqa: Y015
+
+@_typing.final
+class Retention(_message.Message):
+    """How long a task's finished runs are kept (docs/retention.md). A finished run
+    is pruned once it ended more than max_age ago and is not one of the task's
+    keep_last newest runs; the task's latest success, active runs and runs a
+    dependent still waits on are never pruned.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MAX_AGE_FIELD_NUMBER: _builtins.int
+    KEEP_LAST_FIELD_NUMBER: _builtins.int
+    OUTPUT_MAX_AGE_FIELD_NUMBER: _builtins.int
+    keep_last: _builtins.int
+    """Newest runs kept whatever their age. Unset: the cluster's default (0)."""
+    @_builtins.property
+    def max_age(self) -> _duration_pb2.Duration:
+        """Unset: the cluster's default (itself unset: kept forever)."""
+
+    @_builtins.property
+    def output_max_age(self) -> _duration_pb2.Duration:
+        """Output of runs that ended longer ago than this is deleted (the runs stay).
+        Unset: the cluster's default (itself unset: as long as the run).
+        """
+
+    def __init__(
+        self,
+        *,
+        max_age: _duration_pb2.Duration | None = ...,
+        keep_last: _builtins.int | None = ...,
+        output_max_age: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_keep_last", b"_keep_last", "keep_last", b"keep_last", "max_age", b"max_age", "output_max_age", b"output_max_age"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_keep_last", b"_keep_last", "keep_last", b"keep_last", "max_age", b"max_age", "output_max_age", b"output_max_age"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__keep_last: _TypeAlias = _typing.Literal["keep_last"]  # noqa: Y015
+    _WhichOneofArgType__keep_last: _TypeAlias = _typing.Literal["_keep_last", b"_keep_last"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__keep_last) -> _WhichOneofReturnType__keep_last | None: ...
+
+Global___Retention: _TypeAlias = Retention  # noqa: Y015
 
 @_typing.final
 class Task(_message.Message):
@@ -959,6 +1009,7 @@ class Task(_message.Message):
     CREATED_AT_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
     NEXT_FIRE_AT_FIELD_NUMBER: _builtins.int
+    EFFECTIVE_RETENTION_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Task name."""
     version: _builtins.int
@@ -981,6 +1032,12 @@ class Task(_message.Message):
     def next_fire_at(self) -> _timestamp_pb2.Timestamp:
         """Next time a time trigger fires. Unset: none scheduled."""
 
+    @_builtins.property
+    def effective_retention(self) -> Global___Retention:
+        """The retention that applies: the spec's, with the cluster's defaults where it
+        says nothing (filled by Get; numbered 15 to leave 8-14 to other fields).
+        """
+
     def __init__(
         self,
         *,
@@ -991,10 +1048,11 @@ class Task(_message.Message):
         created_at: _timestamp_pb2.Timestamp | None = ...,
         updated_at: _timestamp_pb2.Timestamp | None = ...,
         next_fire_at: _timestamp_pb2.Timestamp | None = ...,
+        effective_retention: Global___Retention | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "next_fire_at", b"next_fire_at", "spec", b"spec", "updated_at", b"updated_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "effective_retention", b"effective_retention", "next_fire_at", b"next_fire_at", "spec", b"spec", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "name", b"name", "next_fire_at", b"next_fire_at", "paused", b"paused", "spec", b"spec", "updated_at", b"updated_at", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "effective_retention", b"effective_retention", "name", b"name", "next_fire_at", b"next_fire_at", "paused", b"paused", "spec", b"spec", "updated_at", b"updated_at", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -2,18 +2,27 @@
 
 from __future__ import annotations
 
-from hydra.domain import Agent, Attempt, Coordinator, PreconditionVerdict, Run, Task, TaskVersion
+from hydra.domain import (
+    Agent,
+    Attempt,
+    Coordinator,
+    PreconditionVerdict,
+    Retention,
+    Run,
+    Task,
+    TaskVersion,
+)
 from hydra.occurrences import Explanation, Fact, FactKind
 from hydra.v1 import run_service_pb2 as run_pb
 from hydra.v1 import types_pb2 as pb
-from hydra.wire._specs import task_spec_from_proto, task_spec_to_proto
+from hydra.wire._specs import retention_to_proto, task_spec_from_proto, task_spec_to_proto
 from hydra.wire._states import (
     attempt_state_from_proto,
     attempt_state_to_proto,
     run_state_from_proto,
     run_state_to_proto,
 )
-from hydra.wire._times import from_timestamp, optional_timestamp, to_timestamp
+from hydra.wire._times import from_timestamp, optional_duration, optional_timestamp, to_timestamp
 
 # --- tasks, runs, attempts, agents ------------------------------------------------------
 
@@ -28,6 +37,11 @@ def task_to_proto(task: Task) -> pb.Task:
         created_at=to_timestamp(task.created_at),
         updated_at=to_timestamp(task.updated_at),
         next_fire_at=to_timestamp(task.next_fire_at),
+        effective_retention=(
+            None
+            if task.effective_retention is None
+            else retention_to_proto(task.effective_retention)
+        ),
     )
 
 
@@ -45,6 +59,18 @@ def task_from_proto(message: pb.Task) -> Task:
         created_at=from_timestamp(message.created_at),
         updated_at=from_timestamp(message.updated_at),
         next_fire_at=optional_timestamp(message, "next_fire_at"),
+        effective_retention=_effective_retention(message),
+    )
+
+
+def _effective_retention(message: pb.Task) -> Retention | None:
+    if not message.HasField("effective_retention"):
+        return None
+    retention = message.effective_retention
+    return Retention(
+        max_age=optional_duration(retention, "max_age"),
+        keep_last=retention.keep_last if retention.HasField("keep_last") else None,
+        output_max_age=optional_duration(retention, "output_max_age"),
     )
 
 

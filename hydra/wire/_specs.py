@@ -22,6 +22,7 @@ from hydra.domain import (
     OnTimeout,
     Overlap,
     Precondition,
+    Retention,
     Retry,
     SecretRef,
     TaskSpec,
@@ -75,6 +76,7 @@ def task_spec_to_proto(spec: TaskSpec) -> pb.TaskSpec:
         starting_deadline=to_duration(spec.starting_deadline),
         notify=[webhook_to_proto(webhook) for webhook in spec.notify],
         deadline=to_duration(spec.deadline),
+        retention=retention_to_proto(spec.retention),
     )
 
 
@@ -90,6 +92,15 @@ def webhook_to_proto(webhook: Webhook) -> pb.Webhook:
         secret_headers=secret,
         body=webhook.body,
         sign_secret="" if webhook.sign is None else webhook.sign.name,
+    )
+
+
+def retention_to_proto(retention: Retention) -> pb.Retention:
+    """The proto of a retention (a spec's, or the effective one of a task)."""
+    return pb.Retention(
+        max_age=to_duration(retention.max_age),
+        keep_last=retention.keep_last,
+        output_max_age=to_duration(retention.output_max_age),
     )
 
 
@@ -169,6 +180,8 @@ def task_spec_from_proto(message: pb.TaskSpec, path: str = "spec") -> TaskSpec:
         fields["retry"] = decoder.retry(message.retry, _join(path, "retry"))
     if message.HasField("concurrency"):
         fields["concurrency"] = decoder.concurrency(message.concurrency, _join(path, "concurrency"))
+    if message.HasField("retention"):
+        fields["retention"] = decoder.retention(message.retention, _join(path, "retention"))
     spec = TaskSpec(**fields)
     validate_parsed_task(spec, path, decoder.problems)
     return spec
@@ -278,6 +291,10 @@ class _Decoder:
         fields = _present(message, "max_attempts", "multiplier")
         fields |= self.durations(message, path, "backoff", "max_backoff", default_when_unset=True)
         return Retry(**fields)
+
+    def retention(self, message: pb.Retention, path: str) -> Retention:
+        fields = _present(message, "keep_last")
+        return Retention(**fields, **self.durations(message, path, "max_age", "output_max_age"))
 
     def concurrency(self, message: pb.Concurrency, path: str) -> Concurrency:
         fields = _present(message, "max_active_runs")

@@ -48,11 +48,13 @@ class CoordinatorThread:
         tls: ServerTls | None = None,
         metrics_listen: str | None = None,
         notify: DeliveryConfig | None = None,
+        **settings: Any,
     ) -> None:
         """`insecure` (the default, so that tests need no credentials) serves without
         authentication; tests of security turn it off (see support.credentials).
         `metrics_listen` serves `/metrics` there (e.g. ``127.0.0.1:0``).
-        `notify`: how it delivers notifications (default: DeliveryConfig's)."""
+        `notify`: how it delivers notifications (default: DeliveryConfig's).
+        `settings` are more fields of the CoordinatorConfig (retention, ...)."""
         self.config = CoordinatorConfig(
             conninfo=conninfo,
             listen="127.0.0.1:0",
@@ -63,6 +65,7 @@ class CoordinatorThread:
             tls=tls,
             metrics_listen=metrics_listen,
             notify=notify or DeliveryConfig(),
+            **settings,
         )
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True, name=name)

@@ -47,6 +47,7 @@ def test_all_is_pinned() -> None:
         "PermissionDenied",
         "PreconditionVerdict",
         "RegisteredTask",
+        "Retention",
         "Retry",
         "Role",
         "Run",

@@ -389,7 +389,13 @@ def test_runs_get_json(fake: FakeClient, capsys: pytest.CaptureFixture[str]) -> 
 def test_runs_list_json_is_an_array(fake: FakeClient, capsys: pytest.CaptureFixture[str]) -> None:
     assert hydractl.main(["-o", "json", "runs", "list", "--state", "failed"]) == 0
     assert json.loads(capsys.readouterr().out) == [render.run_json(RUN)]
-    assert fake.calls[0][2] == {"task": "", "states": [RunState.FAILED], "limit": 50}
+    assert fake.calls[0][2] == {
+        "task": "",
+        "states": [RunState.FAILED],
+        "limit": 50,
+        "occurrence_from": None,
+        "occurrence_to": None,
+    }
 
 
 def test_run_detail_table(sydney: None) -> None:

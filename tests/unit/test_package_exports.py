@@ -15,6 +15,8 @@ def test_spec_all_is_pinned() -> None:
         "format_duration",
         "load_task_documents",
         "parse_duration",
+        "retention_from_text",
+        "retention_to_dict",
         "task_from_dict",
         "task_to_dict",
         "validate_parsed_task",

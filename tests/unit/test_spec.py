@@ -26,6 +26,7 @@ from hydra.domain import (
     Interval,
     OnTimeout,
     Overlap,
+    Retention,
     Retry,
     TaskSpec,
     TcpCheck,
@@ -35,6 +36,7 @@ from hydra.spec import (
     format_duration,
     load_task_documents,
     parse_duration,
+    retention_from_text,
     task_from_dict,
     task_to_dict,
     validate_task,
@@ -105,6 +107,9 @@ RICH_SPECS = [
         catchup=Catchup.ALL,
         max_catchup=500,
         starting_deadline=timedelta(hours=1),
+        retention=Retention(
+            max_age=timedelta(days=30), keep_last=0, output_max_age=timedelta(days=7)
+        ),
     ),
     TaskSpec(
         name="0",
@@ -463,6 +468,13 @@ BIG = 10 * 1024 * 1024
         (valid(max_catchup=100_001), "max_catchup", "between 1 and 100000"),
         (valid(max_catchup="5"), "max_catchup", "must be an integer"),
         (valid(starting_deadline="0s"), "starting_deadline", "must be positive"),
+        (valid(retention={"max_age": "0s"}), "retention.max_age", "must be positive"),
+        (valid(retention={"max_age": "forever"}), "retention.max_age", "invalid duration"),
+        (valid(retention={"keep_last": -1}), "retention.keep_last", "between 0 and 1000000"),
+        (valid(retention={"keep_last": "9"}), "retention.keep_last", "must be an integer"),
+        (valid(retention={"output_max_age": "-1d"}), "retention.output_max_age", "invalid"),
+        (valid(retention={"max_ag": "1d"}), "retention.max_ag", "did you mean 'max_age'?"),
+        (valid(retention="30d"), "retention", "must be a mapping"),
         (valid(comand=["x"]), "comand", "unknown field; did you mean 'command'?"),
         (valid(zzz=1), "zzz", "unknown field"),
     ],
@@ -787,3 +799,55 @@ def test_shared_modules_import_no_server_dependencies() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == "[]"
+
+
+def test_retention_is_canonical_with_unset_fields_null() -> None:
+    spec = task_from_dict({"name": "t", "command": ["x"], "retention": {"max_age": "720h"}})
+    assert task_to_dict(spec)["retention"] == {
+        "keep_last": None,
+        "max_age": "30d",
+        "output_max_age": None,
+    }
+    assert task_to_dict(task_from_dict({"name": "t", "command": ["x"]}))["retention"] == {
+        "keep_last": None,
+        "max_age": None,
+        "output_max_age": None,
+    }
+
+
+def test_a_stored_spec_from_before_retention_has_none() -> None:
+    stored = task_to_dict(task_from_dict({"name": "t", "command": ["x"]}))
+    del stored["retention"]
+    assert task_from_dict(stored).retention == Retention()
+
+
+def test_effective_retention_takes_the_defaults_where_the_task_says_nothing() -> None:
+    defaults = Retention(max_age=timedelta(days=30), keep_last=100)
+    own = Retention(keep_last=5, output_max_age=timedelta(days=7))
+    assert own.over(defaults) == Retention(
+        max_age=timedelta(days=30), keep_last=5, output_max_age=timedelta(days=7)
+    )
+    assert Retention().over(Retention()) == Retention()
+
+
+def test_cluster_retention_flag() -> None:
+    assert retention_from_text("max_age=30d,keep_last=100, output_max_age=7d", "--retention") == (
+        Retention(max_age=timedelta(days=30), keep_last=100, output_max_age=timedelta(days=7))
+    )
+    assert retention_from_text("", "--retention") == Retention()
+
+
+@pytest.mark.parametrize(
+    ("text", "path", "message"),
+    [
+        ("max_age=30x", "--retention.max_age", "invalid duration"),
+        ("keep_last=many", "--retention.keep_last", "must be a whole number"),
+        ("max_age=0s", "--retention.max_age", "must be positive"),
+        ("age=1d", "--retention", "expected max_age=..."),
+        ("30d", "--retention", "expected max_age=..."),
+    ],
+)
+def test_cluster_retention_flag_problems(text: str, path: str, message: str) -> None:
+    with pytest.raises(InvalidArgument) as caught:
+        retention_from_text(text, "--retention")
+    assert [(p.path, message in p.message) for p in caught.value.problems] == [(path, True)]

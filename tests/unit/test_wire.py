@@ -27,6 +27,7 @@ from hydra.domain import (
     Interval,
     OnTimeout,
     Overlap,
+    Retention,
     Retry,
     Run,
     RunState,
@@ -115,6 +116,9 @@ SPECS = [
         catchup=Catchup.ALL,
         max_catchup=1000,
         starting_deadline=timedelta(hours=2),
+        retention=Retention(
+            max_age=timedelta(days=30), keep_last=0, output_max_age=timedelta(days=7)
+        ),
     ),
     TaskSpec(
         name="defaults-explicit",

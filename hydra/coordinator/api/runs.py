@@ -27,6 +27,7 @@ from hydra.v1 import run_service_pb2_grpc as pb_grpc
 from hydra.wire import (
     explanation_to_proto,
     from_timestamp,
+    optional_timestamp,
     run_state_from_proto,
     run_to_proto,
     to_timestamp,
@@ -93,6 +94,8 @@ class RunApi(pb_grpc.RunServiceServicer):
             states=states,
             after=_cursor(request.page_token),
             limit=limit + 1,
+            occurrence_from=optional_timestamp(request, "occurrence_from"),
+            occurrence_to=optional_timestamp(request, "occurrence_to"),
         )
         token = ""
         if len(found) > limit:

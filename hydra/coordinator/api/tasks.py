@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import grpc
@@ -13,6 +14,7 @@ from hydra.coordinator.api.errors import unary
 from hydra.coordinator.api.paging import decode_token, encode_token, page_size
 from hydra.coordinator.loops.timing import utcnow
 from hydra.coordinator.store import Database, tasks
+from hydra.domain import Retention, Task
 from hydra.errors import InvalidArgument
 from hydra.v1 import task_service_pb2 as pb
 from hydra.v1 import task_service_pb2_grpc as pb_grpc
@@ -26,8 +28,14 @@ DEFAULT_PAGE = 100
 class TaskApi(pb_grpc.TaskServiceServicer):
     """Tasks: named, versioned specs."""
 
-    def __init__(self, database: Database) -> None:
+    def __init__(self, database: Database, retention: Retention | None = None) -> None:
+        """Tasks in `database`; `retention` is the cluster's default (Get shows each
+        task's effective retention over it)."""
         self._db = database
+        self._retention = retention or Retention()
+
+    def _effective(self, task: Task) -> Task:
+        return replace(task, effective_retention=task.spec.retention.over(self._retention))
 
     @unary
     async def Apply(self, request: pb.ApplyTaskRequest, context: Context) -> pb.ApplyTaskResponse:
@@ -52,10 +60,12 @@ class TaskApi(pb_grpc.TaskServiceServicer):
     async def Get(self, request: pb.GetTaskRequest, context: Context) -> pb.GetTaskResponse:
         name = _name(request.name)
         if not request.include_versions:
-            return pb.GetTaskResponse(task=task_to_proto(await self._db.run(tasks.get_task, name)))
+            task = self._effective(await self._db.run(tasks.get_task, name))
+            return pb.GetTaskResponse(task=task_to_proto(task))
         task, versions = await self._db.run(tasks.get_task_versions, name)
         return pb.GetTaskResponse(
-            task=task_to_proto(task), versions=[task_version_to_proto(v) for v in versions]
+            task=task_to_proto(self._effective(task)),
+            versions=[task_version_to_proto(v) for v in versions],
         )
 
     @unary

@@ -195,15 +195,51 @@ SELECT * FROM hydra_attempts WHERE run_id = %(run_id)s ORDER BY number;
 SELECT * FROM hydra_attempts WHERE run_id = ANY(%(run_ids)s::uuid[]) ORDER BY run_id, number;
 
 -- name: list_runs
--- A page of runs, newest occurrence first, keyset-paged by (occurrence, id).
+-- A page of runs, newest occurrence first, keyset-paged by (occurrence, id), in a
+-- range of occurrences [from, to); read from the newest (never through history).
 SELECT r.*, t.name AS task_name FROM hydra_runs r
 JOIN hydra_tasks t ON t.id = r.task_id
-WHERE (%(task)s = '' OR (t.name = %(task)s AND t.deleted_at IS NULL))
+WHERE t.name LIKE %(task_prefix)s
+  AND r.occurrence >= coalesce(%(occurrence_from)s::timestamptz, '-infinity')
+  AND r.occurrence < coalesce(%(occurrence_to)s::timestamptz, 'infinity')
+  AND r.occurrence <= coalesce(%(after_occurrence)s::timestamptz, 'infinity')
+  AND (r.occurrence, r.id) < (coalesce(%(after_occurrence)s::timestamptz, 'infinity'),
+                              coalesce(%(after_id)s::uuid, 'ffffffff-ffff-ffff-ffff-ffffffffffff'))
+ORDER BY r.occurrence DESC, r.id DESC
+LIMIT %(limit)s;
+
+-- name: list_runs_of_task
+-- The same page of one live task's runs (in some states, if any), read from its own newest.
+SELECT r.*, t.name AS task_name FROM hydra_runs r
+JOIN hydra_tasks t ON t.id = r.task_id
+WHERE r.task_id = (SELECT id FROM hydra_tasks WHERE name = %(task)s AND deleted_at IS NULL)
   AND t.name LIKE %(task_prefix)s
   AND (cardinality(%(states)s::hydra_run_state[]) = 0 OR r.state = ANY(%(states)s))
-  AND (%(after_occurrence)s::timestamptz IS NULL
-       OR (r.occurrence, r.id) < (%(after_occurrence)s, %(after_id)s::uuid))
+  AND r.occurrence >= coalesce(%(occurrence_from)s::timestamptz, '-infinity')
+  AND r.occurrence < coalesce(%(occurrence_to)s::timestamptz, 'infinity')
+  AND r.occurrence <= coalesce(%(after_occurrence)s::timestamptz, 'infinity')
+  AND (r.occurrence, r.id) < (coalesce(%(after_occurrence)s::timestamptz, 'infinity'),
+                              coalesce(%(after_id)s::uuid, 'ffffffff-ffff-ffff-ffff-ffffffffffff'))
 ORDER BY r.occurrence DESC, r.id DESC
+LIMIT %(limit)s;
+
+-- name: list_runs_in_states
+-- The same page of runs in some states: each state's newest (hydra_runs_by_state), merged.
+SELECT p.* FROM unnest(%(states)s::hydra_run_state[]) AS s(state)
+CROSS JOIN LATERAL (
+    SELECT r.*, t.name AS task_name FROM hydra_runs r
+    JOIN hydra_tasks t ON t.id = r.task_id
+    WHERE r.state = s.state AND t.name LIKE %(task_prefix)s
+      AND r.occurrence >= coalesce(%(occurrence_from)s::timestamptz, '-infinity')
+      AND r.occurrence < coalesce(%(occurrence_to)s::timestamptz, 'infinity')
+      AND r.occurrence <= coalesce(%(after_occurrence)s::timestamptz, 'infinity')
+      AND (r.occurrence, r.id) < (coalesce(%(after_occurrence)s::timestamptz, 'infinity'),
+                                  coalesce(%(after_id)s::uuid,
+                                           'ffffffff-ffff-ffff-ffff-ffffffffffff'))
+    ORDER BY r.occurrence DESC, r.id DESC
+    LIMIT %(limit)s
+) p
+ORDER BY p.occurrence DESC, p.id DESC
 LIMIT %(limit)s;
 
 -- name: lock_runs
@@ -1023,3 +1059,230 @@ WHERE (%(task)s = '' OR t.name = %(task)s)
   AND (%(before)s::bigint IS NULL OR n.id < %(before)s)
 ORDER BY n.id DESC
 LIMIT %(limit)s;
+-- ------------------------------------------------------------ retention --
+
+-- name: claim_pruner
+-- Take or renew the pruner's lease for a coordinator; no row while another holds it.
+WITH free AS (
+    SELECT singleton FROM hydra_pruner
+    WHERE singleton AND (holder = %(holder)s OR lease_expires_at < now())
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE hydra_pruner p SET holder = %(holder)s, lease_expires_at = now() + %(ttl)s
+FROM free WHERE p.singleton
+RETURNING p.holder;
+
+-- name: record_prune_pass
+-- A pass ended: its figures; the lease is given up (the next pass is anyone's).
+UPDATE hydra_pruner
+SET last_pass_started_at = %(started_at)s, last_pass_finished_at = now(),
+    last_pass_runs = %(runs)s, lease_expires_at = now()
+WHERE singleton AND holder = %(holder)s;
+
+-- name: retention_policies
+-- Every task (deleted ones too) with the retention of its current version and its dependents.
+SELECT t.id, t.name, t.deleted_at IS NOT NULL AS deleted, v.spec -> 'retention' AS retention,
+       ARRAY(SELECT d.id FROM hydra_triggers g JOIN hydra_tasks d ON d.id = g.task_id
+             WHERE t.deleted_at IS NULL AND d.deleted_at IS NULL AND g.kind = 'after'
+               AND g.spec -> 'after' ? t.name) AS dependent_ids
+FROM hydra_tasks t
+JOIN hydra_task_versions v ON v.task_id = t.id AND v.version = t.version
+ORDER BY t.id;
+
+-- name: upstreams_of
+-- The live tasks each of some tasks runs after: (dependent, upstream) pairs.
+SELECT DISTINCT g.task_id AS dependent_id, u.id FROM hydra_triggers g
+JOIN hydra_tasks u ON u.name IN (SELECT jsonb_array_elements_text(g.spec -> 'after'))
+WHERE g.task_id = ANY(%(task_ids)s::bigint[]) AND g.kind = 'after' AND u.deleted_at IS NULL;
+
+-- name: tasks_with_old_runs
+-- Of some tasks, those with a run after an occurrence and older than their max_age (one probe each).
+SELECT p.task_id
+FROM unnest(%(task_ids)s::bigint[], %(max_ages)s::float8[], %(afters)s::timestamptz[])
+     AS p(task_id, max_age, after)
+WHERE EXISTS (SELECT 1 FROM hydra_runs r
+              WHERE r.task_id = p.task_id AND r.occurrence > p.after
+                AND r.occurrence < now() - make_interval(secs => p.max_age));
+
+-- name: lock_prunable_runs
+-- The next `limit` runs after (occurrence, id), oldest first across every task,
+-- whose occurrence is older than the shortest max_age; of them, those that may go
+-- are locked: their task has a policy, they are finished, ended longer than its
+-- max_age ago, are not among its keep_last newest, and (for a live task) are not
+-- its latest success nor a run a dependent still waits on (a dependent's run for
+-- the occurrence is active, or it has none yet while another upstream's run for
+-- it is active). Oldest first across tasks, the way runs were written, so that a
+-- batch reads and deletes neighbouring rows. Others' locks are skipped.
+WITH policy AS (
+    SELECT * FROM unnest(%(task_ids)s::bigint[], %(max_ages)s::float8[],
+                         %(keep_lasts)s::int[], %(protects)s::boolean[])
+        AS p(task_id, max_age, keep_last, protect)
+), scanned AS (
+    SELECT r.id, r.occurrence, r.task_id FROM hydra_runs r
+    WHERE r.occurrence >= %(after_occurrence)s
+      AND (r.occurrence > %(after_occurrence)s OR r.id < %(after_id)s::uuid)
+      AND r.occurrence < now() - make_interval(secs => %(min_age)s)
+    ORDER BY r.occurrence, r.id DESC
+    LIMIT %(limit)s
+), bounds AS (
+    SELECT p.task_id, p.protect, now() - make_interval(secs => p.max_age) AS cutoff,
+           coalesce((SELECT k.occurrence FROM hydra_runs k WHERE k.task_id = p.task_id
+                     ORDER BY k.occurrence DESC OFFSET p.keep_last LIMIT 1),
+                    '-infinity') AS last
+    FROM policy p WHERE p.task_id IN (SELECT task_id FROM scanned)
+), locked AS (
+    SELECT r.id FROM hydra_runs r
+    JOIN scanned s ON s.id = r.id
+    JOIN bounds b ON b.task_id = r.task_id
+    WHERE r.occurrence <= b.last AND r.occurrence < b.cutoff
+      AND r.state IN ('SUCCEEDED', 'FAILED', 'CANCELLED', 'SKIPPED')
+      AND coalesce(r.finished_at, r.updated_at) < b.cutoff
+      AND NOT (b.protect AND r.state = 'SUCCEEDED' AND NOT EXISTS (
+          SELECT 1 FROM hydra_runs n
+          WHERE n.task_id = r.task_id AND n.state = 'SUCCEEDED' AND n.occurrence > r.occurrence))
+      AND NOT (b.protect AND EXISTS (
+          SELECT 1 FROM unnest(%(dependent_of)s::bigint[], %(dependent_ids)s::bigint[])
+              AS e(task_id, dependent_id)
+          JOIN hydra_runs d ON d.task_id = e.dependent_id AND d.occurrence = r.occurrence
+          WHERE e.task_id = r.task_id AND d.state IN ('QUEUED', 'LEASED', 'RUNNING')))
+      AND NOT (b.protect
+          AND EXISTS (
+              SELECT 1 FROM unnest(%(dependent_of)s::bigint[], %(dependent_ids)s::bigint[])
+                  AS e(task_id, dependent_id)
+              WHERE e.task_id = r.task_id
+                AND NOT EXISTS (SELECT 1 FROM hydra_runs d
+                                WHERE d.task_id = e.dependent_id AND d.occurrence = r.occurrence))
+          AND EXISTS (
+              SELECT 1 FROM unnest(%(upstream_of)s::bigint[], %(upstream_ids)s::bigint[])
+                  AS e(task_id, upstream_id)
+              JOIN hydra_runs u ON u.task_id = e.upstream_id AND u.occurrence = r.occurrence
+              WHERE e.task_id = r.task_id AND u.state IN ('QUEUED', 'LEASED', 'RUNNING')))
+    FOR UPDATE OF r SKIP LOCKED
+), last AS (
+    SELECT occurrence, id FROM scanned ORDER BY occurrence DESC, id LIMIT 1
+)
+SELECT (SELECT occurrence FROM last) AS scanned_until, (SELECT id FROM last) AS scanned_id,
+       (SELECT count(*) FROM scanned) AS scanned,
+       ARRAY(SELECT id FROM locked) AS run_ids;
+
+-- name: lock_runs_with_old_output
+-- The next `limit` runs of a task after an occurrence that ended before the
+-- output's max_age; those that ended longer ago and still have output are
+-- locked, and the first that has not ended that long ago is named (the next
+-- scan starts there).
+WITH scanned AS (
+    SELECT r.id, r.occurrence, r.state, r.finished_at FROM hydra_runs r
+    WHERE r.task_id = %(task_id)s AND r.occurrence > %(after)s
+      AND r.occurrence < now() - make_interval(secs => %(max_age)s)
+    ORDER BY r.occurrence
+    LIMIT %(limit)s
+), pending AS (
+    SELECT min(occurrence) AS occurrence FROM scanned
+    WHERE state NOT IN ('SUCCEEDED', 'FAILED', 'CANCELLED', 'SKIPPED')
+       OR coalesce(finished_at, now()) >= now() - make_interval(secs => %(max_age)s)
+), locked AS (
+    SELECT r.id FROM hydra_runs r
+    JOIN scanned s ON s.id = r.id
+    WHERE r.state IN ('SUCCEEDED', 'FAILED', 'CANCELLED', 'SKIPPED')
+      AND r.finished_at < now() - make_interval(secs => %(max_age)s)
+      AND EXISTS (SELECT 1 FROM hydra_attempt_output o WHERE o.run_id = r.id)
+    FOR UPDATE OF r SKIP LOCKED
+)
+SELECT (SELECT max(occurrence) FROM scanned) AS scanned_until,
+       (SELECT count(*) FROM scanned) AS scanned,
+       (SELECT occurrence FROM pending) AS pending_from,
+       ARRAY(SELECT id FROM locked) AS run_ids;
+
+-- name: delete_output_of_runs
+-- Delete the output of some runs; how many chunks went.
+WITH gone AS (
+    DELETE FROM hydra_attempt_output WHERE run_id = ANY(%(run_ids)s::uuid[]) RETURNING 1
+)
+SELECT count(*) AS deleted FROM gone;
+
+-- name: forget_output_bytes
+-- The attempts of some runs keep no output any more.
+UPDATE hydra_attempts SET output_bytes = 0
+WHERE run_id = ANY(%(run_ids)s::uuid[]) AND output_bytes <> 0;
+
+-- name: delete_attempts_of_runs
+-- Delete the attempts of some runs (their output first); how many went.
+WITH gone AS (
+    DELETE FROM hydra_attempts WHERE run_id = ANY(%(run_ids)s::uuid[]) RETURNING 1
+)
+SELECT count(*) AS deleted FROM gone;
+
+-- name: delete_notifications_of_runs
+-- Delete the finished notifications of some runs (pending ones are still delivered); how many went.
+WITH gone AS (
+    DELETE FROM hydra_notifications
+    WHERE run_id = ANY(%(run_ids)s::uuid[]) AND state <> 'pending'
+    RETURNING 1
+)
+SELECT count(*) AS deleted FROM gone;
+
+-- name: delete_records_of_tasks
+-- Delete what other tables keep of some deleted tasks: skipped occurrences, late marks, notifications.
+WITH skipped AS (
+    DELETE FROM hydra_skipped_occurrences WHERE task_id = ANY(%(task_ids)s::bigint[])
+), late AS (
+    DELETE FROM hydra_late_occurrences WHERE task_id = ANY(%(task_ids)s::bigint[])
+), notified AS (
+    DELETE FROM hydra_notifications WHERE task_id = ANY(%(task_ids)s::bigint[]) RETURNING 1
+)
+SELECT count(*) AS deleted FROM notified;
+
+-- name: delete_runs
+-- Delete some runs (their attempts, output and other rows first); how many went.
+WITH gone AS (
+    DELETE FROM hydra_runs WHERE id = ANY(%(run_ids)s::uuid[]) RETURNING 1
+)
+SELECT count(*) AS deleted FROM gone;
+
+-- name: delete_old_audit_entries
+-- Delete up to `limit` audit entries older than max_age, oldest first; how many went.
+WITH old AS (
+    SELECT id FROM hydra_audit WHERE at < now() - make_interval(secs => %(max_age)s)
+    ORDER BY at LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+), gone AS (
+    DELETE FROM hydra_audit a USING old WHERE a.id = old.id RETURNING 1
+)
+SELECT count(*) AS deleted FROM gone;
+
+-- name: delete_unused_versions
+-- Delete up to `limit` versions that are not their task's current one and that no run points to.
+WITH unused AS (
+    SELECT v.task_id, v.version FROM hydra_task_versions v
+    JOIN hydra_tasks t ON t.id = v.task_id
+    WHERE v.version <> t.version
+      AND NOT EXISTS (SELECT 1 FROM hydra_runs r
+                      WHERE r.task_id = v.task_id AND r.task_version = v.version)
+    LIMIT %(limit)s
+    FOR UPDATE OF v SKIP LOCKED
+), gone AS (
+    DELETE FROM hydra_task_versions v USING unused u
+    WHERE v.task_id = u.task_id AND v.version = u.version
+    RETURNING 1
+)
+SELECT count(*) AS deleted FROM gone;
+
+-- name: lock_emptied_tasks
+-- Up to `limit` deleted tasks that have no run left, locked.
+SELECT t.id FROM hydra_tasks t
+WHERE t.deleted_at IS NOT NULL
+  AND NOT EXISTS (SELECT 1 FROM hydra_runs r WHERE r.task_id = t.id)
+ORDER BY t.id
+LIMIT %(limit)s
+FOR UPDATE OF t SKIP LOCKED;
+
+-- name: delete_tasks
+-- Delete some tasks with their triggers and versions (other rows of theirs first); how many went.
+WITH triggers AS (
+    DELETE FROM hydra_triggers WHERE task_id = ANY(%(task_ids)s::bigint[])
+), versions AS (
+    DELETE FROM hydra_task_versions WHERE task_id = ANY(%(task_ids)s::bigint[])
+), gone AS (
+    DELETE FROM hydra_tasks WHERE id = ANY(%(task_ids)s::bigint[]) RETURNING 1
+)
+SELECT count(*) AS deleted FROM gone;

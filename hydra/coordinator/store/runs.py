@@ -111,17 +111,28 @@ async def list_runs(
     after: tuple[datetime, str] | None,
     limit: int,
     task_prefix: str = "",
+    occurrence_from: datetime | None = None,
+    occurrence_to: datetime | None = None,
 ) -> list[Run]:
-    """A page of runs, newest occurrence first (of tasks named with `task_prefix`)."""
-    rows = await tx.all(
-        "list_runs",
-        task=task,
-        task_prefix=_like_prefix(task_prefix),
-        states=[s.value for s in states],
-        after_occurrence=after[0] if after else None,
-        after_id=after[1] if after else None,
-        limit=limit,
-    )
+    """A page of runs, newest occurrence first (of tasks named with `task_prefix`),
+    with occurrences in [`occurrence_from`, `occurrence_to`) when given. Each filter
+    has a query of its own, so that each reads an index from its newest entry."""
+    params = {
+        "task": task,
+        "task_prefix": _like_prefix(task_prefix),
+        "states": [s.value for s in states],
+        "after_occurrence": after[0] if after else None,
+        "after_id": after[1] if after else None,
+        "limit": limit,
+        "occurrence_from": occurrence_from,
+        "occurrence_to": occurrence_to,
+    }
+    if task:
+        rows = await tx.all("list_runs_of_task", **params)
+    elif states:
+        rows = await tx.all("list_runs_in_states", **params)
+    else:
+        rows = await tx.all("list_runs", **params)
     return [run_from_row(row, []) for row in rows]
 
 

@@ -27,7 +27,7 @@ async def apply_task(
         await runs.check_no_cycle(tx, spec)
     row = await _lock_or_create(tx, spec.name, dry_run=dry_run)
     previous = row["version"] if row is not None else 0
-    if row is not None and row["spec"] == spec_json:
+    if row is not None and _stored_form(tx, row) == spec_json:
         return Applied(task=await get_task(tx, spec.name), changed=False, previous_version=previous)
     if dry_run:
         task = Task(
@@ -68,6 +68,14 @@ async def _replaced_behind(
                 )
             )
     return tuple(replaced)
+
+
+def _stored_form(tx: Transaction, row: Row) -> Row | None:
+    """The canonical form of the stored current version, as this Hydra writes it (a
+    version stored before a field existed gets it, so re-applying it changes nothing)."""
+    if row["spec"] is None:
+        return None
+    return task_to_dict(tx.spec(row["id"], row["version"], row["spec"]))
 
 
 async def _lock_or_create(tx: Transaction, name: str, *, dry_run: bool) -> Row | None:
