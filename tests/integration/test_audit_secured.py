@@ -82,4 +82,4 @@ def test_credential_changes_are_recorded_over_grpc_and_with_database_access(
     assert (revoked["who"], revoked["detail"]) == ("root", "credential ci (operator) revoked")
     assert created["peer"].startswith("ipv4:127.0.0.1:")
     # No secret ever reaches the log.
-    assert db.value("SELECT count(*) FROM hydra_audit WHERE detail LIKE '%%hydra_%%'") == 0
+    assert db.value("SELECT count(*) FROM hydra_audit WHERE strpos(detail, %s) > 0", admin) == 0
