@@ -1221,17 +1221,6 @@ WITH gone AS (
 )
 SELECT count(*) AS deleted FROM gone;
 
--- name: delete_records_of_tasks
--- Delete what other tables keep of some deleted tasks: skipped occurrences, late marks, notifications.
-WITH skipped AS (
-    DELETE FROM hydra_skipped_occurrences WHERE task_id = ANY(%(task_ids)s::bigint[])
-), late AS (
-    DELETE FROM hydra_late_occurrences WHERE task_id = ANY(%(task_ids)s::bigint[])
-), notified AS (
-    DELETE FROM hydra_notifications WHERE task_id = ANY(%(task_ids)s::bigint[]) RETURNING 1
-)
-SELECT count(*) AS deleted FROM notified;
-
 -- name: delete_runs
 -- Delete some runs (their attempts, output and other rows first); how many went.
 WITH gone AS (
@@ -1277,8 +1266,14 @@ LIMIT %(limit)s
 FOR UPDATE OF t SKIP LOCKED;
 
 -- name: delete_tasks
--- Delete some tasks with their triggers and versions (other rows of theirs first); how many went.
-WITH triggers AS (
+-- Delete some tasks with their triggers, versions, skipped occurrences, late marks and notifications; how many went.
+WITH skipped AS (
+    DELETE FROM hydra_skipped_occurrences WHERE task_id = ANY(%(task_ids)s::bigint[])
+), late AS (
+    DELETE FROM hydra_late_occurrences WHERE task_id = ANY(%(task_ids)s::bigint[])
+), notified AS (
+    DELETE FROM hydra_notifications WHERE task_id = ANY(%(task_ids)s::bigint[])
+), triggers AS (
     DELETE FROM hydra_triggers WHERE task_id = ANY(%(task_ids)s::bigint[])
 ), versions AS (
     DELETE FROM hydra_task_versions WHERE task_id = ANY(%(task_ids)s::bigint[])

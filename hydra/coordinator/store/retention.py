@@ -6,9 +6,9 @@ own, after renewing its lease in it (``claim``).
 
 Rows of other tables that belong to a run or to a task are deleted before it,
 in ``delete_runs`` (the finished notifications of the outbox) and
-``delete_emptied_tasks`` (skipped occurrences, late marks, notifications): a new
-table keyed by run or by task adds one line there, at the place marked "other
-tables"; a table pruned by age alone (given
+``delete_tasks`` of queries.sql (skipped occurrences, late marks, notifications):
+a new table keyed by run adds one line at the place marked "other tables", one
+keyed by task a CTE in ``delete_tasks``; a table pruned by age alone (given
 ``max_age`` seconds and ``limit``) adds a function like
 ``delete_old_audit_entries`` and a drain of it in the pruner's ``_pass``.
 """
@@ -232,8 +232,7 @@ async def delete_emptied_tasks(tx: Transaction, limit: int) -> int:
     task_ids = [int(row["id"]) for row in rows]
     if not task_ids:
         return 0
-    # Other tables keyed by task delete theirs here.
-    await tx.one("delete_records_of_tasks", task_ids=task_ids)
+    # Other tables keyed by task are deleted by delete_tasks itself, in one statement.
     return _deleted(await tx.one("delete_tasks", task_ids=task_ids))
 
 
