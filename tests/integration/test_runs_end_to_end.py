@@ -116,6 +116,12 @@ def test_cancel_kills_a_running_attempt(db_conninfo: str, tmp_path: Path) -> Non
         )
         run, _ = client.trigger("long")
         pid = _read_pid(pidfile)
+        # Running as the coordinator records it (the pid file can come before the start report).
+        wait_for(
+            lambda: client.get_run(run.id).state is RunState.RUNNING,
+            timeout=10,
+            message="the attempt's start to be recorded",
+        )
         cancelled = client.cancel(run.id)
         assert cancelled.state is RunState.CANCELLED
         wait_for(lambda: not is_alive(pid), timeout=10, message="the cancelled process to die")
