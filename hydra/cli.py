@@ -25,6 +25,8 @@ from hydra.domain import agent_id_problem
 from hydra.errors import HydraError, InvalidArgument, Unavailable
 from hydra.spec import parse_duration, retention_from_text
 from hydra.tls import ClientTls, client_tls_from_flags
+from hydra.web import command as web_command
+from hydra.web.config import DEFAULT_LISTEN as DEV_WEB_LISTEN
 
 log = logging.getLogger("hydra")
 
@@ -69,6 +71,7 @@ def _parser() -> argparse.ArgumentParser:
     _agent_parser(commands)
     _dev_parser(commands)
     _credentials_parser(commands)
+    web_command.add_parser(commands)
     migrate = commands.add_parser("migrate", help="apply pending schema migrations")
     migrate.add_argument("--db", default=config.db_conninfo(), help="conninfo (HYDRA_DB)")
     migrate.set_defaults(func=_migrate)
@@ -331,6 +334,13 @@ def _dev_parser(commands: Any) -> None:
         help=f"where the agent serves its metrics (default {DEV_AGENT_METRICS_LISTEN}; "
         "'off' turns it off)",
     )
+    parser.add_argument(
+        "--web-listen",
+        default=DEV_WEB_LISTEN,
+        metavar="HOST:PORT",
+        help=f"where `hydra web` serves the UI and HTTP API (default {DEV_WEB_LISTEN}, or a "
+        "free port if that one is taken; 'off' turns it off)",
+    )
     parser.set_defaults(func=_dev)
 
 
@@ -551,13 +561,13 @@ def _dev(args: argparse.Namespace) -> int:
     home = Path(args.home).expanduser()
     home.mkdir(parents=True, exist_ok=True)
     embedded = EmbeddedPostgres.for_home(home)
-    args.metrics_listen = _dev_metrics_address(args.metrics_listen, DEV_METRICS_LISTEN)
-    args.agent_metrics_listen = _dev_metrics_address(
-        args.agent_metrics_listen, DEV_AGENT_METRICS_LISTEN
-    )
+    args.metrics_listen = _dev_address(args.metrics_listen, DEV_METRICS_LISTEN)
+    args.agent_metrics_listen = _dev_address(args.agent_metrics_listen, DEV_AGENT_METRICS_LISTEN)
     settings = coordinator_config(args, "")  # before PostgreSQL starts, as in _coordinator
     coordinator = replace(settings, conninfo=embedded.start())
+    args.web_listen = _dev_address(args.web_listen, DEV_WEB_LISTEN)
     agent: subprocess.Popen[bytes] | None = None
+    web: subprocess.Popen[bytes] | None = None
     try:
         credentials = None
         if not settings.insecure:
@@ -565,12 +575,15 @@ def _dev(args: argparse.Namespace) -> int:
         contexts = config.config_file_given() or home / "config.yaml"
         dev_cluster.write_context(contexts, args.listen, credentials, _dev_tls_ca(args))
         agent = _start_dev_agent(args, credentials.agent if credentials else None)
+        if _off_is_none(args.web_listen) is not None:
+            web = _start_dev_web(args, credentials.admin if credentials else None)
         print(_dev_banner(args.listen, home, contexts), flush=True)
         print(_dev_metrics_line(coordinator.metrics_listen, args.agent_metrics_listen), flush=True)
         return asyncio.run(run_coordinator(coordinator))
     finally:
-        if agent is not None:
-            _stop(agent)
+        for process in (web, agent):
+            if process is not None:
+                _stop(process)
         embedded.stop()
 
 
@@ -612,6 +625,19 @@ def _start_dev_agent(args: argparse.Namespace, token_file: Path | None) -> subpr
     return subprocess.Popen(command)
 
 
+def _start_dev_web(args: argparse.Namespace, admin: Path | None) -> subprocess.Popen[bytes]:
+    """`hydra web` beside the dev coordinator; it prints its URL (and, with
+    authentication on, a one-time sign-in URL for the local admin)."""
+    ca = _dev_tls_ca(args)
+    command = [
+        sys.executable, "-m", "hydra", "--log-level", args.log_level, "web",
+        "--listen", args.web_listen, "--coordinator", args.listen,
+        *(["--coordinator-tls-ca", str(ca)] if ca is not None and config.tls_ca() is None else []),
+        *(["--dev-login-credential", str(admin)] if admin is not None else []),
+    ]  # fmt: skip
+    return subprocess.Popen(command)
+
+
 def _dev_tls_ca(args: argparse.Namespace) -> Path | None:
     """What the dev agent and the dev context trust: HYDRA_TLS_CA, else the
     (self-signed) --tls-cert itself; None without TLS."""
@@ -626,7 +652,7 @@ def _dev_agent_tls(args: argparse.Namespace) -> list[str]:
     return [] if ca is None or config.tls_ca() is not None else ["--tls-ca", str(ca)]
 
 
-def _dev_metrics_address(given: str | None, default: str) -> str | None:
+def _dev_address(given: str | None, default: str) -> str | None:
     """`hydra dev`'s metrics address: as given; else the default if its port is free,
     else a free loopback port (two `hydra dev` on one machine both start)."""
     if given is not None and given != default:

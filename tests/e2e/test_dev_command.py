@@ -51,12 +51,13 @@ def test_dev_runs_a_task_stops_cleanly_on_ctrl_c_and_keeps_its_data(
 
     children = {pid: Path(f"/proc/{pid}/cmdline").read_text() for pid in children_of(dev.pid)}
     renderers = [pid for pid, cmdline in children.items() if "render_worker" in cmdline]
-    [agent] = [pid for pid in children if pid not in renderers]
+    [web] = [pid for pid, cmdline in children.items() if "\0web\0" in cmdline]
+    [agent] = [pid for pid in children if pid not in renderers and pid != web]
     postgres = postmaster_pid(hydra_home)
     assert is_alive(postgres) and "agent" in children[agent] and renderers
     dev.signal_group(signal.SIGINT)  # what Ctrl-C in a terminal does
     assert dev.wait(STOP_S) == 0, dev.log_tail()
-    assert not is_alive(postgres) and not is_alive(agent)
+    assert not is_alive(postgres) and not is_alive(agent) and not is_alive(web)
     assert not [pid for pid in renderers if is_alive(pid)]
     # The agent names the coordinator's address; the trailing space stops a longer port matching.
     assert processes_mentioning(str(hydra_home), f"{hydractl.address} ") == []
