@@ -27,7 +27,14 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from bench.history_load import Workload, apply_tasks, backfill_rate, load_history, measure
+from bench.history_load import (
+    Workload,
+    apply_tasks,
+    backfill_rate,
+    fail_runs,
+    load_history,
+    measure,
+)
 from bench.history_load import trigger_latencies as trigger_ms
 from bench.results import Metric, Result, Target, ratio
 from bench.stack import Context, Sql, start_coordinator
@@ -51,6 +58,8 @@ class Params:
     old_tasks: int = 98
     load_chunk: int = 250_000
     workload: Workload = field(default_factory=Workload)
+    #: Failed runs made before the fresh figures (a full first page of FAILED).
+    failed_runs: int = 50
     prune_timeout_s: float = 3600.0
 
 
@@ -59,6 +68,7 @@ SMOKE = Params(
     old_tasks=3,
     load_chunk=1000,
     workload=Workload(throughput_runs=20, trigger_samples=5, list_calls=3),
+    failed_runs=3,
     prune_timeout_s=120.0,
 )
 
@@ -73,6 +83,7 @@ def run(ctx: Context) -> Result:
             client, watched = _cluster(procs, conninfo, "bench-history")
             with client:
                 apply_tasks(client, params.old_tasks)
+                fail_runs(client, db, watched, params.failed_runs)
                 fresh = measure(client, db, watched, params.workload, window=0)
                 load_s = load_history(db, params.old_runs, params.load_chunk)
                 loaded = measure(client, db, watched, params.workload, window=1)

@@ -30,6 +30,10 @@ from hydra.client import Client, Concurrency, Cron, RunState, Task
 
 TP_TASK = "bench.history.tp"
 MANUAL_TASK = "bench.manual"  # the latency benchmark's Trigger task
+FAIL_TASK = "bench.history.fail"
+#: The page size of the runs list calls; the fresh database gets this many failed
+#: runs, so that its FAILED page is as full as the loaded one's.
+PAGE = 50
 OLD_PREFIX = "bench.history.old-"
 
 LOAD_CHUNK = """
@@ -85,8 +89,27 @@ def apply_tasks(client: Client, old_tasks: int) -> None:
             name=MANUAL_TASK, command=("/bin/true",), concurrency=Concurrency(max_active_runs=1000)
         ),
     ]
+    specs.append(Task(name=FAIL_TASK, command=("/bin/false",)))
     specs += [Task(name=f"{OLD_PREFIX}{i}", command=("/bin/true",)) for i in range(old_tasks)]
     client.apply(specs)
+
+
+def fail_runs(client: Client, db: Sql, watched: list[Process], count: int = PAGE) -> None:
+    """`count` failed runs, so that a first page of FAILED runs is full on a fresh
+    database too (it compares the same page, not an empty one with a full one)."""
+    for _ in range(count):
+        client.trigger(FAIL_TASK)
+    query = (
+        "SELECT count(*) FROM hydra_runs WHERE state = 'FAILED' AND task_id = "
+        "(SELECT id FROM hydra_tasks WHERE name = %s AND deleted_at IS NULL)"
+    )
+
+    def failed() -> bool:
+        for child in watched:
+            child.check_running()
+        return int(db.value(query, FAIL_TASK)) >= count
+
+    wait_for(failed, timeout=120, interval=0.1, message=f"{count} failed runs")
 
 
 def load_history(db: Sql, total: int, chunk: int) -> float:
@@ -148,11 +171,11 @@ def trigger_latencies(
 
 
 def calls(client: Client, repeat: int) -> dict[str, dict[str, float]]:
-    """Round trips of runs list (first page of 50) and cluster status, in ms."""
+    """Round trips of runs list (a first page of PAGE runs) and cluster status, in ms."""
     timed = {
-        "runs_list_ms": lambda: client.list_runs(limit=50),
-        "runs_list_task_ms": lambda: client.list_runs(task=TP_TASK, limit=50),
-        "runs_list_failed_ms": lambda: client.list_runs(states=[RunState.FAILED], limit=50),
+        "runs_list_ms": lambda: client.list_runs(limit=PAGE),
+        "runs_list_task_ms": lambda: client.list_runs(task=TP_TASK, limit=PAGE),
+        "runs_list_failed_ms": lambda: client.list_runs(states=[RunState.FAILED], limit=PAGE),
         "cluster_status_ms": client.cluster_status,
     }
     return {name: _timed(call, repeat) for name, call in timed.items()}
