@@ -17,7 +17,7 @@ import pytest
 
 from harness.wait import wait_for
 from hydra.client import Client, hydractl
-from hydra.coordinator.loops.pruner import Pruner
+from hydra.coordinator.loops.pruner import MIN_BATCH, Pruner
 from hydra.coordinator.specs import apply_spec
 from hydra.coordinator.store import Database
 from hydra.domain import After, Concurrency, Retention, TaskSpec
@@ -107,7 +107,9 @@ async def _apply(store: Database, name: str, **fields: Any) -> None:
 
 
 def _pruner(store: Database, holder: str = "c1", **options: Any) -> Pruner:
+    """A pruner that does not pause, with fixed batches unless `batch_seconds` is given."""
     options.setdefault("defaults", Retention())
+    options.setdefault("batch_seconds", None)
     return Pruner(store, holder, pace=0.0, **options)
 
 
@@ -279,9 +281,9 @@ async def test_batches_stay_small(store: Database, history: History) -> None:
     pruner = _pruner(store, batch=10)
     original = pruner._delete_runs
 
-    async def counted(tx: Any, policy: Any, after: Any) -> Any:
+    async def counted(tx: Any, policy: Any, after: Any, limit: int) -> Any:
         before = pruner.pass_stats.runs
-        scan = await original(tx, policy, after)
+        scan = await original(tx, policy, after, limit)
         deleted_per_batch.append(pruner.pass_stats.runs - before)
         return scan
 
@@ -291,6 +293,39 @@ async def test_batches_stay_small(store: Database, history: History) -> None:
     assert max(deleted_per_batch) == 10
     assert sum(deleted_per_batch) == 95
     assert len(deleted_per_batch) == 10
+
+
+async def test_batches_shrink_when_slow_and_grow_back_when_quick(
+    store: Database, history: History
+) -> None:
+    await _apply(store, "busy", retention=MONTH)
+    history.conn.execute(
+        """
+        INSERT INTO hydra_runs (task_id, task_version, occurrence, cause, state, finished_at)
+        SELECT t.id, 1, now() - interval '40 days' + make_interval(secs => i), 'cron',
+               'FAILED', now() - interval '40 days'
+        FROM hydra_tasks t, generate_series(1, 400) AS i WHERE t.name = 'busy'
+        """
+    )
+    # Every batch is "too slow" for a target of a nanosecond: sizes halve to the floor.
+    slow = _pruner(store, batch=400, batch_seconds=1e-9)
+    sizes: list[int] = []
+    original = slow._delete_runs
+
+    async def recorded(tx: Any, policies: Any, after: Any, limit: int) -> Any:
+        sizes.append(limit)
+        return await original(tx, policies, after, limit)
+
+    slow._delete_runs = recorded  # type: ignore[method-assign]
+    await slow.prune_once()
+    assert history.count("hydra_runs") == 0 and slow.stats.runs == 400
+    assert sizes[0] < 400 and sizes[-1] == MIN_BATCH
+    assert all(b == max(MIN_BATCH, a // 2) for a, b in zip(sizes, sizes[1:], strict=False))
+    # With a target no batch misses, a shrunken size doubles back to the maximum.
+    quick = _pruner(store, batch=400, batch_seconds=3600.0)
+    quick.size = MIN_BATCH
+    await quick.prune_once()
+    assert quick.size == 400
 
 
 async def test_two_coordinators_never_prune_at_once(

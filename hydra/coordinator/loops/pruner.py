@@ -9,7 +9,11 @@ LOCKED``): finished runs past their task's retention with their attempts and
 output (``store.retention``), then output past ``output_max_age``, audit entries
 past ``--audit-retention``, task versions no run points to, and deleted tasks
 whose runs are all gone. After each batch it pauses as long as the batch took
-(``pace``), so that dispatch keeps its latency while a big backlog is pruned.
+(``pace``), so that dispatch keeps its latency while a big backlog is pruned, and
+the size of the next batch follows the time this one took: a batch slower than
+``batch_seconds`` halves the next (down to ``MIN_BATCH`` rows), a quick one
+doubles it (up to ``batch``), so that no transaction holds its locks long however
+loaded the database is (docs/retention.md).
 
 What this coordinator pruned is counted in ``Pruner.stats`` (plain integers, read
 by the metrics), and each pass that pruned anything is logged.
@@ -40,6 +44,10 @@ PRUNE_BATCH = 1000
 LEASE_TTL = timedelta(seconds=30)
 #: Pause after a batch, as a multiple of the time the batch took.
 PACE = 1.0
+#: What a batch's transaction should take at most: the batch size adapts to it.
+BATCH_SECONDS = 0.1
+#: The smallest batch the adaptation goes down to.
+MIN_BATCH = 50
 _MICROSECOND = timedelta(microseconds=1)
 T = TypeVar("T")
 
@@ -93,7 +101,9 @@ class Pruner:
         interval: timedelta = PRUNE_INTERVAL,
         batch: int = PRUNE_BATCH,
         pace: float = PACE,
+        batch_seconds: float | None = BATCH_SECONDS,
     ) -> None:
+        """``batch_seconds`` None keeps every batch at ``batch`` rows."""
         self._db = database
         self._holder = holder
         self._defaults = defaults
@@ -101,6 +111,9 @@ class Pruner:
         self._interval = interval
         self._batch_size = batch
         self._pace = pace
+        self._batch_seconds = batch_seconds
+        #: Rows the next batch may delete (adapted to the time batches take).
+        self.size = batch
         #: Per task: the occurrence up to which every run's old output is gone.
         self._output_after: dict[int, datetime] = {}
         #: Since start; ``pass_stats`` is the pass in progress (or the last one).
@@ -155,8 +168,18 @@ class Pruner:
             result = await work(tx)
         self.pass_stats.batches += 1
         elapsed = time.monotonic() - clock
+        self._adapt(elapsed)
         await asyncio.sleep(max(0.001, elapsed * self._pace))
         return result
+
+    def _adapt(self, elapsed: float) -> None:
+        """The next batch's size from the time this one took."""
+        if self._batch_seconds is None:
+            return
+        if elapsed > self._batch_seconds:
+            self.size = max(min(MIN_BATCH, self._batch_size), self.size // 2)
+        elif elapsed < self._batch_seconds / 2:
+            self.size = min(self._batch_size, self.size * 2)
 
     # --- runs ------------------------------------------------------------------------
 
@@ -166,8 +189,11 @@ class Pruner:
         aged = [p for p in policies if p.retention.max_age is not None]
         after = retention.START
         while aged:
-            scan = await self._batch(lambda tx, a=after: self._delete_runs(tx, aged, a))  # type: ignore[misc]
-            if scan.scanned < self._batch_size or scan.scanned_until is None:
+            limit = self.size
+            scan = await self._batch(
+                lambda tx, a=after, n=limit: self._delete_runs(tx, aged, a, n)  # type: ignore[misc]
+            )
+            if scan.scanned < limit or scan.scanned_until is None:
                 return
             after = (scan.scanned_until, scan.scanned_id or "")
 
@@ -185,9 +211,9 @@ class Pruner:
         return found
 
     async def _delete_runs(
-        self, tx: Transaction, policies: list[Policy], after: tuple[datetime, str]
+        self, tx: Transaction, policies: list[Policy], after: tuple[datetime, str], limit: int
     ) -> Scan:
-        scan = await retention.lock_prunable_runs(tx, policies, after=after, limit=self._batch_size)
+        scan = await retention.lock_prunable_runs(tx, policies, after=after, limit=limit)
         if scan.run_ids:
             deleted = await retention.delete_runs(tx, scan.run_ids)
             self.pass_stats.runs += deleted["runs"]
@@ -210,20 +236,23 @@ class Pruner:
     async def _prune_task_output(self, policy: Policy) -> None:
         after = self._output_after.get(policy.task_id)
         while True:
-            scan = await self._batch(lambda tx, a=after: self._delete_output(tx, policy, a))  # type: ignore[misc]
+            limit = self.size
+            scan = await self._batch(
+                lambda tx, a=after, n=limit: self._delete_output(tx, policy, a, n)  # type: ignore[misc]
+            )
             if scan.pending_from is not None:
                 after = scan.pending_from - _MICROSECOND
                 break
             after = scan.scanned_until or after
-            if scan.scanned < self._batch_size:
+            if scan.scanned < limit:
                 break
         if after is not None:
             self._output_after[policy.task_id] = after
 
-    async def _delete_output(self, tx: Transaction, policy: Policy, after: datetime | None) -> Scan:
-        scan = await retention.lock_runs_with_old_output(
-            tx, policy, after=after, limit=self._batch_size
-        )
+    async def _delete_output(
+        self, tx: Transaction, policy: Policy, after: datetime | None, limit: int
+    ) -> Scan:
+        scan = await retention.lock_runs_with_old_output(tx, policy, after=after, limit=limit)
         if scan.run_ids:
             self.pass_stats.output_chunks += await retention.delete_output(tx, scan.run_ids)
         return scan
@@ -240,11 +269,12 @@ class Pruner:
         args: Iterable[object] = () if max_age is None else (max_age,)
         name = "audit_entries" if counter == "audit" else counter
         while True:
+            limit = self.size
             deleted = await self._batch(
-                lambda tx: delete(tx, *args, self._batch_size)  # awaited at once
+                lambda tx, n=limit: delete(tx, *args, n)  # type: ignore[misc]
             )
             setattr(self.pass_stats, name, getattr(self.pass_stats, name) + deleted)
-            if deleted < self._batch_size:
+            if deleted < limit:
                 return
 
 
