@@ -58,7 +58,7 @@ _ERROR = "#/components/schemas/Error"
 
 def document(endpoints: Iterable[Endpoint]) -> dict[str, Any]:
     """The whole document for ``endpoints``."""
-    schemas = _Schemas()
+    schemas = Schemas()
     paths: dict[str, Any] = {}
     services: dict[str, None] = {}
     for endpoint in endpoints:
@@ -101,7 +101,7 @@ def _tag(service: str) -> dict[str, str]:
     return tag
 
 
-def _operation(endpoint: Endpoint, http_method: str, schemas: _Schemas) -> dict[str, Any]:
+def _operation(endpoint: Endpoint, http_method: str, schemas: Schemas) -> dict[str, Any]:
     method = endpoint.method
     described = comments(method.containing_service.file).get(method.full_name, "")
     role = ROLES.get(f"/{method.containing_service.full_name}/{method.name}")
@@ -123,7 +123,7 @@ def _operation(endpoint: Endpoint, http_method: str, schemas: _Schemas) -> dict[
     return operation
 
 
-def _success(endpoint: Endpoint, schemas: _Schemas) -> dict[str, Any]:
+def _success(endpoint: Endpoint, schemas: Schemas) -> dict[str, Any]:
     output = endpoint.method.output_type
     if not endpoint.streaming:
         content = {"application/json": {"schema": schemas.message(output)}}
@@ -140,7 +140,7 @@ def _success(endpoint: Endpoint, schemas: _Schemas) -> dict[str, Any]:
     }
 
 
-def _query_parameters(request: Descriptor, schemas: _Schemas) -> list[dict[str, Any]]:
+def _query_parameters(request: Descriptor, schemas: Schemas) -> list[dict[str, Any]]:
     """A query parameter per top-level field that a string can carry."""
     parameters = []
     for field in request.fields:
@@ -154,7 +154,7 @@ def _query_parameters(request: Descriptor, schemas: _Schemas) -> list[dict[str, 
     return parameters
 
 
-class _Schemas:
+class Schemas:
     """The component schemas of every message and enum reached, made once each."""
 
     def __init__(self) -> None:
