@@ -14,7 +14,7 @@ import re
 import shutil
 import socket
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -24,6 +24,7 @@ import pytest
 
 from harness.hydra import start_agent, start_coordinator
 from harness.net import free_port
+from harness.processes import Process
 from harness.wait import wait_for
 from harness.web import start_web
 from hydra.limits import MAX_MESSAGE_BYTES
@@ -44,6 +45,8 @@ class Api:
     base: str  # http://127.0.0.1:PORT/api/v1
     tokens: dict[str, str]
     metrics_url: str
+    #: Starts one more agent (with a credential of its own) under this id.
+    start_agent: Callable[[str], Process]
 
     def client(self, role: str | None = "admin") -> httpx.Client:
         headers = {"Authorization": f"Bearer {self.tokens[role]}"} if role else {}
@@ -70,7 +73,6 @@ def api(
         role: make_credential(conninfo, f"web-{role}", role)
         for role in ("admin", "operator", "viewer")
     }
-    agent_token = make_credential(conninfo, "agent-1", "agent", agent_id="agent-1")
     try:
         with processes_in(tmp_path_factory.mktemp("web-api")) as processes:
             metrics = f"127.0.0.1:{free_port()}"
@@ -83,18 +85,21 @@ def api(
                 insecure=False,
                 extra_args=["--metrics-listen", metrics],
             )
-            token_file = processes.log_dir / "agent.token"
-            token_file.write_text(agent_token)
-            token_file.chmod(0o600)
-            start_agent(
-                processes,
-                coordinator,
-                "agent-1",
-                capacity=2,
-                extra_args=["--token-file", str(token_file)],
-            )
+
+            def agent(agent_id: str) -> Process:
+                token_file = processes.log_dir / f"{agent_id}.token"
+                token_file.write_text(
+                    make_credential(conninfo, agent_id, "agent", agent_id=agent_id)
+                )
+                token_file.chmod(0o600)
+                extra_args = ["--token-file", str(token_file)]
+                return start_agent(
+                    processes, coordinator, agent_id, capacity=2, extra_args=extra_args
+                )
+
+            agent("agent-1")
             _web, url = start_web(processes, coordinator.address)
-            api = Api(f"{url}api/v1", tokens, f"http://{metrics}/metrics")
+            api = Api(f"{url}api/v1", tokens, f"http://{metrics}/metrics", agent)
             with api.client() as client:
                 wait_for(
                     lambda: _agent_state(client, "agent-1") == "connected",
@@ -245,10 +250,18 @@ def test_cluster_status_and_agents_list_and_drain(api: Api) -> None:
         status = client.get("/cluster:status")
         assert status.status_code == 200, status.text
         assert len(status.json()["coordinators"]) == 1
+        second = api.start_agent("agent-2")
+        wait_for(lambda: _agent_state(client, "agent-2") == "connected", message="agent-2")
         agents = client.get("/agents:list").json()["agents"]
-        assert [agent["id"] for agent in agents] == ["agent-1"]
-        drained = client.post("/agents:drain", json={"agent_id": "no-such-agent"})
-        assert drained.status_code == 404, drained.text
+        assert {agent["id"] for agent in agents} == {"agent-1", "agent-2"}
+        with api.client("operator") as operator:
+            drained = operator.post("/agents:drain", json={"agent_id": "agent-2"})
+        assert drained.status_code == 200, drained.text
+        assert drained.json()["agent"]["id"] == "agent-2"
+        assert second.wait(timeout=30) == 0  # an idle agent told to drain exits at once
+        unknown = client.post("/agents:drain", json={"agent_id": "no-such-agent"})
+        assert unknown.status_code == 404, unknown.text
+        assert _agent_state(client, "agent-1") == "connected"
 
 
 def test_a_bad_spec_and_an_unknown_json_field_are_400_naming_the_field(api: Api) -> None:
