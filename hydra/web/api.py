@@ -70,8 +70,7 @@ def _handler(state: WebState, endpoint: Endpoint) -> Handler:
         token = bearer_token(request)
         message = await _request_message(request, endpoint)
         if endpoint.streaming:
-            accept = request.headers.get("accept", "")
-            return await streams.respond(state, endpoint, message, token=token, accept=accept)
+            return await streams.respond(state, endpoint, message, token=token, request=request)
         service, method = endpoint.service, endpoint.method.name
         reply = await state.backend.call(service, method, message, token=token)
         return JSONResponse(to_json(reply))

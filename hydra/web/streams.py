@@ -16,6 +16,7 @@ from typing import Any
 import anyio
 import grpc
 from google.protobuf.message import Message
+from starlette.requests import Request
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
@@ -67,12 +68,12 @@ def stream_format(accept: str) -> _Format:
 
 
 async def respond(
-    state: WebState, endpoint: Endpoint, request: Message, *, token: str | None, accept: str
+    state: WebState, endpoint: Endpoint, message: Message, *, token: str | None, request: Request
 ) -> StreamingResponse:
     """Open the stream; raises ApiError if the coordinator refuses it."""
-    call = state.backend.open_stream(endpoint.service, endpoint.method.name, request, token=token)
+    call = state.backend.open_stream(endpoint.service, endpoint.method.name, message, token=token)
     try:
-        await call.initial_metadata()
+        await _opened(call, request)
         if call.done():
             code = await call.code()
             if code != grpc.StatusCode.OK:
@@ -80,9 +81,24 @@ async def respond(
     except BaseException:
         call.cancel()
         raise
-    output = stream_format(accept)
+    output = stream_format(request.headers.get("accept", ""))
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     return _EventStream(_written(call, output), media_type=output.media_type, headers=headers)
+
+
+async def _opened(call: Any, request: Request) -> None:
+    """Wait for the call's initial metadata (a TailLogs sends it with its first
+    chunk), cancelling the call if the client goes away first."""
+    async with anyio.create_task_group() as group:
+
+        async def client_left() -> None:
+            while (await request.receive())["type"] != "http.disconnect":
+                pass  # the (empty or already read) request body
+            call.cancel()
+
+        group.start_soon(client_left)
+        await call.initial_metadata()
+        group.cancel_scope.cancel()
 
 
 async def _written(call: Any, output: _Format) -> AsyncIterator[str]:

@@ -52,15 +52,14 @@ class Api:
         headers = {"Authorization": f"Bearer {self.tokens[role]}"} if role else {}
         return httpx.Client(base_url=self.base, headers=headers, timeout=TIMEOUT)
 
-    def watch_calls_ended(self) -> int:
-        """RunService/Watch calls the coordinator has finished (every status code)."""
+    def calls_ended(self, method: str) -> int:
+        """Calls of RunService/``method`` the coordinator has finished (any status code)."""
         text = httpx.get(
             self.metrics_url, headers={"Authorization": f"Bearer {self.tokens['viewer']}"}
         ).text
-        pattern = (
-            r'^hydra_grpc_requests_total\{[^}]*method="hydra\.v1\.RunService/Watch"[^}]*\} (\S+)$'
-        )
-        return sum(int(float(value)) for value in re.findall(pattern, text, re.MULTILINE))
+        series = rf'^hydra_grpc_requests_total\{{[^}}]*method="hydra\.v1\.RunService/{method}"'
+        found = re.findall(series + r"[^}]*\} (\S+)$", text, re.MULTILINE)
+        return sum(int(float(value)) for value in found)
 
 
 @pytest.fixture(scope="module")
@@ -402,20 +401,34 @@ def test_the_readme_curl_example_triggers_a_run(api: Api) -> None:
 
 
 def test_a_watcher_that_goes_away_leaves_no_call_open(api: Api) -> None:
-    ended = api.watch_calls_ended()
+    ended = api.calls_ended("Watch")
     with (
         api.client("viewer") as client,
         client.stream("GET", "/runs:watch", headers={"Accept": "application/x-ndjson"}) as watch,
     ):
         assert watch.status_code == 200
         # Open on the coordinator: a Watch is counted only when it ends.
-        assert api.watch_calls_ended() == ended
-        # The client closed the connection without reading an event.
-    wait_for(
-        lambda: api.watch_calls_ended() == ended + 1,
-        timeout=10,
-        message="the coordinator to end the Watch",
-    )
+        assert api.calls_ended("Watch") == ended
+    # The client closed the connection without reading an event.
+    wait_for(lambda: api.calls_ended("Watch") == ended + 1, timeout=10, message="Watch ended")
+
+
+def test_a_tail_given_up_before_its_first_chunk_leaves_no_call_open(api: Api) -> None:
+    with api.client() as client:
+        _apply(client, {"name": "nowhere", "command": ["true"], "selector": {"pool": "none"}})
+        run = client.post("/runs:trigger", json={"task": "nowhere"}).json()["run"]
+        ended = api.calls_ended("TailLogs")
+        # No output will come (no agent matches): the answer waits for the first chunk.
+        with pytest.raises(httpx.ReadTimeout):
+            client.get(
+                "/runs:tailLogs",
+                params={"run_id": run["id"], "follow": "true"},
+                timeout=httpx.Timeout(30.0, read=1.0),
+            )
+        wait_for(
+            lambda: api.calls_ended("TailLogs") == ended + 1, timeout=10, message="TailLogs ended"
+        )
+        assert client.post("/runs:cancel", json={"id": run["id"]}).status_code == 200
 
 
 def test_openapi_document_is_served(api: Api) -> None:
