@@ -47,7 +47,9 @@ def routes(state: WebState) -> list[BaseRoute]:
         Route(endpoint.path, _Asgi(_handler(state, endpoint))) for endpoint in endpoints()
     ]
     document = openapi.document(endpoints())
-    found.append(Route("/openapi.json", _Asgi(_guarded(("GET",), _constant(document)))))
+    found.append(
+        Route("/openapi.json", _Asgi(_guarded(("GET",), _constant(document), name="openapi.json")))
+    )
     found.append(Route("/{path:path}", _Asgi(_no_endpoint)))
     return found
 
@@ -78,7 +80,7 @@ def _handler(state: WebState, endpoint: Endpoint) -> Handler:
     return _guarded(endpoint.http_methods, call, name=endpoint.name)
 
 
-def _guarded(methods: tuple[str, ...], handle: Handler, name: str = "openapi") -> Handler:
+def _guarded(methods: tuple[str, ...], handle: Handler, *, name: str) -> Handler:
     """``handle`` for ``methods`` only; every failure answered as the API's error body."""
 
     async def guarded(request: Request) -> Response:

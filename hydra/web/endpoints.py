@@ -38,6 +38,8 @@ SERVICES: dict[str, tuple[str, ModuleType]] = {
     "NotificationService": ("notifications", notification_service_pb2),
     "CredentialService": ("credentials", credential_service_pb2),
 }
+#: Methods that read by their name, whatever role they need.
+_STANDARD_READS = frozenset({"Get", "List"})
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -62,8 +64,12 @@ class Endpoint:
 
     @property
     def read_only(self) -> bool:
-        """GET is allowed too: a viewer may call it, and a viewer changes nothing
-        (docs/security.md; the role table is kept complete by its own test)."""
+        """GET is allowed too: the call reads only. Those are the standard Get and
+        List methods (AIP-131, AIP-132) and every call a viewer may make, since a
+        viewer changes nothing (docs/security.md; its test keeps the role table
+        complete)."""
+        if self.method.name in _STANDARD_READS:
+            return True
         role = ROLES.get(f"/{self.method.containing_service.full_name}/{self.method.name}")
         return role is Role.VIEWER
 

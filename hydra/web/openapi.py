@@ -4,7 +4,8 @@ Served at /api/v1/openapi.json (docs/http-api.md). Paths come from
 :func:`hydra.web.endpoints.endpoints`, schemas from the message descriptors
 (proto3's JSON mapping: enums by name, 64-bit integers as strings, Timestamp as
 an RFC 3339 string, Duration as ``"90s"``), descriptions from the proto's
-comments (:mod:`hydra.web.proto_docs`). Nothing here names a message or an RPC.
+comments (:mod:`hydra.web.proto_docs`). Nothing here names a message or an RPC
+of Hydra's.
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ import importlib
 import pkgutil
 import re
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -78,6 +79,8 @@ def test_reads_take_get_and_post_and_changes_post_only(doc: dict[str, Any]) -> N
     assert set(doc["paths"]["/tasks:apply"]) == {"post"}
     assert set(doc["paths"]["/runs:list"]) == {"get", "post"}
     assert set(doc["paths"]["/runs:watch"]) == {"get", "post"}
+    assert set(doc["paths"]["/audit:list"]) == {"get", "post"}  # a List, though admin's
+    assert set(doc["paths"]["/credentials:revoke"]) == {"post"}
     parameters = {p["name"]: p for p in doc["paths"]["/runs:list"]["get"]["parameters"]}
     assert set(parameters) == {
         "task", "states", "page_size", "page_token", "occurrence_from", "occurrence_to",
@@ -221,3 +224,9 @@ def _resolve(doc: dict[str, Any], ref: str) -> Any:
     for part in ref[2:].split("/"):
         node = node.get(part) if isinstance(node, dict) else None
     return node
+
+
+def test_docs_list_every_endpoint_with_its_methods() -> None:
+    text = (Path(__file__).parents[2] / "docs" / "http-api.md").read_text()
+    rows = dict(re.findall(r"^\| `(/[a-zA-Z]+:[a-zA-Z]+)` \| ([A-Z, ]+) \|", text, re.MULTILINE))
+    assert rows == {endpoint.path: ", ".join(endpoint.http_methods) for endpoint in endpoints()}
