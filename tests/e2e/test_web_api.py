@@ -16,6 +16,7 @@ import socket
 import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -355,6 +356,8 @@ def test_wrong_method_content_type_and_size_are_clear_4xx(api: Api) -> None:
             "/runs:trigger", content=b"<task/>", headers={"Content-Type": "application/xml"}
         )
         assert xml.status_code == 415 and "application/json" in xml.json()["error"]["message"]
+        mixed = client.post("/runs:list", params={"task": "greet"}, json={})
+        assert mixed.status_code == 400 and mixed.json()["error"]["field"] == "task"
         nowhere = client.get("/runs:explode")
         assert nowhere.status_code == 404 and nowhere.json()["error"]["code"] == "NOT_FOUND"
         big = client.post(
@@ -437,3 +440,12 @@ def test_openapi_document_is_served(api: Api) -> None:
     assert served.status_code == 200
     document = served.json()
     assert document["openapi"].startswith("3.") and "/runs:trigger" in document["paths"]
+
+
+def test_no_coordinator_reachable_is_503(tmp_path: Path) -> None:
+    with processes_in(tmp_path) as processes:
+        _web, url = start_web(processes, f"127.0.0.1:{free_port()}")  # nothing listens there
+        response = httpx.get(f"{url}api/v1/cluster:status", timeout=TIMEOUT)
+    assert response.status_code == 503, response.text
+    assert response.json()["error"]["code"] == "UNAVAILABLE"
+    assert "Traceback" not in response.text
