@@ -128,7 +128,8 @@ def _success(endpoint: Endpoint, schemas: Schemas) -> dict[str, Any]:
     output = endpoint.method.output_type
     if not endpoint.streaming:
         content = {"application/json": {"schema": schemas.message(output)}}
-        return {"description": output.full_name, "content": content}
+        described = comments(output.file).get(output.full_name, output.full_name)
+        return {"description": described, "content": content}
     line = {
         "type": "object",
         "properties": {"result": schemas.message(output), "error": {"$ref": _ERROR}},
