@@ -32,7 +32,7 @@ from hydra.limits import MAX_MESSAGE_BYTES
 
 from support.credentials import make_credential
 from support.db import Databases
-from support.processes import FAST_TIMING, START_TIMEOUT_S, processes_in
+from support.processes import FAST_TIMING, START_TIMEOUT_S, Cluster, processes_in
 
 TIMEOUT = httpx.Timeout(30.0)
 UNKNOWN_RUN = "00000000-0000-4000-8000-000000000000"
@@ -449,3 +449,11 @@ def test_no_coordinator_reachable_is_503(tmp_path: Path) -> None:
     assert response.status_code == 503, response.text
     assert response.json()["error"]["code"] == "UNAVAILABLE"
     assert "Traceback" not in response.text
+
+
+def test_without_a_header_the_call_goes_without_a_credential(cluster: Cluster) -> None:
+    # An --insecure coordinator takes a call without a credential.
+    _web, url = start_web(cluster.processes, cluster.coordinator.address)
+    response = httpx.get(f"{url}api/v1/tasks:list", timeout=TIMEOUT)
+    assert response.status_code == 200, response.text
+    assert response.json() == {"tasks": [], "next_page_token": ""}
