@@ -110,6 +110,12 @@ class Backend:
         finally:
             call.cancel()
 
+    def open_stream(self, service: str, method: str, request: Message, *, token: str | None) -> Any:
+        """A server-streaming call, not read yet: the JSON API awaits its initial
+        metadata to tell a refused call (an HTTP error status) from a stream that
+        has begun. The caller must ``cancel()`` it when done."""
+        return self._method(service, method)(request, metadata=metadata(token))
+
     async def close(self) -> None:
         await self._channel.close()
 
