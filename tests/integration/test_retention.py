@@ -8,6 +8,7 @@ history benchmark loads it; tasks go through the coordinator's apply path.
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -320,7 +321,7 @@ async def test_batches_shrink_when_slow_and_grow_back_when_quick(
     await slow.prune_once()
     assert history.count("hydra_runs") == 0 and slow.stats.runs == 400
     assert sizes[0] < 400 and sizes[-1] == MIN_BATCH
-    assert all(b == max(MIN_BATCH, a // 2) for a, b in zip(sizes, sizes[1:], strict=False))
+    assert all(b == max(MIN_BATCH, a // 2) for a, b in itertools.pairwise(sizes))
     # With a target no batch misses, a shrunken size doubles back to the maximum.
     quick = _pruner(store, batch=400, batch_seconds=3600.0)
     quick.size = MIN_BATCH
