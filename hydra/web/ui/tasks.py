@@ -39,7 +39,7 @@ _SPEC_ORDER = tuple(field.name for field in dataclasses.fields(TaskSpec))
 def routes(ui: Ui) -> list[BaseRoute]:
     return [
         Route("/tasks", endpoint(ui, _tasks), methods=["GET"]),
-        Route("/tasks/rows", endpoint(ui, _task_rows), methods=["GET"]),
+        Route("/_fragments/tasks", endpoint(ui, _task_rows), methods=["GET"]),
         Route("/tasks/{name}", endpoint(ui, _task), methods=["GET"]),
         Route("/tasks/{name}/runs", endpoint(ui, _task_runs), methods=["GET"]),
         Route("/tasks/{name}/versions", endpoint(ui, _versions), methods=["GET"]),
@@ -53,7 +53,7 @@ async def _tasks(page: Page) -> Response:
 
 async def _task_rows(page: Page) -> Response:
     """The rows alone: what the list polls to keep its cells live."""
-    return page.render("_task_rows.html", **await _listing(page))
+    return page.render("_task_list.html", **await _listing(page))
 
 
 async def _listing(page: Page) -> dict[str, Any]:
