@@ -304,12 +304,13 @@ def test_a_viewer_sees_no_buttons_and_a_forged_post_is_refused_by_the_coordinato
 
 
 def test_screenshots_of_the_other_pages(dev: Dev, browser: Browser) -> None:
-    for name, viewport in (("", {"width": 1280, "height": 860}), ("phone-", {"width": 390, "height": 844})):
+    laptop, phone = {"width": 1280, "height": 860}, {"width": 390, "height": 844}
+    for name, viewport in (("", laptop), ("phone-", phone)):
         made = browser.new_context(viewport=viewport)
         try:
             page = made.new_page()
             sign_in(page, dev, dev.admin_secret)
-            for path in ("tasks", "agents", "cluster", "notifications", "audit", "tasks/greet/versions"):
+            for path in ("tasks", "agents", "cluster", "notifications", "audit", "tasks/greet"):
                 page.goto(f"{dev.url}/{path}")
                 expect(page.locator("main h1")).to_be_visible()
                 shoot(page, dev, name + path.replace("/", "-"))
