@@ -249,6 +249,23 @@ def test_a_backfill_is_previewed_then_confirmed(
     page.get_by_role("button", name="Create 3 runs").click()
     expect(page.get_by_role("status")).to_contain_text("Created 3 runs")
     assert len(dev.hydractl.json("runs", "list", "--task", "nightly")) == 3
+    page.goto(f"{dev.url}/tasks/nightly?from=2026-01-02T00:00&to=2026-01-02T23:59")
+    expect(page.locator("#runs tbody tr")).to_have_count(1)  # the occurrence range filter
+    expect(page.locator("#runs tbody")).to_contain_text("2026-01-02 03:00:00")
+
+
+def test_versions_show_the_diff_between_two(
+    dev: Dev, context: BrowserContext, tmp_path: Path
+) -> None:
+    apply(dev, tmp_path, "evolving", "name: evolving\ncommand: [echo, one]\n")
+    apply(dev, tmp_path, "evolving", "name: evolving\ncommand: [echo, two]\n")
+    page = context.new_page()
+    sign_in(page, dev, dev.admin_secret)
+    page.goto(f"{dev.url}/tasks/evolving")
+    page.get_by_role("link", name="Versions").click()
+    expect(page.locator(".diff-del")).to_have_text(["-- one"])
+    expect(page.locator(".diff-add")).to_have_text(["+- two"])
+    shoot(page, dev, "versions")
 
 
 def test_the_graph_of_the_example_pipeline_shows_where_the_chain_broke(
@@ -300,6 +317,7 @@ def test_a_viewer_sees_no_buttons_and_a_forged_post_is_refused_by_the_coordinato
     expect(page.get_by_role("alert")).to_contain_text("PERMISSION_DENIED")
     expect(page.get_by_role("alert")).to_contain_text("needs role operator")
     assert "Traceback" not in page.content()
+    shoot(page, dev, "refused")
     assert dev.hydractl.json("runs", "get", failed)["attempts_used"] == 1
 
 
