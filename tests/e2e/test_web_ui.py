@@ -179,10 +179,13 @@ def test_applied_task_appears_its_triggered_run_turns_green_live_and_its_log_sho
     grid = context.new_page()
     sign_in(grid, dev, dev.admin_secret)
     grid.evaluate("window.notReloaded = true")
+    gate = tmp_path / "gate"  # the run holds until the test opens it
     apply(dev, tmp_path, "greet", (
         "name: greet\ndescription: Greets whoever the run names.\n"
-        "command: [sh, -c, 'sleep 2; echo hello {{ params.who }}']\n"
-        "params: {who: world}\ntriggers:\n  - cron: '30 2 * * *'\n    timezone: Australia/Sydney\n"
+        "command: [sh, -c, 'echo hello {{ params.who }}; "
+        f"until [ -e {gate} ]; do sleep 0.1; done']\n"
+        "params: {who: world}\ntimeout: 60s\n"
+        "triggers:\n  - cron: '30 2 * * *'\n    timezone: Australia/Sydney\n"
     ))  # fmt: skip
     row = grid.locator("#task-rows tr", has=grid.get_by_role("link", name="greet", exact=True))
     expect(row).to_be_visible()  # appeared without a reload
@@ -194,18 +197,20 @@ def test_applied_task_appears_its_triggered_run_turns_green_live_and_its_log_sho
     task.get_by_role("button", name="Trigger a run").click()
     expect(task).to_have_url(re.compile(r"/runs/[0-9a-f-]{36}$"))
     run_id = task.url.rsplit("/", 1)[1]
+    expect(task.locator("#log")).to_contain_text("hello from the UI")  # live, while it runs
+    expect(task.locator("#run-state")).to_have_text("running")
 
     cell = grid.locator(f"a.cell[href='/runs/{run_id}']")
-    expect(cell).to_have_attribute("data-state", re.compile("queued|leased|running"))
+    expect(cell).to_have_attribute("data-state", "running")
+    gate.touch()
     expect(cell).to_have_attribute("data-state", "succeeded")
     assert grid.evaluate("window.notReloaded") is True
     shoot(grid, dev, "tasks")
 
-    expect(task.locator("#log")).to_contain_text("hello from the UI")  # followed live
-    expect(task.locator("#run-state")).to_have_text("succeeded")
+    expect(task.locator("#run-state")).to_have_text("succeeded")  # followed live
+    expect(task.locator("#attempts")).to_contain_text("exit 0")
     task.reload()
     expect(task.locator("#log")).to_contain_text("hello from the UI")  # stored
-    expect(task.locator("#attempts")).to_contain_text("exit 0")
     shoot(task, dev, "run")
     task.goto(f"{dev.url}/tasks/greet")
     expect(task.locator("#runs")).to_contain_text("succeeded")
