@@ -19,6 +19,8 @@ from hydra.web.ui.logtext import LogPiece, log_pieces
 from hydra.web.ui.pages import Page, Ui, endpoint, see_other
 from hydra.wire import run_from_proto
 
+#: A quiet stream says something this often, so that a closed page ends its streams.
+KEEP_ALIVE_S = 15.0
 TERMINAL = frozenset({RunState.SUCCEEDED, RunState.FAILED, RunState.CANCELLED, RunState.SKIPPED})
 
 
@@ -78,7 +80,11 @@ async def _stream(page: Page, run_id: str) -> AsyncIterator[str]:
         yield ": live\n\n"
         ended = 0
         while ended < len(feeds):
-            item = await queue.get()
+            try:
+                item = await asyncio.wait_for(queue.get(), KEEP_ALIVE_S)
+            except TimeoutError:
+                yield ": keep-alive\n\n"  # a browser gone away is found out at this write
+                continue
             if item is None:
                 ended += 1
             else:
