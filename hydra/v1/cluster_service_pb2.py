@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from hydra.v1 import types_pb2 as hydra_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ehydra/v1/cluster_service.proto\x12\x08hydra.v1\x1a\x14hydra/v1/types.proto\"\x16\n\x14\x43lusterStatusRequest\"z\n\x15\x43lusterStatusResponse\x12+\n\x0c\x63oordinators\x18\x01 \x03(\x0b\x32\x15.hydra.v1.Coordinator\x12\x1f\n\x06\x61gents\x18\x02 \x03(\x0b\x32\x0f.hydra.v1.Agent\x12\x13\n\x0b\x61nswered_by\x18\x03 \x01(\t2[\n\x0e\x43lusterService\x12I\n\x06Status\x12\x1e.hydra.v1.ClusterStatusRequest\x1a\x1f.hydra.v1.ClusterStatusResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ehydra/v1/cluster_service.proto\x12\x08hydra.v1\x1a\x14hydra/v1/types.proto\"\x16\n\x14\x43lusterStatusRequest\"\xa4\x01\n\x15\x43lusterStatusResponse\x12+\n\x0c\x63oordinators\x18\x01 \x03(\x0b\x32\x15.hydra.v1.Coordinator\x12\x1f\n\x06\x61gents\x18\x02 \x03(\x0b\x32\x0f.hydra.v1.Agent\x12\x13\n\x0b\x61nswered_by\x18\x03 \x01(\t\x12(\n\x06\x63\x61ller\x18\x04 \x01(\x0b\x32\x18.hydra.v1.CallerIdentity\";\n\x0e\x43\x61llerIdentity\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\r\n\x05scope\x18\x03 \x01(\t2[\n\x0e\x43lusterService\x12I\n\x06Status\x12\x1e.hydra.v1.ClusterStatusRequest\x1a\x1f.hydra.v1.ClusterStatusResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,8 +34,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_CLUSTERSTATUSREQUEST']._serialized_start=66
   _globals['_CLUSTERSTATUSREQUEST']._serialized_end=88
-  _globals['_CLUSTERSTATUSRESPONSE']._serialized_start=90
-  _globals['_CLUSTERSTATUSRESPONSE']._serialized_end=212
-  _globals['_CLUSTERSERVICE']._serialized_start=214
-  _globals['_CLUSTERSERVICE']._serialized_end=305
+  _globals['_CLUSTERSTATUSRESPONSE']._serialized_start=91
+  _globals['_CLUSTERSTATUSRESPONSE']._serialized_end=255
+  _globals['_CALLERIDENTITY']._serialized_start=257
+  _globals['_CALLERIDENTITY']._serialized_end=316
+  _globals['_CLUSTERSERVICE']._serialized_start=318
+  _globals['_CLUSTERSERVICE']._serialized_end=409
 # @@protoc_insertion_point(module_scope)

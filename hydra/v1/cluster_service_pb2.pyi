@@ -45,6 +45,7 @@ class ClusterStatusResponse(_message.Message):
     COORDINATORS_FIELD_NUMBER: _builtins.int
     AGENTS_FIELD_NUMBER: _builtins.int
     ANSWERED_BY_FIELD_NUMBER: _builtins.int
+    CALLER_FIELD_NUMBER: _builtins.int
     answered_by: _builtins.str
     """The coordinator that answered."""
     @_builtins.property
@@ -55,17 +56,55 @@ class ClusterStatusResponse(_message.Message):
     def agents(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.Agent]:
         """Agents that are connected or draining, by id."""
 
+    @_builtins.property
+    def caller(self) -> Global___CallerIdentity:
+        """Who the coordinator took the caller for: what a client (the web UI) needs
+        to show only the actions the caller's role allows. The coordinator still
+        checks every call.
+        """
+
     def __init__(
         self,
         *,
         coordinators: _abc.Iterable[_types_pb2.Coordinator] | None = ...,
         agents: _abc.Iterable[_types_pb2.Agent] | None = ...,
         answered_by: _builtins.str = ...,
+        caller: Global___CallerIdentity | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["caller", b"caller"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agents", b"agents", "answered_by", b"answered_by", "coordinators", b"coordinators"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agents", b"agents", "answered_by", b"answered_by", "caller", b"caller", "coordinators", b"coordinators"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ClusterStatusResponse: _TypeAlias = ClusterStatusResponse  # noqa: Y015
+
+@_typing.final
+class CallerIdentity(_message.Message):
+    """The identity a call ran as."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    ROLE_FIELD_NUMBER: _builtins.int
+    SCOPE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The credential's name; "anonymous" on a coordinator without authentication."""
+    role: _builtins.str
+    """"viewer", "operator", "admin" or "agent"."""
+    scope: _builtins.str
+    """Task-name prefix the credential is limited to; empty: every task."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        role: _builtins.str = ...,
+        scope: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "role", b"role", "scope", b"scope"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CallerIdentity: _TypeAlias = CallerIdentity  # noqa: Y015

@@ -67,7 +67,7 @@ async def run_web(config: WebConfig) -> int:
     sock = bind(config.listen)
     app = create_app(config)
     server = _Server(
-        lambda: _announce(config, sock),
+        lambda: _announce(config, sock, app.state.dev_logins.issue),
         uvicorn.Config(
             app,
             log_level=config.log_level,
@@ -100,9 +100,13 @@ class _Server(uvicorn.Server):
             self._started()
 
 
-def _announce(config: WebConfig, sock: socket.socket) -> None:
-    """The line `hydra dev` users and the tests read: the URL, once it accepts requests."""
+def _announce(config: WebConfig, sock: socket.socket, dev_code: Callable[[], str]) -> None:
+    """The line `hydra dev` users and the tests read: the URL, once it accepts requests;
+    with --dev-login-credential, a one-time sign-in URL (a code, never the credential)."""
     base = url(config, sock)
     targets = ", ".join(config.coordinators)
     print(f"hydra web: serving {base} for coordinators {targets}", flush=True)
     log.info("serving %s", base)
+    if config.dev_login_credential is not None:
+        link = f"{base}login/dev?code={dev_code()}"
+        print(f"hydra web: sign in as the local admin: {link}", flush=True)

@@ -7,6 +7,7 @@ from typing import Any
 
 import grpc
 
+from hydra.coordinator.api import caller
 from hydra.coordinator.api.errors import unary
 from hydra.coordinator.store import Database, agents, cluster
 from hydra.v1 import cluster_service_pb2 as pb
@@ -35,4 +36,10 @@ class ClusterApi(pb_grpc.ClusterServiceServicer):
             coordinators=[coordinator_to_proto(c) for c in coordinators],
             agents=[agent_to_proto(a) for a in connected],
             answered_by=self._coordinator_id,
+            caller=_identity(caller.current()),
         )
+
+
+def _identity(who: caller.Caller) -> pb.CallerIdentity:
+    """The caller as the response tells it (name, role, scope; nothing secret)."""
+    return pb.CallerIdentity(name=who.name, role=who.role.value, scope=who.scope)
