@@ -24,7 +24,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from bench import ceiling, failover, history, latency, peer, scale, throughput
+from bench import ceiling, failover, history, latency, peer, scale, throughput, web
 from bench.procfs import busy_percent, cpu_jiffies, machine
 from bench.results import RESULTS_DIR, Metric, Result, format_markdown, format_table, write_json
 from bench.stack import MARKER_ENV, Context, Postgres, sweep
@@ -32,7 +32,8 @@ from bench.tls import make_tls
 
 #: In the order they run: the limits and the peer first, so others can refer to them.
 BENCHMARKS: dict[str, ModuleType] = {
-    module.NAME: module for module in (ceiling, peer, throughput, latency, scale, failover, history)
+    module.NAME: module
+    for module in (ceiling, peer, throughput, latency, scale, failover, history, web)
 }
 
 #: The benchmarks that run over TLS under ``--tls``.

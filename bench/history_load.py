@@ -112,7 +112,7 @@ def fail_runs(client: Client, db: Sql, watched: list[Process], count: int = PAGE
     wait_for(failed, timeout=120, interval=0.1, message=f"{count} failed runs")
 
 
-def load_history(db: Sql, total: int, chunk: int) -> float:
+def load_history(db: Sql, total: int, chunk: int, label: str = "history") -> float:
     """Write `total` old runs with attempts and output; seconds taken (VACUUM ANALYZE included)."""
     started = time.monotonic()
     task_ids = [row["id"] for row in db.rows("SELECT id FROM hydra_tasks ORDER BY id")]
@@ -124,7 +124,7 @@ def load_history(db: Sql, total: int, chunk: int) -> float:
         last = min(first + chunk, total) - 1
         params = {"task_ids": task_ids, "tasks": len(task_ids), "base": base}
         db.execute_params(LOAD_CHUNK, {**params, "first": first, "last": last})
-        print(f"history: {last + 1:,} old runs loaded", flush=True)
+        print(f"{label}: {last + 1:,} old runs loaded", flush=True)
     db.execute("VACUUM (ANALYZE) hydra_runs, hydra_attempts, hydra_attempt_output")
     return time.monotonic() - started
 

@@ -20,7 +20,7 @@ import pytest
 from harness.wait import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
-BENCHMARKS = ("ceiling", "peer", "throughput", "latency", "scale", "failover", "history")
+BENCHMARKS = ("ceiling", "peer", "throughput", "latency", "scale", "failover", "history", "web")
 #: Variable that marks every process of a benchmark run (bench.stack.MARKER_ENV).
 MARKER_ENV = "HYDRA_BENCH_RUN"
 TIMEOUT_S = 300
