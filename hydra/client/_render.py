@@ -27,14 +27,13 @@ from hydra.domain import (
     Cron,
     Interval,
     Notification,
-    Retention,
     Run,
     Task,
     TaskSpec,
     TaskVersion,
     Trigger,
 )
-from hydra.spec import format_duration, retention_to_dict, task_to_dict
+from hydra.spec import format_duration, retention_in_words, retention_to_dict, task_to_dict
 
 JSONObject = dict[str, Any]
 _NONE = "-"
@@ -464,24 +463,11 @@ def task_detail(details: TaskDetails) -> str:
         f"# created {local(task.created_at)}, updated {local(task.updated_at)}",
     ]
     if task.effective_retention is not None:
-        header.append(f"# retention: {retention_text(task.effective_retention)}")
+        header.append(f"# retention: {retention_in_words(task.effective_retention)}")
     if details.versions:
         rows = [[str(v.version), local(v.created_at)] for v in details.versions]
         header += ["#", *(f"# {line}" for line in table(["VERSION", "APPLIED"], rows).splitlines())]
     return "\n".join(header) + "\n" + spec_yaml(task.spec).rstrip("\n")
-
-
-def retention_text(retention: Retention) -> str:
-    """The retention that applies to a task, in words."""
-    runs = "runs kept forever"
-    if retention.max_age is not None:
-        runs = f"runs kept {format_duration(retention.max_age)} after they end"
-        if retention.keep_last:
-            runs += f" (the newest {retention.keep_last} whatever their age)"
-    output = "their output as long as they are kept"
-    if retention.output_max_age is not None:
-        output = f"their output {format_duration(retention.output_max_age)}"
-    return f"{runs}, {output}; never the latest success nor an active run"
 
 
 def spec_yaml(spec: TaskSpec) -> str:

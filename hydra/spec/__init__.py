@@ -17,7 +17,7 @@ from hydra.spec._canonical import retention_to_dict, task_to_dict, webhook_to_di
 from hydra.spec._documents import load_task_documents
 from hydra.spec._durations import format_duration, parse_duration
 from hydra.spec._parse import task_from_dict, webhooks_from_list
-from hydra.spec._retention import retention_from_text
+from hydra.spec._retention import retention_from_text, retention_in_words
 from hydra.spec._strings import MAX_SPEC_BYTES, MAX_STRING_BYTES
 from hydra.spec._validate import (
     MAX_DURATION,
@@ -36,6 +36,7 @@ __all__ = [
     "load_task_documents",
     "parse_duration",
     "retention_from_text",
+    "retention_in_words",
     "retention_to_dict",
     "task_from_dict",
     "task_to_dict",

@@ -1,10 +1,11 @@
-"""The cluster's default retention as written on the command line:
-``max_age=30d,keep_last=100,output_max_age=7d``."""
+"""The cluster's default retention as written on the command line
+(``max_age=30d,keep_last=100,output_max_age=7d``), and any retention in words."""
 
 from __future__ import annotations
 
 from hydra.domain import Retention
 from hydra.errors import InvalidArgument
+from hydra.spec._durations import format_duration
 from hydra.spec._parse import _parse_duration
 from hydra.spec._problems import _join, _Problems
 from hydra.spec._validate import _check_retention
@@ -42,3 +43,16 @@ def _whole(value: str, path: str, problems: _Problems) -> int | None:
         return int(value)
     problems.add(path, f"must be a whole number, got {value!r}")
     return None
+
+
+def retention_in_words(retention: Retention) -> str:
+    """The retention that applies to a task, in words (hydractl and the web UI)."""
+    runs = "runs kept forever"
+    if retention.max_age is not None:
+        runs = f"runs kept {format_duration(retention.max_age)} after they end"
+        if retention.keep_last:
+            runs += f" (the newest {retention.keep_last} whatever their age)"
+    output = "their output as long as they are kept"
+    if retention.output_max_age is not None:
+        output = f"their output {format_duration(retention.output_max_age)}"
+    return f"{runs}, {output}; never the latest success nor an active run"

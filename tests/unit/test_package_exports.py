@@ -16,6 +16,7 @@ def test_spec_all_is_pinned() -> None:
         "load_task_documents",
         "parse_duration",
         "retention_from_text",
+        "retention_in_words",
         "retention_to_dict",
         "task_from_dict",
         "task_to_dict",

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 from markupsafe import Markup
 
 from hydra.domain import After, At, Attempt, Cron, Interval, Retention, Trigger
-from hydra.spec import format_duration
+from hydra.spec import format_duration, retention_in_words
 from hydra.web.ui.cronwords import cron_words
 
 NONE = "—"
@@ -92,17 +92,7 @@ def outputs(text: str) -> str:
 
 def retention_words(retention: Retention | None) -> str:
     """The retention that applies, in words."""
-    if retention is None:
-        return NONE
-    runs = "finished runs kept forever"
-    if retention.max_age is not None:
-        runs = f"finished runs kept {format_duration(retention.max_age)} after they end"
-        if retention.keep_last:
-            runs += f" (the newest {retention.keep_last} whatever their age)"
-    output = "output as long as the run"
-    if retention.output_max_age is not None:
-        output = f"output kept {format_duration(retention.output_max_age)}"
-    return f"{runs}; {output}"
+    return NONE if retention is None else retention_in_words(retention)
 
 
 FILTERS = {
