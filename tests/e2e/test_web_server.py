@@ -22,15 +22,16 @@ def test_web_serves_on_a_free_loopback_port_and_says_where(cluster: Cluster) -> 
     web.check_running()
 
 
-def test_web_refuses_plaintext_beyond_loopback_without_insecure() -> None:
-    result = subprocess.run(
-        [*HYDRA, "web", "--listen", "0.0.0.0:0"],
-        capture_output=True,
-        text=True,
-        env=clean_env(),
-        timeout=60,
+def _web(*args: str) -> subprocess.CompletedProcess[str]:
+    """`hydra web` with ``args``, expected to refuse to start."""
+    return subprocess.run(
+        [*HYDRA, "web", *args], capture_output=True, text=True, env=clean_env(), timeout=60,
         check=False,
-    )
+    )  # fmt: skip
+
+
+def test_web_refuses_plaintext_beyond_loopback_without_insecure() -> None:
+    result = _web("--listen", "0.0.0.0:0")
     assert result.returncode == 2
     [line] = result.stderr.splitlines()
     assert "--listen" in line and "--tls-cert" in line and "--insecure" in line
@@ -38,13 +39,6 @@ def test_web_refuses_plaintext_beyond_loopback_without_insecure() -> None:
 
 
 def test_web_refuses_half_a_certificate_pair() -> None:
-    result = subprocess.run(
-        [*HYDRA, "web", "--listen", "127.0.0.1:0", "--tls-cert", "/nonexistent.pem"],
-        capture_output=True,
-        text=True,
-        env=clean_env(),
-        timeout=60,
-        check=False,
-    )
+    result = _web("--listen", "127.0.0.1:0", "--tls-cert", "/nonexistent.pem")
     assert result.returncode == 2
     assert "--tls-key" in result.stderr and "Traceback" not in result.stderr

@@ -107,6 +107,19 @@ async def _apply(store: Database, name: str, **fields: Any) -> None:
     await apply_spec(store, spec, dry_run=False, now=datetime.now(UTC))
 
 
+def _old_failed_runs(history: History, task: str, count: int) -> None:
+    """`count` failed runs of `task`, 40 days old (past a 30-day retention)."""
+    history.conn.execute(
+        """
+        INSERT INTO hydra_runs (task_id, task_version, occurrence, cause, state, finished_at)
+        SELECT t.id, 1, now() - interval '40 days' + make_interval(secs => i), 'cron',
+               'FAILED', now() - interval '40 days'
+        FROM hydra_tasks t, generate_series(1, %s) AS i WHERE t.name = %s
+        """,
+        (count, task),
+    )
+
+
 def _pruner(store: Database, holder: str = "c1", **options: Any) -> Pruner:
     """A pruner that does not pause, with fixed batches unless `batch_seconds` is given."""
     options.setdefault("defaults", Retention())
@@ -270,14 +283,7 @@ async def test_audit_entries_past_their_bound_go(store: Database, history: Histo
 
 async def test_batches_stay_small(store: Database, history: History) -> None:
     await _apply(store, "busy", retention=MONTH)
-    history.conn.execute(
-        """
-        INSERT INTO hydra_runs (task_id, task_version, occurrence, cause, state, finished_at)
-        SELECT t.id, 1, now() - interval '40 days' + make_interval(secs => i), 'cron',
-               'FAILED', now() - interval '40 days'
-        FROM hydra_tasks t, generate_series(1, 95) AS i WHERE t.name = 'busy'
-        """
-    )
+    _old_failed_runs(history, "busy", 95)
     deleted_per_batch: list[int] = []
     pruner = _pruner(store, batch=10)
     original = pruner._delete_runs
@@ -300,14 +306,7 @@ async def test_batches_shrink_when_slow_and_grow_back_when_quick(
     store: Database, history: History
 ) -> None:
     await _apply(store, "busy", retention=MONTH)
-    history.conn.execute(
-        """
-        INSERT INTO hydra_runs (task_id, task_version, occurrence, cause, state, finished_at)
-        SELECT t.id, 1, now() - interval '40 days' + make_interval(secs => i), 'cron',
-               'FAILED', now() - interval '40 days'
-        FROM hydra_tasks t, generate_series(1, 400) AS i WHERE t.name = 'busy'
-        """
-    )
+    _old_failed_runs(history, "busy", 400)
     # Every batch is "too slow" for a target of a nanosecond: sizes halve to the floor.
     slow = _pruner(store, batch=400, batch_seconds=1e-9)
     sizes: list[int] = []
@@ -333,14 +332,7 @@ async def test_two_coordinators_never_prune_at_once(
     store: Database, history: History, db_conninfo: str
 ) -> None:
     await _apply(store, "busy", retention=MONTH)
-    history.conn.execute(
-        """
-        INSERT INTO hydra_runs (task_id, task_version, occurrence, cause, state, finished_at)
-        SELECT t.id, 1, now() - interval '40 days' + make_interval(secs => i), 'cron',
-               'FAILED', now() - interval '40 days'
-        FROM hydra_tasks t, generate_series(1, 500) AS i WHERE t.name = 'busy'
-        """
-    )
+    _old_failed_runs(history, "busy", 500)
     first, second = _pruner(store, "c1", batch=20), _pruner(store, "c2", batch=20)
     results = await asyncio.gather(first.prune_once(), second.prune_once())
     assert sorted(results) == [False, True]
