@@ -166,8 +166,13 @@ def trigger_latencies(
     client: Client, db: Sql, watched: list[Process], samples: int
 ) -> dict[str, float]:
     """Trigger → start of one manual run at a time (the latency benchmark's way)."""
+    return distribution(trigger_samples(client, db, watched, samples))
+
+
+def trigger_samples(client: Client, db: Sql, watched: list[Process], samples: int) -> list[float]:
+    """Each Trigger → start, in ms."""
     params = latency.Params(trigger_samples=samples)
-    return distribution(latency._trigger_latencies(client, db, watched, params)["total"])
+    return latency._trigger_latencies(client, db, watched, params)["total"]
 
 
 def calls(client: Client, repeat: int) -> dict[str, dict[str, float]]:
