@@ -199,7 +199,7 @@ def test_hydra_dev_moves_off_a_taken_default_port() -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         default = f"127.0.0.1:{taken.getsockname()[1]}"
-        moved = cli._dev_metrics_address(None, default)
+        moved = cli._dev_address(None, default)
     assert moved is not None and moved != default and moved.startswith("127.0.0.1:")
-    assert cli._dev_metrics_address("127.0.0.1:5", default) == "127.0.0.1:5"
-    assert cli._dev_metrics_address("off", default) == "off"
+    assert cli._dev_address("127.0.0.1:5", default) == "127.0.0.1:5"
+    assert cli._dev_address("off", default) == "off"
