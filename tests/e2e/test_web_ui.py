@@ -274,23 +274,33 @@ def test_versions_show_the_diff_between_two(
 
 
 def test_the_graph_of_the_example_pipeline_shows_where_the_chain_broke(
-    dev: Dev, context: BrowserContext
+    dev: Dev, context: BrowserContext, tmp_path: Path
 ) -> None:
-    dev.hydractl.ok("apply", "-f", str(Path(__file__).parents[2] / "examples" / "pipeline.yaml"))
+    # The example as it is, but transform gives up on its _READY file after 2 s
+    # instead of 6 h (on_timeout: fail): a real failure breaks the chain.
+    example = (Path(__file__).parents[2] / "examples" / "pipeline.yaml").read_text()
+    assert "precondition_timeout: 6h" in example and "poke_interval: 5s" in example
+    pipeline = tmp_path / "pipeline.yaml"
+    pipeline.write_text(
+        example.replace("precondition_timeout: 6h", "precondition_timeout: 2s").replace(
+            "poke_interval: 5s", "poke_interval: 1s"
+        )
+    )
+    dev.hydractl.ok("apply", "-f", str(pipeline))
     occurrence = "2025-03-04T15:00:00Z"  # 02:00 on the 5th in Sydney
     dev.hydractl.ok("run", "ingest", "--occurrence", occurrence, "--wait")
 
-    def transform_run() -> str | None:
-        runs = dev.hydractl.json("runs", "list", "--task", "transform")
-        return next((run["id"] for run in runs if run["occurrence"] == occurrence), None)
+    def publish_state() -> str | None:
+        runs = dev.hydractl.json("runs", "list", "--task", "publish")
+        return next((run["state"] for run in runs if run["occurrence"] == occurrence), None)
 
-    dev.hydractl.ok("cancel", wait_for(transform_run, timeout=30, message="transform run"))
+    assert wait_for(publish_state, timeout=60, message="publish's run") == "SKIPPED"
     page = context.new_page()
     sign_in(page, dev, dev.admin_secret)
     page.goto(f"{dev.url}/tasks/publish/graph?occurrence={occurrence}")
-    expect(page.locator("#graph-verdict")).to_contain_text("broke at transform (cancelled")
+    expect(page.locator("#graph-verdict")).to_contain_text("broke at transform (failed")
     expect(page.locator(".node[data-task=ingest]")).to_have_attribute("data-state", "succeeded")
-    expect(page.locator(".node[data-task=transform]")).to_have_attribute("data-state", "cancelled")
+    expect(page.locator(".node[data-task=transform]")).to_have_attribute("data-state", "failed")
     # publish was skipped because of it: a consequence, not where the chain broke
     expect(page.locator(".node[data-task=publish]")).to_have_attribute("data-state", "skipped")
     expect(page.locator("#graph-verdict")).not_to_contain_text("publish")
