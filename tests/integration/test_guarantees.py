@@ -252,6 +252,44 @@ def test_a_report_under_a_stale_lease_token_is_refused_and_changes_nothing(
         coordinator.stop()
 
 
+def test_a_start_that_comes_after_the_cancel_is_recorded_as_a_cancelled_attempt(
+    db_conninfo: str,
+) -> None:
+    """The agent started the process, the run was cancelled before that start was
+    recorded: the attempt is in the record, ended CANCELLED, once, and the agent
+    is told to kill it; nothing else of the run changes."""
+    db = Database(db_conninfo)
+    coordinator = CoordinatorThread(db_conninfo, name="coordinator-0").start()
+    try:
+        with (
+            Client(coordinator.address) as client,
+            ScriptedAgent(coordinator.address, "late") as agent,
+        ):
+            client.apply(Task(name="cancelled-early", command=("sleep", "60")))
+            agent.hello()
+            run, _ = client.trigger("cancelled-early")
+            offer = agent.expect("lease")
+            assert client.cancel(run.id, "not today").state is RunState.CANCELLED
+            assert agent.expect("cancel").lease == offer.lease  # told at the cancel
+            assert db.attempts(run.id) == []
+            agent.started(offer.lease, offer.argv)  # the start was in flight
+            assert agent.expect("cancel").lease == offer.lease  # told again: kill it
+            [attempt] = db.attempts(run.id)
+            assert (attempt["state"], attempt["agent_id"]) == ("CANCELLED", "late")
+            assert attempt["lease_token"] == offer.lease.lease_token
+            assert list(attempt["argv"]) == list(offer.argv)
+            assert attempt["finished_at"] is not None and "not today" in attempt["message"]
+            [row], _ = _snapshot(db, run.id)
+            assert (row["state"], row["attempts_used"]) == ("CANCELLED", 1)
+            agent.started(offer.lease, offer.argv)  # a replay records nothing more
+            assert agent.expect("cancel").lease == offer.lease
+            assert _snapshot(db, run.id) == ([row], [attempt])
+            ack = agent.finished(offer.lease, pb.ATTEMPT_OUTCOME_CANCELLED, offer.argv)
+            assert not ack.accepted and _snapshot(db, run.id) == ([row], [attempt])
+    finally:
+        coordinator.stop()
+
+
 # --- 2 and 5: a zombie agent wakes up ---------------------------------------------------
 
 

@@ -23,7 +23,9 @@ DUPLICATE_SUCCESS = "run already has a successful attempt"
 
 async def start(tx: Transaction, agent_id: str, starts: Sequence[AttemptStart]) -> set[LeaseKey]:
     """LEASED -> RUNNING with a new attempt, for several leases in one statement.
-    Returns the leases that were current (the others changed nothing)."""
+    Returns the leases that were current. Of the others, a start under the token
+    of a run cancelled meanwhile is recorded as a CANCELLED attempt (its process
+    did start); the rest changed nothing."""
     rows = await tx.all(
         "start_attempts",
         agent_id=agent_id,
@@ -32,10 +34,10 @@ async def start(tx: Transaction, agent_id: str, starts: Sequence[AttemptStart]) 
         argvs=[Jsonb(list(each.argv)) for each in starts],
         started_ats=[each.started_at for each in starts],
     )
-    current = {LeaseKey(str(row["run_id"]), row["lease_token"]) for row in rows}
-    tx.runs_changed([run_id for run_id, _ in current])
+    current = {LeaseKey(str(row["run_id"]), row["lease_token"]) for row in rows if row["current"]}
+    tx.runs_changed([str(row["run_id"]) for row in rows])
     for row in rows:
-        if row["number"] == 1:  # retries wait for their backoff: no schedule lag
+        if row["current"] and row["number"] == 1:  # retries wait for their backoff: no schedule lag
             tx.metrics.attempt_started(row["task_name"], row["lag_seconds"])
     return current
 

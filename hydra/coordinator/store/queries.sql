@@ -405,7 +405,10 @@ FROM unnest(%(run_ids)s::uuid[], %(lease_tokens)s::bigint[]) AS u(run_id, lease_
 WHERE r.id = u.run_id AND r.lease_token = u.lease_token AND r.state IN ('LEASED', 'RUNNING');
 
 -- name: start_attempts
--- LEASED -> RUNNING under the current tokens, recording the attempts; returns the started leases, each attempt's number, task and schedule lag (for metrics).
+-- LEASED -> RUNNING under the current tokens, recording the attempts; returns the started leases, each attempt's number, task and schedule lag (for metrics), current = true.
+-- A start under the token of a run cancelled before that start was recorded (its process
+-- did start; the agent is told to kill it) is recorded too, as an attempt ended CANCELLED,
+-- once per token, and returned with current = false: the record keeps every attempt.
 WITH u AS (
     SELECT * FROM unnest(%(run_ids)s::uuid[], %(lease_tokens)s::bigint[], %(argvs)s::jsonb[],
                          %(started_ats)s::timestamptz[]) AS u(run_id, lease_token, argv, started_at)
@@ -422,12 +425,31 @@ WITH u AS (
            ARRAY(SELECT jsonb_array_elements_text(argv)), started_at
     FROM started
     RETURNING run_id, lease_token, number
+), cancelled AS (
+    UPDATE hydra_runs r
+    SET attempts_used = r.attempts_used + 1, updated_at = now()
+    FROM u
+    WHERE r.id = u.run_id AND r.lease_token = u.lease_token AND r.state = 'CANCELLED'
+      AND r.cancel_requested
+      AND NOT EXISTS (SELECT 1 FROM hydra_attempts a
+                      WHERE a.run_id = r.id AND a.lease_token = u.lease_token)
+    RETURNING r.id, r.attempts_used, u.lease_token, u.argv, u.started_at, r.reason
+), cancelled_inserted AS (
+    INSERT INTO hydra_attempts (run_id, number, agent_id, lease_token, argv, started_at, state,
+                                finished_at, message)
+    SELECT id, attempts_used, %(agent_id)s, lease_token,
+           ARRAY(SELECT jsonb_array_elements_text(argv)), least(started_at, now()), 'CANCELLED',
+           now(), 'started after the run was cancelled (' || coalesce(reason, 'cancelled') || ')'
+    FROM cancelled
+    RETURNING run_id, lease_token, number
 )
 SELECT i.run_id, i.lease_token, i.number, t.name AS task_name,
-       extract(epoch FROM s.started_at - s.occurrence)::float8 AS lag_seconds
+       extract(epoch FROM s.started_at - s.occurrence)::float8 AS lag_seconds, true AS current
 FROM inserted i
 JOIN started s ON s.id = i.run_id
-JOIN hydra_tasks t ON t.id = s.task_id;
+JOIN hydra_tasks t ON t.id = s.task_id
+UNION ALL
+SELECT c.run_id, c.lease_token, c.number, NULL, NULL, false FROM cancelled_inserted c;
 
 -- name: finish_attempt
 -- End the running attempt of a lease with the agent's outcome.
