@@ -43,10 +43,11 @@ Handler = Callable[[Request], Awaitable[Response]]
 
 def routes(state: WebState) -> list[BaseRoute]:
     """The API's routes, mounted under /api/v1."""
+    every = endpoints()
     found: list[BaseRoute] = [
-        Route(endpoint.path, _Asgi(_handler(state, endpoint))) for endpoint in endpoints()
+        Route(endpoint.path, _Asgi(_handler(state, endpoint))) for endpoint in every
     ]
-    document = openapi.document(endpoints())
+    document = openapi.document(every)
     found.append(
         Route("/openapi.json", _Asgi(_guarded(("GET",), _constant(document), name="openapi.json")))
     )

@@ -103,7 +103,7 @@ class Backend:
     ) -> AsyncIterator[Any]:
         """The messages of a server-streaming RPC; the call is cancelled when the
         iteration stops (a browser that goes away ends its Watch)."""
-        call = self._method(service, method)(request, metadata=metadata(token))
+        call = self.open_stream(service, method, request, token=token)
         try:
             async for message in call:
                 yield message

@@ -9,7 +9,7 @@ message, never a stack (docs/web.md).
 from __future__ import annotations
 
 import hmac
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -78,8 +78,15 @@ class Page:
 
     async def call(self, service: str, method: str, message: Message) -> Any:
         """A unary RPC with the signed-in user's credential."""
-        token = self.session.token or None
-        return await self.ui.state.backend.call(service, method, message, token=token)
+        return await self.ui.state.backend.call(service, method, message, token=self._token)
+
+    def stream(self, service: str, method: str, message: Message) -> AsyncIterator[Any]:
+        """A server-streaming RPC with the signed-in user's credential."""
+        return self.ui.state.backend.stream(service, method, message, token=self._token)
+
+    @property
+    def _token(self) -> str | None:
+        return self.session.token or None  # "" on an --insecure cluster: no credential
 
     def render(self, template: str, status: int = 200, **values: Any) -> Response:
         return self.ui.render(

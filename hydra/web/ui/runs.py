@@ -47,14 +47,7 @@ async def _run(page: Page) -> Response:
 
 async def _stored_log(page: Page, run_id: str) -> list[LogPiece]:
     request = run_pb.TailLogsRequest(run_id=run_id)
-    token = page.session.token or None
-    chunks = [
-        chunk
-        async for chunk in page.ui.state.backend.stream(
-            "RunService", "TailLogs", request, token=token
-        )
-    ]
-    return log_pieces(chunks)
+    return log_pieces([chunk async for chunk in page.stream("RunService", "TailLogs", request)])
 
 
 def _event(name: str, data: Any) -> str:
@@ -97,32 +90,38 @@ async def _stream(page: Page, run_id: str) -> AsyncIterator[str]:
 
 async def _watch(page: Page, run_id: str, queue: asyncio.Queue[str | None]) -> None:
     """The run's summary each time it changes (the first event is its state now)."""
-    token = page.session.token or None
     request = run_pb.WatchRunsRequest(run_id=run_id)
-    try:
-        async for _ in page.ui.state.backend.stream("RunService", "Watch", request, token=token):
+
+    async def events() -> AsyncIterator[str]:
+        async for _ in page.stream("RunService", "Watch", request):
             run = await _get(page, run_id)  # with its attempts, which events leave out
             html = page.ui.templates.get_template("_run_summary.html").render(
                 run=run, session=page.session, live=run.state not in TERMINAL
             )
-            await queue.put(_event("run", {"html": html, "state": str(run.state)}))
+            yield _event("run", {"html": html, "state": str(run.state)})
             if run.state in TERMINAL:
-                break
-    except grpc.aio.AioRpcError as error:
-        await queue.put(_event("problem", {"message": f"{error.code().name}: {error.details()}"}))
-    await queue.put(None)
+                return
+
+    await _feed(events(), queue)
 
 
 async def _logs(page: Page, run_id: str, queue: asyncio.Queue[str | None]) -> None:
     """New output as it is stored, until the run is terminal."""
-    token = page.session.token or None
     request = run_pb.TailLogsRequest(run_id=run_id, follow=True)
-    try:
-        async for chunk in page.ui.state.backend.stream(
-            "RunService", "TailLogs", request, token=token
-        ):
+
+    async def events() -> AsyncIterator[str]:
+        async for chunk in page.stream("RunService", "TailLogs", request):
             for piece in log_pieces([chunk]):
-                await queue.put(_event("log", piece.json()))
+                yield _event("log", piece.json())
+
+    await _feed(events(), queue)
+
+
+async def _feed(events: AsyncIterator[str], queue: asyncio.Queue[str | None]) -> None:
+    """Every event into ``queue``, a ``problem`` event if the call fails, then None."""
+    try:
+        async for event in events:
+            await queue.put(event)
     except grpc.aio.AioRpcError as error:
         await queue.put(_event("problem", {"message": f"{error.code().name}: {error.details()}"}))
     await queue.put(None)
