@@ -31,6 +31,30 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
 
 
+def tree_cpu_seconds(root: int) -> float:
+    """CPU time of a process and its children so far (PostgreSQL's postmaster and its
+    backends): each live child's, the root's, and that of the children it has reaped."""
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        pid, parent = int(entry.name), int(fields[1])
+        if pid == root:
+            total += sum(int(f) for f in fields[11:15]) / _CLOCK_TICKS
+        elif parent == root:
+            total += (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+    return total
+
+
+def parent_pid(pid: int) -> int:
+    """The parent of a process."""
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
 def pids_with_env(name: str, value: str) -> list[int]:
     """Live processes whose environment has ``name=value`` (the caller left out)."""
     wanted = f"{name}={value}".encode()

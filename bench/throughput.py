@@ -17,10 +17,11 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from bench import ceiling, peer
-from bench.procfs import cpu_seconds
+from bench.procfs import cpu_seconds, parent_pid, tree_cpu_seconds
 from bench.results import BenchError, Metric, Result, Target, ratio
 from bench.stack import Context, Sql, start_coordinator
 from harness.hydra import start_agent, wait_agents
@@ -36,15 +37,15 @@ BACKFILL_CHUNK = 10_000
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Params:
-    """How many runs, on how many slots, for how long at most."""
+    """How many runs, on which agents (count x slots each), for how long at most."""
 
     runs: int = 2000
-    agents: int = 2
-    slots_per_agent: int = 8
+    #: Each shape is measured in turn, on a database of its own: (agents, slots per agent).
+    shapes: tuple[tuple[int, int], ...] = ((2, 8), (1, 16))
     timeout_s: float = 300.0
 
 
-SMOKE = Params(runs=50, agents=1, slots_per_agent=8, timeout_s=60.0)
+SMOKE = Params(runs=50, shapes=((1, 8),), timeout_s=60.0)
 
 
 def params_for(ctx: Context) -> Params:
@@ -54,35 +55,75 @@ def params_for(ctx: Context) -> Params:
 
 
 def run(ctx: Context) -> Result:
-    """Backfill N runs at once and time them to the last SUCCEEDED."""
+    """Backfill N runs at once and time them to the last SUCCEEDED, for each shape."""
     params = params_for(ctx)
-    with ctx.database(NAME) as conninfo, ctx.processes(NAME) as procs, Sql(conninfo) as db:
+    metrics: list[Metric] = []
+    details: dict[str, Any] = {"params": asdict(params)}
+    for agents, slots in params.shapes:
+        stats, cpu = _measure(ctx, params, agents, slots)
+        metrics += _metrics(ctx, params, agents, slots, stats, cpu)
+        details[f"{agents}x{slots}"] = {"cpu_s": cpu, **stats}
+    return Result(name=NAME, metrics=metrics, details=details)
+
+
+def _measure(
+    ctx: Context, params: Params, agents: int, slots: int
+) -> tuple[dict[str, Any], dict[str, float | None]]:
+    """One shape: its timings, and CPU seconds of the coordinator, the agents and
+    PostgreSQL (None when the server is not on this machine)."""
+    name = f"{NAME}-{agents}x{slots}"
+    with ctx.database(name) as conninfo, ctx.processes(name) as procs, Sql(conninfo) as db:
         coordinator = start_coordinator(procs, conninfo, tls=ctx.tls)
-        ids = [f"bench-tp-{i}" for i in range(params.agents)]
-        agents = [
-            start_agent(
-                procs,
-                coordinator,
-                agent_id,
-                capacity=params.slots_per_agent,
-                extra_args=ctx.agent_flags(),
-            )
+        ids = [f"bench-tp-{i}" for i in range(agents)]
+        started = [
+            start_agent(procs, coordinator, agent_id, capacity=slots, extra_args=ctx.agent_flags())
             for agent_id in ids
         ]
-        wait_agents(conninfo, ids, watched=agents)
-        watched = [coordinator.process, *agents]
+        wait_agents(conninfo, ids, watched=started)
+        watched = [coordinator.process, *started]
+        server = _postmaster(db)
         with Client(coordinator.address, tls=ctx.client_tls, timeout=120) as client:
             day = _yesterday()
             client.apply(task_spec(day))
+            commits_before = _commits(db)
             cpu_before = [cpu_seconds(child.pid) for child in watched]
+            server_before = tree_cpu_seconds(server) if server else 0.0
             rpc_started = time.monotonic()
             _backfill(client, day, params.runs)
             backfill_s = time.monotonic() - rpc_started
             backfill_returned = datetime.now(UTC)
         _wait_finished(db, watched, params)
-        cpu = [cpu_seconds(c.pid) - before for c, before in zip(watched, cpu_before, strict=True)]
-        stats = {**_timings(db, backfill_returned), "backfill_rpc_s": backfill_s}
-    return _result(ctx, params, stats, cpu)
+        used = [cpu_seconds(c.pid) - before for c, before in zip(watched, cpu_before, strict=True)]
+        server_s = tree_cpu_seconds(server) - server_before if server else None
+        commits = _commits(db) - commits_before
+        stats = {
+            **_timings(db, backfill_returned),
+            "backfill_rpc_s": backfill_s,
+            "commits": commits,
+        }
+    cpu = {"coordinator": used[0], "agents": sum(used[1:]), "postgres": server_s}
+    return stats, cpu
+
+
+def _commits(db: Sql) -> int:
+    """Transactions committed in the benchmark's database so far (the statistics
+    collector's figure: it lags by up to a second, so it is read after a pause)."""
+    time.sleep(1.0)
+    db.execute("SELECT pg_stat_clear_snapshot()")
+    return int(
+        db.value("SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()")
+    )
+
+
+def _postmaster(db: Sql) -> int | None:
+    """The pid of the server's postmaster, if it runs on this machine."""
+    backend = int(db.value("SELECT pg_backend_pid()"))
+    try:
+        postmaster = parent_pid(backend)
+        comm = Path(f"/proc/{postmaster}/comm").read_text().strip()
+    except (OSError, ValueError):
+        return None
+    return postmaster if comm in ("postgres", "postmaster") else None
 
 
 def task_spec(day: datetime) -> Task:
@@ -146,27 +187,67 @@ def _timings(db: Sql, backfill_returned: datetime) -> dict[str, Any]:
     return row
 
 
-def _result(ctx: Context, params: Params, stats: dict[str, Any], cpu: list[float]) -> Result:
+def _metrics(
+    ctx: Context,
+    params: Params,
+    agents: int,
+    slots_each: int,
+    stats: dict[str, Any],
+    cpu: dict[str, float | None],
+) -> list[Metric]:
     rate = stats["succeeded"] / stats["elapsed_s"]
-    slots = params.agents * params.slots_per_agent
+    slots = agents * slots_each
     claim_rate = ctx.earlier_value(ceiling.NAME, ceiling.CLAIM_RATE)
     peer_rate = ctx.earlier_value(peer.NAME, peer.JOBS_RATE)
-    per_thousand = 1000 * sum(cpu) / max(stats["succeeded"], 1)
+    per_run = 1000 / max(stats["succeeded"], 1)
+    hydra_s = (cpu["coordinator"] or 0.0) + (cpu["agents"] or 0.0)
+    server_s = cpu["postgres"]
+    shape = f"{agents}x{slots_each}"
     metrics = [
         Metric(
-            name=f"runs/s ({params.runs} runs, {slots} slots)",
+            name=f"[{shape}] runs/s ({params.runs} runs, {agents} agent(s) x {slots_each} slots)",
             value=rate,
             unit="runs/s",
             target=Target(op=">=", bound=1000),
             note=f"{stats['succeeded']}/{stats['total']} succeeded",
         ),
         Metric(
-            name="coordinator CPU while running", value=100 * cpu[0] / stats["elapsed_s"], unit="%"
+            name=f"[{shape}] runs/s vs Procrastinate jobs/s",
+            value=ratio(rate, peer_rate),
+            unit="x",
+            target=Target(op=">=", bound=2, text=">= 2x"),
+            note="" if peer_rate else "run with peer",
         ),
         Metric(
-            name="agents CPU while running", value=100 * sum(cpu[1:]) / stats["elapsed_s"], unit="%"
+            name=f"[{shape}] CPU s per 1000 runs (coordinator+agents+PostgreSQL)",
+            value=None if server_s is None else (hydra_s + server_s) * per_run,
+            unit="s",
+            note="" if server_s is not None else "PostgreSQL not on this machine",
         ),
-        Metric(name="CPU s per 1000 runs (coord+agents)", value=per_thousand, unit="s"),
+        Metric(
+            name="  coordinator CPU s per 1000 runs", value=cpu["coordinator"] * per_run, unit="s"
+        ),
+        Metric(name="  agents CPU s per 1000 runs", value=cpu["agents"] * per_run, unit="s"),
+        Metric(
+            name="  PostgreSQL CPU s per 1000 runs",
+            value=None if server_s is None else server_s * per_run,
+            unit="s",
+        ),
+        Metric(
+            name="  coordinator CPU while running",
+            value=100 * cpu["coordinator"] / stats["elapsed_s"],
+            unit="%",
+        ),
+        Metric(
+            name="  agents CPU while running",
+            value=100 * cpu["agents"] / stats["elapsed_s"],
+            unit="%",
+        ),
+        Metric(
+            name="  transactions committed per run",
+            value=stats["commits"] / max(stats["succeeded"], 1),
+            note="every connection's, from pg_stat_database",
+        ),
         Metric(
             name="  a slot's cycle (slots / runs/s)",
             value=1000 * slots / rate,
@@ -185,30 +266,22 @@ def _result(ctx: Context, params: Params, stats: dict[str, Any], cpu: list[float
             note="until the recording transaction began",
         ),
         Metric(
-            name="Backfill RPC round trip",
+            name="  Backfill RPC round trip",
             value=stats["backfill_rpc_s"],
             unit="s",
             note="creates the runs, then returns them all",
         ),
         Metric(
-            name="runs/s once the Backfill RPC returned",
+            name="  runs/s once the Backfill RPC returned",
             value=stats["rate_after_backfill"],
             unit="runs/s",
             note=f"{stats['finished_after_backfill']} runs finished after it",
         ),
         Metric(
-            name="runs/s as fraction of PG claim tx/s",
+            name="  runs/s as fraction of PG claim tx/s",
             value=ratio(rate, claim_rate),
             unit="x",
             note="" if claim_rate else "run with ceiling",
         ),
-        Metric(
-            name="runs/s vs Procrastinate jobs/s",
-            value=ratio(rate, peer_rate),
-            unit="x",
-            target=Target(op=">=", bound=2, text=">= 2x"),
-            note="" if peer_rate else "run with peer",
-        ),
     ]
-    details = {"params": asdict(params), "cpu_s": cpu, **stats}
-    return Result(name=NAME, metrics=metrics, details=details)
+    return metrics

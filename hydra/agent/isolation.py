@@ -17,6 +17,7 @@ fork handlers before it reaches ``exec`` (a few in a hundred, measured).
 from __future__ import annotations
 
 import fnmatch
+import functools
 import os
 import pwd
 import shutil
@@ -123,12 +124,10 @@ class Isolation:
 
     def environment(self, base: Mapping[str, str] = os.environ) -> dict[str, str]:
         """The variables a spawned process starts with, before the task's own."""
-        patterns = (*DEFAULT_PASSED, *self.pass_env)
-        env = {
-            name: value
-            for name, value in base.items()
-            if name not in AGENT_ONLY_VARIABLES and _matches(name, patterns)
-        }
+        # The names are matched once per set of names (the agent's environment does
+        # not change between attempts), not once per attempt: fnmatch is slow.
+        passed = _passed(frozenset(base), (*DEFAULT_PASSED, *self.pass_env))
+        env = {name: base[name] for name in passed}
         if self.run_as is not None:
             env.update(self.run_as.identity())
         return env
@@ -142,6 +141,16 @@ class Isolation:
         """(uid, gid) that the attempt's files must belong to, when it is not the agent."""
         run_as = self.run_as
         return (run_as.uid, run_as.gid) if run_as is not None and run_as.switches else None
+
+
+@functools.lru_cache(maxsize=8)
+def _passed(names: frozenset[str], patterns: tuple[str, ...]) -> tuple[str, ...]:
+    """Of `names`, those passed on to spawned processes."""
+    return tuple(
+        sorted(
+            name for name in names if name not in AGENT_ONLY_VARIABLES and _matches(name, patterns)
+        )
+    )
 
 
 def _matches(name: str, patterns: Iterable[str]) -> bool:

@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from hydra import stream_batches
 from hydra.agent.attempt import AttemptResult, AttemptSpec, OutputStream, Started, StreamTail
 from hydra.agent.preconditions import Check, UnsupportedCheck
 from hydra.domain import (
@@ -45,6 +46,8 @@ class Terms:
     heartbeat_interval: timedelta
     lease_ttl: timedelta
     revoked: tuple[LeaseKey, ...]
+    #: The agent protocol version the stream speaks (hydra.stream_batches).
+    protocol_version: int
 
 
 def lease_key(ref: pb.LeaseRef) -> LeaseKey:
@@ -64,6 +67,7 @@ def terms(welcome: pb.Welcome) -> Terms:
         heartbeat_interval=welcome.heartbeat_interval.ToTimedelta(),
         lease_ttl=welcome.lease_ttl.ToTimedelta(),
         revoked=tuple(lease_key(ref) for ref in welcome.revoked),
+        protocol_version=stream_batches.spoken(welcome.protocol_version),
     )
 
 
@@ -143,8 +147,22 @@ def hello(
             version=version,
             held_leases=[lease_ref(lease) for lease in held_leases],
             draining=draining,
+            protocol_version=stream_batches.NEWEST,
+            min_protocol_version=stream_batches.OLDEST,
         )
     )
+
+
+def batched(items: list[pb.AgentMessage]) -> pb.AgentMessage:
+    """One stream message for `items`: the one alone, or a batch of them."""
+    if len(items) == 1:
+        return items[0]
+    return pb.AgentMessage(batch=pb.AgentBatch(messages=items))
+
+
+def size(message: pb.AgentMessage | None) -> int:
+    """Bytes of a queued message on the wire (what batches are bounded by)."""
+    return 0 if message is None else message.ByteSize()
 
 
 def heartbeat(leases: Iterable[LeaseKey], *, sequence: int, draining: bool) -> pb.AgentMessage:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import grpc
 import grpc.aio
 
-from hydra import __version__
+from hydra import __version__, stream_batches
 from hydra.agent import messages
 from hydra.agent.attempt import AttemptResult, OutputStream, Started
 from hydra.agent.leases import LeaseBook
@@ -30,6 +30,7 @@ from hydra.agent.token_file import TokenFileError, read_token_file
 from hydra.domain import AttemptOutcome, LeaseKey, PreconditionVerdict
 from hydra.errors import InvalidArgument
 from hydra.limits import message_size_options
+from hydra.stream_batches import Gatherer
 from hydra.v1 import agent_service_pb2 as pb
 from hydra.v1.agent_service_pb2_grpc import AgentServiceStub
 
@@ -108,6 +109,8 @@ class Outbox:
         self._queue: asyncio.Queue[pb.AgentMessage | None] = asyncio.Queue()
         self._max_output_bytes = max_output_bytes
         self._output_bytes = 0
+        #: Send what is queued in batches (the stream speaks agent protocol 2).
+        self.batching = False
 
     def put(self, message: pb.AgentMessage) -> None:
         """Queues a message."""
@@ -129,11 +132,13 @@ class Outbox:
     async def messages(self, first: pb.AgentMessage) -> AsyncIterator[pb.AgentMessage]:
         """The request iterator: ``first``, then what is queued, until closed."""
         yield first
+        gatherer = Gatherer(self._queue, messages.size)
         try:
-            while (message := await self._queue.get()) is not None:
-                if message.WhichOneof("body") == "output":
-                    self._output_bytes -= len(message.output.data)
-                yield message
+            while (taken := await gatherer.next(batching=self.batching)) is not None:
+                for message in taken:
+                    if message.WhichOneof("body") == "output":
+                        self._output_bytes -= len(message.output.data)
+                yield messages.batched(taken)
         except asyncio.CancelledError:
             # The stream is closing. Ending quietly spares the log the traceback
             # grpc prints for a request iterator that raises.
@@ -265,6 +270,12 @@ class Session:
         terms = messages.terms(message.welcome)
         if terms.heartbeat_interval.total_seconds() <= 0 or terms.lease_ttl.total_seconds() <= 0:
             raise StreamLost("Welcome without a heartbeat interval and a lease TTL")
+        if not stream_batches.OLDEST <= terms.protocol_version <= stream_batches.NEWEST:
+            raise StreamLost(
+                f"the coordinator chose agent protocol {terms.protocol_version}; this agent "
+                f"speaks {stream_batches.OLDEST} to {stream_batches.NEWEST}"
+            )
+        self._outbox.batching = terms.protocol_version >= stream_batches.BATCHES
         log.info("connected to %s (coordinator %s)", self.target, terms.coordinator_id)
         self._state.lease_ttl = terms.lease_ttl.total_seconds()
         for lease in terms.revoked:
@@ -282,8 +293,13 @@ class Session:
         self, call: grpc.aio.StreamStreamCall[pb.AgentMessage, pb.CoordinatorMessage]
     ) -> SessionEnd:
         while isinstance(message := await call.read(), pb.CoordinatorMessage):
-            if self._dispatch(message) is SessionEnd.RELOCATE:
-                return SessionEnd.RELOCATE
+            if message.WhichOneof("body") != "batch":
+                if self._dispatch(message) is SessionEnd.RELOCATE:
+                    return SessionEnd.RELOCATE
+                continue
+            for item in message.batch.messages:  # in order, as if each came alone
+                if self._dispatch(item) is SessionEnd.RELOCATE:
+                    return SessionEnd.RELOCATE
         if self._closing:
             return SessionEnd.CLOSED
         raise StreamLost("the coordinator ended the stream")

@@ -78,6 +78,15 @@ class CoordinatorMetrics:
             "hydra_grpc_requests", "gRPC calls handled, by method and status code.",
             ["method", "code"], registry=registry,
         )  # fmt: skip
+        self.stream_messages = Counter(
+            "hydra_agent_stream_messages", "Messages on agent streams, by direction (received, "
+            "sent); a batch counts one.", ["direction"], registry=registry,
+        )  # fmt: skip
+        self.stream_items = Counter(
+            "hydra_agent_stream_items", "Items on agent streams, by direction (received, sent): "
+            "each message of a batch counts one; over hydra_agent_stream_messages_total, the "
+            "items per message.", ["direction"], registry=registry,
+        )  # fmt: skip
         self.grpc_duration = Histogram(
             "hydra_grpc_request_duration_seconds", "Time to handle a unary gRPC call, by method.",
             ["method"], buckets=LATENCY_BUCKETS, registry=registry,

@@ -22,6 +22,7 @@ from grpc_reflection.v1alpha import reflection
 from psycopg_pool import AsyncConnectionPool
 
 import hydra
+from hydra import stream_batches
 from hydra.config import DEFAULT_MAX_CONCURRENT_RPCS, DEFAULT_MAX_STREAMS
 from hydra.coordinator.agents.commands import AgentCommand, Verb
 from hydra.coordinator.agents.sessions import SessionRegistry
@@ -146,6 +147,9 @@ class CoordinatorConfig:
     prune_interval: timedelta = PRUNE_INTERVAL
     #: Runs deleted per pruning transaction at most.
     prune_batch: int = PRUNE_BATCH
+    #: The newest agent protocol version spoken (hydra.stream_batches); tests set 1 to
+    #: stand for a coordinator older than batches.
+    agent_protocol_version: int = stream_batches.NEWEST
 
 
 class CoordinatorServer:
@@ -245,6 +249,8 @@ class CoordinatorServer:
             times=config.times,
             coordinator_id=config.coordinator_id,
             output_limit=config.output_limit,
+            metrics=self.metrics,
+            protocol_version=config.agent_protocol_version,
         )
         #: The sink of refused calls (the credential interceptor calls its
         #: ``on_refused``); its loop records them in the audit log in batches.

@@ -96,6 +96,7 @@ class AgentMessage(_message.Message):
     ATTEMPT_FINISHED_FIELD_NUMBER: _builtins.int
     LEASE_REJECTED_FIELD_NUMBER: _builtins.int
     PRECONDITIONS_CHECKED_FIELD_NUMBER: _builtins.int
+    BATCH_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def hello(self) -> Global___Hello:
         """First message on a stream."""
@@ -124,6 +125,10 @@ class AgentMessage(_message.Message):
     def preconditions_checked(self) -> Global___PreconditionsChecked:
         """The preconditions of a leased run were evaluated."""
 
+    @_builtins.property
+    def batch(self) -> Global___AgentBatch:
+        """Several of the messages above in one (agent protocol 2)."""
+
     def __init__(
         self,
         *,
@@ -134,16 +139,62 @@ class AgentMessage(_message.Message):
         attempt_finished: Global___AttemptFinished | None = ...,
         lease_rejected: Global___LeaseRejected | None = ...,
         preconditions_checked: Global___PreconditionsChecked | None = ...,
+        batch: Global___AgentBatch | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["attempt_finished", b"attempt_finished", "attempt_started", b"attempt_started", "body", b"body", "heartbeat", b"heartbeat", "hello", b"hello", "lease_rejected", b"lease_rejected", "output", b"output", "preconditions_checked", b"preconditions_checked"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["attempt_finished", b"attempt_finished", "attempt_started", b"attempt_started", "batch", b"batch", "body", b"body", "heartbeat", b"heartbeat", "hello", b"hello", "lease_rejected", b"lease_rejected", "output", b"output", "preconditions_checked", b"preconditions_checked"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt_finished", b"attempt_finished", "attempt_started", b"attempt_started", "body", b"body", "heartbeat", b"heartbeat", "hello", b"hello", "lease_rejected", b"lease_rejected", "output", b"output", "preconditions_checked", b"preconditions_checked"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt_finished", b"attempt_finished", "attempt_started", b"attempt_started", "batch", b"batch", "body", b"body", "heartbeat", b"heartbeat", "hello", b"hello", "lease_rejected", b"lease_rejected", "output", b"output", "preconditions_checked", b"preconditions_checked"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["hello", "heartbeat", "attempt_started", "output", "attempt_finished", "lease_rejected", "preconditions_checked"]  # noqa: Y015
+    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["hello", "heartbeat", "attempt_started", "output", "attempt_finished", "lease_rejected", "preconditions_checked", "batch"]  # noqa: Y015
     _WhichOneofArgType_body: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_body) -> _WhichOneofReturnType_body | None: ...
 
 Global___AgentMessage: _TypeAlias = AgentMessage  # noqa: Y015
+
+@_typing.final
+class AgentBatch(_message.Message):
+    """Several agent messages sent as one stream message (agent protocol 2, see
+    Hello.protocol_version). The coordinator handles them in order, exactly as
+    if each had been sent alone.
+
+    Acknowledgements stay per item, never per batch: a HeartbeatAck per
+    Heartbeat (by sequence) and a ReportAck per AttemptFinished (by lease), each
+    sent once that item's changes are committed. The items of one batch may be
+    recorded in several transactions and answered in different coordinator
+    messages, in any order, and the stream may end after only some of them are
+    answered (a partial acknowledgement). A client therefore tracks each item on
+    its own: an AttemptFinished without its ReportAck is still pending and is
+    sent again on the next stream (to this coordinator or another), whatever
+    became of the rest of its batch; a report sent again is answered again (not
+    accepted if it was recorded already, e.g. "run is already SUCCEEDED"), and
+    the client forgets it either way. AttemptStarted, OutputChunk, LeaseRejected
+    and PreconditionsChecked have no acknowledgement: the lease's AttemptFinished
+    or its expiry settles it. An attempt that ends before its AttemptStarted was
+    sent goes as both, in that order, in one batch.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___AgentMessage]:
+        """In order. None is a hello or a batch (the coordinator ends the stream with
+        INVALID_ARGUMENT naming the item). The whole batch obeys the message size
+        limit (4 MiB); Hydra's agent sends at most 256 items and 1 MiB in one.
+        """
+
+    def __init__(
+        self,
+        *,
+        messages: _abc.Iterable[Global___AgentMessage] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["messages", b"messages"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AgentBatch: _TypeAlias = AgentBatch  # noqa: Y015
 
 @_typing.final
 class Hello(_message.Message):
@@ -179,6 +230,8 @@ class Hello(_message.Message):
     HELD_LEASES_FIELD_NUMBER: _builtins.int
     DRAINING_FIELD_NUMBER: _builtins.int
     INSTANCE_ID_FIELD_NUMBER: _builtins.int
+    PROTOCOL_VERSION_FIELD_NUMBER: _builtins.int
+    MIN_PROTOCOL_VERSION_FIELD_NUMBER: _builtins.int
     agent_id: _builtins.str
     """Stable id, unique in the cluster."""
     hostname: _builtins.str
@@ -193,6 +246,24 @@ class Hello(_message.Message):
     """Random, chosen once per agent process and kept across its reconnects. A
     Hello for an agent id whose live session belongs to another instance
     (another process with the same id) is refused with ALREADY_EXISTS.
+    """
+    protocol_version: _builtins.int
+    """The newest agent protocol version the agent speaks; 0 (unset, as from
+    agents older than versioning) means 1.
+
+      1  One item per stream message.
+      2  Either side may also send batches: AgentMessage.batch and
+         CoordinatorMessage.batch. Every message of version 1 stays valid.
+
+    The stream speaks the lower of the agent's and the coordinator's newest
+    versions, which the Welcome says; neither side sends what that version
+    lacks (so an agent sends batches only after a Welcome saying 2).
+    """
+    min_protocol_version: _builtins.int
+    """The oldest version the agent accepts; 0 means 1. A coordinator whose
+    newest version is older ends the stream with FAILED_PRECONDITION naming
+    both versions; an agent whose Welcome says a version outside its range
+    closes the stream and says why.
     """
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
@@ -215,10 +286,12 @@ class Hello(_message.Message):
         held_leases: _abc.Iterable[Global___LeaseRef] | None = ...,
         draining: _builtins.bool = ...,
         instance_id: _builtins.str = ...,
+        protocol_version: _builtins.int = ...,
+        min_protocol_version: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "capacity", b"capacity", "draining", b"draining", "held_leases", b"held_leases", "hostname", b"hostname", "instance_id", b"instance_id", "labels", b"labels", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "capacity", b"capacity", "draining", b"draining", "held_leases", b"held_leases", "hostname", b"hostname", "instance_id", b"instance_id", "labels", b"labels", "min_protocol_version", b"min_protocol_version", "protocol_version", b"protocol_version", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -481,6 +554,7 @@ class CoordinatorMessage(_message.Message):
     CANCEL_FIELD_NUMBER: _builtins.int
     DRAIN_FIELD_NUMBER: _builtins.int
     REPORT_ACK_FIELD_NUMBER: _builtins.int
+    BATCH_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def welcome(self) -> Global___Welcome:
         """Answer to Hello."""
@@ -505,6 +579,10 @@ class CoordinatorMessage(_message.Message):
     def report_ack(self) -> Global___ReportAck:
         """Answer to AttemptFinished."""
 
+    @_builtins.property
+    def batch(self) -> Global___CoordinatorBatch:
+        """Several of the messages above in one (agent protocol 2)."""
+
     def __init__(
         self,
         *,
@@ -514,16 +592,47 @@ class CoordinatorMessage(_message.Message):
         cancel: Global___CancelAttempt | None = ...,
         drain: Global___Drain | None = ...,
         report_ack: Global___ReportAck | None = ...,
+        batch: Global___CoordinatorBatch | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "cancel", b"cancel", "drain", b"drain", "heartbeat_ack", b"heartbeat_ack", "lease", b"lease", "report_ack", b"report_ack", "welcome", b"welcome"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "body", b"body", "cancel", b"cancel", "drain", b"drain", "heartbeat_ack", b"heartbeat_ack", "lease", b"lease", "report_ack", b"report_ack", "welcome", b"welcome"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "cancel", b"cancel", "drain", b"drain", "heartbeat_ack", b"heartbeat_ack", "lease", b"lease", "report_ack", b"report_ack", "welcome", b"welcome"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "body", b"body", "cancel", b"cancel", "drain", b"drain", "heartbeat_ack", b"heartbeat_ack", "lease", b"lease", "report_ack", b"report_ack", "welcome", b"welcome"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["welcome", "lease", "heartbeat_ack", "cancel", "drain", "report_ack"]  # noqa: Y015
+    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["welcome", "lease", "heartbeat_ack", "cancel", "drain", "report_ack", "batch"]  # noqa: Y015
     _WhichOneofArgType_body: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_body) -> _WhichOneofReturnType_body | None: ...
 
 Global___CoordinatorMessage: _TypeAlias = CoordinatorMessage  # noqa: Y015
+
+@_typing.final
+class CoordinatorBatch(_message.Message):
+    """Several coordinator messages sent as one stream message (agent protocol 2),
+    to an agent whose Hello said 2 or more. The agent handles them in order,
+    exactly as if each had come alone; nothing answers a batch as a whole (see
+    AgentBatch on acknowledgements).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___CoordinatorMessage]:
+        """In order. None is a welcome or a batch. The whole batch obeys the message
+        size limit (4 MiB).
+        """
+
+    def __init__(
+        self,
+        *,
+        messages: _abc.Iterable[Global___CoordinatorMessage] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["messages", b"messages"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CoordinatorBatch: _TypeAlias = CoordinatorBatch  # noqa: Y015
 
 @_typing.final
 class Welcome(_message.Message):
@@ -535,8 +644,14 @@ class Welcome(_message.Message):
     HEARTBEAT_INTERVAL_FIELD_NUMBER: _builtins.int
     LEASE_TTL_FIELD_NUMBER: _builtins.int
     REVOKED_FIELD_NUMBER: _builtins.int
+    PROTOCOL_VERSION_FIELD_NUMBER: _builtins.int
     coordinator_id: _builtins.str
     """Coordinator id."""
+    protocol_version: _builtins.int
+    """The agent protocol version the stream speaks: the lower of the agent's
+    Hello.protocol_version and the coordinator's newest. 0 (unset, as from
+    coordinators older than versioning) means 1: send no batches.
+    """
     @_builtins.property
     def heartbeat_interval(self) -> _duration_pb2.Duration:
         """How often to heartbeat."""
@@ -558,10 +673,11 @@ class Welcome(_message.Message):
         heartbeat_interval: _duration_pb2.Duration | None = ...,
         lease_ttl: _duration_pb2.Duration | None = ...,
         revoked: _abc.Iterable[Global___LeaseRef] | None = ...,
+        protocol_version: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["heartbeat_interval", b"heartbeat_interval", "lease_ttl", b"lease_ttl"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["coordinator_id", b"coordinator_id", "heartbeat_interval", b"heartbeat_interval", "lease_ttl", b"lease_ttl", "revoked", b"revoked"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["coordinator_id", b"coordinator_id", "heartbeat_interval", b"heartbeat_interval", "lease_ttl", b"lease_ttl", "protocol_version", b"protocol_version", "revoked", b"revoked"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

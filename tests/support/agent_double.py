@@ -45,7 +45,7 @@ class ScriptedAgent:
         self.instance_id = instance_id
         self.capacity = capacity
         self.labels = dict(labels or {})
-        #: Every message received so far, in order.
+        #: Every stream message received, in order (a batch is one; `expect` reads its items).
         self.received: list[pb.CoordinatorMessage] = []
         self._outgoing: queue.Queue[pb.AgentMessage | None] = queue.Queue()
         self._incoming: queue.Queue[Any] = queue.Queue()
@@ -80,8 +80,29 @@ class ScriptedAgent:
         """Sends ``AgentMessage(**body)``."""
         self._outgoing.put(pb.AgentMessage(**body))
 
-    def hello(self, held: Sequence[pb.LeaseRef] = ()) -> pb.Welcome:
-        """Says Hello and returns the Welcome."""
+    def hello(
+        self,
+        held: Sequence[pb.LeaseRef] = (),
+        *,
+        protocol_version: int = 0,
+        min_protocol_version: int = 0,
+    ) -> pb.Welcome:
+        """Says Hello and returns the Welcome. The protocol versions are unset by default:
+        the agent speaks as one older than versioning (protocol 1, no batches)."""
+        self.say_hello(
+            held, protocol_version=protocol_version, min_protocol_version=min_protocol_version
+        )
+        welcome: pb.Welcome = self.expect("welcome")
+        return welcome
+
+    def say_hello(
+        self,
+        held: Sequence[pb.LeaseRef] = (),
+        *,
+        protocol_version: int = 0,
+        min_protocol_version: int = 0,
+    ) -> None:
+        """Sends Hello without waiting for the answer (e.g. a refusal)."""
         self.send(
             hello=pb.Hello(
                 agent_id=self.agent_id,
@@ -91,10 +112,14 @@ class ScriptedAgent:
                 labels=self.labels,
                 version=__version__,
                 held_leases=list(held),
+                protocol_version=protocol_version,
+                min_protocol_version=min_protocol_version,
             )
         )
-        welcome: pb.Welcome = self.expect("welcome")
-        return welcome
+
+    def send_batch(self, *items: pb.AgentMessage) -> None:
+        """Sends `items` as one batch (agent protocol 2)."""
+        self._outgoing.put(pb.AgentMessage(batch=pb.AgentBatch(messages=list(items))))
 
     def started(self, lease: pb.LeaseRef, argv: Sequence[str]) -> None:
         """Says the attempt of `lease` started now."""
@@ -186,8 +211,12 @@ class ScriptedAgent:
     def _read(self) -> None:
         try:
             for message in self._call:
-                self.received.append(message)
-                self._incoming.put(message)
+                self.received.append(message)  # as it came: a batch is one
+                if message.WhichOneof("body") == "batch":
+                    for item in message.batch.messages:
+                        self._incoming.put(item)
+                else:
+                    self._incoming.put(message)
         except grpc.RpcError as error:
             self._incoming.put(error)
         else:

@@ -43,17 +43,25 @@ def lease_key(ref: pb.LeaseRef) -> LeaseKey:
 
 
 def welcome(
-    coordinator_id: str, times: LeaseTimes, revoked: Iterable[LeaseKey]
+    coordinator_id: str, times: LeaseTimes, revoked: Iterable[LeaseKey], *, protocol_version: int
 ) -> pb.CoordinatorMessage:
-    """The answer to an agent's Hello."""
+    """The answer to an agent's Hello; the stream speaks `protocol_version`."""
     return pb.CoordinatorMessage(
         welcome=pb.Welcome(
             coordinator_id=coordinator_id,
             heartbeat_interval=to_duration(times.heartbeat_interval),
             lease_ttl=to_duration(times.ttl),
             revoked=[lease_ref(key) for key in revoked],
+            protocol_version=protocol_version,
         )
     )
+
+
+def batched(messages: list[pb.CoordinatorMessage]) -> pb.CoordinatorMessage:
+    """One stream message for `messages`: the one alone, or a batch of them."""
+    if len(messages) == 1:
+        return messages[0]
+    return pb.CoordinatorMessage(batch=pb.CoordinatorBatch(messages=messages))
 
 
 def offer(

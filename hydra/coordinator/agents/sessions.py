@@ -9,6 +9,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+import grpc
+
 from hydra.coordinator.agents import protocol
 from hydra.coordinator.store.records import ClaimedRun, LeaseTimes, ReportVerdict
 from hydra.coordinator.templates import Rendered
@@ -47,6 +49,10 @@ class AgentSession:
     credential: str = ""
     #: Bytes of output kept per attempt, told to the agent with each offer.
     output_limit: int = DEFAULT_OUTPUT_LIMIT
+    #: The agent protocol version the stream speaks (hydra.stream_batches).
+    protocol_version: int = 1
+    #: Why the stream is ended as an error (set by its reader), or None.
+    refusal: tuple[grpc.StatusCode, str] | None = None
     held: set[LeaseKey] = field(default_factory=set)
     #: Slots being claimed for, whose leases are not offered yet.
     reserved: int = 0

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TYPE_CHECKING
 
 import grpc
@@ -34,11 +34,13 @@ from hydra.coordinator.store import preconditions as precondition_checks
 from hydra.coordinator.store.records import Heartbeat, LeaseTimes, ReportVerdict
 from hydra.domain import LeaseKey, agent_id_problem, output_budget
 from hydra.errors import Unavailable
+from hydra.stream_batches import BATCHES, NEWEST, OLDEST, Gatherer, negotiate
 from hydra.v1 import agent_service_pb2 as pb
 from hydra.wire import verdict_from_proto
 
 if TYPE_CHECKING:
     from hydra.coordinator.loops.dispatcher import Dispatcher
+    from hydra.coordinator.metrics import CoordinatorMetrics
 
 log = logging.getLogger("hydra.coordinator.agents")
 
@@ -72,8 +74,21 @@ class AgentStreams:
         times: LeaseTimes,
         coordinator_id: str,
         output_limit: int,
+        metrics: CoordinatorMetrics,
+        protocol_version: int = NEWEST,
     ) -> None:
+        """`protocol_version`: the newest agent protocol version to speak (tests set 1
+        to stand for a coordinator older than batches)."""
         self._db = database
+        self._protocol_version = protocol_version
+        self._received = (
+            metrics.child(metrics.stream_messages, ("received",)),
+            metrics.child(metrics.stream_items, ("received",)),
+        )
+        self._sent = (
+            metrics.child(metrics.stream_messages, ("sent",)),
+            metrics.child(metrics.stream_items, ("sent",)),
+        )
         self._dispatcher = dispatcher
         self._sessions = sessions
         self._times = times
@@ -93,6 +108,16 @@ class AgentStreams:
     ) -> AsyncIterator[pb.CoordinatorMessage]:
         """The Connect handler: Hello, Welcome, then messages both ways."""
         hello = await _read_hello(requests, context)
+        version = negotiate(
+            (hello.min_protocol_version, hello.protocol_version),
+            (OLDEST, self._protocol_version),
+        )
+        if isinstance(version, str):
+            log.warning("refused agent %r: %s", hello.agent_id, version)
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION, f"hello.min_protocol_version: {version}"
+            )
+        assert isinstance(version, int)
         connecting_as = caller.current()
         if (problem := identity_problem(connecting_as, hello)) is not None:
             log.warning("refused agent %r: %s", hello.agent_id, problem)
@@ -106,25 +131,33 @@ class AgentStreams:
             draining=hello.draining,
             output_limit=self._output_limit,
             credential=connecting_as.name if connecting_as.agent_id is not None else "",
+            protocol_version=version,
         )
         try:
             revoked = await self._greet(session, hello)
         except agents.AgentIdInUse as error:
             log.warning("refused a second agent with id %s: %s", session.agent_id, error)
             await context.abort(grpc.StatusCode.ALREADY_EXISTS, error.message)
-        yield protocol.welcome(self._coordinator_id, self._times, revoked)
+        yield protocol.welcome(self._coordinator_id, self._times, revoked, protocol_version=version)
         self._sessions.open(session)
         reader = asyncio.create_task(
             self._read(session, requests), name=f"agent-{session.agent_id}"
         )
+        outgoing = Gatherer(session.outbox, _message_size)
+        batching = version >= BATCHES
+        messages, items = self._sent
         try:
-            while (message := await session.outbox.get()) is not None:
-                yield session.outgoing(message)
+            while (taken := await outgoing.next(batching=batching)) is not None:
+                messages.inc()
+                items.inc(len(taken))
+                yield protocol.batched([session.outgoing(message) for message in taken])
         finally:
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await reader
             await self._goodbye(session)
+        if session.refusal is not None:
+            await context.abort(*session.refusal)
 
     async def _greet(self, session: AgentSession, hello: pb.Hello) -> set[LeaseKey]:
         """Record the agent connected here and reconcile the leases it holds.
@@ -182,14 +215,25 @@ class AgentStreams:
         inbox: asyncio.Queue[pb.AgentMessage | None] = asyncio.Queue(INBOX_SIZE)
         worker = asyncio.create_task(self._work(session, inbox), name=f"reports-{session.agent_id}")
         try:
+            messages, items = self._received
             async for message in requests:
                 if worker.done():  # it failed, and closed the session
                     break
                 session.heard()
-                if message.WhichOneof("body") == "heartbeat":
-                    self._heartbeat(session, message.heartbeat)  # with other streams' heartbeats
+                messages.inc()
+                kind = message.WhichOneof("body")
+                if kind != "batch":
+                    items.inc()
+                    await self._take(session, inbox, message, kind)
                     continue
-                await inbox.put(message)  # a full inbox slows the agent down (flow control)
+                batch = message.batch.messages
+                items.inc(len(batch))
+                if (problem := _batch_problem(batch)) is not None:
+                    log.warning("agent %s: %s; ending its stream", session.agent_id, problem)
+                    session.refusal = (grpc.StatusCode.INVALID_ARGUMENT, problem)
+                    break
+                for item in batch:
+                    await self._take(session, inbox, item, item.WhichOneof("body"))
             else:
                 await inbox.put(None)
                 await worker  # what the agent sent before it closed is still recorded
@@ -202,6 +246,20 @@ class AgentStreams:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await worker
             session.close()
+
+    async def _take(
+        self,
+        session: AgentSession,
+        inbox: asyncio.Queue[pb.AgentMessage | None],
+        message: pb.AgentMessage,
+        kind: str | None,
+    ) -> None:
+        """One item from the agent: a heartbeat joins other streams' heartbeats; the
+        rest waits in the inbox (a full inbox slows the agent down: flow control)."""
+        if kind == "heartbeat":
+            self._heartbeat(session, message.heartbeat)
+        else:
+            await inbox.put(message)
 
     async def _work(
         self, session: AgentSession, inbox: asyncio.Queue[pb.AgentMessage | None]
@@ -431,6 +489,21 @@ class AgentStreams:
         log.info("agent %s rejected run %s: %s", session.agent_id, key[0], rejected.reason)
         await leases.release(tx, key[0], key[1], reason=f"agent rejected: {rejected.reason}")
         return lambda: session.held.discard(key)
+
+
+def _message_size(message: pb.CoordinatorMessage | None) -> int:
+    return 0 if message is None else message.ByteSize()
+
+
+def _batch_problem(batch: Sequence[pb.AgentMessage]) -> str | None:
+    """What makes a received batch invalid, naming the item, or None."""
+    for index, item in enumerate(batch):
+        kind = item.WhichOneof("body")
+        if kind is None:
+            return f"batch.messages[{index}]: empty (no body)"
+        if kind in ("hello", "batch"):
+            return f"batch.messages[{index}]: a batch cannot hold a {kind}"
+    return None
 
 
 async def _read_hello(
