@@ -311,6 +311,9 @@ class _Worker:
             self._process.kill()
 
     async def kill(self) -> None:
-        """SIGKILL the worker and reap it."""
+        """SIGKILL the worker, reap it and close its stdin (its stdout closes at the end
+        of file, which its death brings)."""
         self.signal_kill()
         await self._process.wait()
+        if self._process.stdin is not None:
+            self._process.stdin.close()

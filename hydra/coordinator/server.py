@@ -505,40 +505,51 @@ class CoordinatorServer:
             self._sessions.slots_changed.set()
 
     async def stop(self, grace: float = 5.0) -> None:
-        """Stop serving: agents are told to move elsewhere, in-flight RPCs finish."""
+        """Stop serving: agents are told to move elsewhere, in-flight RPCs finish.
+
+        Every step runs even if one before it failed (or the start did not get that
+        far), so that nothing is left open: pools, the listener, render workers."""
         await self._health.enter_graceful_shutdown()
         for session in self._sessions:
             session.drain("coordinator shutting down", reconnect_elsewhere=True)
             session.close()
         if self._server is not None:
-            await self._server.stop(grace)
-        await self._streams.close()
+            await _step("the gRPC server", self._server.stop(grace))
+        await _step("agent streams", self._streams.close())
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self._deliveries.stop()
+        await _step("deliveries", self._deliveries.stop())
         await self._flush_refusals()
         if self._identities is not None:
             with contextlib.suppress(Exception):
                 await self._identities.flush()
-        await self._watchers.stop()
+        await _step("watchers", self._watchers.stop())
         self._followers.stop()
-        await self._renderer.stop()
-        await self._listener.stop()
+        await _step("render workers", self._renderer.stop())
+        await _step("the listener", self._listener.stop())
         if self._presence is not None:
             with contextlib.suppress(Exception):
                 await self._presence.withdraw()
-        await self._reachability.close()
+        await _step("reachability", self._reachability.close())
         for pool in self._pools:
-            await pool.close()
+            await _step("a database pool", pool.close())
         if self._metrics_server is not None:
-            await asyncio.to_thread(self._metrics_server.stop)
+            await _step("/metrics", asyncio.to_thread(self._metrics_server.stop))
 
     async def _flush_refusals(self) -> None:
         try:
             await asyncio.wait_for(self.refusals.flush(), REFUSALS_FLUSH_SECONDS)
         except Exception as error:
             log.warning("refused calls not recorded at stop: %s", error)
+
+
+async def _step(what: str, stopping: Awaitable[object]) -> None:
+    """One step of a stop: a failure is logged, and the stop goes on."""
+    try:
+        await stopping
+    except Exception as error:
+        log.warning("stopping %s failed: %s", what, error)
 
 
 def _transport_words(tls: ServerTls | None) -> str:

@@ -73,7 +73,11 @@ class CoordinatorThread:
 
     def start(self) -> CoordinatorThread:
         self._thread.start()
-        self._call(self.coordinator.start(), timeout=60)
+        try:
+            self._call(self.coordinator.start(), timeout=60)
+        except BaseException:
+            self.stop()  # what the start opened is closed, not left to the garbage collector
+            raise
         return self
 
     @property
@@ -85,12 +89,26 @@ class CoordinatorThread:
             return
         with contextlib.suppress(Exception):
             self._call(self.coordinator.stop(grace=1.0), timeout=30)
+        # Whatever still runs on the loop ends before it closes: a transport or a
+        # connection left to the garbage collector warns in whichever test is running.
+        with contextlib.suppress(Exception):
+            self._call(_cancel_the_rest(), timeout=10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=10)
         self._loop.close()
 
     def _call(self, coroutine: Any, timeout: float) -> Any:
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout)
+
+
+async def _cancel_the_rest() -> None:
+    """Cancels the loop's other tasks and waits for them."""
+    current = asyncio.current_task()
+    rest = [task for task in asyncio.all_tasks() if task is not current]
+    for task in rest:
+        task.cancel()
+    await asyncio.gather(*rest, return_exceptions=True)
+    await asyncio.get_running_loop().shutdown_asyncgens()
 
 
 class AgentProcess(Process):
