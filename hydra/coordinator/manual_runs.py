@@ -5,6 +5,7 @@ recorded, e.g. a dry run)."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -14,7 +15,7 @@ from hydra.coordinator import schedule
 from hydra.coordinator.loops.dispatcher import Dispatcher
 from hydra.coordinator.store import Database, Transaction, audit, runs, tasks
 from hydra.coordinator.store.records import NewRun
-from hydra.domain import After, AuditEntry, Run, RunCause, TaskSpec
+from hydra.domain import After, AuditEntry, Run, RunCause, Task, TaskSpec
 from hydra.errors import FailedPrecondition, FieldProblem, InvalidArgument
 
 #: Most occurrences one backfill may cover.
@@ -47,9 +48,9 @@ async def trigger(
     The live task is read, and the run created and leased, in one transaction."""
     if len(idempotency_key) > MAX_KEY:
         raise InvalidArgument(f"at most {MAX_KEY} characters", path="idempotency_key")
-    async with database.transaction() as tx:
-        task_id, task = await tasks.task_ref(tx, task_name)
-        new_run = NewRun(
+
+    def manual_run(task_id: int, task: Task) -> NewRun:
+        return NewRun(
             task_id=task_id,
             task_version=task.version,
             spec=task.spec,
@@ -59,7 +60,18 @@ async def trigger(
             idempotency_key=idempotency_key or None,
             timezone=task.spec.timezone,
         )
-        run_id, created = await runs.create_or_find(tx, new_run)
+
+    async with database.transaction() as tx:
+        found = None
+        if (known := database.recent_tasks.get(task_name)) is not None:
+            # One statement creates the run and checks the task has not changed since.
+            with contextlib.suppress(InvalidArgument):  # the current spec has the say
+                found = await runs.create_or_find_if_current(tx, manual_run(*known))
+        if found is None:
+            task_id, task = await tasks.task_ref(tx, task_name)
+            database.remember_task(task_name, task_id, task)
+            found = await runs.create_or_find(tx, manual_run(task_id, task))
+        run_id, created = found
         detail = f"run {run_id}" if created else f"run {run_id} (existing)"
         await _audit(tx, audit_entry, task=task_name, run_id=run_id, detail=detail)
         await dispatcher.lease_available(tx)

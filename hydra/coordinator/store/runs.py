@@ -46,6 +46,11 @@ async def insert_runs(tx: Transaction, new_runs: Sequence[NewRun]) -> list[str]:
     if not new_runs:
         return []
     rows = await tx.all("insert_runs", **_run_columns(new_runs))
+    return await _inserted(tx, new_runs, rows)
+
+
+async def _inserted(tx: Transaction, new_runs: Sequence[NewRun], rows: list[Row]) -> list[str]:
+    """What creating `rows` (of `new_runs`) sets off: metrics, overlap, announcements."""
     by_key = {(r.task_id, r.occurrence): r for r in new_runs}
     for row in rows:
         new_run = by_key[(row["task_id"], row["occurrence"])]
@@ -65,6 +70,24 @@ async def create_or_find(tx: Transaction, new_run: NewRun) -> tuple[str, bool]:
     created = await insert_runs(tx, [new_run])
     if created:
         return created[0], True
+    return await _existing(tx, new_run), False
+
+
+async def create_or_find_if_current(tx: Transaction, new_run: NewRun) -> tuple[str, bool] | None:
+    """`create_or_find` for a run built from a task read in an earlier transaction, in
+    one statement with the check that its version is still the task's current one;
+    None (nothing changed) if it is not."""
+    rows = await tx.all("insert_run_if_current", **_run_columns([new_run]))
+    if not rows[0]["current"]:
+        return None
+    created = await _inserted(tx, [new_run], [row for row in rows if row["id"] is not None])
+    if created:
+        return created[0], True
+    return await _existing(tx, new_run), False
+
+
+async def _existing(tx: Transaction, new_run: NewRun) -> str:
+    """The run a manual run's idempotency key or occurrence already has."""
     row = None
     if new_run.idempotency_key:
         row = await tx.one("find_run_by_key", task_id=new_run.task_id, key=new_run.idempotency_key)
@@ -74,7 +97,7 @@ async def create_or_find(tx: Transaction, new_run: NewRun) -> tuple[str, bool]:
         )
     if row is None:  # pragma: no cover - a conflict always leaves a row behind
         raise Unavailable("run creation conflicted; try again")
-    return str(row["id"]), False
+    return str(row["id"])
 
 
 async def get_run(tx: Transaction, run_id: str) -> Run:

@@ -25,7 +25,7 @@ from hydra.coordinator.metrics import CoordinatorMetrics, TransactionMetrics
 from hydra.coordinator.store.connections import Deadline, with_defaults
 from hydra.coordinator.store.queries import query
 from hydra.coordinator.store.rows import SpecCache
-from hydra.domain import TaskSpec
+from hydra.domain import Task, TaskSpec
 from hydra.errors import Unavailable
 
 Row = dict[str, Any]
@@ -40,6 +40,9 @@ CONFLICTS = (
     psycopg.errors.SerializationFailure,
     psycopg.errors.LockNotAvailable,
 )
+
+#: Tasks a Database remembers for Trigger (see Database.recent_tasks).
+RECENT_TASKS = 1024
 
 #: Run ids per notification: 37 bytes each stays under PostgreSQL's 8000-byte payload.
 _IDS_PER_NOTIFY = 200
@@ -220,6 +223,16 @@ class Database:
         #: The severing step of each transaction in flight, by connection.
         self._in_flight: dict[psycopg.AsyncConnection[Any], Callable[[], None]] = {}
         self._specs = SpecCache()
+        #: Tasks by name as Trigger read them last (id, task): a trigger of a task
+        #: known here skips reading it, and checks its version as it creates the run.
+        self.recent_tasks: dict[str, tuple[int, Task]] = {}
+
+    def remember_task(self, name: str, task_id: int, task: Task) -> None:
+        """Keep `task` in `recent_tasks` (the last RECENT_TASKS names)."""
+        self.recent_tasks.pop(name, None)
+        self.recent_tasks[name] = (task_id, task)
+        if len(self.recent_tasks) > RECENT_TASKS:
+            del self.recent_tasks[next(iter(self.recent_tasks))]
 
     def refuse(self, reason: str) -> None:
         """The database is unreachable: fail the transactions in flight now, and
