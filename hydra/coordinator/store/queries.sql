@@ -451,21 +451,83 @@ JOIN hydra_tasks t ON t.id = s.task_id
 UNION ALL
 SELECT c.run_id, c.lease_token, c.number, NULL, NULL, false FROM cancelled_inserted c;
 
--- name: finish_attempt
--- End the running attempt of a lease with the agent's outcome.
-UPDATE hydra_attempts
-SET state = %(state)s, exit_code = %(exit_code)s, signal = %(signal)s,
-    finished_at = %(finished_at)s, message = %(message)s,
-    argv = CASE WHEN cardinality(argv) = 0 THEN %(argv)s ELSE argv END
-WHERE run_id = %(run_id)s AND lease_token = %(lease_token)s AND state = 'RUNNING'
-RETURNING number;
-
--- name: succeed_run
--- RUNNING -> SUCCEEDED under the current token.
-UPDATE hydra_runs
-SET state = 'SUCCEEDED', reason = '', outputs = %(outputs)s, finished_at = now(),
-    lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
-WHERE id = %(run_id)s AND lease_token = %(lease_token)s AND state = 'RUNNING';
+-- name: finish_attempts
+-- End attempts of current RUNNING leases, many in one statement: each one's output tails, the attempt, the run (SUCCEEDED, or QUEUED after backoff while attempts remain, else FAILED); a row per run with its new state.
+-- Per report, in the order given: its lease, how the attempt ended, the run's outputs
+-- (a success) or why it failed without the attempt's number ("failed with exit code 1";
+-- the reason says "attempt <number> ..."), and the factor of its backoff. Per tail
+-- (output_tails' order, in report order): its lease, stream, total bytes and last bytes;
+-- after the head stored of each stream, a marker for the bytes dropped, if any, then what
+-- the head lacks of the true tail (none if it fit). Runs with tails notify hydra_output.
+WITH u AS (
+    SELECT * FROM unnest(%(run_ids)s::uuid[], %(lease_tokens)s::bigint[],
+                         %(succeeded)s::boolean[], %(states)s::hydra_attempt_state[],
+                         %(exit_codes)s::int[], %(signals)s::int[],
+                         %(finished_ats)s::timestamptz[], %(messages)s::text[],
+                         %(argvs)s::jsonb[], %(outputs)s::jsonb[], %(failures)s::text[],
+                         %(backoff_factors)s::float8[], %(notify_as)s::text[])
+        WITH ORDINALITY AS u(run_id, lease_token, succeeded, state, exit_code, signal,
+                             finished_at, message, argv, outputs, failure, backoff_factor,
+                             notify_as, position)
+), tail AS (
+    SELECT u.position, a.run_id, a.number, t.stream, t.total, t.data, coalesce((
+        SELECT sum(length(o.data)) FROM hydra_attempt_output o
+        WHERE o.run_id = a.run_id AND o.attempt = a.number AND o.stream = t.stream
+    ), 0) AS head
+    FROM unnest(%(tail_tokens)s::bigint[], %(tail_streams)s::smallint[],
+                %(tail_totals)s::bigint[], %(tail_datas)s::bytea[])
+        AS t(lease_token, stream, total, data)
+    JOIN u ON u.lease_token = t.lease_token
+    JOIN hydra_attempts a ON a.lease_token = t.lease_token
+), pieces AS (
+    SELECT position, run_id, number, stream, 1 AS part, total - length(data) - head AS dropped,
+           ''::bytea AS data
+    FROM tail WHERE total - length(data) > head
+    UNION ALL
+    SELECT position, run_id, number, stream, 2, 0,
+           substring(data FROM (greatest(head - (total - length(data)), 0) + 1)::int)
+    FROM tail WHERE head < total
+), stored AS (
+    INSERT INTO hydra_attempt_output (run_id, attempt, stream, data, dropped_bytes)
+    SELECT run_id, number, stream, data, dropped FROM pieces ORDER BY position, stream, part
+    RETURNING run_id, attempt, length(data) AS bytes
+), ended_attempts AS (
+    UPDATE hydra_attempts a
+    SET state = u.state, exit_code = u.exit_code, signal = u.signal,
+        finished_at = u.finished_at, message = u.message,
+        argv = CASE WHEN cardinality(a.argv) = 0
+                    THEN ARRAY(SELECT jsonb_array_elements_text(u.argv)) ELSE a.argv END,
+        output_bytes = a.output_bytes + coalesce((
+            SELECT sum(s.bytes) FROM stored s WHERE s.run_id = a.run_id AND s.attempt = a.number
+        ), 0)
+    FROM u
+    WHERE a.run_id = u.run_id AND a.lease_token = u.lease_token AND a.state = 'RUNNING'
+    RETURNING a.run_id, a.number
+), ended AS (
+    UPDATE hydra_runs r
+    SET state = CASE WHEN u.succeeded THEN 'SUCCEEDED'
+                     WHEN r.attempts_used < r.max_attempts THEN 'QUEUED'
+                     ELSE 'FAILED' END::hydra_run_state,
+        outputs = CASE WHEN u.succeeded THEN u.outputs ELSE r.outputs END,
+        not_before = CASE WHEN NOT u.succeeded AND r.attempts_used < r.max_attempts
+            THEN now() + make_interval(secs => least(
+                r.backoff_seconds * power(r.backoff_multiplier, greatest(r.attempts_used - 1, 0)),
+                r.max_backoff_seconds) * u.backoff_factor)
+            ELSE r.not_before END,
+        finished_at = CASE WHEN u.succeeded OR r.attempts_used >= r.max_attempts
+                           THEN now() END,
+        reason = CASE WHEN u.succeeded THEN ''
+                      ELSE 'attempt ' || e.number || ' ' || u.failure END,
+        lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
+    FROM u LEFT JOIN ended_attempts e ON e.run_id = u.run_id
+    WHERE r.id = u.run_id AND r.lease_token = u.lease_token AND r.state = 'RUNNING'
+    RETURNING r.id, r.state
+)
+SELECT u.run_id, e.state::text AS state,
+       CASE WHEN u.notify_as IS NOT NULL THEN pg_notify('hydra_output', u.notify_as) END
+           IS NULL AS notified
+FROM u LEFT JOIN ended e ON e.id = u.run_id
+ORDER BY u.position;
 
 -- name: fail_or_requeue_run
 -- After a failed attempt: QUEUED after backoff if attempts remain, else FAILED.
@@ -529,32 +591,6 @@ WITH attempt AS (
     SELECT run_id, number, %(stream)s, substring(%(data)s::bytea FROM 1 FOR kept) FROM attempt
 )
 SELECT number FROM attempt;
-
--- name: append_output_tail
--- At an attempt's end, per stream: a marker for the bytes dropped, then what the head lacks of the tail.
-WITH attempt AS (
-    SELECT run_id, number FROM hydra_attempts WHERE lease_token = %(lease_token)s
-), tail AS (
-    SELECT t.stream, t.total, t.data, coalesce((
-        SELECT sum(length(o.data)) FROM hydra_attempt_output o, attempt a
-        WHERE o.run_id = a.run_id AND o.attempt = a.number AND o.stream = t.stream
-    ), 0) AS head
-    FROM unnest(%(streams)s::smallint[], %(totals)s::bigint[], %(datas)s::bytea[])
-        AS t(stream, total, data)
-), pieces AS (
-    SELECT stream, 1 AS part, total - length(data) - head AS dropped, ''::bytea AS data
-    FROM tail WHERE total - length(data) > head
-    UNION ALL
-    SELECT stream, 2, 0, substring(data FROM (greatest(head - (total - length(data)), 0) + 1)::int)
-    FROM tail WHERE head < total
-), stored AS (
-    INSERT INTO hydra_attempt_output (run_id, attempt, stream, data, dropped_bytes)
-    SELECT a.run_id, a.number, p.stream, p.data, p.dropped
-    FROM pieces p, attempt a ORDER BY p.stream, p.part
-    RETURNING length(data) AS n
-)
-UPDATE hydra_attempts SET output_bytes = output_bytes + (SELECT coalesce(sum(n), 0) FROM stored)
-WHERE lease_token = %(lease_token)s;
 
 -- name: notify_output
 -- Tell log followers a run has new output: payload "<run id>".
