@@ -474,3 +474,34 @@ async def test_a_second_report_on_a_run_costs_a_round_of_its_own(store: Database
         "run is already SUCCEEDED",
     ]
     assert [verdict.accepted for verdict in verdicts] == [False, False, True, False]
+
+
+@pytest.mark.parametrize("size", [1, 4])
+async def test_the_dependents_of_a_batch_of_ends_are_locked_by_one_statement(
+    store: Database, size: int
+) -> None:
+    """Then resolved run by run: what stays per run is the dependent's own resolution."""
+    occurrences = [NOW - timedelta(minutes=m) for m in range(1, size + 1)]
+    await _runs(store, "up", occurrences, concurrency=Concurrency(max_active_runs=size))
+    await _task(store, name="down", triggers=(After(tasks=("up",)),))
+    claimed = await store.run(leases.claim, "a1", {}, size, TTL)
+    for lease in claimed:
+        assert await start_attempt(store, lease.run_id, lease.lease_token, "a1", ["true"], NOW)
+
+    ran, verdicts = await _finish_counted(
+        store, [_report(lease.run_id, lease.lease_token, "SUCCEEDED") for lease in claimed]
+    )
+
+    assert all(verdict.accepted for verdict in verdicts)
+    assert (
+        ran
+        == ["lock_runs", "finish_attempts", "lock_dependents"]
+        + [
+            "run_states_for_occurrence",
+            "run_of_task_at",
+            "insert_runs",
+        ]
+        * size
+    )
+    down = await store.run(runs.list_runs, task="down", states=[], after=None, limit=size + 1)
+    assert sorted(run.occurrence for run in down) == sorted(occurrences)

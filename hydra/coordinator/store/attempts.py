@@ -47,9 +47,10 @@ async def finish(tx: Transaction, reports: Sequence[AttemptReport]) -> list[Repo
     statements whatever the batch's size: one locks its runs (in id order), one starts
     the attempts whose start never arrived, one ends the others with their output's
     tails (``finish_attempts``). A second report on a run is judged on what the first
-    did, in a round of its own (its run locked again); the dependents of each run that
-    ended are resolved run by run. A second success of a run raises UniqueViolation
-    (the one-success index)."""
+    did, in a round of its own (its run locked again). The dependents of the runs that
+    ended are locked by one statement, then resolved run by run (statements per run
+    that has dependents). A second success of a run raises UniqueViolation (the
+    one-success index)."""
     ids = [run_uuid(report.run_id) for report in reports]
     verdicts: list[ReportVerdict] = [ReportVerdict(accepted=False)] * len(reports)
     for number, positions in enumerate(_rounds(ids)):
@@ -102,8 +103,13 @@ async def _finish_round(
     await _start_unstarted(tx, [(r, row) for r, row in current if row["state"] == "LEASED"])
     if current:
         ended = await tx.all("finish_attempts", **_ends([report for report, _ in current]))
+        # Every run of the round has ended before any dependent is resolved: a
+        # dependent of two of them is resolved by the first, seeing both ended.
+        over = []
         for (report, row), end in zip(current, ended, strict=True):
-            await _ended(tx, report, row, end["state"])
+            if _ended(tx, report, row, end["state"]) and row["has_dependents"]:
+                over.append((row["task_name"], runs.Occurrence(row["occurrence"], row["timezone"])))
+        await runs.after_terminals(tx, over)
     return [verdict or ReportVerdict(accepted=True) for verdict in verdicts]
 
 
@@ -140,16 +146,17 @@ async def _start_unstarted(tx: Transaction, leased: Sequence[tuple[AttemptReport
         await start(tx, agent_id, begun)
 
 
-async def _ended(tx: Transaction, report: AttemptReport, row: Row, state: str | None) -> None:
-    """What follows a recorded end: metrics, and the run's dependents if it is over."""
+def _ended(tx: Transaction, report: AttemptReport, row: Row, state: str | None) -> bool:
+    """Count a recorded end; whether its run is over (its dependents learn it)."""
     seconds = (report.finished_at - report.started_at).total_seconds()
     tx.metrics.attempt_finished(row["task_name"], report.outcome.value, seconds)
     if report.outcome is AttemptOutcome.SUCCEEDED:
         tx.metrics.run_finished(row["task_name"], RunState.SUCCEEDED.value)
-        await _after_terminal(tx, row)
-    elif state == RunState.FAILED.value:
+        return True
+    if state == RunState.FAILED.value:
         tx.metrics.run_finished(row["task_name"], RunState.FAILED.value)
-        await _after_terminal(tx, row)
+        return True
+    return False
 
 
 async def fail_or_requeue(

@@ -709,13 +709,17 @@ SET state = 'SKIPPED', reason = %(reason)s, finished_at = now(), lease_owner = N
 WHERE id = %(id)s AND state IN ('QUEUED', 'LEASED');
 
 -- name: lock_dependents
--- Live tasks with an `after` trigger naming a task, locked in id order (fan-in is serialised per downstream task).
-SELECT t.id, t.name, t.version, t.paused, v.spec
+-- Live tasks with an `after` trigger naming any of some tasks, locked in id order (fan-in is serialised per downstream task), each with the ones of those tasks it names.
+SELECT t.id, t.name, t.version, t.paused, v.spec, ARRAY(
+    SELECT n.name FROM unnest(%(names)s::text[]) AS n(name)
+    WHERE EXISTS (SELECT 1 FROM hydra_triggers g
+                  WHERE g.task_id = t.id AND g.kind = 'after' AND g.spec -> 'after' ? n.name)
+) AS upstreams
 FROM hydra_tasks t
 JOIN hydra_task_versions v ON v.task_id = t.id AND v.version = t.version
 WHERE t.deleted_at IS NULL AND EXISTS (
     SELECT 1 FROM hydra_triggers g
-    WHERE g.task_id = t.id AND g.kind = 'after' AND g.spec -> 'after' ? %(name)s)
+    WHERE g.task_id = t.id AND g.kind = 'after' AND g.spec -> 'after' ?| %(names)s::text[])
 ORDER BY t.id
 FOR NO KEY UPDATE OF t;
 
