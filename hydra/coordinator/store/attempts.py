@@ -102,15 +102,25 @@ async def _finish_round(
     ]
     await _start_unstarted(tx, [(r, row) for r, row in current if row["state"] == "LEASED"])
     if current:
-        ended = await tx.all("finish_attempts", **_ends([report for report, _ in current]))
+        states = await _finish_attempts(tx, [report for report, _ in current])
         # Every run of the round has ended before any dependent is resolved: a
         # dependent of two of them is resolved by the first, seeing both ended.
         over = []
-        for (report, row), end in zip(current, ended, strict=True):
-            if _ended(tx, report, row, end["state"]) and row["has_dependents"]:
+        for (report, row), state in zip(current, states, strict=True):
+            if _ended(tx, report, row, state) and row["has_dependents"]:
                 over.append((row["task_name"], runs.Occurrence(row["occurrence"], row["timezone"])))
         await runs.after_terminals(tx, over)
     return [verdict or ReportVerdict(accepted=True) for verdict in verdicts]
+
+
+async def _finish_attempts(tx: Transaction, reports: Sequence[AttemptReport]) -> list[str]:
+    """End current RUNNING leases in one statement; the new state of each run."""
+    if all(report.outcome is AttemptOutcome.SUCCEEDED for report in reports):
+        # Not waited for (pipeline mode): a batch of successes costs one round trip,
+        # the lock, when no task runs after theirs.
+        await tx.execute("finish_attempts", **_ends(reports))
+        return [RunState.SUCCEEDED.value] * len(reports)
+    return [row["state"] for row in await tx.all("finish_attempts", **_ends(reports))]
 
 
 def _refusal(report: AttemptReport, row: Row | None) -> ReportVerdict | None:
@@ -146,7 +156,7 @@ async def _start_unstarted(tx: Transaction, leased: Sequence[tuple[AttemptReport
         await start(tx, agent_id, begun)
 
 
-def _ended(tx: Transaction, report: AttemptReport, row: Row, state: str | None) -> bool:
+def _ended(tx: Transaction, report: AttemptReport, row: Row, state: str) -> bool:
     """Count a recorded end; whether its run is over (its dependents learn it)."""
     seconds = (report.finished_at - report.started_at).total_seconds()
     tx.metrics.attempt_finished(row["task_name"], report.outcome.value, seconds)
