@@ -4,6 +4,7 @@ dependents on. Every function works in the caller's transaction."""
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Sequence
 from typing import Any
@@ -233,37 +234,42 @@ def _backoff_factor(report: AttemptReport) -> float:
     return 0.0 if report.outcome is AttemptOutcome.FENCED else 1.0
 
 
-def _outputs(outputs_json: str) -> Jsonb | None:
-    return Jsonb(json.loads(outputs_json)) if outputs_json else None
-
-
 def _ends(reports: Sequence[AttemptReport]) -> dict[str, Any]:
     """The parameters of `finish_attempts`."""
-    tails = [
-        (report.lease_token, tail)
-        for report in reports
-        for tail in report.output_tails
-        if tail.total_bytes > 0
-    ]
-    with_tails = {token for token, _ in tails}
     return {
-        "run_ids": [run_uuid(report.run_id) for report in reports],
-        "lease_tokens": [report.lease_token for report in reports],
-        "succeeded": [report.outcome is AttemptOutcome.SUCCEEDED for report in reports],
-        "states": [report.outcome.attempt_state.value for report in reports],
-        "exit_codes": [report.exit_code for report in reports],
-        "signals": [report.signal for report in reports],
-        "finished_ats": [report.finished_at for report in reports],
-        "messages": [report.message for report in reports],
-        "argvs": [Jsonb(list(report.argv)) for report in reports],
-        "outputs": [_outputs(report.outputs_json) for report in reports],
-        "failures": [_failure(report) for report in reports],
-        "backoff_factors": [_backoff_factor(report) for report in reports],
-        "notify_as": [
-            report.run_id if report.lease_token in with_tails else None for report in reports
-        ],
-        "tail_tokens": [token for token, _ in tails],
-        "tail_streams": [tail.stream for _, tail in tails],
-        "tail_totals": [tail.total_bytes for _, tail in tails],
-        "tail_datas": [tail.data for _, tail in tails],
+        "reports": Jsonb([_end(position, report) for position, report in enumerate(reports)]),
+        "tails": Jsonb(
+            [
+                {
+                    "lease_token": report.lease_token,
+                    "stream": tail.stream,
+                    "total": tail.total_bytes,
+                    "data": base64.b64encode(tail.data).decode("ascii"),
+                }
+                for report in reports
+                for tail in report.output_tails
+                if tail.total_bytes > 0
+            ]
+        ),
     }
+
+
+def _end(position: int, report: AttemptReport) -> dict[str, Any]:
+    end = {
+        "position": position,
+        "run_id": run_uuid(report.run_id),
+        "lease_token": report.lease_token,
+        "succeeded": report.outcome is AttemptOutcome.SUCCEEDED,
+        "state": report.outcome.attempt_state.value,
+        "exit_code": report.exit_code,
+        "signal": report.signal,
+        "finished_at": report.finished_at.isoformat(),
+        "message": report.message,
+        "argv": list(report.argv),
+        "failure": _failure(report),
+        "backoff_factor": _backoff_factor(report),
+        "notify_as": report.run_id if any(t.total_bytes > 0 for t in report.output_tails) else None,
+    }
+    if report.outputs_json:  # absent, not JSON null: the run's outputs are NULL
+        end["outputs"] = json.loads(report.outputs_json)
+    return end

@@ -453,30 +453,28 @@ SELECT c.run_id, c.lease_token, c.number, NULL, NULL, false FROM cancelled_inser
 
 -- name: finish_attempts
 -- End attempts of current RUNNING leases, many in one statement: each one's output tails, the attempt, the run (SUCCEEDED, or QUEUED after backoff while attempts remain, else FAILED); a row per run with its new state.
--- Per report, in the order given: its lease, how the attempt ended, the run's outputs
--- (a success) or why it failed without the attempt's number ("failed with exit code 1";
--- the reason says "attempt <number> ..."), and the factor of its backoff. Per tail
--- (output_tails' order, in report order): its lease, stream, total bytes and last bytes;
--- after the head stored of each stream, a marker for the bytes dropped, if any, then what
--- the head lacks of the true tail (none if it fit). Runs with tails notify hydra_output.
+-- `reports` is a JSON array of each report's position, lease, how the attempt
+-- ended, the run's outputs (a success; absent: none), why it failed without the
+-- attempt's number ("failed with exit code 1"; the reason says "attempt <number> ...")
+-- and the factor of its backoff, and notify_as, the run id hydra_output is told about
+-- when it has tails. `tails`, in report order, the tails' lease, stream, total bytes
+-- and last bytes (base64): after the head stored of each stream, a marker for the bytes
+-- dropped, if any, then what the head lacks of the true tail (none if it fit).
+-- JSON, not arrays: two parameters to send, and a row estimate that does not depend
+-- on them, so that the prepared statement's generic plan is used, not planned anew.
 WITH u AS (
-    SELECT * FROM unnest(%(run_ids)s::uuid[], %(lease_tokens)s::bigint[],
-                         %(succeeded)s::boolean[], %(states)s::hydra_attempt_state[],
-                         %(exit_codes)s::int[], %(signals)s::int[],
-                         %(finished_ats)s::timestamptz[], %(messages)s::text[],
-                         %(argvs)s::jsonb[], %(outputs)s::jsonb[], %(failures)s::text[],
-                         %(backoff_factors)s::float8[], %(notify_as)s::text[])
-        WITH ORDINALITY AS u(run_id, lease_token, succeeded, state, exit_code, signal,
-                             finished_at, message, argv, outputs, failure, backoff_factor,
-                             notify_as, position)
+    SELECT * FROM jsonb_to_recordset(%(reports)s::jsonb)
+        AS u(run_id uuid, lease_token bigint, succeeded boolean, state hydra_attempt_state,
+             exit_code int, signal int, finished_at timestamptz, message text, argv jsonb,
+             outputs jsonb, failure text, backoff_factor float8, notify_as text, position bigint)
 ), tail AS (
-    SELECT u.position, a.run_id, a.number, t.stream, t.total, t.data, coalesce((
+    SELECT u.position, a.run_id, a.number, t.stream, t.total, decode(t.data, 'base64') AS data,
+           coalesce((
         SELECT sum(length(o.data)) FROM hydra_attempt_output o
         WHERE o.run_id = a.run_id AND o.attempt = a.number AND o.stream = t.stream
     ), 0) AS head
-    FROM unnest(%(tail_tokens)s::bigint[], %(tail_streams)s::smallint[],
-                %(tail_totals)s::bigint[], %(tail_datas)s::bytea[])
-        AS t(lease_token, stream, total, data)
+    FROM jsonb_to_recordset(%(tails)s::jsonb) AS t(lease_token bigint, stream smallint,
+                                                    total bigint, data text)
     JOIN u ON u.lease_token = t.lease_token
     JOIN hydra_attempts a ON a.lease_token = t.lease_token
 ), pieces AS (
