@@ -7,6 +7,7 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import psycopg
 import pytest
 
 from hydra.coordinator.loops.triggers import plan_fire
@@ -414,7 +415,7 @@ async def _finish_counted(
 
 @pytest.mark.parametrize("size", [1, 16])
 async def test_a_batch_of_ends_costs_the_same_statements_whatever_its_size(
-    store: Database, size: int
+    store: Database, db_conninfo: str, size: int
 ) -> None:
     """Successes with output tails and failures with a retry left, of RUNNING runs,
     and failures of runs whose start never arrived: a fixed number of statements."""
@@ -439,9 +440,13 @@ async def test_a_batch_of_ends_costs_the_same_statements_whatever_its_size(
         for lease in running[size:] + unstarted
     ]
 
-    ran, verdicts = await _finish_counted(store, succeeded + failed)
+    async with await psycopg.AsyncConnection.connect(db_conninfo, autocommit=True) as listener:
+        await listener.execute("LISTEN hydra_output")
+        ran, verdicts = await _finish_counted(store, succeeded + failed)
+        notified = [n.payload async for n in listener.notifies(timeout=5, stop_after=size)]
 
     assert ran == ["lock_runs", "start_attempts", "finish_attempts"]
+    assert sorted(notified) == sorted(lease.run_id for lease in running[:size])
     assert [verdict.accepted for verdict in verdicts] == [True] * 3 * size
     ended = await store.run(runs.get_runs_with_attempts, [lease.run_id for lease in claimed])
     by_id = {run.id: run for run in ended}

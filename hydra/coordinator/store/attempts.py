@@ -197,7 +197,7 @@ async def append_output(
 ) -> None:
     """Store output of the running attempt under this lease: its head, the first `limit`
     bytes (both streams together); what comes later is dropped. The end of the output
-    arrives with the attempt's report (`_append_tails`)."""
+    arrives with the attempt's report (`finish_attempts`)."""
     row = await tx.one(
         "append_output",
         run_id=run_uuid(run_id),

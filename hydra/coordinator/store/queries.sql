@@ -523,7 +523,7 @@ WITH u AS (
 )
 SELECT u.run_id, e.state::text AS state,
        CASE WHEN u.notify_as IS NOT NULL THEN pg_notify('hydra_output', u.notify_as) END
-           IS NULL AS notified
+           IS NOT NULL AS output_notified
 FROM u LEFT JOIN ended e ON e.id = u.run_id
 ORDER BY u.position;
 
