@@ -5,13 +5,22 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
+import psycopg
 import pytest
 
 from hydra.coordinator.loops.triggers import plan_fire
 from hydra.coordinator.specs import apply_spec
 from hydra.coordinator.store import Database, attempts, leases, runs, tasks, triggers
-from hydra.coordinator.store.records import AttemptReport, AttemptStart, NewRun, OutputTail
+from hydra.coordinator.store.queries import all_queries
+from hydra.coordinator.store.records import (
+    AttemptReport,
+    AttemptStart,
+    NewRun,
+    OutputTail,
+    ReportVerdict,
+)
 from hydra.domain import (
     After,
     AttemptOutcome,
@@ -374,3 +383,130 @@ async def test_a_retry_is_leased_before_newer_work(store: Database) -> None:
     assert (await finish_attempt(store, report)).accepted
     [next_up] = await store.run(leases.claim, "a2", {}, 1, TTL)
     assert next_up.run_id == retried
+
+
+class _CountingCursor:
+    """The transaction's own cursor, naming each query it runs."""
+
+    def __init__(self, cursor: Any) -> None:
+        self._cursor = cursor
+        self._names = {sql: name for name, sql in all_queries().items()}
+        self.ran: list[str] = []
+
+    async def execute(self, sql: str, params: Any = None) -> Any:
+        self.ran.append(self._names.get(sql, sql))
+        return await self._cursor.execute(sql, params)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._cursor, name)
+
+
+async def _finish_counted(
+    store: Database, reports: list[AttemptReport]
+) -> tuple[list[str], list[ReportVerdict]]:
+    """The queries `attempts.finish` ran for a batch, and its verdicts."""
+    async with store.transaction() as tx:
+        counting = _CountingCursor(tx.cursor)
+        tx.cursor = counting  # type: ignore[assignment]
+        verdicts = await attempts.finish(tx, reports)
+        tx.cursor = counting._cursor
+    return counting.ran, verdicts
+
+
+@pytest.mark.parametrize("size", [1, 16])
+async def test_a_batch_of_ends_costs_the_same_statements_whatever_its_size(
+    store: Database, db_conninfo: str, size: int
+) -> None:
+    """Successes with output tails and failures with a retry left, of RUNNING runs,
+    and failures of runs whose start never arrived: a fixed number of statements."""
+    await _runs(
+        store,
+        "t",
+        [NOW - timedelta(minutes=m) for m in range(1, 3 * size + 1)],
+        concurrency=Concurrency(max_active_runs=3 * size),
+        retry=Retry(max_attempts=2, backoff=timedelta(minutes=5)),
+    )
+    claimed = await store.run(leases.claim, "a1", {}, 3 * size, TTL)
+    running, unstarted = claimed[: 2 * size], claimed[2 * size :]
+    for lease in running:
+        assert await start_attempt(store, lease.run_id, lease.lease_token, "a1", ["true"], NOW)
+    tail = (OutputTail(stream=1, total_bytes=5, data=b"done\n"),)
+    succeeded = [
+        _report(lease.run_id, lease.lease_token, "SUCCEEDED", output_tails=tail)
+        for lease in running[:size]
+    ]
+    failed = [
+        _report(lease.run_id, lease.lease_token, "FAILED", exit_code=1)
+        for lease in running[size:] + unstarted
+    ]
+
+    async with await psycopg.AsyncConnection.connect(db_conninfo, autocommit=True) as listener:
+        await listener.execute("LISTEN hydra_output")
+        ran, verdicts = await _finish_counted(store, succeeded + failed)
+        notified = [n.payload async for n in listener.notifies(timeout=5, stop_after=size)]
+
+    assert ran == ["lock_runs", "start_attempts", "finish_attempts"]
+    assert sorted(notified) == sorted(lease.run_id for lease in running[:size])
+    assert [verdict.accepted for verdict in verdicts] == [True] * 3 * size
+    ended = await store.run(runs.get_runs_with_attempts, [lease.run_id for lease in claimed])
+    by_id = {run.id: run for run in ended}
+    for lease in running[:size]:
+        assert by_id[lease.run_id].state is RunState.SUCCEEDED
+        output = await store.run(runs.read_output, lease.run_id, after_seq=0, attempt=0)
+        assert b"".join(chunk.data for chunk in output) == b"done\n"
+    for lease in running[size:] + unstarted:
+        run = by_id[lease.run_id]
+        assert (run.state, run.reason) == (RunState.QUEUED, "attempt 1 failed with exit code 1")
+        assert [attempt.exit_code for attempt in run.attempts] == [1]
+
+
+async def test_a_second_report_on_a_run_costs_a_round_of_its_own(store: Database) -> None:
+    run_id = await _queued_run(store)
+    [lease] = await store.run(leases.claim, "a1", {}, 1, TTL)
+    assert await start_attempt(store, run_id, lease.lease_token, "a1", ["true"], NOW)
+    report = _report(run_id, lease.lease_token, "SUCCEEDED")
+    stale = _report(run_id, lease.lease_token - 1, "FAILED", exit_code=1)
+    unknown = _report("00000000-0000-0000-0000-000000000000", 1, "SUCCEEDED")
+
+    ran, verdicts = await _finish_counted(store, [stale, unknown, report, report])
+
+    # A refusal costs nothing beyond the lock; each later round reads what the one before did.
+    assert ran == ["lock_runs", "lock_runs", "finish_attempts", "lock_runs"]
+    assert [verdict.reason for verdict in verdicts] == [
+        f"stale lease {lease.lease_token - 1}: run is RUNNING under lease {lease.lease_token}",
+        "unknown run",
+        "",
+        "run is already SUCCEEDED",
+    ]
+    assert [verdict.accepted for verdict in verdicts] == [False, False, True, False]
+
+
+@pytest.mark.parametrize("size", [1, 4])
+async def test_the_dependents_of_a_batch_of_ends_are_locked_by_one_statement(
+    store: Database, size: int
+) -> None:
+    """Then resolved run by run: what stays per run is the dependent's own resolution."""
+    occurrences = [NOW - timedelta(minutes=m) for m in range(1, size + 1)]
+    await _runs(store, "up", occurrences, concurrency=Concurrency(max_active_runs=size))
+    await _task(store, name="down", triggers=(After(tasks=("up",)),))
+    claimed = await store.run(leases.claim, "a1", {}, size, TTL)
+    for lease in claimed:
+        assert await start_attempt(store, lease.run_id, lease.lease_token, "a1", ["true"], NOW)
+
+    ran, verdicts = await _finish_counted(
+        store, [_report(lease.run_id, lease.lease_token, "SUCCEEDED") for lease in claimed]
+    )
+
+    assert all(verdict.accepted for verdict in verdicts)
+    assert (
+        ran
+        == ["lock_runs", "finish_attempts", "lock_dependents"]
+        + [
+            "run_states_for_occurrence",
+            "run_of_task_at",
+            "insert_runs",
+        ]
+        * size
+    )
+    down = await store.run(runs.list_runs, task="down", states=[], after=None, limit=size + 1)
+    assert sorted(run.occurrence for run in down) == sorted(occurrences)

@@ -4,6 +4,7 @@ dependents on. Every function works in the caller's transaction."""
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Sequence
 from typing import Any
@@ -43,20 +44,23 @@ async def start(tx: Transaction, agent_id: str, starts: Sequence[AttemptStart]) 
 
 
 async def finish(tx: Transaction, reports: Sequence[AttemptReport]) -> list[ReportVerdict]:
-    """Record how attempts ended, each if its lease is current; their runs are locked
-    by one statement, in id order. A second success of a run raises UniqueViolation
-    (the one-success index) when the transaction commits."""
-    ids = list(dict.fromkeys(run_uuid(report.run_id) for report in reports))
-    locked = {str(row["id"]): row for row in await tx.all("lock_runs", ids=ids)}
-    verdicts = []
-    for report in reports:
-        row = locked.pop(run_uuid(report.run_id), None)
-        if row is None:  # unknown, or a second report on the run: what the first did is read again
-            row = await tx.one("lock_runs", ids=[run_uuid(report.run_id)])
-        if row is None:
-            verdicts.append(ReportVerdict(accepted=False, reason="unknown run"))
-        else:
-            verdicts.append(await _finish_locked(tx, report, row))
+    """Record how attempts ended, each if its lease is current, in a fixed number of
+    statements whatever the batch's size: one locks its runs (in id order), one starts
+    the attempts whose start never arrived, one ends the others with their output's
+    tails (``finish_attempts``). A second report on a run is judged on what the first
+    did, in a round of its own (its run locked again). The dependents of the runs that
+    ended are locked by one statement, then resolved run by run (statements per run
+    that has dependents). A second success of a run raises UniqueViolation (the
+    one-success index)."""
+    ids = [run_uuid(report.run_id) for report in reports]
+    verdicts: list[ReportVerdict] = [ReportVerdict(accepted=False)] * len(reports)
+    for number, positions in enumerate(_rounds(ids)):
+        # The first round locks every run; a later one reads again what the first did.
+        round_ids = list(dict.fromkeys(ids)) if number == 0 else [ids[p] for p in positions]
+        locked = {str(row["id"]): row for row in await tx.all("lock_runs", ids=round_ids)}
+        batch = [(reports[p], locked.get(ids[p])) for p in positions]
+        for position, verdict in zip(positions, await _finish_round(tx, batch), strict=True):
+            verdicts[position] = verdict
     accepted = [r.run_id for r, v in zip(reports, verdicts, strict=True) if v.accepted]
     if accepted:
         tx.runs_changed(accepted)
@@ -75,7 +79,55 @@ async def finish_alone(db: Database, report: AttemptReport) -> ReportVerdict:
         return ReportVerdict(accepted=False, reason=DUPLICATE_SUCCESS)
 
 
-async def _finish_locked(tx: Transaction, report: AttemptReport, row: Row) -> ReportVerdict:
+def _rounds(ids: Sequence[str]) -> list[list[int]]:
+    """Positions of the reports by round: the first report on each run, then the second..."""
+    rounds: list[list[int]] = []
+    seen: dict[str, int] = {}
+    for position, run_id in enumerate(ids):
+        number = seen[run_id] = seen.get(run_id, -1) + 1
+        if number == len(rounds):
+            rounds.append([])
+        rounds[number].append(position)
+    return rounds
+
+
+async def _finish_round(
+    tx: Transaction, batch: Sequence[tuple[AttemptReport, Row | None]]
+) -> list[ReportVerdict]:
+    """Reports on distinct runs, each with its locked run (None: unknown)."""
+    verdicts = [_refusal(report, row) for report, row in batch]
+    current = [
+        (report, row)
+        for (report, row), verdict in zip(batch, verdicts, strict=True)
+        if verdict is None and row is not None
+    ]
+    await _start_unstarted(tx, [(r, row) for r, row in current if row["state"] == "LEASED"])
+    if current:
+        states = await _finish_attempts(tx, [report for report, _ in current])
+        # Every run of the round has ended before any dependent is resolved: a
+        # dependent of two of them is resolved by the first, seeing both ended.
+        over = []
+        for (report, row), state in zip(current, states, strict=True):
+            if _ended(tx, report, row, state) and row["has_dependents"]:
+                over.append((row["task_name"], runs.Occurrence(row["occurrence"], row["timezone"])))
+        await runs.after_terminals(tx, over)
+    return [verdict or ReportVerdict(accepted=True) for verdict in verdicts]
+
+
+async def _finish_attempts(tx: Transaction, reports: Sequence[AttemptReport]) -> list[str]:
+    """End current RUNNING leases in one statement; the new state of each run."""
+    if all(report.outcome is AttemptOutcome.SUCCEEDED for report in reports):
+        # Not waited for (pipeline mode): a batch of successes costs one round trip,
+        # the lock, when no task runs after theirs.
+        await tx.execute("finish_attempts", **_ends(reports))
+        return [RunState.SUCCEEDED.value] * len(reports)
+    return [row["state"] for row in await tx.all("finish_attempts", **_ends(reports))]
+
+
+def _refusal(report: AttemptReport, row: Row | None) -> ReportVerdict | None:
+    """Why a report on a locked run is refused; None if its lease is current."""
+    if row is None:
+        return ReportVerdict(accepted=False, reason="unknown run")
     state = RunState(row["state"])
     if row["lease_token"] == report.lease_token and not state.active:
         return ReportVerdict(accepted=False, reason=f"run is already {state.value}")
@@ -85,38 +137,37 @@ async def _finish_locked(tx: Transaction, report: AttemptReport, row: Row) -> Re
             reason=f"stale lease {report.lease_token}: run is {state.value} "
             f"under lease {row['lease_token']}",
         )
-    if state is RunState.LEASED:  # AttemptStarted never arrived (spawn failed, or lost)
-        begun = AttemptStart(
-            run_id=report.run_id,
-            lease_token=report.lease_token,
-            argv=report.argv,
-            started_at=report.started_at,
+    return None
+
+
+async def _start_unstarted(tx: Transaction, leased: Sequence[tuple[AttemptReport, Row]]) -> None:
+    """LEASED -> RUNNING for attempts whose AttemptStarted never arrived (spawn failed,
+    or lost): one statement per agent (a batch comes from one)."""
+    by_agent: dict[str, list[AttemptStart]] = {}
+    for report, _ in leased:
+        by_agent.setdefault(report.agent_id, []).append(
+            AttemptStart(
+                run_id=report.run_id,
+                lease_token=report.lease_token,
+                argv=report.argv,
+                started_at=report.started_at,
+            )
         )
-        await start(tx, report.agent_id, [begun])
-    await _append_tails(tx, report)
+    for agent_id, begun in by_agent.items():
+        await start(tx, agent_id, begun)
+
+
+def _ended(tx: Transaction, report: AttemptReport, row: Row, state: str) -> bool:
+    """Count a recorded end; whether its run is over (its dependents learn it)."""
     seconds = (report.finished_at - report.started_at).total_seconds()
     tx.metrics.attempt_finished(row["task_name"], report.outcome.value, seconds)
     if report.outcome is AttemptOutcome.SUCCEEDED:
-        # Neither statement is waited for (pipeline mode): a success costs
-        # one round trip, the lock, when no task runs after this one.
-        await tx.execute("finish_attempt", **_attempt_end(report))
-        await tx.execute(
-            "succeed_run",
-            run_id=row["id"],
-            lease_token=report.lease_token,
-            outputs=_outputs(report.outputs_json),
-        )
         tx.metrics.run_finished(row["task_name"], RunState.SUCCEEDED.value)
-        await _after_terminal(tx, row)
-    else:
-        await fail_or_requeue(
-            tx,
-            row,
-            report.lease_token,
-            reason=failure_reason(await _close_attempt(tx, report), report),
-            backoff_factor=_backoff_factor(report),
-        )
-    return ReportVerdict(accepted=True)
+        return True
+    if state == RunState.FAILED.value:
+        tx.metrics.run_finished(row["task_name"], RunState.FAILED.value)
+        return True
+    return False
 
 
 async def fail_or_requeue(
@@ -141,19 +192,12 @@ async def _after_terminal(tx: Transaction, row: Row) -> None:
         await runs.after_terminal(tx, row["task_name"], row["occurrence"], row["timezone"])
 
 
-async def _close_attempt(tx: Transaction, report: AttemptReport) -> int:
-    """Ends the running attempt; its number."""
-    row = await tx.one("finish_attempt", **_attempt_end(report))
-    assert row is not None, "a current RUNNING lease always has a RUNNING attempt"
-    return int(row["number"])
-
-
 async def append_output(
     tx: Transaction, run_id: str, lease_token: int, stream: int, data: bytes, *, limit: int
 ) -> None:
     """Store output of the running attempt under this lease: its head, the first `limit`
     bytes (both streams together); what comes later is dropped. The end of the output
-    arrives with the attempt's report (`_append_tails`)."""
+    arrives with the attempt's report (`finish_attempts`)."""
     row = await tx.one(
         "append_output",
         run_id=run_uuid(run_id),
@@ -166,24 +210,9 @@ async def append_output(
         await tx.execute("notify_output", run_id=run_id)
 
 
-async def _append_tails(tx: Transaction, report: AttemptReport) -> None:
-    """After the head stored of each stream: a marker for the bytes dropped, if any,
-    then what the head lacks of the true tail the agent sent (none if it fit)."""
-    tails = [tail for tail in report.output_tails if tail.total_bytes > 0]
-    if not tails:
-        return
-    await tx.execute(
-        "append_output_tail",
-        lease_token=report.lease_token,
-        streams=[tail.stream for tail in tails],
-        totals=[tail.total_bytes for tail in tails],
-        datas=[tail.data for tail in tails],
-    )
-    await tx.execute("notify_output", run_id=report.run_id)
-
-
-def failure_reason(number: int, report: AttemptReport) -> str:
-    """Why a run failed or is being retried, for people."""
+def _failure(report: AttemptReport) -> str:
+    """Why a run failed or is being retried, for people: the reason without its
+    "attempt <number> " (``finish_attempts`` adds it), e.g. "failed with exit code 1"."""
     if report.outcome is AttemptOutcome.TIMED_OUT:
         what = "timed out"
     elif report.outcome is AttemptOutcome.FENCED:
@@ -197,7 +226,7 @@ def failure_reason(number: int, report: AttemptReport) -> str:
     else:
         what = "failed"
     detail = f": {report.message}" if report.message else ""
-    return f"attempt {number} {what}{detail}"
+    return f"{what}{detail}"
 
 
 def _backoff_factor(report: AttemptReport) -> float:
@@ -205,19 +234,42 @@ def _backoff_factor(report: AttemptReport) -> float:
     return 0.0 if report.outcome is AttemptOutcome.FENCED else 1.0
 
 
-def _outputs(outputs_json: str) -> Jsonb | None:
-    return Jsonb(json.loads(outputs_json)) if outputs_json else None
-
-
-def _attempt_end(report: AttemptReport) -> dict[str, Any]:
-    """The parameters of `finish_attempt`."""
+def _ends(reports: Sequence[AttemptReport]) -> dict[str, Any]:
+    """The parameters of `finish_attempts`."""
     return {
+        "reports": Jsonb([_end(position, report) for position, report in enumerate(reports)]),
+        "tails": Jsonb(
+            [
+                {
+                    "lease_token": report.lease_token,
+                    "stream": tail.stream,
+                    "total": tail.total_bytes,
+                    "data": base64.b64encode(tail.data).decode("ascii"),
+                }
+                for report in reports
+                for tail in report.output_tails
+                if tail.total_bytes > 0
+            ]
+        ),
+    }
+
+
+def _end(position: int, report: AttemptReport) -> dict[str, Any]:
+    end = {
+        "position": position,
         "run_id": run_uuid(report.run_id),
         "lease_token": report.lease_token,
+        "succeeded": report.outcome is AttemptOutcome.SUCCEEDED,
         "state": report.outcome.attempt_state.value,
         "exit_code": report.exit_code,
         "signal": report.signal,
-        "finished_at": report.finished_at,
+        "finished_at": report.finished_at.isoformat(),
         "message": report.message,
         "argv": list(report.argv),
+        "failure": _failure(report),
+        "backoff_factor": _backoff_factor(report),
+        "notify_as": report.run_id if any(t.total_bytes > 0 for t in report.output_tails) else None,
     }
+    if report.outputs_json:  # absent, not JSON null: the run's outputs are NULL
+        end["outputs"] = json.loads(report.outputs_json)
+    return end

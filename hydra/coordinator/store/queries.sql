@@ -480,21 +480,81 @@ JOIN hydra_tasks t ON t.id = s.task_id
 UNION ALL
 SELECT c.run_id, c.lease_token, c.number, NULL, NULL, false FROM cancelled_inserted c;
 
--- name: finish_attempt
--- End the running attempt of a lease with the agent's outcome.
-UPDATE hydra_attempts
-SET state = %(state)s, exit_code = %(exit_code)s, signal = %(signal)s,
-    finished_at = %(finished_at)s, message = %(message)s,
-    argv = CASE WHEN cardinality(argv) = 0 THEN %(argv)s ELSE argv END
-WHERE run_id = %(run_id)s AND lease_token = %(lease_token)s AND state = 'RUNNING'
-RETURNING number;
-
--- name: succeed_run
--- RUNNING -> SUCCEEDED under the current token.
-UPDATE hydra_runs
-SET state = 'SUCCEEDED', reason = '', outputs = %(outputs)s, finished_at = now(),
-    lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
-WHERE id = %(run_id)s AND lease_token = %(lease_token)s AND state = 'RUNNING';
+-- name: finish_attempts
+-- End attempts of current RUNNING leases, many in one statement: each one's output tails, the attempt, the run (SUCCEEDED, or QUEUED after backoff while attempts remain, else FAILED); a row per run with its new state.
+-- `reports` is a JSON array of each report's position, lease, how the attempt
+-- ended, the run's outputs (a success; absent: none), why it failed without the
+-- attempt's number ("failed with exit code 1"; the reason says "attempt <number> ...")
+-- and the factor of its backoff, and notify_as, the run id hydra_output is told about
+-- when it has tails. `tails`, in report order, the tails' lease, stream, total bytes
+-- and last bytes (base64): after the head stored of each stream, a marker for the bytes
+-- dropped, if any, then what the head lacks of the true tail (none if it fit).
+-- JSON, not arrays: two parameters to send, and a row estimate that does not depend
+-- on them, so that the prepared statement's generic plan is used, not planned anew.
+WITH u AS (
+    SELECT * FROM jsonb_to_recordset(%(reports)s::jsonb)
+        AS u(run_id uuid, lease_token bigint, succeeded boolean, state hydra_attempt_state,
+             exit_code int, signal int, finished_at timestamptz, message text, argv jsonb,
+             outputs jsonb, failure text, backoff_factor float8, notify_as text, position bigint)
+), tail AS (
+    SELECT u.position, a.run_id, a.number, t.stream, t.total, decode(t.data, 'base64') AS data,
+           coalesce((
+        SELECT sum(length(o.data)) FROM hydra_attempt_output o
+        WHERE o.run_id = a.run_id AND o.attempt = a.number AND o.stream = t.stream
+    ), 0) AS head
+    FROM jsonb_to_recordset(%(tails)s::jsonb) AS t(lease_token bigint, stream smallint,
+                                                    total bigint, data text)
+    JOIN u ON u.lease_token = t.lease_token
+    JOIN hydra_attempts a ON a.lease_token = t.lease_token
+), pieces AS (
+    SELECT position, run_id, number, stream, 1 AS part, total - length(data) - head AS dropped,
+           ''::bytea AS data
+    FROM tail WHERE total - length(data) > head
+    UNION ALL
+    SELECT position, run_id, number, stream, 2, 0,
+           substring(data FROM (greatest(head - (total - length(data)), 0) + 1)::int)
+    FROM tail WHERE head < total
+), stored AS (
+    INSERT INTO hydra_attempt_output (run_id, attempt, stream, data, dropped_bytes)
+    SELECT run_id, number, stream, data, dropped FROM pieces ORDER BY position, stream, part
+    RETURNING run_id, attempt, length(data) AS bytes
+), ended_attempts AS (
+    UPDATE hydra_attempts a
+    SET state = u.state, exit_code = u.exit_code, signal = u.signal,
+        finished_at = u.finished_at, message = u.message,
+        argv = CASE WHEN cardinality(a.argv) = 0
+                    THEN ARRAY(SELECT jsonb_array_elements_text(u.argv)) ELSE a.argv END,
+        output_bytes = a.output_bytes + coalesce((
+            SELECT sum(s.bytes) FROM stored s WHERE s.run_id = a.run_id AND s.attempt = a.number
+        ), 0)
+    FROM u
+    WHERE a.run_id = u.run_id AND a.lease_token = u.lease_token AND a.state = 'RUNNING'
+    RETURNING a.run_id, a.number
+), ended AS (
+    UPDATE hydra_runs r
+    SET state = CASE WHEN u.succeeded THEN 'SUCCEEDED'
+                     WHEN r.attempts_used < r.max_attempts THEN 'QUEUED'
+                     ELSE 'FAILED' END::hydra_run_state,
+        outputs = CASE WHEN u.succeeded THEN u.outputs ELSE r.outputs END,
+        not_before = CASE WHEN NOT u.succeeded AND r.attempts_used < r.max_attempts
+            THEN now() + make_interval(secs => least(
+                r.backoff_seconds * power(r.backoff_multiplier, greatest(r.attempts_used - 1, 0)),
+                r.max_backoff_seconds) * u.backoff_factor)
+            ELSE r.not_before END,
+        finished_at = CASE WHEN u.succeeded OR r.attempts_used >= r.max_attempts
+                           THEN now() END,
+        reason = CASE WHEN u.succeeded THEN ''
+                      ELSE 'attempt ' || e.number || ' ' || u.failure END,
+        lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
+    FROM u LEFT JOIN ended_attempts e ON e.run_id = u.run_id
+    WHERE r.id = u.run_id AND r.lease_token = u.lease_token AND r.state = 'RUNNING'
+    RETURNING r.id, r.state
+)
+SELECT u.run_id, e.state::text AS state,
+       CASE WHEN u.notify_as IS NOT NULL THEN pg_notify('hydra_output', u.notify_as) END
+           IS NOT NULL AS output_notified
+FROM u LEFT JOIN ended e ON e.id = u.run_id
+ORDER BY u.position;
 
 -- name: fail_or_requeue_run
 -- After a failed attempt: QUEUED after backoff if attempts remain, else FAILED.
@@ -558,32 +618,6 @@ WITH attempt AS (
     SELECT run_id, number, %(stream)s, substring(%(data)s::bytea FROM 1 FOR kept) FROM attempt
 )
 SELECT number FROM attempt;
-
--- name: append_output_tail
--- At an attempt's end, per stream: a marker for the bytes dropped, then what the head lacks of the tail.
-WITH attempt AS (
-    SELECT run_id, number FROM hydra_attempts WHERE lease_token = %(lease_token)s
-), tail AS (
-    SELECT t.stream, t.total, t.data, coalesce((
-        SELECT sum(length(o.data)) FROM hydra_attempt_output o, attempt a
-        WHERE o.run_id = a.run_id AND o.attempt = a.number AND o.stream = t.stream
-    ), 0) AS head
-    FROM unnest(%(streams)s::smallint[], %(totals)s::bigint[], %(datas)s::bytea[])
-        AS t(stream, total, data)
-), pieces AS (
-    SELECT stream, 1 AS part, total - length(data) - head AS dropped, ''::bytea AS data
-    FROM tail WHERE total - length(data) > head
-    UNION ALL
-    SELECT stream, 2, 0, substring(data FROM (greatest(head - (total - length(data)), 0) + 1)::int)
-    FROM tail WHERE head < total
-), stored AS (
-    INSERT INTO hydra_attempt_output (run_id, attempt, stream, data, dropped_bytes)
-    SELECT a.run_id, a.number, p.stream, p.data, p.dropped
-    FROM pieces p, attempt a ORDER BY p.stream, p.part
-    RETURNING length(data) AS n
-)
-UPDATE hydra_attempts SET output_bytes = output_bytes + (SELECT coalesce(sum(n), 0) FROM stored)
-WHERE lease_token = %(lease_token)s;
 
 -- name: notify_output
 -- Tell log followers a run has new output: payload "<run id>".
@@ -702,13 +736,17 @@ SET state = 'SKIPPED', reason = %(reason)s, finished_at = now(), lease_owner = N
 WHERE id = %(id)s AND state IN ('QUEUED', 'LEASED');
 
 -- name: lock_dependents
--- Live tasks with an `after` trigger naming a task, locked in id order (fan-in is serialised per downstream task).
-SELECT t.id, t.name, t.version, t.paused, v.spec
+-- Live tasks with an `after` trigger naming any of some tasks, locked in id order (fan-in is serialised per downstream task), each with the ones of those tasks it names.
+SELECT t.id, t.name, t.version, t.paused, v.spec, ARRAY(
+    SELECT n.name FROM unnest(%(names)s::text[]) AS n(name)
+    WHERE EXISTS (SELECT 1 FROM hydra_triggers g
+                  WHERE g.task_id = t.id AND g.kind = 'after' AND g.spec -> 'after' ? n.name)
+) AS upstreams
 FROM hydra_tasks t
 JOIN hydra_task_versions v ON v.task_id = t.id AND v.version = t.version
 WHERE t.deleted_at IS NULL AND EXISTS (
     SELECT 1 FROM hydra_triggers g
-    WHERE g.task_id = t.id AND g.kind = 'after' AND g.spec -> 'after' ? %(name)s)
+    WHERE g.task_id = t.id AND g.kind = 'after' AND g.spec -> 'after' ?| %(names)s::text[])
 ORDER BY t.id
 FOR NO KEY UPDATE OF t;
 

@@ -252,10 +252,24 @@ async def after_terminal(
 ) -> None:
     """A run of `task_name` ended: create, skip or re-open its dependents' runs.
     Dependents show the occurrence in the upstream run's zone: a pipeline sees one day."""
-    for row in await tx.all("lock_dependents", name=task_name):
-        spec = tx.spec(row["id"], row["version"], row["spec"])
-        for position, upstreams in _after_groups(spec, task_name):
-            await _resolve(tx, row, spec, (position, upstreams), Occurrence(occurrence, timezone))
+    await after_terminals(tx, [(task_name, Occurrence(occurrence, timezone))])
+
+
+async def after_terminals(tx: Transaction, ended: Sequence[tuple[str, Occurrence]]) -> None:
+    """Runs of these tasks ended (in this order): `after_terminal` for each, with the
+    dependents of all of them locked by one statement first, in id order, so that two
+    batches of ends never lock dependents in crossing orders."""
+    if not ended:
+        return
+    names = list(dict.fromkeys(task_name for task_name, _ in ended))
+    dependents = await tx.all("lock_dependents", names=names)
+    for task_name, occurrence in ended:
+        for row in dependents:
+            if task_name not in row["upstreams"]:
+                continue
+            spec = tx.spec(row["id"], row["version"], row["spec"])
+            for position, upstreams in _after_groups(spec, task_name):
+                await _resolve(tx, row, spec, (position, upstreams), occurrence)
 
 
 async def _resolve(
