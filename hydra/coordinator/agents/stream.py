@@ -287,10 +287,10 @@ class AgentStreams:
         """One transaction for the batch, then the answers; if the transaction fails
         for one message's sake, each message again in a transaction of its own.
 
-        So does a batch that deadlocked with another transaction (a batch
-        finishing several runs locks their dependents' task rows run by run,
-        in an order another batch may cross); a single message that deadlocked
-        is tried again, up to DEADLOCK_TRIES times in all.
+        So does a batch that deadlocked with another transaction (runs and their
+        dependents' task rows are locked in id order, but a batch's rows and a
+        trigger round's or a cancel's may still cross); a single message that
+        deadlocked is tried again, up to DEADLOCK_TRIES times in all.
         """
         if not batch:
             return
