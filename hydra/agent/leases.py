@@ -345,7 +345,8 @@ class LeaseBook:
 
     def _announce(self, lease: LeaseKey, spec: AttemptSpec, started: Started) -> None:
         # Synchronously after Execution.start returned: before any output (see there).
-        log.info(
+        # At debug: the end's line says what ran (one line per attempt at info).
+        log.debug(
             "lease %s: started %s attempt %d, pid %d: %s",
             lease,
             spec.task,
@@ -362,7 +363,8 @@ class LeaseBook:
         self._metrics.attempt_finished(result.outcome.value, spawned=spawned)
         if entry.reported:
             self._pending[lease] = result
-            log.info("lease %s: %s %s", lease, result.outcome, result.message or "")
+            if log.isEnabledFor(logging.INFO):
+                log.info("lease %s: %s", lease, _ended(entry.execution, result))
             self._listener.attempt_finished(lease, result)
         else:
             log.info("lease %s: revoked attempt ended (%s)", lease, result.outcome)
@@ -391,3 +393,14 @@ def _summary(verdicts: Sequence[PreconditionVerdict]) -> str:
     if not failed:
         return f"ready ({len(verdicts)} checked)"
     return "not ready: " + "; ".join(failed)
+
+
+def _ended(execution: Execution, result: AttemptResult) -> str:
+    """One line on an attempt that ended: what ran, how it ended, after how long."""
+    spec, started = execution.spec, execution.started
+    ran = f"{spec.task} attempt {spec.attempt}"
+    if started is not None:
+        seconds = (result.finished_at - started.started_at).total_seconds()
+        ran += f" (pid {started.pid}, {seconds:.3f}s)"
+    ended = f"{ran} {result.outcome.value}"
+    return f"{ended}: {result.message}" if result.message else ended

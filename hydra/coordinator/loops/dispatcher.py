@@ -175,7 +175,7 @@ class Dispatcher:
         except OfferTooLarge as error:
             await self._fail_unrendered(session, run, f"cannot offer the attempt: {error}")
             return
-        log.info(
+        log.debug(  # the agent logs each attempt's end; the database has the record
             "lease %s: run %s (%s attempt %d) -> agent %s",
             run.lease_token,
             run.run_id,
