@@ -27,13 +27,13 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import signal
 import subprocess
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import IO
 
 from hydra.agent.attempt import OutputStream
 
@@ -115,9 +115,11 @@ async def spawn(
     Raises:
         OSError, ValueError, subprocess.SubprocessError: it could not start.
     """
-    stderr = subprocess.STDOUT if stderr_to_stdout else subprocess.PIPE
     if USE_PIDFDS:
-        return _spawn_watched(argv, cwd=cwd, env=env, on_output=on_output, stderr=stderr)
+        return _spawn_watched(
+            argv, cwd=cwd, env=env, on_output=on_output, stderr_to_stdout=stderr_to_stdout
+        )
+    stderr = subprocess.STDOUT if stderr_to_stdout else subprocess.PIPE
     return await _spawn_through_transport(
         argv, cwd=cwd, env=env, on_output=on_output, stderr=stderr
     )
@@ -197,66 +199,181 @@ def _spawn_watched(
     cwd: str | None,
     env: Mapping[str, str],
     on_output: OnOutput,
-    stderr: int,
+    stderr_to_stdout: bool,
 ) -> Process:
+    stdout_read, stdout_write = os.pipe()
+    pipes = [(stdout_read, OutputStream.STDOUT)]
+    stderr_write = stdout_write
+    if not stderr_to_stdout:
+        stderr_read, stderr_write = os.pipe()
+        pipes.append((stderr_read, OutputStream.STDERR))
+    try:
+        pid, popen = _start(argv, cwd, env, stdout_write, stderr_write)
+    except BaseException:
+        for fd, _ in pipes:
+            os.close(fd)
+        raise
+    finally:
+        for fd in {stdout_write, stderr_write}:
+            os.close(fd)
+    started_at = _now()  # right after the spawn: the program is exec'd
+    try:
+        pidfd = os.pidfd_open(pid)  # not reaped yet, so the pid is still this child's
+    except OSError:  # e.g. out of file descriptors
+        _kill_and_reap(pid, popen, pipes)
+        raise
+    return _WatchedProcess(pid, pidfd, started_at, on_output, pipes, popen)
+
+
+def _start(
+    argv: Sequence[str], cwd: str | None, env: Mapping[str, str], stdout: int, stderr: int
+) -> tuple[int, subprocess.Popen[bytes] | None]:
+    """Starts the program, its output into the two write ends; returns its pid.
+
+    ``posix_spawn`` where it can do all the work: it has no action to change
+    the working directory, and a pipe's write end on 0, 1 or 2 (the agent's own
+    were closed) would need more care than its dup2 gives. ``Popen`` does those.
+    """
+    if cwd is None and min(stdout, stderr) > 2:
+        return _posix_spawn(argv, env, stdout, stderr), None
     popen = subprocess.Popen(
         argv,
         stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
+        stdout=stdout,
         stderr=stderr,
         cwd=cwd,
         env=env,
         start_new_session=True,
         close_fds=True,
     )
-    started_at = _now()  # right after the spawn: the program is exec'd
-    try:
-        pidfd = os.pidfd_open(popen.pid)  # not reaped yet, so the pid is still this child's
-    except OSError:  # e.g. out of file descriptors
-        _kill_and_reap(popen)
-        raise
-    return _WatchedProcess(popen, pidfd, started_at, on_output)
+    return popen.pid, popen
+
+
+#: What ``Popen(restore_signals=True)`` gives back their default: the agent
+#: ignores them (Python does), and an ignored signal stays ignored across exec.
+#: Signals the agent handles go back to their default at exec anyway.
+_SIGNALS_TO_DEFAULT = frozenset(
+    getattr(signal, name) for name in ("SIGPIPE", "SIGXFZ", "SIGXFSZ") if hasattr(signal, name)
+)
+#: Errors of one candidate on ``PATH`` after which the next is tried, as execvp does.
+_NOT_HERE = frozenset({errno.ENOENT, errno.ENOTDIR})
+
+
+def _posix_spawn(argv: Sequence[str], env: Mapping[str, str], stdout: int, stderr: int) -> int:
+    """``Popen(argv, env=env, stdin=DEVNULL, start_new_session=True, close_fds=True)``, cheaper.
+
+    The program is looked up on the ``PATH`` of ``env``, not the agent's; the
+    error raised is the one ``Popen`` raises (the first that is not "not
+    there", else the last), naming ``argv[0]``. Only 0, 1 and 2 are passed
+    on: every other descriptor of the agent is close-on-exec (Python makes its
+    own so, and so does gRPC; :func:`keep_inherited_fds_back` sees to those
+    the agent was started with).
+    """
+    actions = [
+        (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+        (os.POSIX_SPAWN_DUP2, stdout, 1),
+        (os.POSIX_SPAWN_DUP2, stderr, 2),
+    ]
+    if not _inherited_fds_kept_back:
+        keep_inherited_fds_back()
+    args = list(argv)
+    first: int | None = None
+    last = errno.ENOENT
+    for path in _candidates(args[0], env):
+        try:
+            return os.posix_spawn(
+                path,
+                args,
+                env,
+                file_actions=actions,
+                setsid=True,
+                setsigmask=(),
+                setsigdef=_SIGNALS_TO_DEFAULT,
+            )
+        except OSError as error:
+            last = error.errno or errno.ENOENT
+            if first is None and last not in _NOT_HERE:
+                first = last
+    code = first if first is not None else last
+    raise OSError(code, os.strerror(code), args[0])
+
+
+_inherited_fds_kept_back = False
+
+
+def keep_inherited_fds_back() -> None:
+    """Makes close-on-exec every descriptor above 2 that is not, once: those the agent inherited.
+
+    What the agent opens itself is close-on-exec already (Python's and gRPC's
+    descriptors are), so that ``posix_spawn``, which closes nothing, passes on
+    0, 1 and 2 only, as ``Popen(close_fds=True)`` does.
+    """
+    global _inherited_fds_kept_back
+    with contextlib.suppress(FileNotFoundError):  # no /proc: nothing inherited to find
+        for name in os.listdir("/proc/self/fd"):
+            with contextlib.suppress(OSError):  # the listing's own descriptor, gone already
+                if int(name) > 2 and os.get_inheritable(int(name)):
+                    os.set_inheritable(int(name), False)
+    _inherited_fds_kept_back = True
+
+
+def _candidates(program: str, env: Mapping[str, str]) -> Iterator[str]:
+    """Where to exec ``program`` from, in order: ``PATH`` of ``env`` unless it holds a slash.
+
+    A candidate that ``stat`` says is not there is skipped rather than spawned;
+    a spawn costs a hundred times more.
+    """
+    if os.path.dirname(program):
+        yield program
+        return
+    directories = os.get_exec_path(env)
+    for index, directory in enumerate(directories):
+        path = os.path.join(directory, program)
+        if index < len(directories) - 1:  # the last one is tried regardless: its error is raised
+            try:
+                os.stat(path)
+            except OSError as error:
+                if error.errno in _NOT_HERE:
+                    continue
+        yield path
 
 
 class _WatchedProcess(Process):
-    """A ``Popen``'s pipes and pidfd, read by the loop's selector."""
+    """A child's pipes and pidfd, read by the loop's selector."""
 
     def __init__(
         self,
-        popen: subprocess.Popen[bytes],
+        pid: int,
         pidfd: int,
         started_at: datetime,
         on_output: OnOutput,
+        pipes: Sequence[tuple[int, OutputStream]],
+        popen: subprocess.Popen[bytes] | None,
     ) -> None:
         self._loop = asyncio.get_running_loop()
         self._popen = popen
         self._pidfd = pidfd
         self._on_output = on_output
-        self.pid = popen.pid
+        self._returncode: int | None = None
+        self.pid = pid
         self.started_at = started_at
         self.exited = self._loop.create_future()
         self.pipes_closed = self._loop.create_future()
         # If it has exited already, the pidfd is readable at once: nothing is missed.
         self._loop.add_reader(pidfd, self._reap)
-        self._pipes: dict[int, tuple[IO[bytes], OutputStream]] = {}
-        for pipe, stream in (
-            (popen.stdout, OutputStream.STDOUT),
-            (popen.stderr, OutputStream.STDERR),
-        ):
-            if pipe is None:  # stderr=STDOUT
-                continue
-            os.set_blocking(pipe.fileno(), False)
-            self._pipes[pipe.fileno()] = (pipe, stream)
-            self._loop.add_reader(pipe.fileno(), self._read, pipe.fileno())
+        self._pipes = dict(pipes)
+        for fd in self._pipes:
+            os.set_blocking(fd, False)
+            self._loop.add_reader(fd, self._read, fd)
 
     @property
     def returncode(self) -> int | None:
-        return self._popen.returncode
+        return self._returncode
 
     def close(self) -> None:
         for fd in list(self._pipes):
             self._close_pipe(fd)
-        if self._popen.returncode is None:
+        if self._returncode is None:
             # Not reaped, so the pid cannot have been reused; _reap follows the exit.
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, signal.SIGKILL)
@@ -270,14 +387,14 @@ class _WatchedProcess(Process):
             log.warning("cannot read the output of process %d: %s", self.pid, error)
             data = b""
         if data:
-            self._on_output(self._pipes[fd][1], data)
+            self._on_output(self._pipes[fd], data)
         else:
             self._close_pipe(fd)
 
     def _close_pipe(self, fd: int) -> None:
-        pipe, _ = self._pipes.pop(fd)
+        del self._pipes[fd]
         self._loop.remove_reader(fd)
-        pipe.close()
+        os.close(fd)
         if not self._pipes and not self.pipes_closed.done():
             self.pipes_closed.set_result(None)
 
@@ -293,19 +410,25 @@ class _WatchedProcess(Process):
             returncode = os.waitstatus_to_exitcode(status)
         self._loop.remove_reader(self._pidfd)
         os.close(self._pidfd)
-        self._popen.returncode = returncode  # so that Popen never waits for it itself
+        self._returncode = returncode
+        if self._popen is not None:
+            self._popen.returncode = returncode  # so that Popen never waits for it itself
         if not self.exited.done():  # a waiter cancelled it
             self.exited.set_result(None)
 
 
-def _kill_and_reap(popen: subprocess.Popen[bytes]) -> None:
+def _kill_and_reap(
+    pid: int, popen: subprocess.Popen[bytes] | None, pipes: Sequence[tuple[int, OutputStream]]
+) -> None:
     """SIGKILLs the new group and waits for its leader: a moment, as it was just born."""
     with contextlib.suppress(ProcessLookupError):
-        os.killpg(popen.pid, signal.SIGKILL)
-    popen.wait()
-    for pipe in (popen.stdout, popen.stderr):
-        if pipe is not None:
-            pipe.close()
+        os.killpg(pid, signal.SIGKILL)
+    if popen is not None:
+        popen.wait()
+    else:
+        os.waitpid(pid, 0)
+    for fd, _ in pipes:
+        os.close(fd)
 
 
 # --- through asyncio's transport ------------------------------------------------------
