@@ -4,9 +4,11 @@ Spawns ``/bin/true`` (stdin /dev/null, stdout and stderr into pipes, a new
 session, watched by a pidfd: what the agent does per attempt) in three ways,
 interleaved round by round, and prints medians per spawn:
 
-- ``popen``: ``subprocess.Popen`` on the loop's thread (what landed first);
-- ``posix_spawn``: ``os.posix_spawn`` on the loop's thread (:mod:`hydra.agent.process`);
-- ``thread``: the same ``os.posix_spawn`` on a helper thread, the loop awaiting it.
+- ``popen``: ``subprocess.Popen`` on the loop's thread (round 2's way, still
+  the way for a working directory);
+- ``posix_spawn``: ``os.posix_spawn`` on the loop's thread;
+- ``thread``: the same ``os.posix_spawn`` on the spawner's thread, the loop
+  awaiting it (what :func:`hydra.agent.process.spawn` does).
 
 "loop held" is the time the loop's thread is not waiting in its selector, so
 busy with the spawn (and the reaping and reading that follow) or waiting for
@@ -19,12 +21,10 @@ reaped, as a full agent would.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import os
 import resource
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -44,41 +44,29 @@ def _ignore(stream: OutputStream, data: bytes) -> None:
     pass
 
 
-async def _on_loop() -> process.Process:
-    return await process.spawn(ARGV, cwd=None, env=ENV, on_output=_ignore)
-
-
-def _popen_start(
-    argv: object, cwd: str | None, env: object, stdout: int, stderr: int
-) -> tuple[int, subprocess.Popen[bytes]]:
-    popen = subprocess.Popen(
-        ARGV,
-        stdin=subprocess.DEVNULL,
-        stdout=stdout,
-        stderr=stderr,
-        env=ENV,
-        start_new_session=True,
-        close_fds=True,
+def _pipes() -> tuple[list[tuple[int, OutputStream]], tuple[int, int]]:
+    out_read, out_write = os.pipe()
+    err_read, err_write = os.pipe()
+    return [(out_read, OutputStream.STDOUT), (err_read, OutputStream.STDERR)], (
+        out_write,
+        err_write,
     )
-    return popen.pid, popen
 
 
-_helper = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="spawner")
+async def _popen() -> process.Process:
+    pipes, writes = _pipes()
+    return process._popen_watched(ARGV, None, ENV, _ignore, pipes, writes)
 
 
-async def _on_thread() -> process.Process:
-    """As ``_spawn_watched``, with the ``posix_spawn`` on the helper thread."""
-    loop = asyncio.get_running_loop()
-    out_r, out_w = os.pipe()
-    err_r, err_w = os.pipe()
-    try:
-        pid = await loop.run_in_executor(_helper, process._posix_spawn, ARGV, ENV, out_w, err_w)
-    finally:
-        os.close(out_w)
-        os.close(err_w)
-    started_at = process._now()
-    pipes = [(out_r, OutputStream.STDOUT), (err_r, OutputStream.STDERR)]
-    return process._WatchedProcess(pid, os.pidfd_open(pid), started_at, _ignore, pipes, None)
+async def _posix_spawn_on_loop() -> process.Process:
+    pipes, writes = _pipes()
+    pid, pidfd, started_at = process._posix_spawn_watchable(ARGV, ENV, *writes)
+    process._close_all((), writes)
+    return process._WatchedProcess(pid, pidfd, started_at, _ignore, pipes)
+
+
+async def _posix_spawn_on_thread() -> process.Process:
+    return await process.spawn(ARGV, cwd=None, env=ENV, on_output=_ignore)
 
 
 class _SelectTimer:
@@ -121,15 +109,16 @@ async def _round(spawn: Spawn, timer: _SelectTimer) -> tuple[float, float, float
 
 
 async def main(rounds: int) -> None:
-    ways: dict[str, Spawn] = {"popen": _on_loop, "posix_spawn": _on_loop, "thread": _on_thread}
+    ways: dict[str, Spawn] = {
+        "popen": _popen,
+        "posix_spawn": _posix_spawn_on_loop,
+        "thread": _posix_spawn_on_thread,
+    }
     results: dict[str, list[tuple[float, float, float]]] = {way: [] for way in ways}
-    original_start = process._start
     timer = _SelectTimer(asyncio.get_running_loop())
     for _ in range(rounds):
         for way, spawn in ways.items():
-            process._start = _popen_start if way == "popen" else original_start
             results[way].append(await _round(spawn, timer))
-    process._start = original_start
     print(f"{rounds} rounds of {BATCH * BATCHES} spawns of {ARGV[0]}, medians per spawn:")
     print(f"{'way':<12} {'loop held':>10} {'parent CPU':>11} {'wall':>8}")
     for way, figures in results.items():

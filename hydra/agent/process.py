@@ -7,25 +7,33 @@ The session is a process group of its own, which :func:`terminate_group`,
 checks both run this way.
 
 Where pidfds work (Linux 5.3 and later), the loop watches the process itself:
-``subprocess.Popen`` (a vfork and exec, in C) runs on the loop's thread, and
-the two pipes and a pidfd go straight into the loop's selector. asyncio's
-subprocess transport does the same work through a transport, two pipe
-transports, their protocols and a child watcher, for a tenth to a quarter more
-of the agent's CPU per attempt (the quarter with Python 3.11's threaded child
-watcher). That transport remains the way where pidfds do not work.
+the two pipes and a pidfd go straight into the loop's selector. The process
+is started by ``os.posix_spawn`` (glibc's is a vfork and exec) on a spawner
+thread of its own, so that the loop's thread does not wait for the exec; the
+loop awaits it, and a cancel meanwhile waits for the spawn, then kills the
+new group and reaps it. With a working directory, which ``posix_spawn``
+cannot set, ``subprocess.Popen`` starts it on the loop's thread (and a cancel
+cannot come between). ``posix_spawn`` closes nothing: only 0, 1 and 2 reach
+the child because every other descriptor of the agent is close-on-exec (see
+:func:`keep_inherited_fds_back`). asyncio's subprocess transport does the same
+work through a transport, two pipe transports, their protocols and a child
+watcher, for a tenth to a quarter more of the agent's CPU per attempt; it
+remains the way where pidfds do not work.
 
-The start time is taken as soon as ``Popen`` returns, that is once the program
-is exec'd: what the latency benchmarks call "right after spawn". On a busy
-machine the loop's thread may be scheduled again a fraction of a millisecond
-after the program began to run. Through asyncio's transport, it is taken once
-the pipes are connected, a few turns of the loop later: with five processes
-started at once, each start time then includes the other forks.
+The start time is taken as soon as the spawn returns, that is once the
+program is exec'd, on the thread that spawned it: what the latency benchmarks
+call "right after spawn". On a busy machine that thread may be scheduled again
+a fraction of a millisecond after the program began to run. Through asyncio's
+transport, it is taken once the pipes are connected, a few turns of the loop
+later: with five processes started at once, each start time then includes
+the other forks.
 """
 
 from __future__ import annotations
 
 import abc
 import asyncio
+import concurrent.futures
 import contextlib
 import errno
 import logging
@@ -108,15 +116,17 @@ async def spawn(
     With ``stderr_to_stdout``, both go into one pipe, in the order written, all
     as ``STDOUT``.
 
-    Through pidfds, nothing is awaited: the process is watched from the moment
-    this returns, and a cancel cannot come between. Through asyncio's
-    transport, a cancel while the pipes connect kills the process group.
+    Through pidfds, the process is watched from the moment this returns; a
+    cancel while the spawner's thread starts it waits for the spawn, kills the
+    process group and reaps the leader before this raises (with a working
+    directory, nothing is awaited and a cancel cannot come between). Through
+    asyncio's transport, a cancel while the pipes connect kills the process group.
 
     Raises:
         OSError, ValueError, subprocess.SubprocessError: it could not start.
     """
     if USE_PIDFDS:
-        return _spawn_watched(
+        return await _spawn_watched(
             argv, cwd=cwd, env=env, on_output=on_output, stderr_to_stdout=stderr_to_stdout
         )
     stderr = subprocess.STDOUT if stderr_to_stdout else subprocess.PIPE
@@ -193,7 +203,7 @@ def _live_member_in_proc(pgid: int) -> bool:
 # --- through pidfds ---------------------------------------------------------------
 
 
-def _spawn_watched(
+async def _spawn_watched(
     argv: Sequence[str],
     *,
     cwd: str | None,
@@ -207,51 +217,115 @@ def _spawn_watched(
     if not stderr_to_stdout:
         stderr_read, stderr_write = os.pipe()
         pipes.append((stderr_read, OutputStream.STDERR))
+    writes = (stdout_write, stderr_write)
+    # posix_spawn has no action to change the working directory, and a write end
+    # on 0, 1 or 2 (the agent's own were closed) needs more care than its dup2 gives.
+    if cwd is not None or min(writes) <= 2:
+        return _popen_watched(argv, cwd, env, on_output, pipes, writes)
+    spawning = asyncio.get_running_loop().run_in_executor(
+        _spawner, _posix_spawn_watchable, argv, env, *writes
+    )
     try:
-        pid, popen = _start(argv, cwd, env, stdout_write, stderr_write)
-    except BaseException:
-        for fd, _ in pipes:
-            os.close(fd)
+        pid, pidfd, started_at = await asyncio.shield(spawning)
+    except asyncio.CancelledError:
+        await _kill_once_spawned(spawning, on_output, pipes, writes)
         raise
-    finally:
-        for fd in {stdout_write, stderr_write}:
-            os.close(fd)
+    except BaseException:
+        _close_all(pipes, writes)
+        raise
+    _close_all((), writes)
+    return _WatchedProcess(pid, pidfd, started_at, on_output, pipes)
+
+
+#: The thread that spawns, so that the loop's thread never waits for an exec.
+_spawner = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="hydra-spawn")
+
+
+def _posix_spawn_watchable(
+    argv: Sequence[str], env: Mapping[str, str], stdout: int, stderr: int
+) -> tuple[int, int, datetime]:
+    """On the spawner's thread: the pid, a pidfd and the start time of a new process."""
+    pid = _posix_spawn(argv, env, stdout, stderr)
     started_at = _now()  # right after the spawn: the program is exec'd
     try:
-        pidfd = os.pidfd_open(pid)  # not reaped yet, so the pid is still this child's
+        return pid, os.pidfd_open(pid), started_at  # not reaped yet: the pid is still this child's
     except OSError:  # e.g. out of file descriptors
-        _kill_and_reap(pid, popen, pipes)
+        _kill_and_reap(pid)
         raise
-    return _WatchedProcess(pid, pidfd, started_at, on_output, pipes, popen)
 
 
-def _start(
-    argv: Sequence[str], cwd: str | None, env: Mapping[str, str], stdout: int, stderr: int
-) -> tuple[int, subprocess.Popen[bytes] | None]:
-    """Starts the program, its output into the two write ends; returns its pid.
+async def _kill_once_spawned(
+    spawning: asyncio.Future[tuple[int, int, datetime]],
+    on_output: OnOutput,
+    pipes: Sequence[tuple[int, OutputStream]],
+    writes: Sequence[int],
+) -> None:
+    """Cancelled while spawning: waits for the spawn, kills the new group, reaps its leader.
 
-    ``posix_spawn`` where it can do all the work: it has no action to change
-    the working directory, and a pipe's write end on 0, 1 or 2 (the agent's own
-    were closed) would need more care than its dup2 gives. ``Popen`` does those.
+    It waits through further cancels: a moment, and nothing may be left running.
     """
-    if cwd is None and min(stdout, stderr) > 2:
-        return _posix_spawn(argv, env, stdout, stderr), None
-    popen = subprocess.Popen(
-        argv,
-        stdin=subprocess.DEVNULL,
-        stdout=stdout,
-        stderr=stderr,
-        cwd=cwd,
-        env=env,
-        start_new_session=True,
-        close_fds=True,
-    )
-    return popen.pid, popen
+    while not spawning.done():
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait({spawning})
+    if spawning.exception() is not None:
+        _close_all(pipes, writes)
+        return
+    pid, pidfd, started_at = spawning.result()
+    _close_all((), writes)
+    signal_group(pid, signal.SIGKILL)
+    process = _WatchedProcess(pid, pidfd, started_at, on_output, pipes)
+    process.close()
+    while not process.exited.done():
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait({process.exited})
+
+
+def _popen_watched(
+    argv: Sequence[str],
+    cwd: str | None,
+    env: Mapping[str, str],
+    on_output: OnOutput,
+    pipes: Sequence[tuple[int, OutputStream]],
+    writes: Sequence[int],
+) -> Process:
+    """``Popen`` on the loop's thread, where ``posix_spawn`` cannot do the work."""
+    try:
+        popen = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=writes[0],
+            stderr=writes[1],
+            cwd=cwd,
+            env=env,
+            start_new_session=True,
+            close_fds=True,
+        )
+    except BaseException:
+        _close_all(pipes, writes)
+        raise
+    started_at = _now()  # right after the spawn: the program is exec'd
+    _close_all((), writes)
+    try:
+        pidfd = os.pidfd_open(popen.pid)  # not reaped yet, so the pid is still this child's
+    except OSError:  # e.g. out of file descriptors
+        _kill_and_reap(popen.pid, popen)
+        _close_all(pipes, ())
+        raise
+    return _WatchedProcess(popen.pid, pidfd, started_at, on_output, pipes, popen)
+
+
+def _close_all(pipes: Sequence[tuple[int, OutputStream]], writes: Sequence[int]) -> None:
+    for fd in {*(fd for fd, _ in pipes), *writes}:
+        os.close(fd)
 
 
 #: What ``Popen(restore_signals=True)`` gives back their default: the agent
 #: ignores them (Python does), and an ignored signal stays ignored across exec.
-#: Signals the agent handles go back to their default at exec anyway.
+#: Signals the agent handles go back to their default at exec anyway. (One
+#: difference remains: glibc leaves the two signals below SIGRTMIN that it keeps
+#: for itself ignored in the child, where Popen's come to their default; a C
+#: library installs its own handlers for them at start, and they are not
+#: signals one can send through Python's ``signal``.)
 _SIGNALS_TO_DEFAULT = frozenset(
     getattr(signal, name) for name in ("SIGPIPE", "SIGXFZ", "SIGXFSZ") if hasattr(signal, name)
 )
@@ -348,7 +422,7 @@ class _WatchedProcess(Process):
         started_at: datetime,
         on_output: OnOutput,
         pipes: Sequence[tuple[int, OutputStream]],
-        popen: subprocess.Popen[bytes] | None,
+        popen: subprocess.Popen[bytes] | None = None,
     ) -> None:
         self._loop = asyncio.get_running_loop()
         self._popen = popen
@@ -417,9 +491,7 @@ class _WatchedProcess(Process):
             self.exited.set_result(None)
 
 
-def _kill_and_reap(
-    pid: int, popen: subprocess.Popen[bytes] | None, pipes: Sequence[tuple[int, OutputStream]]
-) -> None:
+def _kill_and_reap(pid: int, popen: subprocess.Popen[bytes] | None = None) -> None:
     """SIGKILLs the new group and waits for its leader: a moment, as it was just born."""
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, signal.SIGKILL)
@@ -427,8 +499,6 @@ def _kill_and_reap(
         popen.wait()
     else:
         os.waitpid(pid, 0)
-    for fd, _ in pipes:
-        os.close(fd)
 
 
 # --- through asyncio's transport ------------------------------------------------------

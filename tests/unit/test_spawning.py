@@ -142,6 +142,9 @@ def not_executable(tmp_path: Path) -> Path:
     path.parent.mkdir(exist_ok=True)
     path.write_text("#!/bin/sh\n")
     path.chmod(0o644)
+    no_interpreter = path.with_name("no-shebang")
+    no_interpreter.write_bytes(b"\x7fELF, not really")
+    no_interpreter.chmod(0o755)
     return path
 
 
@@ -156,6 +159,7 @@ def not_executable(tmp_path: Path) -> Path:
         (("bin",), "{tmp}"),  # a directory: EACCES
         (("{tmp}/bin/prog",), "/usr/bin"),
         (("./relative-missing",), "/usr/bin"),
+        (("no-shebang",), "{tmp}/bin"),  # ENOEXEC: no shell is tried in its place
     ],
 )
 async def test_a_program_that_cannot_start_raises_what_popen_raises(
@@ -198,8 +202,8 @@ def signal_sets(status: str) -> dict[str, set[int]]:
     """The blocked and the ignored signals of a ``/proc/PID/status``, glibc's own left out.
 
     glibc's ``posix_spawn`` leaves the two signals it keeps for itself (32 and
-    33, below ``SIGRTMIN``) ignored in the child, and no program sees them:
-    its C library takes them back, and they are no valid signals to send.
+    33, below ``SIGRTMIN``) ignored in the child: a C library installs its own
+    handlers for them at start, and they are not in ``signal.valid_signals()``.
     """
     sets: dict[str, set[int]] = {}
     valid = signal.valid_signals()
