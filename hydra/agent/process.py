@@ -8,17 +8,15 @@ checks both run this way.
 
 Where pidfds work (Linux 5.3 and later), the loop watches the process itself:
 the two pipes and a pidfd go straight into the loop's selector. The process
-is started by ``os.posix_spawn`` (glibc's is a vfork and exec) on a spawner
-thread of its own, so that the loop's thread does not wait for the exec; the
-loop awaits it, and a cancel meanwhile waits for the spawn, then kills the
-new group and reaps it. With a working directory, which ``posix_spawn``
-cannot set, ``subprocess.Popen`` starts it on the loop's thread (and a cancel
-cannot come between). ``posix_spawn`` closes nothing: only 0, 1 and 2 reach
-the child because every other descriptor of the agent is close-on-exec (see
-:func:`keep_inherited_fds_back`). asyncio's subprocess transport does the same
-work through a transport, two pipe transports, their protocols and a child
-watcher, for a tenth to a quarter more of the agent's CPU per attempt; it
-remains the way where pidfds do not work.
+is started by ``os.posix_spawn`` (glibc's is a vfork and exec; see
+:mod:`hydra.agent.spawning`) on a spawner thread of its own, so that the
+loop's thread does not wait for the exec; the loop awaits it, and a cancel
+meanwhile waits for the spawn, then kills the new group and reaps it. With a
+working directory, which ``posix_spawn`` cannot set, ``subprocess.Popen``
+starts it on the loop's thread (and a cancel cannot come between). asyncio's
+subprocess transport does the same work through a transport, two pipe
+transports, their protocols and a child watcher, for a tenth to a quarter more
+of the agent's CPU per attempt; it remains the way where pidfds do not work.
 
 The start time is taken as soon as the spawn returns, that is once the
 program is exec'd, on the thread that spawned it: what the latency benchmarks
@@ -35,15 +33,15 @@ import abc
 import asyncio
 import concurrent.futures
 import contextlib
-import errno
 import logging
 import os
 import signal
 import subprocess
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 
 from hydra.agent.attempt import OutputStream
+from hydra.agent.spawning import posix_spawn
 
 log = logging.getLogger("hydra.agent")
 
@@ -245,7 +243,7 @@ def _posix_spawn_watchable(
     argv: Sequence[str], env: Mapping[str, str], stdout: int, stderr: int
 ) -> tuple[int, int, datetime]:
     """On the spawner's thread: the pid, a pidfd and the start time of a new process."""
-    pid = _posix_spawn(argv, env, stdout, stderr)
+    pid = posix_spawn(argv, env, stdout, stderr)
     started_at = _now()  # right after the spawn: the program is exec'd
     try:
         return pid, os.pidfd_open(pid), started_at  # not reaped yet: the pid is still this child's
@@ -317,99 +315,6 @@ def _popen_watched(
 def _close_all(pipes: Sequence[tuple[int, OutputStream]], writes: Sequence[int]) -> None:
     for fd in {*(fd for fd, _ in pipes), *writes}:
         os.close(fd)
-
-
-#: What ``Popen(restore_signals=True)`` gives back their default: the agent
-#: ignores them (Python does), and an ignored signal stays ignored across exec.
-#: Signals the agent handles go back to their default at exec anyway. (One
-#: difference remains: glibc leaves the two signals below SIGRTMIN that it keeps
-#: for itself ignored in the child, where Popen's come to their default; a C
-#: library installs its own handlers for them at start, and they are not
-#: signals one can send through Python's ``signal``.)
-_SIGNALS_TO_DEFAULT = frozenset(
-    getattr(signal, name) for name in ("SIGPIPE", "SIGXFZ", "SIGXFSZ") if hasattr(signal, name)
-)
-#: Errors of one candidate on ``PATH`` after which the next is tried, as execvp does.
-_NOT_HERE = frozenset({errno.ENOENT, errno.ENOTDIR})
-
-
-def _posix_spawn(argv: Sequence[str], env: Mapping[str, str], stdout: int, stderr: int) -> int:
-    """``Popen(argv, env=env, stdin=DEVNULL, start_new_session=True, close_fds=True)``, cheaper.
-
-    The program is looked up on the ``PATH`` of ``env``, not the agent's; the
-    error raised is the one ``Popen`` raises (the first that is not "not
-    there", else the last), naming ``argv[0]``. Only 0, 1 and 2 are passed
-    on: every other descriptor of the agent is close-on-exec (Python makes its
-    own so, and so does gRPC; :func:`keep_inherited_fds_back` sees to those
-    the agent was started with).
-    """
-    actions = [
-        (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
-        (os.POSIX_SPAWN_DUP2, stdout, 1),
-        (os.POSIX_SPAWN_DUP2, stderr, 2),
-    ]
-    if not _inherited_fds_kept_back:
-        keep_inherited_fds_back()
-    args = list(argv)
-    first: int | None = None
-    last = errno.ENOENT
-    for path in _candidates(args[0], env):
-        try:
-            return os.posix_spawn(
-                path,
-                args,
-                env,
-                file_actions=actions,
-                setsid=True,
-                setsigmask=(),
-                setsigdef=_SIGNALS_TO_DEFAULT,
-            )
-        except OSError as error:
-            last = error.errno or errno.ENOENT
-            if first is None and last not in _NOT_HERE:
-                first = last
-    code = first if first is not None else last
-    raise OSError(code, os.strerror(code), args[0])
-
-
-_inherited_fds_kept_back = False
-
-
-def keep_inherited_fds_back() -> None:
-    """Makes close-on-exec every descriptor above 2 that is not, once: those the agent inherited.
-
-    What the agent opens itself is close-on-exec already (Python's and gRPC's
-    descriptors are), so that ``posix_spawn``, which closes nothing, passes on
-    0, 1 and 2 only, as ``Popen(close_fds=True)`` does.
-    """
-    global _inherited_fds_kept_back
-    with contextlib.suppress(FileNotFoundError):  # no /proc: nothing inherited to find
-        for name in os.listdir("/proc/self/fd"):
-            with contextlib.suppress(OSError):  # the listing's own descriptor, gone already
-                if int(name) > 2 and os.get_inheritable(int(name)):
-                    os.set_inheritable(int(name), False)
-    _inherited_fds_kept_back = True
-
-
-def _candidates(program: str, env: Mapping[str, str]) -> Iterator[str]:
-    """Where to exec ``program`` from, in order: ``PATH`` of ``env`` unless it holds a slash.
-
-    A candidate that ``stat`` says is not there is skipped rather than spawned;
-    a spawn costs a hundred times more.
-    """
-    if os.path.dirname(program):
-        yield program
-        return
-    directories = os.get_exec_path(env)
-    for index, directory in enumerate(directories):
-        path = os.path.join(directory, program)
-        if index < len(directories) - 1:  # the last one is tried regardless: its error is raised
-            try:
-                os.stat(path)
-            except OSError as error:
-                if error.errno in _NOT_HERE:
-                    continue
-        yield path
 
 
 class _WatchedProcess(Process):

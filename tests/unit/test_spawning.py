@@ -19,7 +19,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from hydra.agent import process
+from hydra.agent import process, spawning
 from hydra.agent.attempt import OutputStream
 
 pytestmark = pytest.mark.skipif(not process.USE_PIDFDS, reason="pidfds do not work here")
@@ -71,7 +71,7 @@ def inherited_fd(monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:
     """An inheritable descriptor, as the agent may have been started with."""
     read_end, write_end = os.pipe()
     os.set_inheritable(write_end, True)
-    monkeypatch.setattr(process, "_inherited_fds_kept_back", False)  # looked for once
+    monkeypatch.setattr(spawning, "_inherited_fds_kept_back", False)  # looked for once
     yield write_end
     os.close(read_end)
     os.close(write_end)
