@@ -7,25 +7,31 @@ The session is a process group of its own, which :func:`terminate_group`,
 checks both run this way.
 
 Where pidfds work (Linux 5.3 and later), the loop watches the process itself:
-``subprocess.Popen`` (a vfork and exec, in C) runs on the loop's thread, and
-the two pipes and a pidfd go straight into the loop's selector. asyncio's
+the two pipes and a pidfd go straight into the loop's selector. The process
+is started by ``os.posix_spawn`` (glibc's is a vfork and exec; see
+:mod:`hydra.agent.spawning`) on a spawner thread of its own, so that the
+loop's thread does not wait for the exec; the loop awaits it, and a cancel
+meanwhile waits for the spawn, then kills the new group and reaps it. With a
+working directory, which ``posix_spawn`` cannot set, ``subprocess.Popen``
+starts it on the loop's thread (and a cancel cannot come between). asyncio's
 subprocess transport does the same work through a transport, two pipe
 transports, their protocols and a child watcher, for a tenth to a quarter more
-of the agent's CPU per attempt (the quarter with Python 3.11's threaded child
-watcher). That transport remains the way where pidfds do not work.
+of the agent's CPU per attempt; it remains the way where pidfds do not work.
 
-The start time is taken as soon as ``Popen`` returns, that is once the program
-is exec'd: what the latency benchmarks call "right after spawn". On a busy
-machine the loop's thread may be scheduled again a fraction of a millisecond
-after the program began to run. Through asyncio's transport, it is taken once
-the pipes are connected, a few turns of the loop later: with five processes
-started at once, each start time then includes the other forks.
+The start time is taken as soon as the spawn returns, that is once the
+program is exec'd, on the thread that spawned it: what the latency benchmarks
+call "right after spawn". On a busy machine that thread may be scheduled again
+a fraction of a millisecond after the program began to run. Through asyncio's
+transport, it is taken once the pipes are connected, a few turns of the loop
+later: with five processes started at once, each start time then includes
+the other forks.
 """
 
 from __future__ import annotations
 
 import abc
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import os
@@ -33,9 +39,9 @@ import signal
 import subprocess
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import IO
 
 from hydra.agent.attempt import OutputStream
+from hydra.agent.spawning import posix_spawn
 
 log = logging.getLogger("hydra.agent")
 
@@ -108,16 +114,20 @@ async def spawn(
     With ``stderr_to_stdout``, both go into one pipe, in the order written, all
     as ``STDOUT``.
 
-    Through pidfds, nothing is awaited: the process is watched from the moment
-    this returns, and a cancel cannot come between. Through asyncio's
-    transport, a cancel while the pipes connect kills the process group.
+    Through pidfds, the process is watched from the moment this returns; a
+    cancel while the spawner's thread starts it waits for the spawn, kills the
+    process group and reaps the leader before this raises (with a working
+    directory, nothing is awaited and a cancel cannot come between). Through
+    asyncio's transport, a cancel while the pipes connect kills the process group.
 
     Raises:
         OSError, ValueError, subprocess.SubprocessError: it could not start.
     """
-    stderr = subprocess.STDOUT if stderr_to_stdout else subprocess.PIPE
     if USE_PIDFDS:
-        return _spawn_watched(argv, cwd=cwd, env=env, on_output=on_output, stderr=stderr)
+        return await _spawn_watched(
+            argv, cwd=cwd, env=env, on_output=on_output, stderr_to_stdout=stderr_to_stdout
+        )
+    stderr = subprocess.STDOUT if stderr_to_stdout else subprocess.PIPE
     return await _spawn_through_transport(
         argv, cwd=cwd, env=env, on_output=on_output, stderr=stderr
     )
@@ -191,72 +201,158 @@ def _live_member_in_proc(pgid: int) -> bool:
 # --- through pidfds ---------------------------------------------------------------
 
 
-def _spawn_watched(
+async def _spawn_watched(
     argv: Sequence[str],
     *,
     cwd: str | None,
     env: Mapping[str, str],
     on_output: OnOutput,
-    stderr: int,
+    stderr_to_stdout: bool,
 ) -> Process:
-    popen = subprocess.Popen(
-        argv,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=stderr,
-        cwd=cwd,
-        env=env,
-        start_new_session=True,
-        close_fds=True,
+    stdout_read, stdout_write = os.pipe()
+    pipes = [(stdout_read, OutputStream.STDOUT)]
+    stderr_write = stdout_write
+    if not stderr_to_stdout:
+        stderr_read, stderr_write = os.pipe()
+        pipes.append((stderr_read, OutputStream.STDERR))
+    writes = (stdout_write, stderr_write)
+    # posix_spawn has no action to change the working directory, and a write end
+    # on 0, 1 or 2 (the agent's own were closed) needs more care than its dup2 gives.
+    if cwd is not None or min(writes) <= 2:
+        return _popen_watched(argv, cwd, env, on_output, pipes, writes)
+    spawning = asyncio.get_running_loop().run_in_executor(
+        _spawner, _posix_spawn_watchable, argv, env, *writes
     )
+    try:
+        pid, pidfd, started_at = await asyncio.shield(spawning)
+    except asyncio.CancelledError:
+        await _kill_once_spawned(spawning, on_output, pipes, writes)
+        raise
+    except BaseException:
+        _close_all(pipes, writes)
+        raise
+    _close_all((), writes)
+    return _WatchedProcess(pid, pidfd, started_at, on_output, pipes)
+
+
+#: The thread that spawns, so that the loop's thread never waits for an exec.
+_spawner = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="hydra-spawn")
+
+
+def _posix_spawn_watchable(
+    argv: Sequence[str], env: Mapping[str, str], stdout: int, stderr: int
+) -> tuple[int, int, datetime]:
+    """On the spawner's thread: the pid, a pidfd and the start time of a new process."""
+    pid = posix_spawn(argv, env, stdout, stderr)
     started_at = _now()  # right after the spawn: the program is exec'd
+    try:
+        return pid, os.pidfd_open(pid), started_at  # not reaped yet: the pid is still this child's
+    except OSError:  # e.g. out of file descriptors
+        _kill_and_reap(pid)
+        raise
+
+
+async def _kill_once_spawned(
+    spawning: asyncio.Future[tuple[int, int, datetime]],
+    on_output: OnOutput,
+    pipes: Sequence[tuple[int, OutputStream]],
+    writes: Sequence[int],
+) -> None:
+    """Cancelled while spawning: waits for the spawn, kills the new group, reaps its leader.
+
+    It waits through further cancels: a moment, and nothing may be left running.
+    """
+    while not spawning.done():
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait({spawning})
+    if spawning.exception() is not None:
+        _close_all(pipes, writes)
+        return
+    pid, pidfd, started_at = spawning.result()
+    _close_all((), writes)
+    signal_group(pid, signal.SIGKILL)
+    process = _WatchedProcess(pid, pidfd, started_at, on_output, pipes)
+    process.close()
+    while not process.exited.done():
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait({process.exited})
+
+
+def _popen_watched(
+    argv: Sequence[str],
+    cwd: str | None,
+    env: Mapping[str, str],
+    on_output: OnOutput,
+    pipes: Sequence[tuple[int, OutputStream]],
+    writes: Sequence[int],
+) -> Process:
+    """``Popen`` on the loop's thread, where ``posix_spawn`` cannot do the work."""
+    try:
+        popen = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=writes[0],
+            stderr=writes[1],
+            cwd=cwd,
+            env=env,
+            start_new_session=True,
+            close_fds=True,
+        )
+    except BaseException:
+        _close_all(pipes, writes)
+        raise
+    started_at = _now()  # right after the spawn: the program is exec'd
+    _close_all((), writes)
     try:
         pidfd = os.pidfd_open(popen.pid)  # not reaped yet, so the pid is still this child's
     except OSError:  # e.g. out of file descriptors
-        _kill_and_reap(popen)
+        _kill_and_reap(popen.pid, popen)
+        _close_all(pipes, ())
         raise
-    return _WatchedProcess(popen, pidfd, started_at, on_output)
+    return _WatchedProcess(popen.pid, pidfd, started_at, on_output, pipes, popen)
+
+
+def _close_all(pipes: Sequence[tuple[int, OutputStream]], writes: Sequence[int]) -> None:
+    for fd in {*(fd for fd, _ in pipes), *writes}:
+        os.close(fd)
 
 
 class _WatchedProcess(Process):
-    """A ``Popen``'s pipes and pidfd, read by the loop's selector."""
+    """A child's pipes and pidfd, read by the loop's selector."""
 
     def __init__(
         self,
-        popen: subprocess.Popen[bytes],
+        pid: int,
         pidfd: int,
         started_at: datetime,
         on_output: OnOutput,
+        pipes: Sequence[tuple[int, OutputStream]],
+        popen: subprocess.Popen[bytes] | None = None,
     ) -> None:
         self._loop = asyncio.get_running_loop()
         self._popen = popen
         self._pidfd = pidfd
         self._on_output = on_output
-        self.pid = popen.pid
+        self._returncode: int | None = None
+        self.pid = pid
         self.started_at = started_at
         self.exited = self._loop.create_future()
         self.pipes_closed = self._loop.create_future()
         # If it has exited already, the pidfd is readable at once: nothing is missed.
         self._loop.add_reader(pidfd, self._reap)
-        self._pipes: dict[int, tuple[IO[bytes], OutputStream]] = {}
-        for pipe, stream in (
-            (popen.stdout, OutputStream.STDOUT),
-            (popen.stderr, OutputStream.STDERR),
-        ):
-            if pipe is None:  # stderr=STDOUT
-                continue
-            os.set_blocking(pipe.fileno(), False)
-            self._pipes[pipe.fileno()] = (pipe, stream)
-            self._loop.add_reader(pipe.fileno(), self._read, pipe.fileno())
+        self._pipes = dict(pipes)
+        for fd in self._pipes:
+            os.set_blocking(fd, False)
+            self._loop.add_reader(fd, self._read, fd)
 
     @property
     def returncode(self) -> int | None:
-        return self._popen.returncode
+        return self._returncode
 
     def close(self) -> None:
         for fd in list(self._pipes):
             self._close_pipe(fd)
-        if self._popen.returncode is None:
+        if self._returncode is None:
             # Not reaped, so the pid cannot have been reused; _reap follows the exit.
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, signal.SIGKILL)
@@ -270,14 +366,14 @@ class _WatchedProcess(Process):
             log.warning("cannot read the output of process %d: %s", self.pid, error)
             data = b""
         if data:
-            self._on_output(self._pipes[fd][1], data)
+            self._on_output(self._pipes[fd], data)
         else:
             self._close_pipe(fd)
 
     def _close_pipe(self, fd: int) -> None:
-        pipe, _ = self._pipes.pop(fd)
+        del self._pipes[fd]
         self._loop.remove_reader(fd)
-        pipe.close()
+        os.close(fd)
         if not self._pipes and not self.pipes_closed.done():
             self.pipes_closed.set_result(None)
 
@@ -293,19 +389,21 @@ class _WatchedProcess(Process):
             returncode = os.waitstatus_to_exitcode(status)
         self._loop.remove_reader(self._pidfd)
         os.close(self._pidfd)
-        self._popen.returncode = returncode  # so that Popen never waits for it itself
+        self._returncode = returncode
+        if self._popen is not None:
+            self._popen.returncode = returncode  # so that Popen never waits for it itself
         if not self.exited.done():  # a waiter cancelled it
             self.exited.set_result(None)
 
 
-def _kill_and_reap(popen: subprocess.Popen[bytes]) -> None:
+def _kill_and_reap(pid: int, popen: subprocess.Popen[bytes] | None = None) -> None:
     """SIGKILLs the new group and waits for its leader: a moment, as it was just born."""
     with contextlib.suppress(ProcessLookupError):
-        os.killpg(popen.pid, signal.SIGKILL)
-    popen.wait()
-    for pipe in (popen.stdout, popen.stderr):
-        if pipe is not None:
-            pipe.close()
+        os.killpg(pid, signal.SIGKILL)
+    if popen is not None:
+        popen.wait()
+    else:
+        os.waitpid(pid, 0)
 
 
 # --- through asyncio's transport ------------------------------------------------------

@@ -186,6 +186,44 @@ def test_pass_env_passes_what_it_names(
     assert AWS_KEY not in printed
 
 
+@pytest.mark.parametrize(
+    "extra_args",
+    [
+        pytest.param([], id="posix_spawn"),
+        pytest.param(["--run-as", "nobody"], id="run-as, Popen in its workdir", marks=AS_ROOT),
+    ],
+)
+def test_a_task_gets_none_of_the_agents_descriptors_but_0_1_and_2(
+    db_conninfo: str,
+    coordinator: CoordinatorThread,
+    token_file: Path,
+    tmp_path: Path,
+    extra_args: list[str],
+) -> None:
+    # Spawning no longer closes what it does not pass on: the agent's gRPC sockets, its
+    # pidfds and the pipes of the attempt that runs meanwhile must all be close-on-exec.
+    agent = start_agent(
+        db_conninfo, coordinator, tmp_path, token_file=token_file, extra_args=extra_args
+    )
+    try:
+        with Client(coordinator.address, token=TOKEN) as client:
+            client.apply(Task(name="holds.pipes", command=("sleep", "60")))
+            holder, _ = client.trigger("holds.pipes")
+            wait_for(
+                lambda: client.get_run(holder.id).state is RunState.RUNNING,
+                timeout=30,
+                message="the holding attempt running",
+            )
+            listed = Task(name="lists.fds", command=("sh", "-c", "ls /proc/$$/fd"))
+            _, state, printed = run_once(client, listed)
+            client.cancel(holder.id)
+    finally:
+        agent.stop()
+
+    assert state is RunState.SUCCEEDED, printed
+    assert printed.split() == ["0", "1", "2"]
+
+
 @AS_ROOT
 def test_run_as_nobody_runs_attempts_and_command_checks_as_nobody(
     db_conninfo: str, coordinator: CoordinatorThread, token_file: Path, tmp_path: Path
