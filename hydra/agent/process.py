@@ -8,30 +8,30 @@ checks both run this way.
 
 Where pidfds work (Linux 5.3 and later), the loop watches the process itself:
 the two pipes and a pidfd go straight into the loop's selector. The process
-is started by ``os.posix_spawn`` (glibc's is a vfork and exec; see
-:mod:`hydra.agent.spawning`) on a spawner thread of its own, so that the
-loop's thread does not wait for the exec; the loop awaits it, and a cancel
-meanwhile waits for the spawn, then kills the new group and reaps it. With a
-working directory, which ``posix_spawn`` cannot set, ``subprocess.Popen``
-starts it on the loop's thread (and a cancel cannot come between). asyncio's
-subprocess transport does the same work through a transport, two pipe
-transports, their protocols and a child watcher, for a tenth to a quarter more
-of the agent's CPU per attempt; it remains the way where pidfds do not work.
+is started by ``os.posix_spawn`` (glibc's is a vfork and exec, in C; see
+:mod:`hydra.agent.spawning`) on the loop's thread: the loop is held for the
+exec only, never for copying the agent (about 0.1 ms of CPU per spawn, half of
+``Popen``'s). Spawning on a helper thread was measured too and cost more than
+it saved (the hand-off to the thread and back; bench/README.md, "Round 3").
+With a working directory, which ``posix_spawn`` cannot set,
+``subprocess.Popen`` starts it, on the loop's thread as well. Either way
+nothing is awaited, so a cancel cannot come between the spawn and the watch.
+asyncio's subprocess transport does the same work through a transport, two
+pipe transports, their protocols and a child watcher, for a tenth to a quarter
+more of the agent's CPU per attempt; it remains the way where pidfds do not work.
 
 The start time is taken as soon as the spawn returns, that is once the
-program is exec'd, on the thread that spawned it: what the latency benchmarks
-call "right after spawn". On a busy machine that thread may be scheduled again
-a fraction of a millisecond after the program began to run. Through asyncio's
-transport, it is taken once the pipes are connected, a few turns of the loop
-later: with five processes started at once, each start time then includes
-the other forks.
+program is exec'd: what the latency benchmarks call "right after spawn". On a
+busy machine the loop's thread may be scheduled again a fraction of a
+millisecond after the program began to run. Through asyncio's transport, it
+is taken once the pipes are connected, a few turns of the loop later: with
+five processes started at once, each start time then includes the other forks.
 """
 
 from __future__ import annotations
 
 import abc
 import asyncio
-import concurrent.futures
 import contextlib
 import logging
 import os
@@ -114,17 +114,15 @@ async def spawn(
     With ``stderr_to_stdout``, both go into one pipe, in the order written, all
     as ``STDOUT``.
 
-    Through pidfds, the process is watched from the moment this returns; a
-    cancel while the spawner's thread starts it waits for the spawn, kills the
-    process group and reaps the leader before this raises (with a working
-    directory, nothing is awaited and a cancel cannot come between). Through
-    asyncio's transport, a cancel while the pipes connect kills the process group.
+    Through pidfds, nothing is awaited: the process is watched from the moment
+    this returns, and a cancel cannot come between. Through asyncio's
+    transport, a cancel while the pipes connect kills the process group.
 
     Raises:
         OSError, ValueError, subprocess.SubprocessError: it could not start.
     """
     if USE_PIDFDS:
-        return await _spawn_watched(
+        return _spawn_watched(
             argv, cwd=cwd, env=env, on_output=on_output, stderr_to_stdout=stderr_to_stdout
         )
     stderr = subprocess.STDOUT if stderr_to_stdout else subprocess.PIPE
@@ -201,7 +199,7 @@ def _live_member_in_proc(pgid: int) -> bool:
 # --- through pidfds ---------------------------------------------------------------
 
 
-async def _spawn_watched(
+def _spawn_watched(
     argv: Sequence[str],
     *,
     cwd: str | None,
@@ -220,14 +218,8 @@ async def _spawn_watched(
     # on 0, 1 or 2 (the agent's own were closed) needs more care than its dup2 gives.
     if cwd is not None or min(writes) <= 2:
         return _popen_watched(argv, cwd, env, on_output, pipes, writes)
-    spawning = asyncio.get_running_loop().run_in_executor(
-        _spawner, _posix_spawn_watchable, argv, env, *writes
-    )
     try:
-        pid, pidfd, started_at = await asyncio.shield(spawning)
-    except asyncio.CancelledError:
-        await _kill_once_spawned(spawning, on_output, pipes, writes)
-        raise
+        pid, pidfd, started_at = _posix_spawn_watchable(argv, env, *writes)
     except BaseException:
         _close_all(pipes, writes)
         raise
@@ -235,14 +227,10 @@ async def _spawn_watched(
     return _WatchedProcess(pid, pidfd, started_at, on_output, pipes)
 
 
-#: The thread that spawns, so that the loop's thread never waits for an exec.
-_spawner = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="hydra-spawn")
-
-
 def _posix_spawn_watchable(
     argv: Sequence[str], env: Mapping[str, str], stdout: int, stderr: int
 ) -> tuple[int, int, datetime]:
-    """On the spawner's thread: the pid, a pidfd and the start time of a new process."""
+    """The pid, a pidfd and the start time of a new process."""
     pid = posix_spawn(argv, env, stdout, stderr)
     started_at = _now()  # right after the spawn: the program is exec'd
     try:
@@ -250,32 +238,6 @@ def _posix_spawn_watchable(
     except OSError:  # e.g. out of file descriptors
         _kill_and_reap(pid)
         raise
-
-
-async def _kill_once_spawned(
-    spawning: asyncio.Future[tuple[int, int, datetime]],
-    on_output: OnOutput,
-    pipes: Sequence[tuple[int, OutputStream]],
-    writes: Sequence[int],
-) -> None:
-    """Cancelled while spawning: waits for the spawn, kills the new group, reaps its leader.
-
-    It waits through further cancels: a moment, and nothing may be left running.
-    """
-    while not spawning.done():
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.wait({spawning})
-    if spawning.exception() is not None:
-        _close_all(pipes, writes)
-        return
-    pid, pidfd, started_at = spawning.result()
-    _close_all((), writes)
-    signal_group(pid, signal.SIGKILL)
-    process = _WatchedProcess(pid, pidfd, started_at, on_output, pipes)
-    process.close()
-    while not process.exited.done():
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.wait({process.exited})
 
 
 def _popen_watched(

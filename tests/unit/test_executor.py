@@ -632,42 +632,14 @@ async def test_a_cancelled_spawn_leaves_no_output_file_and_no_process(
 
 
 @only_through_pidfds
-async def test_a_cancel_while_spawning_waits_for_the_spawn_and_leaves_nothing_running(
-    run_id: str, outputs: OutputsDirectory
+@pytest.mark.parametrize("workdir", [False, True], ids=["posix_spawn", "Popen"])
+async def test_start_returns_without_letting_the_loop_turn(
+    run_id: str, outputs: OutputsDirectory, tmp_path: Path, workdir: bool
 ) -> None:
-    # The spawn runs on the spawner's thread: a cancel can come meanwhile. Held
-    # behind a gate there, it comes before the process exists, and the spawn
-    # then still happens: start must kill the group and reap it before it ends.
-    before = open_fds()
-    gate = threading.Event()
-    held = process._spawner.submit(gate.wait)
-    execution = Execution(spec(run_id, "sleep", "1000"), Recorder(), outputs)
-    starting = asyncio.create_task(execution.start())
-    await asyncio.sleep(0)  # one turn: start awaits the spawner's thread
-    starting.cancel()
-    await asyncio.sleep(0)
-    starting.cancel()  # a second cancel does not cut the wait short
-    await asyncio.sleep(0)
-
-    assert not starting.done()  # it waits for the spawn it asked for
-    gate.set()
-    with pytest.raises(asyncio.CancelledError):
-        await starting
-
-    held.result()
-    assert execution.started is None
-    assert not processes_with_run_id(run_id)  # killed and reaped before start ended
-    assert zombie_children() == []
-    assert open_fds() == before
-
-
-@only_through_pidfds
-async def test_with_a_workdir_start_returns_without_letting_the_loop_turn(
-    run_id: str, outputs: OutputsDirectory, tmp_path: Path
-) -> None:
-    # Popen on the loop's thread: a cancel comes before the process exists or once
-    # it is supervised, never between.
-    execution = Execution(spec(run_id, "sleep", "1000", workdir=str(tmp_path)), Recorder(), outputs)
+    # The spawn runs on the loop's thread (posix_spawn, or Popen with a workdir): a
+    # cancel comes before the process exists or once it is supervised, never between.
+    where = {"workdir": str(tmp_path)} if workdir else {}
+    execution = Execution(spec(run_id, "sleep", "1000", **where), Recorder(), outputs)
     starting = asyncio.create_task(execution.start())
     await asyncio.sleep(0)  # one turn: start ran to its end
 
