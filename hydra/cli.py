@@ -20,7 +20,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from hydra import config
+from hydra import config, event_loop
 from hydra.domain import agent_id_problem
 from hydra.errors import HydraError, InvalidArgument, Unavailable
 from hydra.spec import parse_duration, retention_from_text
@@ -479,8 +479,9 @@ def _no_migrate(args: argparse.Namespace) -> bool:
 def _coordinator(args: argparse.Namespace) -> int:
     from hydra.coordinator.server import run_coordinator
 
+    event_loop.loop_factory()  # a bad HYDRA_EVENT_LOOP is refused before anything starts
     if args.db:
-        return asyncio.run(run_coordinator(coordinator_config(args, args.db)))
+        return event_loop.run(run_coordinator(coordinator_config(args, args.db)))
     from hydra.coordinator.embedded import EmbeddedPostgres
 
     # Checked before PostgreSQL starts, so a bad flag leaves nothing running.
@@ -489,7 +490,7 @@ def _coordinator(args: argparse.Namespace) -> int:
     conninfo = embedded.start()
     log.info("no HYDRA_DB: using embedded PostgreSQL under %s", config.home())
     try:
-        return asyncio.run(run_coordinator(replace(settings, conninfo=conninfo)))
+        return event_loop.run(run_coordinator(replace(settings, conninfo=conninfo)))
     finally:
         embedded.stop()
 
@@ -497,6 +498,7 @@ def _coordinator(args: argparse.Namespace) -> int:
 def _agent(args: argparse.Namespace) -> int:
     from hydra.agent import AgentConfig, run_agent
 
+    event_loop.loop_factory()
     if args.capacity < 1:
         raise InvalidArgument("must be at least 1", path="--capacity")
     if (problem := agent_id_problem(args.id)) is not None:
@@ -517,7 +519,7 @@ def _agent(args: argparse.Namespace) -> int:
         metrics_listen=_off_is_none(args.metrics_listen),
         metrics_insecure=args.metrics_insecure,
     )
-    return asyncio.run(run_agent(agent_config))
+    return event_loop.run(run_agent(agent_config))
 
 
 def _agent_tls(args: argparse.Namespace) -> ClientTls | None:
@@ -558,6 +560,8 @@ def _dev(args: argparse.Namespace) -> int:
     from hydra.coordinator.embedded import EmbeddedPostgres
     from hydra.coordinator.server import run_coordinator
 
+    event_loop.loop_factory()
+
     home = Path(args.home).expanduser()
     home.mkdir(parents=True, exist_ok=True)
     embedded = EmbeddedPostgres.for_home(home)
@@ -579,7 +583,7 @@ def _dev(args: argparse.Namespace) -> int:
             web = _start_dev_web(args, credentials.admin if credentials else None)
         print(_dev_banner(args.listen, home, contexts), flush=True)
         print(_dev_metrics_line(coordinator.metrics_listen, args.agent_metrics_listen), flush=True)
-        return asyncio.run(run_coordinator(coordinator))
+        return event_loop.run(run_coordinator(coordinator))
     finally:
         for process in (web, agent):
             if process is not None:

@@ -16,6 +16,22 @@ DEFAULT_MAX_CONCURRENT_RPCS = 100
 DEFAULT_RENDER_TIMEOUT = "1s"
 
 
+#: The values HYDRA_EVENT_LOOP takes ("" is the default: uvloop where installed).
+EVENT_LOOPS = ("uvloop", "asyncio")
+
+
+def event_loop(environ: Mapping[str, str] = os.environ) -> str:
+    """HYDRA_EVENT_LOOP: ``uvloop`` or ``asyncio``; "" (unset) for uvloop where it is
+    installed, else asyncio (hydra.event_loop)."""
+    value = environ.get("HYDRA_EVENT_LOOP", "").strip().lower()
+    if value and value not in EVENT_LOOPS:
+        raise InvalidArgument(
+            f"must be uvloop or asyncio, not {environ['HYDRA_EVENT_LOOP']!r}",
+            path="HYDRA_EVENT_LOOP",
+        )
+    return value
+
+
 def db_conninfo(environ: Mapping[str, str] = os.environ) -> str | None:
     """HYDRA_DB: a libpq conninfo string or URI; None means the embedded server."""
     return environ.get("HYDRA_DB") or None

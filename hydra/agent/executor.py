@@ -28,6 +28,7 @@ import logging
 import os
 import signal
 import subprocess
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -136,7 +137,7 @@ class Execution:
     async def start(self, *, at: float | None = None) -> Started | None:
         """Spawns the process; None if it could not start (``wait`` then says why).
 
-        With ``at`` (the event loop's clock), it first waits until then; a kill
+        With ``at`` (on ``time.monotonic()``), it first waits until then; a kill
         meanwhile ends the attempt before anything was spawned.
         """
         if self._started is not None or self._failed_start is not None:
@@ -218,18 +219,19 @@ class Execution:
             self._kill_now.set()
 
     async def _wait_until(self, at: float) -> None:
-        """Waits until the loop's clock reaches ``at``, or a kill.
+        """Waits until ``time.monotonic()`` reaches ``at``, or a kill.
 
-        The loop's timers fire up to a millisecond late (epoll counts whole
-        milliseconds), so the timer aims one millisecond early and the rest is
-        waited out turn by turn: the process starts on time, never before.
+        The loop's timers fire up to a millisecond late (epoll and libuv count
+        whole milliseconds), so the timer aims one millisecond early and the rest
+        is waited out turn by turn, on the monotonic clock at full resolution
+        (uvloop's ``loop.time()`` counts whole milliseconds too): the process
+        starts on time, never before.
         """
-        loop = asyncio.get_running_loop()
-        early = at - _TIMER_SLACK_SECONDS - loop.time()
+        early = at - _TIMER_SLACK_SECONDS - time.monotonic()
         if early > 0 and self._kill is None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._kill_requested.wait(), early)
-        while self._kill is None and loop.time() < at:  # noqa: ASYNC110 - a spin, on purpose
+        while self._kill is None and time.monotonic() < at:  # noqa: ASYNC110 - a spin, on purpose
             await asyncio.sleep(0)
 
     def _end_unstarted(self, kill: _KillRequest) -> None:

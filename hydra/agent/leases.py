@@ -144,7 +144,7 @@ class LeaseBook:
         it; a spawn that fails is reported like any end (FAILED, "cannot
         start: ..."), and so is a kill before the spawn.
         """
-        self._start(lease, spec, renewed_at=self._clock(), at=_loop_time_in(start_in))
+        self._start(lease, spec, renewed_at=self._clock(), at=_monotonic_in(start_in))
 
     def check(
         self, lease: LeaseKey, spec: AttemptSpec, checks: Sequence[Check], *, start_in: float = 0.0
@@ -158,7 +158,7 @@ class LeaseBook:
         """
         entry = _Checking(spec, renewed_at=self._clock())
         entry.task = asyncio.create_task(
-            self._check(lease, entry, checks, at=_loop_time_in(start_in))
+            self._check(lease, entry, checks, at=_monotonic_in(start_in))
         )
         self._checking[lease] = entry
         self._check_tasks.add(entry.task)
@@ -293,7 +293,7 @@ class LeaseBook:
         attempt, or forgets."""
         try:
             if at is not None:
-                await asyncio.sleep(at - asyncio.get_running_loop().time())
+                await asyncio.sleep(at - time.monotonic())
             verdicts = await evaluate_all(checks, self._check_turns, self._isolation)
         except Exception:  # a bug must not hold the slot forever
             log.exception("lease %s: evaluating preconditions failed; lease forgotten", lease)
@@ -382,9 +382,10 @@ class LeaseBook:
         self._changed = asyncio.Event()
 
 
-def _loop_time_in(seconds: float) -> float | None:
-    """The event loop's clock ``seconds`` from now; None for "at once"."""
-    return asyncio.get_running_loop().time() + seconds if seconds > 0 else None
+def _monotonic_in(seconds: float) -> float | None:
+    """``time.monotonic()`` ``seconds`` from now; None for "at once". (Not the loop's
+    clock: uvloop's counts whole milliseconds.)"""
+    return time.monotonic() + seconds if seconds > 0 else None
 
 
 def _summary(verdicts: Sequence[PreconditionVerdict]) -> str:
