@@ -675,6 +675,23 @@ def test_the_outputs_directory_is_private_made_on_first_use_and_removed_by_close
         directory.new_file(spec("r", "true"))
 
 
+def test_an_attempts_directory_goes_with_what_its_process_left_in_it() -> None:
+    directory = OutputsDirectory()
+    try:
+        empty = Path(directory.new_file(spec("r", "true")))
+        left = Path(directory.new_file(spec("r", "true", attempt=2)))
+        (left.parent / "scratch" / "deeper").mkdir(parents=True)
+        (left.parent / "scratch" / "deeper" / "data").write_bytes(b"x")
+        left.unlink()  # and the process took $HYDRA_OUTPUT away itself
+
+        directory.remove(str(empty))
+        directory.remove(str(left))
+
+        assert not empty.parent.exists() and not left.parent.exists()
+    finally:
+        directory.close()
+
+
 def test_an_outputs_directory_removed_under_the_agent_is_made_again() -> None:
     directory = OutputsDirectory()
     try:
