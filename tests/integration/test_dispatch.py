@@ -57,6 +57,8 @@ def _leased_to(db: Database, agent_id: str) -> int:
 #: its own (on a loaded machine, in most rounds); without inline dispatch no round
 #: would be inline, so one inline round is the proof.
 ROUNDS = 6
+#: Offers of a per-second cron that may leave after their occurrence on a loaded machine.
+LATE_OFFERS_ALLOWED = 2
 
 
 def test_a_triggered_run_is_leased_in_the_transaction_that_created_it(db_conninfo: str) -> None:
@@ -230,11 +232,19 @@ def test_a_cron_run_is_leased_ahead_and_offered_with_the_wait_until_its_time(
                     triggers=(Cron(expression="* * * * * *"),),
                 )
             )
-            offer = agent.expect("lease", timeout=10)
-            received = datetime.now(UTC)
-            occurrence = offer.occurrence.ToDatetime(tzinfo=UTC)
-            start_in = offer.start_in.ToTimedelta()
-            assert timedelta(0) < start_in <= LEASE_AHEAD
+            # On a loaded machine one offer may leave after its occurrence (start_in 0);
+            # the next occurrences get their turn, and one of them must come ahead.
+            for _ in range(LATE_OFFERS_ALLOWED + 1):
+                offer = agent.expect("lease", timeout=10)
+                received = datetime.now(UTC)
+                occurrence = offer.occurrence.ToDatetime(tzinfo=UTC)
+                start_in = offer.start_in.ToTimedelta()
+                assert timedelta(0) <= start_in <= LEASE_AHEAD
+                if start_in > timedelta(0):
+                    break
+                assert received >= occurrence - timedelta(milliseconds=20), "no wait given"
+                agent.finished(offer.lease, pb.ATTEMPT_OUTCOME_SUCCEEDED, offer.argv)
+            assert start_in > timedelta(0), f"{LATE_OFFERS_ALLOWED + 1} offers, all late"
             # Offered before the occurrence, with the wait that is left until it.
             assert received < occurrence
             assert abs((received + start_in) - occurrence) < timedelta(milliseconds=20)
