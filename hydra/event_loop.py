@@ -4,7 +4,7 @@
 through :func:`run`. uvloop (libuv under asyncio's API) works with grpc.aio and
 psycopg and costs less CPU per run: with ``python -m bench throughput`` on two
 cores it took a sixth less CPU per 1,000 runs of ``/bin/true`` than asyncio's own
-loop (bench/README.md, "Round 3"). ``HYDRA_EVENT_LOOP=asyncio`` chooses asyncio's
+loop (bench/README.md, "Round 5"). ``HYDRA_EVENT_LOOP=asyncio`` chooses asyncio's
 loop (to rule uvloop out when chasing a problem); ``uvloop`` insists on uvloop.
 
 Code that needs a clock finer than a millisecond uses ``time.monotonic()``, not

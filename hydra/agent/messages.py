@@ -160,11 +160,6 @@ def batched(items: list[pb.AgentMessage]) -> pb.AgentMessage:
     return pb.AgentMessage(batch=pb.AgentBatch(messages=items))
 
 
-def size(message: pb.AgentMessage | None) -> int:
-    """Bytes of a queued message on the wire (what batches are bounded by)."""
-    return 0 if message is None else message.ByteSize()
-
-
 def heartbeat(leases: Iterable[LeaseKey], *, sequence: int, draining: bool) -> pb.AgentMessage:
     """A heartbeat renewing ``leases``."""
     refs = [lease_ref(lease) for lease in leases]

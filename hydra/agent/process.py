@@ -12,7 +12,8 @@ is started by ``os.posix_spawn`` (glibc's is a vfork and exec, in C; see
 :mod:`hydra.agent.spawning`) on the loop's thread: the loop is held for the
 exec only, never for copying the agent (about 0.1 ms of CPU per spawn, half of
 ``Popen``'s). Spawning on a helper thread was measured too and cost more than
-it saved (the hand-off to the thread and back; bench/README.md, "Round 3").
+it saved (the hand-off to the thread and back; bench/README.md, "Issue 15: spawning,
+measured three ways").
 With a working directory, which ``posix_spawn`` cannot set,
 ``subprocess.Popen`` starts it, on the loop's thread as well. Either way
 nothing is awaited, so a cancel cannot come between the spawn and the watch.

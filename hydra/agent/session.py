@@ -132,7 +132,7 @@ class Outbox:
     async def messages(self, first: pb.AgentMessage) -> AsyncIterator[pb.AgentMessage]:
         """The request iterator: ``first``, then what is queued, until closed."""
         yield first
-        gatherer = Gatherer(self._queue, messages.size)
+        gatherer = Gatherer(self._queue, pb.AgentMessage.ByteSize)
         try:
             while (taken := await gatherer.next(batching=self.batching)) is not None:
                 for message in taken:
@@ -293,11 +293,8 @@ class Session:
         self, call: grpc.aio.StreamStreamCall[pb.AgentMessage, pb.CoordinatorMessage]
     ) -> SessionEnd:
         while isinstance(message := await call.read(), pb.CoordinatorMessage):
-            if message.WhichOneof("body") != "batch":
-                if self._dispatch(message) is SessionEnd.RELOCATE:
-                    return SessionEnd.RELOCATE
-                continue
-            for item in message.batch.messages:  # in order, as if each came alone
+            batch = message.batch.messages if message.HasField("batch") else (message,)
+            for item in batch:  # in order, as if each came alone
                 if self._dispatch(item) is SessionEnd.RELOCATE:
                     return SessionEnd.RELOCATE
         if self._closing:

@@ -23,7 +23,7 @@ from collections.abc import Iterator, Mapping, Sequence
 #: library installs its own handlers for them at start, and they are not
 #: signals one can send through Python's ``signal``.)
 _SIGNALS_TO_DEFAULT = frozenset(
-    getattr(signal, name) for name in ("SIGPIPE", "SIGXFZ", "SIGXFSZ") if hasattr(signal, name)
+    getattr(signal, name) for name in ("SIGPIPE", "SIGXFSZ") if hasattr(signal, name)
 )
 #: Errors of one candidate on ``PATH`` after which the next is tried, as execvp does.
 _NOT_HERE = frozenset({errno.ENOENT, errno.ENOTDIR})

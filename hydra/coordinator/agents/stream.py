@@ -143,7 +143,7 @@ class AgentStreams:
         reader = asyncio.create_task(
             self._read(session, requests), name=f"agent-{session.agent_id}"
         )
-        outgoing = Gatherer(session.outbox, _message_size)
+        outgoing = Gatherer(session.outbox, pb.CoordinatorMessage.ByteSize)
         batching = version >= BATCHES
         messages, items = self._sent
         try:
@@ -221,19 +221,15 @@ class AgentStreams:
                     break
                 session.heard()
                 messages.inc()
-                kind = message.WhichOneof("body")
-                if kind != "batch":
-                    items.inc()
-                    await self._take(session, inbox, message, kind)
-                    continue
-                batch = message.batch.messages
+                batched = message.HasField("batch")
+                batch = message.batch.messages if batched else (message,)
                 items.inc(len(batch))
-                if (problem := _batch_problem(batch)) is not None:
+                if batched and (problem := _batch_problem(batch)) is not None:
                     log.warning("agent %s: %s; ending its stream", session.agent_id, problem)
                     session.refusal = (grpc.StatusCode.INVALID_ARGUMENT, problem)
                     break
                 for item in batch:
-                    await self._take(session, inbox, item, item.WhichOneof("body"))
+                    await self._take(session, inbox, item)
             else:
                 await inbox.put(None)
                 await worker  # what the agent sent before it closed is still recorded
@@ -252,11 +248,10 @@ class AgentStreams:
         session: AgentSession,
         inbox: asyncio.Queue[pb.AgentMessage | None],
         message: pb.AgentMessage,
-        kind: str | None,
     ) -> None:
         """One item from the agent: a heartbeat joins other streams' heartbeats; the
         rest waits in the inbox (a full inbox slows the agent down: flow control)."""
-        if kind == "heartbeat":
+        if message.HasField("heartbeat"):
             self._heartbeat(session, message.heartbeat)
         else:
             await inbox.put(message)
@@ -489,10 +484,6 @@ class AgentStreams:
         log.info("agent %s rejected run %s: %s", session.agent_id, key[0], rejected.reason)
         await leases.release(tx, key[0], key[1], reason=f"agent rejected: {rejected.reason}")
         return lambda: session.held.discard(key)
-
-
-def _message_size(message: pb.CoordinatorMessage | None) -> int:
-    return 0 if message is None else message.ByteSize()
 
 
 def _batch_problem(batch: Sequence[pb.AgentMessage]) -> str | None:

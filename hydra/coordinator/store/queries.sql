@@ -144,31 +144,15 @@ WHERE active AND next_fire_at IS NOT NULL;
 -- ----------------------------------------------------------------- runs --
 
 -- name: insert_runs
--- Create runs for (task, occurrence) pairs; existing pairs are left alone.
-INSERT INTO hydra_runs (task_id, task_version, occurrence, cause, params, selector,
-                        not_before, max_attempts, backoff_seconds, backoff_multiplier,
-                        max_backoff_seconds, idempotency_key, timezone)
-SELECT u.task_id, u.task_version, u.occurrence, u.cause, u.params, u.selector,
-       greatest(u.occurrence, now()), u.max_attempts, u.backoff_seconds,
-       u.backoff_multiplier, u.max_backoff_seconds, u.idempotency_key, u.timezone
-FROM unnest(%(task_ids)s::bigint[], %(task_versions)s::int[], %(occurrences)s::timestamptz[],
-            %(causes)s::text[], %(params)s::jsonb[], %(selectors)s::jsonb[],
-            %(max_attempts)s::int[], %(backoff_seconds)s::float8[],
-            %(backoff_multipliers)s::float8[], %(max_backoff_seconds)s::float8[],
-            %(idempotency_keys)s::text[], %(timezones)s::text[])
-     AS u(task_id, task_version, occurrence, cause, params, selector, max_attempts,
-          backoff_seconds, backoff_multiplier, max_backoff_seconds, idempotency_key, timezone)
-ON CONFLICT DO NOTHING
-RETURNING id, task_id, occurrence, state;
-
--- name: insert_run_if_current
--- insert_runs for one run built from a task read earlier: only if that version of the task
--- is still its current one (current = false, and nothing inserted, otherwise).
+-- Create runs for (task, occurrence) pairs; existing pairs are left alone. One row per
+-- created run, or one with a NULL id when none was. With a guard_version (a run built from
+-- a task read earlier), only if that is still the current version of the first run's task:
+-- current = false, and nothing inserted, otherwise.
 WITH current AS (
-    SELECT EXISTS (SELECT 1 FROM hydra_tasks t
-                   WHERE t.id = (%(task_ids)s::bigint[])[1]
-                     AND t.version = (%(task_versions)s::int[])[1]
-                     AND t.deleted_at IS NULL) AS current
+    SELECT %(guard_version)s::int IS NULL OR EXISTS (
+        SELECT 1 FROM hydra_tasks t
+        WHERE t.id = (%(task_ids)s::bigint[])[1] AND t.version = %(guard_version)s::int
+          AND t.deleted_at IS NULL) AS current
 ), inserted AS (
     INSERT INTO hydra_runs (task_id, task_version, occurrence, cause, params, selector,
                             not_before, max_attempts, backoff_seconds, backoff_multiplier,

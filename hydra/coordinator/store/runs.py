@@ -45,12 +45,14 @@ async def insert_runs(tx: Transaction, new_runs: Sequence[NewRun]) -> list[str]:
     Scheduled runs meet their task's overlap policy here."""
     if not new_runs:
         return []
-    rows = await tx.all("insert_runs", **_run_columns(new_runs))
+    rows = await tx.all("insert_runs", **_run_columns(new_runs), guard_version=None)
     return await _inserted(tx, new_runs, rows)
 
 
 async def _inserted(tx: Transaction, new_runs: Sequence[NewRun], rows: list[Row]) -> list[str]:
-    """What creating `rows` (of `new_runs`) sets off: metrics, overlap, announcements."""
+    """What creating `rows` (of `new_runs`; ``insert_runs``' answer) sets off: metrics,
+    overlap, announcements. Returns the ids created."""
+    rows = [row for row in rows if row["id"] is not None]
     by_key = {(r.task_id, r.occurrence): r for r in new_runs}
     for row in rows:
         new_run = by_key[(row["task_id"], row["occurrence"])]
@@ -77,10 +79,12 @@ async def create_or_find_if_current(tx: Transaction, new_run: NewRun) -> tuple[s
     """`create_or_find` for a run built from a task read in an earlier transaction, in
     one statement with the check that its version is still the task's current one;
     None (nothing changed) if it is not."""
-    rows = await tx.all("insert_run_if_current", **_run_columns([new_run]))
+    rows = await tx.all(
+        "insert_runs", **_run_columns([new_run]), guard_version=new_run.task_version
+    )
     if not rows[0]["current"]:
         return None
-    created = await _inserted(tx, [new_run], [row for row in rows if row["id"] is not None])
+    created = await _inserted(tx, [new_run], rows)
     if created:
         return created[0], True
     return await _existing(tx, new_run), False
