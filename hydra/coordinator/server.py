@@ -509,10 +509,13 @@ class CoordinatorServer:
 
         Every step runs even if one before it failed (or the start did not get that
         far), so that nothing is left open: pools, the listener, render workers."""
-        await self._health.enter_graceful_shutdown()
-        for session in self._sessions:
-            session.drain("coordinator shutting down", reconnect_elsewhere=True)
-            session.close()
+        await _step("the health service", self._health.enter_graceful_shutdown())
+        for session in list(self._sessions):
+            try:
+                session.drain("coordinator shutting down", reconnect_elsewhere=True)
+                session.close()
+            except Exception as error:
+                log.warning("stopping agent %s's stream failed: %s", session.agent_id, error)
         if self._server is not None:
             await _step("the gRPC server", self._server.stop(grace))
         await _step("agent streams", self._streams.close())
@@ -520,17 +523,18 @@ class CoordinatorServer:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await _step("deliveries", self._deliveries.stop())
-        await self._flush_refusals()
+        await _step("the refusals", self._flush_refusals())
         if self._identities is not None:
-            with contextlib.suppress(Exception):
-                await self._identities.flush()
+            await _step("agent identities", self._identities.flush())
         await _step("watchers", self._watchers.stop())
-        self._followers.stop()
+        try:
+            self._followers.stop()
+        except Exception as error:
+            log.warning("stopping the followers failed: %s", error)
         await _step("render workers", self._renderer.stop())
         await _step("the listener", self._listener.stop())
         if self._presence is not None:
-            with contextlib.suppress(Exception):
-                await self._presence.withdraw()
+            await _step("the presence", self._presence.withdraw())
         await _step("reachability", self._reachability.close())
         for pool in self._pools:
             await _step("a database pool", pool.close())
@@ -545,9 +549,16 @@ class CoordinatorServer:
 
 
 async def _step(what: str, stopping: Awaitable[object]) -> None:
-    """One step of a stop: a failure is logged, and the stop goes on."""
+    """One step of a stop: a failure is logged, and the stop goes on. A step that
+    ends cancelled (a library's own cancellation) does not end the stop either,
+    unless it is the stop that is being cancelled."""
     try:
         await stopping
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():
+            raise
+        log.warning("stopping %s was cancelled", what)
     except Exception as error:
         log.warning("stopping %s failed: %s", what, error)
 

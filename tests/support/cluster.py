@@ -6,8 +6,10 @@ invariants."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import os
+import sys
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import timedelta
@@ -32,6 +34,11 @@ FAST_TIMES = LeaseTimes(
     heartbeat_interval=timedelta(milliseconds=400),
     kill_grace=timedelta(seconds=1),
 )
+
+
+#: How long a coordinator may take to start, and to stop.
+START_TIMEOUT_S = 60
+STOP_TIMEOUT_S = 30
 
 
 class CoordinatorThread:
@@ -73,10 +80,15 @@ class CoordinatorThread:
 
     def start(self) -> CoordinatorThread:
         self._thread.start()
+        starting = asyncio.run_coroutine_threadsafe(self.coordinator.start(), self._loop)
         try:
-            self._call(self.coordinator.start(), timeout=60)
+            starting.result(START_TIMEOUT_S)
         except BaseException:
-            self.stop()  # what the start opened is closed, not left to the garbage collector
+            # A start that ran out of time is cancelled where it is, so that it opens
+            # nothing after the stop has closed everything; what it opened is closed,
+            # not left to the garbage collector.
+            starting.cancel()
+            self.stop()
             raise
         return self
 
@@ -85,12 +97,22 @@ class CoordinatorThread:
         return f"127.0.0.1:{self.coordinator.port}"
 
     def stop(self) -> None:
+        """Stop the coordinator and close its loop. A stop that fails or runs out of
+        time is said on stderr (pytest shows it with the test that fails): what it did
+        not close would warn later, in whichever test is running then."""
         if not self._thread.is_alive():
             return
-        with contextlib.suppress(Exception):
-            self._call(self.coordinator.stop(grace=1.0), timeout=30)
-        # Whatever still runs on the loop ends before it closes: a transport or a
-        # connection left to the garbage collector warns in whichever test is running.
+        name = self.config.coordinator_id
+        stopping = asyncio.run_coroutine_threadsafe(self.coordinator.stop(grace=1.0), self._loop)
+        try:
+            try:
+                stopping.result(STOP_TIMEOUT_S)
+            except concurrent.futures.TimeoutError:
+                print(f"coordinator {name}: stopping for {STOP_TIMEOUT_S}s", file=sys.stderr)
+                stopping.result(STOP_TIMEOUT_S)  # cancelled half way, it would leave things open
+        except BaseException as error:
+            print(f"coordinator {name}: stop failed: {error!r}", file=sys.stderr)
+        # Whatever still runs on the loop ends before it closes.
         with contextlib.suppress(Exception):
             self._call(_cancel_the_rest(), timeout=10)
         self._loop.call_soon_threadsafe(self._loop.stop)
