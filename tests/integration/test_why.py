@@ -66,7 +66,7 @@ def served(db_conninfo: str, tmp_path: Path) -> Iterator[tuple[Client, Hydractl,
         wait_agents(db_conninfo, ["a"], watched=[agent], timeout=30)
         yield Client(coordinator.address), Hydractl(coordinator.address), Database(db_conninfo)
     finally:
-        agent.stop()
+        agent.stop_now()
         coordinator.stop()
 
 

@@ -9,6 +9,8 @@ import asyncio
 import concurrent.futures
 import contextlib
 import os
+import signal
+import subprocess
 import sys
 import threading
 from collections.abc import Iterator, Mapping, Sequence
@@ -36,6 +38,8 @@ FAST_TIMES = LeaseTimes(
 )
 
 
+#: How long `AgentProcess.stop_now` gives an agent to act on SIGTERM before SIGINT.
+DRAIN_BEGUN_S = 0.3
 #: How long a coordinator may take to start, and to stop.
 START_TIMEOUT_S = 60
 STOP_TIMEOUT_S = 30
@@ -167,6 +171,18 @@ class AgentProcess(Process):
         )
         self.agent_id = agent_id
 
+    def stop_now(self, timeout: float = 30) -> int | None:
+        """Stop without waiting for the drain grace (a test's teardown, not a test of
+        draining): SIGTERM begins the drain, a SIGINT once it began kills what still
+        runs, and the agent exits. A SIGINT that comes before the drain began only
+        begins it, so at worst this waits the grace as `stop` does."""
+        self.terminate()
+        try:
+            return self.popen.wait(DRAIN_BEGUN_S)
+        except subprocess.TimeoutExpired:
+            self.signal(signal.SIGINT)
+        return self.wait_or_kill(timeout)
+
 
 class Database:
     """Direct SQL on a test database, for checking what Hydra recorded."""
@@ -242,6 +258,6 @@ def cluster(
         yield started, workers
     finally:
         for worker in workers:
-            worker.stop()
+            worker.stop_now()
         for coordinator in started:
             coordinator.stop()
