@@ -19,7 +19,10 @@ from hydra.coordinator.server import CoordinatorConfig, CoordinatorServer
 
 def _open_pipes(loop: asyncio.AbstractEventLoop) -> list[Any]:
     """The loop's pipe transports whose pipe is still open."""
-    kinds = (asyncio.unix_events._UnixReadPipeTransport, asyncio.unix_events._UnixWritePipeTransport)
+    kinds = (
+        asyncio.unix_events._UnixReadPipeTransport,
+        asyncio.unix_events._UnixWritePipeTransport,
+    )
     return [
         o
         for o in gc.get_objects()
