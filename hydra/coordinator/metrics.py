@@ -207,6 +207,7 @@ PRUNED_TABLES = {
     "output_chunks": "output_chunks",
     "notifications": "notifications",
     "audit_entries": "audit_entries",
+    "occurrence_records": "occurrence_records",
     "task_versions": "task_versions",
     "tasks": "tasks",
 }

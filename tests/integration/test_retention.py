@@ -21,7 +21,7 @@ from hydra.client import Client, hydractl
 from hydra.coordinator.loops.pruner import MIN_BATCH, Pruner
 from hydra.coordinator.specs import apply_spec
 from hydra.coordinator.store import Database
-from hydra.domain import After, Concurrency, Retention, TaskSpec
+from hydra.domain import After, Concurrency, Cron, Retention, TaskSpec
 
 from support.cluster import CoordinatorThread
 
@@ -448,3 +448,71 @@ async def test_notifications_go_with_their_runs_and_a_deleted_tasks_records_with
         assert history.count(table) == 0, table
     assert history.count("hydra_skipped_occurrences") == 0
     assert history.count("hydra_late_occurrences") == 0
+
+
+def _skipped(history: History, task_id: int, first_days_ago: int, last_days_ago: int) -> None:
+    history.conn.execute(
+        "INSERT INTO hydra_skipped_occurrences (task_id, trigger_position, reason, "
+        "first_occurrence, last_occurrence, occurrence_count) VALUES (%s, 0, 'paused', "
+        "now() - make_interval(days => %s), now() - make_interval(days => %s), 3)",
+        (task_id, first_days_ago, last_days_ago),
+    )
+
+
+def _late(history: History, task_id: int, occurrence: datetime, found_days_ago: int) -> None:
+    history.conn.execute(
+        "INSERT INTO hydra_late_occurrences (task_id, occurrence, found_at) "
+        "VALUES (%s, %s, now() - make_interval(days => %s))",
+        (task_id, occurrence, found_days_ago),
+    )
+
+
+async def test_records_of_dropped_and_late_occurrences_past_max_age_go(
+    store: Database, history: History
+) -> None:
+    """A live task's records about its occurrences do not grow forever: ranges of
+    dropped occurrences and late marks go once older than its max_age, but not a
+    late mark that could fire again (its run still active, or its trigger still at
+    it), and nothing of a task kept forever."""
+    await _apply(store, "often-late", retention=MONTH, triggers=(Cron(expression="0 2 * * *"),))
+    await _apply(store, "kept-forever")
+    task_id = history.value("SELECT id FROM hydra_tasks WHERE name = 'often-late'")
+    forever_id = history.value("SELECT id FROM hydra_tasks WHERE name = 'kept-forever'")
+    for task in (task_id, forever_id):
+        _skipped(history, task, 50, 40)  # ended 40 days ago: past a month
+    _skipped(history, task_id, 50, 10)  # a long range that ended 10 days ago: kept
+    old_occurrences = [NOW - days * DAY for days in (45, 44, 43)]
+    for occurrence in old_occurrences:
+        _late(history, task_id, occurrence, 40)
+        _late(history, forever_id, occurrence, 40)
+    _late(history, task_id, NOW - 5 * DAY, 5)  # recent: kept
+    # Late 40 days ago and still running: it stays, else it would be late again.
+    running = history.run("often-late", 42, "RUNNING")
+    running_at = history.value("SELECT occurrence FROM hydra_runs WHERE id = %s", running)
+    _late(history, task_id, running_at, 40)
+    # A trigger still waiting at an old occurrence (coordinators were down): stays too.
+    waiting_at = NOW - 41 * DAY
+    moved = history.conn.execute(
+        "UPDATE hydra_triggers SET next_fire_at = %s WHERE task_id = %s", (waiting_at, task_id)
+    )
+    assert moved.rowcount == 1
+    _late(history, task_id, waiting_at, 40)
+
+    pruner = _pruner(store, batch=2)  # several batches
+    assert await pruner.prune_once()
+
+    ranges = history.conn.execute(
+        "SELECT task_id, (now() - last_occurrence) < interval '20 days' "
+        "FROM hydra_skipped_occurrences ORDER BY task_id, 2"
+    ).fetchall()
+    assert ranges == [(task_id, True), (forever_id, False)]
+    marks = history.conn.execute(
+        "SELECT occurrence FROM hydra_late_occurrences WHERE task_id = %s ORDER BY occurrence",
+        (task_id,),
+    ).fetchall()
+    assert [m[0] for m in marks] == [running_at, waiting_at, NOW - 5 * DAY]
+    assert history.value(
+        "SELECT count(*) FROM hydra_late_occurrences WHERE task_id = %s", forever_id
+    ) == len(old_occurrences)
+    assert pruner.stats.occurrence_records == 1 + len(old_occurrences)
+    assert pruner.pass_stats.batches > 3

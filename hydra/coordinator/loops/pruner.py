@@ -6,7 +6,8 @@ the pass ends): another coordinator whose pass comes meanwhile finds it held and
 waits for its next one. A pass deletes, in batches of at most
 ``batch`` rows per transaction that lock only what they delete (``SKIP
 LOCKED``): finished runs past their task's retention with their attempts and
-output (``store.retention``), then output past ``output_max_age``, audit entries
+output (``store.retention``), then output past ``output_max_age``, records of
+dropped occurrences and late marks past their task's ``max_age``, audit entries
 past ``--audit-retention``, task versions no run points to, and deleted tasks
 whose runs are all gone. After each batch it pauses as long as the batch took
 (``pace``), so that dispatch keeps its latency while a big backlog is pruned, and
@@ -66,6 +67,8 @@ class PruneStats:
     #: Finished notifications of pruned runs.
     notifications: int = 0
     audit_entries: int = 0
+    #: Records of dropped occurrences and late marks past their task's max_age.
+    occurrence_records: int = 0
     task_versions: int = 0
     tasks: int = 0
     #: Seconds the last pass took, and when it ended (time.time()); 0 before the first.
@@ -80,7 +83,7 @@ class PruneStats:
 
 _COUNTS = (
     *("batches", "runs", "attempts", "output_chunks", "notifications"),
-    *("audit_entries", "task_versions", "tasks"),
+    *("audit_entries", "occurrence_records", "task_versions", "tasks"),
 )
 
 
@@ -144,6 +147,7 @@ class Pruner:
         policies = await self._batch(lambda tx: retention.policies(tx, self._defaults))
         await self._prune_runs(policies)
         await self._prune_output(policies)
+        await self._prune_occurrence_records(policies)
         if self._audit_retention is not None:
             await self._drain(retention.delete_old_audit_entries, self._audit_retention, "audit")
         await self._drain(retention.delete_unused_versions, None, "task_versions")
@@ -256,6 +260,28 @@ class Pruner:
         if scan.run_ids:
             self.pass_stats.output_chunks += await retention.delete_output(tx, scan.run_ids)
         return scan
+
+    # --- occurrence records -----------------------------------------------------------
+
+    async def _prune_occurrence_records(self, policies: list[Policy]) -> None:
+        """Records of dropped occurrences and late marks of live tasks past their
+        max_age (a deleted task's go with it), in chunks of tasks."""
+        ages = {
+            p.task_id: p.retention.max_age
+            for p in policies
+            if p.retention.max_age is not None and not p.deleted
+        }
+        ids = list(ages)
+        for start in range(0, len(ids), self._batch_size):
+            chunk = {task_id: ages[task_id] for task_id in ids[start : start + self._batch_size]}
+            while True:
+                limit = self.size
+                deleted = await self._batch(
+                    lambda tx, c=chunk, n=limit: retention.delete_old_occurrence_records(tx, c, n)  # type: ignore[misc]
+                )
+                self.pass_stats.occurrence_records += deleted
+                if deleted < limit:
+                    break
 
     # --- the rest --------------------------------------------------------------------
 

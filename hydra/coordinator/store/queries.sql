@@ -1312,6 +1312,42 @@ WITH old AS (
 )
 SELECT count(*) AS deleted FROM gone;
 
+-- name: delete_old_skipped_occurrences
+-- Of some tasks, delete up to `limit` records of dropped occurrences whose last occurrence is older than the task's max_age; how many went.
+WITH policy AS (
+    SELECT * FROM unnest(%(task_ids)s::bigint[], %(max_ages)s::float8[]) AS p(task_id, max_age)
+), old AS (
+    SELECT s.id FROM hydra_skipped_occurrences s
+    JOIN policy p ON p.task_id = s.task_id
+    WHERE s.last_occurrence < now() - make_interval(secs => p.max_age)
+    LIMIT %(limit)s
+    FOR UPDATE OF s SKIP LOCKED
+), gone AS (
+    DELETE FROM hydra_skipped_occurrences d USING old WHERE d.id = old.id RETURNING 1
+)
+SELECT count(*) AS deleted FROM gone;
+
+-- name: delete_old_late_marks
+-- Of some tasks, delete up to `limit` marks of late occurrences found longer ago than the task's max_age that could not be late again (no active run of the occurrence, no trigger waiting at it); how many went.
+WITH policy AS (
+    SELECT * FROM unnest(%(task_ids)s::bigint[], %(max_ages)s::float8[]) AS p(task_id, max_age)
+), old AS (
+    SELECT l.task_id, l.occurrence FROM hydra_late_occurrences l
+    JOIN policy p ON p.task_id = l.task_id
+    WHERE l.found_at < now() - make_interval(secs => p.max_age)
+      AND NOT EXISTS (SELECT 1 FROM hydra_runs r
+                      WHERE r.task_id = l.task_id AND r.occurrence = l.occurrence
+                        AND r.state IN ('QUEUED', 'LEASED', 'RUNNING'))
+      AND NOT EXISTS (SELECT 1 FROM hydra_triggers t
+                      WHERE t.task_id = l.task_id AND t.next_fire_at = l.occurrence)
+    LIMIT %(limit)s
+    FOR UPDATE OF l SKIP LOCKED
+), gone AS (
+    DELETE FROM hydra_late_occurrences d USING old
+    WHERE d.task_id = old.task_id AND d.occurrence = old.occurrence RETURNING 1
+)
+SELECT count(*) AS deleted FROM gone;
+
 -- name: delete_unused_versions
 -- Delete up to `limit` versions that are not their task's current one and that no run points to.
 WITH unused AS (

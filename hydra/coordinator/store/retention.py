@@ -10,7 +10,8 @@ in ``delete_runs`` (the finished notifications of the outbox) and
 a new table keyed by run adds one line at the place marked "other tables", one
 keyed by task a CTE in ``delete_tasks``; a table pruned by age alone (given
 ``max_age`` seconds and ``limit``) adds a function like
-``delete_old_audit_entries`` and a drain of it in the pruner's ``_pass``.
+``delete_old_audit_entries`` and a drain of it in the pruner's ``_pass``; one
+pruned by its task's ``max_age`` goes in ``delete_old_occurrence_records``.
 """
 
 from __future__ import annotations
@@ -219,6 +220,29 @@ async def delete_old_audit_entries(tx: Transaction, max_age: timedelta, limit: i
     """Delete up to `limit` of the oldest audit entries past `max_age`."""
     seconds = max_age.total_seconds()
     return _deleted(await tx.one("delete_old_audit_entries", max_age=seconds, limit=limit))
+
+
+async def delete_old_occurrence_records(
+    tx: Transaction, ages: Mapping[int, timedelta], limit: int
+) -> int:
+    """Delete up to `limit` records about occurrences of the tasks in `ages` older
+    than their age: ranges of dropped occurrences (``hydra_skipped_occurrences``)
+    whose last one is older, then late marks (``hydra_late_occurrences``) found
+    longer ago whose occurrence cannot be late again. Without them ``why`` says the
+    record was pruned, as it does for a pruned run."""
+    task_ids = list(ages)
+    max_ages = [age.total_seconds() for age in ages.values()]
+    skipped = _deleted(
+        await tx.one(
+            "delete_old_skipped_occurrences", task_ids=task_ids, max_ages=max_ages, limit=limit
+        )
+    )
+    if skipped >= limit:
+        return skipped
+    late = await tx.one(
+        "delete_old_late_marks", task_ids=task_ids, max_ages=max_ages, limit=limit - skipped
+    )
+    return skipped + _deleted(late)
 
 
 async def delete_unused_versions(tx: Transaction, limit: int) -> int:
