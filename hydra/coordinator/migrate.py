@@ -21,6 +21,14 @@ connection lost), so each of its statements must be safe to run again: write
 ``CREATE INDEX CONCURRENTLY IF NOT EXISTS``; an interrupted build leaves an
 INVALID index behind, which the runner drops and builds again.
 
+A migration in a transaction takes its table locks with a ``lock_timeout``
+(``LOCK_TIMEOUT``): an ALTER TABLE waiting for a long transaction would
+otherwise queue every later query on that table behind it, the hot path's
+included. A migration that times out on a lock, or that PostgreSQL picks as a
+deadlock's victim against a running coordinator's transaction (it locks several
+tables, in its own order), is rolled back and tried again with backoff, up to
+``LOCK_TRIES`` times: nothing of it was applied meanwhile.
+
 Waiting for the advisory lock is a loop of ``pg_try_advisory_lock``, not one
 blocking ``pg_advisory_lock``: a session blocked in a statement holds a snapshot,
 and a concurrent index build waits for every older snapshot to go away, so the
@@ -38,6 +46,8 @@ from importlib import resources
 from importlib.resources.abc import Traversable
 
 import psycopg
+import psycopg.errors
+import tenacity
 from psycopg import sql
 from psycopg.rows import TupleRow
 
@@ -52,6 +62,10 @@ FILE_NAME = re.compile(r"^(?P<version>\d{4})_[a-z0-9_]+\.sql$")
 LOCK_KEY = 0x687964726D6967
 #: Seconds between tries of the advisory lock while another process migrates.
 LOCK_POLL_SECONDS = 0.1
+#: How long a migration in a transaction waits for one of its locks before trying again.
+LOCK_TIMEOUT = "2s"
+#: Tries of a migration in a transaction that time out on a lock or lose a deadlock.
+LOCK_TRIES = 10
 #: The first line of a migration that runs outside a transaction.
 NO_TRANSACTION = "-- hydra: no-transaction"
 #: A statement ends with ";" at the end of a line.
@@ -259,15 +273,45 @@ async def _applied(conn: psycopg.AsyncConnection[TupleRow]) -> dict[int, str]:
 
 async def _apply(conn: psycopg.AsyncConnection[TupleRow], migration: Migration) -> None:
     if migration.transactional:
-        async with conn.transaction():
-            await conn.execute(migration.sql)
-            await conn.execute(INSERT_APPLIED, (migration.version, migration.name))
+        retrying = tenacity.AsyncRetrying(
+            retry=tenacity.retry_if_exception_type(_LOCK_CONFLICTS),
+            wait=tenacity.wait_random_exponential(multiplier=0.1, max=2.0),
+            stop=tenacity.stop_after_attempt(LOCK_TRIES),
+            before_sleep=functools.partial(_log_lock_conflict, migration.name),
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                async with conn.transaction():
+                    await conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
+                    await conn.execute(migration.sql)
+                    await conn.execute(INSERT_APPLIED, (migration.version, migration.name))
     else:
         for statement in migration.statements():
             await _drop_invalid_index(conn, statement)
             await conn.execute(statement.encode("utf-8"))
         await conn.execute(INSERT_APPLIED, (migration.version, migration.name))
     log.info("applied migration %s", migration.name)
+
+
+#: What rolls a migration back to be tried again: a lock it waited too long for, a deadlock.
+_LOCK_CONFLICTS = (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected)
+
+
+def _log_lock_conflict(name: str, state: tenacity.RetryCallState) -> None:
+    error = state.outcome.exception() if state.outcome else None
+    reason = (
+        "lost a deadlock"
+        if isinstance(error, psycopg.errors.DeadlockDetected)
+        else (f"waited over {LOCK_TIMEOUT} for a lock")
+    )
+    log.warning(
+        "migration %s %s (try %d of %d); trying again",
+        name,
+        reason,
+        state.attempt_number,
+        LOCK_TRIES,
+    )
 
 
 async def _drop_invalid_index(conn: psycopg.AsyncConnection[TupleRow], statement: str) -> None:

@@ -11,9 +11,11 @@ from typing import Any, LiteralString
 from uuid import UUID
 
 import psycopg
+import psycopg.errors
 import pytest
 from psycopg.rows import TupleRow
 
+from hydra.coordinator import migrate as migrate_module
 from hydra.coordinator.migrate import (
     MigrationMismatch,
     SchemaTooNew,
@@ -166,3 +168,44 @@ async def test_one_run_per_task_and_occurrence(db_conninfo: str) -> None:
                 " VALUES (%s, 1, %s, 'manual')",
                 (task_id, OCCURRENCE),
             )
+
+
+async def _forget_0009(conninfo: str) -> None:
+    """Make migration 0009 (in a transaction; it creates a trigger on hydra_runs) pending again."""
+    async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
+        await conn.execute("DELETE FROM hydra_schema_migrations WHERE version >= 9")
+
+
+async def test_a_migration_that_waits_too_long_for_a_lock_tries_again(
+    db_conninfo: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A write holding hydra_runs keeps 0009 from its lock: it gives up after the lock
+    timeout (not queueing other queries behind it meanwhile), and succeeds once the
+    write has committed."""
+    monkeypatch.setattr(migrate_module, "LOCK_TIMEOUT", "100ms")
+    await _forget_0009(db_conninfo)
+    async with await psycopg.AsyncConnection.connect(db_conninfo) as holder:
+        await holder.execute("LOCK TABLE hydra_runs IN ROW EXCLUSIVE MODE")
+        migrating = asyncio.create_task(migrate(db_conninfo))
+        await asyncio.sleep(1.0)  # several tries meanwhile
+        assert not migrating.done()
+        await holder.commit()
+        applied = await asyncio.wait_for(migrating, timeout=30)
+    assert applied[0] == "0009_add_notifications.sql"
+    assert await pending(db_conninfo) == []
+    assert "migration 0009_add_notifications.sql waited over 100ms for a lock" in caplog.text
+
+
+async def test_a_migration_that_never_gets_its_lock_fails_saying_so(
+    db_conninfo: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(migrate_module, "LOCK_TIMEOUT", "50ms")
+    monkeypatch.setattr(migrate_module, "LOCK_TRIES", 2)
+    await _forget_0009(db_conninfo)
+    async with await psycopg.AsyncConnection.connect(db_conninfo) as holder:
+        await holder.execute("LOCK TABLE hydra_runs IN ROW EXCLUSIVE MODE")
+        with pytest.raises(psycopg.errors.LockNotAvailable):
+            await migrate(db_conninfo)
+        await holder.rollback()
+    assert "0009_add_notifications.sql" in await pending(db_conninfo)
+    assert await migrate(db_conninfo) != []  # nothing half applied: it goes on from there
