@@ -91,6 +91,14 @@ def _apply(client: Client, db: Database, _: str) -> Change:
 
 
 def _delete(client: Client, db: Database, _: str) -> Change:
+    # A finished run keeps the deleted task's row: a deleted task with no run left
+    # is the pruner's to delete, and the coordinator's first pass may come meanwhile.
+    db.rows(
+        "INSERT INTO hydra_runs (task_id, task_version, occurrence, cause, state, finished_at) "
+        "SELECT id, version, now() - interval '1 day', 'cron', 'SUCCEEDED', now() "
+        "FROM hydra_tasks WHERE name = %s RETURNING id",
+        TASK,
+    )
     client.delete_task(TASK)
     return _of_task(db, "0 queued runs cancelled")
 
