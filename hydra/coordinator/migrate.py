@@ -300,11 +300,8 @@ _LOCK_CONFLICTS = (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetec
 
 def _log_lock_conflict(name: str, state: tenacity.RetryCallState) -> None:
     error = state.outcome.exception() if state.outcome else None
-    reason = (
-        "lost a deadlock"
-        if isinstance(error, psycopg.errors.DeadlockDetected)
-        else (f"waited over {LOCK_TIMEOUT} for a lock")
-    )
+    deadlock = isinstance(error, psycopg.errors.DeadlockDetected)
+    reason = "lost a deadlock" if deadlock else f"waited over {LOCK_TIMEOUT} for a lock"
     log.warning(
         "migration %s %s (try %d of %d); trying again",
         name,

@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
 from typing import TypeVar
@@ -149,9 +149,11 @@ class Pruner:
         await self._prune_output(policies)
         await self._prune_occurrence_records(policies)
         if self._audit_retention is not None:
-            await self._drain(retention.delete_old_audit_entries, self._audit_retention, "audit")
-        await self._drain(retention.delete_unused_versions, None, "task_versions")
-        await self._drain(retention.delete_emptied_tasks, None, "tasks")
+            await self._drain(
+                "audit_entries", retention.delete_old_audit_entries, self._audit_retention
+            )
+        await self._drain("task_versions", retention.delete_unused_versions)
+        await self._drain("tasks", retention.delete_emptied_tasks)
 
     async def _record(self, started: datetime, elapsed: float) -> None:
         stats = self.pass_stats
@@ -206,9 +208,7 @@ class Pruner:
     ) -> set[int]:
         """The tasks with runs older than their age (after their cursor), in chunks."""
         found: set[int] = set()
-        ids = list(ages)
-        for start in range(0, len(ids), self._batch_size):
-            chunk = {task_id: ages[task_id] for task_id in ids[start : start + self._batch_size]}
+        for chunk in self._chunks(ages):
             found |= await self._batch(
                 lambda tx, c=chunk: retention.tasks_with_old_runs(tx, c, after)  # type: ignore[misc]
             )
@@ -271,37 +271,30 @@ class Pruner:
             for p in policies
             if p.retention.max_age is not None and not p.deleted
         }
-        ids = list(ages)
-        for start in range(0, len(ids), self._batch_size):
-            chunk = {task_id: ages[task_id] for task_id in ids[start : start + self._batch_size]}
-            while True:
-                limit = self.size
-                deleted = await self._batch(
-                    lambda tx, c=chunk, n=limit: retention.delete_old_occurrence_records(tx, c, n)  # type: ignore[misc]
-                )
-                self.pass_stats.occurrence_records += deleted
-                if deleted < limit:
-                    break
+        for chunk in self._chunks(ages):
+            await self._drain("occurrence_records", retention.delete_old_occurrence_records, chunk)
 
     # --- the rest --------------------------------------------------------------------
 
     async def _drain(
-        self,
-        delete: Callable[..., Awaitable[int]],
-        max_age: timedelta | None,
-        counter: str,
+        self, counter: str, delete: Callable[..., Awaitable[int]], *args: object
     ) -> None:
-        """Batches of one delete until one deletes less than a full batch."""
-        args: Iterable[object] = () if max_age is None else (max_age,)
-        name = "audit_entries" if counter == "audit" else counter
+        """Batches of one delete (given `args`, then the batch's size) until one
+        deletes less than a full batch; what went is added to `counter`."""
         while True:
             limit = self.size
             deleted = await self._batch(
                 lambda tx, n=limit: delete(tx, *args, n)  # type: ignore[misc]
             )
-            setattr(self.pass_stats, name, getattr(self.pass_stats, name) + deleted)
+            setattr(self.pass_stats, counter, getattr(self.pass_stats, counter) + deleted)
             if deleted < limit:
                 return
+
+    def _chunks(self, ages: dict[int, T]) -> Iterator[dict[int, T]]:
+        """`ages` a batch's worth of tasks at a time."""
+        ids = list(ages)
+        for start in range(0, len(ids), self._batch_size):
+            yield {task_id: ages[task_id] for task_id in ids[start : start + self._batch_size]}
 
 
 def _summary(stats: PruneStats) -> str:
